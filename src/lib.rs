@@ -1,0 +1,28 @@
+//! vworkspace-operator, GitOps mode.
+//!
+//! The pipeline, one pass per cluster source (see `docs/` and DESIGN.md):
+//!
+//! ```text
+//! fetch (gix) -> verify commit (SSH/ed25519) -> verify release (signed manifest, k-of-n)
+//!   -> parse + validate -> check every age value decrypts -> plan
+//! ```
+//!
+//! Every module that decides is synchronous and pure: it takes bytes and values and returns values.
+//! Types carry the rules: a [`commit_signature::VerifiedCommit`] and a [`release::VerifiedRelease`]
+//! can only be built by their verifiers, and the planner accepts nothing else.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod crd;
+pub mod error;
+pub mod limits;
+pub mod git;
+pub mod signers;
+pub mod sshsig;
+pub mod commit_signature;
+pub mod release;
+pub mod yaml;
+pub mod intent;
+pub mod secrets;
+
+pub use error::{Error, Result};
