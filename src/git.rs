@@ -58,3 +58,341 @@ impl ClusterTree {
         ClusterTree { cluster: cluster.into(), entries }
     }
 }
+
+use crate::limits::Limits;
+use std::path::{Path, PathBuf};
+
+/// The largest commit object the reader accepts; real commits are a few hundred bytes plus a
+/// signature of about 300.
+pub const MAX_COMMIT_BYTES: u64 = 1024 * 1024;
+
+/// What to check out of the repository, as a `Cluster` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitRef {
+    /// A branch: `refs/heads/<name>` (or, in a fetched cache, `refs/remotes/origin/<name>`).
+    Branch(String),
+    /// A tag, lightweight or annotated (peeled to its commit).
+    Tag(String),
+    /// A full commit id.
+    Commit(String),
+    /// Any revision git understands (`HEAD`, `main`, a short id): for the command line only.
+    Revision(String),
+}
+
+impl std::fmt::Display for GitRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitRef::Branch(b) => write!(f, "branch {b}"),
+            GitRef::Tag(t) => write!(f, "tag {t}"),
+            GitRef::Commit(c) => write!(f, "commit {c}"),
+            GitRef::Revision(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// Why reading the repository failed. Every message names the repository object or path involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GitError {
+    /// The repository could not be opened.
+    #[error("cannot open git repository {path}: {message}")]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// What gix said.
+        message: String,
+    },
+    /// The reference does not resolve to a commit.
+    #[error("{reference} does not resolve to a commit: {message}")]
+    RefNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// What gix said.
+        message: String,
+    },
+    /// An object the commit needs is missing or unreadable.
+    #[error("cannot read object {id}: {message}")]
+    Object {
+        /// The object id.
+        id: String,
+        /// What gix said.
+        message: String,
+    },
+    /// The commit object is larger than [`MAX_COMMIT_BYTES`].
+    #[error("commit {id} is {size} bytes, over the limit of {limit}")]
+    CommitTooLarge {
+        /// The commit id.
+        id: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The commit has no `clusters/<id>/` directory.
+    #[error("commit {commit} has no directory clusters/{cluster}/")]
+    ClusterDirectoryMissing {
+        /// The commit id.
+        commit: String,
+        /// The cluster id.
+        cluster: String,
+    },
+    /// A path under the cluster directory is not valid UTF-8.
+    #[error("clusters/{cluster}/{path}: file name is not valid UTF-8")]
+    NonUtf8Path {
+        /// The cluster id.
+        cluster: String,
+        /// The path, with invalid bytes replaced.
+        path: String,
+    },
+    /// More files than [`Limits::max_files`].
+    #[error("clusters/{cluster}/ holds more than {limit} files")]
+    TooManyFiles {
+        /// The cluster id.
+        cluster: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A file larger than [`Limits::max_file_bytes`].
+    #[error("clusters/{cluster}/{path}: {size} bytes, over the limit of {limit}")]
+    FileTooLarge {
+        /// The cluster id.
+        cluster: String,
+        /// The path relative to the cluster directory.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// All files together exceed [`Limits::max_total_bytes`].
+    #[error("clusters/{cluster}/ holds more than {limit} bytes in all")]
+    TotalTooLarge {
+        /// The cluster id.
+        cluster: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// Directories nested deeper than [`Limits::max_tree_depth`].
+    #[error("clusters/{cluster}/{path}: nested deeper than {limit} directories")]
+    TooDeep {
+        /// The cluster id.
+        cluster: String,
+        /// The path.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A repository opened for reading, isolated from the user's and the system's git configuration.
+pub struct LocalRepository {
+    repo: gix::Repository,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRepository").field("path", &self.path).finish()
+    }
+}
+
+fn object_error(id: impl std::fmt::Display, e: impl std::fmt::Display) -> GitError {
+    GitError::Object {
+        id: id.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl LocalRepository {
+    /// Opens the repository at `path` (a work tree or a bare repository). The user's global and
+    /// system configuration are not read: nothing on the machine can change what is verified.
+    pub fn open(path: &Path) -> Result<Self, GitError> {
+        let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(LocalRepository {
+            repo,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The path the repository was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves `reference` to a commit id (lowercase hex). Tags are peeled to their commit.
+    pub fn resolve(&self, reference: &GitRef) -> Result<String, GitError> {
+        let candidates: Vec<String> = match reference {
+            GitRef::Branch(b) => vec![format!("refs/heads/{b}"), format!("refs/remotes/origin/{b}")],
+            GitRef::Tag(t) => vec![format!("refs/tags/{t}")],
+            GitRef::Commit(c) => vec![c.clone()],
+            GitRef::Revision(r) => vec![r.clone()],
+        };
+        let mut last_error = String::from("not found");
+        for candidate in candidates {
+            let spec = format!("{candidate}^{{commit}}");
+            match self.repo.rev_parse_single(spec.as_str()) {
+                Ok(id) => {
+                    let id = id.detach().to_string();
+                    if let GitRef::Commit(c) = reference
+                        && !id.eq_ignore_ascii_case(c)
+                    {
+                        // A pin must name the full commit id: an abbreviation could become
+                        // ambiguous, or be made to resolve elsewhere, as the repository grows.
+                        return Err(GitError::RefNotFound {
+                            reference: reference.to_string(),
+                            message: format!("a commit pin must be the full id ({id})"),
+                        });
+                    }
+                    return Ok(id);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(GitError::RefNotFound {
+            reference: reference.to_string(),
+            message: last_error,
+        })
+    }
+
+    /// Reads a commit object: its exact bytes and the headers the pipeline needs.
+    pub fn read_commit(&self, id: &str) -> Result<FetchedCommit, GitError> {
+        let oid = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| object_error(id, e))?;
+        let header = self.repo.find_header(oid).map_err(|e| object_error(id, e))?;
+        if header.kind() != gix::object::Kind::Commit {
+            return Err(object_error(id, format!("is a {}, not a commit", header.kind())));
+        }
+        if header.size() > MAX_COMMIT_BYTES {
+            return Err(GitError::CommitTooLarge {
+                id: id.to_owned(),
+                size: header.size(),
+                limit: MAX_COMMIT_BYTES,
+            });
+        }
+        let commit = self.repo.find_commit(oid).map_err(|e| object_error(id, e))?;
+        let tree = commit.tree_id().map_err(|e| object_error(id, e))?.detach().to_string();
+        let parents = commit.parent_ids().map(|p| p.detach().to_string()).collect();
+        let time = commit.time().map_err(|e| object_error(id, e))?;
+        let committer_time =
+            jiff::Timestamp::from_second(time.seconds).map_err(|e| object_error(id, e))?;
+        Ok(FetchedCommit {
+            id: oid.to_string(),
+            raw: commit.data.clone(),
+            tree,
+            parents,
+            committer_time,
+        })
+    }
+
+    /// Reads `clusters/<cluster>/` of the tree `tree_id`, bounded by `limits`.
+    fn read_cluster_tree_at(
+        &self,
+        commit_id: &str,
+        tree_id: &str,
+        cluster: &str,
+        limits: &Limits,
+    ) -> Result<ClusterTree, GitError> {
+        let oid = gix::ObjectId::from_hex(tree_id.as_bytes()).map_err(|e| object_error(tree_id, e))?;
+        let root = self.repo.find_tree(oid).map_err(|e| object_error(tree_id, e))?;
+        let missing = || GitError::ClusterDirectoryMissing {
+            commit: commit_id.to_owned(),
+            cluster: cluster.to_owned(),
+        };
+        // A cluster id is a single path segment: anything else could address another directory.
+        if cluster.is_empty() || cluster.contains('/') || cluster == "." || cluster == ".." {
+            return Err(missing());
+        }
+        let entry = root
+            .lookup_entry_by_path(format!("clusters/{cluster}"))
+            .map_err(|e| object_error(tree_id, e))?
+            .ok_or_else(missing)?;
+        if entry.mode().kind() != gix::object::tree::EntryKind::Tree {
+            return Err(missing());
+        }
+        let mut walk = TreeWalk {
+            repo: &self.repo,
+            cluster,
+            limits,
+            entries: BTreeMap::new(),
+            total_bytes: 0,
+        };
+        walk.visit(entry.object_id(), "", 0)?;
+        Ok(ClusterTree {
+            cluster: cluster.to_owned(),
+            entries: walk.entries,
+        })
+    }
+}
+
+struct TreeWalk<'a> {
+    repo: &'a gix::Repository,
+    cluster: &'a str,
+    limits: &'a Limits,
+    entries: BTreeMap<String, TreeEntry>,
+    total_bytes: u64,
+}
+
+impl TreeWalk<'_> {
+    fn visit(&mut self, tree: gix::ObjectId, prefix: &str, depth: usize) -> Result<(), GitError> {
+        use gix::object::tree::EntryKind;
+        if depth > self.limits.max_tree_depth {
+            return Err(GitError::TooDeep {
+                cluster: self.cluster.to_owned(),
+                path: prefix.trim_end_matches('/').to_owned(),
+                limit: self.limits.max_tree_depth,
+            });
+        }
+        let tree = self.repo.find_tree(tree).map_err(|e| object_error(tree, e))?;
+        let mut children = Vec::new();
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| object_error(tree.id, e))?;
+            let name = std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {
+                cluster: self.cluster.to_owned(),
+                path: format!("{prefix}{}", String::from_utf8_lossy(entry.filename())),
+            })?;
+            children.push((format!("{prefix}{name}"), entry.kind(), entry.object_id()));
+        }
+        for (path, kind, id) in children {
+            if self.entries.len() >= self.limits.max_files {
+                return Err(GitError::TooManyFiles {
+                    cluster: self.cluster.to_owned(),
+                    limit: self.limits.max_files,
+                });
+            }
+            match kind {
+                EntryKind::Tree => self.visit(id, &format!("{path}/"), depth + 1)?,
+                EntryKind::Link => {
+                    self.entries.insert(path, TreeEntry::Symlink);
+                }
+                EntryKind::Commit => {
+                    self.entries.insert(path, TreeEntry::Submodule);
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    // The size comes from the object header: an oversized blob is refused
+                    // before it is inflated into memory.
+                    let size = self.repo.find_header(id).map_err(|e| object_error(id, e))?.size();
+                    if size > self.limits.max_file_bytes {
+                        return Err(GitError::FileTooLarge {
+                            cluster: self.cluster.to_owned(),
+                            path,
+                            size,
+                            limit: self.limits.max_file_bytes,
+                        });
+                    }
+                    self.total_bytes += size;
+                    if self.total_bytes > self.limits.max_total_bytes {
+                        return Err(GitError::TotalTooLarge {
+                            cluster: self.cluster.to_owned(),
+                            limit: self.limits.max_total_bytes,
+                        });
+                    }
+                    let blob = self.repo.find_blob(id).map_err(|e| object_error(id, e))?;
+                    self.entries.insert(path, TreeEntry::File(blob.data.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
