@@ -17,6 +17,7 @@ pub mod crd;
 pub mod error;
 pub mod limits;
 pub mod git;
+pub mod checkout;
 pub mod signers;
 pub mod sshsig;
 pub mod commit_signature;
