@@ -396,3 +396,166 @@ impl TreeWalk<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn write(dir: &Path, path: &str, contents: &[u8]) {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, contents).expect("write");
+    }
+
+    /// A repository with one commit holding clusters/demo and clusters/other.
+    fn repo_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        git(dir.path(), &["init", "-q"]);
+        for (path, contents) in files {
+            write(dir.path(), path, contents);
+        }
+        git(dir.path(), &["add", "-A"]);
+        git(dir.path(), &["commit", "-q", "-m", "intent"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        (dir, head)
+    }
+
+    fn read(dir: &Path, head: &str, limits: &Limits) -> Result<ClusterTree, GitError> {
+        let repo = LocalRepository::open(dir).expect("open");
+        let commit = repo.read_commit(head).expect("commit");
+        repo.read_cluster_tree_at(head, &commit.tree, "demo", limits)
+    }
+
+    #[test]
+    fn reads_commit_bytes_exactly_as_git_does() {
+        let (dir, head) = repo_with(&[("clusters/demo/a.yaml", b"a: 1\n")]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        let commit = repo.read_commit(&head).expect("commit");
+        let cat = Command::new("git")
+            .current_dir(dir.path())
+            .args(["cat-file", "commit", &head])
+            .output()
+            .expect("git cat-file");
+        assert_eq!(commit.raw, cat.stdout);
+        assert_eq!(commit.id, head);
+        assert_eq!(commit.tree, git(dir.path(), &["rev-parse", "HEAD^{tree}"]));
+        assert!(commit.parents.is_empty());
+        let epoch: i64 = git(dir.path(), &["log", "-1", "--format=%ct"]).parse().expect("epoch");
+        assert_eq!(commit.committer_time.as_second(), epoch);
+    }
+
+    #[test]
+    fn reads_only_the_cluster_directory() {
+        let (dir, head) = repo_with(&[
+            ("clusters/demo/release.yaml", b"r\n"),
+            ("clusters/demo/namespaces/a/applicationinstances/x.yaml", b"x\n"),
+            ("clusters/other/release.yaml", b"other\n"),
+            ("README.md", b"readme\n"),
+        ]);
+        let tree = read(dir.path(), &head, &Limits::default()).expect("tree");
+        let paths: Vec<&str> = tree.entries.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["namespaces/a/applicationinstances/x.yaml", "release.yaml"]);
+        assert_eq!(tree.entries["release.yaml"], TreeEntry::File(b"r\n".to_vec()));
+    }
+
+    #[test]
+    fn missing_cluster_directory_is_named() {
+        let (dir, head) = repo_with(&[("clusters/other/release.yaml", b"r\n")]);
+        let err = read(dir.path(), &head, &Limits::default()).expect_err("missing");
+        assert!(matches!(err, GitError::ClusterDirectoryMissing { .. }), "{err}");
+        assert!(err.to_string().contains("clusters/demo/"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_are_recorded_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        git(dir.path(), &["init", "-q"]);
+        write(dir.path(), "clusters/demo/release.yaml", b"r\n");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("clusters/demo/evil.yaml")).expect("symlink");
+        git(dir.path(), &["add", "-A"]);
+        git(dir.path(), &["commit", "-q", "-m", "link"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        let tree = read(dir.path(), &head, &Limits::default()).expect("tree");
+        assert_eq!(tree.entries["evil.yaml"], TreeEntry::Symlink);
+    }
+
+    #[test]
+    fn oversized_file_is_refused_by_name() {
+        let big = vec![b'a'; 2048];
+        let (dir, head) = repo_with(&[("clusters/demo/big.yaml", &big)]);
+        let limits = Limits {
+            max_file_bytes: 1024,
+            ..Limits::default()
+        };
+        let err = read(dir.path(), &head, &limits).expect_err("too big");
+        assert!(matches!(err, GitError::FileTooLarge { size: 2048, limit: 1024, .. }), "{err}");
+        assert!(err.to_string().contains("clusters/demo/big.yaml"), "{err}");
+    }
+
+    #[test]
+    fn file_count_total_size_and_depth_are_bounded() {
+        let (dir, head) = repo_with(&[
+            ("clusters/demo/a.yaml", b"0123456789"),
+            ("clusters/demo/b.yaml", b"0123456789"),
+            ("clusters/demo/c.yaml", b"0123456789"),
+            ("clusters/demo/d/e/f/g.yaml", b"0"),
+        ]);
+        let few = Limits {
+            max_files: 2,
+            ..Limits::default()
+        };
+        assert!(matches!(read(dir.path(), &head, &few), Err(GitError::TooManyFiles { limit: 2, .. })));
+        let small = Limits {
+            max_total_bytes: 25,
+            ..Limits::default()
+        };
+        assert!(matches!(read(dir.path(), &head, &small), Err(GitError::TotalTooLarge { limit: 25, .. })));
+        let shallow = Limits {
+            max_tree_depth: 2,
+            ..Limits::default()
+        };
+        let err = read(dir.path(), &head, &shallow).expect_err("too deep");
+        assert!(matches!(err, GitError::TooDeep { .. }), "{err}");
+    }
+
+    #[test]
+    fn refs_resolve_to_commits_and_pins_must_be_full() {
+        let (dir, head) = repo_with(&[("clusters/demo/a.yaml", b"a\n")]);
+        git(dir.path(), &["tag", "-a", "-m", "annotated", "v1"]);
+        git(dir.path(), &["tag", "light"]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        assert_eq!(repo.resolve(&GitRef::Branch("main".into())).expect("branch"), head);
+        assert_eq!(repo.resolve(&GitRef::Tag("v1".into())).expect("annotated tag"), head);
+        assert_eq!(repo.resolve(&GitRef::Tag("light".into())).expect("tag"), head);
+        assert_eq!(repo.resolve(&GitRef::Commit(head.clone())).expect("commit"), head);
+        assert!(matches!(
+            repo.resolve(&GitRef::Commit(head[..12].to_owned())),
+            Err(GitError::RefNotFound { .. })
+        ));
+        assert!(matches!(repo.resolve(&GitRef::Branch("nope".into())), Err(GitError::RefNotFound { .. })));
+        // A tag name is not a branch: pins are exact about the kind of ref.
+        assert!(matches!(repo.resolve(&GitRef::Branch("v1".into())), Err(GitError::RefNotFound { .. })));
+    }
+
+    #[test]
+    fn non_commit_objects_are_refused() {
+        let (dir, _head) = repo_with(&[("clusters/demo/a.yaml", b"a\n")]);
+        let tree = git(dir.path(), &["rev-parse", "HEAD^{tree}"]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        assert!(matches!(repo.read_commit(&tree), Err(GitError::Object { .. })));
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README.md). Installs what the tests need when it is missing, then runs
+# the formatter check, clippy with warnings denied, and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v age >/dev/null 2>&1 || need+=(age)
+command -v age-keygen >/dev/null 2>&1 || need+=(age)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v git >/dev/null 2>&1 || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test tools: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets "$@"
