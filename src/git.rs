@@ -286,6 +286,17 @@ impl LocalRepository {
         })
     }
 
+    /// Reads `clusters/<cluster>/` of a verified commit, bounded by `limits`. Only a verified commit's
+    /// tree is ever read: an unsigned commit costs the operator one object read, not a tree walk.
+    pub fn read_cluster_tree(
+        &self,
+        commit: &crate::commit_signature::VerifiedCommit,
+        cluster: &str,
+        limits: &Limits,
+    ) -> Result<ClusterTree, GitError> {
+        self.read_cluster_tree_at(commit.id(), &commit.commit().tree, cluster, limits)
+    }
+
     /// Reads `clusters/<cluster>/` of the tree `tree_id`, bounded by `limits`.
     fn read_cluster_tree_at(
         &self,
