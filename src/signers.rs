@@ -1,7 +1,8 @@
 //! Git's / OpenSSH's `allowed_signers` format: which keys are trusted, for which namespaces, when.
 //!
 //! Each line is `principals [options] keytype base64-key [comment]` (see `ssh-keygen(1)`, "ALLOWED
-//! SIGNERS"). Supported options: `namespaces="a,b"`, `valid-after=`, `valid-before=`. Refused:
+//! SIGNERS"). Supported options: `namespaces="a,b"`, `valid-after="..."`, `valid-before="..."`
+//! (values in double quotes, as OpenSSH requires). Refused:
 //! `cert-authority` (certificates are not supported). Times are `YYYYMMDD[HHMM[SS]][Z]` and are read
 //! as UTC whether or not they end in `Z` (OpenSSH reads a time without `Z` as the verifier's local
 //! time; a cluster has no meaningful local time). Principals are matched exactly; `*` and `?`
@@ -62,7 +63,9 @@ pub enum SignersError {
         message: String,
     },
     /// A `cert-authority` entry: certificates are not supported.
-    #[error("{source_name}:{line}: cert-authority entries are not supported; list the signing keys themselves")]
+    #[error(
+        "{source_name}:{line}: cert-authority entries are not supported; list the signing keys themselves"
+    )]
     CertAuthority {
         /// The file or ConfigMap key.
         source_name: String,
@@ -140,6 +143,17 @@ fn unquote(value: &str) -> Result<&str, String> {
     }
 }
 
+/// Option values must be quoted, as OpenSSH requires (`ssh-keygen` rejects the line otherwise).
+fn quoted(option: &str, value: &str) -> Result<String, String> {
+    if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+        Ok(value[1..value.len() - 1].to_owned())
+    } else {
+        Err(format!(
+            "option {option}: the value must be in double quotes, as OpenSSH requires"
+        ))
+    }
+}
+
 /// Parses `YYYYMMDD[HHMM[SS]][Z]` as UTC.
 pub fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
     let digits = text.strip_suffix(['Z', 'z']).unwrap_or(text);
@@ -148,7 +162,11 @@ pub fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
         return Err(bad());
     }
     let field = |range: std::ops::Range<usize>| -> Result<i32, String> {
-        digits.get(range).unwrap_or("0").parse::<i32>().map_err(|_| bad())
+        digits
+            .get(range)
+            .unwrap_or("0")
+            .parse::<i32>()
+            .map_err(|_| bad())
     };
     let number = |range: std::ops::Range<usize>| -> Result<i8, String> {
         i8::try_from(field(range)?).map_err(|_| bad())
@@ -159,8 +177,9 @@ pub fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
         12 => (number(8..10)?, number(10..12)?, 0),
         _ => (number(8..10)?, number(10..12)?, number(12..14)?),
     };
-    let civil = jiff::civil::DateTime::new(year, number(4..6)?, number(6..8)?, hour, minute, second, 0)
-        .map_err(|_| bad())?;
+    let civil =
+        jiff::civil::DateTime::new(year, number(4..6)?, number(6..8)?, hour, minute, second, 0)
+            .map_err(|_| bad())?;
     civil
         .to_zoned(jiff::tz::TimeZone::UTC)
         .map(|z| z.timestamp())
@@ -226,16 +245,19 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
         return Err(syntax("empty principal".into()));
     }
     if let Some(p) = principals.iter().find(|p| p.contains(['*', '?', '!'])) {
-        return Err(syntax(format!("principal {p:?}: patterns are not supported, list principals exactly")));
+        return Err(syntax(format!(
+            "principal {p:?}: patterns are not supported, list principals exactly"
+        )));
     }
-    let (mut token, mut rest) = next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
+    let (mut token, mut rest) =
+        next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
     let mut namespaces = None;
     let mut valid_after = None;
     let mut valid_before = None;
     if !is_key_type(token) {
         for option in split_options(token) {
             let (name, value) = match option.split_once('=') {
-                Some((n, v)) => (n, Some(unquote(v).map_err(syntax)?)),
+                Some((n, v)) => (n, Some(quoted(n, v).map_err(syntax)?)),
                 None => (option, None),
             };
             match (name.to_ascii_lowercase().as_str(), value) {
@@ -252,18 +274,21 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
                     }
                     namespaces = Some(list);
                 }
-                ("valid-after", Some(v)) => valid_after = Some(parse_time(v).map_err(syntax)?),
-                ("valid-before", Some(v)) => valid_before = Some(parse_time(v).map_err(syntax)?),
+                ("valid-after", Some(v)) => valid_after = Some(parse_time(&v).map_err(syntax)?),
+                ("valid-before", Some(v)) => valid_before = Some(parse_time(&v).map_err(syntax)?),
                 _ => return Err(syntax(format!("unknown or malformed option {option:?}"))),
             }
         }
-        (token, rest) = next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
+        (token, rest) =
+            next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
     }
     if !is_key_type(token) {
         return Err(syntax(format!("unknown key type {token:?}")));
     }
     if token.ends_with("-cert-v01@openssh.com") {
-        return Err(syntax("certificates are not supported; list the signing key".into()));
+        return Err(syntax(
+            "certificates are not supported; list the signing key".into(),
+        ));
     }
     let (blob, comment) = next_token(rest).ok_or_else(|| syntax("missing base64 key".into()))?;
     let key = PublicKey::from_openssh(&format!("{token} {blob}"))
@@ -288,13 +313,14 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkKRaHHpI7DSMDqmnlQa5sUVQtHTXlrpxunuSIzUgOF";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkKRaHHpI7DSMDqmnlQa5sUVQtHTXlrpxunuSIzUgOF";
 
     #[test]
     fn parses_plain_and_optioned_entries() {
         let text = format!(
             "# comment\n\nalice@example.org {KEY} alice's laptop\n\
-             bob,carol namespaces=\"git,vworkspace-release\",valid-after=20260101,valid-before=\"20270101120000Z\" {KEY}\n"
+             bob,carol namespaces=\"git,vworkspace-release\",valid-after=\"20260101\",valid-before=\"20270101120000Z\" {KEY}\n"
         );
         let signers = AllowedSigners::parse(&text, "signers").expect("parses");
         let entries = signers.entries();
@@ -307,8 +333,14 @@ mod tests {
             entries[1].namespaces.as_deref(),
             Some(&["git".to_owned(), "vworkspace-release".to_owned()][..])
         );
-        assert_eq!(entries[1].valid_after, Some("2026-01-01T00:00:00Z".parse().expect("ts")));
-        assert_eq!(entries[1].valid_before, Some("2027-01-01T12:00:00Z".parse().expect("ts")));
+        assert_eq!(
+            entries[1].valid_after,
+            Some("2026-01-01T00:00:00Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            entries[1].valid_before,
+            Some("2027-01-01T12:00:00Z".parse().expect("ts"))
+        );
         assert!(entries[1].allows_namespace("git"));
         assert!(!entries[1].allows_namespace("file"));
         assert!(entries[0].allows_namespace("anything"));
@@ -316,17 +348,42 @@ mod tests {
 
     #[test]
     fn time_formats() {
-        assert_eq!(parse_time("20260102").expect("date"), "2026-01-02T00:00:00Z".parse::<jiff::Timestamp>().expect("ts"));
-        assert_eq!(parse_time("202601021304").expect("minutes"), "2026-01-02T13:04:00Z".parse::<jiff::Timestamp>().expect("ts"));
-        assert_eq!(parse_time("20260102130405Z").expect("seconds"), "2026-01-02T13:04:05Z".parse::<jiff::Timestamp>().expect("ts"));
-        for bad in ["2026", "2026010", "20261302", "20260230", "2026010225", "2026-01-02", "20260102x"] {
+        assert_eq!(
+            parse_time("20260102").expect("date"),
+            "2026-01-02T00:00:00Z"
+                .parse::<jiff::Timestamp>()
+                .expect("ts")
+        );
+        assert_eq!(
+            parse_time("202601021304").expect("minutes"),
+            "2026-01-02T13:04:00Z"
+                .parse::<jiff::Timestamp>()
+                .expect("ts")
+        );
+        assert_eq!(
+            parse_time("20260102130405Z").expect("seconds"),
+            "2026-01-02T13:04:05Z"
+                .parse::<jiff::Timestamp>()
+                .expect("ts")
+        );
+        for bad in [
+            "2026",
+            "2026010",
+            "20261302",
+            "20260230",
+            "2026010225",
+            "2026-01-02",
+            "20260102x",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad} should be refused");
         }
     }
 
     #[test]
     fn errors_name_source_and_line() {
-        let err = AllowedSigners::parse(&format!("a {KEY}\nb bogus-option=1 {KEY}\n"), "cm/signers").expect_err("bad option");
+        let err =
+            AllowedSigners::parse(&format!("a {KEY}\nb bogus-option=1 {KEY}\n"), "cm/signers")
+                .expect_err("bad option");
         assert!(matches!(err, SignersError::Syntax { line: 2, .. }), "{err}");
         assert!(err.to_string().starts_with("cm/signers:2:"), "{err}");
 
@@ -342,18 +399,46 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let err = AllowedSigners::parse(&format!("ca@example.org cert-authority {KEY}\n"), "f").expect_err("ca");
-        assert_eq!(err, SignersError::CertAuthority { source_name: "f".into(), line: 1 });
-        let err = AllowedSigners::parse(&format!("*@example.org {KEY}\n"), "f").expect_err("pattern");
-        assert!(err.to_string().contains("patterns are not supported"), "{err}");
-        let err = AllowedSigners::parse(&format!("a namespaces=\"git {KEY}\n"), "f").expect_err("quote");
+        let err = AllowedSigners::parse(&format!("ca@example.org cert-authority {KEY}\n"), "f")
+            .expect_err("ca");
+        assert_eq!(
+            err,
+            SignersError::CertAuthority {
+                source_name: "f".into(),
+                line: 1
+            }
+        );
+        let err =
+            AllowedSigners::parse(&format!("*@example.org {KEY}\n"), "f").expect_err("pattern");
+        assert!(
+            err.to_string().contains("patterns are not supported"),
+            "{err}"
+        );
+        let err = AllowedSigners::parse(&format!("a valid-after=20270101 {KEY}\n"), "f")
+            .expect_err("unquoted");
+        assert!(err.to_string().contains("double quotes"), "{err}");
+        let err =
+            AllowedSigners::parse(&format!("a namespaces=\"git {KEY}\n"), "f").expect_err("quote");
         assert!(matches!(err, SignersError::Syntax { .. }), "{err}");
-        let err = AllowedSigners::parse(&format!("a valid-after=20270101,valid-before=20260101 {KEY}\n"), "f")
-            .expect_err("window");
-        assert!(err.to_string().contains("valid-after is not before valid-before"), "{err}");
+        let err = AllowedSigners::parse(
+            &format!("a valid-after=\"20270101\",valid-before=\"20260101\" {KEY}\n"),
+            "f",
+        )
+        .expect_err("window");
+        assert!(
+            err.to_string()
+                .contains("valid-after is not before valid-before"),
+            "{err}"
+        );
         let long = format!("a {KEY} {}\n", "x".repeat(MAX_LINE_BYTES));
-        assert!(matches!(AllowedSigners::parse(&long, "f"), Err(SignersError::TooLarge { .. })));
+        assert!(matches!(
+            AllowedSigners::parse(&long, "f"),
+            Err(SignersError::TooLarge { .. })
+        ));
         let many = format!("a {KEY}\n").repeat(MAX_ENTRIES + 1);
-        assert!(matches!(AllowedSigners::parse(&many, "f"), Err(SignersError::TooLarge { .. })));
+        assert!(matches!(
+            AllowedSigners::parse(&many, "f"),
+            Err(SignersError::TooLarge { .. })
+        ));
     }
 }

@@ -56,7 +56,9 @@ pub enum SignatureError {
         fingerprint: String,
     },
     /// The key is trusted, but not for this namespace.
-    #[error("signing key {fingerprint} ({principal}) is not allowed to sign namespace {namespace:?}")]
+    #[error(
+        "signing key {fingerprint} ({principal}) is not allowed to sign namespace {namespace:?}"
+    )]
     NamespaceNotAllowedForKey {
         /// The key's fingerprint.
         fingerprint: String,
@@ -66,7 +68,9 @@ pub enum SignatureError {
         namespace: String,
     },
     /// The key's `valid-after` is later than the verifier's clock.
-    #[error("signing key {fingerprint} ({principal}) is not valid before {valid_after}; verifier clock is {at}")]
+    #[error(
+        "signing key {fingerprint} ({principal}) is not valid before {valid_after}; verifier clock is {at}"
+    )]
     KeyNotYetValid {
         /// The key's fingerprint.
         fingerprint: String,
@@ -78,7 +82,9 @@ pub enum SignatureError {
         at: jiff::Timestamp,
     },
     /// The key's `valid-before` has passed at the verifier's clock.
-    #[error("signing key {fingerprint} ({principal}) expired at {valid_before}; verifier clock is {at}")]
+    #[error(
+        "signing key {fingerprint} ({principal}) expired at {valid_before}; verifier clock is {at}"
+    )]
     KeyExpired {
         /// The key's fingerprint.
         fingerprint: String,
@@ -100,7 +106,11 @@ pub enum SignatureError {
     Signing(String),
 }
 
-fn window_error(entry: &SignerEntry, fingerprint: &str, at: jiff::Timestamp) -> Option<SignatureError> {
+fn window_error(
+    entry: &SignerEntry,
+    fingerprint: &str,
+    at: jiff::Timestamp,
+) -> Option<SignatureError> {
     let principal = entry.principals.first().cloned().unwrap_or_default();
     if let Some(valid_after) = entry.valid_after
         && at < valid_after
@@ -136,7 +146,8 @@ pub fn verify(
     if armored.len() > MAX_ARMORED_BYTES {
         return Err(SignatureError::TooLarge(armored.len()));
     }
-    let signature = SshSig::from_pem(armored).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let signature =
+        SshSig::from_pem(armored).map_err(|e| SignatureError::Malformed(e.to_string()))?;
     let key = signature.public_key();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     if signature.namespace() != namespace {
@@ -146,7 +157,9 @@ pub fn verify(
         });
     }
     if signature.hash_alg() != HashAlg::Sha512 {
-        return Err(SignatureError::UnsupportedHash(signature.hash_alg().to_string()));
+        return Err(SignatureError::UnsupportedHash(
+            signature.hash_alg().to_string(),
+        ));
     }
     if key.algorithm() != Algorithm::Ed25519 || signature.algorithm() != Algorithm::Ed25519 {
         return Err(SignatureError::UnsupportedKeyAlgorithm {
@@ -154,7 +167,11 @@ pub fn verify(
             algorithm: key.algorithm().to_string(),
         });
     }
-    let candidates: Vec<&SignerEntry> = signers.entries().iter().filter(|e| e.key.key_data() == key).collect();
+    let candidates: Vec<&SignerEntry> = signers
+        .entries()
+        .iter()
+        .filter(|e| e.key.key_data() == key)
+        .collect();
     if candidates.is_empty() {
         return Err(SignatureError::UnknownKey { fingerprint });
     }
@@ -195,7 +212,11 @@ pub fn verify(
 
 /// Signs `message` for `namespace` with an ed25519 key; returns the armored SSHSIG (LF line ends),
 /// the same format `ssh-keygen -Y sign` writes.
-pub fn sign(message: &[u8], namespace: &str, key: &ssh_key::PrivateKey) -> Result<String, SignatureError> {
+pub fn sign(
+    message: &[u8],
+    namespace: &str,
+    key: &ssh_key::PrivateKey,
+) -> Result<String, SignatureError> {
     if key.algorithm() != Algorithm::Ed25519 {
         return Err(SignatureError::Signing("only ed25519 keys sign".into()));
     }
@@ -228,9 +249,19 @@ mod tests {
     fn sign_then_verify() {
         let k = key();
         let sig = sign(b"hello", "vworkspace-release", &k).expect("sign");
-        let who = verify(sig.as_bytes(), b"hello", "vworkspace-release", &signers_for(&k, ""), now()).expect("ok");
+        let who = verify(
+            sig.as_bytes(),
+            b"hello",
+            "vworkspace-release",
+            &signers_for(&k, ""),
+            now(),
+        )
+        .expect("ok");
         assert_eq!(who.principal, "alice");
-        assert_eq!(who.fingerprint, k.public_key().fingerprint(HashAlg::Sha256).to_string());
+        assert_eq!(
+            who.fingerprint,
+            k.public_key().fingerprint(HashAlg::Sha256).to_string()
+        );
     }
 
     #[test]
@@ -238,24 +269,52 @@ mod tests {
         let k = key();
         let sig = sign(b"hello", "vworkspace-release", &k).expect("sign");
         let ok = signers_for(&k, "");
-        let v = |msg: &[u8], ns: &str, s: &AllowedSigners| verify(sig.as_bytes(), msg, ns, s, now());
-        assert!(matches!(v(b"hellO", "vworkspace-release", &ok), Err(SignatureError::BadSignature { .. })));
-        assert!(matches!(v(b"hello", "git", &ok), Err(SignatureError::WrongNamespace { .. })));
-        assert!(matches!(v(b"hello", "vworkspace-release", &signers_for(&key(), "")), Err(SignatureError::UnknownKey { .. })));
+        let v =
+            |msg: &[u8], ns: &str, s: &AllowedSigners| verify(sig.as_bytes(), msg, ns, s, now());
         assert!(matches!(
-            v(b"hello", "vworkspace-release", &signers_for(&k, "namespaces=\"git\"")),
+            v(b"hellO", "vworkspace-release", &ok),
+            Err(SignatureError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            v(b"hello", "git", &ok),
+            Err(SignatureError::WrongNamespace { .. })
+        ));
+        assert!(matches!(
+            v(b"hello", "vworkspace-release", &signers_for(&key(), "")),
+            Err(SignatureError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            v(
+                b"hello",
+                "vworkspace-release",
+                &signers_for(&k, "namespaces=\"git\"")
+            ),
             Err(SignatureError::NamespaceNotAllowedForKey { .. })
         ));
         assert!(matches!(
-            v(b"hello", "vworkspace-release", &signers_for(&k, "valid-before=20260101")),
+            v(
+                b"hello",
+                "vworkspace-release",
+                &signers_for(&k, "valid-before=\"20260101\"")
+            ),
             Err(SignatureError::KeyExpired { .. })
         ));
         assert!(matches!(
-            v(b"hello", "vworkspace-release", &signers_for(&k, "valid-after=20270101")),
+            v(
+                b"hello",
+                "vworkspace-release",
+                &signers_for(&k, "valid-after=\"20270101\"")
+            ),
             Err(SignatureError::KeyNotYetValid { .. })
         ));
         assert!(matches!(
-            verify(b"-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n", b"x", "git", &ok, now()),
+            verify(
+                b"-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n",
+                b"x",
+                "git",
+                &ok,
+                now()
+            ),
             Err(SignatureError::Malformed(_))
         ));
         assert!(matches!(
@@ -269,11 +328,18 @@ mod tests {
         let k = key();
         let public = k.public_key().to_openssh().expect("public");
         let signers = AllowedSigners::parse(
-            &format!("old valid-before=20260101 {public}\nnew valid-after=20260101 {public}\n"),
+            &format!(
+                "old valid-before=\"20260101\" {public}\nnew valid-after=\"20260101\" {public}\n"
+            ),
             "t",
         )
         .expect("signers");
         let sig = sign(b"m", "git", &k).expect("sign");
-        assert_eq!(verify(sig.as_bytes(), b"m", "git", &signers, now()).expect("ok").principal, "new");
+        assert_eq!(
+            verify(sig.as_bytes(), b"m", "git", &signers, now())
+                .expect("ok")
+                .principal,
+            "new"
+        );
     }
 }
