@@ -39,7 +39,11 @@ pub enum CheckoutError {
 }
 
 /// Reads `<root>/clusters/<cluster>/` into a [`ClusterTree`]. Symlinks are recorded, never followed.
-pub fn read_cluster_directory(root: &Path, cluster: &str, limits: &Limits) -> Result<ClusterTree, CheckoutError> {
+pub fn read_cluster_directory(
+    root: &Path,
+    cluster: &str,
+    limits: &Limits,
+) -> Result<ClusterTree, CheckoutError> {
     let dir = root.join("clusters").join(cluster);
     let mut entries = BTreeMap::new();
     let mut total = 0u64;
@@ -67,7 +71,10 @@ fn visit(
         message,
     };
     if depth > limits.max_tree_depth {
-        return Err(limit(format!("nested deeper than {} directories", limits.max_tree_depth)));
+        return Err(limit(format!(
+            "nested deeper than {} directories",
+            limits.max_tree_depth
+        )));
     }
     let mut children: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
@@ -89,17 +96,31 @@ fn visit(
         if meta.file_type().is_symlink() {
             entries.insert(relative, TreeEntry::Symlink);
         } else if meta.is_dir() {
-            visit(&path, &format!("{relative}/"), depth + 1, limits, entries, total)?;
+            visit(
+                &path,
+                &format!("{relative}/"),
+                depth + 1,
+                limits,
+                entries,
+                total,
+            )?;
         } else if meta.is_file() {
             if meta.len() > limits.max_file_bytes {
                 return Err(CheckoutError::Limit {
                     path,
-                    message: format!("{} bytes, over the limit of {}", meta.len(), limits.max_file_bytes),
+                    message: format!(
+                        "{} bytes, over the limit of {}",
+                        meta.len(),
+                        limits.max_file_bytes
+                    ),
                 });
             }
             *total += meta.len();
             if *total > limits.max_total_bytes {
-                return Err(limit(format!("more than {} bytes in all", limits.max_total_bytes)));
+                return Err(limit(format!(
+                    "more than {} bytes in all",
+                    limits.max_total_bytes
+                )));
             }
             let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
             entries.insert(relative, TreeEntry::File(bytes));

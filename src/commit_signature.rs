@@ -51,7 +51,9 @@ pub enum CommitSignatureError {
         id: String,
     },
     /// The signature is OpenPGP or X.509, not SSH.
-    #[error("commit {id} carries a non-SSH (OpenPGP or X.509) signature; only SSH ed25519 signatures are accepted")]
+    #[error(
+        "commit {id} carries a non-SSH (OpenPGP or X.509) signature; only SSH ed25519 signatures are accepted"
+    )]
     NotSshSignature {
         /// The commit id.
         id: String,
@@ -155,16 +157,19 @@ pub fn verify_commit(
         });
     }
     let split = split(id, &commit.raw)?;
-    let signature = split.signature.ok_or_else(|| CommitSignatureError::Unsigned { id: id.to_owned() })?;
+    let signature = split
+        .signature
+        .ok_or_else(|| CommitSignatureError::Unsigned { id: id.to_owned() })?;
     if !signature.starts_with(SSH_ARMOR.as_bytes()) {
         return Err(CommitSignatureError::NotSshSignature { id: id.to_owned() });
     }
-    let signer = sshsig::verify(&signature, &split.payload, NAMESPACE, signers, at).map_err(|source| {
-        CommitSignatureError::Signature {
-            id: id.to_owned(),
-            source,
-        }
-    })?;
+    let signer =
+        sshsig::verify(&signature, &split.payload, NAMESPACE, signers, at).map_err(|source| {
+            CommitSignatureError::Signature {
+                id: id.to_owned(),
+                source,
+            }
+        })?;
     Ok(VerifiedCommit {
         commit: commit.clone(),
         signer,
@@ -173,7 +178,10 @@ pub fn verify_commit(
 
 /// Signs an unsigned commit object as `git commit -S` with `gpg.format=ssh` does: the `gpgsig`
 /// header goes at the end of the header block, continuation lines prefixed by one space.
-pub fn sign_commit(unsigned_raw: &[u8], key: &ssh_key::PrivateKey) -> Result<Vec<u8>, CommitSignatureError> {
+pub fn sign_commit(
+    unsigned_raw: &[u8],
+    key: &ssh_key::PrivateKey,
+) -> Result<Vec<u8>, CommitSignatureError> {
     let split = split("(new)", unsigned_raw)?;
     if split.signature.is_some() {
         return Err(CommitSignatureError::Malformed {
@@ -181,9 +189,11 @@ pub fn sign_commit(unsigned_raw: &[u8], key: &ssh_key::PrivateKey) -> Result<Vec
             message: "already signed".into(),
         });
     }
-    let armored = sshsig::sign(unsigned_raw, NAMESPACE, key).map_err(|source| CommitSignatureError::Signature {
-        id: "(new)".into(),
-        source,
+    let armored = sshsig::sign(unsigned_raw, NAMESPACE, key).map_err(|source| {
+        CommitSignatureError::Signature {
+            id: "(new)".into(),
+            source,
+        }
     })?;
     let header_end = unsigned_raw
         .windows(2)
@@ -228,7 +238,8 @@ mod tests {
 
     #[test]
     fn sign_and_verify_round_trip_and_payload_is_exact() {
-        let key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).expect("key");
+        let key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .expect("key");
         let signed = sign_commit(UNSIGNED, &key).expect("sign");
         let parts = split("x", &signed).expect("split");
         assert_eq!(parts.payload, UNSIGNED);
@@ -243,7 +254,11 @@ mod tests {
         ));
         let pgp = String::from_utf8(UNSIGNED.to_vec())
             .expect("utf8")
-            .replacen("\n\n", "\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n -----END PGP SIGNATURE-----\n\n", 1);
+            .replacen(
+                "\n\n",
+                "\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n -----END PGP SIGNATURE-----\n\n",
+                1,
+            );
         assert!(matches!(
             verify_commit(&fetched(pgp.into_bytes()), &signers, now),
             Err(CommitSignatureError::NotSshSignature { .. })
@@ -253,7 +268,10 @@ mod tests {
         tampered[last] ^= 1;
         assert!(matches!(
             verify_commit(&fetched(tampered), &signers, now),
-            Err(CommitSignatureError::Signature { source: SignatureError::BadSignature { .. }, .. })
+            Err(CommitSignatureError::Signature {
+                source: SignatureError::BadSignature { .. },
+                ..
+            })
         ));
         assert!(matches!(
             verify_commit(&fetched(vec![b'a'; MAX_COMMIT_BYTES + 1]), &signers, now),

@@ -55,7 +55,10 @@ pub struct ClusterTree {
 impl ClusterTree {
     /// Builds a tree from in-memory entries (used by tests and by tools that work on a checkout).
     pub fn from_entries(cluster: impl Into<String>, entries: BTreeMap<String, TreeEntry>) -> Self {
-        ClusterTree { cluster: cluster.into(), entries }
+        ClusterTree {
+            cluster: cluster.into(),
+            entries,
+        }
     }
 }
 
@@ -192,7 +195,9 @@ pub struct LocalRepository {
 
 impl std::fmt::Debug for LocalRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalRepository").field("path", &self.path).finish()
+        f.debug_struct("LocalRepository")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -207,10 +212,11 @@ impl LocalRepository {
     /// Opens the repository at `path` (a work tree or a bare repository). The user's global and
     /// system configuration are not read: nothing on the machine can change what is verified.
     pub fn open(path: &Path) -> Result<Self, GitError> {
-        let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let repo =
+            gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(LocalRepository {
             repo,
             path: path.to_owned(),
@@ -225,7 +231,10 @@ impl LocalRepository {
     /// Resolves `reference` to a commit id (lowercase hex). Tags are peeled to their commit.
     pub fn resolve(&self, reference: &GitRef) -> Result<String, GitError> {
         let candidates: Vec<String> = match reference {
-            GitRef::Branch(b) => vec![format!("refs/heads/{b}"), format!("refs/remotes/origin/{b}")],
+            GitRef::Branch(b) => vec![
+                format!("refs/heads/{b}"),
+                format!("refs/remotes/origin/{b}"),
+            ],
             GitRef::Tag(t) => vec![format!("refs/tags/{t}")],
             GitRef::Commit(c) => vec![c.clone()],
             GitRef::Revision(r) => vec![r.clone()],
@@ -260,9 +269,15 @@ impl LocalRepository {
     /// Reads a commit object: its exact bytes and the headers the pipeline needs.
     pub fn read_commit(&self, id: &str) -> Result<FetchedCommit, GitError> {
         let oid = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| object_error(id, e))?;
-        let header = self.repo.find_header(oid).map_err(|e| object_error(id, e))?;
+        let header = self
+            .repo
+            .find_header(oid)
+            .map_err(|e| object_error(id, e))?;
         if header.kind() != gix::object::Kind::Commit {
-            return Err(object_error(id, format!("is a {}, not a commit", header.kind())));
+            return Err(object_error(
+                id,
+                format!("is a {}, not a commit", header.kind()),
+            ));
         }
         if header.size() > MAX_COMMIT_BYTES {
             return Err(GitError::CommitTooLarge {
@@ -271,9 +286,19 @@ impl LocalRepository {
                 limit: MAX_COMMIT_BYTES,
             });
         }
-        let commit = self.repo.find_commit(oid).map_err(|e| object_error(id, e))?;
-        let tree = commit.tree_id().map_err(|e| object_error(id, e))?.detach().to_string();
-        let parents = commit.parent_ids().map(|p| p.detach().to_string()).collect();
+        let commit = self
+            .repo
+            .find_commit(oid)
+            .map_err(|e| object_error(id, e))?;
+        let tree = commit
+            .tree_id()
+            .map_err(|e| object_error(id, e))?
+            .detach()
+            .to_string();
+        let parents = commit
+            .parent_ids()
+            .map(|p| p.detach().to_string())
+            .collect();
         let time = commit.time().map_err(|e| object_error(id, e))?;
         let committer_time =
             jiff::Timestamp::from_second(time.seconds).map_err(|e| object_error(id, e))?;
@@ -305,8 +330,12 @@ impl LocalRepository {
         cluster: &str,
         limits: &Limits,
     ) -> Result<ClusterTree, GitError> {
-        let oid = gix::ObjectId::from_hex(tree_id.as_bytes()).map_err(|e| object_error(tree_id, e))?;
-        let root = self.repo.find_tree(oid).map_err(|e| object_error(tree_id, e))?;
+        let oid =
+            gix::ObjectId::from_hex(tree_id.as_bytes()).map_err(|e| object_error(tree_id, e))?;
+        let root = self
+            .repo
+            .find_tree(oid)
+            .map_err(|e| object_error(tree_id, e))?;
         let missing = || GitError::ClusterDirectoryMissing {
             commit: commit_id.to_owned(),
             cluster: cluster.to_owned(),
@@ -355,14 +384,18 @@ impl TreeWalk<'_> {
                 limit: self.limits.max_tree_depth,
             });
         }
-        let tree = self.repo.find_tree(tree).map_err(|e| object_error(tree, e))?;
+        let tree = self
+            .repo
+            .find_tree(tree)
+            .map_err(|e| object_error(tree, e))?;
         let mut children = Vec::new();
         for entry in tree.iter() {
             let entry = entry.map_err(|e| object_error(tree.id, e))?;
-            let name = std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {
-                cluster: self.cluster.to_owned(),
-                path: format!("{prefix}{}", String::from_utf8_lossy(entry.filename())),
-            })?;
+            let name =
+                std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {
+                    cluster: self.cluster.to_owned(),
+                    path: format!("{prefix}{}", String::from_utf8_lossy(entry.filename())),
+                })?;
             children.push((format!("{prefix}{name}"), entry.kind(), entry.object_id()));
         }
         for (path, kind, id) in children {
@@ -383,7 +416,11 @@ impl TreeWalk<'_> {
                 EntryKind::Blob | EntryKind::BlobExecutable => {
                     // The size comes from the object header: an oversized blob is refused
                     // before it is inflated into memory.
-                    let size = self.repo.find_header(id).map_err(|e| object_error(id, e))?.size();
+                    let size = self
+                        .repo
+                        .find_header(id)
+                        .map_err(|e| object_error(id, e))?
+                        .size();
                     if size > self.limits.max_file_bytes {
                         return Err(GitError::FileTooLarge {
                             cluster: self.cluster.to_owned(),
@@ -400,7 +437,8 @@ impl TreeWalk<'_> {
                         });
                     }
                     let blob = self.repo.find_blob(id).map_err(|e| object_error(id, e))?;
-                    self.entries.insert(path, TreeEntry::File(blob.data.clone()));
+                    self.entries
+                        .insert(path, TreeEntry::File(blob.data.clone()));
                 }
             }
         }
@@ -418,11 +456,22 @@ mod tests {
             .current_dir(dir)
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .args(["-c", "user.name=T", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@example.org",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .output()
             .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -465,7 +514,9 @@ mod tests {
         assert_eq!(commit.id, head);
         assert_eq!(commit.tree, git(dir.path(), &["rev-parse", "HEAD^{tree}"]));
         assert!(commit.parents.is_empty());
-        let epoch: i64 = git(dir.path(), &["log", "-1", "--format=%ct"]).parse().expect("epoch");
+        let epoch: i64 = git(dir.path(), &["log", "-1", "--format=%ct"])
+            .parse()
+            .expect("epoch");
         assert_eq!(commit.committer_time.as_second(), epoch);
     }
 
@@ -473,21 +524,33 @@ mod tests {
     fn reads_only_the_cluster_directory() {
         let (dir, head) = repo_with(&[
             ("clusters/demo/release.yaml", b"r\n"),
-            ("clusters/demo/namespaces/a/applicationinstances/x.yaml", b"x\n"),
+            (
+                "clusters/demo/namespaces/a/applicationinstances/x.yaml",
+                b"x\n",
+            ),
             ("clusters/other/release.yaml", b"other\n"),
             ("README.md", b"readme\n"),
         ]);
         let tree = read(dir.path(), &head, &Limits::default()).expect("tree");
         let paths: Vec<&str> = tree.entries.keys().map(String::as_str).collect();
-        assert_eq!(paths, ["namespaces/a/applicationinstances/x.yaml", "release.yaml"]);
-        assert_eq!(tree.entries["release.yaml"], TreeEntry::File(b"r\n".to_vec()));
+        assert_eq!(
+            paths,
+            ["namespaces/a/applicationinstances/x.yaml", "release.yaml"]
+        );
+        assert_eq!(
+            tree.entries["release.yaml"],
+            TreeEntry::File(b"r\n".to_vec())
+        );
     }
 
     #[test]
     fn missing_cluster_directory_is_named() {
         let (dir, head) = repo_with(&[("clusters/other/release.yaml", b"r\n")]);
         let err = read(dir.path(), &head, &Limits::default()).expect_err("missing");
-        assert!(matches!(err, GitError::ClusterDirectoryMissing { .. }), "{err}");
+        assert!(
+            matches!(err, GitError::ClusterDirectoryMissing { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("clusters/demo/"), "{err}");
     }
 
@@ -496,7 +559,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         git(dir.path(), &["init", "-q"]);
         write(dir.path(), "clusters/demo/release.yaml", b"r\n");
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("clusters/demo/evil.yaml")).expect("symlink");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("clusters/demo/evil.yaml"))
+            .expect("symlink");
         git(dir.path(), &["add", "-A"]);
         git(dir.path(), &["commit", "-q", "-m", "link"]);
         let head = git(dir.path(), &["rev-parse", "HEAD"]);
@@ -513,7 +577,17 @@ mod tests {
             ..Limits::default()
         };
         let err = read(dir.path(), &head, &limits).expect_err("too big");
-        assert!(matches!(err, GitError::FileTooLarge { size: 2048, limit: 1024, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                GitError::FileTooLarge {
+                    size: 2048,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("clusters/demo/big.yaml"), "{err}");
     }
 
@@ -529,12 +603,18 @@ mod tests {
             max_files: 2,
             ..Limits::default()
         };
-        assert!(matches!(read(dir.path(), &head, &few), Err(GitError::TooManyFiles { limit: 2, .. })));
+        assert!(matches!(
+            read(dir.path(), &head, &few),
+            Err(GitError::TooManyFiles { limit: 2, .. })
+        ));
         let small = Limits {
             max_total_bytes: 25,
             ..Limits::default()
         };
-        assert!(matches!(read(dir.path(), &head, &small), Err(GitError::TotalTooLarge { limit: 25, .. })));
+        assert!(matches!(
+            read(dir.path(), &head, &small),
+            Err(GitError::TotalTooLarge { limit: 25, .. })
+        ));
         let shallow = Limits {
             max_tree_depth: 2,
             ..Limits::default()
@@ -549,17 +629,37 @@ mod tests {
         git(dir.path(), &["tag", "-a", "-m", "annotated", "v1"]);
         git(dir.path(), &["tag", "light"]);
         let repo = LocalRepository::open(dir.path()).expect("open");
-        assert_eq!(repo.resolve(&GitRef::Branch("main".into())).expect("branch"), head);
-        assert_eq!(repo.resolve(&GitRef::Tag("v1".into())).expect("annotated tag"), head);
-        assert_eq!(repo.resolve(&GitRef::Tag("light".into())).expect("tag"), head);
-        assert_eq!(repo.resolve(&GitRef::Commit(head.clone())).expect("commit"), head);
+        assert_eq!(
+            repo.resolve(&GitRef::Branch("main".into()))
+                .expect("branch"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Tag("v1".into()))
+                .expect("annotated tag"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Tag("light".into())).expect("tag"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Commit(head.clone())).expect("commit"),
+            head
+        );
         assert!(matches!(
             repo.resolve(&GitRef::Commit(head[..12].to_owned())),
             Err(GitError::RefNotFound { .. })
         ));
-        assert!(matches!(repo.resolve(&GitRef::Branch("nope".into())), Err(GitError::RefNotFound { .. })));
+        assert!(matches!(
+            repo.resolve(&GitRef::Branch("nope".into())),
+            Err(GitError::RefNotFound { .. })
+        ));
         // A tag name is not a branch: pins are exact about the kind of ref.
-        assert!(matches!(repo.resolve(&GitRef::Branch("v1".into())), Err(GitError::RefNotFound { .. })));
+        assert!(matches!(
+            repo.resolve(&GitRef::Branch("v1".into())),
+            Err(GitError::RefNotFound { .. })
+        ));
     }
 
     #[test]
@@ -567,6 +667,9 @@ mod tests {
         let (dir, _head) = repo_with(&[("clusters/demo/a.yaml", b"a\n")]);
         let tree = git(dir.path(), &["rev-parse", "HEAD^{tree}"]);
         let repo = LocalRepository::open(dir.path()).expect("open");
-        assert!(matches!(repo.read_commit(&tree), Err(GitError::Object { .. })));
+        assert!(matches!(
+            repo.read_commit(&tree),
+            Err(GitError::Object { .. })
+        ));
     }
 }

@@ -13,17 +13,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkout;
+pub mod commit_signature;
 pub mod crd;
 pub mod error;
-pub mod limits;
 pub mod git;
-pub mod checkout;
+pub mod intent;
+pub mod limits;
+pub mod release;
+pub mod secrets;
 pub mod signers;
 pub mod sshsig;
-pub mod commit_signature;
-pub mod release;
 pub mod yaml;
-pub mod intent;
-pub mod secrets;
 
 pub use error::{Error, Result};
