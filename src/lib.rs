@@ -13,13 +13,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authoring;
 pub mod checkout;
+pub mod cli;
 pub mod commit_signature;
 pub mod crd;
+pub mod demo;
 pub mod error;
 pub mod git;
 pub mod intent;
 pub mod limits;
+pub mod pipeline;
+pub mod plan;
 pub mod release;
 pub mod secrets;
 pub mod signers;

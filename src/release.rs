@@ -1,1 +1,540 @@
-//! TODO: release
+//! The signed release manifest: `clusters/<id>/release.yaml` and its k-of-n signatures.
+//!
+//! A release binds the exact file set of the cluster directory (SHA-256 per file) to a cluster id,
+//! a strictly increasing serial and an expiry, and is signed by `k` distinct trusted release keys
+//! (namespace `vworkspace-release`). [`verify`] is the only way to build a [`VerifiedRelease`], and
+//! the planner accepts nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::commit_signature::VerifiedCommit;
+use crate::git::{ClusterTree, TreeEntry};
+use crate::limits::Limits;
+use crate::signers::AllowedSigners;
+use crate::sshsig::{self, SignatureError, Signer};
+
+/// The manifest's file name inside `clusters/<id>/`.
+pub const MANIFEST_FILE: &str = "release.yaml";
+/// The directory of release signatures inside `clusters/<id>/`.
+pub const SIGNATURES_DIR: &str = "release.sigs/";
+/// The SSHSIG namespace of release signatures.
+pub const SIGNATURE_NAMESPACE: &str = "vworkspace-release";
+/// The manifest's `apiVersion`.
+pub const API_VERSION: &str = "gitops.vworkspace.io/v1alpha1";
+/// The manifest's `kind`.
+pub const KIND: &str = "Release";
+
+/// `release.yaml`, as written by `vworkspace-operator release` and by Odoo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReleaseManifest {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`KIND`].
+    pub kind: String,
+    /// The cluster id this release is for.
+    pub cluster: String,
+    /// Strictly increasing per cluster.
+    pub serial: u64,
+    /// RFC 3339 instant after which the release is refused.
+    pub expires: String,
+    /// The commit this release was made from, if the author recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Every file of the cluster directory but the manifest and its signatures: path -> `sha256:<hex>`.
+    pub files: BTreeMap<String, String>,
+}
+
+/// What the cluster side knows and decides about releases.
+#[derive(Debug, Clone)]
+pub struct ReleasePolicy {
+    /// This cluster's id.
+    pub cluster: String,
+    /// Trusted release keys (`allowed_signers` format).
+    pub signers: AllowedSigners,
+    /// How many distinct trusted keys must have signed.
+    pub threshold: usize,
+    /// The release last applied to this cluster, if any.
+    pub last_applied: Option<AppliedRelease>,
+}
+
+/// The identity of an applied release: enough to refuse a rollback and to recognize a re-verification
+/// of the very same release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRelease {
+    /// Its serial.
+    pub serial: u64,
+    /// SHA-256 of its `release.yaml` (`sha256:<hex>`), when known. With it, the same release can be
+    /// verified again (a periodic pass on an unchanged commit); without it, the serial must grow.
+    pub digest: Option<String>,
+}
+
+/// Why a release was refused. File problems are collected: one refusal lists every bad file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// `release.yaml` is absent.
+    #[error(
+        "clusters/{cluster}/release.yaml is missing: every cluster directory needs a signed release manifest"
+    )]
+    MissingManifest {
+        /// The cluster id.
+        cluster: String,
+    },
+    /// `release.yaml` is not a valid manifest.
+    #[error("clusters/{cluster}/release.yaml: {message}")]
+    Malformed {
+        /// The cluster id.
+        cluster: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// The manifest is for another cluster (a replay).
+    #[error(
+        "clusters/{cluster}/release.yaml: field cluster is {found:?}, expected {cluster:?} (a release for another cluster is never applied)"
+    )]
+    WrongCluster {
+        /// This cluster's id.
+        cluster: String,
+        /// The id in the manifest.
+        found: String,
+    },
+    /// The serial does not exceed the last applied one (a rollback or a replay).
+    #[error(
+        "clusters/{cluster}/release.yaml: serial {serial} is not greater than the last applied serial {last} (rollback refused)"
+    )]
+    Rollback {
+        /// The cluster id.
+        cluster: String,
+        /// The manifest's serial.
+        serial: u64,
+        /// The last applied serial.
+        last: u64,
+    },
+    /// The release has expired (a freeze).
+    #[error(
+        "clusters/{cluster}/release.yaml: expired at {expires}, now is {now} (publish a fresh release)"
+    )]
+    Expired {
+        /// The cluster id.
+        cluster: String,
+        /// The manifest's expiry.
+        expires: jiff::Timestamp,
+        /// The verifier's clock.
+        now: jiff::Timestamp,
+    },
+    /// The listed files do not match the directory.
+    #[error("clusters/{cluster}/: the release does not match the directory:\n{}", .problems.join("\n"))]
+    Files {
+        /// The cluster id.
+        cluster: String,
+        /// One line per file: unlisted, missing, or different.
+        problems: Vec<String>,
+    },
+    /// A signature file failed verification for a reason other than an unknown key.
+    #[error("clusters/{cluster}/{file}: {source}")]
+    Signature {
+        /// The cluster id.
+        cluster: String,
+        /// The signature file.
+        file: String,
+        /// Why it was refused.
+        source: SignatureError,
+    },
+    /// Something other than `<name>.sig` files under `release.sigs/`, or too many signatures.
+    #[error("clusters/{cluster}/{file}: {message}")]
+    SignatureFile {
+        /// The cluster id.
+        cluster: String,
+        /// The offending path.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Fewer distinct trusted keys signed than the threshold requires.
+    #[error(
+        "clusters/{cluster}/release.yaml: signed by {found} distinct trusted key(s){signers}, {threshold} required"
+    )]
+    BelowThreshold {
+        /// The cluster id.
+        cluster: String,
+        /// Distinct trusted keys that signed.
+        found: usize,
+        /// The threshold.
+        threshold: usize,
+        /// Who signed, for the message.
+        signers: String,
+    },
+    /// The policy itself is unusable (threshold 0).
+    #[error("release policy for cluster {cluster}: threshold must be at least 1")]
+    InvalidThreshold {
+        /// The cluster id.
+        cluster: String,
+    },
+}
+
+/// A release whose manifest, signatures and file set were verified against a verified commit.
+/// Only [`verify`] builds one.
+#[derive(Debug, Clone)]
+pub struct VerifiedRelease {
+    commit: VerifiedCommit,
+    tree: ClusterTree,
+    manifest: ReleaseManifest,
+    expires: jiff::Timestamp,
+    digest: String,
+    signers: Vec<Signer>,
+    ignored_signatures: Vec<String>,
+}
+
+impl VerifiedRelease {
+    /// The verified commit the release was read from.
+    pub fn commit(&self) -> &VerifiedCommit {
+        &self.commit
+    }
+    /// The cluster directory, every file of which the manifest vouches for.
+    pub fn tree(&self) -> &ClusterTree {
+        &self.tree
+    }
+    /// The manifest.
+    pub fn manifest(&self) -> &ReleaseManifest {
+        &self.manifest
+    }
+    /// The manifest's serial.
+    pub fn serial(&self) -> u64 {
+        self.manifest.serial
+    }
+    /// The manifest's expiry.
+    pub fn expires(&self) -> jiff::Timestamp {
+        self.expires
+    }
+    /// SHA-256 of `release.yaml`, `sha256:<hex>`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The distinct trusted keys that signed, in signature-file order.
+    pub fn signers(&self) -> &[Signer] {
+        &self.signers
+    }
+    /// Signature files by keys this cluster does not trust: ignored, reported by `verify`.
+    pub fn ignored_signatures(&self) -> &[String] {
+        &self.ignored_signatures
+    }
+    /// The identity to record once this release is applied.
+    pub fn applied(&self) -> AppliedRelease {
+        AppliedRelease {
+            serial: self.manifest.serial,
+            digest: Some(self.digest.clone()),
+        }
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn is_signature_path(path: &str) -> bool {
+    path.starts_with(SIGNATURES_DIR)
+}
+
+/// Parses `release.yaml`, checking its shape but not its signatures or files.
+pub fn parse_manifest(
+    bytes: &[u8],
+    cluster: &str,
+    limits: &Limits,
+) -> Result<ReleaseManifest, ReleaseError> {
+    let malformed = |message: String| ReleaseError::Malformed {
+        cluster: cluster.to_owned(),
+        message,
+    };
+    let file = format!("clusters/{cluster}/{MANIFEST_FILE}");
+    let value =
+        crate::yaml::parse_document(bytes, &file, limits).map_err(|e| malformed(e.to_string()))?;
+    let manifest: ReleaseManifest =
+        serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+    if manifest.api_version != API_VERSION {
+        return Err(malformed(format!(
+            "field apiVersion must be {API_VERSION:?}, found {:?}",
+            manifest.api_version
+        )));
+    }
+    if manifest.kind != KIND {
+        return Err(malformed(format!(
+            "field kind must be {KIND:?}, found {:?}",
+            manifest.kind
+        )));
+    }
+    if manifest.serial == 0 {
+        return Err(malformed("field serial must be at least 1".into()));
+    }
+    if let Some(parent) = &manifest.parent
+        && !(parent.len() == 40 && parent.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(malformed(format!(
+            "field parent must be a full commit id (40 hex digits), found {parent:?}"
+        )));
+    }
+    for (path, digest) in &manifest.files {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(malformed(format!(
+                "files.{path}: expected sha256:<64 lowercase hex>, found {digest:?}"
+            )));
+        }
+        if path == MANIFEST_FILE || is_signature_path(path) {
+            return Err(malformed(format!(
+                "files.{path}: the manifest and its signatures are not listed"
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Verifies the release in `tree` (read from `commit`) against `policy` at the verifier's clock `now`.
+pub fn verify(
+    commit: VerifiedCommit,
+    tree: ClusterTree,
+    policy: &ReleasePolicy,
+    now: jiff::Timestamp,
+    limits: &Limits,
+) -> Result<VerifiedRelease, ReleaseError> {
+    let cluster = policy.cluster.clone();
+    if policy.threshold == 0 {
+        return Err(ReleaseError::InvalidThreshold { cluster });
+    }
+    let Some(TreeEntry::File(manifest_bytes)) = tree.entries.get(MANIFEST_FILE) else {
+        return Err(ReleaseError::MissingManifest { cluster });
+    };
+    let manifest = parse_manifest(manifest_bytes, &cluster, limits)?;
+    if manifest.cluster != cluster {
+        return Err(ReleaseError::WrongCluster {
+            cluster,
+            found: manifest.cluster,
+        });
+    }
+    let expires: jiff::Timestamp =
+        manifest
+            .expires
+            .parse()
+            .map_err(|e| ReleaseError::Malformed {
+                cluster: cluster.clone(),
+                message: format!(
+                    "field expires: {:?} is not an RFC 3339 instant: {e}",
+                    manifest.expires
+                ),
+            })?;
+    // Signatures first: nothing else in the manifest means anything until k trusted keys vouch for it.
+    let (signers, ignored_signatures) =
+        verify_signatures(&tree, manifest_bytes, policy, now, limits)?;
+    let digest = sha256_digest(manifest_bytes);
+    if let Some(last) = &policy.last_applied {
+        let same_release = last.digest.as_deref() == Some(digest.as_str());
+        if manifest.serial < last.serial || (manifest.serial == last.serial && !same_release) {
+            return Err(ReleaseError::Rollback {
+                cluster,
+                serial: manifest.serial,
+                last: last.serial,
+            });
+        }
+    }
+    if expires <= now {
+        return Err(ReleaseError::Expired {
+            cluster,
+            expires,
+            now,
+        });
+    }
+    check_files(&tree, &manifest, &cluster)?;
+    Ok(VerifiedRelease {
+        commit,
+        tree,
+        manifest,
+        expires,
+        digest,
+        signers,
+        ignored_signatures,
+    })
+}
+
+fn verify_signatures(
+    tree: &ClusterTree,
+    manifest_bytes: &[u8],
+    policy: &ReleasePolicy,
+    now: jiff::Timestamp,
+    limits: &Limits,
+) -> Result<(Vec<Signer>, Vec<String>), ReleaseError> {
+    let cluster = &policy.cluster;
+    let mut signers: Vec<Signer> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut ignored = Vec::new();
+    let mut count = 0usize;
+    for (path, entry) in tree.entries.range(SIGNATURES_DIR.to_owned()..) {
+        if !is_signature_path(path) {
+            break;
+        }
+        let file_error = |message: &str| ReleaseError::SignatureFile {
+            cluster: cluster.clone(),
+            file: path.clone(),
+            message: message.to_owned(),
+        };
+        let name = &path[SIGNATURES_DIR.len()..];
+        if name.contains('/') || !name.ends_with(".sig") || name.len() <= ".sig".len() {
+            return Err(file_error("only <name>.sig files belong in release.sigs/"));
+        }
+        let TreeEntry::File(armored) = entry else {
+            return Err(file_error(
+                "a signature must be a regular file (no symlinks or submodules)",
+            ));
+        };
+        count += 1;
+        if count > limits.max_release_signatures {
+            return Err(file_error(&format!(
+                "more than {} signature files",
+                limits.max_release_signatures
+            )));
+        }
+        match sshsig::verify(
+            armored,
+            manifest_bytes,
+            SIGNATURE_NAMESPACE,
+            &policy.signers,
+            now,
+        ) {
+            Ok(signer) => {
+                // The same key twice counts once: k-of-n means k distinct keys.
+                if seen.insert(signer.fingerprint.clone()) {
+                    signers.push(signer);
+                }
+            }
+            Err(SignatureError::UnknownKey { .. }) => ignored.push(path.clone()),
+            Err(source) => {
+                return Err(ReleaseError::Signature {
+                    cluster: cluster.clone(),
+                    file: path.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    if signers.len() < policy.threshold {
+        let names: Vec<String> = signers
+            .iter()
+            .map(|s| format!("{} ({})", s.principal, s.fingerprint))
+            .collect();
+        return Err(ReleaseError::BelowThreshold {
+            cluster: cluster.clone(),
+            found: signers.len(),
+            threshold: policy.threshold,
+            signers: if names.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", names.join(", "))
+            },
+        });
+    }
+    Ok((signers, ignored))
+}
+
+fn check_files(
+    tree: &ClusterTree,
+    manifest: &ReleaseManifest,
+    cluster: &str,
+) -> Result<(), ReleaseError> {
+    let mut problems = Vec::new();
+    for (path, entry) in &tree.entries {
+        if path == MANIFEST_FILE || is_signature_path(path) {
+            continue;
+        }
+        match (manifest.files.get(path), entry) {
+            (None, _) => problems.push(format!("{path}: present but not listed in release.yaml")),
+            (Some(_), TreeEntry::Symlink | TreeEntry::Submodule) => problems.push(format!(
+                "{path}: listed but is a symlink or submodule, not a file"
+            )),
+            (Some(expected), TreeEntry::File(bytes)) => {
+                let actual = sha256_digest(bytes);
+                if &actual != expected {
+                    problems.push(format!(
+                        "{path}: content is {actual}, release.yaml lists {expected}"
+                    ));
+                }
+            }
+        }
+    }
+    for path in manifest.files.keys() {
+        if !tree.entries.contains_key(path) {
+            problems.push(format!("{path}: listed in release.yaml but absent"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ReleaseError::Files {
+            cluster: cluster.to_owned(),
+            problems,
+        })
+    }
+}
+
+/// Writes a manifest for `tree` (as read from a checkout): every file but the manifest and its
+/// signatures, with its SHA-256.
+pub fn build_manifest(
+    tree: &ClusterTree,
+    serial: u64,
+    expires: jiff::Timestamp,
+    parent: Option<String>,
+) -> Result<ReleaseManifest, ReleaseError> {
+    let mut files = BTreeMap::new();
+    for (path, entry) in &tree.entries {
+        if path == MANIFEST_FILE || is_signature_path(path) {
+            continue;
+        }
+        match entry {
+            TreeEntry::File(bytes) => {
+                files.insert(path.clone(), sha256_digest(bytes));
+            }
+            TreeEntry::Symlink | TreeEntry::Submodule => {
+                return Err(ReleaseError::Files {
+                    cluster: tree.cluster.clone(),
+                    problems: vec![format!(
+                        "{path}: symlinks and submodules cannot be released"
+                    )],
+                });
+            }
+        }
+    }
+    Ok(ReleaseManifest {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        cluster: tree.cluster.clone(),
+        serial,
+        expires: expires.to_string(),
+        parent,
+        files,
+    })
+}
+
+/// Renders a manifest as the canonical `release.yaml` text.
+pub fn render_manifest(manifest: &ReleaseManifest) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("apiVersion: {}\n", manifest.api_version));
+    out.push_str(&format!("kind: {}\n", manifest.kind));
+    out.push_str(&format!("cluster: {}\n", manifest.cluster));
+    out.push_str(&format!("serial: {}\n", manifest.serial));
+    out.push_str(&format!("expires: \"{}\"\n", manifest.expires));
+    if let Some(parent) = &manifest.parent {
+        out.push_str(&format!("parent: {parent}\n"));
+    }
+    out.push_str("files:\n");
+    for (path, digest) in &manifest.files {
+        // Paths are validated layout paths (DNS-1123 names, '/', '.yaml'), but quote them anyway so
+        // the output stays valid YAML whatever a checkout holds.
+        out.push_str(&format!(
+            "  {}: {digest}\n",
+            serde_json::Value::String(path.clone())
+        ));
+    }
+    out
+}

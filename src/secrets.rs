@@ -71,10 +71,14 @@ pub enum SecretsError {
         limit: usize,
     },
     /// A passphrase (scrypt) stanza: only X25519 recipients are accepted.
-    #[error("encrypted with a passphrase (scrypt); encrypt to the cluster's age1... recipient instead")]
+    #[error(
+        "encrypted with a passphrase (scrypt); encrypt to the cluster's age1... recipient instead"
+    )]
     PassphraseNotAllowed,
     /// A stanza type other than X25519 (plugins, SSH recipients, post-quantum).
-    #[error("recipient stanza type {0:?} is not accepted; encrypt to the cluster's X25519 recipient (age1...)")]
+    #[error(
+        "recipient stanza type {0:?} is not accepted; encrypt to the cluster's X25519 recipient (age1...)"
+    )]
     UnsupportedStanza(String),
     /// None of the cluster's identities opens the value.
     #[error("no identity of this cluster decrypts it (encrypted to another recipient?)")]
@@ -137,12 +141,12 @@ impl Identities {
                 if line_text.is_empty() || line_text.starts_with('#') {
                     continue;
                 }
-                let identity = line_text
-                    .parse::<age::x25519::Identity>()
-                    .map_err(|_| SecretsError::InvalidIdentity {
+                let identity = line_text.parse::<age::x25519::Identity>().map_err(|_| {
+                    SecretsError::InvalidIdentity {
                         source_name: source.clone(),
                         line: index + 1,
-                    })?;
+                    }
+                })?;
                 identities.push(identity);
             }
             if identities.len() == before {
@@ -240,9 +244,9 @@ fn open_envelope(plaintext: &[u8]) -> Result<Option<(Binding, SecretValue)>, Sec
         fields[i] = Some(value.to_owned());
         rest = &rest[end + 1..];
     }
-    let value = rest
-        .strip_prefix(b"\n")
-        .ok_or_else(|| SecretsError::MalformedEnvelope("missing blank line after the header".into()))?;
+    let value = rest.strip_prefix(b"\n").ok_or_else(|| {
+        SecretsError::MalformedEnvelope("missing blank line after the header".into())
+    })?;
     let [Some(cluster), Some(namespace), Some(instance), Some(path)] = fields else {
         return Err(SecretsError::MalformedEnvelope("incomplete header".into()));
     };
@@ -259,7 +263,11 @@ fn open_envelope(plaintext: &[u8]) -> Result<Option<(Binding, SecretValue)>, Sec
 
 /// Encrypts `plaintext` to `recipient` as ASCII-armored age (readable by `age -d`), sealing it in the
 /// binding envelope when `binding` is given.
-pub fn encrypt(plaintext: &[u8], recipient: &str, binding: Option<&Binding>) -> Result<String, SecretsError> {
+pub fn encrypt(
+    plaintext: &[u8],
+    recipient: &str,
+    binding: Option<&Binding>,
+) -> Result<String, SecretsError> {
     let recipient: age::x25519::Recipient = recipient
         .trim()
         .parse()
@@ -272,11 +280,13 @@ pub fn encrypt(plaintext: &[u8], recipient: &str, binding: Option<&Binding>) -> 
         }
         None => plaintext,
     };
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-        .map_err(|e| SecretsError::Encrypt(e.to_string()))?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| SecretsError::Encrypt(e.to_string()))?;
     let mut armored = Vec::new();
-    let armor = age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
-        .map_err(|e| SecretsError::Encrypt(e.to_string()))?;
+    let armor =
+        age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
+            .map_err(|e| SecretsError::Encrypt(e.to_string()))?;
     let mut writer = encryptor
         .wrap_output(armor)
         .map_err(|e| SecretsError::Encrypt(e.to_string()))?;
@@ -299,7 +309,9 @@ fn dearmor_and_check(armored: &str, limits: &Limits) -> Result<Vec<u8>, SecretsE
         });
     }
     if !is_armored(armored) {
-        return Err(SecretsError::Malformed("does not start with the age armor line".into()));
+        return Err(SecretsError::Malformed(
+            "does not start with the age armor line".into(),
+        ));
     }
     let mut binary = Vec::with_capacity(armored.len());
     age::armor::ArmoredReader::new(BufReader::new(armored.as_bytes()))
@@ -332,7 +344,9 @@ fn check_header(binary: &[u8]) -> Result<(), SecretsError> {
             stanzas += 1;
             // Every stanza is tried by the decryptor; bound the count.
             if stanzas > 64 {
-                return Err(SecretsError::Malformed("more than 64 recipient stanzas".into()));
+                return Err(SecretsError::Malformed(
+                    "more than 64 recipient stanzas".into(),
+                ));
             }
             let tag = rest.split(|b| *b == b' ').next().unwrap_or_default();
             match tag {
@@ -342,7 +356,9 @@ fn check_header(binary: &[u8]) -> Result<(), SecretsError> {
                 // Unknown stanzas (age's own "grease", plugins) are ignored, as age does; only
                 // X25519 ones can be opened by the cluster's identities.
                 other => {
-                    first_other.get_or_insert_with(|| String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned());
+                    first_other.get_or_insert_with(|| {
+                        String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned()
+                    });
                 }
             }
         }
@@ -350,9 +366,14 @@ fn check_header(binary: &[u8]) -> Result<(), SecretsError> {
     Err(SecretsError::Malformed("header has no MAC line".into()))
 }
 
-fn decrypt_raw(armored: &str, identities: &Identities, limits: &Limits) -> Result<SecretValue, SecretsError> {
+fn decrypt_raw(
+    armored: &str,
+    identities: &Identities,
+    limits: &Limits,
+) -> Result<SecretValue, SecretsError> {
     let binary = dearmor_and_check(armored, limits)?;
-    let decryptor = age::Decryptor::new_buffered(&binary[..]).map_err(|e| SecretsError::Malformed(e.to_string()))?;
+    let decryptor = age::Decryptor::new_buffered(&binary[..])
+        .map_err(|e| SecretsError::Malformed(e.to_string()))?;
     if decryptor.is_scrypt() {
         return Err(SecretsError::PassphraseNotAllowed);
     }
@@ -400,7 +421,11 @@ pub fn decrypt(
 
 /// Decrypts one value and strips its envelope *without* checking the binding (used by tools that
 /// re-encrypt, such as `demo`).
-pub fn decrypt_any(armored: &str, identities: &Identities, limits: &Limits) -> Result<SecretValue, SecretsError> {
+pub fn decrypt_any(
+    armored: &str,
+    identities: &Identities,
+    limits: &Limits,
+) -> Result<SecretValue, SecretsError> {
     decrypt(armored, identities, limits).map(|(_, value)| value)
 }
 
@@ -471,7 +496,11 @@ pub fn set_leaf(values: &mut Value, path: &str, new: Value) -> Result<(), Secret
 pub fn redact_values(values: &Value) -> Value {
     match values {
         Value::String(s) if is_armored(s) => Value::String(REDACTED.to_owned()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), redact_values(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), redact_values(v)))
+                .collect(),
+        ),
         Value::Array(items) => Value::Array(items.iter().map(redact_values).collect()),
         other => other.clone(),
     }
@@ -553,7 +582,11 @@ pub struct DecryptedValues {
 impl std::fmt::Debug for DecryptedValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|(p, _, bound)| format!("{p} (bound: {bound}) = {REDACTED}")))
+            .entries(
+                self.entries
+                    .iter()
+                    .map(|(p, _, bound)| format!("{p} (bound: {bound}) = {REDACTED}")),
+            )
             .finish()
     }
 }
@@ -569,7 +602,11 @@ impl DecryptedValues {
     }
     /// The paths of values that are not bound (accepted, but reported).
     pub fn unbound_paths(&self) -> Vec<String> {
-        self.entries.iter().filter(|(_, _, b)| !b).map(|(p, _, _)| p.clone()).collect()
+        self.entries
+            .iter()
+            .filter(|(_, _, b)| !b)
+            .map(|(p, _, _)| p.clone())
+            .collect()
     }
     /// `(path, value, bound)` for every value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretValue, bool)> {
@@ -577,9 +614,15 @@ impl DecryptedValues {
     }
 }
 
-fn collect_leaves(values: &Value, at: &ValueContext, limits: &Limits) -> Result<Vec<(String, String)>, Vec<ValueError>> {
+fn collect_leaves(
+    values: &Value,
+    at: &ValueContext,
+    limits: &Limits,
+) -> Result<Vec<(String, String)>, Vec<ValueError>> {
     let mut leaves = Vec::new();
-    for_each_armored(values, &mut |path, armored| leaves.push((path.to_owned(), armored.to_owned())));
+    for_each_armored(values, &mut |path, armored| {
+        leaves.push((path.to_owned(), armored.to_owned()))
+    });
     if leaves.len() > limits.max_secret_values {
         return Err(vec![ValueError {
             namespace: at.namespace.clone(),
@@ -629,10 +672,12 @@ pub fn decrypt_values(
                     .zip(expected)
                     .find(|((_, bound), (_, here))| bound != here)
                 {
-                    Some(((field, bound_to), _)) => errors.push(error(ValueErrorKind::BindingMismatch {
-                        field,
-                        bound_to: bound_to.to_owned(),
-                    })),
+                    Some(((field, bound_to), _)) => {
+                        errors.push(error(ValueErrorKind::BindingMismatch {
+                            field,
+                            bound_to: bound_to.to_owned(),
+                        }))
+                    }
                     None => decrypted.entries.push((path.clone(), value, true)),
                 }
             }
@@ -645,19 +690,29 @@ pub fn decrypt_values(
             }
         }
     }
-    if errors.is_empty() { Ok(decrypted) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(decrypted)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Checks every armored leaf without identities (e.g. in a pull request's CI, which must not hold
 /// the cluster's key): size, armor, header, X25519 stanzas only. Returns how many values there are.
-pub fn check_values_form(values: &Value, at: &ValueContext, limits: &Limits) -> Result<usize, Vec<ValueError>> {
+pub fn check_values_form(
+    values: &Value,
+    at: &ValueContext,
+    limits: &Limits,
+) -> Result<usize, Vec<ValueError>> {
     let leaves = collect_leaves(values, at, limits)?;
     let mut errors = Vec::new();
     for (path, armored) in &leaves {
         let kind = if !path_is_addressable(values, path) {
             Some(ValueErrorKind::UnaddressablePath)
         } else {
-            dearmor_and_check(armored, limits).err().map(ValueErrorKind::Secrets)
+            dearmor_and_check(armored, limits)
+                .err()
+                .map(ValueErrorKind::Secrets)
         };
         if let Some(kind) = kind {
             errors.push(ValueError {
@@ -668,7 +723,11 @@ pub fn check_values_form(values: &Value, at: &ValueContext, limits: &Limits) -> 
             });
         }
     }
-    if errors.is_empty() { Ok(leaves.len()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(leaves.len())
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
@@ -704,25 +763,66 @@ mod tests {
     fn bound_round_trip_and_mismatches() {
         let (ids, rcpt) = keys();
         let limits = Limits::default();
-        let good = encrypt(MARKER.as_bytes(), &rcpt, Some(&binding("smtp.password"))).expect("encrypt");
+        let good =
+            encrypt(MARKER.as_bytes(), &rcpt, Some(&binding("smtp.password"))).expect("encrypt");
         let values = serde_json::json!({"smtp": {"password": good.clone(), "host": "h"}});
-        let decrypted = decrypt_values(&values, &ctx(), &ids, &ValuesPolicy::default(), &limits).expect("ok");
+        let decrypted =
+            decrypt_values(&values, &ctx(), &ids, &ValuesPolicy::default(), &limits).expect("ok");
         assert_eq!(decrypted.len(), 1);
-        assert_eq!(decrypted.iter().next().map(|(_, v, b)| (v.expose().to_vec(), b)), Some((MARKER.as_bytes().to_vec(), true)));
+        assert_eq!(
+            decrypted
+                .iter()
+                .next()
+                .map(|(_, v, b)| (v.expose().to_vec(), b)),
+            Some((MARKER.as_bytes().to_vec(), true))
+        );
         assert!(!format!("{decrypted:?}").contains(MARKER));
 
         // Moved to another path, instance, namespace or cluster.
         let moved = serde_json::json!({"smtp": {"user": good.clone()}});
-        let errs = decrypt_values(&moved, &ctx(), &ids, &ValuesPolicy::default(), &limits).expect_err("moved");
-        assert!(matches!(&errs[0].kind, ValueErrorKind::BindingMismatch { field: "path", .. }), "{errs:?}");
+        let errs = decrypt_values(&moved, &ctx(), &ids, &ValuesPolicy::default(), &limits)
+            .expect_err("moved");
+        assert!(
+            matches!(
+                &errs[0].kind,
+                ValueErrorKind::BindingMismatch { field: "path", .. }
+            ),
+            "{errs:?}"
+        );
         for (field, other) in [
-            ("instance", ValueContext { instance: "other".into(), ..ctx() }),
-            ("namespace", ValueContext { namespace: "org-b".into(), ..ctx() }),
-            ("cluster", ValueContext { cluster: "prod".into(), ..ctx() }),
+            (
+                "instance",
+                ValueContext {
+                    instance: "other".into(),
+                    ..ctx()
+                },
+            ),
+            (
+                "namespace",
+                ValueContext {
+                    namespace: "org-b".into(),
+                    ..ctx()
+                },
+            ),
+            (
+                "cluster",
+                ValueContext {
+                    cluster: "prod".into(),
+                    ..ctx()
+                },
+            ),
         ] {
-            let errs = decrypt_values(&values, &other, &ids, &ValuesPolicy::default(), &limits).expect_err("moved");
-            assert!(matches!(&errs[0].kind, ValueErrorKind::BindingMismatch { field: f, .. } if *f == field), "{errs:?}");
-            assert!(errs[0].to_string().contains("spec.values.smtp.password"), "{}", errs[0]);
+            let errs = decrypt_values(&values, &other, &ids, &ValuesPolicy::default(), &limits)
+                .expect_err("moved");
+            assert!(
+                matches!(&errs[0].kind, ValueErrorKind::BindingMismatch { field: f, .. } if *f == field),
+                "{errs:?}"
+            );
+            assert!(
+                errs[0].to_string().contains("spec.values.smtp.password"),
+                "{}",
+                errs[0]
+            );
             assert!(!errs[0].to_string().contains(MARKER));
         }
     }
@@ -732,23 +832,47 @@ mod tests {
         let (ids, rcpt) = keys();
         let plain = encrypt(MARKER.as_bytes(), &rcpt, None).expect("encrypt");
         let values = serde_json::json!({"list": [{"token": plain}]});
-        let ok = decrypt_values(&values, &ctx(), &ids, &ValuesPolicy::default(), &Limits::default()).expect("ok");
+        let ok = decrypt_values(
+            &values,
+            &ctx(),
+            &ids,
+            &ValuesPolicy::default(),
+            &Limits::default(),
+        )
+        .expect("ok");
         assert_eq!(ok.unbound_paths(), ["list.0.token"]);
-        let errs = decrypt_values(&values, &ctx(), &ids, &ValuesPolicy { require_bound: true }, &Limits::default())
-            .expect_err("refused");
+        let errs = decrypt_values(
+            &values,
+            &ctx(),
+            &ids,
+            &ValuesPolicy {
+                require_bound: true,
+            },
+            &Limits::default(),
+        )
+        .expect_err("refused");
         assert_eq!(errs[0].kind, ValueErrorKind::UnboundValueNotAllowed);
     }
 
     #[test]
     fn envelope_rules() {
-        assert!(matches!(seal(b"x", &binding("a\nb")), Err(SecretsError::InvalidBinding("path"))));
-        assert!(matches!(seal(b"x", &binding("")), Err(SecretsError::InvalidBinding("path"))));
+        assert!(matches!(
+            seal(b"x", &binding("a\nb")),
+            Err(SecretsError::InvalidBinding("path"))
+        ));
+        assert!(matches!(
+            seal(b"x", &binding("")),
+            Err(SecretsError::InvalidBinding("path"))
+        ));
         let sealed = seal(b"v\n\nw", &binding("p")).expect("seal");
         let (b, v) = open_envelope(&sealed).expect("open").expect("bound");
         assert_eq!(b, binding("p"));
         assert_eq!(v.expose(), b"v\n\nw");
         let broken = format!("{ENVELOPE_MAGIC}\ncluster: demo\nnamespace org-a\n");
-        assert!(matches!(open_envelope(broken.as_bytes()), Err(SecretsError::MalformedEnvelope(_))));
+        assert!(matches!(
+            open_envelope(broken.as_bytes()),
+            Err(SecretsError::MalformedEnvelope(_))
+        ));
         assert!(open_envelope(b"plain value").expect("unbound").is_none());
     }
 
@@ -757,7 +881,14 @@ mod tests {
         let (ids, rcpt) = keys();
         let v = encrypt(b"x", &rcpt, None).expect("encrypt");
         let values = serde_json::json!({"a.b": v});
-        let errs = decrypt_values(&values, &ctx(), &ids, &ValuesPolicy::default(), &Limits::default()).expect_err("dot");
+        let errs = decrypt_values(
+            &values,
+            &ctx(),
+            &ids,
+            &ValuesPolicy::default(),
+            &Limits::default(),
+        )
+        .expect_err("dot");
         assert_eq!(errs[0].kind, ValueErrorKind::UnaddressablePath);
     }
 
@@ -767,9 +898,18 @@ mod tests {
         let text = secret.expose_str().expect("utf8").to_owned();
         let broken = format!("# comment\n{}X\n", &text[..text.len() - 1]);
         let err = Identities::parse(&broken, "identity.txt").expect_err("bad");
-        assert_eq!(err, SecretsError::InvalidIdentity { source_name: "identity.txt".into(), line: 2 });
+        assert_eq!(
+            err,
+            SecretsError::InvalidIdentity {
+                source_name: "identity.txt".into(),
+                line: 2
+            }
+        );
         assert!(!err.to_string().contains(&text[15..40]));
-        assert!(matches!(Identities::parse("# nothing\n", "empty"), Err(SecretsError::NoIdentities(_))));
+        assert!(matches!(
+            Identities::parse("# nothing\n", "empty"),
+            Err(SecretsError::NoIdentities(_))
+        ));
         let (ids, _) = keys();
         assert!(!format!("{ids:?}").contains("AGE-SECRET-KEY"));
         assert_eq!(format!("{secret:?}"), REDACTED);
@@ -778,10 +918,17 @@ mod tests {
 
     #[test]
     fn redact_and_set_leaf() {
-        let mut values = serde_json::json!({"a": {"b": format!("{ARMOR_BEGIN}\nxx\n")}, "c": [1, "d"]});
-        assert_eq!(redact_values(&values), serde_json::json!({"a": {"b": REDACTED}, "c": [1, "d"]}));
+        let mut values =
+            serde_json::json!({"a": {"b": format!("{ARMOR_BEGIN}\nxx\n")}, "c": [1, "d"]});
+        assert_eq!(
+            redact_values(&values),
+            serde_json::json!({"a": {"b": REDACTED}, "c": [1, "d"]})
+        );
         set_leaf(&mut values, "c.1", Value::String("e".into())).expect("set");
         assert_eq!(values["c"][1], "e");
-        assert!(matches!(set_leaf(&mut values, "c.9", Value::Null), Err(SecretsError::NoSuchPath(_))));
+        assert!(matches!(
+            set_leaf(&mut values, "c.9", Value::Null),
+            Err(SecretsError::NoSuchPath(_))
+        ));
     }
 }

@@ -95,7 +95,11 @@ fn depth(value: &serde_json::Value) -> usize {
 }
 
 /// Parses one YAML document into a JSON value, refusing everything the repository rules refuse.
-pub fn parse_document(bytes: &[u8], file: &str, limits: &Limits) -> Result<serde_json::Value, YamlError> {
+pub fn parse_document(
+    bytes: &[u8],
+    file: &str,
+    limits: &Limits,
+) -> Result<serde_json::Value, YamlError> {
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(YamlError::TooLarge {
             file: file.to_owned(),
@@ -109,15 +113,28 @@ pub fn parse_document(bytes: &[u8], file: &str, limits: &Limits) -> Result<serde
     })?;
     let parse_error = |e: serde_saphyr::Error| YamlError::Parse {
         file: file.to_owned(),
-        message: e.to_string().lines().next().unwrap_or("invalid YAML").to_owned(),
+        message: e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_owned(),
     };
     let documents: Vec<serde_json::Value> =
         serde_saphyr::from_str_multiple_with_options(text, options(limits)).map_err(parse_error)?;
     let mut documents = documents.into_iter();
     let value = match (documents.next(), documents.next()) {
         (Some(value), None) => value,
-        (None, _) => return Err(YamlError::Empty { file: file.to_owned() }),
-        (Some(_), Some(_)) => return Err(YamlError::MultipleDocuments { file: file.to_owned() }),
+        (None, _) => {
+            return Err(YamlError::Empty {
+                file: file.to_owned(),
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(YamlError::MultipleDocuments {
+                file: file.to_owned(),
+            });
+        }
     };
     if depth(&value) > limits.max_yaml_depth {
         return Err(YamlError::TooDeep {
@@ -138,9 +155,18 @@ mod tests {
 
     #[test]
     fn one_document() {
-        assert_eq!(parse("a: 1\nb: [x, y]\n").expect("ok"), serde_json::json!({"a": 1, "b": ["x", "y"]}));
-        assert_eq!(parse("---\na: 1\n").expect("leading marker"), serde_json::json!({"a": 1}));
-        assert!(matches!(parse("a: 1\n---\nb: 2\n"), Err(YamlError::MultipleDocuments { .. })));
+        assert_eq!(
+            parse("a: 1\nb: [x, y]\n").expect("ok"),
+            serde_json::json!({"a": 1, "b": ["x", "y"]})
+        );
+        assert_eq!(
+            parse("---\na: 1\n").expect("leading marker"),
+            serde_json::json!({"a": 1})
+        );
+        assert!(matches!(
+            parse("a: 1\n---\nb: 2\n"),
+            Err(YamlError::MultipleDocuments { .. })
+        ));
         assert!(matches!(parse(""), Err(YamlError::Empty { .. })));
     }
 
@@ -168,16 +194,31 @@ mod tests {
     #[test]
     fn depth_size_utf8_and_keys() {
         let deep = format!("{}x{}", "[".repeat(100), "]".repeat(100));
-        assert!(matches!(parse(&deep), Err(YamlError::Parse { .. } | YamlError::TooDeep { .. })));
+        assert!(matches!(
+            parse(&deep),
+            Err(YamlError::Parse { .. } | YamlError::TooDeep { .. })
+        ));
         let limits = Limits {
             max_file_bytes: 10,
             ..Limits::default()
         };
-        assert!(matches!(parse_document(b"a: 12345678901", "f", &limits), Err(YamlError::TooLarge { .. })));
-        assert!(matches!(parse_document(b"a: \xff", "f", &Limits::default()), Err(YamlError::NotUtf8 { offset: 3, .. })));
+        assert!(matches!(
+            parse_document(b"a: 12345678901", "f", &limits),
+            Err(YamlError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse_document(b"a: \xff", "f", &Limits::default()),
+            Err(YamlError::NotUtf8 { offset: 3, .. })
+        ));
         // Scalar keys become strings, as Kubernetes' YAML-to-JSON conversion does.
-        assert_eq!(parse("1: a\n").expect("int key"), serde_json::json!({"1": "a"}));
-        assert_eq!(parse("c: no\n").expect("norway"), serde_json::json!({"c": "no"}));
+        assert_eq!(
+            parse("1: a\n").expect("int key"),
+            serde_json::json!({"1": "a"})
+        );
+        assert_eq!(
+            parse("c: no\n").expect("norway"),
+            serde_json::json!({"c": "no"})
+        );
         assert!(parse("? [a, b]\n: c\n").is_err(), "complex keys refused");
     }
 }

@@ -21,10 +21,18 @@ struct Keys {
 fn age_keygen() -> Keys {
     let dir = tempfile::tempdir().expect("tempdir");
     let identity_file = dir.path().join("key.txt");
-    let out = Command::new("age-keygen").arg("-o").arg(&identity_file).output().expect("age-keygen");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity_file)
+        .output()
+        .expect("age-keygen");
     assert!(out.status.success());
     let text = std::fs::read_to_string(&identity_file).expect("read");
-    let recipient = text.lines().find_map(|l| l.strip_prefix("# public key: ")).expect("recipient").to_owned();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("recipient")
+        .to_owned();
     Keys {
         _dir: dir,
         identity_file,
@@ -35,14 +43,29 @@ fn age_keygen() -> Keys {
 fn identities(files: &[&Path]) -> Identities {
     let texts: Vec<(String, String)> = files
         .iter()
-        .map(|p| (p.display().to_string(), std::fs::read_to_string(p).expect("read")))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(p).expect("read"),
+            )
+        })
         .collect();
     Identities::parse_many(&texts).expect("identities")
 }
 
 fn pipe(cmd: &mut Command, input: &[u8]) -> (bool, Vec<u8>) {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     (out.status.success(), out.stdout)
 }
@@ -54,7 +77,10 @@ fn age_encrypt(recipient: &str, plaintext: &[u8]) -> String {
 }
 
 fn age_decrypt(identity: &Path, armored: &str) -> Option<Vec<u8>> {
-    let (ok, out) = pipe(Command::new("age").arg("-d").arg("-i").arg(identity), armored.as_bytes());
+    let (ok, out) = pipe(
+        Command::new("age").arg("-d").arg("-i").arg(identity),
+        armored.as_bytes(),
+    );
     ok.then_some(out)
 }
 
@@ -70,8 +96,12 @@ fn ctx(instance: &str) -> ValueContext {
 fn values_from_age_decrypt_with_ours() {
     let k = age_keygen();
     let armored = age_encrypt(&k.recipient, MARKER.as_bytes());
-    let (binding, value) =
-        secrets::decrypt(&armored, &identities(&[&k.identity_file]), &Limits::default()).expect("decrypts");
+    let (binding, value) = secrets::decrypt(
+        &armored,
+        &identities(&[&k.identity_file]),
+        &Limits::default(),
+    )
+    .expect("decrypts");
     assert_eq!(binding, None);
     assert_eq!(value.expose(), MARKER.as_bytes());
 }
@@ -80,7 +110,10 @@ fn values_from_age_decrypt_with_ours() {
 fn ours_decrypt_with_age_and_show_the_envelope() {
     let k = age_keygen();
     let plain = secrets::encrypt(MARKER.as_bytes(), &k.recipient, None).expect("encrypt");
-    assert_eq!(age_decrypt(&k.identity_file, &plain).expect("age -d"), MARKER.as_bytes());
+    assert_eq!(
+        age_decrypt(&k.identity_file, &plain).expect("age -d"),
+        MARKER.as_bytes()
+    );
     let binding = Binding {
         cluster: "demo".into(),
         namespace: "org-a".into(),
@@ -88,10 +121,13 @@ fn ours_decrypt_with_age_and_show_the_envelope() {
         path: "smtp.password".into(),
     };
     let bound = secrets::encrypt(MARKER.as_bytes(), &k.recipient, Some(&binding)).expect("encrypt");
-    let shown = String::from_utf8(age_decrypt(&k.identity_file, &bound).expect("age -d")).expect("utf8");
+    let shown =
+        String::from_utf8(age_decrypt(&k.identity_file, &bound).expect("age -d")).expect("utf8");
     assert_eq!(
         shown,
-        format!("vworkspace-bound-value/v1\ncluster: demo\nnamespace: org-a\ninstance: app\npath: smtp.password\n\n{MARKER}")
+        format!(
+            "vworkspace-bound-value/v1\ncluster: demo\nnamespace: org-a\ninstance: app\npath: smtp.password\n\n{MARKER}"
+        )
     );
 }
 
@@ -102,7 +138,12 @@ fn rotation_uses_any_identity() {
     let armored = age_encrypt(&new.recipient, b"rotated");
     let both = identities(&[&old.identity_file, &new.identity_file]);
     assert_eq!(both.len(), 2);
-    assert_eq!(secrets::decrypt_any(&armored, &both, &Limits::default()).expect("ok").expose(), b"rotated");
+    assert_eq!(
+        secrets::decrypt_any(&armored, &both, &Limits::default())
+            .expect("ok")
+            .expose(),
+        b"rotated"
+    );
     let only_old = identities(&[&old.identity_file]);
     assert_eq!(
         secrets::decrypt_any(&armored, &only_old, &Limits::default()).expect_err("wrong key"),
@@ -114,9 +155,12 @@ fn rotation_uses_any_identity() {
 fn passphrase_values_are_refused() {
     let k = age_keygen();
     // `age -p` reads the passphrase from a terminal; build the same scrypt stanza with the age crate.
-    let encryptor = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from("pass".to_owned()));
+    let encryptor =
+        age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from("pass".to_owned()));
     let mut armored = Vec::new();
-    let armor = age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor).expect("armor");
+    let armor =
+        age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
+            .expect("armor");
     let mut w = encryptor.wrap_output(armor).expect("wrap");
     w.write_all(MARKER.as_bytes()).expect("write");
     w.finish().and_then(|a| a.finish()).expect("finish");
@@ -127,8 +171,12 @@ fn passphrase_values_are_refused() {
         SecretsError::PassphraseNotAllowed
     );
     let values = serde_json::json!({"p": armored});
-    let errs = secrets::check_values_form(&values, &ctx("app"), &Limits::default()).expect_err("form");
-    assert_eq!(errs[0].kind, ValueErrorKind::Secrets(SecretsError::PassphraseNotAllowed));
+    let errs =
+        secrets::check_values_form(&values, &ctx("app"), &Limits::default()).expect_err("form");
+    assert_eq!(
+        errs[0].kind,
+        ValueErrorKind::Secrets(SecretsError::PassphraseNotAllowed)
+    );
 }
 
 #[test]
@@ -144,11 +192,20 @@ fn corrupted_and_oversized_values_are_refused() {
     let corrupted = lines.join("\n") + "\n";
     assert!(matches!(
         secrets::decrypt_any(&corrupted, &ids, &Limits::default()),
-        Err(SecretsError::Malformed(_) | SecretsError::DecryptionFailed(_) | SecretsError::NoMatchingIdentity)
+        Err(SecretsError::Malformed(_)
+            | SecretsError::DecryptionFailed(_)
+            | SecretsError::NoMatchingIdentity)
     ));
-    assert!(age_decrypt(&k.identity_file, &corrupted).is_none(), "age refuses it too");
+    assert!(
+        age_decrypt(&k.identity_file, &corrupted).is_none(),
+        "age refuses it too"
+    );
     assert!(matches!(
-        secrets::decrypt_any("-----BEGIN AGE ENCRYPTED FILE-----\nnot base64!\n-----END AGE ENCRYPTED FILE-----\n", &ids, &Limits::default()),
+        secrets::decrypt_any(
+            "-----BEGIN AGE ENCRYPTED FILE-----\nnot base64!\n-----END AGE ENCRYPTED FILE-----\n",
+            &ids,
+            &Limits::default()
+        ),
         Err(SecretsError::Malformed(_))
     ));
 
@@ -158,7 +215,10 @@ fn corrupted_and_oversized_values_are_refused() {
     };
     assert!(matches!(
         secrets::decrypt_any(&armored, &ids, &small),
-        Err(SecretsError::TooLarge { what: "armored value", .. })
+        Err(SecretsError::TooLarge {
+            what: "armored value",
+            ..
+        })
     ));
     let big = age_encrypt(&k.recipient, &vec![b'x'; 4096]);
     let tight = Limits {
@@ -167,7 +227,10 @@ fn corrupted_and_oversized_values_are_refused() {
     };
     assert!(matches!(
         secrets::decrypt_any(&big, &ids, &tight),
-        Err(SecretsError::TooLarge { what: "decrypted value", .. })
+        Err(SecretsError::TooLarge {
+            what: "decrypted value",
+            ..
+        })
     ));
     let many = serde_json::json!({"a": armored.clone(), "b": armored.clone()});
     let one = Limits {
@@ -191,9 +254,23 @@ fn bound_values_refused_elsewhere() {
     let bound = secrets::encrypt(MARKER.as_bytes(), &k.recipient, Some(&binding)).expect("encrypt");
     let here = serde_json::json!({"mail": {"password": bound}});
     let policy = ValuesPolicy::default();
-    assert_eq!(secrets::decrypt_values(&here, &ctx("nextcloud"), &ids, &policy, &Limits::default()).expect("ok").len(), 1);
-    let errs = secrets::decrypt_values(&here, &ctx("vaultwarden"), &ids, &policy, &Limits::default()).expect_err("copied");
-    assert!(matches!(&errs[0].kind, ValueErrorKind::BindingMismatch { field: "instance", bound_to } if bound_to == "nextcloud"));
+    assert_eq!(
+        secrets::decrypt_values(&here, &ctx("nextcloud"), &ids, &policy, &Limits::default())
+            .expect("ok")
+            .len(),
+        1
+    );
+    let errs = secrets::decrypt_values(
+        &here,
+        &ctx("vaultwarden"),
+        &ids,
+        &policy,
+        &Limits::default(),
+    )
+    .expect_err("copied");
+    assert!(
+        matches!(&errs[0].kind, ValueErrorKind::BindingMismatch { field: "instance", bound_to } if bound_to == "nextcloud")
+    );
 }
 
 #[test]
@@ -210,21 +287,37 @@ fn no_plaintext_in_any_error_or_debug() {
     let bound = secrets::encrypt(MARKER.as_bytes(), &k.recipient, Some(&binding)).expect("encrypt");
     let unbound = age_encrypt(&k.recipient, MARKER.as_bytes());
     let foreign = age_encrypt(&other.recipient, MARKER.as_bytes());
-    let huge = age_encrypt(&k.recipient, format!("{MARKER}{}", "x".repeat(40_000)).as_bytes());
-    let values = serde_json::json!({"v": bound, "w": unbound, "x": foreign, "y": huge, "z": {"v": bound}});
-    let strict = ValuesPolicy { require_bound: true };
-    let errs = secrets::decrypt_values(&values, &ctx("other"), &ids, &strict, &Limits::default()).expect_err("all bad");
+    let huge = age_encrypt(
+        &k.recipient,
+        format!("{MARKER}{}", "x".repeat(40_000)).as_bytes(),
+    );
+    let values =
+        serde_json::json!({"v": bound, "w": unbound, "x": foreign, "y": huge, "z": {"v": bound}});
+    let strict = ValuesPolicy {
+        require_bound: true,
+    };
+    let errs = secrets::decrypt_values(&values, &ctx("other"), &ids, &strict, &Limits::default())
+        .expect_err("all bad");
     assert_eq!(errs.len(), 5, "{errs:?}");
     let identity_text = std::fs::read_to_string(&k.identity_file).expect("read");
-    let secret_line = identity_text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).expect("key");
+    let secret_line = identity_text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("key");
     for e in &errs {
         for text in [e.to_string(), format!("{e:?}")] {
             assert!(!text.contains(MARKER), "{text}");
             assert!(!text.contains(secret_line), "{text}");
         }
     }
-    let ok = secrets::decrypt_values(&serde_json::json!({"v": bound}), &ctx("app"), &ids, &ValuesPolicy::default(), &Limits::default())
-        .expect("ok");
+    let ok = secrets::decrypt_values(
+        &serde_json::json!({"v": bound}),
+        &ctx("app"),
+        &ids,
+        &ValuesPolicy::default(),
+        &Limits::default(),
+    )
+    .expect("ok");
     assert!(!format!("{ok:?}").contains(MARKER));
     let (_, value) = secrets::decrypt(&unbound, &ids, &Limits::default()).expect("ok");
     assert!(!format!("{value:?} {value}").contains(MARKER));

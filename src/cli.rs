@@ -1,0 +1,421 @@
+//! The command line: `kubectl`/`flux`-style subcommands over the library.
+//!
+//! Exit codes: 0 when the checked ref passes, 1 when it is refused (each finding on its own line),
+//! 2 on usage errors (bad flags, unreadable inputs).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::git::{GitRef, LocalRepository};
+use crate::limits::Limits;
+use crate::pipeline::{self, TrustConfig};
+use crate::release::{AppliedRelease, ReleasePolicy};
+use crate::secrets::Identities;
+use crate::signers::AllowedSigners;
+
+/// vworkspace-operator, GitOps mode: verify signed intent from Git and reconcile it into a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "vworkspace-operator", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a ref: commit signature, release, schema and decryptability. Exit 0 pass, 1 refused.
+    Verify(TrustArgs),
+    /// Show the objects a pass would apply, as multi-document YAML (secret values redacted).
+    Plan(TrustArgs),
+    /// Write clusters/<id>/release.yaml (hashes, next serial) and sign it.
+    Release(ReleaseArgs),
+    /// Encrypt a value (stdin) to a cluster's age recipient, optionally bound to where it is used.
+    Encrypt(EncryptArgs),
+    /// Generate an age identity (cluster key) or an ed25519 SSH key pair (signing key).
+    Keygen(KeygenArgs),
+    /// Print the CustomResourceDefinitions, or write them into a directory.
+    Crdgen(CrdgenArgs),
+    /// Run the whole pipeline on the embedded example with throwaway keys; no cluster needed.
+    Demo(DemoArgs),
+}
+
+/// Inputs shared by `verify` and `plan`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The repository: a path to a work tree or bare repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The ref to check: a branch, tag or commit (default: HEAD).
+    #[arg(long = "ref", default_value = "HEAD")]
+    pub git_ref: String,
+    /// This cluster's id (the directory clusters/<id>/).
+    #[arg(long)]
+    pub cluster: String,
+    /// Trusted commit signers, git's allowed_signers format.
+    #[arg(long)]
+    pub allowed_signers: PathBuf,
+    /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release".
+    #[arg(long)]
+    pub release_signers: PathBuf,
+    /// How many distinct trusted release keys must sign.
+    #[arg(long, default_value_t = 1)]
+    pub threshold: usize,
+    /// The cluster's age identity file; repeat for rotation. Without it values are checked for form only.
+    #[arg(long)]
+    pub identity: Vec<PathBuf>,
+    /// The last applied serial: the release must exceed it.
+    #[arg(long)]
+    pub last_serial: Option<u64>,
+    /// Refuse encrypted values that are not bound to where they are found.
+    #[arg(long)]
+    pub require_bound_values: bool,
+    /// The verifier's clock, RFC 3339 (default: now).
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+/// `release` arguments.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The checkout (work tree) to release from.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The cluster id.
+    #[arg(long)]
+    pub cluster: String,
+    /// The ed25519 SSH private key to sign with (OpenSSH format, unencrypted).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// How long the release stays valid: a duration such as 30d, 12h, 90m.
+    #[arg(long, default_value = "30d")]
+    pub expires: String,
+    /// The serial to write (default: one more than the current release.yaml, or 1).
+    #[arg(long)]
+    pub serial: Option<u64>,
+    /// The signature file name, release.sigs/<name>.sig (default: the key's comment or fingerprint).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Add a signature to the existing release.yaml without rewriting it.
+    #[arg(long)]
+    pub sign_only: bool,
+}
+
+/// `encrypt` arguments.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// The cluster's age recipient (age1...).
+    #[arg(long)]
+    pub recipient: String,
+    /// Bind to this cluster id (all four binding flags go together).
+    #[arg(long, requires_all = ["namespace", "instance", "path"])]
+    pub cluster: Option<String>,
+    /// Bind to this namespace.
+    #[arg(long, requires = "cluster")]
+    pub namespace: Option<String>,
+    /// Bind to this ApplicationInstance.
+    #[arg(long, requires = "cluster")]
+    pub instance: Option<String>,
+    /// Bind to this value path inside spec.values (e.g. nextcloud.mail.smtp.password).
+    #[arg(long, requires = "cluster")]
+    pub path: Option<String>,
+}
+
+/// `keygen` arguments.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// What to generate.
+    #[arg(value_enum, default_value = "age")]
+    pub kind: KeyKind,
+    /// Write the private key here (mode 0600) instead of stdout; the public part goes to <out>.pub
+    /// for SSH keys.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The comment of an SSH key (e.g. your e-mail): it becomes the principal shown in signatures.
+    #[arg(long, default_value = "vworkspace")]
+    pub comment: String,
+}
+
+/// Kinds of key `keygen` makes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyKind {
+    /// An age X25519 identity (a cluster's decryption key) and its recipient.
+    Age,
+    /// An ed25519 SSH key pair (commit or release signing).
+    Ssh,
+}
+
+/// `crdgen` arguments.
+#[derive(Debug, Args)]
+pub struct CrdgenArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo repository in this directory instead of a temporary one.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+/// Why a command could not run (as opposed to a refused ref, which is a normal outcome).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// A bad flag value or an unreadable input: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing output failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn usage(what: impl std::fmt::Display) -> CliError {
+    CliError::Usage(what.to_string())
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))?;
+    // Key and signer files are small; refuse anything that is clearly not one.
+    if meta.len() > 4 * 1024 * 1024 {
+        return Err(usage(format!(
+            "{what} {}: larger than 4 MiB",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))
+}
+
+/// Builds the cluster-side trust inputs from `verify`/`plan` flags.
+pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
+    let source = args.allowed_signers.display().to_string();
+    let commit_signers = AllowedSigners::parse(
+        &read_text(&args.allowed_signers, "--allowed-signers")?,
+        &source,
+    )
+    .map_err(usage)?;
+    let source = args.release_signers.display().to_string();
+    let release_signers = AllowedSigners::parse(
+        &read_text(&args.release_signers, "--release-signers")?,
+        &source,
+    )
+    .map_err(usage)?;
+    if args.threshold == 0 {
+        return Err(usage("--threshold must be at least 1"));
+    }
+    let identities = if args.identity.is_empty() {
+        None
+    } else {
+        let mut texts = Vec::new();
+        for path in &args.identity {
+            texts.push((path.display().to_string(), read_text(path, "--identity")?));
+        }
+        Some(Identities::parse_many(&texts).map_err(usage)?)
+    };
+    let now = match &args.now {
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| usage(format!("--now {text:?}: not an RFC 3339 instant: {e}")))?,
+        None => jiff::Timestamp::now(),
+    };
+    Ok(TrustConfig {
+        cluster: args.cluster.clone(),
+        commit_signers,
+        release: ReleasePolicy {
+            cluster: args.cluster.clone(),
+            signers: release_signers,
+            threshold: args.threshold,
+            last_applied: args.last_serial.map(|serial| AppliedRelease {
+                serial,
+                digest: None,
+            }),
+        },
+        identities,
+        require_bound_values: args.require_bound_values,
+        now,
+        limits: Limits::default(),
+    })
+}
+
+fn parse_ref(text: &str) -> GitRef {
+    if text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        GitRef::Commit(text.to_ascii_lowercase())
+    } else {
+        GitRef::Revision(text.to_owned())
+    }
+}
+
+/// The outcome of a command: the process exit code.
+pub type ExitCode = u8;
+
+/// Runs a parsed command line, writing its report to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Verify(args) => verify(&args, out),
+        Command::Plan(args) => plan(&args, out),
+        Command::Release(args) => crate::authoring::release(&args, out),
+        Command::Encrypt(args) => encrypt(&args, out),
+        Command::Keygen(args) => crate::authoring::keygen(&args, out),
+        Command::Crdgen(args) => crdgen(&args, out),
+        Command::Demo(args) => crate::demo::run(args.keep.as_deref(), out),
+    }
+}
+
+fn io_error(e: std::io::Error) -> CliError {
+    CliError::Io(e.to_string())
+}
+
+fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let config = trust_config(args)?;
+    let repo = LocalRepository::open(&args.repo).map_err(usage)?;
+    match pipeline::verify_ref(&repo, &parse_ref(&args.git_ref), &config) {
+        Ok(verified) => {
+            report_pass(&verified, &config, out).map_err(io_error)?;
+            Ok(0)
+        }
+        Err(refused) => {
+            report_refusal(&refused, out).map_err(io_error)?;
+            Ok(1)
+        }
+    }
+}
+
+/// Writes the lines `verify` prints for a passing ref.
+pub fn report_pass(
+    verified: &pipeline::VerifiedIntent,
+    config: &TrustConfig,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let commit = verified.commit();
+    let release = verified.release();
+    let intent = verified.intent();
+    writeln!(
+        out,
+        "ok      commit {} signed by {} ({})",
+        commit.id(),
+        commit.signer().principal,
+        commit.signer().fingerprint
+    )?;
+    let signers: Vec<&str> = release
+        .signers()
+        .iter()
+        .map(|s| s.principal.as_str())
+        .collect();
+    writeln!(
+        out,
+        "ok      release serial {} for cluster {}, expires {}, signed by {} of {} required keys: {}",
+        release.serial(),
+        config.cluster,
+        release.expires(),
+        signers.len(),
+        config.release.threshold,
+        signers.join(", ")
+    )?;
+    writeln!(
+        out,
+        "ok      intent: {} ApplicationInstance(s), {} Operation(s), {} files covered by the release",
+        intent.application_instances.len(),
+        intent.operations.len(),
+        release.manifest().files.len()
+    )?;
+    if config.identities.is_some() {
+        writeln!(
+            out,
+            "ok      values: {} encrypted value(s) decrypt",
+            verified.values_checked()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "skipped values: no --identity given; encrypted values were checked for form only"
+        )?;
+    }
+    for note in verified.notes() {
+        writeln!(out, "note    {note}")?;
+    }
+    Ok(())
+}
+
+/// Writes the lines `verify` prints for a refused ref: one finding a line.
+pub fn report_refusal(refused: &pipeline::PassError, out: &mut dyn Write) -> std::io::Result<()> {
+    for finding in &refused.findings {
+        writeln!(out, "refused {}: {finding}", refused.reason)?;
+    }
+    Ok(())
+}
+
+fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let config = trust_config(args)?;
+    let repo = LocalRepository::open(&args.repo).map_err(usage)?;
+    match pipeline::verify_ref(&repo, &parse_ref(&args.git_ref), &config) {
+        Ok(verified) => {
+            let plan = crate::plan::desired(&verified);
+            out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
+            Ok(0)
+        }
+        Err(refused) => {
+            // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes.
+            let mut err = std::io::stderr();
+            report_refusal(&refused, &mut err).map_err(io_error)?;
+            Ok(1)
+        }
+    }
+}
+
+fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(1024 * 1024)
+        .read_to_end(&mut plaintext)
+        .map_err(io_error)?;
+    let binding = match (&args.cluster, &args.namespace, &args.instance, &args.path) {
+        (Some(cluster), Some(namespace), Some(instance), Some(path)) => {
+            Some(crate::secrets::Binding {
+                cluster: cluster.clone(),
+                namespace: namespace.clone(),
+                instance: instance.clone(),
+                path: path.clone(),
+            })
+        }
+        (None, None, None, None) => None,
+        _ => {
+            return Err(usage(
+                "--cluster, --namespace, --instance and --path go together",
+            ));
+        }
+    };
+    let armored =
+        crate::secrets::encrypt(&plaintext, &args.recipient, binding.as_ref()).map_err(usage)?;
+    out.write_all(armored.as_bytes()).map_err(io_error)?;
+    if !armored.ends_with('\n') {
+        out.write_all(b"\n").map_err(io_error)?;
+    }
+    Ok(0)
+}
+
+fn crdgen(args: &CrdgenArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let crds = crate::crd::render_all().map_err(|e| CliError::Io(e.to_string()))?;
+    match &args.out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io_error)?;
+            for (name, yaml) in crds {
+                std::fs::write(dir.join(&name), yaml).map_err(io_error)?;
+                writeln!(out, "wrote {}", dir.join(&name).display()).map_err(io_error)?;
+            }
+        }
+        None => {
+            for (_, yaml) in crds {
+                writeln!(out, "---").map_err(io_error)?;
+                out.write_all(yaml.as_bytes()).map_err(io_error)?;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,219 @@
+//! One pass of the offline pipeline, as an ordered list of steps:
+//!
+//! ```text
+//! resolve + read commit -> verify commit signature -> read cluster tree -> verify release
+//!   -> parse + validate intent -> check every age value decrypts
+//! ```
+//!
+//! Each step either hands a stronger value to the next or stops the pass with a [`PassError`] that
+//! names the step (its [`reason`]) and every finding. Nothing here writes anywhere: a pass that fails
+//! before [`crate::plan`] leaves the cluster exactly as it was.
+
+use crate::commit_signature::{self, VerifiedCommit};
+use crate::git::{GitRef, LocalRepository};
+use crate::intent::Intent;
+use crate::limits::Limits;
+use crate::release::{self, ReleasePolicy, VerifiedRelease};
+use crate::secrets::{self, Identities};
+use crate::signers::AllowedSigners;
+
+/// Reasons a pass ends with: condition reasons, Event reasons and metric labels all use these
+/// (a bounded set: never an object name or an error text).
+pub mod reason {
+    /// The ref could not be resolved or the commit could not be read.
+    pub const FETCH_FAILED: &str = "FetchFailed";
+    /// The commit's signature was refused.
+    pub const COMMIT_SIGNATURE_INVALID: &str = "CommitSignatureInvalid";
+    /// The cluster directory could not be read within the limits.
+    pub const TREE_INVALID: &str = "TreeInvalid";
+    /// The release manifest or its signatures were refused.
+    pub const RELEASE_INVALID: &str = "ReleaseInvalid";
+    /// An intent file was refused.
+    pub const INTENT_INVALID: &str = "IntentInvalid";
+    /// An encrypted value did not decrypt, or was bound elsewhere.
+    pub const VALUES_INVALID: &str = "ValuesInvalid";
+    /// Every step passed.
+    pub const SUCCEEDED: &str = "Succeeded";
+}
+
+/// Everything the cluster side supplies to judge a commit. None of it comes from the repository.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// This cluster's id (`clusters/<id>/`).
+    pub cluster: String,
+    /// Trusted commit signers (`allowed_signers`).
+    pub commit_signers: AllowedSigners,
+    /// Trusted release keys, threshold and the last applied release.
+    pub release: ReleasePolicy,
+    /// The cluster's age identities; without them values are checked for form only.
+    pub identities: Option<Identities>,
+    /// Refuse values that are not bound to where they are found.
+    pub require_bound_values: bool,
+    /// The verifier's clock (injected so tests and `--now` can move it).
+    pub now: jiff::Timestamp,
+    /// Bounds on what the repository can make the pass do.
+    pub limits: Limits,
+}
+
+/// A pass that stopped: which step refused and every finding, one a line.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {}", .findings.join("; "))]
+pub struct PassError {
+    /// The step's reason constant (see [`reason`]).
+    pub reason: &'static str,
+    /// The commit the pass was judging, when it got that far.
+    pub commit: Option<String>,
+    /// Human-readable findings, one per refusal; never a plaintext value.
+    pub findings: Vec<String>,
+}
+
+impl PassError {
+    fn new(reason: &'static str, commit: Option<&str>, error: impl std::fmt::Display) -> Self {
+        PassError {
+            reason,
+            commit: commit.map(str::to_owned),
+            findings: error.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// Intent that passed every step: read from a verified release, validated, values checked.
+/// Only [`verify_commit_id`] builds one; the planner accepts nothing else.
+#[derive(Debug)]
+pub struct VerifiedIntent {
+    release: VerifiedRelease,
+    intent: Intent,
+    notes: Vec<String>,
+    values_checked: usize,
+}
+
+impl VerifiedIntent {
+    /// The verified release the intent was read from.
+    pub fn release(&self) -> &VerifiedRelease {
+        &self.release
+    }
+    /// The validated objects.
+    pub fn intent(&self) -> &Intent {
+        &self.intent
+    }
+    /// The verified commit.
+    pub fn commit(&self) -> &VerifiedCommit {
+        self.release.commit()
+    }
+    /// Things a reviewer should know that do not refuse the pass (unbound values, ignored signatures).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+    /// How many encrypted values were decrypted and checked.
+    pub fn values_checked(&self) -> usize {
+        self.values_checked
+    }
+}
+
+/// Runs the pass on `reference` of a local repository.
+pub fn verify_ref(
+    repo: &LocalRepository,
+    reference: &GitRef,
+    config: &TrustConfig,
+) -> Result<VerifiedIntent, PassError> {
+    let id = repo
+        .resolve(reference)
+        .map_err(|e| PassError::new(reason::FETCH_FAILED, None, e))?;
+    verify_commit_id(repo, &id, config)
+}
+
+/// Runs the pass on the commit `id` of a local repository.
+pub fn verify_commit_id(
+    repo: &LocalRepository,
+    id: &str,
+    config: &TrustConfig,
+) -> Result<VerifiedIntent, PassError> {
+    let fetched = repo
+        .read_commit(id)
+        .map_err(|e| PassError::new(reason::FETCH_FAILED, Some(id), e))?;
+    // The applied commit's key window is checked at the verifier's clock, not the commit's own date,
+    // which the holder of an expired or stolen key could backdate.
+    let commit = commit_signature::verify_commit(&fetched, &config.commit_signers, config.now)
+        .map_err(|e| PassError::new(reason::COMMIT_SIGNATURE_INVALID, Some(id), e))?;
+    let tree = repo
+        .read_cluster_tree(&commit, &config.cluster, &config.limits)
+        .map_err(|e| PassError::new(reason::TREE_INVALID, Some(id), e))?;
+    let release = release::verify(commit, tree, &config.release, config.now, &config.limits)
+        .map_err(|e| PassError::new(reason::RELEASE_INVALID, Some(id), e))?;
+    let intent = crate::intent::parse_tree(release.tree(), &config.limits)
+        .map_err(|e| PassError::new(reason::INTENT_INVALID, Some(id), e))?;
+    let mut notes: Vec<String> = release
+        .ignored_signatures()
+        .iter()
+        .map(|f| {
+            format!(
+                "clusters/{}/{f}: signed by a key this cluster does not trust; ignored",
+                config.cluster
+            )
+        })
+        .collect();
+    let values_checked =
+        check_values(&intent, config, &mut notes).map_err(|findings| PassError {
+            reason: reason::VALUES_INVALID,
+            commit: Some(id.to_owned()),
+            findings,
+        })?;
+    Ok(VerifiedIntent {
+        release,
+        intent,
+        notes,
+        values_checked,
+    })
+}
+
+/// Checks every encrypted value of every ApplicationInstance: decrypts them all when the cluster's
+/// identities are at hand, checks their form otherwise. Returns how many values there are.
+fn check_values(
+    intent: &Intent,
+    config: &TrustConfig,
+    notes: &mut Vec<String>,
+) -> Result<usize, Vec<String>> {
+    let policy = secrets::ValuesPolicy {
+        require_bound: config.require_bound_values,
+    };
+    let mut findings = Vec::new();
+    let mut count = 0usize;
+    for item in &intent.application_instances {
+        let Some(values) = item.resource.spec.values.as_ref() else {
+            continue;
+        };
+        let at = secrets::ValueContext {
+            cluster: config.cluster.clone(),
+            namespace: item.namespace.clone(),
+            instance: item.name.clone(),
+        };
+        // The budget on values is per release, not per instance.
+        let remaining = config.limits.max_secret_values.saturating_sub(count);
+        let limits = Limits {
+            max_secret_values: remaining,
+            ..config.limits.clone()
+        };
+        let outcome = match &config.identities {
+            Some(identities) => secrets::decrypt_values(values, &at, identities, &policy, &limits).map(|decrypted| {
+                for path in decrypted.unbound_paths() {
+                    notes.push(format!(
+                        "{}/{} spec.values.{path}: value is not bound to where it is used (plain age); bind it with `encrypt --cluster --namespace --instance --path`",
+                        item.namespace, item.name
+                    ));
+                }
+                // Plaintext is dropped (and zeroized) here: this step only proves it decrypts.
+                decrypted.len()
+            }),
+            None => secrets::check_values_form(values, &at, &limits),
+        };
+        match outcome {
+            Ok(n) => count += n,
+            Err(errors) => findings.extend(errors.iter().map(ToString::to_string)),
+        }
+    }
+    if findings.is_empty() {
+        Ok(count)
+    } else {
+        Err(findings)
+    }
+}
