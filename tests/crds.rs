@@ -12,7 +12,10 @@ fn crds_match_the_types() {
     on_disk.sort();
     let mut names: Vec<String> = rendered.iter().map(|(n, _)| n.clone()).collect();
     names.sort();
-    assert_eq!(on_disk, names, "crds/ holds other files; regenerate with `cargo run -- crdgen --out-dir crds`");
+    assert_eq!(
+        on_disk, names,
+        "crds/ holds other files; regenerate with `cargo run -- crdgen --out-dir crds`"
+    );
     for (name, yaml) in rendered {
         let committed = std::fs::read_to_string(dir.join(&name)).expect("read");
         assert!(
@@ -25,9 +28,18 @@ fn crds_match_the_types() {
 #[test]
 fn crds_are_structural_and_scoped_as_designed() {
     let rendered = vworkspace_operator::crd::render_all().expect("render");
-    let by_name = |n: &str| rendered.iter().find(|(f, _)| f.starts_with(n)).map(|(_, y)| y.clone()).expect("crd");
+    let by_name = |n: &str| {
+        rendered
+            .iter()
+            .find(|(f, _)| f.starts_with(n))
+            .map(|(_, y)| y.clone())
+            .expect("crd")
+    };
     assert!(by_name("clusters.ops.vworkspace.io").contains("scope: Cluster"));
     assert!(by_name("applicationinstances.apps.vworkspace.io").contains("scope: Namespaced"));
     assert!(by_name("operations.ops.vworkspace.io").contains("scope: Namespaced"));
-    assert!(by_name("applicationinstances.apps.vworkspace.io").contains("x-kubernetes-preserve-unknown-fields: true"));
+    assert!(
+        by_name("applicationinstances.apps.vworkspace.io")
+            .contains("x-kubernetes-preserve-unknown-fields: true")
+    );
 }

@@ -19,10 +19,14 @@ fn tree(files: &[(&str, &str)]) -> ClusterTree {
 
 /// The single refusal for one file, asserting it names the file.
 fn refusal(path: &str, contents: &str) -> IntentErrorKind {
-    let errors = intent::parse_tree(&tree(&[(path, contents)]), &Limits::default()).expect_err("refused");
+    let errors =
+        intent::parse_tree(&tree(&[(path, contents)]), &Limits::default()).expect_err("refused");
     assert_eq!(errors.errors.len(), 1, "{errors}");
     let text = errors.to_string();
-    assert!(text.starts_with(&format!("clusters/demo/{path}: ")), "{text}");
+    assert!(
+        text.starts_with(&format!("clusters/demo/{path}: ")),
+        "{text}"
+    );
     errors.errors[0].kind.clone()
 }
 
@@ -31,13 +35,18 @@ const APP_PATH: &str = "namespaces/org-a/applicationinstances/app.yaml";
 #[test]
 fn the_example_repository_parses() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout");
-    let tree = vworkspace_operator::checkout::read_cluster_directory(&root, "demo", &Limits::default()).expect("read");
+    let tree =
+        vworkspace_operator::checkout::read_cluster_directory(&root, "demo", &Limits::default())
+            .expect("read");
     let parsed = intent::parse_tree(&tree, &Limits::default()).expect("valid");
     assert_eq!(parsed.application_instances.len(), 2);
     assert_eq!(parsed.operations.len(), 2);
     assert_eq!(parsed.namespaces(), ["org-myteam", "org-vault"]);
     let nextcloud = &parsed.application_instances[0];
-    assert_eq!((nextcloud.namespace.as_str(), nextcloud.name.as_str()), ("org-myteam", "nextcloud"));
+    assert_eq!(
+        (nextcloud.namespace.as_str(), nextcloud.name.as_str()),
+        ("org-myteam", "nextcloud")
+    );
     assert_eq!(nextcloud.object["metadata"]["namespace"], "org-myteam");
     assert_eq!(nextcloud.resource.spec.chart.version, "6.6.4");
 }
@@ -51,11 +60,18 @@ fn valid_tree_with_release_files_skipped() {
         ("namespaces/org-a/operations/op.yaml", OP),
     ]);
     let parsed = intent::parse_tree(&t, &Limits::default()).expect("valid");
-    let objects: Vec<_> = parsed.objects().map(|o| (o.kind, o.namespace, o.name)).collect();
+    let objects: Vec<_> = parsed
+        .objects()
+        .map(|o| (o.kind, o.namespace, o.name))
+        .collect();
     assert_eq!(
         objects,
         [
-            ("ApplicationInstance".to_owned(), "org-a".to_owned(), "app".to_owned()),
+            (
+                "ApplicationInstance".to_owned(),
+                "org-a".to_owned(),
+                "app".to_owned()
+            ),
             ("Operation".to_owned(), "org-a".to_owned(), "op".to_owned())
         ]
     );
@@ -75,15 +91,23 @@ fn wrong_kinds_are_refused() {
             .replace("ApplicationInstance", kind);
         assert_eq!(
             refusal(APP_PATH, &text),
-            IntentErrorKind::WrongKind { api_version: api.into(), kind: kind.into() }
+            IntentErrorKind::WrongKind {
+                api_version: api.into(),
+                kind: kind.into()
+            }
         );
     }
 }
 
 #[test]
 fn yaml_level_refusals() {
-    assert!(matches!(refusal(APP_PATH, &format!("{APP}---\n{APP}")), IntentErrorKind::Yaml(m) if m.contains("more than one YAML document")));
-    assert!(matches!(refusal(APP_PATH, &format!("{APP}spec: {{}}\n")), IntentErrorKind::Yaml(_)));
+    assert!(
+        matches!(refusal(APP_PATH, &format!("{APP}---\n{APP}")), IntentErrorKind::Yaml(m) if m.contains("more than one YAML document"))
+    );
+    assert!(matches!(
+        refusal(APP_PATH, &format!("{APP}spec: {{}}\n")),
+        IntentErrorKind::Yaml(_)
+    ));
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     let mut prev = 'a';
     for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'] {
@@ -94,14 +118,23 @@ fn yaml_level_refusals() {
     let deep = format!("{APP}    deep: {}x{}\n", "[".repeat(80), "]".repeat(80));
     assert!(matches!(refusal(APP_PATH, &deep), IntentErrorKind::Yaml(_)));
     let errors = intent::parse_tree(
-        &ClusterTree::from_entries("demo", BTreeMap::from([(APP_PATH.to_owned(), TreeEntry::File(b"a: \xff\n".to_vec()))])),
+        &ClusterTree::from_entries(
+            "demo",
+            BTreeMap::from([(APP_PATH.to_owned(), TreeEntry::File(b"a: \xff\n".to_vec()))]),
+        ),
         &Limits::default(),
     )
     .expect_err("non-utf8");
     assert!(errors.to_string().contains("not valid UTF-8"), "{errors}");
-    let small = Limits { max_file_bytes: 64, ..Limits::default() };
+    let small = Limits {
+        max_file_bytes: 64,
+        ..Limits::default()
+    };
     let errors = intent::parse_tree(&tree(&[(APP_PATH, APP)]), &small).expect_err("too large");
-    assert!(errors.to_string().contains("over the limit of 64"), "{errors}");
+    assert!(
+        errors.to_string().contains("over the limit of 64"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -123,39 +156,105 @@ fn layout_refusals() {
         "namespaces/org-a/applicationinstances/..yaml",
         "namespaces/org-a/applicationinstances/App.yaml",
     ] {
-        assert!(matches!(refusal(path, APP), IntentErrorKind::InvalidName(_)), "{path}");
+        assert!(
+            matches!(refusal(path, APP), IntentErrorKind::InvalidName(_)),
+            "{path}"
+        );
     }
     let mut entries = BTreeMap::new();
     entries.insert(APP_PATH.to_owned(), TreeEntry::Symlink);
-    entries.insert("namespaces/org-a/operations/op.yaml".to_owned(), TreeEntry::Submodule);
-    let errors = intent::parse_tree(&ClusterTree::from_entries("demo", entries), &Limits::default()).expect_err("links");
+    entries.insert(
+        "namespaces/org-a/operations/op.yaml".to_owned(),
+        TreeEntry::Submodule,
+    );
+    let errors = intent::parse_tree(
+        &ClusterTree::from_entries("demo", entries),
+        &Limits::default(),
+    )
+    .expect_err("links");
     let kinds: Vec<_> = errors.errors.iter().map(|e| e.kind.clone()).collect();
-    assert_eq!(kinds, [IntentErrorKind::Symlink, IntentErrorKind::Submodule]);
+    assert_eq!(
+        kinds,
+        [IntentErrorKind::Symlink, IntentErrorKind::Submodule]
+    );
 }
 
 #[test]
 fn object_level_refusals() {
-    assert_eq!(refusal(APP_PATH, &APP.replace("name: app\nspec", "name: other\nspec")), IntentErrorKind::NameMismatch("other".into()));
     assert_eq!(
-        refusal(APP_PATH, &APP.replace("metadata:\n  name: app\n", "metadata:\n  name: app\n  namespace: kube-system\n")),
+        refusal(
+            APP_PATH,
+            &APP.replace("name: app\nspec", "name: other\nspec")
+        ),
+        IntentErrorKind::NameMismatch("other".into())
+    );
+    assert_eq!(
+        refusal(
+            APP_PATH,
+            &APP.replace(
+                "metadata:\n  name: app\n",
+                "metadata:\n  name: app\n  namespace: kube-system\n"
+            )
+        ),
         IntentErrorKind::NamespaceMismatch("kube-system".into())
     );
-    assert!(intent::parse_tree(&tree(&[(APP_PATH, &APP.replace("metadata:\n  name: app\n", "metadata:\n  name: app\n  namespace: org-a\n"))]), &Limits::default()).is_ok());
+    assert!(
+        intent::parse_tree(
+            &tree(&[(
+                APP_PATH,
+                &APP.replace(
+                    "metadata:\n  name: app\n",
+                    "metadata:\n  name: app\n  namespace: org-a\n"
+                )
+            )]),
+            &Limits::default()
+        )
+        .is_ok()
+    );
     assert_eq!(
-        refusal(APP_PATH, &APP.replace("metadata:\n  name: app\n", "metadata:\n  name: app\n  finalizers: [x]\n")),
+        refusal(
+            APP_PATH,
+            &APP.replace(
+                "metadata:\n  name: app\n",
+                "metadata:\n  name: app\n  finalizers: [x]\n"
+            )
+        ),
         IntentErrorKind::DisallowedMetadata("finalizers".into())
     );
     assert_eq!(
-        refusal(APP_PATH, &APP.replace("metadata:\n  name: app\n", "metadata:\n  name: app\n  ownerReferences: []\n")),
+        refusal(
+            APP_PATH,
+            &APP.replace(
+                "metadata:\n  name: app\n",
+                "metadata:\n  name: app\n  ownerReferences: []\n"
+            )
+        ),
         IntentErrorKind::DisallowedMetadata("ownerReferences".into())
     );
-    assert_eq!(refusal(APP_PATH, &format!("{APP}status:\n  x: 1\n")), IntentErrorKind::StatusPresent);
-    assert_eq!(refusal(APP_PATH, &format!("{APP}data:\n  x: 1\n")), IntentErrorKind::UnknownField("data".into()));
-    let unknown = APP.replace("    version: 1.0.0\n", "    version: 1.0.0\n    verify: false\n");
-    assert!(matches!(refusal(APP_PATH, &unknown), IntentErrorKind::InvalidSpec(m) if m.contains("verify")));
+    assert_eq!(
+        refusal(APP_PATH, &format!("{APP}status:\n  x: 1\n")),
+        IntentErrorKind::StatusPresent
+    );
+    assert_eq!(
+        refusal(APP_PATH, &format!("{APP}data:\n  x: 1\n")),
+        IntentErrorKind::UnknownField("data".into())
+    );
+    let unknown = APP.replace(
+        "    version: 1.0.0\n",
+        "    version: 1.0.0\n    verify: false\n",
+    );
+    assert!(
+        matches!(refusal(APP_PATH, &unknown), IntentErrorKind::InvalidSpec(m) if m.contains("verify"))
+    );
     let bad_type = OP.replace("type: Backup", "type: Exfiltrate");
-    assert!(matches!(refusal("namespaces/org-a/operations/op.yaml", &bad_type), IntentErrorKind::InvalidSpec(_)));
-    assert_eq!(refusal(APP_PATH, "- a\n- b\n"), IntentErrorKind::NotAnObject);
+    assert!(matches!(
+        refusal("namespaces/org-a/operations/op.yaml", &bad_type),
+        IntentErrorKind::InvalidSpec(_)
+    ));
+    assert_eq!(
+        refusal(APP_PATH, "- a\n- b\n"),
+        IntentErrorKind::NotAnObject
+    );
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! `git commit -S` (gpg.format=ssh), keys from `ssh-keygen`, values from the real `age`, releases
 //! written by our `release` and co-signed by `ssh-keygen -Y sign`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::io::Write;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
 const SMTP_PASSWORD: &str = "hunter2-PLAINTEXT-MARKER-smtp";
@@ -45,7 +45,10 @@ impl Fixture {
             .args(["-c", "user.name=Odoo", "-c", "user.email=odoo@example.org"])
             .args(["-c", "gpg.format=ssh"])
             .arg("-c")
-            .arg(format!("user.signingkey={}", self.path("committer").display()))
+            .arg(format!(
+                "user.signingkey={}",
+                self.path("committer").display()
+            ))
             .args(args));
         stdout(&out).trim().to_owned()
     }
@@ -70,20 +73,45 @@ impl Fixture {
             .stdout(Stdio::piped())
             .spawn()
             .expect("age runs");
-        child.stdin.take().expect("stdin").write_all(plaintext.as_bytes()).expect("write");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(plaintext.as_bytes())
+            .expect("write");
         stdout(&child.wait_with_output().expect("age"))
     }
 
     /// Our `encrypt`, bound to where the value is used.
-    fn bound_encrypt(&self, plaintext: &str, ns: &str, instance: &str, path: &str, cluster: &str) -> String {
+    fn bound_encrypt(
+        &self,
+        plaintext: &str,
+        ns: &str,
+        instance: &str,
+        path: &str,
+        cluster: &str,
+    ) -> String {
         let mut child = Command::new(BIN)
-            .args(["encrypt", "--recipient", &self.recipient, "--cluster", cluster, "--namespace", ns])
+            .args([
+                "encrypt",
+                "--recipient",
+                &self.recipient,
+                "--cluster",
+                cluster,
+                "--namespace",
+                ns,
+            ])
             .args(["--instance", instance, "--path", path])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("encrypt runs");
-        child.stdin.take().expect("stdin").write_all(plaintext.as_bytes()).expect("write");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(plaintext.as_bytes())
+            .expect("write");
         let out = child.wait_with_output().expect("encrypt");
         assert!(out.status.success());
         stdout(&out)
@@ -104,7 +132,8 @@ impl Fixture {
             .arg(&manifest));
         std::fs::rename(
             manifest.with_extension("yaml.sig"),
-            self.repo.join(format!("clusters/{cluster}/release.sigs/engineer.sig")),
+            self.repo
+                .join(format!("clusters/{cluster}/release.sigs/engineer.sig")),
         )
         .expect("move signature");
     }
@@ -114,7 +143,13 @@ impl Fixture {
         cmd.arg(sub)
             .arg("--repo")
             .arg(&self.repo)
-            .args(["--cluster", cluster, "--threshold", "2", "--allowed-signers"])
+            .args([
+                "--cluster",
+                cluster,
+                "--threshold",
+                "2",
+                "--allowed-signers",
+            ])
             .arg(self.path("commit_signers"))
             .arg("--release-signers")
             .arg(self.path("release_signers"))
@@ -125,7 +160,9 @@ impl Fixture {
     }
 
     fn verify(&self, extra: &[&str]) -> Output {
-        self.verify_cmd("verify", "demo", extra).output().expect("verify runs")
+        self.verify_cmd("verify", "demo", extra)
+            .output()
+            .expect("verify runs")
     }
 }
 
@@ -133,11 +170,17 @@ fn ssh_keygen(path: &Path, comment: &str, kind: &str) -> String {
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
         .arg(path));
-    std::fs::read_to_string(path.with_extension("pub")).expect("public key").trim().to_owned()
+    std::fs::read_to_string(path.with_extension("pub"))
+        .expect("public key")
+        .trim()
+        .to_owned()
 }
 
 fn nextcloud(password: &str) -> String {
-    let indented: String = password.lines().map(|l| format!("            {l}\n")).collect();
+    let indented: String = password
+        .lines()
+        .map(|l| format!("            {l}\n"))
+        .collect();
     format!(
         "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: nextcloud\nspec:\n  chart:\n    repository: https://nextcloud.github.io/helm/\n    name: nextcloud\n    version: 6.6.4\n  values:\n    nextcloud:\n      host: cloud.example.org\n      mail:\n        smtp:\n          password: |\n{indented}"
     )
@@ -161,13 +204,19 @@ fn fixture() -> Fixture {
     let committer = ssh_keygen(&root.join("committer"), "odoo@example.org", "ed25519");
     let odoo = ssh_keygen(&root.join("release-odoo"), "odoo-release", "ed25519");
     let engineer = ssh_keygen(&root.join("release-engineer"), "alice", "ed25519");
-    std::fs::write(root.join("commit_signers"), format!("odoo@example.org namespaces=\"git\" {committer}\n")).expect("write");
+    std::fs::write(
+        root.join("commit_signers"),
+        format!("odoo@example.org namespaces=\"git\" {committer}\n"),
+    )
+    .expect("write");
     std::fs::write(
         root.join("release_signers"),
         format!("odoo namespaces=\"vworkspace-release\" {odoo}\nalice namespaces=\"vworkspace-release\" {engineer}\n"),
     )
     .expect("write");
-    run(Command::new("age-keygen").arg("-o").arg(root.join("cluster.agekey")));
+    run(Command::new("age-keygen")
+        .arg("-o")
+        .arg(root.join("cluster.agekey")));
     let key = std::fs::read_to_string(root.join("cluster.agekey")).expect("identity");
     let recipient = key
         .lines()
@@ -181,11 +230,26 @@ fn fixture() -> Fixture {
         recipient,
     };
     f.git(&["init", "-q", "-b", "main"]);
-    let smtp = f.bound_encrypt(SMTP_PASSWORD, "org-myteam", "nextcloud", "nextcloud.mail.smtp.password", "demo");
-    f.write("clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml", &nextcloud(&smtp));
+    let smtp = f.bound_encrypt(
+        SMTP_PASSWORD,
+        "org-myteam",
+        "nextcloud",
+        "nextcloud.mail.smtp.password",
+        "demo",
+    );
+    f.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml",
+        &nextcloud(&smtp),
+    );
     let token = f.age_encrypt(ADMIN_TOKEN);
-    f.write("clusters/demo/namespaces/org-vault/applicationinstances/vaultwarden.yaml", &vaultwarden(&token));
-    f.write("clusters/demo/namespaces/org-myteam/operations/nightly.yaml", BACKUP);
+    f.write(
+        "clusters/demo/namespaces/org-vault/applicationinstances/vaultwarden.yaml",
+        &vaultwarden(&token),
+    );
+    f.write(
+        "clusters/demo/namespaces/org-myteam/operations/nightly.yaml",
+        BACKUP,
+    );
     f.write("README.md", "intent\n");
     f.release("demo", &[]);
     f.commit("release 1");
@@ -193,12 +257,22 @@ fn fixture() -> Fixture {
 }
 
 fn refusals(out: &Output) -> Vec<String> {
-    stdout(out).lines().filter(|l| l.starts_with("refused ")).map(str::to_owned).collect()
+    stdout(out)
+        .lines()
+        .filter(|l| l.starts_with("refused "))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn assert_no_plaintext(out: &Output) {
-    for text in [stdout(out), String::from_utf8_lossy(&out.stderr).into_owned()] {
-        assert!(!text.contains("hunter2-PLAINTEXT-MARKER"), "plaintext leaked: {text}");
+    for text in [
+        stdout(out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ] {
+        assert!(
+            !text.contains("hunter2-PLAINTEXT-MARKER"),
+            "plaintext leaked: {text}"
+        );
     }
 }
 
@@ -218,11 +292,27 @@ fn signed_release_verifies_and_plans() {
     let plan = f.verify_cmd("plan", "demo", &[]).output().expect("plan");
     assert_eq!(plan.status.code(), Some(0));
     let yaml = stdout(&plan);
-    assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 3, "{yaml}");
-    assert!(yaml.contains("app.vworkspace.io/managed-by: vworkspace"), "{yaml}");
-    assert!(yaml.contains("gitops.vworkspace.io/cluster: demo"), "{yaml}");
+    assert_eq!(
+        yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")),
+        3,
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("app.vworkspace.io/managed-by: vworkspace"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("gitops.vworkspace.io/cluster: demo"),
+        "{yaml}"
+    );
     assert!(yaml.contains("gitops.vworkspace.io/source-path: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml"), "{yaml}");
-    assert!(yaml.contains(&format!("gitops.vworkspace.io/commit: {}", f.git(&["rev-parse", "HEAD"]))), "{yaml}");
+    assert!(
+        yaml.contains(&format!(
+            "gitops.vworkspace.io/commit: {}",
+            f.git(&["rev-parse", "HEAD"])
+        )),
+        "{yaml}"
+    );
     assert!(yaml.contains("<redacted>"), "{yaml}");
     assert!(!yaml.contains("BEGIN AGE ENCRYPTED FILE"), "{yaml}");
     assert_no_plaintext(&plan);
@@ -240,24 +330,41 @@ fn tampered_commit_is_refused() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("git");
-    child.stdin.take().expect("stdin").write_all(tampered.as_bytes()).expect("write");
-    let id = stdout(&child.wait_with_output().expect("hash-object")).trim().to_owned();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(tampered.as_bytes())
+        .expect("write");
+    let id = stdout(&child.wait_with_output().expect("hash-object"))
+        .trim()
+        .to_owned();
     let out = f.verify(&["--ref", &id]);
     assert_eq!(out.status.code(), Some(1));
     let lines = refusals(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with("refused CommitSignatureInvalid:"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("refused CommitSignatureInvalid:"),
+        "{lines:?}"
+    );
 }
 
 #[test]
 fn unsigned_commit_is_refused() {
     let f = fixture();
-    f.write("clusters/demo/namespaces/org-myteam/operations/extra.yaml", &BACKUP.replace("nightly", "extra"));
+    f.write(
+        "clusters/demo/namespaces/org-myteam/operations/extra.yaml",
+        &BACKUP.replace("nightly", "extra"),
+    );
     f.git(&["add", "-A"]);
     f.git(&["commit", "-q", "--no-gpg-sign", "-m", "unsigned"]);
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(refusals(&out)[0].starts_with("refused CommitSignatureInvalid:"), "{}", stdout(&out));
+    assert!(
+        refusals(&out)[0].starts_with("refused CommitSignatureInvalid:"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -267,7 +374,10 @@ fn rolled_back_release_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let lines = refusals(&out);
     assert!(lines[0].starts_with("refused ReleaseInvalid:"), "{lines:?}");
-    assert!(lines[0].contains("serial 1 is not greater than the last applied serial 1"), "{lines:?}");
+    assert!(
+        lines[0].contains("serial 1 is not greater than the last applied serial 1"),
+        "{lines:?}"
+    );
     assert_eq!(f.verify(&["--last-serial", "0"]).status.code(), Some(0));
 }
 
@@ -277,30 +387,48 @@ fn expired_release_is_refused() {
     let out = f.verify(&["--now", "2099-01-01T00:00:00Z"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("refused ReleaseInvalid:") && text.contains("expired at"), "{text}");
+    assert!(
+        text.contains("refused ReleaseInvalid:") && text.contains("expired at"),
+        "{text}"
+    );
 }
 
 #[test]
 fn release_for_another_cluster_is_refused() {
     let f = fixture();
     // clusters/prod is a byte-for-byte copy of demo's valid release: a replay to another cluster.
-    run(Command::new("cp").arg("-r").arg(f.repo.join("clusters/demo")).arg(f.repo.join("clusters/prod")));
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(f.repo.join("clusters/demo"))
+        .arg(f.repo.join("clusters/prod")));
     f.commit("copy");
-    let out = f.verify_cmd("verify", "prod", &[]).output().expect("verify");
+    let out = f
+        .verify_cmd("verify", "prod", &[])
+        .output()
+        .expect("verify");
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("field cluster is \"demo\", expected \"prod\""), "{text}");
+    assert!(
+        text.contains("field cluster is \"demo\", expected \"prod\""),
+        "{text}"
+    );
 }
 
 #[test]
 fn file_added_after_release_is_refused() {
     let f = fixture();
-    f.write("clusters/demo/namespaces/org-myteam/operations/sneaky.yaml", &BACKUP.replace("nightly", "sneaky"));
+    f.write(
+        "clusters/demo/namespaces/org-myteam/operations/sneaky.yaml",
+        &BACKUP.replace("nightly", "sneaky"),
+    );
     f.commit("unreleased change");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("namespaces/org-myteam/operations/sneaky.yaml: present but not listed"), "{text}");
+    assert!(
+        text.contains("namespaces/org-myteam/operations/sneaky.yaml: present but not listed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -313,20 +441,35 @@ fn threshold_counts_distinct_keys() {
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("signed by 1 distinct trusted key(s)") && text.contains("2 required"), "{text}");
+    assert!(
+        text.contains("signed by 1 distinct trusted key(s)") && text.contains("2 required"),
+        "{text}"
+    );
 }
 
 #[test]
 fn value_for_another_cluster_is_refused() {
     let f = fixture();
-    let smtp = f.bound_encrypt(SMTP_PASSWORD, "org-myteam", "nextcloud", "nextcloud.mail.smtp.password", "prod");
-    f.write("clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml", &nextcloud(&smtp));
+    let smtp = f.bound_encrypt(
+        SMTP_PASSWORD,
+        "org-myteam",
+        "nextcloud",
+        "nextcloud.mail.smtp.password",
+        "prod",
+    );
+    f.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml",
+        &nextcloud(&smtp),
+    );
     f.release("demo", &[]);
     f.commit("release 2 with a value bound to prod");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("refused ValuesInvalid:") && text.contains("nextcloud.mail.smtp.password"), "{text}");
+    assert!(
+        text.contains("refused ValuesInvalid:") && text.contains("nextcloud.mail.smtp.password"),
+        "{text}"
+    );
     assert_no_plaintext(&out);
 }
 
@@ -336,7 +479,10 @@ fn bound_values_can_be_required() {
     let out = f.verify(&["--require-bound-values"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("refused ValuesInvalid:") && text.contains("adminToken.value"), "{text}");
+    assert!(
+        text.contains("refused ValuesInvalid:") && text.contains("adminToken.value"),
+        "{text}"
+    );
     assert_no_plaintext(&out);
 }
 
@@ -346,22 +492,36 @@ fn usage_errors_exit_2() {
     let out = Command::new(BIN)
         .args(["verify", "--repo"])
         .arg(&f.repo)
-        .args(["--cluster", "demo", "--allowed-signers", "/nonexistent", "--release-signers", "/nonexistent"])
+        .args([
+            "--cluster",
+            "demo",
+            "--allowed-signers",
+            "/nonexistent",
+            "--release-signers",
+            "/nonexistent",
+        ])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
-    let out = Command::new(BIN).args(["verify", "--bogus"]).output().expect("runs");
+    let out = Command::new(BIN)
+        .args(["verify", "--bogus"])
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn second_release_increments_serial_and_passes_after_first() {
     let f = fixture();
-    f.write("clusters/demo/namespaces/org-myteam/operations/weekly.yaml", &BACKUP.replace("nightly", "weekly"));
+    f.write(
+        "clusters/demo/namespaces/org-myteam/operations/weekly.yaml",
+        &BACKUP.replace("nightly", "weekly"),
+    );
     f.release("demo", &[]);
     f.commit("release 2");
-    let manifest = std::fs::read_to_string(f.repo.join("clusters/demo/release.yaml")).expect("manifest");
+    let manifest =
+        std::fs::read_to_string(f.repo.join("clusters/demo/release.yaml")).expect("manifest");
     assert!(manifest.contains("serial: 2\n"), "{manifest}");
     assert_eq!(f.verify(&["--last-serial", "1"]).status.code(), Some(0));
 }
@@ -370,8 +530,16 @@ fn second_release_increments_serial_and_passes_after_first() {
 fn demo_runs_end_to_end() {
     let out = Command::new(BIN).arg("demo").output().expect("demo runs");
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("refused CommitSignatureInvalid:"), "{text}");
-    assert!(text.contains("refused ReleaseInvalid:") && text.contains("rollback refused"), "{text}");
+    assert!(
+        text.contains("refused ReleaseInvalid:") && text.contains("rollback refused"),
+        "{text}"
+    );
     assert!(text.contains("demo passed"), "{text}");
 }
