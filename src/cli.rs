@@ -345,8 +345,8 @@ pub fn report_pass(
 
 /// Writes the lines `verify` prints for a refused ref: one finding a line.
 pub fn report_refusal(refused: &pipeline::PassError, out: &mut dyn Write) -> std::io::Result<()> {
-    for finding in &refused.findings {
-        writeln!(out, "refused {}: {finding}", refused.reason)?;
+    for finding in refused.findings() {
+        writeln!(out, "refused {}: {finding}", refused.reason())?;
     }
     Ok(())
 }
@@ -370,11 +370,18 @@ fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
 }
 
 fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    // The same bound the operator applies when it decrypts: a value it would refuse is not written.
+    let limit = Limits::default().max_secret_plaintext_bytes;
     let mut plaintext = zeroize::Zeroizing::new(Vec::new());
     std::io::stdin()
-        .take(1024 * 1024)
+        .take(limit as u64 + 1)
         .read_to_end(&mut plaintext)
         .map_err(io_error)?;
+    if plaintext.len() > limit {
+        return Err(usage(format!(
+            "the value on stdin is larger than {limit} bytes"
+        )));
+    }
     let binding = match (&args.cluster, &args.namespace, &args.instance, &args.path) {
         (Some(cluster), Some(namespace), Some(instance), Some(path)) => {
             Some(crate::secrets::Binding {

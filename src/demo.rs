@@ -396,7 +396,7 @@ fn expect_refusal(
         }
         Err(refused) => {
             crate::cli::report_refusal(&refused, out).map_err(fail)?;
-            Ok(refused.reason)
+            Ok(refused.reason())
         }
     }
 }

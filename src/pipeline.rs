@@ -10,10 +10,12 @@
 //! before [`crate::plan`] leaves the cluster exactly as it was.
 
 use crate::commit_signature::{self, VerifiedCommit};
+use crate::error::{Error, ValueErrors};
 use crate::git::{GitRef, LocalRepository};
 use crate::intent::Intent;
 use crate::limits::Limits;
 use crate::release::{self, ReleasePolicy, VerifiedRelease};
+use crate::secrets::ValueError;
 use crate::secrets::{self, Identities};
 use crate::signers::AllowedSigners;
 
@@ -32,6 +34,8 @@ pub mod reason {
     pub const INTENT_INVALID: &str = "IntentInvalid";
     /// An encrypted value did not decrypt, or was bound elsewhere.
     pub const VALUES_INVALID: &str = "ValuesInvalid";
+    /// The cluster-side trust configuration is unusable (a signers file that does not parse).
+    pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
     /// Every step passed.
     pub const SUCCEEDED: &str = "Succeeded";
 }
@@ -55,25 +59,34 @@ pub struct TrustConfig {
     pub limits: Limits,
 }
 
-/// A pass that stopped: which step refused and every finding, one a line.
+/// A pass that stopped: the commit it was judging and why. Its [`reason`](PassError::reason) is the
+/// step's bounded reason; its [`findings`](PassError::findings) are one refusal a line, never a
+/// plaintext value.
 #[derive(Debug, thiserror::Error)]
-#[error("{reason}: {}", .findings.join("; "))]
+#[error("{}: {error}", .error.reason())]
 pub struct PassError {
-    /// The step's reason constant (see [`reason`]).
-    pub reason: &'static str,
     /// The commit the pass was judging, when it got that far.
     pub commit: Option<String>,
-    /// Human-readable findings, one per refusal; never a plaintext value.
-    pub findings: Vec<String>,
+    /// Why it stopped.
+    pub error: Box<Error>,
 }
 
 impl PassError {
-    fn new(reason: &'static str, commit: Option<&str>, error: impl std::fmt::Display) -> Self {
-        PassError {
-            reason,
-            commit: commit.map(str::to_owned),
-            findings: error.to_string().lines().map(str::to_owned).collect(),
+    fn at(commit: &str) -> impl Fn(Error) -> PassError + '_ {
+        move |error| PassError {
+            commit: Some(commit.to_owned()),
+            error: Box::new(error),
         }
+    }
+
+    /// The step's reason (see [`reason`]).
+    pub fn reason(&self) -> &'static str {
+        self.error.reason()
+    }
+
+    /// One refusal a line.
+    pub fn findings(&self) -> Vec<String> {
+        self.error.findings()
     }
 }
 
@@ -116,9 +129,10 @@ pub fn verify_ref(
     reference: &GitRef,
     config: &TrustConfig,
 ) -> Result<VerifiedIntent, PassError> {
-    let id = repo
-        .resolve(reference)
-        .map_err(|e| PassError::new(reason::FETCH_FAILED, None, e))?;
+    let id = repo.resolve(reference).map_err(|e| PassError {
+        commit: None,
+        error: Box::new(Error::Fetch(e)),
+    })?;
     verify_commit_id(repo, &id, config)
 }
 
@@ -128,20 +142,19 @@ pub fn verify_commit_id(
     id: &str,
     config: &TrustConfig,
 ) -> Result<VerifiedIntent, PassError> {
-    let fetched = repo
-        .read_commit(id)
-        .map_err(|e| PassError::new(reason::FETCH_FAILED, Some(id), e))?;
+    let fail = PassError::at(id);
+    let fetched = repo.read_commit(id).map_err(|e| fail(Error::Fetch(e)))?;
     // The applied commit's key window is checked at the verifier's clock, not the commit's own date,
     // which the holder of an expired or stolen key could backdate.
     let commit = commit_signature::verify_commit(&fetched, &config.commit_signers, config.now)
-        .map_err(|e| PassError::new(reason::COMMIT_SIGNATURE_INVALID, Some(id), e))?;
+        .map_err(|e| fail(e.into()))?;
     let tree = repo
         .read_cluster_tree(&commit, &config.cluster, &config.limits)
-        .map_err(|e| PassError::new(reason::TREE_INVALID, Some(id), e))?;
+        .map_err(|e| fail(Error::Tree(e)))?;
     let release = release::verify(commit, tree, &config.release, config.now, &config.limits)
-        .map_err(|e| PassError::new(reason::RELEASE_INVALID, Some(id), e))?;
-    let intent = crate::intent::parse_tree(release.tree(), &config.limits)
-        .map_err(|e| PassError::new(reason::INTENT_INVALID, Some(id), e))?;
+        .map_err(|e| fail(e.into()))?;
+    let intent =
+        crate::intent::parse_tree(release.tree(), &config.limits).map_err(|e| fail(e.into()))?;
     let mut notes: Vec<String> = release
         .ignored_signatures()
         .iter()
@@ -153,11 +166,7 @@ pub fn verify_commit_id(
         })
         .collect();
     let values_checked =
-        check_values(&intent, config, &mut notes).map_err(|findings| PassError {
-            reason: reason::VALUES_INVALID,
-            commit: Some(id.to_owned()),
-            findings,
-        })?;
+        check_values(&intent, config, &mut notes).map_err(|e| fail(ValueErrors(e).into()))?;
     Ok(VerifiedIntent {
         release,
         intent,
@@ -172,7 +181,7 @@ fn check_values(
     intent: &Intent,
     config: &TrustConfig,
     notes: &mut Vec<String>,
-) -> Result<usize, Vec<String>> {
+) -> Result<usize, Vec<ValueError>> {
     let policy = secrets::ValuesPolicy {
         require_bound: config.require_bound_values,
     };
@@ -208,7 +217,7 @@ fn check_values(
         };
         match outcome {
             Ok(n) => count += n,
-            Err(errors) => findings.extend(errors.iter().map(ToString::to_string)),
+            Err(errors) => findings.extend(errors),
         }
     }
     if findings.is_empty() {
