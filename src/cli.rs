@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::crd::HistoryPolicy;
 use crate::git::{GitRef, LocalRepository};
+use crate::history::HistoryCheck;
 use crate::limits::Limits;
 use crate::pipeline::{self, TrustConfig};
 use crate::release::{AppliedRelease, ReleasePolicy};
@@ -46,9 +48,36 @@ pub enum Command {
 /// Inputs shared by `verify` and `plan`.
 #[derive(Debug, Args)]
 pub struct TrustArgs {
-    /// The repository: a path to a work tree or bare repository.
+    /// The repository: a path to a work tree or bare repository, or a file://, git://, http:// or
+    /// https:// URL (fetched into --cache-dir).
     #[arg(long)]
-    pub repo: PathBuf,
+    pub repo: String,
+    /// Where fetched repositories are cached between runs (default: a temporary directory, so every
+    /// run clones afresh).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Credentials for an http(s) URL: a file of key=value lines, `username` and `password`, or
+    /// `bearerToken` (the keys of the Cluster's auth Secret).
+    #[arg(long)]
+    pub auth_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for an https URL.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Time limit of the whole fetch, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub fetch_timeout: u64,
+    /// Largest pack a fetch may receive, in bytes.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_fetch_bytes: u64,
+    /// The last applied commit: the ref must descend from it.
+    #[arg(long)]
+    pub last_commit: Option<String>,
+    /// `head`: only the checked commit must be signed; `all`: every commit since --last-commit too.
+    #[arg(long, value_enum, default_value = "head")]
+    pub history: HistoryArg,
+    /// Accept a ref that does not descend from --last-commit.
+    #[arg(long)]
+    pub allow_history_rewrite: bool,
     /// The ref to check: a branch, tag or commit (default: HEAD).
     #[arg(long = "ref", default_value = "HEAD")]
     pub git_ref: String,
@@ -76,6 +105,15 @@ pub struct TrustArgs {
     /// The verifier's clock, RFC 3339 (default: now).
     #[arg(long)]
     pub now: Option<String>,
+}
+
+/// The `--history` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HistoryArg {
+    /// Only the checked commit must be signed.
+    Head,
+    /// Every commit since the last applied one must be signed.
+    All,
 }
 
 /// `release` arguments.
@@ -207,6 +245,13 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
         &source,
     )
     .map_err(usage)?;
+    if let Some(c) = &args.last_commit
+        && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(usage(format!(
+            "--last-commit {c:?}: give the full 40-hex commit id"
+        )));
+    }
     if args.threshold == 0 {
         return Err(usage("--threshold must be at least 1"));
     }
@@ -239,6 +284,14 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
         },
         identities,
         require_bound_values: args.require_bound_values,
+        history: HistoryCheck {
+            last_commit: args.last_commit.as_ref().map(|c| c.to_ascii_lowercase()),
+            policy: match args.history {
+                HistoryArg::Head => HistoryPolicy::Head,
+                HistoryArg::All => HistoryPolicy::All,
+            },
+            allow_rewrite: args.allow_history_rewrite,
+        },
         now,
         limits: Limits::default(),
     })
@@ -272,15 +325,76 @@ fn io_error(e: std::io::Error) -> CliError {
     CliError::Io(e.to_string())
 }
 
-fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+/// Opens the repository `--repo` names: a local path as is, a URL fetched into the cache. A failed
+/// fetch is a refused pass (exit 1), not a usage error.
+fn open_source(
+    args: &TrustArgs,
+) -> Result<
+    Result<(LocalRepository, GitRef, Option<tempfile::TempDir>), pipeline::PassError>,
+    CliError,
+> {
+    let reference = parse_ref(&args.git_ref);
+    if !crate::source::is_url(&args.repo) {
+        let repo = LocalRepository::open(Path::new(&args.repo)).map_err(usage)?;
+        return Ok(Ok((repo, reference, None)));
+    }
+    let auth = match &args.auth_file {
+        Some(path) => crate::source::Auth::parse(
+            &read_text(path, "--auth-file")?,
+            &path.display().to_string(),
+        )
+        .map_err(usage)?,
+        None => crate::source::Auth::None,
+    };
+    let options = crate::source::FetchOptions {
+        auth,
+        ca_bundle: args.ca_file.clone(),
+        timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+        max_pack_bytes: args.max_fetch_bytes,
+        ..Default::default()
+    };
+    let (cache, temp) = match &args.cache_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::tempdir().map_err(io_error)?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    match crate::source::fetch(&args.repo, &reference, &cache, &options) {
+        Ok(fetched) => Ok(Ok((fetched.repo, GitRef::Commit(fetched.commit), temp))),
+        Err(crate::source::SourceError::Config { message }) => Err(usage(message)),
+        Err(e) => Ok(Err(pipeline::PassError {
+            commit: None,
+            error: Box::new(crate::Error::Source(e)),
+        })),
+    }
+}
+
+/// Runs the pass for `verify` and `plan`.
+fn pass(
+    args: &TrustArgs,
+) -> Result<
+    (
+        TrustConfig,
+        Result<pipeline::VerifiedIntent, pipeline::PassError>,
+    ),
+    CliError,
+> {
     let config = trust_config(args)?;
-    let repo = LocalRepository::open(&args.repo).map_err(usage)?;
-    match pipeline::verify_ref(&repo, &parse_ref(&args.git_ref), &config) {
-        Ok(verified) => {
+    let outcome = match open_source(args)? {
+        Ok((repo, reference, _temp)) => pipeline::verify_ref(&repo, &reference, &config),
+        Err(refused) => Err(refused),
+    };
+    Ok((config, outcome))
+}
+
+fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    match pass(args)? {
+        (config, Ok(verified)) => {
             report_pass(&verified, &config, out).map_err(io_error)?;
             Ok(0)
         }
-        Err(refused) => {
+        (_, Err(refused)) => {
             report_refusal(&refused, out).map_err(io_error)?;
             Ok(1)
         }
@@ -352,15 +466,13 @@ pub fn report_refusal(refused: &pipeline::PassError, out: &mut dyn Write) -> std
 }
 
 fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    let config = trust_config(args)?;
-    let repo = LocalRepository::open(&args.repo).map_err(usage)?;
-    match pipeline::verify_ref(&repo, &parse_ref(&args.git_ref), &config) {
-        Ok(verified) => {
+    match pass(args)? {
+        (_, Ok(verified)) => {
             let plan = crate::plan::desired(&verified);
             out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
             Ok(0)
         }
-        Err(refused) => {
+        (_, Err(refused)) => {
             // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes.
             let mut err = std::io::stderr();
             report_refusal(&refused, &mut err).map_err(io_error)?;

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::cli::{CliError, ExitCode, ReleaseArgs};
 use crate::git::{GitRef, LocalRepository};
+use crate::history::HistoryCheck;
 use crate::limits::Limits;
 use crate::pipeline::{self, TrustConfig};
 use crate::release::{AppliedRelease, ReleasePolicy};
@@ -294,6 +295,7 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
             },
             identities: Some(identities),
             require_bound_values: true,
+            history: HistoryCheck::default(),
             now: jiff::Timestamp::now(),
             limits: Limits::default(),
         },
@@ -364,8 +366,16 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     });
     let refused_rollback = expect_refusal(&repo, &first, &demo.config, out)?;
 
+    say(
+        out,
+        "== 7. the same old commit, now judged against the last applied commit as well",
+    )?;
+    demo.config.history.last_commit = Some(second);
+    let refused_history = expect_refusal(&repo, &first, &demo.config, out)?;
+
     let ok = refused_tamper == pipeline::reason::COMMIT_SIGNATURE_INVALID
-        && refused_rollback == pipeline::reason::RELEASE_INVALID;
+        && refused_rollback == pipeline::reason::RELEASE_INVALID
+        && refused_history == pipeline::reason::HISTORY_INVALID;
     say(
         out,
         if ok {

@@ -23,6 +23,9 @@ pub struct ValueErrors(pub Vec<ValueError>);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The source could not be fetched.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
     /// The ref or the commit could not be read.
     #[error(transparent)]
     Fetch(GitError),
@@ -32,6 +35,9 @@ pub enum Error {
     /// The commit's signature was refused.
     #[error(transparent)]
     CommitSignature(#[from] CommitSignatureError),
+    /// The commit's place in history was refused (not a descendant, unsigned commits in between).
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
     /// The release was refused.
     #[error(transparent)]
     Release(#[from] ReleaseError),
@@ -59,9 +65,10 @@ impl Error {
     /// The bounded reason of this error: never an object name or error text.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Fetch(_) => reason::FETCH_FAILED,
+            Error::Fetch(_) | Error::Source(_) => reason::FETCH_FAILED,
             Error::Tree(_) => reason::TREE_INVALID,
             Error::CommitSignature(_) => reason::COMMIT_SIGNATURE_INVALID,
+            Error::History(_) => reason::HISTORY_INVALID,
             Error::Release(_) => reason::RELEASE_INVALID,
             Error::Intent(_) | Error::Yaml(_) | Error::Checkout(_) => reason::INTENT_INVALID,
             Error::Values(_) | Error::Secrets(_) => reason::VALUES_INVALID,

@@ -175,6 +175,16 @@ pub enum GitError {
         /// The limit.
         limit: u64,
     },
+    /// More commits between two points than a walk may visit.
+    #[error("more than {limit} commits between {base} and {head}")]
+    HistoryTooLong {
+        /// The older commit.
+        base: String,
+        /// The newer commit.
+        head: String,
+        /// The limit.
+        limit: usize,
+    },
     /// Directories nested deeper than [`Limits::max_tree_depth`].
     #[error("clusters/{cluster}/{path}: nested deeper than {limit} directories")]
     TooDeep {
@@ -309,6 +319,80 @@ impl LocalRepository {
             parents,
             committer_time,
         })
+    }
+
+    /// Whether the repository holds the commit `id`.
+    pub fn has_commit(&self, id: &str) -> bool {
+        gix::ObjectId::from_hex(id.as_bytes())
+            .ok()
+            .and_then(|oid| self.repo.find_header(oid).ok())
+            .is_some_and(|h| h.kind() == gix::object::Kind::Commit)
+    }
+
+    /// The commits reachable from `head` but not from `base`, newest first (merge commits and both
+    /// sides of merges included), at most `limit` of them. With `base` an ancestor of `head`, these are
+    /// the commits a fast-forward from `base` to `head` brings.
+    pub fn commits_since(
+        &self,
+        base: &str,
+        head: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, GitError> {
+        let parse =
+            |id: &str| gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| object_error(id, e));
+        let walk = self
+            .repo
+            .rev_walk([parse(head)?])
+            .with_hidden([parse(base)?])
+            .all()
+            .map_err(|e| object_error(head, e))?;
+        let mut out = Vec::new();
+        for info in walk {
+            let info = info.map_err(|e| object_error(head, e))?;
+            if out.len() >= limit {
+                return Err(GitError::HistoryTooLong {
+                    base: base.to_owned(),
+                    head: head.to_owned(),
+                    limit,
+                });
+            }
+            out.push(info.id.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors, walking at most `limit` commits.
+    pub fn is_ancestor(
+        &self,
+        ancestor: &str,
+        descendant: &str,
+        limit: usize,
+    ) -> Result<bool, GitError> {
+        if ancestor.eq_ignore_ascii_case(descendant) {
+            return Ok(true);
+        }
+        let target =
+            gix::ObjectId::from_hex(ancestor.as_bytes()).map_err(|e| object_error(ancestor, e))?;
+        let start = gix::ObjectId::from_hex(descendant.as_bytes())
+            .map_err(|e| object_error(descendant, e))?;
+        let walk = self
+            .repo
+            .rev_walk([start])
+            .all()
+            .map_err(|e| object_error(descendant, e))?;
+        for (count, info) in walk.enumerate() {
+            if count >= limit {
+                return Err(GitError::HistoryTooLong {
+                    base: ancestor.to_owned(),
+                    head: descendant.to_owned(),
+                    limit,
+                });
+            }
+            if info.map_err(|e| object_error(descendant, e))?.id == target {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reads `clusters/<cluster>/` of a verified commit, bounded by `limits`. Only a verified commit's

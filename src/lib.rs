@@ -21,6 +21,7 @@ pub mod crd;
 pub mod demo;
 pub mod error;
 pub mod git;
+pub mod history;
 pub mod intent;
 pub mod limits;
 pub mod pipeline;
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod release;
 pub mod secrets;
 pub mod signers;
+pub mod source;
 pub mod sshsig;
 pub mod yaml;
 

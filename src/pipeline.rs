@@ -12,6 +12,7 @@
 use crate::commit_signature::{self, VerifiedCommit};
 use crate::error::{Error, ValueErrors};
 use crate::git::{GitRef, LocalRepository};
+use crate::history::HistoryCheck;
 use crate::intent::Intent;
 use crate::limits::Limits;
 use crate::release::{self, ReleasePolicy, VerifiedRelease};
@@ -26,6 +27,8 @@ pub mod reason {
     pub const FETCH_FAILED: &str = "FetchFailed";
     /// The commit's signature was refused.
     pub const COMMIT_SIGNATURE_INVALID: &str = "CommitSignatureInvalid";
+    /// The commit does not descend from the last applied one, or unsigned commits lie in between.
+    pub const HISTORY_INVALID: &str = "HistoryInvalid";
     /// The cluster directory could not be read within the limits.
     pub const TREE_INVALID: &str = "TreeInvalid";
     /// The release manifest or its signatures were refused.
@@ -53,6 +56,8 @@ pub struct TrustConfig {
     pub identities: Option<Identities>,
     /// Refuse values that are not bound to where they are found.
     pub require_bound_values: bool,
+    /// The last applied commit and the history policy.
+    pub history: HistoryCheck,
     /// The verifier's clock (injected so tests and `--now` can move it).
     pub now: jiff::Timestamp,
     /// Bounds on what the repository can make the pass do.
@@ -147,6 +152,8 @@ pub fn verify_commit_id(
     // The applied commit's key window is checked at the verifier's clock, not the commit's own date,
     // which the holder of an expired or stolen key could backdate.
     let commit = commit_signature::verify_commit(&fetched, &config.commit_signers, config.now)
+        .map_err(|e| fail(e.into()))?;
+    crate::history::check(repo, commit.id(), &config.history, &config.commit_signers)
         .map_err(|e| fail(e.into()))?;
     let tree = repo
         .read_cluster_tree(&commit, &config.cluster, &config.limits)
