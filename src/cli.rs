@@ -325,14 +325,12 @@ fn io_error(e: std::io::Error) -> CliError {
     CliError::Io(e.to_string())
 }
 
+/// A repository ready to verify, the ref to check in it, and the temporary cache to keep alive.
+type OpenedSource = (LocalRepository, GitRef, Option<tempfile::TempDir>);
+
 /// Opens the repository `--repo` names: a local path as is, a URL fetched into the cache. A failed
 /// fetch is a refused pass (exit 1), not a usage error.
-fn open_source(
-    args: &TrustArgs,
-) -> Result<
-    Result<(LocalRepository, GitRef, Option<tempfile::TempDir>), pipeline::PassError>,
-    CliError,
-> {
+fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, pipeline::PassError>, CliError> {
     let reference = parse_ref(&args.git_ref);
     if !crate::source::is_url(&args.repo) {
         let repo = LocalRepository::open(Path::new(&args.repo)).map_err(usage)?;
