@@ -275,6 +275,15 @@ pub fn fetch(
             ),
         });
     }
+    if !matches!(options.auth, Auth::None) && !url.starts_with("https://") {
+        // A password or token sent in clear text is a password or token given away.
+        return Err(SourceError::Config {
+            message: format!(
+                "{}: credentials are only ever sent over https://",
+                redact_url(url)
+            ),
+        });
+    }
     let path = cache_path(cache_root, url);
     let cache_error = |message: String| SourceError::Cache {
         path: path.clone(),
@@ -455,7 +464,7 @@ fn run_fetch(
     let redacted = redact_url(url);
     let fail = |e: &dyn std::fmt::Display| SourceError::Fetch {
         url: redacted.clone(),
-        message: redact_message(&e.to_string(), url),
+        message: redact_message(&format!("{e:#}"), url),
     };
     let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| fail(&e))?;
     let (specs, _) = refspecs(reference);
