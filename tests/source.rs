@@ -818,3 +818,38 @@ fn cli_reports_fetch_failures_as_refusals() {
         stdout(&out)
     );
 }
+
+#[test]
+fn history_all_checks_merge_commits_and_both_sides() {
+    let up = Upstream::new();
+    let base = up.head();
+    up.fixture.git(&["checkout", "-q", "-b", "side"]);
+    up.fixture.write("notes/side.txt", "side\n");
+    up.fixture.commit("signed side commit");
+    up.fixture.git(&["checkout", "-q", "main"]);
+    up.fixture.write("notes/main.txt", "main\n");
+    up.fixture.commit("signed main commit");
+    // The merge itself is unsigned: it must be refused under history: all.
+    up.fixture
+        .git(&["merge", "-q", "--no-gpg-sign", "--no-edit", "side"]);
+    let merge = up.head();
+    second_release(&up);
+    let cache = up.fixture.root.join("cache");
+    let out = verify_url(
+        &up,
+        &up.file_url(),
+        &cache,
+        &["--last-commit", &base, "--history", "all"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("commit {merge} is not signed")),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("is not signed").count(),
+        1,
+        "the signed side commits pass: {text}"
+    );
+}
