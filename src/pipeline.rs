@@ -126,6 +126,70 @@ impl VerifiedIntent {
     pub fn values_checked(&self) -> usize {
         self.values_checked
     }
+
+    /// Until when this verdict holds without re-verification: the release's expiry and the end of
+    /// every signing key's validity window, whichever comes first.
+    pub fn valid_until(&self) -> jiff::Timestamp {
+        std::iter::once(self.release.expires())
+            .chain(self.commit().signer().valid_before)
+            .chain(self.release.signers().iter().filter_map(|s| s.valid_before))
+            .min()
+            .unwrap_or(self.release.expires())
+    }
+}
+
+/// The last successful pass of one source, so that a pass on an unchanged commit under unchanged
+/// trust inputs does no work: the verdict is reused until [`VerifiedIntent::valid_until`].
+#[derive(Debug, Default)]
+pub struct PassMemo {
+    last: Option<(String, TrustConfig, std::sync::Arc<VerifiedIntent>)>,
+}
+
+impl PassMemo {
+    /// Runs the pass on `reference`, or returns the remembered verdict when the ref still resolves to
+    /// the same commit, the trust inputs are the same, and the verdict has not run out.
+    pub fn verify_ref(
+        &mut self,
+        repo: &LocalRepository,
+        reference: &GitRef,
+        config: &TrustConfig,
+    ) -> Result<std::sync::Arc<VerifiedIntent>, PassError> {
+        let id = repo.resolve(reference).map_err(|e| PassError {
+            commit: None,
+            error: Box::new(Error::Fetch(e)),
+        })?;
+        if let Some((commit, remembered, verdict)) = &self.last
+            && *commit == id
+            && remembered.same_inputs(config)
+            && config.now < verdict.valid_until()
+        {
+            return Ok(verdict.clone());
+        }
+        self.last = None;
+        let verdict = std::sync::Arc::new(verify_commit_id(repo, &id, config)?);
+        self.last = Some((id, config.clone(), verdict.clone()));
+        Ok(verdict)
+    }
+}
+
+impl TrustConfig {
+    /// Whether two configurations judge alike (the clock aside).
+    fn same_inputs(&self, other: &TrustConfig) -> bool {
+        self.cluster == other.cluster
+            && self.commit_signers == other.commit_signers
+            && self.release.cluster == other.release.cluster
+            && self.release.signers == other.release.signers
+            && self.release.threshold == other.release.threshold
+            && self.release.last_applied == other.release.last_applied
+            && self.require_bound_values == other.require_bound_values
+            && self.history == other.history
+            && self.limits == other.limits
+            && match (&self.identities, &other.identities) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_keys(b),
+                _ => false,
+            }
+    }
 }
 
 /// Runs the pass on `reference` of a local repository.

@@ -161,6 +161,14 @@ impl Identities {
         self.0.len()
     }
 
+    /// Whether both sets hold the same keys in the same order.
+    pub fn same_keys(&self, other: &Identities) -> bool {
+        // Compared by their public halves: no secret is touched to answer.
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.len() == other.0.len()
+                && self.0.iter().zip(other.0.iter()).all(|(a, b)| a.to_public() == b.to_public()))
+    }
+
     /// Whether there are none (never true for a parsed set).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

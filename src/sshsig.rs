@@ -18,6 +18,9 @@ pub struct Signer {
     pub principal: String,
     /// The key's fingerprint, `SHA256:<base64>` as `ssh-keygen -l` prints it.
     pub fingerprint: String,
+    /// The end of the accepting entry's validity window, if it has one: a verification stays good
+    /// only until then.
+    pub valid_before: Option<jiff::Timestamp>,
 }
 
 /// Why a signature was refused. Each variant is a distinct refusal.
@@ -207,6 +210,7 @@ pub fn verify(
     Ok(Signer {
         principal: entry.principals.first().cloned().unwrap_or_default(),
         fingerprint,
+        valid_before: entry.valid_before,
     })
 }
 
