@@ -105,14 +105,15 @@ fn visit(
                 total,
             )?;
         } else if meta.is_file() {
-            if meta.len() > limits.max_file_bytes {
+            let max = if relative == crate::release::MANIFEST_FILE {
+                limits.max_manifest_bytes
+            } else {
+                limits.max_file_bytes
+            };
+            if meta.len() > max {
                 return Err(CheckoutError::Limit {
                     path,
-                    message: format!(
-                        "{} bytes, over the limit of {}",
-                        meta.len(),
-                        limits.max_file_bytes
-                    ),
+                    message: format!("{} bytes, over the limit of {max}", meta.len()),
                 });
             }
             *total += meta.len();

@@ -505,12 +505,17 @@ impl TreeWalk<'_> {
                         .find_header(id)
                         .map_err(|e| object_error(id, e))?
                         .size();
-                    if size > self.limits.max_file_bytes {
+                    let limit = if path == crate::release::MANIFEST_FILE {
+                        self.limits.max_manifest_bytes
+                    } else {
+                        self.limits.max_file_bytes
+                    };
+                    if size > limit {
                         return Err(GitError::FileTooLarge {
                             cluster: self.cluster.to_owned(),
                             path,
                             size,
-                            limit: self.limits.max_file_bytes,
+                            limit,
                         });
                     }
                     self.total_bytes += size;

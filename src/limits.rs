@@ -9,6 +9,9 @@
 pub struct Limits {
     /// Largest single file under `clusters/<id>/`, in bytes.
     pub max_file_bytes: u64,
+    /// Largest `release.yaml`: it lists every file, so it grows with the release (about 130 bytes a
+    /// file).
+    pub max_manifest_bytes: u64,
     /// Most files (blobs) under `clusters/<id>/`, `release.yaml` and signatures included.
     pub max_files: usize,
     /// Largest sum of all file sizes under `clusters/<id>/`, in bytes.
@@ -35,6 +38,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_file_bytes: 256 * 1024,
+            max_manifest_bytes: 16 * 1024 * 1024,
             max_files: 50_000,
             max_total_bytes: 256 * 1024 * 1024,
             max_yaml_depth: 64,

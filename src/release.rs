@@ -251,8 +251,14 @@ pub fn parse_manifest(
         message,
     };
     let file = format!("clusters/{cluster}/{MANIFEST_FILE}");
-    let value =
-        crate::yaml::parse_document(bytes, &file, limits).map_err(|e| malformed(e.to_string()))?;
+    // The manifest lists every file: its bounds follow the file-count limit, not an intent file's.
+    let manifest_limits = Limits {
+        max_file_bytes: limits.max_manifest_bytes,
+        max_yaml_nodes: limits.max_files.saturating_mul(2).saturating_add(64),
+        ..limits.clone()
+    };
+    let value = crate::yaml::parse_document(bytes, &file, &manifest_limits)
+        .map_err(|e| malformed(e.to_string()))?;
     let manifest: ReleaseManifest =
         serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
     if manifest.api_version != API_VERSION {
