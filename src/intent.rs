@@ -196,80 +196,79 @@ enum Kind {
 
 /// Parses and validates every intent file of `tree`.
 pub fn parse_tree(tree: &ClusterTree, limits: &Limits) -> Result<Intent, IntentErrors> {
+    let files: Vec<(&String, &TreeEntry)> = tree
+        .entries
+        .iter()
+        .filter(|(path, _)| *path != MANIFEST_FILE && !path.starts_with(SIGNATURES_DIR))
+        .collect();
+    // Each file is judged on its own: parse them on every core, then assemble in path order.
+    let parsed = crate::parallel::map(&files, |(path, entry)| {
+        parse_file(&tree.cluster, path, entry, limits).map_err(|kind| IntentError {
+            cluster: tree.cluster.clone(),
+            path: (*path).clone(),
+            kind,
+        })
+    });
     let mut intent = Intent::default();
     let mut errors = Vec::new();
-    for (path, entry) in &tree.entries {
-        if path == MANIFEST_FILE || path.starts_with(SIGNATURES_DIR) {
-            continue;
-        }
-        let error = |kind| IntentError {
-            cluster: tree.cluster.clone(),
-            path: path.clone(),
-            kind,
-        };
-        let bytes = match entry {
-            TreeEntry::File(bytes) => bytes,
-            TreeEntry::Symlink => {
-                errors.push(error(IntentErrorKind::Symlink));
-                continue;
-            }
-            TreeEntry::Submodule => {
-                errors.push(error(IntentErrorKind::Submodule));
-                continue;
-            }
-        };
-        let parts: Vec<&str> = path.split('/').collect();
-        let (namespace, kind, file) = match parts.as_slice() {
-            ["namespaces", ns, "applicationinstances", file] => {
-                (*ns, Kind::ApplicationInstance, *file)
-            }
-            ["namespaces", ns, "operations", file] => (*ns, Kind::Operation, *file),
-            _ => {
-                errors.push(error(IntentErrorKind::OutsideLayout));
-                continue;
-            }
-        };
-        let Some(name) = file.strip_suffix(".yaml") else {
-            errors.push(error(IntentErrorKind::OutsideLayout));
-            continue;
-        };
-        if !is_dns1123_label(namespace) {
-            errors.push(error(IntentErrorKind::InvalidName(format!(
-                "namespace {namespace:?} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)"
-            ))));
-            continue;
-        }
-        if !is_dns1123_subdomain(name) {
-            errors.push(error(IntentErrorKind::InvalidName(format!(
-                "file name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.')"
-            ))));
-            continue;
-        }
-        let file_label = format!("clusters/{}/{path}", tree.cluster);
-        let object = match parse_object(bytes, &file_label, namespace, name, &kind, limits) {
-            Ok(object) => object,
-            Err(kind) => {
-                errors.push(error(kind));
-                continue;
-            }
-        };
-        let pushed = match kind {
-            Kind::ApplicationInstance => {
-                item(path, namespace, name, object).map(|i| intent.application_instances.push(i))
-            }
-            Kind::Operation => {
-                item(path, namespace, name, object).map(|i| intent.operations.push(i))
-            }
-        };
-        if let Err(kind) = pushed {
-            errors.push(error(kind));
+    for result in parsed {
+        match result {
+            Ok(Parsed::ApplicationInstance(item)) => intent.application_instances.push(item),
+            Ok(Parsed::Operation(item)) => intent.operations.push(item),
+            Err(error) => errors.push(error),
         }
     }
     if !errors.is_empty() {
         return Err(IntentErrors { errors });
     }
-    // BTreeMap iteration already gives path order, which is (namespace, name) order per kind.
+    // BTreeMap order is path order, which is (namespace, name) order per kind.
     Ok(intent)
+}
+
+enum Parsed {
+    ApplicationInstance(Item<ApplicationInstance>),
+    Operation(Item<Operation>),
+}
+
+/// Judges one file of the cluster directory.
+fn parse_file(
+    cluster: &str,
+    path: &str,
+    entry: &TreeEntry,
+    limits: &Limits,
+) -> Result<Parsed, IntentErrorKind> {
+    let bytes = match entry {
+        TreeEntry::File(bytes) => bytes,
+        TreeEntry::Symlink => return Err(IntentErrorKind::Symlink),
+        TreeEntry::Submodule => return Err(IntentErrorKind::Submodule),
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    let (namespace, kind, file) = match parts.as_slice() {
+        ["namespaces", ns, "applicationinstances", file] => (*ns, Kind::ApplicationInstance, *file),
+        ["namespaces", ns, "operations", file] => (*ns, Kind::Operation, *file),
+        _ => return Err(IntentErrorKind::OutsideLayout),
+    };
+    let name = file
+        .strip_suffix(".yaml")
+        .ok_or(IntentErrorKind::OutsideLayout)?;
+    if !is_dns1123_label(namespace) {
+        return Err(IntentErrorKind::InvalidName(format!(
+            "namespace {namespace:?} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)"
+        )));
+    }
+    if !is_dns1123_subdomain(name) {
+        return Err(IntentErrorKind::InvalidName(format!(
+            "file name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.')"
+        )));
+    }
+    let file_label = format!("clusters/{cluster}/{path}");
+    let object = parse_object(bytes, &file_label, namespace, name, &kind, limits)?;
+    Ok(match kind {
+        Kind::ApplicationInstance => {
+            Parsed::ApplicationInstance(item(path, namespace, name, object)?)
+        }
+        Kind::Operation => Parsed::Operation(item(path, namespace, name, object)?),
+    })
 }
 
 /// The typed object: the spec types refuse unknown fields, so a typo fails here.

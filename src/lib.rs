@@ -24,6 +24,7 @@ pub mod git;
 pub mod history;
 pub mod intent;
 pub mod limits;
+pub mod parallel;
 pub mod pipeline;
 pub mod plan;
 pub mod release;

@@ -256,38 +256,61 @@ fn check_values(
     let policy = secrets::ValuesPolicy {
         require_bound: config.require_bound_values,
     };
-    let mut findings = Vec::new();
-    let mut count = 0usize;
-    for item in &intent.application_instances {
-        let Some(values) = item.resource.spec.values.as_ref() else {
-            continue;
-        };
+    let instances: Vec<_> = intent
+        .application_instances
+        .iter()
+        .filter_map(|item| {
+            item.resource
+                .spec
+                .values
+                .as_ref()
+                .map(|values| (item, values))
+        })
+        .collect();
+    // The budget on values is per release: count them all before decrypting any.
+    let mut total = 0usize;
+    for (_, values) in &instances {
+        secrets::for_each_armored(values, &mut |_, _| total += 1);
+    }
+    if total > config.limits.max_secret_values {
+        return Err(vec![ValueError {
+            namespace: String::new(),
+            instance: String::new(),
+            path: String::new(),
+            kind: secrets::ValueErrorKind::TooManyValues(config.limits.max_secret_values),
+        }]);
+    }
+    // Each instance's values are independent: decrypt on every core, report in intent order.
+    let outcomes = crate::parallel::map(&instances, |(item, values)| {
         let at = secrets::ValueContext {
             cluster: config.cluster.clone(),
             namespace: item.namespace.clone(),
             instance: item.name.clone(),
         };
-        // The budget on values is per release, not per instance.
-        let remaining = config.limits.max_secret_values.saturating_sub(count);
-        let limits = Limits {
-            max_secret_values: remaining,
-            ..config.limits.clone()
-        };
-        let outcome = match &config.identities {
-            Some(identities) => secrets::decrypt_values(values, &at, identities, &policy, &limits).map(|decrypted| {
-                for path in decrypted.unbound_paths() {
+        match &config.identities {
+            // Plaintext is dropped (and zeroized) inside: this step only proves every value decrypts.
+            Some(identities) => {
+                secrets::decrypt_values(values, &at, identities, &policy, &config.limits)
+                    .map(|decrypted| (decrypted.len(), decrypted.unbound_paths()))
+            }
+            None => {
+                secrets::check_values_form(values, &at, &config.limits).map(|n| (n, Vec::new()))
+            }
+        }
+    });
+    let mut findings = Vec::new();
+    let mut count = 0usize;
+    for ((item, _), outcome) in instances.iter().zip(outcomes) {
+        match outcome {
+            Ok((n, unbound)) => {
+                count += n;
+                for path in unbound {
                     notes.push(format!(
                         "{}/{} spec.values.{path}: value is not bound to where it is used (plain age); bind it with `encrypt --cluster --namespace --instance --path`",
                         item.namespace, item.name
                     ));
                 }
-                // Plaintext is dropped (and zeroized) here: this step only proves it decrypts.
-                decrypted.len()
-            }),
-            None => secrets::check_values_form(values, &at, &limits),
-        };
-        match outcome {
-            Ok(n) => count += n,
+            }
             Err(errors) => findings.extend(errors),
         }
     }

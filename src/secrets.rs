@@ -166,7 +166,11 @@ impl Identities {
         // Compared by their public halves: no secret is touched to answer.
         Arc::ptr_eq(&self.0, &other.0)
             || (self.0.len() == other.0.len()
-                && self.0.iter().zip(other.0.iter()).all(|(a, b)| a.to_public() == b.to_public()))
+                && self
+                    .0
+                    .iter()
+                    .zip(other.0.iter())
+                    .all(|(a, b)| a.to_public() == b.to_public()))
     }
 
     /// Whether there are none (never true for a parsed set).

@@ -316,15 +316,21 @@ fn unchanged_commit_reuses_the_verdict_until_it_runs_out() {
         "2".to_owned(),
     ];
     use clap::Parser as _;
-    let cli = vworkspace_operator::cli::Cli::parse_from(std::iter::once("x".to_owned()).chain(args));
-    let vworkspace_operator::cli::Command::Verify(trust) = cli.command else { panic!("verify") };
+    let cli =
+        vworkspace_operator::cli::Cli::parse_from(std::iter::once("x".to_owned()).chain(args));
+    let vworkspace_operator::cli::Command::Verify(trust) = cli.command else {
+        panic!("verify")
+    };
     let mut config = vworkspace_operator::cli::trust_config(&trust).expect("config");
     let repo = LocalRepository::open(&f.repo).expect("open");
     let mut memo = PassMemo::default();
     let main = GitRef::Branch("main".into());
     let first = memo.verify_ref(&repo, &main, &config).expect("first pass");
     let again = memo.verify_ref(&repo, &main, &config).expect("second pass");
-    assert!(std::sync::Arc::ptr_eq(&first, &again), "the unchanged commit reused the verdict");
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "the unchanged commit reused the verdict"
+    );
     // A changed trust input re-verifies.
     config.release.threshold = 3;
     assert!(memo.verify_ref(&repo, &main, &config).is_err());
@@ -333,5 +339,8 @@ fn unchanged_commit_reuses_the_verdict_until_it_runs_out() {
     assert!(!std::sync::Arc::ptr_eq(&first, &fresh));
     // Once the release has expired, the remembered verdict is not reused.
     config.now = "2099-01-01T00:00:00Z".parse().expect("ts");
-    assert!(memo.verify_ref(&repo, &main, &config).is_err(), "expired release refused, not remembered");
+    assert!(
+        memo.verify_ref(&repo, &main, &config).is_err(),
+        "expired release refused, not remembered"
+    );
 }
