@@ -29,10 +29,9 @@ pub struct Item<T> {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
-    /// The typed object, `metadata.namespace` set.
+    /// The typed object, `metadata.namespace` set: what is applied. (Only this representation is
+    /// kept: the parsed YAML is dropped once typed, which keeps a pass's memory to one copy.)
     pub resource: T,
-    /// The object as written (parsed), `metadata.namespace` set: what is applied.
-    pub object: Value,
 }
 
 /// Every object of a cluster directory.
@@ -44,48 +43,15 @@ pub struct Intent {
     pub operations: Vec<Item<Operation>>,
 }
 
-/// An object ready to be applied, kind-erased.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IntentObject {
-    /// Its file, relative to `clusters/<id>/`.
-    pub source_path: String,
-    /// The namespace.
-    pub namespace: String,
-    /// The name.
-    pub name: String,
-    /// `apiVersion`.
-    pub api_version: String,
-    /// `kind`.
-    pub kind: String,
-    /// The object.
-    pub object: Value,
-}
-
 impl Intent {
-    /// Every object, ApplicationInstances first.
-    pub fn objects(&self) -> impl Iterator<Item = IntentObject> + '_ {
-        let instances = self.application_instances.iter().map(|i| IntentObject {
-            source_path: i.source_path.clone(),
-            namespace: i.namespace.clone(),
-            name: i.name.clone(),
-            api_version: APPLICATION_INSTANCE_API_VERSION.to_owned(),
-            kind: "ApplicationInstance".to_owned(),
-            object: i.object.clone(),
-        });
-        let operations = self.operations.iter().map(|i| IntentObject {
-            source_path: i.source_path.clone(),
-            namespace: i.namespace.clone(),
-            name: i.name.clone(),
-            api_version: OPERATION_API_VERSION.to_owned(),
-            kind: "Operation".to_owned(),
-            object: i.object.clone(),
-        });
-        instances.chain(operations)
-    }
-
     /// The namespaces that hold at least one object, sorted.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.objects().map(|o| o.namespace).collect();
+        let mut all: Vec<String> = self
+            .application_instances
+            .iter()
+            .map(|i| i.namespace.clone())
+            .chain(self.operations.iter().map(|o| o.namespace.clone()))
+            .collect();
         all.sort();
         all.dedup();
         all
@@ -285,7 +251,6 @@ fn item<T: serde::de::DeserializeOwned>(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         resource,
-        object,
     })
 }
 

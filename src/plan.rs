@@ -4,7 +4,9 @@
 //! Every object carries the labels that mark it as this source's (the prune set is computed from them)
 //! and annotations that trace it back to the commit and file it came from.
 
-use serde_json::{Map, Value};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::crd::{ApplicationInstance, Operation};
 
 use crate::pipeline::VerifiedIntent;
 
@@ -21,6 +23,15 @@ pub const ANNOTATION_SERIAL: &str = "gitops.vworkspace.io/release-serial";
 /// Annotation: the file an object was read from, relative to the repository root.
 pub const ANNOTATION_SOURCE_PATH: &str = "gitops.vworkspace.io/source-path";
 
+/// A typed object to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredResource {
+    /// An ApplicationInstance.
+    ApplicationInstance(ApplicationInstance),
+    /// An Operation.
+    Operation(Operation),
+}
+
 /// One object to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredObject {
@@ -33,7 +44,7 @@ pub struct DesiredObject {
     /// `metadata.name`.
     pub name: String,
     /// The whole object, labels and annotations included. Encrypted values stay ciphertext here.
-    pub object: Value,
+    pub resource: DesiredResource,
 }
 
 /// The objects a pass would apply, in a stable order (namespace, kind, name).
@@ -45,69 +56,50 @@ pub struct Plan {
 
 /// Builds the plan from verified intent.
 pub fn desired(verified: &VerifiedIntent) -> Plan {
-    let commit = verified.commit().id().to_owned();
-    let release = verified.release();
-    let cluster = release.manifest().cluster.clone();
-    let serial = release.serial().to_string();
-    let mut objects: Vec<DesiredObject> = verified
-        .intent()
-        .objects()
-        .map(|item| {
-            let mut object = item.object;
-            stamp(
-                &mut object,
-                &item.namespace,
-                &[(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_CLUSTER, &cluster)],
-                &[
-                    (ANNOTATION_COMMIT, &commit),
-                    (ANNOTATION_SERIAL, &serial),
-                    (
-                        ANNOTATION_SOURCE_PATH,
-                        &format!("clusters/{cluster}/{}", item.source_path),
-                    ),
-                ],
-            );
-            DesiredObject {
-                api_version: item.api_version,
-                kind: item.kind,
-                namespace: item.namespace,
-                name: item.name,
-                object,
-            }
-        })
-        .collect();
+    let commit = verified.commit().id();
+    let cluster = verified.release().manifest().cluster.as_str();
+    let serial = verified.release().serial().to_string();
+    let stamp = |meta: &mut ObjectMeta, namespace: &str, source_path: &str| {
+        meta.namespace = Some(namespace.to_owned());
+        // The operator's keys win over any the author wrote, so an author cannot disguise an object
+        // as another source's.
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+        labels.insert(LABEL_CLUSTER.to_owned(), cluster.to_owned());
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_owned());
+        annotations.insert(ANNOTATION_SERIAL.to_owned(), serial.clone());
+        annotations.insert(
+            ANNOTATION_SOURCE_PATH.to_owned(),
+            format!("clusters/{cluster}/{source_path}"),
+        );
+    };
+    let intent = verified.intent();
+    let instances = intent.application_instances.iter().map(|item| {
+        let mut resource = item.resource.clone();
+        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        DesiredObject {
+            api_version: crate::intent::APPLICATION_INSTANCE_API_VERSION.to_owned(),
+            kind: "ApplicationInstance".to_owned(),
+            namespace: item.namespace.clone(),
+            name: item.name.clone(),
+            resource: DesiredResource::ApplicationInstance(resource),
+        }
+    });
+    let operations = intent.operations.iter().map(|item| {
+        let mut resource = item.resource.clone();
+        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        DesiredObject {
+            api_version: crate::intent::OPERATION_API_VERSION.to_owned(),
+            kind: "Operation".to_owned(),
+            namespace: item.namespace.clone(),
+            name: item.name.clone(),
+            resource: DesiredResource::Operation(resource),
+        }
+    });
+    let mut objects: Vec<DesiredObject> = instances.chain(operations).collect();
     objects.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
     Plan { objects }
-}
-
-/// Sets the namespace and the operator's labels and annotations; the operator's keys win over any
-/// the author wrote, so an author cannot disguise an object as another source's.
-fn stamp(
-    object: &mut Value,
-    namespace: &str,
-    labels: &[(&str, &str)],
-    annotations: &[(&str, &str)],
-) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let metadata = root
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Some(metadata) = metadata.as_object_mut() else {
-        return;
-    };
-    metadata.insert("namespace".into(), Value::String(namespace.to_owned()));
-    for (field, pairs) in [("labels", labels), ("annotations", annotations)] {
-        let map = metadata
-            .entry(field)
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Some(map) = map.as_object_mut() {
-            for (k, v) in pairs {
-                map.insert((*k).to_owned(), Value::String((*v).to_owned()));
-            }
-        }
-    }
 }
 
 impl Plan {
@@ -115,12 +107,18 @@ impl Plan {
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
         for desired in &self.objects {
-            let mut object = desired.object.clone();
-            if let Some(values) = object.pointer_mut("/spec/values") {
-                *values = crate::secrets::redact_values(values);
-            }
+            let rendered = match &desired.resource {
+                DesiredResource::ApplicationInstance(resource) => {
+                    let mut redacted = resource.clone();
+                    if let Some(values) = redacted.spec.values.as_mut() {
+                        *values = crate::secrets::redact_values(values);
+                    }
+                    serde_saphyr::to_string(&redacted)
+                }
+                DesiredResource::Operation(resource) => serde_saphyr::to_string(resource),
+            };
             out.push_str("---\n");
-            match serde_saphyr::to_string(&object) {
+            match rendered {
                 Ok(yaml) => out.push_str(&yaml),
                 // Serializing a JSON value cannot fail for want of a map key type; keep going anyway.
                 Err(e) => out.push_str(&format!(

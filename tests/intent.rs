@@ -47,7 +47,10 @@ fn the_example_repository_parses() {
         (nextcloud.namespace.as_str(), nextcloud.name.as_str()),
         ("org-myteam", "nextcloud")
     );
-    assert_eq!(nextcloud.object["metadata"]["namespace"], "org-myteam");
+    assert_eq!(
+        nextcloud.resource.metadata.namespace.as_deref(),
+        Some("org-myteam")
+    );
     assert_eq!(nextcloud.resource.spec.chart.version, "6.6.4");
 }
 
@@ -60,20 +63,31 @@ fn valid_tree_with_release_files_skipped() {
         ("namespaces/org-a/operations/op.yaml", OP),
     ]);
     let parsed = intent::parse_tree(&t, &Limits::default()).expect("valid");
-    let objects: Vec<_> = parsed
-        .objects()
-        .map(|o| (o.kind, o.namespace, o.name))
-        .collect();
+    let names = |items: Vec<(&str, &str)>| {
+        items
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        objects,
-        [
-            (
-                "ApplicationInstance".to_owned(),
-                "org-a".to_owned(),
-                "app".to_owned()
-            ),
-            ("Operation".to_owned(), "org-a".to_owned(), "op".to_owned())
-        ]
+        parsed
+            .application_instances
+            .iter()
+            .map(|i| (i.namespace.clone(), i.name.clone()))
+            .collect::<Vec<_>>(),
+        names(vec![("org-a", "app")])
+    );
+    assert_eq!(
+        parsed
+            .operations
+            .iter()
+            .map(|i| (i.namespace.clone(), i.name.clone()))
+            .collect::<Vec<_>>(),
+        names(vec![("org-a", "op")])
+    );
+    assert_eq!(
+        parsed.operations[0].resource.spec.template,
+        "velero-namespace-backup"
     );
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
     group = "apps.vworkspace.io",
     version = "v1alpha1",
     kind = "ApplicationInstance",
+    derive = "PartialEq",
     namespaced,
     shortname = "ai",
     status = "ApplicationInstanceStatus",

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
     group = "ops.vworkspace.io",
     version = "v1alpha1",
     kind = "Operation",
+    derive = "PartialEq",
     namespaced,
     shortname = "op",
     status = "OperationStatus",
