@@ -78,8 +78,6 @@ fn generate(scale: Scale) -> Generated {
     let odoo = keygen(&root, "odoo");
     let alice = keygen(&root, "alice");
     let (identity, recipient) = secrets::generate();
-    let identities =
-        Identities::parse(identity.expose_str().expect("utf8"), "bench").expect("identity");
 
     let mut armored = Vec::new();
     for i in 0..scale.instances {
@@ -183,11 +181,24 @@ fn generate(scale: Scale) -> Generated {
         format!("{}\n", identity.expose_str().expect("utf8")),
     )
     .expect("write");
+    let config = trust_config(&root);
+    Generated {
+        _dir: dir,
+        root,
+        repo,
+        config,
+        plaintexts_armored: armored,
+    }
+}
+
+/// The cluster-side inputs of the generated repository, read back from the files `generate` wrote.
+fn trust_config(root: &Path) -> TrustConfig {
     let signers = |f: &str| {
         AllowedSigners::parse(&std::fs::read_to_string(root.join(f)).expect("read"), f)
             .expect("signers")
     };
-    let config = TrustConfig {
+    let identity = std::fs::read_to_string(root.join("identity")).expect("identity");
+    TrustConfig {
         cluster: "bench".into(),
         commit_signers: signers("commit_signers"),
         release: ReleasePolicy {
@@ -196,18 +207,11 @@ fn generate(scale: Scale) -> Generated {
             threshold: 2,
             last_applied: None,
         },
-        identities: Some(identities),
+        identities: Some(Identities::parse(&identity, "identity").expect("identity")),
         require_bound_values: true,
         history: HistoryCheck::default(),
         now: jiff::Timestamp::now(),
         limits: Limits::default(),
-    };
-    Generated {
-        _dir: dir,
-        root,
-        repo,
-        config,
-        plaintexts_armored: armored,
     }
 }
 
@@ -250,30 +254,7 @@ fn peak_rss_kib(g: &Generated) -> u64 {
 }
 
 fn child_pass(root: &Path) {
-    let signers = |f: &str| {
-        AllowedSigners::parse(&std::fs::read_to_string(root.join(f)).expect("read"), f)
-            .expect("signers")
-    };
-    let identities = Identities::parse(
-        &std::fs::read_to_string(root.join("identity")).expect("id"),
-        "id",
-    )
-    .expect("identity");
-    let config = TrustConfig {
-        cluster: "bench".into(),
-        commit_signers: signers("commit_signers"),
-        release: ReleasePolicy {
-            cluster: "bench".into(),
-            signers: signers("release_signers"),
-            threshold: 2,
-            last_applied: None,
-        },
-        identities: Some(identities),
-        require_bound_values: true,
-        history: HistoryCheck::default(),
-        now: jiff::Timestamp::now(),
-        limits: Limits::default(),
-    };
+    let config = trust_config(root);
     let repo = LocalRepository::open(&root.join("repo")).expect("open");
     let verified =
         pipeline::verify_ref(&repo, &GitRef::Branch("main".into()), &config).expect("pass");

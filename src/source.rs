@@ -410,7 +410,11 @@ fn fetch_into(
         }
         if dir_size(&pack_dir).saturating_sub(before) > options.max_pack_bytes {
             interrupt.store(true, Ordering::Relaxed);
-            let _ = receiver.recv_timeout(Duration::from_secs(5));
+            // Wait for the interrupted fetch to stop writing, then drop whatever it left.
+            if receiver.recv_timeout(Duration::from_secs(5)).is_ok() {
+                let _ = worker.join();
+                let _ = std::fs::remove_dir_all(path);
+            }
             return Err(SourceError::TooLarge {
                 url: redacted,
                 limit: options.max_pack_bytes,
@@ -419,12 +423,25 @@ fn fetch_into(
     };
     let _ = worker.join();
     let (pack_bytes, objects) = outcome?;
-    if objects > options.max_objects {
-        return Err(SourceError::TooManyObjects {
-            url: redacted,
+    // A pack that arrived faster than the watchdog looked is checked here; either way nothing of an
+    // oversized fetch is kept, or the next fetch would find its refs already moved.
+    let oversized = if pack_bytes > options.max_pack_bytes {
+        Some(SourceError::TooLarge {
+            url: redacted.clone(),
+            limit: options.max_pack_bytes,
+        })
+    } else if objects > options.max_objects {
+        Some(SourceError::TooManyObjects {
+            url: redacted.clone(),
             count: objects,
             limit: options.max_objects,
-        });
+        })
+    } else {
+        None
+    };
+    if let Some(error) = oversized {
+        std::fs::remove_dir_all(path).map_err(|e| cache_error(e.to_string()))?;
+        return Err(error);
     }
     let repo = LocalRepository::open(path).map_err(|e| cache_error(e.to_string()))?;
     let (_, local) = refspecs(reference);
