@@ -6,6 +6,14 @@ use clap::Parser;
 use vworkspace_operator::cli::{self, Cli, CliError};
 
 fn main() -> anyhow::Result<ExitCode> {
+    // Diagnostics go to stderr (RUST_LOG, default warn); stdout carries the command's report.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
     match cli::run(cli, &mut stdout) {
