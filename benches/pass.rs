@@ -238,7 +238,9 @@ fn ms(d: Duration) -> String {
 
 fn full_pass(g: &Generated, repo: &LocalRepository, head: &str) -> usize {
     let verified = pipeline::verify_commit_id(repo, head, &g.config).expect("pass");
-    vworkspace_operator::plan::desired(&verified).objects.len()
+    vworkspace_operator::plan::desired(&verified)
+        .objects()
+        .len()
 }
 
 /// Peak RSS of one full pass in a fresh process (this bench re-executed), in KiB.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod commit_signature;
 pub mod crd;
 pub mod demo;
+pub mod diff;
 pub mod error;
 pub mod git;
 pub mod history;

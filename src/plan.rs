@@ -47,11 +47,11 @@ pub struct DesiredObject {
     pub resource: DesiredResource,
 }
 
-/// The objects a pass would apply, in a stable order (namespace, kind, name).
+/// The objects a pass would apply, in a stable order (namespace, kind, name). Only [`desired`] builds
+/// one, from verified intent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// The objects.
-    pub objects: Vec<DesiredObject>,
+    objects: Vec<DesiredObject>,
 }
 
 /// Builds the plan from verified intent.
@@ -103,6 +103,17 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
 }
 
 impl Plan {
+    /// The objects, in order.
+    pub fn objects(&self) -> &[DesiredObject] {
+        &self.objects
+    }
+
+    /// A plan of hand-made objects, for the decision logic's unit tests.
+    #[cfg(test)]
+    pub(crate) fn from_objects(objects: Vec<DesiredObject>) -> Plan {
+        Plan { objects }
+    }
+
     /// Multi-document YAML of every object, with encrypted values shown as `<redacted>`.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();

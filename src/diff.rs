@@ -1,0 +1,360 @@
+//! The decision between a plan and the live cluster: what to create, update, leave alone and prune.
+//!
+//! Pure: it takes the [`Plan`] (which only verified intent can produce), the objects the API server
+//! reported, the source's inventory and the managed namespaces, and returns the [`Changes`] to make.
+//! Rules:
+//!
+//! - An object declared for a namespace that is not managed is not applied and is reported per object.
+//! - An object is *unchanged* when its spec, and every label and annotation the plan sets, already match
+//!   the live object, ignoring the commit and serial annotations: those record when an object last
+//!   changed, so a new commit that touches one file rewrites one object, and a no-op pass writes nothing.
+//! - Only objects that carry this source's labels (`app.vworkspace.io/managed-by=vworkspace` and
+//!   `gitops.vworkspace.io/cluster=<id>`) *and* appear in its inventory are ever pruned. Anything else is
+//!   left alone and reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::crd::InventoryEntry;
+use crate::plan::{
+    ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, DesiredResource, LABEL_CLUSTER,
+    LABEL_MANAGED_BY, MANAGED_BY, Plan,
+};
+
+/// An object as the API server reports it (the fields the decision needs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveObject {
+    /// Its identity.
+    pub id: InventoryEntry,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// `spec`.
+    pub spec: Value,
+}
+
+/// Why a declared object is not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skip {
+    /// Its namespace is not labelled `app.vworkspace.io/managed-by=vworkspace`.
+    UnmanagedNamespace,
+}
+
+/// Why a live object that is no longer declared is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Keep {
+    /// It lacks this source's labels (created or relabelled by someone else).
+    NotLabelled,
+    /// It carries the labels but is not in this source's inventory.
+    NotInInventory,
+}
+
+/// What a pass should do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes<'p> {
+    /// Declared, absent from the cluster.
+    pub create: Vec<&'p DesiredObject>,
+    /// Declared, present but different.
+    pub update: Vec<&'p DesiredObject>,
+    /// Declared and already as declared.
+    pub unchanged: Vec<InventoryEntry>,
+    /// Created by this source, no longer declared.
+    pub prune: Vec<InventoryEntry>,
+    /// Declared but not applied, with the reason.
+    pub skipped: Vec<(InventoryEntry, Skip)>,
+    /// Not declared, not pruned, with the reason.
+    pub kept: Vec<(InventoryEntry, Keep)>,
+}
+
+impl Changes<'_> {
+    /// Whether the pass writes anything.
+    pub fn is_noop(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.prune.is_empty()
+    }
+
+    /// The inventory after the pass: what this source then owns.
+    pub fn inventory(&self) -> Vec<InventoryEntry> {
+        let mut all: Vec<InventoryEntry> = self
+            .create
+            .iter()
+            .chain(&self.update)
+            .map(|d| identity(d))
+            .chain(self.unchanged.iter().cloned())
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// The inventory identity of a desired object.
+pub fn identity(desired: &DesiredObject) -> InventoryEntry {
+    InventoryEntry {
+        api_version: desired.api_version.clone(),
+        kind: desired.kind.clone(),
+        namespace: desired.namespace.clone(),
+        name: desired.name.clone(),
+    }
+}
+
+fn desired_parts(
+    desired: &DesiredObject,
+) -> (Value, BTreeMap<String, String>, BTreeMap<String, String>) {
+    let (spec, meta) = match &desired.resource {
+        DesiredResource::ApplicationInstance(r) => (serde_json::to_value(&r.spec), &r.metadata),
+        DesiredResource::Operation(r) => (serde_json::to_value(&r.spec), &r.metadata),
+    };
+    (
+        spec.unwrap_or(Value::Null),
+        meta.labels.clone().unwrap_or_default(),
+        meta.annotations.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether `live` already is what `desired` declares (commit and serial annotations aside).
+fn matches(desired: &DesiredObject, live: &LiveObject) -> bool {
+    let (spec, labels, annotations) = desired_parts(desired);
+    let volatile = [ANNOTATION_COMMIT, ANNOTATION_SERIAL];
+    spec == live.spec
+        && labels.iter().all(|(k, v)| live.labels.get(k) == Some(v))
+        && annotations
+            .iter()
+            .filter(|(k, _)| !volatile.contains(&k.as_str()))
+            .all(|(k, v)| live.annotations.get(k) == Some(v))
+}
+
+/// Decides what a pass does. `live` is every object of the two kinds in the managed namespaces.
+pub fn diff<'p>(
+    plan: &'p Plan,
+    live: &[LiveObject],
+    inventory: &[InventoryEntry],
+    managed_namespaces: &BTreeSet<String>,
+    cluster: &str,
+) -> Changes<'p> {
+    let live_by_id: BTreeMap<&InventoryEntry, &LiveObject> =
+        live.iter().map(|l| (&l.id, l)).collect();
+    let mut changes = Changes::default();
+    let mut declared = BTreeSet::new();
+    for desired in plan.objects() {
+        let id = identity(desired);
+        if !managed_namespaces.contains(&desired.namespace) {
+            changes.skipped.push((id, Skip::UnmanagedNamespace));
+            continue;
+        }
+        match live_by_id.get(&id) {
+            None => changes.create.push(desired),
+            Some(l) if matches(desired, l) => changes.unchanged.push(id.clone()),
+            Some(_) => changes.update.push(desired),
+        }
+        declared.insert(id);
+    }
+    let inventory: BTreeSet<&InventoryEntry> = inventory.iter().collect();
+    for l in live {
+        if declared.contains(&l.id) {
+            continue;
+        }
+        let ours = l.labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+            && l.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster);
+        match (ours, inventory.contains(&l.id)) {
+            (true, true) => changes.prune.push(l.id.clone()),
+            (true, false) => changes.kept.push((l.id.clone(), Keep::NotInInventory)),
+            (false, _) => {
+                // Only what is ours is reported: other sources' objects are none of this pass's business.
+                if inventory.contains(&l.id) {
+                    changes.kept.push((l.id.clone(), Keep::NotLabelled));
+                }
+            }
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Operation, OperationSpec, OperationTarget, OperationType};
+    use crate::plan::DesiredObject;
+
+    const CLUSTER: &str = "demo";
+
+    fn op(ns: &str, name: &str, template: &str) -> DesiredObject {
+        let mut resource = Operation::new(
+            name,
+            OperationSpec {
+                operation_type: OperationType::Backup,
+                template: template.to_owned(),
+                target: OperationTarget::default(),
+                parameters: BTreeMap::new(),
+            },
+        );
+        resource.metadata.namespace = Some(ns.to_owned());
+        resource.metadata.labels = Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_CLUSTER.to_owned(), CLUSTER.to_owned()),
+        ]));
+        resource.metadata.annotations = Some(BTreeMap::from([
+            (ANNOTATION_COMMIT.to_owned(), "c1".to_owned()),
+            (ANNOTATION_SERIAL.to_owned(), "1".to_owned()),
+            (
+                "gitops.vworkspace.io/source-path".to_owned(),
+                format!("clusters/demo/namespaces/{ns}/operations/{name}.yaml"),
+            ),
+        ]));
+        DesiredObject {
+            api_version: "ops.vworkspace.io/v1alpha1".into(),
+            kind: "Operation".into(),
+            namespace: ns.into(),
+            name: name.into(),
+            resource: DesiredResource::Operation(resource),
+        }
+    }
+
+    /// The live object a previous pass would have left for `desired`, at another commit.
+    fn live_of(desired: &DesiredObject, commit: &str) -> LiveObject {
+        let (spec, labels, mut annotations) = desired_parts(desired);
+        annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_owned());
+        LiveObject {
+            id: identity(desired),
+            labels,
+            annotations,
+            spec,
+        }
+    }
+
+    fn managed(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn create_update_unchanged() {
+        let a = op("org-a", "a", "t1");
+        let b = op("org-a", "b", "t1");
+        let c = op("org-a", "c", "t1");
+        let plan = Plan::from_objects(vec![a.clone(), b.clone(), c.clone()]);
+        // a exists as declared (from an older commit: still unchanged); b differs; c is absent.
+        let live = vec![live_of(&a, "c0"), live_of(&op("org-a", "b", "t2"), "c0")];
+        let changes = diff(
+            &plan,
+            &live,
+            &[identity(&a), identity(&b)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert_eq!(changes.unchanged, [identity(&a)]);
+        assert_eq!(
+            changes
+                .update
+                .iter()
+                .map(|d| identity(d))
+                .collect::<Vec<_>>(),
+            [identity(&b)]
+        );
+        assert_eq!(
+            changes
+                .create
+                .iter()
+                .map(|d| identity(d))
+                .collect::<Vec<_>>(),
+            [identity(&c)]
+        );
+        assert!(changes.prune.is_empty());
+        assert_eq!(
+            changes.inventory(),
+            [identity(&a), identity(&b), identity(&c)]
+        );
+    }
+
+    #[test]
+    fn a_noop_pass_writes_nothing() {
+        let a = op("org-a", "a", "t1");
+        let plan = Plan::from_objects(vec![a.clone()]);
+        let changes = diff(
+            &plan,
+            &[live_of(&a, "c1")],
+            &[identity(&a)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(changes.is_noop());
+        // A label removed by hand is put back.
+        let mut drifted = live_of(&a, "c1");
+        drifted.labels.remove(LABEL_CLUSTER);
+        let changes = diff(
+            &plan,
+            &[drifted],
+            &[identity(&a)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert_eq!(changes.update.len(), 1);
+    }
+
+    #[test]
+    fn prune_only_labelled_inventory_objects() {
+        let gone = op("org-a", "gone", "t1");
+        let foreign = {
+            let mut l = live_of(&op("org-a", "foreign", "t1"), "c0");
+            l.labels.clear();
+            l
+        };
+        let other_cluster = {
+            let mut l = live_of(&op("org-a", "other", "t1"), "c0");
+            l.labels.insert(LABEL_CLUSTER.to_owned(), "prod".to_owned());
+            l
+        };
+        let stray = live_of(&op("org-a", "stray", "t1"), "c0");
+        let relabelled = {
+            let mut l = live_of(&op("org-a", "relabelled", "t1"), "c0");
+            l.labels.remove(LABEL_MANAGED_BY);
+            l
+        };
+        let live = vec![
+            live_of(&gone, "c0"),
+            foreign.clone(),
+            other_cluster.clone(),
+            stray.clone(),
+            relabelled.clone(),
+        ];
+        let inventory = vec![
+            identity(&gone),
+            other_cluster.id.clone(),
+            relabelled.id.clone(),
+        ];
+        let plan = Plan::from_objects(vec![]);
+        let changes = diff(&plan, &live, &inventory, &managed(&["org-a"]), CLUSTER);
+        assert_eq!(changes.prune, [identity(&gone)]);
+        assert!(
+            changes
+                .kept
+                .contains(&(stray.id.clone(), Keep::NotInInventory))
+        );
+        assert!(
+            changes
+                .kept
+                .contains(&(relabelled.id.clone(), Keep::NotLabelled))
+        );
+        assert!(
+            changes
+                .kept
+                .contains(&(other_cluster.id.clone(), Keep::NotLabelled))
+        );
+        assert!(
+            !changes.kept.iter().any(|(id, _)| *id == foreign.id),
+            "others' objects are not ours to report"
+        );
+    }
+
+    #[test]
+    fn unmanaged_namespaces_are_skipped_per_object() {
+        let a = op("org-a", "a", "t1");
+        let x = op("kube-system", "x", "t1");
+        let plan = Plan::from_objects(vec![a.clone(), x.clone()]);
+        let changes = diff(&plan, &[], &[], &managed(&["org-a"]), CLUSTER);
+        assert_eq!(changes.skipped, [(identity(&x), Skip::UnmanagedNamespace)]);
+        assert_eq!(changes.create.len(), 1);
+        assert!(!changes.inventory().contains(&identity(&x)));
+    }
+}
