@@ -24,14 +24,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(port: u16) {
-    for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+fn wait_for(port: u16) -> bool {
+    (0..100).any(|_| {
+        let up = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if !up {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on {port} did not come up");
+        up
+    })
 }
 
 /// The fixture's repository published as a bare repository under `root/served/intent.git`.
@@ -86,24 +86,34 @@ impl Drop for Daemon {
 }
 
 fn git_daemon(base: &Path) -> Daemon {
-    let port = free_port();
-    let child = Command::new("git")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", base.display()))
-        .arg(base)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    wait_for(port);
-    Daemon(child, port)
+    // Another test may take the same free port between our probe and the daemon's bind; a daemon that
+    // lost that race exits at once, so check it is still ours before using it, and retry otherwise.
+    for _ in 0..20 {
+        let port = free_port();
+        let mut child = Command::new("git")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["daemon", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let listening = wait_for(port);
+        std::thread::sleep(Duration::from_millis(100));
+        if listening && child.try_wait().expect("try_wait").is_none() {
+            return Daemon(child, port);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("no git daemon could bind a port");
+}
+
+/// An address where nothing listens: port 1 on loopback (privileged, never bound by these tests).
+fn nothing_listens() -> u16 {
+    1
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -612,12 +622,12 @@ fn smart_http_without_and_with_auth() {
 fn server_down_stalled_garbage_and_dying() {
     let up = Upstream::new();
     let cache = up.fixture.root.join("cache");
-    let down = format!("http://127.0.0.1:{}/intent.git", free_port());
+    let down = format!("http://127.0.0.1:{}/intent.git", nothing_listens());
     assert!(matches!(
         source::fetch(&down, &main_branch(), &cache, &options()),
         Err(SourceError::Fetch { .. })
     ));
-    let down_git = format!("git://127.0.0.1:{}/intent.git", free_port());
+    let down_git = format!("git://127.0.0.1:{}/intent.git", nothing_listens());
     assert!(matches!(
         source::fetch(&down_git, &main_branch(), &cache, &options()),
         Err(SourceError::Fetch { .. })
@@ -809,7 +819,7 @@ fn history_all_requires_every_commit_signed() {
 #[test]
 fn cli_reports_fetch_failures_as_refusals() {
     let up = Upstream::new();
-    let url = format!("http://127.0.0.1:{}/intent.git", free_port());
+    let url = format!("http://127.0.0.1:{}/intent.git", nothing_listens());
     let out = verify_url(&up, &url, &up.fixture.root.join("cache"), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
