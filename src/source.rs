@@ -290,25 +290,36 @@ pub fn fetch(
         message,
     };
     std::fs::create_dir_all(cache_root).map_err(|e| cache_error(e.to_string()))?;
-    // One fetch per cache at a time; a fetch abandoned on timeout keeps the lock until it dies.
+    // One fetch per cache at a time (held for this call; see `abandon` for fetches that time out).
     let lock_file = std::fs::File::create(path.with_extension("lock"))
         .map_err(|e| cache_error(e.to_string()))?;
     lock_file
         .try_lock()
         .map_err(|_| cache_error("another fetch is still using this cache".into()))?;
-    let lock = Arc::new(lock_file);
 
     let existed = path.join("HEAD").exists();
-    let first = fetch_into(&path, url, reference, options, existed, lock.clone());
-    match first {
+    let first = fetch_into(&path, url, reference, options, existed);
+    let result = match first {
         Ok(fetched) => Ok(fetched),
         // A broken cache must not wedge the source: rebuild it once from scratch.
         Err(error) if existed && !cache_is_sound(&path) => {
             tracing::warn!(cache = %path.display(), %error, "cache is corrupt; rebuilding it");
             std::fs::remove_dir_all(&path).map_err(|e| cache_error(e.to_string()))?;
-            fetch_into(&path, url, reference, options, false, lock)
+            fetch_into(&path, url, reference, options, false)
         }
         Err(error) => Err(error),
+    };
+    drop(lock_file);
+    result
+}
+
+/// Moves a cache whose fetch could not be stopped out of the way and deletes it. The stalled worker
+/// (blocked in a read no flag can interrupt) then finds its repository gone and ends on its own; the
+/// next fetch starts from a fresh clone instead of waiting for it.
+fn abandon(path: &Path) {
+    let aside = path.with_extension(format!("abandoned-{}", std::process::id()));
+    if std::fs::rename(path, &aside).is_ok() {
+        let _ = std::fs::remove_dir_all(&aside);
     }
 }
 
@@ -346,7 +357,6 @@ fn fetch_into(
     reference: &GitRef,
     options: &FetchOptions,
     existed: bool,
-    lock: Arc<std::fs::File>,
 ) -> Result<Fetched, SourceError> {
     let redacted = redact_url(url);
     let cache_error = |message: String| SourceError::Cache {
@@ -378,7 +388,6 @@ fn fetch_into(
         std::thread::Builder::new()
             .name("git-fetch".into())
             .spawn(move || {
-                let _lock = lock;
                 let result = run_fetch(&path, &url, &reference, &options, &interrupt);
                 let _ = sender.send(result);
             })
@@ -401,8 +410,9 @@ fn fetch_into(
         }
         if Instant::now() >= deadline {
             interrupt.store(true, Ordering::Relaxed);
-            // The worker may be blocked in a read that no flag can interrupt; it keeps the cache lock
-            // until it ends, and its result is dropped.
+            // The worker may be blocked in a read that no flag can interrupt: leave it behind with
+            // nothing to write to; its result is dropped.
+            abandon(path);
             return Err(SourceError::Timeout {
                 url: redacted,
                 seconds: options.timeout.as_secs(),
@@ -414,6 +424,8 @@ fn fetch_into(
             if receiver.recv_timeout(Duration::from_secs(5)).is_ok() {
                 let _ = worker.join();
                 let _ = std::fs::remove_dir_all(path);
+            } else {
+                abandon(path);
             }
             return Err(SourceError::TooLarge {
                 url: redacted,

@@ -654,6 +654,28 @@ fn server_down_stalled_garbage_and_dying() {
         "{err}"
     );
 
+    // git:// stalls cannot be interrupted inside gix: the time limit answers anyway, and the same cache
+    // is usable again at once (the stalled fetch is left behind with nothing to write to).
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = silent.incoming().take(4).filter_map(Result::ok).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let stalled_cache = up.fixture.root.join("cache-git-stall");
+    let url = format!("git://127.0.0.1:{silent_port}/intent.git");
+    let err = source::fetch(&url, &main_branch(), &stalled_cache, &quick).expect_err("git stall");
+    assert!(
+        matches!(err, SourceError::Timeout { seconds: 2, .. }),
+        "{err}"
+    );
+    let served = git_daemon(&up.served);
+    let url = format!("git://127.0.0.1:{}/intent.git", served.1);
+    let recovered = source::fetch(&url, &main_branch(), &stalled_cache, &options())
+        .expect("cache usable again");
+    assert_eq!(recovered.commit, up.head());
+
     let garbage = http_server(&up.served, Mode::Garbage, None);
     let url = format!("http://127.0.0.1:{}/intent.git", garbage.port);
     assert!(matches!(
