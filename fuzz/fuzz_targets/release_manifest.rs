@@ -1,0 +1,7 @@
+//! release.yaml parsing.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = vworkspace_operator::release::parse_manifest(data, "demo", &vworkspace_operator::limits::Limits::default());
+});
