@@ -15,10 +15,16 @@ fn identities() -> &'static Option<Identities> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let leaf = format!("{}\n{text}", secrets::ARMOR_BEGIN);
     let values = serde_json::json!({ "v": leaf });
-    let at = ValueContext { cluster: "demo".into(), namespace: "org-a".into(), instance: "app".into() };
+    let at = ValueContext {
+        cluster: "demo".into(),
+        namespace: "org-a".into(),
+        instance: "app".into(),
+    };
     let _ = secrets::check_values_form(&values, &at, &Limits::default());
     if let Some(ids) = identities() {
         let _ = secrets::decrypt(&leaf, ids, &Limits::default());

@@ -12,5 +12,9 @@ fuzz_target!(|data: &[u8]| {
         parents: Vec::new(),
         committer_time: jiff::Timestamp::UNIX_EPOCH,
     };
-    let _ = vworkspace_operator::commit_signature::verify_commit(&commit, &AllowedSigners::default(), jiff::Timestamp::UNIX_EPOCH);
+    let _ = vworkspace_operator::commit_signature::verify_commit(
+        &commit,
+        &AllowedSigners::default(),
+        jiff::Timestamp::UNIX_EPOCH,
+    );
 });

@@ -11,5 +11,8 @@ fuzz_target!(|data: &[u8]| {
         TreeEntry::File(data.to_vec()),
     )]);
     let tree = ClusterTree::from_entries("demo", entries);
-    let _ = vworkspace_operator::intent::parse_tree(&tree, &vworkspace_operator::limits::Limits::default());
+    let _ = vworkspace_operator::intent::parse_tree(
+        &tree,
+        &vworkspace_operator::limits::Limits::default(),
+    );
 });

@@ -3,5 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = vworkspace_operator::release::parse_manifest(data, "demo", &vworkspace_operator::limits::Limits::default());
+    let _ = vworkspace_operator::release::parse_manifest(
+        data,
+        "demo",
+        &vworkspace_operator::limits::Limits::default(),
+    );
 });

@@ -3,9 +3,18 @@
 use libfuzzer_sys::fuzz_target;
 use vworkspace_operator::signers::AllowedSigners;
 
-const SIGNERS: &str = "alice ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkKRaHHpI7DSMDqmnlQa5sUVQtHTXlrpxunuSIzUgOF\n";
+const SIGNERS: &str =
+    "alice ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkKRaHHpI7DSMDqmnlQa5sUVQtHTXlrpxunuSIzUgOF\n";
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(signers) = AllowedSigners::parse(SIGNERS, "fuzz") else { return };
-    let _ = vworkspace_operator::sshsig::verify(data, b"message", "git", &signers, jiff::Timestamp::UNIX_EPOCH);
+    let Ok(signers) = AllowedSigners::parse(SIGNERS, "fuzz") else {
+        return;
+    };
+    let _ = vworkspace_operator::sshsig::verify(
+        data,
+        b"message",
+        "git",
+        &signers,
+        jiff::Timestamp::UNIX_EPOCH,
+    );
 });
