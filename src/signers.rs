@@ -398,6 +398,35 @@ mod tests {
     }
 
     #[test]
+    fn quoting_case_and_other_key_types() {
+        // A 1024-bit RSA key, listed next to an ed25519 one: the file loads (a signature by it is
+        // refused later, by `sshsig::verify`).
+        const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQCbKus2lElfFQ6kzzbz7gKc4Yct7lEBm1cpHg9CK5RHz5+rpDABHlQEAkBoJBBZqZ3QxVZ1ZfXi+7ly6G9CBxA5g1Pj+b5BFKU2Nq2t4BFzylbQe1N7V2O7fk3bYMDBHYT1kK6BEYwexbDc8SHBSLqb3/oHpjpMfP0LyIL6O4APJQ==";
+        let text = format!(
+            "\"alice@example.org,bob\" NAMESPACES=\"git\",Valid-Before=\"20270101Z\" {KEY} # laptop\r\n\
+             \t  # indented comment\r\n\
+             carol {RSA} carol's old key\n"
+        );
+        let signers = AllowedSigners::parse(&text, "f").expect("parses");
+        let entries = signers.entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].principals, ["alice@example.org", "bob"]);
+        assert!(entries[0].allows_namespace("git"));
+        assert!(!entries[0].allows_namespace("vworkspace-release"));
+        assert_eq!(
+            entries[0].valid_before,
+            Some("2027-01-01T00:00:00Z".parse().expect("ts"))
+        );
+        assert_eq!(entries[1].principals, ["carol"]);
+        assert_eq!(entries[1].line, 3);
+        assert_eq!(
+            entries[1].key.algorithm(),
+            ssh_key::Algorithm::Rsa { hash: None }
+        );
+        assert_eq!(signers.source(), "f");
+    }
+
+    #[test]
     fn refusals() {
         let err = AllowedSigners::parse(&format!("ca@example.org cert-authority {KEY}\n"), "f")
             .expect_err("ca");

@@ -328,6 +328,23 @@ mod tests {
     }
 
     #[test]
+    fn sha256_signatures_are_refused() {
+        let k = key();
+        let sig = k
+            .sign("git", HashAlg::Sha256, b"m")
+            .expect("sign")
+            .to_pem(LineEnding::LF)
+            .expect("pem");
+        let err = verify(sig.as_bytes(), b"m", "git", &signers_for(&k, ""), now())
+            .expect_err("sha256 refused");
+        assert_eq!(err, SignatureError::UnsupportedHash("sha256".into()));
+        assert_eq!(
+            err.to_string(),
+            "SSH signature uses hash sha256; only sha512 is accepted"
+        );
+    }
+
+    #[test]
     fn a_second_line_for_the_same_key_can_allow_it() {
         let k = key();
         let public = k.public_key().to_openssh().expect("public");
