@@ -10,10 +10,11 @@
 
 use serde_json::Value;
 
-use crate::crd::{ApplicationInstance, Operation};
+use crate::crd::{ApplicationInstance, ApplicationInstanceSpec, Operation, OperationSpec};
 use crate::git::{ClusterTree, TreeEntry};
 use crate::limits::Limits;
 use crate::release::{MANIFEST_FILE, SIGNATURES_DIR};
+use crate::yaml::YamlError;
 
 /// The `apiVersion` of an ApplicationInstance.
 pub const APPLICATION_INSTANCE_API_VERSION: &str = "apps.vworkspace.io/v1alpha1";
@@ -70,8 +71,8 @@ pub enum IntentErrorKind {
     Submodule,
     /// A namespace or name that is not a DNS-1123 label / subdomain.
     InvalidName(String),
-    /// The YAML loader refused the file.
-    Yaml(String),
+    /// The YAML loader refused the file (boxed: it is the largest refusal).
+    Yaml(Box<YamlError>),
     /// The document is not a mapping.
     NotAnObject,
     /// A kind other than the one the directory holds.
@@ -91,8 +92,15 @@ pub enum IntentErrorKind {
     StatusPresent,
     /// A top-level field other than apiVersion, kind, metadata, spec.
     UnknownField(String),
-    /// The spec does not match the schema.
+    /// The object does not match its CRD type (unknown field, wrong type, missing field).
     InvalidSpec(String),
+    /// A field that matches the type but breaks a rule the type cannot express.
+    InvalidField {
+        /// The field, e.g. `spec.chart.repository`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One refused file.
@@ -113,7 +121,14 @@ fn describe(kind: &IntentErrorKind) -> String {
         IntentErrorKind::Symlink => "is a symbolic link; links are never followed, commit the file itself".into(),
         IntentErrorKind::Submodule => "is a git submodule; submodules are not allowed in intent".into(),
         IntentErrorKind::InvalidName(m) => m.clone(),
-        IntentErrorKind::Yaml(m) => m.clone(),
+        // The loader's message names the file already; keep what follows it.
+        IntentErrorKind::Yaml(e) => {
+            let text = e.to_string();
+            match text.strip_prefix(e.file()).and_then(|t| t.strip_prefix(": ")) {
+                Some(rest) => rest.to_owned(),
+                None => text,
+            }
+        }
         IntentErrorKind::NotAnObject => "the document must be a mapping (a Kubernetes object)".into(),
         IntentErrorKind::WrongKind { api_version, kind } => format!(
             "kind {kind:?} (apiVersion {api_version:?}) is not accepted here; only apps.vworkspace.io/v1alpha1 ApplicationInstance under applicationinstances/ and ops.vworkspace.io/v1alpha1 Operation under operations/"
@@ -127,7 +142,8 @@ fn describe(kind: &IntentErrorKind) -> String {
         }
         IntentErrorKind::StatusPresent => "status may not be set in intent; the operator writes it".into(),
         IntentErrorKind::UnknownField(f) => format!("unknown top-level field {f:?}"),
-        IntentErrorKind::InvalidSpec(m) => format!("spec: {m}"),
+        IntentErrorKind::InvalidSpec(m) => format!("does not match its CRD type: {m}"),
+        IntentErrorKind::InvalidField { field, reason } => format!("{field}: {reason}"),
     }
 }
 
@@ -160,12 +176,28 @@ enum Kind {
     Operation,
 }
 
+/// Whether `path` is the release verifier's (`release.yaml`, `release.sigs/<name>.sig`) and a
+/// regular file: those are judged by [`crate::release`], not here. A link there is still refused.
+fn belongs_to_release(path: &str, entry: &TreeEntry) -> bool {
+    if !matches!(entry, TreeEntry::File(_)) {
+        return false;
+    }
+    path == MANIFEST_FILE
+        || path
+            .strip_prefix(SIGNATURES_DIR)
+            .and_then(|name| name.strip_suffix(".sig"))
+            .is_some_and(|stem| !stem.is_empty() && !stem.contains('/'))
+}
+
 /// Parses and validates every intent file of `tree`.
+///
+/// Every file is judged, and every refusal returned: one run lists them all. The objects come back
+/// in path order, which is (namespace, name) order per kind.
 pub fn parse_tree(tree: &ClusterTree, limits: &Limits) -> Result<Intent, IntentErrors> {
     let files: Vec<(&String, &TreeEntry)> = tree
         .entries
         .iter()
-        .filter(|(path, _)| *path != MANIFEST_FILE && !path.starts_with(SIGNATURES_DIR))
+        .filter(|(path, entry)| !belongs_to_release(path, entry))
         .collect();
     // Each file is judged on its own: parse them on every core, then assemble in path order.
     let parsed = crate::parallel::map(&files, |(path, entry)| {
@@ -187,7 +219,6 @@ pub fn parse_tree(tree: &ClusterTree, limits: &Limits) -> Result<Intent, IntentE
     if !errors.is_empty() {
         return Err(IntentErrors { errors });
     }
-    // BTreeMap order is path order, which is (namespace, name) order per kind.
     Ok(intent)
 }
 
@@ -224,16 +255,22 @@ fn parse_file(
     }
     if !is_dns1123_subdomain(name) {
         return Err(IntentErrorKind::InvalidName(format!(
-            "file name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.')"
+            "file name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.', at most 253)"
         )));
     }
     let file_label = format!("clusters/{cluster}/{path}");
     let object = parse_object(bytes, &file_label, namespace, name, &kind, limits)?;
     Ok(match kind {
         Kind::ApplicationInstance => {
-            Parsed::ApplicationInstance(item(path, namespace, name, object)?)
+            let item: Item<ApplicationInstance> = item(path, namespace, name, object)?;
+            check_application_instance(&item.resource.spec)?;
+            Parsed::ApplicationInstance(item)
         }
-        Kind::Operation => Parsed::Operation(item(path, namespace, name, object)?),
+        Kind::Operation => {
+            let item: Item<Operation> = item(path, namespace, name, object)?;
+            check_operation(&item.resource.spec)?;
+            Parsed::Operation(item)
+        }
     })
 }
 
@@ -254,6 +291,170 @@ fn item<T: serde::de::DeserializeOwned>(
     })
 }
 
+fn invalid(field: &str, reason: impl Into<String>) -> IntentErrorKind {
+    IntentErrorKind::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Rules of an ApplicationInstance the type cannot express.
+fn check_application_instance(spec: &ApplicationInstanceSpec) -> Result<(), IntentErrorKind> {
+    let repository = &spec.chart.repository;
+    let scheme_ok = ["https://", "oci://"].iter().any(|scheme| {
+        repository
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    });
+    if !scheme_ok {
+        return Err(invalid(
+            "spec.chart.repository",
+            format!(
+                "{repository:?} must be an https:// Helm repository or an oci:// registry path"
+            ),
+        ));
+    }
+    if repository
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "spec.chart.repository",
+            "may not contain whitespace or control characters",
+        ));
+    }
+    if spec.chart.name.is_empty() || spec.chart.name.contains(['/', ' ']) {
+        return Err(invalid(
+            "spec.chart.name",
+            format!(
+                "{:?} must be a non-empty chart name without '/' or spaces",
+                spec.chart.name
+            ),
+        ));
+    }
+    if spec.chart.version.is_empty() || spec.chart.version.contains(char::is_whitespace) {
+        return Err(invalid(
+            "spec.chart.version",
+            format!(
+                "{:?} must be a non-empty version without spaces",
+                spec.chart.version
+            ),
+        ));
+    }
+    if let Some(release) = &spec.release_name
+        && !(is_dns1123_label(release) && release.len() <= 53)
+    {
+        return Err(invalid(
+            "spec.releaseName",
+            format!("{release:?} must be a DNS-1123 label of at most 53 characters (Helm's limit)"),
+        ));
+    }
+    if let Some(values) = &spec.values
+        && !values.is_object()
+    {
+        return Err(invalid("spec.values", "must be a mapping"));
+    }
+    Ok(())
+}
+
+/// Rules of an Operation the type cannot express.
+fn check_operation(spec: &OperationSpec) -> Result<(), IntentErrorKind> {
+    if !is_dns1123_subdomain(&spec.template) {
+        return Err(invalid(
+            "spec.template",
+            format!(
+                "{:?} must be a template name (a DNS-1123 subdomain)",
+                spec.template
+            ),
+        ));
+    }
+    let target = &spec.target;
+    for (field, value) in [
+        (
+            "spec.target.applicationInstance",
+            &target.application_instance,
+        ),
+        (
+            "spec.target.persistentVolumeClaim",
+            &target.persistent_volume_claim,
+        ),
+        ("spec.target.backupName", &target.backup_name),
+    ] {
+        if let Some(value) = value
+            && !is_dns1123_subdomain(value)
+        {
+            return Err(invalid(
+                field,
+                format!("{value:?} must be an object name (a DNS-1123 subdomain)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `key` is a valid label or annotation key: an optional DNS-1123 subdomain prefix and
+/// `/`, then a name of at most 63 characters (alphanumerics, `-`, `_`, `.`, alphanumeric at both
+/// ends).
+pub fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && is_label_value(name) && !name.is_empty()
+}
+
+/// Whether `value` is a valid label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`,
+/// alphanumeric at both ends.
+pub fn is_label_value(value: &str) -> bool {
+    let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge(value.chars().next())
+        && edge(value.chars().last())
+}
+
+/// Checks `metadata.labels` / `metadata.annotations` as the API server would, so a pass is not
+/// refused half-way through applying.
+fn check_string_map(
+    metadata: &serde_json::Map<String, Value>,
+    map: &str,
+) -> Result<(), IntentErrorKind> {
+    let Some(value) = metadata.get(map) else {
+        return Ok(());
+    };
+    let field = format!("metadata.{map}");
+    let Some(entries) = value.as_object() else {
+        return Err(invalid(&field, "must be a mapping of strings to strings"));
+    };
+    for (key, value) in entries {
+        if !is_qualified_name(key) {
+            return Err(invalid(
+                &field,
+                format!(
+                    "key {key:?} is not a valid key ([prefix/]name: name at most 63 alphanumerics, '-', '_', '.')"
+                ),
+            ));
+        }
+        let Some(text) = value.as_str() else {
+            return Err(invalid(
+                &field,
+                format!("value of {key:?} must be a string (quote it)"),
+            ));
+        };
+        if map == "labels" && !is_label_value(text) {
+            return Err(invalid(
+                &field,
+                format!(
+                    "value {text:?} of {key:?} is not a valid label value (at most 63 alphanumerics, '-', '_', '.')"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the envelope of one object and returns it with `metadata.namespace` set.
 fn parse_object(
     bytes: &[u8],
@@ -263,15 +464,8 @@ fn parse_object(
     kind: &Kind,
     limits: &Limits,
 ) -> Result<Value, IntentErrorKind> {
-    let mut value = crate::yaml::parse_document(bytes, file, limits).map_err(|e| {
-        // The loader's message names the file already; keep only what follows it.
-        let text = e.to_string();
-        IntentErrorKind::Yaml(
-            text.strip_prefix(&format!("{file}: "))
-                .unwrap_or(&text)
-                .to_owned(),
-        )
-    })?;
+    let mut value = crate::yaml::parse_document(bytes, file, limits)
+        .map_err(|e| IntentErrorKind::Yaml(Box::new(e)))?;
     let Some(root) = value.as_object_mut() else {
         return Err(IntentErrorKind::NotAnObject);
     };
@@ -303,7 +497,7 @@ fn parse_object(
         .entry("metadata")
         .or_insert_with(|| Value::Object(serde_json::Map::new()))
         .as_object_mut()
-        .ok_or_else(|| IntentErrorKind::InvalidSpec("metadata must be a mapping".into()))?;
+        .ok_or_else(|| invalid("metadata", "must be a mapping"))?;
     for key in metadata.keys() {
         if !matches!(
             key.as_str(),
@@ -312,17 +506,8 @@ fn parse_object(
             return Err(IntentErrorKind::DisallowedMetadata(key.clone()));
         }
     }
-    for map in ["labels", "annotations"] {
-        if let Some(v) = metadata.get(map)
-            && !v
-                .as_object()
-                .is_some_and(|m| m.values().all(Value::is_string))
-        {
-            return Err(IntentErrorKind::InvalidSpec(format!(
-                "metadata.{map} must map strings to strings"
-            )));
-        }
-    }
+    check_string_map(metadata, "labels")?;
+    check_string_map(metadata, "annotations")?;
     match metadata.get("name").and_then(Value::as_str) {
         Some(n) if n == name => {}
         other => {
@@ -345,7 +530,7 @@ fn parse_object(
     }
     metadata.insert("namespace".into(), Value::String(namespace.to_owned()));
     if !root.contains_key("spec") {
-        return Err(IntentErrorKind::InvalidSpec("missing".into()));
+        return Err(invalid("spec", "is missing"));
     }
     Ok(value)
 }

@@ -116,7 +116,7 @@ fn wrong_kinds_are_refused() {
 #[test]
 fn yaml_level_refusals() {
     assert!(
-        matches!(refusal(APP_PATH, &format!("{APP}---\n{APP}")), IntentErrorKind::Yaml(m) if m.contains("more than one YAML document"))
+        matches!(refusal(APP_PATH, &format!("{APP}---\n{APP}")), IntentErrorKind::Yaml(e) if matches!(*e, vworkspace_operator::yaml::YamlError::MultipleDocuments { .. }))
     );
     assert!(matches!(
         refusal(APP_PATH, &format!("{APP}spec: {{}}\n")),
