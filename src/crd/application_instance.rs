@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     namespaced,
     shortname = "ai",
+    doc = "One Helm chart installed in a managed namespace, materialized as a Flux HelmRelease.",
     status = "ApplicationInstanceStatus",
     printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.chart.version"}"#,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
     group = "ops.vworkspace.io",
     version = "v1alpha1",
     kind = "Cluster",
+    doc = "One Git source of this cluster's intent and every trust input that judges it.",
     status = "ClusterStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
@@ -20,6 +21,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSpec {
     /// This cluster's id: the directory `clusters/<clusterId>/` and the `cluster` of its releases.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub cluster_id: String,
     /// Where the intent repository is.
     pub source: GitSource,
@@ -46,8 +51,9 @@ pub struct GitSource {
     /// What to follow.
     #[serde(rename = "ref")]
     pub git_ref: GitSourceRef,
-    /// How often to poll, e.g. `5m`.
+    /// How often to poll: a duration such as `30s`, `5m`, `1h30m` (units `s`, `m`, `h`).
     #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub interval: String,
     /// A Secret in `vworkspace-system` with `username`/`password` or `bearerToken`, and optionally `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,15 +125,74 @@ pub struct Decryption {
     pub identity_secret_ref: IdentitySecretRef,
 }
 
-/// Which Secret keys hold identities.
+/// The Secret key that holds the age identity file.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentitySecretRef {
-    /// The Secret's name.
+    /// The Secret's name (in `vworkspace-system`).
     pub name: String,
-    /// The keys holding identity files (default: `identity.agekey`); several during a rotation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
+    /// The key holding an age identity file (default `identity.agekey`). The file may hold several
+    /// `AGE-SECRET-KEY-1...` lines: during a rotation, the old and the new identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The Secret key read when [`IdentitySecretRef::key`] is absent.
+pub const DEFAULT_IDENTITY_KEY: &str = "identity.agekey";
+
+impl IdentitySecretRef {
+    /// The key to read: [`IdentitySecretRef::key`] or [`DEFAULT_IDENTITY_KEY`].
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or(DEFAULT_IDENTITY_KEY)
+    }
+}
+
+/// Why a `spec.source.interval` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntervalError {
+    /// Not of the form `<n><unit>...` with units `s`, `m`, `h`.
+    #[error("spec.source.interval {0:?}: expected a duration such as 30s, 5m or 1h30m")]
+    Malformed(String),
+    /// Zero, or over a day.
+    #[error("spec.source.interval {0:?}: must be between 1s and 24h")]
+    OutOfRange(String),
+}
+
+/// Parses a poll interval (`30s`, `5m`, `1h30m`): the schema's pattern, plus a range of 1s..=24h.
+pub fn parse_interval(text: &str) -> Result<std::time::Duration, IntervalError> {
+    let malformed = || IntervalError::Malformed(text.to_owned());
+    if text.is_empty() || text.len() > 32 {
+        return Err(malformed());
+    }
+    let mut seconds: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            's' | 'm' | 'h' => {
+                let n: u64 = digits.parse().map_err(|_| malformed())?;
+                digits.clear();
+                let unit = match c {
+                    's' => 1,
+                    'm' => 60,
+                    _ => 3600,
+                };
+                seconds = n
+                    .checked_mul(unit)
+                    .and_then(|s| seconds.checked_add(s))
+                    .ok_or_else(|| IntervalError::OutOfRange(text.to_owned()))?;
+            }
+            _ => return Err(malformed()),
+        }
+    }
+    if !digits.is_empty() {
+        return Err(malformed());
+    }
+    if seconds == 0 || seconds > 24 * 3600 {
+        return Err(IntervalError::OutOfRange(text.to_owned()));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// How much history must be trusted.
@@ -212,4 +277,75 @@ pub struct ClusterStatus {
     /// The generation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(
+            parse_interval("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_interval("1h30m"),
+            Ok(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_interval("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        for bad in ["", "5", "m", "5 m", "5min", "-5m", "1.5h"] {
+            assert_eq!(
+                parse_interval(bad),
+                Err(IntervalError::Malformed(bad.into())),
+                "{bad:?}"
+            );
+        }
+        for out in ["0s", "25h", "99999999999999999999h"] {
+            assert!(
+                matches!(
+                    parse_interval(out),
+                    Err(IntervalError::OutOfRange(_) | IntervalError::Malformed(_))
+                ),
+                "{out:?}"
+            );
+        }
+        assert_eq!(
+            parse_interval("0s"),
+            Err(IntervalError::OutOfRange("0s".into()))
+        );
+        assert_eq!(
+            parse_interval("25h"),
+            Err(IntervalError::OutOfRange("25h".into()))
+        );
+    }
+
+    #[test]
+    fn spec_round_trip_and_defaults() {
+        let spec: ClusterSpec = serde_json::from_value(serde_json::json!({
+            "clusterId": "demo",
+            "source": {"url": "https://git.example.org/intent.git", "ref": {"branch": "main"}},
+            "commitSigners": {"configMapRef": {"name": "commit-signers"}},
+            "release": {"signersConfigMapRef": {"name": "release-signers"}, "threshold": 2},
+            "decryption": {"identitySecretRef": {"name": "age-identity"}}
+        }))
+        .expect("valid spec");
+        assert_eq!(spec.source.interval, "5m");
+        assert_eq!(spec.source.git_ref, GitSourceRef::Branch("main".into()));
+        assert_eq!(spec.policy.history, HistoryPolicy::Head);
+        assert_eq!(
+            spec.decryption.identity_secret_ref.key_or_default(),
+            DEFAULT_IDENTITY_KEY
+        );
+        // Two refs at once, or an unknown field, are refused.
+        let two_refs =
+            serde_json::json!({"url": "https://x", "ref": {"branch": "main", "tag": "v1"}});
+        assert!(serde_json::from_value::<GitSource>(two_refs).is_err());
+        let typo =
+            serde_json::json!({"url": "https://x", "ref": {"branch": "main"}, "intervall": "1m"});
+        assert!(serde_json::from_value::<GitSource>(typo).is_err());
+    }
 }

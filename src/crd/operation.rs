@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     namespaced,
     shortname = "op",
+    doc = "A one-shot operational task (backup, restore, snapshot, command, workflow) run from an allowed template.",
     status = "OperationStatus",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#
