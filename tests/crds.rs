@@ -186,3 +186,26 @@ fn schemas_are_structural() {
         assert!(problems.is_empty(), "{name}: {problems:#?}");
     }
 }
+
+#[test]
+fn the_documented_cluster_example_is_valid() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/crds.md"),
+    )
+    .expect("docs/crds.md");
+    let start = doc.find("```yaml\n").expect("example") + "```yaml\n".len();
+    let end = start + doc[start..].find("```").expect("end of example");
+    let value = vworkspace_operator::yaml::parse_document(
+        &doc.as_bytes()[start..end],
+        "docs/crds.md",
+        &vworkspace_operator::limits::Limits::default(),
+    )
+    .expect("yaml");
+    let cluster: Cluster = serde_json::from_value(value).expect("a valid Cluster");
+    assert_eq!(cluster.spec.cluster_id, "demo");
+    assert_eq!(cluster.spec.release.threshold, 2);
+    assert_eq!(
+        vworkspace_operator::crd::parse_interval(&cluster.spec.source.interval),
+        Ok(std::time::Duration::from_secs(300))
+    );
+}
