@@ -15,12 +15,15 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         .spawn()
         .expect("runs");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write");
+        // A command that refuses its flags exits before reading stdin: a broken pipe here is
+        // the expected race, and the exit code below is what the test asserts.
+        if let Err(error) = child.stdin.take().expect("stdin").write_all(input) {
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "write: {error}"
+            );
+        }
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait")
