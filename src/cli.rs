@@ -43,6 +43,38 @@ pub enum Command {
     Crdgen(CrdgenArgs),
     /// Run the whole pipeline on the embedded example with throwaway keys; no cluster needed.
     Demo(DemoArgs),
+    /// Run the operator: reconcile every Cluster resource into this cluster (KUBECONFIG, then
+    /// in-cluster). Logs JSON to stderr.
+    Run(RunArgs),
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The operator's namespace: the Secrets and ConfigMaps a Cluster names, and the leader Lease.
+    #[arg(long, default_value = crate::rbac::OPERATOR_NAMESPACE)]
+    pub namespace: String,
+    /// Where Git caches live (an emptyDir in the pod).
+    #[arg(long, default_value = "/var/cache/vworkspace")]
+    pub cache_dir: PathBuf,
+    /// Address of /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_addr: std::net::SocketAddr,
+    /// Hold the Lease `vworkspace-app-operator` before reconciling (two replicas, one active).
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Reconcile every Cluster once and exit: 0 if all passed, 1 otherwise.
+    #[arg(long)]
+    pub once: bool,
+    /// Time limit of one fetch, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub fetch_timeout: u64,
+    /// Largest pack one fetch may receive, in bytes.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_fetch_bytes: u64,
 }
 
 /// Inputs shared by `verify` and `plan`.
@@ -212,6 +244,9 @@ pub enum CliError {
     /// Writing output failed.
     #[error("{0}")]
     Io(String),
+    /// The operator could not run (no API server, a listener that cannot bind).
+    #[error("{0}")]
+    Operator(String),
 }
 
 fn usage(what: impl std::fmt::Display) -> CliError {
@@ -318,6 +353,32 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Keygen(args) => crate::authoring::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::demo::run(args.keep.as_deref(), out),
+        Command::Run(args) => run_operator(&args),
+    }
+}
+
+fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let options = crate::run::RunOptions {
+        namespace: args.namespace.clone(),
+        cache_dir: args.cache_dir.clone(),
+        metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        leader_election: args.leader_election,
+        once: args.once,
+        fetch: crate::source::FetchOptions {
+            timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+            max_pack_bytes: args.max_fetch_bytes,
+            ..Default::default()
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error)?;
+    match runtime.block_on(crate::run::run(options)) {
+        Ok(true) => Ok(0),
+        Ok(false) => Ok(1),
+        Err(e) => Err(CliError::Operator(e.to_string())),
     }
 }
 

@@ -51,6 +51,9 @@ pub enum Keep {
     NotLabelled,
     /// It carries the labels but is not in this source's inventory.
     NotInInventory,
+    /// Its namespace lost the managed label: it is no longer reconciled, and never deleted by the
+    /// operator (the seed model leaves that to a human).
+    UnmanagedNamespace,
 }
 
 /// What a pass should do.
@@ -68,6 +71,9 @@ pub struct Changes<'p> {
     pub skipped: Vec<(InventoryEntry, Skip)>,
     /// Not declared, not pruned, with the reason.
     pub kept: Vec<(InventoryEntry, Keep)>,
+    /// Inventory objects in namespaces that are not managed now: untouched, but still this source's,
+    /// so that they are pruned or updated if the namespace is managed again.
+    pub retained: Vec<InventoryEntry>,
 }
 
 impl Changes<'_> {
@@ -84,8 +90,10 @@ impl Changes<'_> {
             .chain(&self.update)
             .map(|d| identity(d))
             .chain(self.unchanged.iter().cloned())
+            .chain(self.retained.iter().cloned())
             .collect();
         all.sort();
+        all.dedup();
         all
     }
 }
@@ -138,10 +146,15 @@ pub fn diff<'p>(
         live.iter().map(|l| (&l.id, l)).collect();
     let mut changes = Changes::default();
     let mut declared = BTreeSet::new();
+    let inventory: BTreeSet<&InventoryEntry> = inventory.iter().collect();
     for desired in plan.objects() {
         let id = identity(desired);
         if !managed_namespaces.contains(&desired.namespace) {
-            changes.skipped.push((id, Skip::UnmanagedNamespace));
+            if inventory.contains(&id) {
+                changes.retained.push(id.clone());
+            }
+            changes.skipped.push((id.clone(), Skip::UnmanagedNamespace));
+            declared.insert(id);
             continue;
         }
         match live_by_id.get(&id) {
@@ -151,13 +164,19 @@ pub fn diff<'p>(
         }
         declared.insert(id);
     }
-    let inventory: BTreeSet<&InventoryEntry> = inventory.iter().collect();
     for l in live {
         if declared.contains(&l.id) {
             continue;
         }
         let ours = l.labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
             && l.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster);
+        if ours && !managed_namespaces.contains(&l.id.namespace) {
+            if inventory.contains(&l.id) {
+                changes.retained.push(l.id.clone());
+            }
+            changes.kept.push((l.id.clone(), Keep::UnmanagedNamespace));
+            continue;
+        }
         match (ours, inventory.contains(&l.id)) {
             (true, true) => changes.prune.push(l.id.clone()),
             (true, false) => changes.kept.push((l.id.clone(), Keep::NotInInventory)),
@@ -356,5 +375,25 @@ mod tests {
         assert_eq!(changes.skipped, [(identity(&x), Skip::UnmanagedNamespace)]);
         assert_eq!(changes.create.len(), 1);
         assert!(!changes.inventory().contains(&identity(&x)));
+    }
+
+    #[test]
+    fn a_namespace_that_lost_the_label_is_never_pruned_from() {
+        // Declared and live in org-b, which lost the label: skipped, not pruned, still owned.
+        let kept = op("org-b", "kept", "t1");
+        // Not declared any more, live in org-b: kept, not pruned, still owned.
+        let stale = op("org-b", "stale", "t1");
+        let plan = Plan::from_objects(vec![kept.clone()]);
+        let live = vec![live_of(&kept, "c0"), live_of(&stale, "c0")];
+        let inventory = vec![identity(&kept), identity(&stale)];
+        let changes = diff(&plan, &live, &inventory, &managed(&["org-a"]), CLUSTER);
+        assert!(changes.prune.is_empty(), "{:?}", changes.prune);
+        assert!(changes.is_noop());
+        assert_eq!(
+            changes.skipped,
+            [(identity(&kept), Skip::UnmanagedNamespace)]
+        );
+        assert_eq!(changes.kept, [(identity(&stale), Keep::UnmanagedNamespace)]);
+        assert_eq!(changes.inventory(), inventory);
     }
 }

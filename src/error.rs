@@ -59,6 +59,24 @@ pub enum Error {
     /// A checkout could not be read.
     #[error(transparent)]
     Checkout(#[from] CheckoutError),
+    /// A Kubernetes API request failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done, naming the object (`get Secret vworkspace-system/git-auth`).
+        action: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The `Cluster` resource, or something it references, cannot be used as it is.
+    #[error("{0}")]
+    Config(String),
+    /// A reconcile pass ended without applying (its status and Event say why).
+    #[error("pass failed: {reason}")]
+    PassFailed {
+        /// The bounded reason, as in the `Ready` condition.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -72,7 +90,9 @@ impl Error {
             Error::Release(_) => reason::RELEASE_INVALID,
             Error::Intent(_) | Error::Yaml(_) | Error::Checkout(_) => reason::INTENT_INVALID,
             Error::Values(_) | Error::Secrets(_) => reason::VALUES_INVALID,
-            Error::Signers(_) => reason::CONFIGURATION_INVALID,
+            Error::Signers(_) | Error::Config(_) => reason::CONFIGURATION_INVALID,
+            Error::Kube { .. } => reason::API_REQUEST_FAILED,
+            Error::PassFailed { reason } => reason,
         }
     }
 

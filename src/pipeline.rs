@@ -39,6 +39,8 @@ pub mod reason {
     pub const VALUES_INVALID: &str = "ValuesInvalid";
     /// The cluster-side trust configuration is unusable (a signers file that does not parse).
     pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
+    /// A Kubernetes API request failed (reading the trust inputs, listing, writing status).
+    pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
     /// Every step passed.
     pub const SUCCEEDED: &str = "Succeeded";
 }

@@ -1,20 +1,37 @@
-//! The per-namespace RBAC of the seed model, built for one managed namespace: the operator's Role and
-//! RoleBinding, and the `vworkspace-operation-runner` ServiceAccount that Jobs and Workflows run as.
+//! The per-namespace RBAC of the seed model, built for one managed namespace: the operator's rights
+//! there (the seed's namespace Role, rule for rule) bound to its ServiceAccount, and the
+//! `vworkspace-operation-runner` ServiceAccount that Jobs and Workflows run as, with its own binding.
 //! Pure: the reconciler applies what this returns when a namespace gains the managed label, and deletes
-//! the RoleBinding when it loses it.
+//! the bindings when it loses it.
+//!
+//! One deliberate change of form from the seed: the seed's per-namespace `Role` is shipped once, in
+//! `deploy/`, as the ClusterRole [`NAMESPACE_CLUSTER_ROLE`] with exactly the same rules, and each
+//! managed namespace gets a `RoleBinding` to it. The rights in a namespace are the same; the reason is
+//! Kubernetes' escalation check: writing a `Role` requires holding every right it grants (or the
+//! `escalate` verb, which would let a compromised operator write itself any Role anywhere), whereas a
+//! `RoleBinding` only needs `bind` on the one named ClusterRole. See docs/operating.md.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The operator's ServiceAccount and the name of its Roles and bindings.
 pub const OPERATOR: &str = "vworkspace-app-operator";
 /// The operator's namespace.
 pub const OPERATOR_NAMESPACE: &str = "vworkspace-system";
-/// The ServiceAccount that Jobs and Workflows run as (never the operator's).
+/// The ServiceAccount that Jobs and Workflows run as (never the operator's), and the name of its
+/// binding and ClusterRole.
 pub const RUNNER: &str = "vworkspace-operation-runner";
+/// The ClusterRole (shipped in `deploy/`) that holds the seed's namespace Role rules; bound per
+/// managed namespace, never cluster-wide.
+pub const NAMESPACE_CLUSTER_ROLE: &str = "vworkspace-app-operator-namespace";
+/// The label that makes a namespace managed, and its value.
+pub const MANAGED_LABEL: (&str, &str) = ("app.vworkspace.io/managed-by", "vworkspace");
+/// The namespace annotation that lists the operation templates a namespace may run (comma-separated),
+/// recorded in `Cluster.status.managedNamespaces[].allowedOperationTemplates`.
+pub const ALLOWED_TEMPLATES_ANNOTATION: &str = "app.vworkspace.io/allowed-operation-templates";
 
 const ALL: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",
@@ -31,10 +48,10 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-fn meta(name: &str, namespace: &str) -> ObjectMeta {
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
-        namespace: Some(namespace.to_owned()),
+        namespace: namespace.map(str::to_owned),
         labels: Some(BTreeMap::from([
             ("app.kubernetes.io/name".to_owned(), OPERATOR.to_owned()),
             (
@@ -46,57 +63,132 @@ fn meta(name: &str, namespace: &str) -> ObjectMeta {
     }
 }
 
-/// The seed's namespace Role, rule for rule.
-pub fn operator_role(namespace: &str) -> Role {
-    Role {
-        metadata: meta(OPERATOR, namespace),
-        rules: Some(vec![
-            rule(&["helm.toolkit.fluxcd.io"], &["helmreleases"], ALL),
-            rule(
-                &["source.toolkit.fluxcd.io"],
-                &["helmrepositories", "ocirepositories"],
-                ALL,
-            ),
-            rule(&[""], &["persistentvolumeclaims"], READ),
-            rule(&["argoproj.io"], &["workflows", "workflowtemplates"], ALL),
-            rule(&["batch"], &["jobs"], ALL),
-            rule(&[""], &["pods", "pods/log"], READ),
-            rule(&["snapshot.storage.k8s.io"], &["volumesnapshots"], ALL),
-            rule(
-                &["volsync.backube"],
-                &["replicationsources", "replicationdestinations"],
-                ALL,
-            ),
-            // Secrets and ConfigMaps by name only: never list or watch.
-            rule(&[""], &["secrets", "configmaps"], &["get"]),
-            rule(&[""], &["events"], &["create", "patch"]),
-        ]),
+/// The seed's namespace Role rules, rule for rule.
+pub fn namespace_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&["helm.toolkit.fluxcd.io"], &["helmreleases"], ALL),
+        rule(
+            &["source.toolkit.fluxcd.io"],
+            &["helmrepositories", "ocirepositories"],
+            ALL,
+        ),
+        rule(&[""], &["persistentvolumeclaims"], READ),
+        rule(&["argoproj.io"], &["workflows", "workflowtemplates"], ALL),
+        rule(&["batch"], &["jobs"], ALL),
+        rule(&[""], &["pods", "pods/log"], READ),
+        rule(&["snapshot.storage.k8s.io"], &["volumesnapshots"], ALL),
+        rule(
+            &["volsync.backube"],
+            &["replicationsources", "replicationdestinations"],
+            ALL,
+        ),
+        // Secrets and ConfigMaps by name only: never list or watch.
+        rule(&[""], &["secrets", "configmaps"], &["get"]),
+        rule(&[""], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// The ClusterRole holding [`namespace_rules`]; `deploy/` ships it and a test keeps the two equal.
+pub fn namespace_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(NAMESPACE_CLUSTER_ROLE, None),
+        rules: Some(namespace_rules()),
+        ..ClusterRole::default()
     }
 }
 
-/// Binds the operator's ServiceAccount to [`operator_role`] in `namespace`.
-pub fn operator_role_binding(namespace: &str) -> RoleBinding {
+/// The runner's ClusterRole: the default Job and Workflow profile needs no API access at all, so it
+/// grants nothing; templates that need more bring their own profile (issue: children and admission).
+pub fn runner_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(RUNNER, None),
+        rules: Some(Vec::new()),
+        ..ClusterRole::default()
+    }
+}
+
+fn binding(name: &str, namespace: &str, cluster_role: &str, subject: Subject) -> RoleBinding {
     RoleBinding {
-        metadata: meta(OPERATOR, namespace),
+        metadata: meta(name, Some(namespace)),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: OPERATOR.to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: cluster_role.to_owned(),
         },
-        subjects: Some(vec![Subject {
+        subjects: Some(vec![subject]),
+    }
+}
+
+/// Binds the operator's ServiceAccount to [`NAMESPACE_CLUSTER_ROLE`] in `namespace`.
+pub fn operator_role_binding(namespace: &str) -> RoleBinding {
+    binding(
+        OPERATOR,
+        namespace,
+        NAMESPACE_CLUSTER_ROLE,
+        Subject {
             kind: "ServiceAccount".to_owned(),
             name: OPERATOR.to_owned(),
             namespace: Some(OPERATOR_NAMESPACE.to_owned()),
             ..Subject::default()
-        }]),
+        },
+    )
+}
+
+/// Binds the namespace's runner ServiceAccount to the runner ClusterRole.
+pub fn runner_role_binding(namespace: &str) -> RoleBinding {
+    binding(
+        RUNNER,
+        namespace,
+        RUNNER,
+        Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: RUNNER.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            ..Subject::default()
+        },
+    )
+}
+
+/// Everything one managed namespace gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceRbac {
+    /// The runner ServiceAccount.
+    pub runner: ServiceAccount,
+    /// The operator's binding, then the runner's.
+    pub bindings: [RoleBinding; 2],
+}
+
+/// The objects for managed namespace `namespace`.
+pub fn for_namespace(namespace: &str) -> NamespaceRbac {
+    NamespaceRbac {
+        runner: runner_service_account(namespace),
+        bindings: [
+            operator_role_binding(namespace),
+            runner_role_binding(namespace),
+        ],
     }
+}
+
+/// The templates a namespace may run, from its [`ALLOWED_TEMPLATES_ANNOTATION`]: trimmed, sorted,
+/// de-duplicated, empty entries dropped.
+pub fn allowed_templates(annotation: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = annotation
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The runner ServiceAccount: Jobs and Workflows run as it. It has no token mounted by default; the
 /// operation templates' Roles (issue: children and admission) grant it what a template needs.
 pub fn runner_service_account(namespace: &str) -> ServiceAccount {
     ServiceAccount {
-        metadata: meta(RUNNER, namespace),
+        metadata: meta(RUNNER, Some(namespace)),
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
@@ -107,10 +199,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn role_is_the_seeds_and_never_lists_secrets() {
-        let role = operator_role("org-myteam");
-        assert_eq!(role.metadata.namespace.as_deref(), Some("org-myteam"));
-        let rules = role.rules.unwrap_or_default();
+    fn rules_are_the_seeds_and_never_list_secrets() {
+        let rules = namespace_rules();
         assert_eq!(rules.len(), 10);
         for r in &rules {
             let resources = r.resources.clone().unwrap_or_default();
@@ -129,20 +219,44 @@ mod tests {
             })
             .expect("pods rule");
         assert_eq!(pods.verbs, ["get", "list", "watch"]);
+        assert_eq!(namespace_cluster_role().rules, Some(rules));
+        assert_eq!(runner_cluster_role().rules, Some(Vec::new()));
     }
 
     #[test]
-    fn binding_names_the_operator_and_runner_is_separate() {
-        let binding = operator_role_binding("org-myteam");
-        let subject = &binding.subjects.expect("subjects")[0];
+    fn bindings_name_the_operator_and_the_runner_separately() {
+        let rbac = for_namespace("org-myteam");
+        let [operator, runner] = &rbac.bindings;
+        let subject = &operator.subjects.as_ref().expect("subjects")[0];
         assert_eq!(
             (subject.name.as_str(), subject.namespace.as_deref()),
             (OPERATOR, Some(OPERATOR_NAMESPACE))
         );
-        assert_eq!(binding.role_ref.name, OPERATOR);
-        let runner = runner_service_account("org-myteam");
-        assert_eq!(runner.metadata.name.as_deref(), Some(RUNNER));
+        assert_eq!(
+            (
+                operator.role_ref.kind.as_str(),
+                operator.role_ref.name.as_str()
+            ),
+            ("ClusterRole", NAMESPACE_CLUSTER_ROLE)
+        );
+        assert_eq!(operator.metadata.namespace.as_deref(), Some("org-myteam"));
+        let subject = &runner.subjects.as_ref().expect("subjects")[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (RUNNER, Some("org-myteam"))
+        );
+        assert_eq!(runner.role_ref.name, RUNNER);
+        assert_eq!(rbac.runner.metadata.name.as_deref(), Some(RUNNER));
         assert_ne!(RUNNER, OPERATOR);
-        assert_eq!(runner.automount_service_account_token, Some(false));
+        assert_eq!(rbac.runner.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn allowed_templates_are_trimmed_sorted_and_unique() {
+        assert_eq!(
+            allowed_templates(Some(" restic-backup,pg-dump, ,restic-backup")),
+            ["pg-dump", "restic-backup"]
+        );
+        assert!(allowed_templates(None).is_empty());
     }
 }

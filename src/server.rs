@@ -1,0 +1,109 @@
+//! `/healthz`, `/readyz` and `/metrics` over plain HTTP/1 (the probes and the scraper are in-cluster;
+//! nothing secret is served). `/readyz` answers 200 once the operator has reached the API server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+/// What the endpoints report.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// Set once the API server answered.
+    pub ready: Arc<AtomicBool>,
+    /// The metrics to expose.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Answers one request.
+pub fn respond(probes: &Probes, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if probes.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ok\n".to_owned())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: the API server has not answered yet\n".to_owned(),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            probes.metrics.encode(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds `addr` and serves until the task is dropped.
+pub async fn serve(addr: SocketAddr, probes: Probes) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    serve_on(listener, probes).await
+}
+
+/// Serves on a bound listener (tests bind port 0).
+pub async fn serve_on(listener: TcpListener, probes: Probes) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let probes = probes.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let response = respond(&probes, request.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "probe connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_flag_and_metrics_are_openmetrics() {
+        let probes = Probes {
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::default()),
+        };
+        assert_eq!(respond(&probes, "/healthz").status(), StatusCode::OK);
+        assert_eq!(
+            respond(&probes, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        probes.ready.store(true, Ordering::Relaxed);
+        assert_eq!(respond(&probes, "/readyz").status(), StatusCode::OK);
+        let metrics = respond(&probes, "/metrics");
+        assert!(
+            metrics.headers()[http::header::CONTENT_TYPE]
+                .to_str()
+                .is_ok_and(|v| v.starts_with("application/openmetrics-text"))
+        );
+        assert_eq!(respond(&probes, "/secret").status(), StatusCode::NOT_FOUND);
+    }
+}
