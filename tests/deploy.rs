@@ -2,23 +2,44 @@
 
 use serde_json::Value;
 
+/// The documents `kubectl kustomize deploy/` renders: the kustomization's resources, in order.
 fn documents() -> Vec<(String, Value)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let kustomization: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization"),
+    )
+    .expect("yaml");
     let mut docs = Vec::new();
+    for name in strings(&kustomization["resources"]) {
+        let text = std::fs::read_to_string(dir.join(&name)).expect("resource file");
+        let parsed: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("yaml");
+        docs.extend(parsed.into_iter().map(|d| (name.clone(), d)));
+    }
+    // Every manifest in deploy/ is part of the install: none is forgotten by the kustomization.
     for entry in std::fs::read_dir(&dir).expect("deploy/") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path).expect("read");
-            let parsed: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("yaml");
+        if path.extension().is_some_and(|e| e == "yaml")
+            && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+        {
             let name = path
                 .file_name()
                 .expect("name")
                 .to_string_lossy()
                 .into_owned();
-            docs.extend(parsed.into_iter().map(|d| (name.clone(), d)));
+            assert!(
+                docs.iter().any(|(n, _)| *n == name),
+                "{name} is not in deploy/kustomization.yaml"
+            );
         }
     }
     docs
+}
+
+fn named<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not in deploy/"))
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -35,51 +56,142 @@ fn strings(v: &Value) -> Vec<String> {
 #[test]
 fn rbac_never_grants_what_the_seed_forbids() {
     let docs = documents();
-    let roles: Vec<&Value> = docs
-        .iter()
-        .map(|(_, d)| d)
+    let values = || docs.iter().map(|(_, d)| d);
+    // ClusterRoles bound by a ClusterRoleBinding grant cluster-wide; the others are only bound per
+    // namespace by the reconciler's RoleBindings.
+    let bound_cluster_wide: Vec<&str> = values()
+        .filter(|d| d["kind"] == "ClusterRoleBinding")
+        .filter_map(|d| d["roleRef"]["name"].as_str())
+        .collect();
+    let roles: Vec<&Value> = values()
         .filter(|d| matches!(d["kind"].as_str(), Some("Role" | "ClusterRole")))
         .collect();
     assert!(
-        roles.len() >= 2,
-        "a ClusterRole and the vworkspace-system Role"
+        roles.len() >= 5,
+        "seed, gitops, two namespace ClusterRoles, system Role"
     );
     for role in roles {
-        let cluster_wide = role["kind"] == "ClusterRole";
+        let name = role["metadata"]["name"].as_str().unwrap_or_default();
+        let cluster_wide = role["kind"] == "ClusterRole" && bound_cluster_wide.contains(&name);
         for rule in role["rules"].as_array().expect("rules") {
             let resources = strings(&rule["resources"]);
             let verbs = strings(&rule["verbs"]);
-            assert!(!verbs.iter().any(|v| v == "*"), "no wildcard verbs: {rule}");
+            let context = format!("{name}: {rule}");
+            assert!(
+                !verbs.iter().any(|v| v == "*"),
+                "no wildcard verbs: {context}"
+            );
             assert!(
                 !resources.iter().any(|r| r == "*"),
-                "no wildcard resources: {rule}"
+                "no wildcard resources: {context}"
             );
+            assert!(
+                !verbs.iter().any(|v| v == "escalate"),
+                "no escalate: {context}"
+            );
+            if verbs.iter().any(|v| v == "bind") {
+                assert!(
+                    !strings(&rule["resourceNames"]).is_empty(),
+                    "bind only on named roles: {context}"
+                );
+            }
             if resources.iter().any(|r| r == "secrets") {
-                assert!(!cluster_wide, "no verb on secrets cluster-wide: {rule}");
-                assert_eq!(verbs, ["get"], "secrets by get on a name only: {rule}");
+                assert!(!cluster_wide, "no verb on secrets cluster-wide: {context}");
+                assert_eq!(verbs, ["get"], "secrets by get on a name only: {context}");
+            }
+            if resources
+                .iter()
+                .any(|r| r == "roles" || r == "clusterroles")
+            {
+                assert!(
+                    !verbs
+                        .iter()
+                        .any(|v| matches!(v.as_str(), "create" | "update" | "patch")),
+                    "the operator never writes a Role: {context}"
+                );
             }
             assert!(
                 !resources.iter().any(|r| r == "pods/exec"),
-                "no pods/exec: {rule}"
+                "no pods/exec: {context}"
             );
             if resources.iter().any(|r| r == "clusterrolebindings") {
                 assert!(
                     !verbs.iter().any(|v| v == "create"),
-                    "no create on clusterrolebindings: {rule}"
+                    "no create on clusterrolebindings: {context}"
                 );
             }
         }
     }
+    for template in [
+        "vworkspace-app-operator-namespace",
+        "vworkspace-operation-runner",
+    ] {
+        assert!(
+            !bound_cluster_wide.contains(&template),
+            "{template} is bound per namespace only"
+        );
+    }
+}
+
+#[test]
+fn namespace_cluster_roles_are_what_the_reconciler_binds() {
+    use vworkspace_operator::rbac;
+    let docs = documents();
+    for expected in [rbac::namespace_cluster_role(), rbac::runner_cluster_role()] {
+        let name = expected.metadata.name.clone().expect("name");
+        let shipped = named(&docs, "ClusterRole", &name);
+        let expected = serde_json::to_value(&expected).expect("json");
+        assert_eq!(shipped["rules"], expected["rules"], "{name}");
+    }
+    let binding = rbac::operator_role_binding("org-a");
+    assert_eq!(binding.role_ref.name, rbac::NAMESPACE_CLUSTER_ROLE);
+    // The gitops ClusterRole may bind exactly the two shipped ClusterRoles.
+    let gitops = named(&docs, "ClusterRole", "vworkspace-app-operator-gitops");
+    let bind = gitops["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| strings(&r["verbs"]) == ["bind"])
+        .expect("bind rule");
+    assert_eq!(
+        strings(&bind["resourceNames"]),
+        [rbac::NAMESPACE_CLUSTER_ROLE, rbac::RUNNER]
+    );
+}
+
+#[test]
+fn admission_policy_scopes_the_operators_rbac_writes() {
+    let docs = documents();
+    let policy = named(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "vworkspace-app-operator-rbac-scope",
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let condition = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .expect("expression");
+    assert!(condition.contains("system:serviceaccount:vworkspace-system:vworkspace-app-operator"));
+    let validations = policy["spec"]["validations"].to_string();
+    for needle in [
+        "app.vworkspace.io/managed-by",
+        "vworkspace-app-operator-namespace",
+        "vworkspace-operation-runner",
+    ] {
+        assert!(validations.contains(needle), "{needle}");
+    }
+    let binding = named(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "vworkspace-app-operator-rbac-scope",
+    );
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
 }
 
 #[test]
 fn cluster_role_is_exactly_the_seeds() {
     let docs = documents();
-    let role = docs
-        .iter()
-        .map(|(_, d)| d)
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("ClusterRole");
+    let role = named(&docs, "ClusterRole", "vworkspace-app-operator");
     let all = [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
@@ -133,11 +245,7 @@ fn cluster_role_is_exactly_the_seeds() {
         })
         .collect();
     assert_eq!(actual, expected);
-    let binding = docs
-        .iter()
-        .map(|(_, d)| d)
-        .find(|d| d["kind"] == "ClusterRoleBinding")
-        .expect("binding");
+    let binding = named(&docs, "ClusterRoleBinding", "vworkspace-app-operator");
     assert_eq!(binding["subjects"][0]["name"], "vworkspace-app-operator");
     assert_eq!(binding["subjects"][0]["namespace"], "vworkspace-system");
 }
