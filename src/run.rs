@@ -87,6 +87,9 @@ pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
 
 /// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded).
 pub async fn run(options: RunOptions) -> Result<bool, Error> {
+    // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
+    // default must be chosen, or the first TLS client panics. Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.map_err(|source| Error::Kube {
         action: "connect to the API server (KUBECONFIG, then in-cluster)".into(),
         source,

@@ -225,3 +225,39 @@ fn release_refuses_a_serial_that_does_not_grow() {
         Some(2)
     );
 }
+
+#[test]
+fn run_once_finds_the_api_server_through_kubeconfig_and_fails_cleanly_when_it_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("config");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: not-a-real-token\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["run", "--once", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("list Clusters"), "{stderr}");
+    assert!(!stderr.contains("not-a-real-token"), "{stderr}");
+    // The flags are the contract.
+    let help = run(&["run", "--help"], None);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--namespace",
+        "--cache-dir",
+        "--metrics-addr",
+        "--health-addr",
+        "--leader-election",
+        "--once",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from run --help");
+    }
+}
