@@ -528,6 +528,21 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         Vec::<String>::new(),
         "a no-op pass writes nothing"
     );
+    // And reads little: the trust inputs, the managed namespaces, the two kinds (RBAC already checked).
+    assert_eq!(
+        h.api
+            .requests()
+            .iter()
+            .map(Recorded::line)
+            .collect::<Vec<_>>(),
+        [
+            "GET /api/v1/namespaces/vworkspace-system/configmaps/trust".to_owned(),
+            "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
+            "GET /api/v1/namespaces".to_owned(),
+            format!("GET {AI}/applicationinstances"),
+            format!("GET {OPS}/operations"),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,4 +983,54 @@ async fn every_request_is_allowed_by_deploy_rbac() {
             r.line()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_stopped_between_apply_and_prune_is_finished_by_the_next() {
+    let h = harness();
+    h.pass().await.expect("first pass");
+    std::fs::remove_file(
+        h.fixture
+            .repo
+            .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
+    )
+    .expect("remove");
+    // A new instance too, so the pass applies before it prunes.
+    h.fixture.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/wiki.yaml",
+        &nextcloud("unused").replace("name: nextcloud", "name: wiki"),
+    );
+    h.fixture.release("demo", &[]);
+    h.fixture.commit("release 2: wiki in, nightly out");
+    // The prune fails (as if the operator died after applying): the stale object stays owned.
+    h.api.fault(Method::DELETE, "/operations/nightly", 500);
+    assert!(h.pass().await.is_err());
+    assert_eq!(h.condition("Applied").1, "ApplyFailed");
+    let st = h.status();
+    assert_eq!(
+        st.last_applied_serial,
+        Some(1),
+        "release 2 is not applied yet"
+    );
+    assert!(
+        st.inventory.iter().any(|i| i.name == "nightly"),
+        "still ours, still to prune"
+    );
+    assert!(
+        st.inventory.iter().any(|i| i.name == "wiki"),
+        "what was applied is ours"
+    );
+    // The next pass finishes the job.
+    h.pass().await.expect("second attempt");
+    assert_eq!(
+        h.writes(),
+        [
+            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+            "POST /api/v1/namespaces/default/events".to_owned(),
+        ]
+    );
+    let st = h.status();
+    assert_eq!(st.last_applied_serial, Some(2));
+    assert!(!st.inventory.iter().any(|i| i.name == "nightly"));
 }
