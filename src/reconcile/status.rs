@@ -9,7 +9,7 @@ use crate::conditions::{self, READY, StepOutcome};
 use crate::crd::{ClusterStatus, InventoryEntry, ManagedNamespace};
 
 /// Condition and Event messages are cut to this many bytes (the API server takes 32 KiB for a
-/// condition; a refusal of thousands of files is summarized, the full list is in the log).
+/// condition; a refusal of thousands of files is cut, and `verify` on the same commit lists them all).
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// The release a successful pass applied.
@@ -45,6 +45,16 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// The message of the first failed step, if any (never a secret: errors name paths, not values).
+    pub fn failure_message(&self) -> Option<&str> {
+        match (&self.verify, &self.apply) {
+            (StepOutcome::Failed { message, .. }, _) | (_, StepOutcome::Failed { message, .. }) => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+
     /// The reason of the first failed step, if any.
     pub fn failure(&self) -> Option<&'static str> {
         match (&self.verify, &self.apply) {
