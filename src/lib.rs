@@ -15,6 +15,7 @@
 
 pub mod authoring;
 pub mod checkout;
+pub mod children;
 pub mod cli;
 pub mod commit_signature;
 pub mod conditions;
@@ -28,6 +29,7 @@ pub mod intent;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod operations;
 pub mod parallel;
 pub mod pipeline;
 pub mod plan;
