@@ -79,12 +79,7 @@ fn identity(instance: &ApplicationInstance) -> Result<Identity<'_>, ChildrenErro
 }
 
 /// The owner reference every child carries: deleting the instance deletes them (garbage collection).
-pub fn owner_reference(
-    api_version: &str,
-    kind: &str,
-    name: &str,
-    uid: &str,
-) -> OwnerReference {
+pub fn owner_reference(api_version: &str, kind: &str, name: &str, uid: &str) -> OwnerReference {
     OwnerReference {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
@@ -128,7 +123,10 @@ impl std::fmt::Debug for SplitValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SplitValues")
             .field("inline", &self.inline)
-            .field("secret", &self.secret.as_ref().map(|_| crate::secrets::REDACTED))
+            .field(
+                "secret",
+                &self.secret.as_ref().map(|_| crate::secrets::REDACTED),
+            )
             .finish()
     }
 }
@@ -185,9 +183,7 @@ pub fn split_values(
         } else {
             // The list at segments[..cut] moves whole; its encrypted leaf is replaced in place.
             let head = &segments[..cut];
-            let mut list = get(&secret, head)
-                .cloned()
-                .unwrap_or_else(|| node.clone());
+            let mut list = get(&secret, head).cloned().unwrap_or_else(|| node.clone());
             crate::secrets::set_leaf(&mut list, &segments[cut..].join("."), plaintext())
                 .map_err(|_| ChildrenError::Path(path.to_owned()))?;
             insert(&mut secret, head, list);
@@ -205,7 +201,8 @@ pub fn split_values(
 }
 
 fn get<'v>(tree: &'v Value, path: &[&str]) -> Option<&'v Value> {
-    path.iter().try_fold(tree, |node, segment| node.get(*segment))
+    path.iter()
+        .try_fold(tree, |node, segment| node.get(*segment))
 }
 
 fn insert(tree: &mut Value, path: &[&str], leaf: Value) {
@@ -324,10 +321,7 @@ pub fn helm_release(
 }
 
 /// The values Secret of an instance.
-pub fn values_secret(
-    instance: &ApplicationInstance,
-    yaml: &[u8],
-) -> Result<Secret, ChildrenError> {
+pub fn values_secret(instance: &ApplicationInstance, yaml: &[u8]) -> Result<Secret, ChildrenError> {
     let id = identity(instance)?;
     Ok(Secret {
         metadata: ObjectMeta {

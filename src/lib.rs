@@ -42,6 +42,8 @@ pub mod server;
 pub mod signers;
 pub mod source;
 pub mod sshsig;
+pub mod webhook;
+pub mod webhook_server;
 pub mod yaml;
 
 pub use error::{Error, Result};

@@ -238,11 +238,10 @@ pub fn child(
             )
         }
         OperationType::Restore => {
-            let backup = spec
-                .target
-                .backup_name
-                .clone()
-                .ok_or_else(|| invalid("spec.target.backupName", "a Restore names the backup"))?;
+            let backup =
+                spec.target.backup_name.clone().ok_or_else(|| {
+                    invalid("spec.target.backupName", "a Restore names the backup")
+                })?;
             child(
                 "velero.io/v1",
                 "Restore",
@@ -358,7 +357,11 @@ pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
         },
         "VolumeSnapshot" => {
             if status["readyToUse"] == Value::Bool(true) {
-                (OperationPhase::Succeeded, "ReadyToUse".into(), String::new())
+                (
+                    OperationPhase::Succeeded,
+                    "ReadyToUse".into(),
+                    String::new(),
+                )
             } else if !status["error"].is_null() {
                 (
                     OperationPhase::Failed,
@@ -368,7 +371,11 @@ pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
             } else if status.is_null() {
                 (OperationPhase::Pending, "Created".into(), String::new())
             } else {
-                (OperationPhase::Running, "Snapshotting".into(), String::new())
+                (
+                    OperationPhase::Running,
+                    "Snapshotting".into(),
+                    String::new(),
+                )
             }
         }
         "Job" => {
@@ -379,7 +386,11 @@ pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
                 })
             };
             if let Some(c) = condition("Complete") {
-                (OperationPhase::Succeeded, "Complete".into(), text(&c["message"]))
+                (
+                    OperationPhase::Succeeded,
+                    "Complete".into(),
+                    text(&c["message"]),
+                )
             } else if let Some(c) = condition("Failed") {
                 (
                     OperationPhase::Failed,
@@ -393,10 +404,16 @@ pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
             }
         }
         "Workflow" => match status["phase"].as_str() {
-            Some("Succeeded") => (OperationPhase::Succeeded, "Succeeded".into(), text(&status["message"])),
-            Some(p @ ("Failed" | "Error")) => {
-                (OperationPhase::Failed, p.to_owned(), text(&status["message"]))
-            }
+            Some("Succeeded") => (
+                OperationPhase::Succeeded,
+                "Succeeded".into(),
+                text(&status["message"]),
+            ),
+            Some(p @ ("Failed" | "Error")) => (
+                OperationPhase::Failed,
+                p.to_owned(),
+                text(&status["message"]),
+            ),
             Some("Running") => (OperationPhase::Running, "Running".into(), String::new()),
             _ => (OperationPhase::Pending, "Pending".into(), String::new()),
         },

@@ -406,7 +406,13 @@ fn dot_dot_segment_in_a_path() {
     let tree = with_entry(
         &f,
         &base,
-        &["clusters", "demo", "namespaces", "..", "applicationinstances"],
+        &[
+            "clusters",
+            "demo",
+            "namespaces",
+            "..",
+            "applicationinstances",
+        ],
         &entry,
     );
     commit_tree(&f, &tree, "a .. path segment");
@@ -492,7 +498,9 @@ fn a_hundred_thousand_files() {
 fn yaml_alias_bomb() {
     let f = fixture();
     // Billion laughs inside spec.values: ten levels of ten aliases, 10^10 nodes once expanded.
-    let mut values = String::from("    a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n");
+    let mut values = String::from(
+        "    a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n",
+    );
     let mut prev = 'a';
     for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'] {
         let refs = vec![format!("*{prev}"); 10].join(", ");
@@ -637,7 +645,10 @@ fn metadata_namespace_elsewhere() {
     release_with(&f, &format!("clusters/demo/{rel}"), contents.as_bytes());
     let (path, kind) = intent_refusal(refusal(&f, &[]));
     assert_eq!(path, rel);
-    assert_eq!(kind, IntentErrorKind::NamespaceMismatch("kube-system".into()));
+    assert_eq!(
+        kind,
+        IntentErrorKind::NamespaceMismatch("kube-system".into())
+    );
 }
 
 #[test]

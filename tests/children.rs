@@ -109,10 +109,24 @@ fn https_instance_children_with_a_sparse_values_secret() {
     let split = split(&keys, &ai);
     // Inline: no ciphertext, no plaintext, no list that held a secret.
     let inline = split.inline.to_string();
-    assert!(!inline.contains("AGE ENCRYPTED") && !inline.contains("s3cret") && !inline.contains("t0ken"));
-    assert_eq!(split.inline["nextcloud"]["mail"]["smtp"]["host"], "smtp.example.org");
-    assert!(split.inline["nextcloud"]["mail"]["smtp"].get("password").is_none());
-    assert!(split.inline.get("admins").is_none(), "a list with a secret moves whole");
+    assert!(
+        !inline.contains("AGE ENCRYPTED")
+            && !inline.contains("s3cret")
+            && !inline.contains("t0ken")
+    );
+    assert_eq!(
+        split.inline["nextcloud"]["mail"]["smtp"]["host"],
+        "smtp.example.org"
+    );
+    assert!(
+        split.inline["nextcloud"]["mail"]["smtp"]
+            .get("password")
+            .is_none()
+    );
+    assert!(
+        split.inline.get("admins").is_none(),
+        "a list with a secret moves whole"
+    );
     assert!(format!("{split:?}").contains("<redacted>"));
     let secret_yaml = split.secret.as_ref().expect("secret values");
     let sparse: Value = serde_json::from_slice(secret_yaml).expect("json is yaml");
@@ -140,22 +154,24 @@ fn https_instance_children_with_a_sparse_values_secret() {
 #[test]
 fn oci_instance_without_secrets_has_no_values_secret() {
     let keys = keys();
-    let ai = instance(
-        "oci://ghcr.io/example/charts",
-        Some(json!({"replicas": 1})),
-    );
+    let ai = instance("oci://ghcr.io/example/charts", Some(json!({"replicas": 1})));
     let split = split(&keys, &ai);
     assert!(split.secret.is_none());
     let (plural, source) = children::source(&ai).expect("source");
     assert_eq!(plural, "ocirepositories");
-    assert_eq!(source["spec"]["url"], "oci://ghcr.io/example/charts/nextcloud");
+    assert_eq!(
+        source["spec"]["url"],
+        "oci://ghcr.io/example/charts/nextcloud"
+    );
     golden("ocirepository.yaml", &source);
     let release = children::helm_release(&ai, &split.inline, false).expect("helmrelease");
     assert!(release["spec"].get("valuesFrom").is_none());
     golden("helmrelease-oci.yaml", &release);
     assert_eq!(
         children::source(&instance("http://insecure.example.org", None)).map(|_| ()),
-        Err(ChildrenError::Repository("http://insecure.example.org".into()))
+        Err(ChildrenError::Repository(
+            "http://insecure.example.org".into()
+        ))
     );
 }
 
@@ -167,7 +183,11 @@ fn helm_release_ready_is_mirrored() {
     ]}});
     assert_eq!(
         children::helm_release_ready(&release),
-        Some(("True".into(), "InstallSucceeded".into(), "Helm install succeeded".into()))
+        Some((
+            "True".into(),
+            "InstallSucceeded".into(),
+            "Helm install succeeded".into()
+        ))
     );
     assert_eq!(children::helm_release_ready(&json!({})), None);
 }
@@ -218,20 +238,31 @@ fn every_engine_builds_its_child() {
             }
             _ => {
                 assert_eq!(child.namespace, "org-myteam");
-                assert_eq!(child.body["metadata"]["ownerReferences"][0]["kind"], "Operation");
+                assert_eq!(
+                    child.body["metadata"]["ownerReferences"][0]["kind"],
+                    "Operation"
+                );
             }
         }
     }
     // The Job runs as the runner, never as the operator, PSA-restricted, once.
     let op = operation(OperationType::RunCommand, "pg-dump", target);
-    let job = operations::child(&op, "velero", Some(&job)).expect("job").body;
+    let job = operations::child(&op, "velero", Some(&job))
+        .expect("job")
+        .body;
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "vworkspace-operation-runner");
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(job["spec"]["backoffLimit"], 0);
     let container = &pod["containers"][0];
-    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
     assert_eq!(container["env"][0]["name"], "PARAM_DATABASE");
 }
 
@@ -266,7 +297,11 @@ fn refusals_name_the_field_and_say_what_to_do() {
     let refused = operations::check_template("pg-dump", "org-myteam", &["restic".to_owned()])
         .expect_err("not allowed");
     assert_eq!(refused.reason(), "OperationTemplateNotAllowedInNamespace");
-    assert!(refused.to_string().contains("app.vworkspace.io/allowed-operation-templates"));
+    assert!(
+        refused
+            .to_string()
+            .contains("app.vworkspace.io/allowed-operation-templates")
+    );
     assert!(operations::check_template("restic", "org-myteam", &["restic".to_owned()]).is_ok());
     assert!(operations::job_template(Some("img"), Some("not json"), "ConfigMap x").is_err());
     assert!(operations::job_template(None, None, "ConfigMap x").is_err());
@@ -277,23 +312,71 @@ fn phases_follow_each_childs_status() {
     use OperationPhase::*;
     let cases: Vec<(&str, Value, OperationPhase)> = vec![
         ("Backup", json!({}), Pending),
-        ("Backup", json!({"status": {"phase": "InProgress"}}), Running),
-        ("Backup", json!({"status": {"phase": "Completed"}}), Succeeded),
-        ("Backup", json!({"status": {"phase": "PartiallyFailed"}}), Failed),
-        ("Restore", json!({"status": {"phase": "Failed", "failureReason": "x"}}), Failed),
+        (
+            "Backup",
+            json!({"status": {"phase": "InProgress"}}),
+            Running,
+        ),
+        (
+            "Backup",
+            json!({"status": {"phase": "Completed"}}),
+            Succeeded,
+        ),
+        (
+            "Backup",
+            json!({"status": {"phase": "PartiallyFailed"}}),
+            Failed,
+        ),
+        (
+            "Restore",
+            json!({"status": {"phase": "Failed", "failureReason": "x"}}),
+            Failed,
+        ),
         ("VolumeSnapshot", json!({}), Pending),
-        ("VolumeSnapshot", json!({"status": {"readyToUse": false}}), Running),
-        ("VolumeSnapshot", json!({"status": {"readyToUse": true}}), Succeeded),
-        ("VolumeSnapshot", json!({"status": {"error": {"message": "quota"}}}), Failed),
+        (
+            "VolumeSnapshot",
+            json!({"status": {"readyToUse": false}}),
+            Running,
+        ),
+        (
+            "VolumeSnapshot",
+            json!({"status": {"readyToUse": true}}),
+            Succeeded,
+        ),
+        (
+            "VolumeSnapshot",
+            json!({"status": {"error": {"message": "quota"}}}),
+            Failed,
+        ),
         ("Job", json!({"status": {"active": 1}}), Running),
-        ("Job", json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}), Succeeded),
-        ("Job", json!({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}), Failed),
+        (
+            "Job",
+            json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}),
+            Succeeded,
+        ),
+        (
+            "Job",
+            json!({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}),
+            Failed,
+        ),
         ("Workflow", json!({"status": {"phase": "Running"}}), Running),
-        ("Workflow", json!({"status": {"phase": "Error", "message": "boom"}}), Failed),
-        ("Workflow", json!({"status": {"phase": "Succeeded"}}), Succeeded),
+        (
+            "Workflow",
+            json!({"status": {"phase": "Error", "message": "boom"}}),
+            Failed,
+        ),
+        (
+            "Workflow",
+            json!({"status": {"phase": "Succeeded"}}),
+            Succeeded,
+        ),
     ];
     for (kind, child, expected) in cases {
-        assert_eq!(operations::phase_of(kind, &child).0, expected, "{kind} {child}");
+        assert_eq!(
+            operations::phase_of(kind, &child).0,
+            expected,
+            "{kind} {child}"
+        );
     }
     assert_eq!(
         operations::pod_selector("Job", "nightly-abc").as_deref(),
