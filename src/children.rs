@@ -211,10 +211,10 @@ fn insert(tree: &mut Value, path: &[&str], leaf: Value) {
     };
     let mut node = tree;
     for segment in parents {
-        if !node.get(*segment).is_some_and(Value::is_object) {
-            if let Value::Object(map) = node {
-                map.insert((*segment).to_owned(), Value::Object(Map::new()));
-            }
+        if !node.get(*segment).is_some_and(Value::is_object)
+            && let Value::Object(map) = node
+        {
+            map.insert((*segment).to_owned(), Value::Object(Map::new()));
         }
         node = match node.get_mut(*segment) {
             Some(next) => next,
