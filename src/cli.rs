@@ -75,6 +75,16 @@ pub struct RunArgs {
     /// Largest pack one fetch may receive, in bytes.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_fetch_bytes: u64,
+    /// Where Velero runs: Backups and Restores of Operations are created there.
+    #[arg(long, default_value = "velero")]
+    pub velero_namespace: String,
+    /// Serve the validating admission webhook with `tls.crt` and `tls.key` from this directory (a
+    /// mounted Secret; re-read when it changes).
+    #[arg(long)]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// Address of the admission webhook (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_addr: std::net::SocketAddr,
 }
 
 /// Inputs shared by `verify` and `plan`.
@@ -370,6 +380,11 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
             max_pack_bytes: args.max_fetch_bytes,
             ..Default::default()
         },
+        velero_namespace: args.velero_namespace.clone(),
+        webhook: args
+            .webhook_cert_dir
+            .clone()
+            .map(|dir| (args.webhook_addr, dir)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

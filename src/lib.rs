@@ -28,6 +28,7 @@ pub mod history;
 pub mod intent;
 pub mod leader;
 pub mod limits;
+pub mod materialize;
 pub mod metrics;
 pub mod operations;
 pub mod parallel;

@@ -27,6 +27,12 @@ pub const RUNNER: &str = "vworkspace-operation-runner";
 /// The ClusterRole (shipped in `deploy/`) that holds the seed's namespace Role rules; bound per
 /// managed namespace, never cluster-wide.
 pub const NAMESPACE_CLUSTER_ROLE: &str = "vworkspace-app-operator-namespace";
+/// The ClusterRole (shipped in `deploy/`) with the one right GitOps mode adds in a managed namespace:
+/// writing the `<instance>-values` Secrets (create, patch, delete; never list or watch). Bound per
+/// managed namespace, as [`VALUES_BINDING`].
+pub const VALUES_CLUSTER_ROLE: &str = "vworkspace-app-operator-values";
+/// The name of the RoleBinding to [`VALUES_CLUSTER_ROLE`].
+pub const VALUES_BINDING: &str = "vworkspace-app-operator-values";
 /// The label that makes a namespace managed, and its value.
 pub const MANAGED_LABEL: (&str, &str) = ("app.vworkspace.io/managed-by", "vworkspace");
 /// The namespace annotation that lists the operation templates a namespace may run (comma-separated),
@@ -97,6 +103,19 @@ pub fn namespace_cluster_role() -> ClusterRole {
     }
 }
 
+/// The values ClusterRole: write the `<instance>-values` Secrets that HelmReleases read.
+pub fn values_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(VALUES_CLUSTER_ROLE, None),
+        rules: Some(vec![rule(
+            &[""],
+            &["secrets"],
+            &["create", "patch", "delete"],
+        )]),
+        ..ClusterRole::default()
+    }
+}
+
 /// The runner's ClusterRole: the default Job and Workflow profile needs no API access at all, so it
 /// grants nothing; templates that need more bring their own profile (issue: children and admission).
 pub fn runner_cluster_role() -> ClusterRole {
@@ -134,6 +153,21 @@ pub fn operator_role_binding(namespace: &str) -> RoleBinding {
     )
 }
 
+/// Binds the operator's ServiceAccount to [`VALUES_CLUSTER_ROLE`] in `namespace`.
+pub fn values_role_binding(namespace: &str) -> RoleBinding {
+    binding(
+        VALUES_BINDING,
+        namespace,
+        VALUES_CLUSTER_ROLE,
+        Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: OPERATOR.to_owned(),
+            namespace: Some(OPERATOR_NAMESPACE.to_owned()),
+            ..Subject::default()
+        },
+    )
+}
+
 /// Binds the namespace's runner ServiceAccount to the runner ClusterRole.
 pub fn runner_role_binding(namespace: &str) -> RoleBinding {
     binding(
@@ -154,8 +188,8 @@ pub fn runner_role_binding(namespace: &str) -> RoleBinding {
 pub struct NamespaceRbac {
     /// The runner ServiceAccount.
     pub runner: ServiceAccount,
-    /// The operator's binding, then the runner's.
-    pub bindings: [RoleBinding; 2],
+    /// The operator's bindings (namespace rules, values Secrets), then the runner's.
+    pub bindings: [RoleBinding; 3],
 }
 
 /// The objects for managed namespace `namespace`.
@@ -164,6 +198,7 @@ pub fn for_namespace(namespace: &str) -> NamespaceRbac {
         runner: runner_service_account(namespace),
         bindings: [
             operator_role_binding(namespace),
+            values_role_binding(namespace),
             runner_role_binding(namespace),
         ],
     }
@@ -226,7 +261,10 @@ mod tests {
     #[test]
     fn bindings_name_the_operator_and_the_runner_separately() {
         let rbac = for_namespace("org-myteam");
-        let [operator, runner] = &rbac.bindings;
+        let [operator, values, runner] = &rbac.bindings;
+        assert_eq!(values.role_ref.name, VALUES_CLUSTER_ROLE);
+        let verbs = &values_cluster_role().rules.unwrap_or_default()[0].verbs;
+        assert!(!verbs.iter().any(|v| v == "list" || v == "watch"));
         let subject = &operator.subjects.as_ref().expect("subjects")[0];
         assert_eq!(
             (subject.name.as_str(), subject.namespace.as_deref()),

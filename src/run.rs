@@ -36,6 +36,11 @@ pub struct RunOptions {
     pub once: bool,
     /// Fetch limits.
     pub fetch: crate::source::FetchOptions,
+    /// Where Velero runs (Backups and Restores are created there).
+    pub velero_namespace: String,
+    /// Where the admission webhook listens, with the directory holding `tls.crt` and `tls.key`
+    /// (a mounted Secret); no webhook when `None`.
+    pub webhook: Option<(SocketAddr, PathBuf)>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -130,6 +135,9 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             action: "reach the API server".into(),
             source,
         })?;
+    if let Some((addr, cert_dir)) = options.webhook.clone() {
+        start_webhook(client.clone(), addr, cert_dir).await?;
+    }
     ready.store(true, Ordering::Relaxed);
 
     // A watch channel, not a Notify: a stop that happens before someone waits is still seen.
@@ -207,15 +215,83 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             _ => None,
         }
     });
-    Controller::new(Api::<Cluster>::all(client), watcher::Config::default())
-        .reconcile_all_on(namespace_changes)
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
-            }
-        })
-        .await;
+    let children = Arc::new(crate::materialize::ChildContext {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        velero_namespace: options.velero_namespace.clone(),
+        limits: crate::limits::Limits::default(),
+        clock: jiff::Timestamp::now,
+    });
+    let clusters = Controller::new(
+        Api::<Cluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(namespace_changes)
+    .graceful_shutdown_on(stopped(stop_rx.clone()))
+    .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    .for_each(log_result);
+    let instances = Controller::new(
+        Api::<crate::crd::ApplicationInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(stop_rx.clone()))
+    .run(
+        crate::materialize::instance::reconcile,
+        crate::materialize::instance::error_policy,
+        children.clone(),
+    )
+    .for_each(log_result);
+    let operations = Controller::new(
+        Api::<crate::crd::Operation>::all(client),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(stop_rx))
+    .run(
+        crate::materialize::operation::reconcile,
+        crate::materialize::operation::error_policy,
+        children,
+    )
+    .for_each(log_result);
+    tokio::join!(clusters, instances, operations);
     Ok(true)
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "reconcile ended with an error");
+    }
+}
+
+/// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
+/// current from a watch on `Cluster`s.
+async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
+    use crate::webhook_server::{ReloadingCertificate, TemplateIndex};
+    let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let config = crate::webhook_server::tls_config(Arc::new(certificate))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("webhook address {addr}: {e}")))?;
+    let index = Arc::new(TemplateIndex::default());
+    let (reader, writer) = kube::runtime::reflector::store::<Cluster>();
+    let updates = index.clone();
+    tokio::spawn(
+        kube::runtime::reflector(
+            writer,
+            watcher(Api::<Cluster>::all(client), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(move |_| {
+            let clusters: Vec<Cluster> = reader.state().iter().map(|c| (**c).clone()).collect();
+            updates.update(&clusters);
+            async {}
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::webhook_server::serve(listener, config, index).await {
+            tracing::error!(error = %e, "admission webhook stopped");
+        }
+    });
+    Ok(())
 }

@@ -482,6 +482,8 @@ fn a_hundred_thousand_files() {
         &format!("040000 tree {flood}\tapplicationinstances"),
     );
     commit_tree(&f, &tree, "100,000 files");
+    // Packed, as a fetched repository is: the pass reads the one blob from the pack.
+    f.git(&["repack", "-a", "-d", "-q"]);
     let limit = Limits::default().max_files;
     let error = tree_refusal(refusal(&f, &[]));
     assert!(

@@ -97,7 +97,16 @@ fn rbac_never_grants_what_the_seed_forbids() {
             }
             if resources.iter().any(|r| r == "secrets") {
                 assert!(!cluster_wide, "no verb on secrets cluster-wide: {context}");
-                assert_eq!(verbs, ["get"], "secrets by get on a name only: {context}");
+                assert!(
+                    !verbs.iter().any(|v| v == "list" || v == "watch"),
+                    "never list or watch secrets: {context}"
+                );
+                if name == "vworkspace-app-operator-values" {
+                    // The one GitOps addition: writing <instance>-values Secrets in managed namespaces.
+                    assert_eq!(verbs, ["create", "patch", "delete"], "{context}");
+                } else {
+                    assert_eq!(verbs, ["get"], "secrets by get on a name only: {context}");
+                }
             }
             if resources
                 .iter()
@@ -137,7 +146,11 @@ fn rbac_never_grants_what_the_seed_forbids() {
 fn namespace_cluster_roles_are_what_the_reconciler_binds() {
     use vworkspace_operator::rbac;
     let docs = documents();
-    for expected in [rbac::namespace_cluster_role(), rbac::runner_cluster_role()] {
+    for expected in [
+        rbac::namespace_cluster_role(),
+        rbac::values_cluster_role(),
+        rbac::runner_cluster_role(),
+    ] {
         let name = expected.metadata.name.clone().expect("name");
         let shipped = named(&docs, "ClusterRole", &name);
         let expected = serde_json::to_value(&expected).expect("json");
@@ -155,7 +168,11 @@ fn namespace_cluster_roles_are_what_the_reconciler_binds() {
         .expect("bind rule");
     assert_eq!(
         strings(&bind["resourceNames"]),
-        [rbac::NAMESPACE_CLUSTER_ROLE, rbac::RUNNER]
+        [
+            rbac::NAMESPACE_CLUSTER_ROLE,
+            rbac::VALUES_CLUSTER_ROLE,
+            rbac::RUNNER
+        ]
     );
 }
 

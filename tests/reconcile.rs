@@ -4,266 +4,24 @@
 //! encrypted by the real `age`, fetched over file://.
 
 mod common;
+#[path = "support/fake_api.rs"]
+mod fake_api;
+#[path = "support/rbac_check.rs"]
+mod rbac_check;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::Client;
-use kube::client::Body;
+use http::Method;
 use serde_json::{Value, json};
 
 use common::*;
+use fake_api::*;
+use rbac_check::assert_allowed_by_deploy;
 use vworkspace_operator::crd::{Cluster, ClusterStatus};
 use vworkspace_operator::metrics::Metrics;
 use vworkspace_operator::reconcile::{self, Context, Settings};
 
 const FIELD_MANAGER: &str = "vworkspace-gitops";
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-impl Recorded {
-    fn is_write(&self) -> bool {
-        self.method != Method::GET
-    }
-    fn line(&self) -> String {
-        format!("{} {}", self.method, self.path)
-    }
-}
-
-/// A scripted fault: answer the first request matching (method, path suffix) with this status.
-#[derive(Debug, Clone)]
-struct Fault {
-    method: Method,
-    path_contains: String,
-    status: u16,
-}
-
-#[derive(Default)]
-struct FakeApi {
-    objects: Mutex<BTreeMap<String, Value>>,
-    requests: Mutex<Vec<Recorded>>,
-    faults: Mutex<Vec<Fault>>,
-    version: Mutex<u64>,
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("fake: {reason}"), "reason": reason, "code": code})
-}
-
-fn labels_match(object: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        object["metadata"]["labels"][k].as_str() == Some(v)
-    })
-}
-
-fn decode(component: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = component.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&component[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| decode(v))
-}
-
-impl FakeApi {
-    fn put(&self, path: &str, object: Value) {
-        self.objects
-            .lock()
-            .expect("lock")
-            .insert(path.to_owned(), object);
-    }
-
-    fn get(&self, path: &str) -> Option<Value> {
-        self.objects.lock().expect("lock").get(path).cloned()
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().expect("lock").clone()
-    }
-
-    fn clear(&self) {
-        self.requests.lock().expect("lock").clear();
-    }
-
-    fn fault(&self, method: Method, path_contains: &str, status: u16) {
-        self.faults.lock().expect("lock").push(Fault {
-            method,
-            path_contains: path_contains.to_owned(),
-            status,
-        });
-    }
-
-    fn next_version(&self) -> String {
-        let mut v = self.version.lock().expect("lock");
-        *v += 1;
-        v.to_string()
-    }
-
-    /// Objects that a collection path lists: `/api/v1/namespaces` lists namespaces; a cluster-wide
-    /// `/apis/g/v/plural` lists `/apis/g/v/namespaces/*/plural/*`.
-    fn list(&self, path: &str, selector: &str) -> Vec<Value> {
-        let objects = self.objects.lock().expect("lock");
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        objects
-            .iter()
-            .filter(|(key, _)| {
-                let k: Vec<&str> = key.trim_start_matches('/').split('/').collect();
-                match segments.as_slice() {
-                    ["api", "v1", "namespaces"] => {
-                        k.len() == 4 && k[..3] == ["api", "v1", "namespaces"]
-                    }
-                    ["apis", g, v, plural] => {
-                        k.len() == 7
-                            && k[0] == "apis"
-                            && k[1] == *g
-                            && k[2] == *v
-                            && k[3] == "namespaces"
-                            && k[5] == *plural
-                    }
-                    _ => false,
-                }
-            })
-            .map(|(_, v)| v.clone())
-            .filter(|o| labels_match(o, selector))
-            .collect()
-    }
-
-    fn respond(&self, method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value) {
-        {
-            let mut faults = self.faults.lock().expect("lock");
-            if let Some(i) = faults
-                .iter()
-                .position(|f| f.method == *method && path.contains(&f.path_contains))
-            {
-                let fault = faults.remove(i);
-                return (fault.status, status_body(fault.status, "InjectedFault"));
-            }
-        }
-        let is_collection = {
-            let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            matches!(
-                s.as_slice(),
-                ["api", "v1", "namespaces"] | ["apis", _, _, _]
-            )
-        };
-        match *method {
-            Method::GET if is_collection => {
-                let selector = query_param(query, "labelSelector").unwrap_or_default();
-                let items = self.list(path, &selector);
-                (
-                    200,
-                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
-                )
-            }
-            Method::GET => match self.get(path) {
-                Some(o) => (200, o),
-                None => (404, status_body(404, "NotFound")),
-            },
-            Method::PATCH if path.ends_with("/status") => {
-                let object_path = path.trim_end_matches("/status");
-                let Some(mut object) = self.get(object_path) else {
-                    return (404, status_body(404, "NotFound"));
-                };
-                object["status"] = body["status"].clone();
-                self.put(object_path, object.clone());
-                (200, object)
-            }
-            Method::PATCH | Method::PUT => {
-                let mut object = body.clone();
-                object["metadata"]["resourceVersion"] = json!(self.next_version());
-                self.put(path, object.clone());
-                (200, object)
-            }
-            Method::POST => {
-                let mut object = body.clone();
-                object["metadata"]["name"] = json!(format!("event-{}", self.next_version()));
-                let name = object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or("x")
-                    .to_owned();
-                self.put(&format!("{path}/{name}"), object.clone());
-                (201, object)
-            }
-            Method::DELETE => match self.objects.lock().expect("lock").remove(path) {
-                Some(_) => (
-                    200,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200}),
-                ),
-                None => (404, status_body(404, "NotFound")),
-            },
-            _ => (405, status_body(405, "MethodNotAllowed")),
-        }
-    }
-
-    fn client(self: &Arc<Self>) -> Client {
-        let api = self.clone();
-        let service = tower::service_fn(move |request: Request<Body>| {
-            let api = api.clone();
-            async move {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect().await?.to_bytes();
-                let parsed: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-                };
-                let path = parts.uri.path().to_owned();
-                let query = parts.uri.query().unwrap_or_default().to_owned();
-                api.requests.lock().expect("lock").push(Recorded {
-                    method: parts.method.clone(),
-                    path: path.clone(),
-                    query: query.clone(),
-                    content_type: parts
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned(),
-                    body: parsed.clone(),
-                });
-                let (status, answer) = api.respond(&parts.method, &path, &query, &parsed);
-                let response = Response::builder()
-                    .status(
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    )
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
-                    .expect("response");
-                Ok::<_, kube::Error>(response)
-            }
-        });
-        Client::new(service, "default")
-    }
-}
 
 struct Harness {
     fixture: Fixture,
@@ -451,9 +209,11 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         [
             "PATCH /api/v1/namespaces/org-myteam/serviceaccounts/vworkspace-operation-runner",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator-values",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-operation-runner",
             "PATCH /api/v1/namespaces/org-vault/serviceaccounts/vworkspace-operation-runner",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator-values",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-operation-runner",
             &format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
             &format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
@@ -663,9 +423,10 @@ async fn unmanaged_namespaces_are_skipped_and_reported_and_lose_their_bindings()
     );
     let writes = h.writes();
     assert_eq!(
-        writes[..2],
+        writes[..3],
         [
             "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator",
+            "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator-values",
             "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-operation-runner",
         ]
     );
@@ -785,154 +546,8 @@ async fn leader_election_creates_renews_and_yields_over_http() {
     assert!(!a.try_hold(t(40)).await.expect("conflict"));
 }
 
-/// One RBAC rule as `deploy/` writes it.
-struct Rule {
-    groups: Vec<String>,
-    resources: Vec<String>,
-    verbs: Vec<String>,
-    names: Vec<String>,
-}
-
-fn list_of(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn rules_of(role: &Value) -> Vec<Rule> {
-    role["rules"]
-        .as_array()
-        .map(|rules| {
-            rules
-                .iter()
-                .map(|r| Rule {
-                    groups: list_of(&r["apiGroups"]),
-                    resources: list_of(&r["resources"]),
-                    verbs: list_of(&r["verbs"]),
-                    names: list_of(&r["resourceNames"]),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The rights `deploy/` gives the operator's ServiceAccount: cluster-wide rules, rules per namespace
-/// (the vworkspace-system Role) and the rules of the ClusterRole bound in each managed namespace.
-struct DeployRbac {
-    cluster_wide: Vec<Rule>,
-    namespaced: Vec<(String, Vec<Rule>)>,
-    per_managed_namespace: Vec<Rule>,
-}
-
-fn deploy_rbac() -> DeployRbac {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kustomization: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("read"),
-    )
-    .expect("yaml");
-    let mut docs: Vec<Value> = Vec::new();
-    for file in list_of(&kustomization["resources"]) {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read");
-        let parsed: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("yaml");
-        docs.extend(parsed);
-    }
-    let operator = |subjects: &Value| {
-        subjects.as_array().is_some_and(|s| {
-            s.iter().any(|s| {
-                s["kind"] == "ServiceAccount"
-                    && s["name"] == "vworkspace-app-operator"
-                    && s["namespace"] == "vworkspace-system"
-            })
-        })
-    };
-    let find = |kind: &str, name: &str, namespace: Option<&str>| {
-        docs.iter()
-            .find(|d| {
-                d["kind"] == kind
-                    && d["metadata"]["name"] == name
-                    && namespace.is_none_or(|ns| d["metadata"]["namespace"] == ns)
-            })
-            .map(rules_of)
-            .unwrap_or_default()
-    };
-    let mut rbac = DeployRbac {
-        cluster_wide: Vec::new(),
-        namespaced: Vec::new(),
-        per_managed_namespace: find("ClusterRole", "vworkspace-app-operator-namespace", None),
-    };
-    for d in &docs {
-        if !operator(&d["subjects"]) {
-            continue;
-        }
-        let role = d["roleRef"]["name"].as_str().unwrap_or_default();
-        match d["kind"].as_str() {
-            Some("ClusterRoleBinding") => rbac.cluster_wide.extend(find("ClusterRole", role, None)),
-            Some("RoleBinding") => {
-                let ns = d["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let rules = if d["roleRef"]["kind"] == "Role" {
-                    find("Role", role, Some(&ns))
-                } else {
-                    find("ClusterRole", role, None)
-                };
-                rbac.namespaced.push((ns, rules));
-            }
-            _ => {}
-        }
-    }
-    rbac
-}
-
-/// (verb, group, resource[/subresource], namespace, name) of a request, as the authorizer sees it.
-fn attributes(r: &Recorded) -> (String, String, String, String, String) {
-    let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
-    let (group, rest) = match segments.as_slice() {
-        ["api", _version, rest @ ..] => (String::new(), rest.to_vec()),
-        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest.to_vec()),
-        _ => panic!("unexpected path {}", r.path),
-    };
-    let (namespace, rest) = match rest.as_slice() {
-        ["namespaces", ns, more @ ..] if !more.is_empty() => ((*ns).to_owned(), more.to_vec()),
-        _ => (String::new(), rest),
-    };
-    let (resource, name) = match rest.as_slice() {
-        [resource] => ((*resource).to_owned(), String::new()),
-        [resource, name] => ((*resource).to_owned(), (*name).to_owned()),
-        [resource, name, sub] => (format!("{resource}/{sub}"), (*name).to_owned()),
-        _ => panic!("unexpected path {}", r.path),
-    };
-    let verb = match r.method {
-        Method::GET if name.is_empty() && r.query.contains("watch=true") => "watch",
-        Method::GET if name.is_empty() => "list",
-        Method::GET => "get",
-        Method::POST => "create",
-        Method::PATCH => "patch",
-        Method::PUT => "update",
-        Method::DELETE => "delete",
-        _ => "unknown",
-    };
-    (verb.to_owned(), group, resource, namespace, name)
-}
-
-fn allowed(rules: &[Rule], verb: &str, group: &str, resource: &str, name: &str) -> bool {
-    rules.iter().any(|rule| {
-        rule.groups.iter().any(|g| g == group)
-            && rule.resources.iter().any(|r| r == resource)
-            && rule.verbs.iter().any(|v| v == verb)
-            && (rule.names.is_empty() || rule.names.iter().any(|n| n == name))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_allowed_by_deploy_rbac() {
-    let rbac = deploy_rbac();
     let h = harness();
     let mut requests = Vec::new();
     h.pass().await.expect("first pass");
@@ -967,22 +582,8 @@ async fn every_request_is_allowed_by_deploy_rbac() {
         .expect("lease");
     requests.extend(h.api.requests());
 
-    let managed = ["org-myteam", "org-vault"];
     assert!(requests.len() > 20);
-    for r in &requests {
-        let (verb, group, resource, namespace, name) = attributes(r);
-        let ok = allowed(&rbac.cluster_wide, &verb, &group, &resource, &name)
-            || rbac.namespaced.iter().any(|(ns, rules)| {
-                *ns == namespace && allowed(rules, &verb, &group, &resource, &name)
-            })
-            || (managed.contains(&namespace.as_str())
-                && allowed(&rbac.per_managed_namespace, &verb, &group, &resource, &name));
-        assert!(
-            ok,
-            "deploy/ does not allow {verb} {group}/{resource} {namespace}/{name} ({})",
-            r.line()
-        );
-    }
+    assert_allowed_by_deploy(&requests, &["org-myteam", "org-vault"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

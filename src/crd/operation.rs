@@ -86,6 +86,10 @@ pub struct OperationStatus {
     /// The phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<OperationPhase>,
+    /// The run this status describes: the child's name, `<name>-<digest of the spec>`. A finished
+    /// run with the same id is never started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// A machine-readable reason (e.g. `OperationTemplateNotAllowedInNamespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -165,11 +165,11 @@ pub async fn ensure(client: &Client, namespace: &str, field_manager: &str) -> Re
     Ok(written)
 }
 
-/// Removes the operator's and the runner's bindings from a namespace that lost the label. The runner
+/// Removes the operator's (both) and the runner's bindings from a namespace that lost the label. The runner
 /// ServiceAccount stays (a Job may still run as it); without its binding it has no rights.
 pub async fn release(client: &Client, namespace: &str) -> Result<(), Error> {
     let api: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
-    for name in [rbac::OPERATOR, rbac::RUNNER] {
+    for name in [rbac::OPERATOR, rbac::VALUES_BINDING, rbac::RUNNER] {
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
             // Already gone: what we wanted.

@@ -1,0 +1,293 @@
+//! `ApplicationInstance` -> Flux source + HelmRelease + `<instance>-values` Secret, and the instance's
+//! status mirrored from the HelmRelease's `Ready`. Decryption happens here, in memory, with the
+//! identity of the `Cluster` the instance came from; the plaintext leaves only into the values Secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
+use crate::children::{self, VALUES_KEY};
+use crate::crd::{ApplicationInstance, ApplicationInstanceStatus, Cluster};
+use crate::error::Error;
+use crate::plan::LABEL_CLUSTER;
+use crate::reconcile::apply::FIELD_MANAGER;
+use crate::secrets::{Identities, ValueContext, ValuesPolicy};
+
+/// Reason of an instance whose values do not decrypt (or whose Cluster cannot be found).
+pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
+/// Reason while the HelmRelease has not reported yet.
+pub const WAITING: &str = "WaitingForHelmRelease";
+
+/// The `Cluster` an instance belongs to: the one its `gitops.vworkspace.io/cluster` label names, or
+/// the only one.
+pub fn cluster_of<'c>(
+    instance: &ApplicationInstance,
+    clusters: &'c [Cluster],
+) -> Option<&'c Cluster> {
+    match instance.labels().get(LABEL_CLUSTER) {
+        Some(id) => clusters.iter().find(|c| &c.spec.cluster_id == id),
+        None if clusters.len() == 1 => clusters.first(),
+        None => None,
+    }
+}
+
+/// The instance status for a HelmRelease's `Ready` (or a failure before there is one).
+pub fn instance_status(
+    previous: Option<&ApplicationInstanceStatus>,
+    ready: (String, String, String),
+    generation: Option<i64>,
+    helm_release: Option<String>,
+    now: jiff::Timestamp,
+) -> ApplicationInstanceStatus {
+    let (status, reason, message) = ready;
+    let before = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"));
+    let transition = match before {
+        Some(b) if b.status == status => b.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    ApplicationInstanceStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status,
+            reason: if reason.is_empty() {
+                WAITING.into()
+            } else {
+                reason
+            },
+            message,
+            observed_generation: generation,
+            last_transition_time: transition,
+        }],
+        observed_generation: generation,
+        helm_release_ref: helm_release,
+    }
+}
+
+async fn identities(ctx: &ChildContext, cluster: &Cluster) -> Result<Identities, Error> {
+    let reference = &cluster.spec.decryption.identity_secret_ref;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let source = format!("Secret {}/{}", ctx.namespace, reference.name);
+    let secret = api
+        .get(&reference.name)
+        .await
+        .map_err(kube_error(format!("get {source}")))?;
+    let key = reference.key_or_default();
+    let bytes = secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .ok_or_else(|| Error::Config(format!("{source} key {key}: no such key")))?;
+    let text = zeroize::Zeroizing::new(
+        String::from_utf8(bytes.0).map_err(|_| Error::Config(format!("{source}: not UTF-8")))?,
+    );
+    Ok(Identities::parse(&text, &source)?)
+}
+
+async fn write_status(
+    ctx: &ChildContext,
+    instance: &ApplicationInstance,
+    status: &ApplicationInstanceStatus,
+) -> Result<(), Error> {
+    if instance.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let name = instance.name_any();
+    let namespace = instance.namespace().unwrap_or_default();
+    let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = json!({
+        "apiVersion": crate::intent::APPLICATION_INSTANCE_API_VERSION,
+        "kind": "ApplicationInstance",
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "write status of ApplicationInstance {namespace}/{name}"
+    )))?;
+    Ok(())
+}
+
+/// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
+/// by name only.
+async fn ensure_values_secret(
+    ctx: &ChildContext,
+    instance: &ApplicationInstance,
+    yaml: Option<&[u8]>,
+) -> Result<(), Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = children::values_secret_name(&instance.name_any());
+    let what = format!("Secret {namespace}/{name}");
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let live = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_error(format!("get {what}")))?;
+    match yaml {
+        Some(yaml) => {
+            let desired = children::values_secret(instance, yaml)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let same = live.as_ref().is_some_and(|l| {
+                l.data
+                    .as_ref()
+                    .and_then(|d| d.get(VALUES_KEY))
+                    .map(|b| b.0.as_slice())
+                    == Some(yaml)
+                    && l.metadata.owner_references == desired.metadata.owner_references
+            });
+            if !same {
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map_err(kube_error(format!("apply {what}")))?;
+            }
+        }
+        None => {
+            // Only ever delete our own Secret (labelled for this instance).
+            let ours = live.as_ref().is_some_and(|l| {
+                l.labels().get(children::LABEL_INSTANCE) == Some(&instance.name_any())
+            });
+            if ours {
+                api.delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(kube_error(format!("delete {what}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles one instance.
+pub async fn reconcile(
+    instance: Arc<ApplicationInstance>,
+    ctx: Arc<ChildContext>,
+) -> Result<Action, Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    if instance.metadata.deletion_timestamp.is_some()
+        || !is_managed(&ctx.client, &namespace).await?
+    {
+        // Children go with their owner (garbage collection); unmanaged namespaces are not ours.
+        return Ok(Action::await_change());
+    }
+    let now = (ctx.clock)();
+    let generation = instance.metadata.generation;
+    let fail = |reason: &str, message: String| {
+        instance_status(
+            instance.status.as_ref(),
+            ("False".into(), reason.into(), message),
+            generation,
+            None,
+            now,
+        )
+    };
+    let all = clusters(&ctx.client).await?;
+    let Some(cluster) = cluster_of(&instance, &all) else {
+        let status = fail(
+            VALUES_NOT_DECRYPTED,
+            "no Cluster matches this instance's gitops.vworkspace.io/cluster label".into(),
+        );
+        write_status(&ctx, &instance, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+    let identities = identities(&ctx, cluster).await?;
+    let at = ValueContext {
+        cluster: cluster.spec.cluster_id.clone(),
+        namespace: namespace.clone(),
+        instance: name.clone(),
+    };
+    let policy = ValuesPolicy {
+        require_bound: cluster.spec.policy.require_bound_values,
+    };
+    let values = instance.spec.values.clone().unwrap_or(Value::Null);
+    let decrypted =
+        match crate::secrets::decrypt_values(&values, &at, &identities, &policy, &ctx.limits) {
+            Ok(d) => d,
+            Err(errors) => {
+                // Paths and reasons only: a ValueError never carries plaintext.
+                let message = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                write_status(&ctx, &instance, &fail(VALUES_NOT_DECRYPTED, message)).await?;
+                return Ok(Action::requeue(Duration::from_secs(300)));
+            }
+        };
+    let split = children::split_values(instance.spec.values.as_ref(), &decrypted)
+        .map_err(|e| Error::Config(format!("ApplicationInstance {namespace}/{name}: {e}")))?;
+    drop(decrypted);
+    let invalid = |e: children::ChildrenError| {
+        Error::Config(format!("ApplicationInstance {namespace}/{name}: {e}"))
+    };
+    let (plural, source) = children::source(&instance).map_err(invalid)?;
+    let release = children::helm_release(&instance, &split.inline, split.secret.is_some())
+        .map_err(invalid)?;
+    let source_kind = source["kind"].as_str().unwrap_or_default().to_owned();
+    // The values Secret first: the HelmRelease that reads it must never see it missing.
+    ensure_values_secret(
+        &ctx,
+        &instance,
+        split.secret.as_deref().map(|v| v.as_slice()),
+    )
+    .await?;
+    drop(split);
+    ensure_dynamic(
+        &ctx.client,
+        &api_resource("source.toolkit.fluxcd.io/v1", &source_kind, plural),
+        &namespace,
+        &source,
+    )
+    .await?;
+    let (live_release, _) = ensure_dynamic(
+        &ctx.client,
+        &api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases"),
+        &namespace,
+        &release,
+    )
+    .await?;
+    let ready = children::helm_release_ready(&live_release).unwrap_or_else(|| {
+        (
+            "Unknown".into(),
+            WAITING.into(),
+            "the HelmRelease has not reported yet".into(),
+        )
+    });
+    let is_ready = ready.0 == "True";
+    let status = instance_status(
+        instance.status.as_ref(),
+        ready,
+        generation,
+        Some(format!("{namespace}/{name}")),
+        now,
+    );
+    write_status(&ctx, &instance, &status).await?;
+    // No watch on HelmReleases (the operator may only list them per namespace): poll until Ready.
+    Ok(Action::requeue(Duration::from_secs(if is_ready {
+        600
+    } else {
+        30
+    })))
+}
+
+/// Backs off on errors: 30 s.
+pub fn error_policy(
+    instance: Arc<ApplicationInstance>,
+    error: &Error,
+    _: Arc<ChildContext>,
+) -> Action {
+    tracing::warn!(namespace = ?instance.namespace(), instance = %instance.name_any(), reason = error.reason(), error = %error, "ApplicationInstance not reconciled");
+    Action::requeue(Duration::from_secs(30))
+}

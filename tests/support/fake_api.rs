@@ -1,0 +1,257 @@
+//! A fake Kubernetes API server at the HTTP boundary, shared by the reconciler tests: the kube
+//! `Client` runs over a `tower::service_fn` that records every request (verb, path, query, content
+//! type, body), keeps objects by path, lists them with label selectors, and can inject faults.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Recorded {
+    pub fn is_write(&self) -> bool {
+        self.method != Method::GET
+    }
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// A scripted fault: answer the first request matching (method, path suffix) with this status.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    method: Method,
+    path_contains: String,
+    status: u16,
+}
+
+#[derive(Default)]
+pub struct FakeApi {
+    objects: Mutex<BTreeMap<String, Value>>,
+    requests: Mutex<Vec<Recorded>>,
+    faults: Mutex<Vec<Fault>>,
+    version: Mutex<u64>,
+}
+
+pub fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("fake: {reason}"), "reason": reason, "code": code})
+}
+
+pub fn labels_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        object["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+pub fn decode(component: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = component.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&component[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| decode(v))
+}
+
+impl FakeApi {
+    pub fn put(&self, path: &str, object: Value) {
+        self.objects
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), object);
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.objects.lock().expect("lock").get(path).cloned()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    pub fn clear(&self) {
+        self.requests.lock().expect("lock").clear();
+    }
+
+    pub fn fault(&self, method: Method, path_contains: &str, status: u16) {
+        self.faults.lock().expect("lock").push(Fault {
+            method,
+            path_contains: path_contains.to_owned(),
+            status,
+        });
+    }
+
+    pub fn next_version(&self) -> String {
+        let mut v = self.version.lock().expect("lock");
+        *v += 1;
+        v.to_string()
+    }
+
+    /// Objects that a collection path lists: `/api/v1/namespaces` lists namespaces; a cluster-wide
+    /// `/apis/g/v/plural` lists `/apis/g/v/namespaces/*/plural/*`.
+    pub fn list(&self, path: &str, selector: &str) -> Vec<Value> {
+        let objects = self.objects.lock().expect("lock");
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        objects
+            .iter()
+            .filter(|(key, _)| {
+                let k: Vec<&str> = key.trim_start_matches('/').split('/').collect();
+                match segments.as_slice() {
+                    ["api", "v1", "namespaces"] => {
+                        k.len() == 4 && k[..3] == ["api", "v1", "namespaces"]
+                    }
+                    ["apis", g, v, plural] => {
+                        k.len() == 7
+                            && k[0] == "apis"
+                            && k[1] == *g
+                            && k[2] == *v
+                            && k[3] == "namespaces"
+                            && k[5] == *plural
+                    }
+                    _ => false,
+                }
+            })
+            .map(|(_, v)| v.clone())
+            .filter(|o| labels_match(o, selector))
+            .collect()
+    }
+
+    pub fn respond(&self, method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value) {
+        {
+            let mut faults = self.faults.lock().expect("lock");
+            if let Some(i) = faults
+                .iter()
+                .position(|f| f.method == *method && path.contains(&f.path_contains))
+            {
+                let fault = faults.remove(i);
+                return (fault.status, status_body(fault.status, "InjectedFault"));
+            }
+        }
+        let is_collection = {
+            let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            matches!(
+                s.as_slice(),
+                ["api", "v1", "namespaces"] | ["apis", _, _, _]
+            )
+        };
+        match *method {
+            Method::GET if is_collection => {
+                let selector = query_param(query, "labelSelector").unwrap_or_default();
+                let items = self.list(path, &selector);
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            Method::GET => match self.get(path) {
+                Some(o) => (200, o),
+                None => (404, status_body(404, "NotFound")),
+            },
+            Method::PATCH if path.ends_with("/status") => {
+                let object_path = path.trim_end_matches("/status");
+                let Some(mut object) = self.get(object_path) else {
+                    return (404, status_body(404, "NotFound"));
+                };
+                object["status"] = body["status"].clone();
+                self.put(object_path, object.clone());
+                (200, object)
+            }
+            Method::PATCH | Method::PUT => {
+                let mut object = body.clone();
+                object["metadata"]["resourceVersion"] = json!(self.next_version());
+                self.put(path, object.clone());
+                (200, object)
+            }
+            Method::POST => {
+                let mut object = body.clone();
+                object["metadata"]["name"] = json!(format!("event-{}", self.next_version()));
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("x")
+                    .to_owned();
+                self.put(&format!("{path}/{name}"), object.clone());
+                (201, object)
+            }
+            Method::DELETE => match self.objects.lock().expect("lock").remove(path) {
+                Some(_) => (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200}),
+                ),
+                None => (404, status_body(404, "NotFound")),
+            },
+            _ => (405, status_body(405, "MethodNotAllowed")),
+        }
+    }
+
+    pub fn client(self: &Arc<Self>) -> Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await?.to_bytes();
+                let parsed: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                };
+                let path = parts.uri.path().to_owned();
+                let query = parts.uri.query().unwrap_or_default().to_owned();
+                api.requests.lock().expect("lock").push(Recorded {
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    query: query.clone(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    body: parsed.clone(),
+                });
+                let (status, answer) = api.respond(&parts.method, &path, &query, &parsed);
+                let response = Response::builder()
+                    .status(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    )
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
+                    .expect("response");
+                Ok::<_, kube::Error>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+}
