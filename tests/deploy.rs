@@ -300,3 +300,50 @@ fn deployment_is_psa_restricted() {
         "restricted"
     );
 }
+
+#[test]
+fn webhook_is_fail_closed_on_managed_namespaces_and_served_by_the_deployment() {
+    let docs = documents();
+    let config = named(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "vworkspace-app-operator",
+    );
+    let hook = &config["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(
+        hook["namespaceSelector"]["matchLabels"]["app.vworkspace.io/managed-by"],
+        "vworkspace"
+    );
+    let resources: Vec<String> = hook["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| strings(&r["resources"]))
+        .collect();
+    assert_eq!(resources, ["applicationinstances", "operations"]);
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
+    let service = named(&docs, "Service", "vworkspace-app-operator-webhook");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+    let deployment = named(&docs, "Deployment", "vworkspace-app-operator");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    let dir = args
+        .iter()
+        .position(|a| a == "--webhook-cert-dir")
+        .and_then(|i| args.get(i + 1))
+        .expect("--webhook-cert-dir");
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["mountPath"] == dir.as_str() && m["readOnly"] == true)
+    );
+    // The Deployment's arguments are ones `run` accepts.
+    use clap::Parser;
+    let mut argv = vec!["vworkspace-operator".to_owned()];
+    argv.extend(args);
+    assert!(vworkspace_operator::cli::Cli::try_parse_from(argv).is_ok());
+}

@@ -215,6 +215,8 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator-values",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-operation-runner",
+            // The managed namespaces are recorded before anything is applied.
+            &format!("PATCH {CLUSTER_PATH}/status"),
             &format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
             &format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
             &format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),

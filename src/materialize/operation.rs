@@ -18,6 +18,9 @@ use crate::error::Error;
 use crate::operations::{self, JobTemplate, OperationError, RUN_COMMAND_TEMPLATE_PREFIX};
 use crate::reconcile::apply::FIELD_MANAGER;
 
+/// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
+pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
+
 /// The next status of a run: pure, so that phases and timestamps are unit-tested.
 pub fn next_status(
     previous: Option<&OperationStatus>,
@@ -145,13 +148,32 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
             now,
         )
     };
-    let allowed = clusters(&ctx.client)
-        .await?
+    let all = clusters(&ctx.client).await?;
+    let recorded: Vec<_> = all
         .iter()
         .flat_map(|c| c.status.iter().flat_map(|s| s.managed_namespaces.iter()))
         .filter(|m| m.name == namespace)
+        .collect();
+    if recorded.is_empty() {
+        // Labelled, but no Cluster pass has recorded it yet: wait rather than fail for good.
+        let status = next_status(
+            previous,
+            &run_id,
+            OperationPhase::Pending,
+            WAITING_FOR_NAMESPACE.to_owned(),
+            format!(
+                "namespace {namespace} is not recorded in any Cluster's status.managedNamespaces yet"
+            ),
+            None,
+            now,
+        );
+        write_status(&ctx, &op, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+    let allowed: Vec<String> = recorded
+        .iter()
         .flat_map(|m| m.allowed_operation_templates.iter().cloned())
-        .collect::<Vec<_>>();
+        .collect();
     if let Err(e) = operations::check_template(&op.spec.template, &namespace, &allowed) {
         write_status(&ctx, &op, &refuse(e)).await?;
         return Ok(Action::await_change());

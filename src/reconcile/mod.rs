@@ -232,6 +232,15 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         ctx.with_state(&name, |s| s.namespaces_ensured.insert(ns.name.clone()));
     }
     report.managed_namespaces = Some(managed.clone());
+    if recorded != managed {
+        // Recorded before anything is applied: the admission webhook and the Operation controller
+        // judge templates by this list, and must know a new namespace before its objects arrive.
+        let mut early = previous.cloned().unwrap_or_default();
+        early.managed_namespaces = managed.clone();
+        if let Err(e) = write_status(client, &name, &early).await {
+            return fail(report, e);
+        }
+    }
 
     // Plan against the live cluster, then write.
     let plan = crate::plan::desired(&verified);

@@ -40,7 +40,7 @@ pub struct Fault {
 
 #[derive(Default)]
 pub struct FakeApi {
-    objects: Mutex<BTreeMap<String, Value>>,
+    pub objects: Mutex<BTreeMap<String, Value>>,
     requests: Mutex<Vec<Recorded>>,
     faults: Mutex<Vec<Fault>>,
     version: Mutex<u64>,
@@ -132,6 +132,16 @@ impl FakeApi {
                     ["api", "v1", "namespaces"] => {
                         k.len() == 4 && k[..3] == ["api", "v1", "namespaces"]
                     }
+                    // Cluster-scoped kinds live at /apis/g/v/plural/name.
+                    ["apis", g, v, plural]
+                        if k.len() == 5
+                            && k[0] == "apis"
+                            && k[1] == *g
+                            && k[2] == *v
+                            && k[3] == *plural =>
+                    {
+                        true
+                    }
                     ["apis", g, v, plural] => {
                         k.len() == 7
                             && k[0] == "apis"
@@ -139,6 +149,13 @@ impl FakeApi {
                             && k[2] == *v
                             && k[3] == "namespaces"
                             && k[5] == *plural
+                    }
+                    // Namespaced collections: /api/v1/namespaces/ns/plural, /apis/g/v/namespaces/ns/plural.
+                    ["api", "v1", "namespaces", ns, plural] => {
+                        k.len() == 6 && k[..5] == ["api", "v1", "namespaces", ns, plural]
+                    }
+                    ["apis", g, v, "namespaces", ns, plural] => {
+                        k.len() == 7 && k[..6] == ["apis", g, v, "namespaces", ns, plural]
                     }
                     _ => false,
                 }
@@ -163,7 +180,10 @@ impl FakeApi {
             let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             matches!(
                 s.as_slice(),
-                ["api", "v1", "namespaces"] | ["apis", _, _, _]
+                ["api", "v1", "namespaces"]
+                    | ["apis", _, _, _]
+                    | ["api", "v1", "namespaces", _, _]
+                    | ["apis", _, _, "namespaces", _, _]
             )
         };
         match *method {
@@ -190,6 +210,10 @@ impl FakeApi {
             }
             Method::PATCH | Method::PUT => {
                 let mut object = body.clone();
+                // As the API server does: a write to the object leaves its status subresource alone.
+                if let Some(status) = self.get(path).and_then(|live| live.get("status").cloned()) {
+                    object["status"] = status;
+                }
                 object["metadata"]["resourceVersion"] = json!(self.next_version());
                 self.put(path, object.clone());
                 (200, object)

@@ -157,7 +157,6 @@ pub fn allowed(rules: &[Rule], verb: &str, group: &str, resource: &str, name: &s
     })
 }
 
-
 /// Asserts that deploy/ allows every request, given the managed namespaces at the time.
 pub fn assert_allowed_by_deploy(requests: &[Recorded], managed: &[&str]) {
     let rbac = deploy_rbac();
