@@ -301,6 +301,18 @@ fn check_values(
         }
     });
     let mut findings = Vec::new();
+    // Literal credentials: the same rule as the admission webhook, so that CI refuses the commit
+    // instead of the webhook refusing the apply halfway through a pass.
+    for (item, values) in &instances {
+        for path in crate::webhook::inline_credentials(values).unwrap_or_default() {
+            findings.push(ValueError {
+                namespace: item.namespace.clone(),
+                instance: item.name.clone(),
+                path,
+                kind: secrets::ValueErrorKind::LiteralCredential,
+            });
+        }
+    }
     let mut count = 0usize;
     for ((item, _), outcome) in instances.iter().zip(outcomes) {
         match outcome {

@@ -555,6 +555,9 @@ pub enum ValueErrorKind {
     UnaddressablePath,
     /// More encrypted values than the limit.
     TooManyValues(usize),
+    /// A key that names a credential holds a literal, not an encrypted value (the admission webhook
+    /// would refuse the object; `verify` refuses the commit first).
+    LiteralCredential,
 }
 
 /// One refused value, named by namespace, instance and value path.
@@ -577,6 +580,9 @@ fn describe(kind: &ValueErrorKind) -> String {
         ValueErrorKind::BindingMismatch { field, bound_to } => format!(
             "value is bound to {field} {bound_to:?}, not to this one; re-encrypt it for this place with `encrypt --cluster --namespace --instance --path`"
         ),
+        ValueErrorKind::LiteralCredential => {
+            "a literal credential; encrypt it with `encrypt --cluster --namespace --instance --path`, or reference a Secret with secretRef".into()
+        }
         ValueErrorKind::UnboundValueNotAllowed => {
             "value is not bound and this cluster requires bound values; re-encrypt it with `encrypt --cluster --namespace --instance --path`".into()
         }

@@ -344,3 +344,24 @@ fn unchanged_commit_reuses_the_verdict_until_it_runs_out() {
         "expired release refused, not remembered"
     );
 }
+
+#[test]
+fn a_literal_credential_in_values_is_refused_before_the_webhook_would() {
+    let f = fixture();
+    f.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml",
+        &nextcloud("hunter2-PLAINTEXT-MARKER-literal"),
+    );
+    f.release("demo", &[]);
+    f.commit("a literal password");
+    let out = f.verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let refused = refusals(&out);
+    assert!(
+        refused.iter().any(|l| l.contains(
+            "org-myteam/nextcloud spec.values.nextcloud.mail.smtp.password: a literal credential"
+        )),
+        "{refused:?}"
+    );
+    assert_no_plaintext(&out);
+}

@@ -601,7 +601,8 @@ async fn a_pass_stopped_between_apply_and_prune_is_finished_by_the_next() {
     // A new instance too, so the pass applies before it prunes.
     h.fixture.write(
         "clusters/demo/namespaces/org-myteam/applicationinstances/wiki.yaml",
-        &nextcloud("unused").replace("name: nextcloud", "name: wiki"),
+        &nextcloud(&h.fixture.age_encrypt("wiki-PLAINTEXT-MARKER"))
+            .replace("name: nextcloud", "name: wiki"),
     );
     h.fixture.release("demo", &[]);
     h.fixture.commit("release 2: wiki in, nightly out");
