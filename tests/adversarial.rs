@@ -41,6 +41,8 @@
 //! | `commit_by_a_key_past_valid_before` | `CommitSignatureError::Signature` / `SignatureError::KeyExpired` |
 //! | `value_encrypted_to_another_cluster` | `ValueErrorKind::Secrets(SecretsError::NoMatchingIdentity)` |
 //! | `value_bound_to_another_cluster` | `ValueErrorKind::BindingMismatch` (field `cluster`) |
+//! | `literal_credential_in_values` | `ValueErrorKind::LiteralCredential` (the webhook's rule, applied by the pass) |
+//! | `tree_bomb_of_shared_directories` (ignored) | should be a `TreeInvalid` limit; today the pass **accepts** it: directories are not counted |
 
 mod common;
 
@@ -853,4 +855,58 @@ fn value_bound_to_another_cluster() {
         }
     );
     assert!(!error.to_string().contains(SMTP_PASSWORD), "{error}");
+}
+
+#[test]
+fn literal_credential_in_values() {
+    let f = fixture();
+    // A password in plain text where an encrypted value belongs: reviewers and Git would see it.
+    let literal = "hunter2-PLAINTEXT-MARKER-literal";
+    release_with(
+        &f,
+        &format!("{APPS}/nextcloud.yaml"),
+        nextcloud(literal).as_bytes(),
+    );
+    let error = value_refusal(refusal(&f, &[]));
+    assert_eq!(
+        (
+            error.namespace.as_str(),
+            error.instance.as_str(),
+            error.path.as_str()
+        ),
+        ("org-myteam", "nextcloud", "nextcloud.mail.smtp.password")
+    );
+    assert_eq!(error.kind, ValueErrorKind::LiteralCredential);
+    assert!(!error.to_string().contains(literal), "{error}");
+}
+
+/// A tree bomb: three directory levels of 100 entries each, every entry the same subtree, ending in
+/// the empty tree. Four small objects make the walk visit 1,000,000 directories without reading a
+/// file, so neither the file-count nor the byte limit ever trips; at the allowed depth (8) the same
+/// few kilobytes would mean 100^8 visits. Ignored because it fails today: the pass accepts this
+/// tree. The walk counts files only (`src/git.rs`, `TreeWalk::visit`); once directories count
+/// against a limit, remove the `#[ignore]`.
+#[test]
+#[ignore = "fails today: TreeWalk::visit does not count directories (src/git.rs)"]
+fn tree_bomb_of_shared_directories() {
+    let f = fixture();
+    let mut level = git_in(&f, &["mktree", "-z"], b"").trim().to_owned();
+    for _ in 0..3 {
+        let records: String = (0..100)
+            .map(|i| format!("040000 tree {level}\td{i}\0"))
+            .collect();
+        level = git_in(&f, &["mktree", "-z"], records.as_bytes())
+            .trim()
+            .to_owned();
+    }
+    let base = f.git(&["rev-parse", "HEAD^{tree}"]);
+    let tree = with_entry(
+        &f,
+        &base,
+        &["clusters", "demo"],
+        &format!("040000 tree {level}\tbomb"),
+    );
+    commit_tree(&f, &tree, "a million directories in four objects");
+    let error = tree_refusal(refusal(&f, &[]));
+    assert!(error.to_string().contains("clusters/demo/"), "{error}");
 }
