@@ -147,8 +147,8 @@ pub enum GitError {
         /// The path, with invalid bytes replaced.
         path: String,
     },
-    /// More files than [`Limits::max_files`].
-    #[error("clusters/{cluster}/ holds more than {limit} files")]
+    /// More entries (files and directories) than [`Limits::max_files`].
+    #[error("clusters/{cluster}/ holds more than {limit} entries (files and directories)")]
     TooManyFiles {
         /// The cluster id.
         cluster: String,
@@ -441,6 +441,7 @@ impl LocalRepository {
             limits,
             entries: BTreeMap::new(),
             total_bytes: 0,
+            visited: 0,
         };
         walk.visit(entry.object_id(), "", 0)?;
         Ok(ClusterTree {
@@ -456,6 +457,9 @@ struct TreeWalk<'a> {
     limits: &'a Limits,
     entries: BTreeMap<String, TreeEntry>,
     total_bytes: u64,
+    /// Every tree entry seen, directories included: a few small trees that all point at one shared
+    /// subtree would otherwise make the walk visit millions of directories (a "tree bomb").
+    visited: usize,
 }
 
 impl TreeWalk<'_> {
@@ -474,6 +478,14 @@ impl TreeWalk<'_> {
             .map_err(|e| object_error(tree, e))?;
         let mut children = Vec::new();
         for entry in tree.iter() {
+            // Counted before anything is kept, so one huge tree object cannot grow memory either.
+            self.visited += 1;
+            if self.visited > self.limits.max_files {
+                return Err(GitError::TooManyFiles {
+                    cluster: self.cluster.to_owned(),
+                    limit: self.limits.max_files,
+                });
+            }
             let entry = entry.map_err(|e| object_error(tree.id, e))?;
             let name =
                 std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {

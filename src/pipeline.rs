@@ -304,13 +304,20 @@ fn check_values(
     // Literal credentials: the same rule as the admission webhook, so that CI refuses the commit
     // instead of the webhook refusing the apply halfway through a pass.
     for (item, values) in &instances {
-        for path in crate::webhook::inline_credentials(values).unwrap_or_default() {
-            findings.push(ValueError {
-                namespace: item.namespace.clone(),
-                instance: item.name.clone(),
-                path,
-                kind: secrets::ValueErrorKind::LiteralCredential,
-            });
+        let error = |path: String, kind| ValueError {
+            namespace: item.namespace.clone(),
+            instance: item.name.clone(),
+            path,
+            kind,
+        };
+        match crate::webhook::inline_credentials(values) {
+            Ok(paths) => findings.extend(
+                paths
+                    .into_iter()
+                    .map(|p| error(p, secrets::ValueErrorKind::LiteralCredential)),
+            ),
+            // Unchecked is refused, as the webhook refuses it.
+            Err(_) => findings.push(error(String::new(), secrets::ValueErrorKind::TooDeep)),
         }
     }
     let mut count = 0usize;

@@ -76,9 +76,9 @@ pub struct AppliedRelease {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReleaseError {
-    /// `release.yaml` is absent.
+    /// `release.yaml` is absent, or is not a regular file (a symlink or a submodule).
     #[error(
-        "clusters/{cluster}/release.yaml is missing: every cluster directory needs a signed release manifest"
+        "clusters/{cluster}/release.yaml is missing or not a regular file: every cluster directory needs a signed release manifest"
     )]
     MissingManifest {
         /// The cluster id.

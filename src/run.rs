@@ -105,6 +105,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         cache_dir: options.cache_dir.clone(),
         fetch: options.fetch.clone(),
         limits: crate::limits::Limits::default(),
+        pass_timeout: reconcile::DEFAULT_PASS_TIMEOUT,
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
     if options.once {

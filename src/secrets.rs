@@ -558,6 +558,8 @@ pub enum ValueErrorKind {
     /// A key that names a credential holds a literal, not an encrypted value (the admission webhook
     /// would refuse the object; `verify` refuses the commit first).
     LiteralCredential,
+    /// `spec.values` is nested too deep to be checked (fails closed).
+    TooDeep,
 }
 
 /// One refused value, named by namespace, instance and value path.
@@ -580,6 +582,7 @@ fn describe(kind: &ValueErrorKind) -> String {
         ValueErrorKind::BindingMismatch { field, bound_to } => format!(
             "value is bound to {field} {bound_to:?}, not to this one; re-encrypt it for this place with `encrypt --cluster --namespace --instance --path`"
         ),
+        ValueErrorKind::TooDeep => "values are nested too deep to be checked".into(),
         ValueErrorKind::LiteralCredential => {
             "a literal credential; encrypt it with `encrypt --cluster --namespace --instance --path`, or reference a Secret with secretRef".into()
         }

@@ -42,7 +42,7 @@
 //! | `value_encrypted_to_another_cluster` | `ValueErrorKind::Secrets(SecretsError::NoMatchingIdentity)` |
 //! | `value_bound_to_another_cluster` | `ValueErrorKind::BindingMismatch` (field `cluster`) |
 //! | `literal_credential_in_values` | `ValueErrorKind::LiteralCredential` (the webhook's rule, applied by the pass) |
-//! | `tree_bomb_of_shared_directories` (ignored) | should be a `TreeInvalid` limit; today the pass **accepts** it: directories are not counted |
+//! | `tree_bomb_of_shared_directories` | `GitError::TooManyFiles`: directories count against the entry limit |
 
 mod common;
 
@@ -494,7 +494,7 @@ fn a_hundred_thousand_files() {
     );
     assert_eq!(
         error.to_string(),
-        format!("clusters/demo/ holds more than {limit} files")
+        format!("clusters/demo/ holds more than {limit} entries (files and directories)")
     );
 }
 
@@ -887,7 +887,6 @@ fn literal_credential_in_values() {
 /// tree. The walk counts files only (`src/git.rs`, `TreeWalk::visit`); once directories count
 /// against a limit, remove the `#[ignore]`.
 #[test]
-#[ignore = "fails today: TreeWalk::visit does not count directories (src/git.rs)"]
 fn tree_bomb_of_shared_directories() {
     let f = fixture();
     let mut level = git_in(&f, &["mktree", "-z"], b"").trim().to_owned();
@@ -908,5 +907,9 @@ fn tree_bomb_of_shared_directories() {
     );
     commit_tree(&f, &tree, "a million directories in four objects");
     let error = tree_refusal(refusal(&f, &[]));
+    assert!(
+        matches!(error, GitError::TooManyFiles { limit: 50_000, .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("clusters/demo/"), "{error}");
 }

@@ -85,6 +85,7 @@ fn harness() -> Harness {
         cache_dir: cache.path().to_owned(),
         fetch: Default::default(),
         limits: Default::default(),
+        pass_timeout: std::time::Duration::from_secs(60),
     };
     let ctx = Arc::new(Context::new(
         api.client(),
@@ -637,4 +638,42 @@ async fn a_pass_stopped_between_apply_and_prune_is_finished_by_the_next() {
     let st = h.status();
     assert_eq!(st.last_applied_serial, Some(2));
     assert!(!st.inventory.iter().any(|i| i.name == "nightly"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_api_server_ends_the_pass_at_its_deadline_with_the_reason() {
+    let h = harness();
+    let mut settings = h.ctx.settings.clone();
+    settings.pass_timeout = std::time::Duration::from_secs(1);
+    let impatient = Arc::new(Context::new(
+        h.api.client(),
+        settings,
+        Arc::new(Metrics::default()),
+    ));
+    // Listing the live objects hangs for longer than the pass may take.
+    h.api.stall(
+        Method::GET,
+        "/applicationinstances",
+        std::time::Duration::from_secs(5),
+    );
+    h.api.clear();
+    let outcome = reconcile::reconcile(Arc::new(h.cluster()), impatient).await;
+    assert!(outcome.is_err());
+    assert!(
+        !h.writes()
+            .iter()
+            .any(|w| w.contains("/applicationinstances/") || w.contains("/operations/")),
+        "nothing declared was written: {:?}",
+        h.writes()
+    );
+    let (status, reason, message) = h.condition("Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ApiRequestFailed")
+    );
+    assert!(message.contains("did not finish within 1 s"), "{message}");
+    // The server answers again: the next pass converges.
+    h.pass().await.expect("recovered");
+    assert_eq!(h.condition("Ready").0, "True");
+    assert_eq!(h.status().inventory.len(), 3);
 }

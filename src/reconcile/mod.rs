@@ -50,7 +50,13 @@ pub struct Settings {
     pub fetch: FetchOptions,
     /// Limits on what a repository may contain.
     pub limits: Limits,
+    /// The longest a pass may take (a stalled API server or Git server ends it with a reason instead
+    /// of holding the Cluster forever).
+    pub pass_timeout: Duration,
 }
+
+/// The default [`Settings::pass_timeout`].
+pub const DEFAULT_PASS_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 struct SourceState {
@@ -334,7 +340,19 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(interval));
     }
     let started = Instant::now();
-    let report = pass(&cluster, &ctx).await;
+    let report = match tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx)).await {
+        Ok(report) => report,
+        // What was written before the deadline carries our labels; it is re-declared (and so owned
+        // again) by the next pass, which starts from the last recorded status.
+        Err(_) => PassReport::refused(
+            reason::API_REQUEST_FAILED,
+            format!(
+                "the pass did not finish within {} s (API server or Git server stalled)",
+                ctx.settings.pass_timeout.as_secs()
+            ),
+            None,
+        ),
+    };
     finish(&cluster, &ctx, report, started, interval).await
 }
 

@@ -36,6 +36,7 @@ pub struct Fault {
     method: Method,
     path_contains: String,
     status: u16,
+    delay: Option<std::time::Duration>,
 }
 
 #[derive(Default)]
@@ -110,7 +111,26 @@ impl FakeApi {
             method,
             path_contains: path_contains.to_owned(),
             status,
+            delay: None,
         });
+    }
+
+    /// The first matching request is answered only after `delay` (a stalled API server).
+    pub fn stall(&self, method: Method, path_contains: &str, delay: std::time::Duration) {
+        self.faults.lock().expect("lock").push(Fault {
+            method,
+            path_contains: path_contains.to_owned(),
+            status: 0,
+            delay: Some(delay),
+        });
+    }
+
+    fn take_delay(&self, method: &Method, path: &str) -> Option<std::time::Duration> {
+        let mut faults = self.faults.lock().expect("lock");
+        let i = faults.iter().position(|f| {
+            f.delay.is_some() && f.method == *method && path.contains(&f.path_contains)
+        })?;
+        faults.remove(i).delay
     }
 
     pub fn next_version(&self) -> String {
@@ -168,10 +188,9 @@ impl FakeApi {
     pub fn respond(&self, method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value) {
         {
             let mut faults = self.faults.lock().expect("lock");
-            if let Some(i) = faults
-                .iter()
-                .position(|f| f.method == *method && path.contains(&f.path_contains))
-            {
+            if let Some(i) = faults.iter().position(|f| {
+                f.delay.is_none() && f.method == *method && path.contains(&f.path_contains)
+            }) {
                 let fault = faults.remove(i);
                 return (fault.status, status_body(fault.status, "InjectedFault"));
             }
@@ -265,6 +284,9 @@ impl FakeApi {
                         .to_owned(),
                     body: parsed.clone(),
                 });
+                if let Some(delay) = api.take_delay(&parts.method, &path) {
+                    tokio::time::sleep(delay).await;
+                }
                 let (status, answer) = api.respond(&parts.method, &path, &query, &parsed);
                 let response = Response::builder()
                     .status(
