@@ -484,6 +484,11 @@ async fn api_errors_end_the_pass_with_the_reason_and_the_next_pass_recovers() {
         .fault(Method::PATCH, "/applicationinstances/vaultwarden", 429);
     assert!(h.pass().await.is_err());
     assert_eq!(h.condition("Applied").1, "ApplyFailed");
+    h.api.fault(Method::PATCH, "/applicationinstances/vaultwarden", 409);
+    assert!(h.pass().await.is_err());
+    let (_, reason, message) = h.condition("Applied");
+    assert_eq!(reason, "ApplyFailed");
+    assert!(message.contains("apply ApplicationInstance org-vault/vaultwarden"), "{message}");
     h.api.fault(Method::GET, "/configmaps/trust", 500);
     assert!(h.pass().await.is_err());
     assert_eq!(h.condition("Ready").1, "ApiRequestFailed");
