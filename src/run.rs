@@ -203,7 +203,29 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         });
     }
 
-    // Any change to a managed namespace (labelled, unlabelled, annotated) re-runs every Cluster.
+    let children = Arc::new(crate::materialize::ChildContext {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        velero_namespace: options.velero_namespace.clone(),
+        limits: crate::limits::Limits::default(),
+        clock: jiff::Timestamp::now,
+    });
+    controllers(client, ctx, children, stop_rx).await;
+    Ok(true)
+}
+
+/// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
+/// reconciles finish first. Watches that fail or drop are re-established with back-off by
+/// kube-runtime; a Cluster is also re-run on any change of a managed namespace.
+pub async fn controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    children: Arc<crate::materialize::ChildContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace_changes = watcher(
         namespaces,
@@ -216,26 +238,19 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             _ => None,
         }
     });
-    let children = Arc::new(crate::materialize::ChildContext {
-        client: client.clone(),
-        namespace: options.namespace.clone(),
-        velero_namespace: options.velero_namespace.clone(),
-        limits: crate::limits::Limits::default(),
-        clock: jiff::Timestamp::now,
-    });
     let clusters = Controller::new(
         Api::<Cluster>::all(client.clone()),
         watcher::Config::default(),
     )
     .reconcile_all_on(namespace_changes)
-    .graceful_shutdown_on(stopped(stop_rx.clone()))
+    .graceful_shutdown_on(stopped(stop.clone()))
     .run(reconcile::reconcile, reconcile::error_policy, ctx)
     .for_each(log_result);
     let instances = Controller::new(
         Api::<crate::crd::ApplicationInstance>::all(client.clone()),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(stopped(stop_rx.clone()))
+    .graceful_shutdown_on(stopped(stop.clone()))
     .run(
         crate::materialize::instance::reconcile,
         crate::materialize::instance::error_policy,
@@ -246,7 +261,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         Api::<crate::crd::Operation>::all(client),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(stopped(stop_rx))
+    .graceful_shutdown_on(stopped(stop))
     .run(
         crate::materialize::operation::reconcile,
         crate::materialize::operation::error_policy,
@@ -254,7 +269,6 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     )
     .for_each(log_result);
     tokio::join!(clusters, instances, operations);
-    Ok(true)
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {

@@ -484,11 +484,15 @@ async fn api_errors_end_the_pass_with_the_reason_and_the_next_pass_recovers() {
         .fault(Method::PATCH, "/applicationinstances/vaultwarden", 429);
     assert!(h.pass().await.is_err());
     assert_eq!(h.condition("Applied").1, "ApplyFailed");
-    h.api.fault(Method::PATCH, "/applicationinstances/vaultwarden", 409);
+    h.api
+        .fault(Method::PATCH, "/applicationinstances/vaultwarden", 409);
     assert!(h.pass().await.is_err());
     let (_, reason, message) = h.condition("Applied");
     assert_eq!(reason, "ApplyFailed");
-    assert!(message.contains("apply ApplicationInstance org-vault/vaultwarden"), "{message}");
+    assert!(
+        message.contains("apply ApplicationInstance org-vault/vaultwarden"),
+        "{message}"
+    );
     h.api.fault(Method::GET, "/configmaps/trust", 500);
     assert!(h.pass().await.is_err());
     assert_eq!(h.condition("Ready").1, "ApiRequestFailed");
@@ -681,4 +685,55 @@ async fn a_stalled_api_server_ends_the_pass_at_its_deadline_with_the_reason() {
     h.pass().await.expect("recovered");
     assert_eq!(h.condition("Ready").0, "True");
     assert_eq!(h.status().inventory.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() {
+    use std::time::{Duration, Instant};
+    let h = harness();
+    let children = Arc::new(vworkspace_operator::materialize::ChildContext {
+        client: h.api.client(),
+        namespace: "vworkspace-system".into(),
+        velero_namespace: "velero".into(),
+        limits: Default::default(),
+        clock: jiff::Timestamp::now,
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(vworkspace_operator::run::controllers(
+        h.api.client(),
+        h.ctx.clone(),
+        children,
+        stopped,
+    ));
+    // The fake drops every watch; the initial lists still deliver the Cluster, and it is reconciled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let watches = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/clusters") && r.query.contains("watch=true"))
+            .count()
+    };
+    loop {
+        let ready = h.cluster().status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready && watches(&h.api) >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reconciled through dropped watches: {} watch attempts",
+            watches(&h.api)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.status().inventory.len(), 3);
+    // Shutdown: the controllers finish what they run and return.
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("stopped in time")
+        .expect("no panic");
 }

@@ -206,6 +206,10 @@ impl FakeApi {
             )
         };
         match *method {
+            // Watches are dropped at once, every time: clients must re-list and carry on.
+            Method::GET if is_collection && query.contains("watch=true") => {
+                (500, status_body(500, "WatchDropped"))
+            }
             Method::GET if is_collection => {
                 let selector = query_param(query, "labelSelector").unwrap_or_default();
                 let items = self.list(path, &selector);
