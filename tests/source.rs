@@ -3,6 +3,8 @@
 //! servers that are down, stall, send garbage or die mid-fetch.
 
 mod common;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -150,54 +152,7 @@ fn http_server(root: &Path, mode: Mode, auth: Option<String>) -> Http {
 /// PEM file a client must trust.
 fn tls(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
     use rustls::pki_types::pem::PemObject;
-    // A CA, and a leaf for 127.0.0.1 signed by it (webpki refuses a CA certificate as a server's).
-    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    let (cert, key, csr) = (
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-        dir.join("cert.csr"),
-    );
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(Command::new("openssl")
-        .args(["req", "-x509", "-days", "1", "-subj", "/CN=test CA"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(&ca)
-        .stderr(Stdio::null()));
-    run(Command::new("openssl")
-        .args(["req", "-new", "-subj", "/CN=127.0.0.1"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr)
-        .stderr(Stdio::null()));
-    let ext = dir.join("leaf.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(&ca)
-        .arg("-CAkey")
-        .arg(&ca_key)
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null()));
+    let (ca, cert, key) = tls::certificate(dir, "test");
     let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
         .expect("cert")
         .collect::<Result<_, _>>()

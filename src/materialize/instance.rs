@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
 use crate::children::{self, VALUES_KEY};
@@ -94,27 +94,7 @@ async fn write_status(
     instance: &ApplicationInstance,
     status: &ApplicationInstanceStatus,
 ) -> Result<(), Error> {
-    if instance.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let name = instance.name_any();
-    let namespace = instance.namespace().unwrap_or_default();
-    let api: Api<ApplicationInstance> = Api::namespaced(ctx.client.clone(), &namespace);
-    let body = json!({
-        "apiVersion": crate::intent::APPLICATION_INSTANCE_API_VERSION,
-        "kind": "ApplicationInstance",
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_error(format!(
-        "write status of ApplicationInstance {namespace}/{name}"
-    )))?;
-    Ok(())
+    super::write_status(&ctx.client, instance, instance.status.as_ref(), status).await
 }
 
 /// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read

@@ -37,6 +37,42 @@ fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
 }
 
+/// Writes `status` to a namespaced object of the operator's own kinds (server-side apply on the status
+/// subresource), unless it already is `current`.
+pub async fn write_status<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let body =
+        serde_json::json!({"apiVersion": K::api_version(&()), "kind": kind, "status": status});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "write status of {kind} {namespace}/{name}"
+    )))?;
+    Ok(())
+}
+
 /// Whether `namespace` carries the managed label (read by name; `get` on namespaces is granted).
 pub async fn is_managed(client: &Client, namespace: &str) -> Result<bool, Error> {
     let api: Api<Namespace> = Api::all(client.clone());

@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
 use crate::crd::{Operation, OperationOutputs, OperationPhase, OperationStatus, OperationType};
 use crate::error::Error;
 use crate::operations::{self, JobTemplate, OperationError, RUN_COMMAND_TEMPLATE_PREFIX};
-use crate::reconcile::apply::FIELD_MANAGER;
 
 /// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
 pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
@@ -60,23 +58,7 @@ async fn write_status(
     op: &Operation,
     status: &OperationStatus,
 ) -> Result<(), Error> {
-    if op.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let name = op.name_any();
-    let namespace = op.namespace().unwrap_or_default();
-    let api: Api<Operation> = Api::namespaced(ctx.client.clone(), &namespace);
-    let body = json!({"apiVersion": crate::intent::OPERATION_API_VERSION, "kind": "Operation", "status": status});
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_error(format!(
-        "write status of Operation {namespace}/{name}"
-    )))?;
-    Ok(())
+    super::write_status(&ctx.client, op, op.status.as_ref(), status).await
 }
 
 async fn job_template(ctx: &ChildContext, template: &str) -> Result<Option<JobTemplate>, Error> {
