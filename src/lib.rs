@@ -43,6 +43,7 @@ pub mod server;
 pub mod signers;
 pub mod source;
 pub mod sshsig;
+pub mod telemetry;
 pub mod webhook;
 pub mod webhook_server;
 pub mod yaml;

@@ -10,16 +10,17 @@ fn main() -> anyhow::Result<ExitCode> {
     // Diagnostics go to stderr (RUST_LOG); stdout carries the command's report. The operator logs
     // JSON lines at info, the authoring commands plain text at warn.
     let operator = matches!(cli.command, cli::Command::Run(_));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if operator { "info" } else { "warn" })
-    });
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
     if operator {
-        logs.json().flatten_event(true).init();
+        let subscriber = vworkspace_operator::telemetry::json_subscriber(
+            std::io::stderr,
+            vworkspace_operator::telemetry::filter("info"),
+        );
+        tracing::subscriber::set_global_default(subscriber)?;
     } else {
-        logs.init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(vworkspace_operator::telemetry::filter("warn"))
+            .init();
     }
     let mut stdout = std::io::stdout().lock();
     match cli::run(cli, &mut stdout) {

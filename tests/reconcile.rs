@@ -737,3 +737,59 @@ async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() 
         .expect("stopped in time")
         .expect("no panic");
 }
+
+/// A log sink for the JSON subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn logs_are_json_lines_and_credentials_in_a_url_reach_no_log_status_or_event() {
+    let h = harness();
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["spec"]["source"]["url"] =
+        json!("https://odoo:s3cret-PLAINTEXT-MARKER@127.0.0.1:1/intent.git");
+    h.api.put(CLUSTER_PATH, cluster);
+    let logs = LogBuffer::default();
+    let sink = logs.clone();
+    let subscriber = vworkspace_operator::telemetry::json_subscriber(
+        move || sink.clone(),
+        tracing_subscriber::EnvFilter::new("debug"),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    assert!(h.pass().await.is_err());
+    let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf8");
+    assert!(text.contains("pass failed"), "{text}");
+    for line in text.lines() {
+        let event: Value = serde_json::from_str(line).expect("every line is JSON");
+        assert!(event["level"].is_string(), "{line}");
+    }
+    let (_, reason, message) = h.condition("Ready");
+    assert_eq!(reason, "FetchFailed");
+    // The URL is named (so the check below means something), without its credentials.
+    assert!(message.contains("127.0.0.1:1/intent.git"), "{message}");
+    assert!(text.contains("127.0.0.1:1/intent.git"), "{text}");
+    let events: Vec<String> = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/events"))
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(!events.is_empty());
+    for place in [text.as_str(), message.as_str()]
+        .into_iter()
+        .chain(events.iter().map(String::as_str))
+    {
+        assert!(!place.contains("s3cret"), "credential leaked: {place}");
+    }
+}

@@ -370,7 +370,7 @@ async fn finish(
     let failure = report.failure();
     match failure {
         Some(reason) => {
-            tracing::warn!(cluster = %name, reason, commit = ?report.attempted_commit, "pass failed")
+            tracing::warn!(cluster = %name, reason, commit = ?report.attempted_commit, detail = report.failure_message().unwrap_or_default(), "pass failed")
         }
         None => {
             tracing::info!(cluster = %name, commit = ?report.attempted_commit, applied = report.writes.0, pruned = report.writes.1, "pass succeeded")
