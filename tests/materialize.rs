@@ -553,3 +553,40 @@ async fn an_operation_in_a_namespace_not_yet_recorded_waits_instead_of_failing()
     assert_eq!(status.phase, Some(OperationPhase::Pending));
     assert_eq!(status.reason.as_deref(), Some("WaitingForManagedNamespace"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_template_runs_once_it_is_allowed() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let path = put_operation(
+        &api,
+        "wf",
+        json!({"type": "Workflow", "template": "nightly-wf"}),
+    );
+    materialize::operation::reconcile(operation(&api, &path), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        operation(&api, &path).status.clone().and_then(|s| s.phase),
+        Some(OperationPhase::Failed)
+    );
+    // The platform team allows the template; the next look runs the same spec.
+    let cluster_path = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+    let mut cluster = api.get(cluster_path).expect("cluster");
+    cluster["status"]["managedNamespaces"][0]["allowedOperationTemplates"] = json!(["nightly-wf"]);
+    api.put(cluster_path, cluster);
+    api.clear();
+    materialize::operation::reconcile(operation(&api, &path), ctx)
+        .await
+        .expect("reconciled");
+    assert!(
+        writes(&api).iter().any(|w| w
+            .starts_with("PATCH /apis/argoproj.io/v1alpha1/namespaces/org-myteam/workflows/wf-")),
+        "{:?}",
+        writes(&api)
+    );
+    assert_eq!(
+        operation(&api, &path).status.clone().and_then(|s| s.phase),
+        Some(OperationPhase::Pending)
+    );
+}

@@ -156,11 +156,13 @@ pub async fn reconcile(
 ) -> Result<Action, Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = instance.name_any();
-    if instance.metadata.deletion_timestamp.is_some()
-        || !is_managed(&ctx.client, &namespace).await?
-    {
-        // Children go with their owner (garbage collection); unmanaged namespaces are not ours.
+    if instance.metadata.deletion_timestamp.is_some() {
+        // Children go with their owner (garbage collection).
         return Ok(Action::await_change());
+    }
+    if !is_managed(&ctx.client, &namespace).await? {
+        // Not ours until the namespace is labelled; look again later.
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let now = (ctx.clock)();
     let generation = instance.metadata.generation;

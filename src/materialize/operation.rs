@@ -107,13 +107,21 @@ async fn latest_pod(
 /// Reconciles one Operation.
 pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Action, Error> {
     let namespace = op.namespace().unwrap_or_default();
-    if op.metadata.deletion_timestamp.is_some() || !is_managed(&ctx.client, &namespace).await? {
+    if op.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if !is_managed(&ctx.client, &namespace).await? {
+        // Not ours until the namespace is labelled; look again later.
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let run_id = operations::run_id(&op);
     let previous = op.status.as_ref();
+    // A refused template is not a run: it is judged again, so that allowing the template later lets
+    // the same spec run.
     if previous.is_some_and(|s| {
-        s.run_id.as_deref() == Some(run_id.as_str()) && operations::is_final(s.phase)
+        s.run_id.as_deref() == Some(run_id.as_str())
+            && operations::is_final(s.phase)
+            && s.reason.as_deref() != Some(operations::TEMPLATE_NOT_ALLOWED)
     }) {
         // This spec already ran: never again.
         return Ok(Action::await_change());
@@ -158,7 +166,7 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
         .collect();
     if let Err(e) = operations::check_template(&op.spec.template, &namespace, &allowed) {
         write_status(&ctx, &op, &refuse(e)).await?;
-        return Ok(Action::await_change());
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let job = if op.spec.operation_type == OperationType::RunCommand {
         job_template(&ctx, &op.spec.template).await?
