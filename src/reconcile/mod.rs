@@ -36,6 +36,9 @@ use crate::pipeline::{PassMemo, VerifiedIntent, reason};
 use crate::source::FetchOptions;
 use status::{AppliedSource, PassReport};
 
+/// How long a namespace's RBAC, once checked, is trusted before it is read again.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(3600);
+
 /// The component name in Events.
 pub const COMPONENT: &str = "vworkspace-operator";
 
@@ -62,8 +65,9 @@ pub const DEFAULT_PASS_TIMEOUT: Duration = Duration::from_secs(600);
 struct SourceState {
     memo: Option<PassMemo>,
     failures: u32,
-    /// Namespaces whose RBAC this process has checked and found (or made) right.
-    namespaces_ensured: BTreeSet<String>,
+    /// Namespaces whose RBAC this process has checked and found (or made) right, and when: checked
+    /// again after [`RBAC_RECHECK`], so a binding deleted by hand comes back within the hour.
+    namespaces_ensured: HashMap<String, Instant>,
 }
 
 /// Shared by every reconcile: the client, the settings, the metrics and per-source memory.
@@ -229,13 +233,20 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         ctx.with_state(&name, |s| s.namespaces_ensured.remove(&gone));
     }
     for ns in &managed {
-        if ctx.with_state(&name, |s| s.namespaces_ensured.contains(&ns.name)) {
+        let fresh = ctx.with_state(&name, |s| {
+            s.namespaces_ensured
+                .get(&ns.name)
+                .is_some_and(|at| at.elapsed() < RBAC_RECHECK)
+        });
+        if fresh {
             continue;
         }
         if let Err(e) = namespaces::ensure(client, &ns.name, apply::FIELD_MANAGER).await {
             return fail(report, e);
         }
-        ctx.with_state(&name, |s| s.namespaces_ensured.insert(ns.name.clone()));
+        ctx.with_state(&name, |s| {
+            s.namespaces_ensured.insert(ns.name.clone(), Instant::now())
+        });
     }
     report.managed_namespaces = Some(managed.clone());
     if recorded != managed {
