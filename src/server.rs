@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// What the endpoints report.
 #[derive(Debug, Clone)]
 pub struct Probes {
@@ -63,16 +66,24 @@ pub async fn serve(addr: SocketAddr, probes: Probes) -> std::io::Result<()> {
 
 /// Serves on a bound listener (tests bind port 0).
 pub async fn serve_on(listener: TcpListener, probes: Probes) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = listener.accept().await?;
+        // Bounded: a client that opens connections without end waits here.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let probes = probes.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let response = respond(&probes, request.uri().path());
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "probe connection ended");

@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 use crate::crd::Cluster;
 use crate::webhook::{MAX_REVIEW_BYTES, TemplatePolicy};
 
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Why the webhook cannot serve.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -187,12 +190,12 @@ async fn handle<P: TemplatePolicy>(
 ) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/validate") => {
-            let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
+            // Bounded in size and in time (a body trickled byte by byte is cut off).
+            let collect = Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect();
+            let body = match tokio::time::timeout(Duration::from_secs(10), collect).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(_)) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
+                Err(_) => return respond(StatusCode::REQUEST_TIMEOUT, b"{}".to_vec()),
             };
             let answer = crate::webhook::review(&body, policy.as_ref());
             respond(
@@ -212,11 +215,17 @@ pub async fn serve<P: TemplatePolicy + Send + Sync + 'static>(
     policy: Arc<P>,
 ) -> Result<(), WebhookError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = listener.accept().await?;
+        // At most MAX_CONNECTIONS at once: a client that opens connections without end waits here.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let acceptor = acceptor.clone();
         let policy = policy.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // A client that does not finish its handshake in 10 s is dropped.
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
@@ -229,6 +238,8 @@ pub async fn serve<P: TemplatePolicy + Send + Sync + 'static>(
                 async move { Ok::<_, std::convert::Infallible>(handle(request, policy).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {

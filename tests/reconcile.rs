@@ -759,16 +759,27 @@ async fn logs_are_json_lines_and_credentials_in_a_url_reach_no_log_status_or_eve
     cluster["spec"]["source"]["url"] =
         json!("https://odoo:s3cret-PLAINTEXT-MARKER@127.0.0.1:1/intent.git");
     h.api.put(CLUSTER_PATH, cluster);
-    let logs = LogBuffer::default();
-    let sink = logs.clone();
-    let subscriber = vworkspace_operator::telemetry::json_subscriber(
-        move || sink.clone(),
-        tracing_subscriber::EnvFilter::new("debug"),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // A process-wide subscriber: a thread-scoped one races with tracing's callsite interest cache
+    // when other tests run on other threads (events went missing). Other tests' lines land in the
+    // same buffer; the assertions below look for this test's URL.
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    let logs = LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let sink = logs.clone();
+        let subscriber = vworkspace_operator::telemetry::json_subscriber(
+            move || sink.clone(),
+            tracing_subscriber::EnvFilter::new("debug"),
+        );
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    });
     assert!(h.pass().await.is_err());
     let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf8");
-    assert!(text.contains("pass failed"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pass failed") && l.contains("127.0.0.1:1/intent.git")),
+        "{text}"
+    );
     for line in text.lines() {
         let event: Value = serde_json::from_str(line).expect("every line is JSON");
         assert!(event["level"].is_string(), "{line}");

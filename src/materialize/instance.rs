@@ -71,22 +71,13 @@ pub fn instance_status(
 }
 
 async fn identities(ctx: &ChildContext, cluster: &Cluster) -> Result<Identities, Error> {
-    let reference = &cluster.spec.decryption.identity_secret_ref;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let source = format!("Secret {}/{}", ctx.namespace, reference.name);
-    let secret = api
-        .get(&reference.name)
-        .await
-        .map_err(kube_error(format!("get {source}")))?;
-    let key = reference.key_or_default();
-    let bytes = secret
-        .data
-        .and_then(|mut d| d.remove(key))
-        .ok_or_else(|| Error::Config(format!("{source} key {key}: no such key")))?;
-    let text = zeroize::Zeroizing::new(
-        String::from_utf8(bytes.0).map_err(|_| Error::Config(format!("{source}: not UTF-8")))?,
-    );
-    Ok(Identities::parse(&text, &source)?)
+    let (source, bytes) = crate::reconcile::trust::identity_file(
+        &ctx.client,
+        &ctx.namespace,
+        &cluster.spec.decryption.identity_secret_ref,
+    )
+    .await?;
+    crate::reconcile::trust::parse_identities(&source, &bytes)
 }
 
 async fn write_status(

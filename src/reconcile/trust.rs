@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
-use crate::crd::{ClusterSpec, ClusterStatus, ConfigMapKeyRef, HistoryPolicy};
+use zeroize::Zeroizing;
+
+use crate::crd::{ClusterSpec, ClusterStatus, ConfigMapKeyRef, HistoryPolicy, IdentitySecretRef};
 use crate::error::Error;
 use crate::history::HistoryCheck;
 use crate::limits::Limits;
@@ -23,6 +25,9 @@ pub const DEFAULT_SIGNERS_KEY: &str = "allowed_signers";
 /// The key of the auth Secret holding a PEM CA bundle for the Git server.
 pub const CA_KEY: &str = "ca.crt";
 
+/// A Secret's keys and values, the values zeroized on drop.
+pub type SecretData = BTreeMap<String, Zeroizing<Vec<u8>>>;
+
 /// The raw trust inputs, as read from the API server.
 #[derive(Clone, Default)]
 pub struct TrustInputs {
@@ -30,10 +35,10 @@ pub struct TrustInputs {
     pub commit_signers: (String, String),
     /// `allowed_signers` text for releases, with where it came from.
     pub release_signers: (String, String),
-    /// The age identity file, with where it came from.
-    pub identity: (String, Vec<u8>),
+    /// The age identity file, with where it came from (zeroized on drop).
+    pub identity: (String, Zeroizing<Vec<u8>>),
     /// The auth Secret's keys, when the source names one.
-    pub auth: Option<(String, BTreeMap<String, Vec<u8>>)>,
+    pub auth: Option<(String, SecretData)>,
 }
 
 impl std::fmt::Debug for TrustInputs {
@@ -59,9 +64,15 @@ pub struct SourceTrust {
     pub ca_bundle: Option<Vec<u8>>,
 }
 
-fn text(source: &str, bytes: &[u8]) -> Result<String, Error> {
+fn text(source: &str, bytes: &[u8]) -> Result<Zeroizing<String>, Error> {
     String::from_utf8(bytes.to_vec())
+        .map(Zeroizing::new)
         .map_err(|_| Error::Config(format!("{source}: not UTF-8 text")))
+}
+
+/// Parses an age identity file read by [`identity_file`].
+pub fn parse_identities(source: &str, bytes: &[u8]) -> Result<Identities, Error> {
+    Ok(Identities::parse(&text(source, bytes)?, source)?)
 }
 
 /// Builds the trust configuration of one pass from the `Cluster` and the inputs it names. The last
@@ -77,12 +88,12 @@ pub fn trust_config(
     let commit_signers = AllowedSigners::parse(&inputs.commit_signers.1, &inputs.commit_signers.0)?;
     let release_signers =
         AllowedSigners::parse(&inputs.release_signers.1, &inputs.release_signers.0)?;
-    let identity_text = text(&inputs.identity.0, &inputs.identity.1)?;
-    let identities = Identities::parse(&identity_text, &inputs.identity.0)?;
+    let identities = parse_identities(&inputs.identity.0, &inputs.identity.1)?;
     let (auth, ca_bundle) = match &inputs.auth {
         None => (Auth::None, None),
         Some((source, data)) => {
-            let mut lines = String::new();
+            // Holds the password or token: zeroized on drop.
+            let mut lines = Zeroizing::new(String::new());
             for key in ["username", "password", "bearerToken"] {
                 if let Some(value) = data.get(key) {
                     let value = text(&format!("{source} key {key}"), value)?;
@@ -91,11 +102,15 @@ pub fn trust_config(
                             "{source} key {key}: must be a single line"
                         )));
                     }
-                    lines.push_str(&format!("{key}={value}\n"));
+                    // No format!: its temporary String would not be zeroized.
+                    lines.push_str(key);
+                    lines.push('=');
+                    lines.push_str(&value);
+                    lines.push('\n');
                 }
             }
             let auth = Auth::parse(&lines, source).map_err(Error::Source)?;
-            (auth, data.get(CA_KEY).cloned())
+            (auth, data.get(CA_KEY).map(|ca| ca.to_vec()))
         }
     };
     if spec.release.threshold == 0 {
@@ -176,7 +191,7 @@ async fn secret_data(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(String, BTreeMap<String, Vec<u8>>), Error> {
+) -> Result<(String, SecretData), Error> {
     let source = format!("Secret {namespace}/{name}");
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     // A Secret is read by its name, never listed (the operator may not enumerate Secrets).
@@ -188,9 +203,24 @@ async fn secret_data(
         .data
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, v.0))
+        .map(|(k, v)| (k, Zeroizing::new(v.0)))
         .collect();
     Ok((source, data))
+}
+
+/// Reads the age identity file a `Cluster` names (a Secret in `namespace`, by name), with where it
+/// came from.
+pub async fn identity_file(
+    client: &Client,
+    namespace: &str,
+    reference: &IdentitySecretRef,
+) -> Result<(String, Zeroizing<Vec<u8>>), Error> {
+    let (source, mut data) = secret_data(client, namespace, &reference.name).await?;
+    let key = reference.key_or_default();
+    let identity = data
+        .remove(key)
+        .ok_or_else(|| Error::Config(format!("{source} key {key}: no such key")))?;
+    Ok((format!("{source} key {key}"), identity))
 }
 
 /// Reads every input the `Cluster` names from `namespace` (the operator's own).
@@ -214,12 +244,7 @@ pub async fn read_inputs(
         &mut read,
     )
     .await?;
-    let identity_ref = &spec.decryption.identity_secret_ref;
-    let (source, mut data) = secret_data(client, namespace, &identity_ref.name).await?;
-    let key = identity_ref.key_or_default();
-    let identity = data
-        .remove(key)
-        .ok_or_else(|| Error::Config(format!("{source} key {key}: no such key")))?;
+    let identity = identity_file(client, namespace, &spec.decryption.identity_secret_ref).await?;
     let auth = match &spec.source.secret_ref {
         Some(reference) => Some(secret_data(client, namespace, &reference.name).await?),
         None => None,
@@ -227,7 +252,7 @@ pub async fn read_inputs(
     Ok(TrustInputs {
         commit_signers,
         release_signers,
-        identity: (format!("{source} key {key}"), identity),
+        identity,
         auth,
     })
 }
