@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vworkspace_operator::git::GitRef;
-use vworkspace_operator::source::{self, FetchOptions};
+use vworkspace_controller::source::{self, FetchOptions};
+use vworkspace_core::repository::GitRef;
 
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vworkspace_operator::git::{GitRef, LocalRepository};
-use vworkspace_operator::history::HistoryCheck;
-use vworkspace_operator::limits::Limits;
-use vworkspace_operator::pipeline::{self, PassMemo, TrustConfig};
-use vworkspace_operator::release::ReleasePolicy;
-use vworkspace_operator::secrets::{self, Binding, Identities};
-use vworkspace_operator::signers::AllowedSigners;
+use vworkspace_core::limits::Limits;
+use vworkspace_core::pipeline::{self, PassMemo, TrustConfig};
+use vworkspace_core::repository::{GitRef, LocalRepository};
+use vworkspace_core::secrets::{self, Binding, Identities};
+use vworkspace_core::trust::history::HistoryCheck;
+use vworkspace_core::trust::release::ReleasePolicy;
+use vworkspace_core::trust::signers::AllowedSigners;
 
 #[derive(Clone, Copy)]
 struct Scale {
@@ -120,7 +120,7 @@ fn generate(scale: Scale) -> Generated {
         std::fs::write(&path, format!("apiVersion: ops.vworkspace.io/v1alpha1\nkind: Operation\nmetadata:\n  name: {name}\nspec:\n  type: Backup\n  template: velero-namespace-backup\n  parameters:\n    ttl: 720h\n")).expect("write");
     }
     // Release: ours writes and signs; ssh-keygen co-signs.
-    let args = vworkspace_operator::cli::ReleaseArgs {
+    let args = vworkspace_operator::authoring::release::ReleaseArgs {
         repo: repo.clone(),
         cluster: "bench".into(),
         key: root.join("odoo"),
@@ -129,7 +129,7 @@ fn generate(scale: Scale) -> Generated {
         name: None,
         sign_only: false,
     };
-    vworkspace_operator::authoring::release(&args, &mut std::io::sink()).expect("release");
+    vworkspace_operator::authoring::release::release(&args, &mut std::io::sink()).expect("release");
     ok(cmd(
         &root,
         "ssh-keygen",
@@ -238,9 +238,7 @@ fn ms(d: Duration) -> String {
 
 fn full_pass(g: &Generated, repo: &LocalRepository, head: &str) -> usize {
     let verified = pipeline::verify_commit_id(repo, head, &g.config).expect("pass");
-    vworkspace_operator::plan::desired(&verified)
-        .objects()
-        .len()
+    vworkspace_core::plan::desired(&verified).objects().len()
 }
 
 /// Peak RSS of one full pass in a fresh process (this bench re-executed), in KiB.
@@ -260,7 +258,7 @@ fn child_pass(root: &Path) {
     let repo = LocalRepository::open(&root.join("repo")).expect("open");
     let verified =
         pipeline::verify_ref(&repo, &GitRef::Branch("main".into()), &config).expect("pass");
-    std::hint::black_box(vworkspace_operator::plan::desired(&verified));
+    std::hint::black_box(vworkspace_core::plan::desired(&verified));
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
         .lines()
@@ -391,14 +389,14 @@ fn main() {
     // Stages alone.
     let fetched = repo.read_commit(&head).expect("commit");
     let t_commit = time(runs, || {
-        vworkspace_operator::commit_signature::verify_commit(
+        vworkspace_core::trust::commit_signature::verify_commit(
             &fetched,
             &g.config.commit_signers,
             g.config.now,
         )
         .expect("commit")
     });
-    let verified_commit = vworkspace_operator::commit_signature::verify_commit(
+    let verified_commit = vworkspace_core::trust::commit_signature::verify_commit(
         &fetched,
         &g.config.commit_signers,
         g.config.now,
@@ -412,7 +410,7 @@ fn main() {
         .read_cluster_tree(&verified_commit, "bench", &g.config.limits)
         .expect("tree");
     let t_release = time(runs, || {
-        vworkspace_operator::release::verify(
+        vworkspace_core::trust::release::verify(
             verified_commit.clone(),
             tree.clone(),
             &g.config.release,
@@ -423,9 +421,9 @@ fn main() {
     });
     let t_clone = time(runs, || (verified_commit.clone(), tree.clone()));
     let t_intent = time(runs, || {
-        vworkspace_operator::intent::parse_tree(&tree, &g.config.limits).expect("intent")
+        vworkspace_core::intent::parse_tree(&tree, &g.config.limits).expect("intent")
     });
-    let intent = vworkspace_operator::intent::parse_tree(&tree, &g.config.limits).expect("intent");
+    let intent = vworkspace_core::intent::parse_tree(&tree, &g.config.limits).expect("intent");
     let identities = g.config.identities.clone().expect("identities");
     let t_values = time(runs, || {
         let mut n = 0;
@@ -452,7 +450,7 @@ fn main() {
         n
     });
     let verified = pipeline::verify_commit_id(&repo, &head, &g.config).expect("pass");
-    let t_plan = time(runs, || vworkspace_operator::plan::desired(&verified));
+    let t_plan = time(runs, || vworkspace_core::plan::desired(&verified));
 
     // Raw crate throughput on the same bytes: SHA-256 of every file, and two ed25519 verifications.
     use sha2::Digest as _;
@@ -460,7 +458,7 @@ fn main() {
         .entries
         .values()
         .filter_map(|e| match e {
-            vworkspace_operator::git::TreeEntry::File(b) => Some(b),
+            vworkspace_core::repository::TreeEntry::File(b) => Some(b),
             _ => None,
         })
         .collect();
@@ -479,15 +477,15 @@ fn main() {
     let t_sha_ours = time(runs.max(5), || {
         blobs
             .iter()
-            .map(|b| vworkspace_operator::release::sha256_digest(b).len())
+            .map(|b| vworkspace_core::trust::release::sha256_digest(b).len())
             .sum::<usize>()
     });
     let manifest = match tree.entries.get("release.yaml") {
-        Some(vworkspace_operator::git::TreeEntry::File(b)) => b.clone(),
+        Some(vworkspace_core::repository::TreeEntry::File(b)) => b.clone(),
         _ => Vec::new(),
     };
     let ours_sig =
-        vworkspace_operator::sshsig::sign(&manifest, "vworkspace-release", &key).expect("sign");
+        vworkspace_core::trust::sshsig::sign(&manifest, "vworkspace-release", &key).expect("sign");
     let own_signers = AllowedSigners::parse(
         &format!("k {}\n", key.public_key().to_openssh().expect("pub")),
         "k",
@@ -496,7 +494,7 @@ fn main() {
     let raw_sig: ssh_key::SshSig = ours_sig.parse().expect("sig");
     let t_ed_ours = time(runs.max(5), || {
         (0..3).all(|_| {
-            vworkspace_operator::sshsig::verify(
+            vworkspace_core::trust::sshsig::verify(
                 ours_sig.as_bytes(),
                 &manifest,
                 "vworkspace-release",

@@ -8,14 +8,19 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::crd::HistoryPolicy;
-use crate::git::{GitRef, LocalRepository};
-use crate::history::HistoryCheck;
-use crate::limits::Limits;
-use crate::pipeline::{self, TrustConfig};
-use crate::release::{AppliedRelease, ReleasePolicy};
-use crate::secrets::Identities;
-use crate::signers::AllowedSigners;
+use crate::authoring::keygen::KeygenArgs;
+use crate::authoring::release::ReleaseArgs;
+use crate::authoring::report::{Refusal, report_pass, report_refusal};
+pub use crate::authoring::{CliError, ExitCode};
+
+use vworkspace_core::crd::HistoryPolicy;
+use vworkspace_core::limits::Limits;
+use vworkspace_core::pipeline::{self, TrustConfig};
+use vworkspace_core::repository::{GitRef, LocalRepository};
+use vworkspace_core::secrets::Identities;
+use vworkspace_core::trust::history::HistoryCheck;
+use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
+use vworkspace_core::trust::signers::AllowedSigners;
 
 /// vworkspace-operator, GitOps mode: verify signed intent from Git and reconcile it into a cluster.
 #[derive(Debug, Parser)]
@@ -52,7 +57,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The operator's namespace: the Secrets and ConfigMaps a Cluster names, and the leader Lease.
-    #[arg(long, default_value = crate::rbac::OPERATOR_NAMESPACE)]
+    #[arg(long, default_value = vworkspace_controller::cluster::rbac::OPERATOR_NAMESPACE)]
     pub namespace: String,
     /// Where Git caches live (an emptyDir in the pod).
     #[arg(long, default_value = "/var/cache/vworkspace")]
@@ -158,32 +163,6 @@ pub enum HistoryArg {
     All,
 }
 
-/// `release` arguments.
-#[derive(Debug, Args)]
-pub struct ReleaseArgs {
-    /// The checkout (work tree) to release from.
-    #[arg(long)]
-    pub repo: PathBuf,
-    /// The cluster id.
-    #[arg(long)]
-    pub cluster: String,
-    /// The ed25519 SSH private key to sign with (OpenSSH format, unencrypted).
-    #[arg(long)]
-    pub key: PathBuf,
-    /// How long the release stays valid: a duration such as 30d, 12h, 90m.
-    #[arg(long, default_value = "30d")]
-    pub expires: String,
-    /// The serial to write (default: one more than the current release.yaml, or 1).
-    #[arg(long)]
-    pub serial: Option<u64>,
-    /// The signature file name, release.sigs/<name>.sig (default: the key's comment or fingerprint).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Add a signature to the existing release.yaml without rewriting it.
-    #[arg(long)]
-    pub sign_only: bool,
-}
-
 /// `encrypt` arguments.
 #[derive(Debug, Args)]
 pub struct EncryptArgs {
@@ -204,30 +183,6 @@ pub struct EncryptArgs {
     pub path: Option<String>,
 }
 
-/// `keygen` arguments.
-#[derive(Debug, Args)]
-pub struct KeygenArgs {
-    /// What to generate.
-    #[arg(value_enum, default_value = "age")]
-    pub kind: KeyKind,
-    /// Write the private key here (mode 0600) instead of stdout; the public part goes to <out>.pub
-    /// for SSH keys.
-    #[arg(long, short)]
-    pub out: Option<PathBuf>,
-    /// The comment of an SSH key (e.g. your e-mail): it becomes the principal shown in signatures.
-    #[arg(long, default_value = "vworkspace")]
-    pub comment: String,
-}
-
-/// Kinds of key `keygen` makes.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum KeyKind {
-    /// An age X25519 identity (a cluster's decryption key) and its recipient.
-    Age,
-    /// An ed25519 SSH key pair (commit or release signing).
-    Ssh,
-}
-
 /// `crdgen` arguments.
 #[derive(Debug, Args)]
 pub struct CrdgenArgs {
@@ -242,21 +197,6 @@ pub struct DemoArgs {
     /// Keep the demo repository in this directory instead of a temporary one.
     #[arg(long)]
     pub keep: Option<PathBuf>,
-}
-
-/// Why a command could not run (as opposed to a refused ref, which is a normal outcome).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CliError {
-    /// A bad flag value or an unreadable input: exit code 2.
-    #[error("{0}")]
-    Usage(String),
-    /// Writing output failed.
-    #[error("{0}")]
-    Io(String),
-    /// The operator could not run (no API server, a listener that cannot bind).
-    #[error("{0}")]
-    Operator(String),
 }
 
 fn usage(what: impl std::fmt::Display) -> CliError {
@@ -350,32 +290,29 @@ fn parse_ref(text: &str) -> GitRef {
     }
 }
 
-/// The outcome of a command: the process exit code.
-pub type ExitCode = u8;
-
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Verify(args) => verify(&args, out),
         Command::Plan(args) => plan(&args, out),
-        Command::Release(args) => crate::authoring::release(&args, out),
+        Command::Release(args) => crate::authoring::release::release(&args, out),
         Command::Encrypt(args) => encrypt(&args, out),
-        Command::Keygen(args) => crate::authoring::keygen(&args, out),
+        Command::Keygen(args) => crate::authoring::keygen::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),
-        Command::Demo(args) => crate::demo::run(args.keep.as_deref(), out),
+        Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
     }
 }
 
 fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
-    let options = crate::run::RunOptions {
+    let options = vworkspace_controller::runtime::RunOptions {
         namespace: args.namespace.clone(),
         cache_dir: args.cache_dir.clone(),
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         leader_election: args.leader_election,
         once: args.once,
-        fetch: crate::source::FetchOptions {
+        fetch: vworkspace_controller::source::FetchOptions {
             timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
             max_pack_bytes: args.max_fetch_bytes,
             ..Default::default()
@@ -390,7 +327,7 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(io_error)?;
-    match runtime.block_on(crate::run::run(options)) {
+    match runtime.block_on(vworkspace_controller::runtime::run(options)) {
         Ok(true) => Ok(0),
         Ok(false) => Ok(1),
         Err(e) => Err(CliError::Operator(e.to_string())),
@@ -406,21 +343,21 @@ type OpenedSource = (LocalRepository, GitRef, Option<tempfile::TempDir>);
 
 /// Opens the repository `--repo` names: a local path as is, a URL fetched into the cache. A failed
 /// fetch is a refused pass (exit 1), not a usage error.
-fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, pipeline::PassError>, CliError> {
+fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, CliError> {
     let reference = parse_ref(&args.git_ref);
-    if !crate::source::is_url(&args.repo) {
+    if !vworkspace_controller::source::is_url(&args.repo) {
         let repo = LocalRepository::open(Path::new(&args.repo)).map_err(usage)?;
         return Ok(Ok((repo, reference, None)));
     }
     let auth = match &args.auth_file {
-        Some(path) => crate::source::Auth::parse(
+        Some(path) => vworkspace_controller::source::Auth::parse(
             &read_text(path, "--auth-file")?,
             &path.display().to_string(),
         )
         .map_err(usage)?,
-        None => crate::source::Auth::None,
+        None => vworkspace_controller::source::Auth::None,
     };
-    let options = crate::source::FetchOptions {
+    let options = vworkspace_controller::source::FetchOptions {
         auth,
         ca_bundle: args.ca_file.clone(),
         timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
@@ -434,29 +371,22 @@ fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, pipeline::PassEr
             (temp.path().to_owned(), Some(temp))
         }
     };
-    match crate::source::fetch(&args.repo, &reference, &cache, &options) {
+    match vworkspace_controller::source::fetch(&args.repo, &reference, &cache, &options) {
         Ok(fetched) => Ok(Ok((fetched.repo, GitRef::Commit(fetched.commit), temp))),
-        Err(crate::source::SourceError::Config { message }) => Err(usage(message)),
-        Err(e) => Ok(Err(pipeline::PassError {
-            commit: None,
-            error: Box::new(crate::Error::Source(e)),
-        })),
+        Err(vworkspace_controller::source::SourceError::Config { message }) => Err(usage(message)),
+        Err(e) => Ok(Err(Refusal::from(&vworkspace_controller::Error::Source(e)))),
     }
 }
 
 /// Runs the pass for `verify` and `plan`.
 fn pass(
     args: &TrustArgs,
-) -> Result<
-    (
-        TrustConfig,
-        Result<pipeline::VerifiedIntent, pipeline::PassError>,
-    ),
-    CliError,
-> {
+) -> Result<(TrustConfig, Result<pipeline::VerifiedIntent, Refusal>), CliError> {
     let config = trust_config(args)?;
     let outcome = match open_source(args)? {
-        Ok((repo, reference, _temp)) => pipeline::verify_ref(&repo, &reference, &config),
+        Ok((repo, reference, _temp)) => {
+            pipeline::verify_ref(&repo, &reference, &config).map_err(|e| Refusal::from(&e))
+        }
         Err(refused) => Err(refused),
     };
     Ok((config, outcome))
@@ -475,74 +405,10 @@ fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     }
 }
 
-/// Writes the lines `verify` prints for a passing ref.
-pub fn report_pass(
-    verified: &pipeline::VerifiedIntent,
-    config: &TrustConfig,
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
-    let commit = verified.commit();
-    let release = verified.release();
-    let intent = verified.intent();
-    writeln!(
-        out,
-        "ok      commit {} signed by {} ({})",
-        commit.id(),
-        commit.signer().principal,
-        commit.signer().fingerprint
-    )?;
-    let signers: Vec<&str> = release
-        .signers()
-        .iter()
-        .map(|s| s.principal.as_str())
-        .collect();
-    writeln!(
-        out,
-        "ok      release serial {} for cluster {}, expires {}, signed by {} of {} required keys: {}",
-        release.serial(),
-        config.cluster,
-        release.expires(),
-        signers.len(),
-        config.release.threshold,
-        signers.join(", ")
-    )?;
-    writeln!(
-        out,
-        "ok      intent: {} ApplicationInstance(s), {} Operation(s), {} files covered by the release",
-        intent.application_instances.len(),
-        intent.operations.len(),
-        release.manifest().files.len()
-    )?;
-    if config.identities.is_some() {
-        writeln!(
-            out,
-            "ok      values: {} encrypted value(s) decrypt",
-            verified.values_checked()
-        )?;
-    } else {
-        writeln!(
-            out,
-            "skipped values: no --identity given; encrypted values were checked for form only"
-        )?;
-    }
-    for note in verified.notes() {
-        writeln!(out, "note    {note}")?;
-    }
-    Ok(())
-}
-
-/// Writes the lines `verify` prints for a refused ref: one finding a line.
-pub fn report_refusal(refused: &pipeline::PassError, out: &mut dyn Write) -> std::io::Result<()> {
-    for finding in refused.findings() {
-        writeln!(out, "refused {}: {finding}", refused.reason())?;
-    }
-    Ok(())
-}
-
 fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     match pass(args)? {
         (_, Ok(verified)) => {
-            let plan = crate::plan::desired(&verified);
+            let plan = vworkspace_core::plan::desired(&verified);
             out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
             Ok(0)
         }
@@ -570,7 +436,7 @@ fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError
     }
     let binding = match (&args.cluster, &args.namespace, &args.instance, &args.path) {
         (Some(cluster), Some(namespace), Some(instance), Some(path)) => {
-            Some(crate::secrets::Binding {
+            Some(vworkspace_core::secrets::Binding {
                 cluster: cluster.clone(),
                 namespace: namespace.clone(),
                 instance: instance.clone(),
@@ -584,8 +450,8 @@ fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError
             ));
         }
     };
-    let armored =
-        crate::secrets::encrypt(&plaintext, &args.recipient, binding.as_ref()).map_err(usage)?;
+    let armored = vworkspace_core::secrets::encrypt(&plaintext, &args.recipient, binding.as_ref())
+        .map_err(usage)?;
     out.write_all(armored.as_bytes()).map_err(io_error)?;
     if !armored.ends_with('\n') {
         out.write_all(b"\n").map_err(io_error)?;
@@ -594,7 +460,7 @@ fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError
 }
 
 fn crdgen(args: &CrdgenArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    let crds = crate::crd::render_all().map_err(|e| CliError::Io(e.to_string()))?;
+    let crds = vworkspace_core::crd::render_all().map_err(|e| CliError::Io(e.to_string()))?;
     match &args.out_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io_error)?;

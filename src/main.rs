@@ -11,15 +11,15 @@ fn main() -> anyhow::Result<ExitCode> {
     // JSON lines at info, the authoring commands plain text at warn.
     let operator = matches!(cli.command, cli::Command::Run(_));
     if operator {
-        let subscriber = vworkspace_operator::telemetry::json_subscriber(
+        let subscriber = vworkspace_controller::telemetry::json_subscriber(
             std::io::stderr,
-            vworkspace_operator::telemetry::filter("info"),
+            vworkspace_controller::telemetry::filter("info"),
         );
         tracing::subscriber::set_global_default(subscriber)?;
     } else {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
-            .with_env_filter(vworkspace_operator::telemetry::filter("warn"))
+            .with_env_filter(vworkspace_controller::telemetry::filter("warn"))
             .init();
     }
     let mut stdout = std::io::stdout().lock();

@@ -3,8 +3,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vworkspace_operator::limits::Limits;
-use vworkspace_operator::secrets::{self, Identities, ValueContext};
+use vworkspace_core::limits::Limits;
+use vworkspace_core::secrets::{self, Identities, ValueContext};
 
 fn identities() -> &'static Option<Identities> {
     static IDS: OnceLock<Option<Identities>> = OnceLock::new();

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = vworkspace_operator::signers::AllowedSigners::parse(text, "fuzz");
+        let _ = vworkspace_core::trust::signers::AllowedSigners::parse(text, "fuzz");
     }
 });

@@ -1,8 +1,8 @@
 //! Signature extraction from raw commit objects (gpgsig headers, continuation lines).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vworkspace_operator::git::FetchedCommit;
-use vworkspace_operator::signers::AllowedSigners;
+use vworkspace_core::repository::FetchedCommit;
+use vworkspace_core::trust::signers::AllowedSigners;
 
 fuzz_target!(|data: &[u8]| {
     let commit = FetchedCommit {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         parents: Vec::new(),
         committer_time: jiff::Timestamp::UNIX_EPOCH,
     };
-    let _ = vworkspace_operator::commit_signature::verify_commit(
+    let _ = vworkspace_core::trust::commit_signature::verify_commit(
         &commit,
         &AllowedSigners::default(),
         jiff::Timestamp::UNIX_EPOCH,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use vworkspace_operator::git::{ClusterTree, TreeEntry};
+use vworkspace_core::repository::{ClusterTree, TreeEntry};
 
 fuzz_target!(|data: &[u8]| {
     let entries = BTreeMap::from([(
@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
         TreeEntry::File(data.to_vec()),
     )]);
     let tree = ClusterTree::from_entries("demo", entries);
-    let _ = vworkspace_operator::intent::parse_tree(
+    let _ = vworkspace_core::intent::parse_tree(
         &tree,
-        &vworkspace_operator::limits::Limits::default(),
+        &vworkspace_core::limits::Limits::default(),
     );
 });

@@ -3,9 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = vworkspace_operator::release::parse_manifest(
+    let _ = vworkspace_core::trust::release::parse_manifest(
         data,
         "demo",
-        &vworkspace_operator::limits::Limits::default(),
+        &vworkspace_core::limits::Limits::default(),
     );
 });

@@ -1,7 +1,7 @@
 //! SSHSIG armor and blob parsing and verification, against a fixed trusted key.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vworkspace_operator::signers::AllowedSigners;
+use vworkspace_core::trust::signers::AllowedSigners;
 
 const SIGNERS: &str =
     "alice ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkKRaHHpI7DSMDqmnlQa5sUVQtHTXlrpxunuSIzUgOF\n";
@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(signers) = AllowedSigners::parse(SIGNERS, "fuzz") else {
         return;
     };
-    let _ = vworkspace_operator::sshsig::verify(
+    let _ = vworkspace_core::trust::sshsig::verify(
         data,
         b"message",
         "git",

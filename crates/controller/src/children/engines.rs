@@ -1,0 +1,439 @@
+//! Operation engines, one per type, as pure builders and status readers:
+//!
+//! | type | child | where |
+//! |---|---|---|
+//! | Backup | velero.io/v1 `Backup` (included namespace = the operation's) | the Velero namespace |
+//! | Restore | velero.io/v1 `Restore` of `target.backupName` | the Velero namespace |
+//! | Snapshot | snapshot.storage.k8s.io/v1 `VolumeSnapshot` of `target.persistentVolumeClaim` | the operation's |
+//! | RunCommand | batch/v1 `Job` from a cluster-side template, as `vworkspace-operation-runner` | the operation's |
+//! | Workflow | argoproj.io/v1alpha1 `Workflow` from the `WorkflowTemplate` named by `template` | the operation's |
+//!
+//! An Operation runs once: its child's name carries a digest of the spec ([`run_id`]), so re-applying
+//! the same spec finds the same child (or the finished status) and starts nothing; a changed spec is a
+//! new run. Parameters are data, never code: a RunCommand's image and command come from the template
+//! ConfigMap the platform team owns, and parameters reach the container as `PARAM_*` variables.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::children::flux::owner_reference;
+use crate::cluster::rbac::RUNNER;
+use vworkspace_core::crd::{Operation, OperationPhase, OperationType};
+use vworkspace_core::plan::{LABEL_MANAGED_BY, MANAGED_BY};
+
+/// Reason of an Operation whose template the namespace may not run (controller and webhook).
+pub const TEMPLATE_NOT_ALLOWED: &str = "OperationTemplateNotAllowedInNamespace";
+/// Reason of an Operation that lacks what its type needs (a PVC, a backup name, a template).
+pub const INVALID_OPERATION: &str = "InvalidOperation";
+/// Label: the namespace of the Operation a child runs for.
+pub const LABEL_OPERATION_NAMESPACE: &str = "ops.vworkspace.io/operation-namespace";
+/// Label: the name of the Operation a child runs for.
+pub const LABEL_OPERATION: &str = "ops.vworkspace.io/operation";
+/// The ConfigMap (operator namespace) holding a RunCommand template is named with this prefix.
+pub const RUN_COMMAND_TEMPLATE_PREFIX: &str = "operation-template-";
+
+/// A child to create: its API coordinates and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    /// `group/version` (or `v1`).
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Plural resource name.
+    pub plural: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name ([`run_id`]).
+    pub name: String,
+    /// The object.
+    pub body: Value,
+}
+
+/// A RunCommand template, read from the ConfigMap `operation-template-<template>`: keys `image` and
+/// `command` (a JSON list of strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobTemplate {
+    /// The container image.
+    pub image: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+}
+
+/// Why an Operation cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperationError {
+    /// The namespace may not run this template.
+    #[error(
+        "template {template:?} is not allowed in namespace {namespace}: allowed are [{allowed}]; add it to the namespace annotation app.vworkspace.io/allowed-operation-templates"
+    )]
+    TemplateNotAllowed {
+        /// The template.
+        template: String,
+        /// The namespace.
+        namespace: String,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// A field the type needs is missing or malformed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl OperationError {
+    /// The bounded reason for the Operation's status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OperationError::TemplateNotAllowed { .. } => TEMPLATE_NOT_ALLOWED,
+            OperationError::Invalid { .. } => INVALID_OPERATION,
+        }
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> OperationError {
+    OperationError::Invalid {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Whether `namespace` may run `template`.
+pub fn check_template(
+    template: &str,
+    namespace: &str,
+    allowed: &[String],
+) -> Result<(), OperationError> {
+    if allowed.iter().any(|t| t == template) {
+        Ok(())
+    } else {
+        Err(OperationError::TemplateNotAllowed {
+            template: template.to_owned(),
+            namespace: namespace.to_owned(),
+            allowed: allowed.join(", "),
+        })
+    }
+}
+
+/// Parses a RunCommand template ConfigMap's data.
+pub fn job_template(
+    image: Option<&str>,
+    command: Option<&str>,
+    source: &str,
+) -> Result<JobTemplate, OperationError> {
+    let image = image
+        .filter(|i| !i.trim().is_empty())
+        .ok_or_else(|| invalid(source, "key image is missing"))?;
+    let command: Vec<String> = match command {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|_| invalid(source, "key command must be a JSON list of strings"))?,
+        None => Vec::new(),
+    };
+    Ok(JobTemplate {
+        image: image.trim().to_owned(),
+        command,
+    })
+}
+
+/// The run id of an Operation: `<name>-<first 10 hex of SHA-256 of the spec>`, at most 63 bytes.
+pub fn run_id(operation: &Operation) -> String {
+    let spec = serde_json::to_vec(&operation.spec).unwrap_or_default();
+    let digest = hex::encode(Sha256::digest(&spec));
+    let name = operation.metadata.name.as_deref().unwrap_or("operation");
+    let mut prefix: String = name.chars().take(63 - 11).collect();
+    while prefix.ends_with('-') {
+        prefix.pop();
+    }
+    format!("{prefix}-{}", &digest[..10])
+}
+
+fn env_name(key: &str) -> String {
+    let mut out = String::from("PARAM_");
+    out.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// Builds the child of `operation`. `velero_namespace` is where Velero runs; `job` is the RunCommand
+/// template (read by the caller), required for that type only.
+pub fn child(
+    operation: &Operation,
+    velero_namespace: &str,
+    job: Option<&JobTemplate>,
+) -> Result<Child, OperationError> {
+    let name = operation
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| invalid("metadata.name", "missing"))?;
+    let namespace = operation
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| invalid("metadata.namespace", "missing"))?;
+    let uid = operation.metadata.uid.clone().unwrap_or_default();
+    let id = run_id(operation);
+    let spec = &operation.spec;
+    let labels = json!({
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_OPERATION_NAMESPACE: namespace,
+        LABEL_OPERATION: name,
+    });
+    // Children in the operation's namespace are owned by it; Velero's live elsewhere (owner
+    // references cannot cross namespaces) and are found by their labels.
+    let owned = json!({
+        "name": id,
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(
+            vworkspace_core::intent::OPERATION_API_VERSION,
+            "Operation",
+            &name,
+            &uid,
+        )],
+    });
+    let in_velero = json!({"name": format!("{namespace}-{id}").chars().take(63).collect::<String>(), "namespace": velero_namespace, "labels": labels});
+    let param = |key: &str| spec.parameters.get(key).cloned();
+    let child = |api_version: &str, kind: &str, plural: &str, body: Value| Child {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+        namespace: body["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        name: body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body,
+    };
+    Ok(match spec.operation_type {
+        OperationType::Backup => {
+            let mut backup_spec = json!({"includedNamespaces": [namespace]});
+            if let Some(instance) = &spec.target.application_instance {
+                backup_spec["labelSelector"] =
+                    json!({"matchLabels": {"app.kubernetes.io/instance": instance}});
+            }
+            if let Some(ttl) = param("ttl") {
+                backup_spec["ttl"] = json!(ttl);
+            }
+            if let Some(location) = param("storageLocation") {
+                backup_spec["storageLocation"] = json!(location);
+            }
+            child(
+                "velero.io/v1",
+                "Backup",
+                "backups",
+                json!({"apiVersion": "velero.io/v1", "kind": "Backup", "metadata": in_velero, "spec": backup_spec}),
+            )
+        }
+        OperationType::Restore => {
+            let backup =
+                spec.target.backup_name.clone().ok_or_else(|| {
+                    invalid("spec.target.backupName", "a Restore names the backup")
+                })?;
+            child(
+                "velero.io/v1",
+                "Restore",
+                "restores",
+                json!({"apiVersion": "velero.io/v1", "kind": "Restore", "metadata": in_velero,
+                       "spec": {"backupName": backup, "includedNamespaces": [namespace]}}),
+            )
+        }
+        OperationType::Snapshot => {
+            let claim = spec.target.persistent_volume_claim.clone().ok_or_else(|| {
+                invalid(
+                    "spec.target.persistentVolumeClaim",
+                    "a Snapshot names the PVC",
+                )
+            })?;
+            let mut snapshot_spec = json!({"source": {"persistentVolumeClaimName": claim}});
+            if let Some(class) = param("volumeSnapshotClassName") {
+                snapshot_spec["volumeSnapshotClassName"] = json!(class);
+            }
+            child(
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshot",
+                "volumesnapshots",
+                json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": owned, "spec": snapshot_spec}),
+            )
+        }
+        OperationType::RunCommand => {
+            let template = job.ok_or_else(|| {
+                invalid(
+                    "spec.template",
+                    "no RunCommand template ConfigMap of this name",
+                )
+            })?;
+            let env: Vec<Value> = spec
+                .parameters
+                .iter()
+                .map(|(k, v)| json!({"name": env_name(k), "value": v}))
+                .collect();
+            let mut container = json!({
+                "name": "run",
+                "image": template.image,
+                "env": env,
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            });
+            if !template.command.is_empty() {
+                container["command"] = json!(template.command);
+            }
+            child(
+                "batch/v1",
+                "Job",
+                "jobs",
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": owned, "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "serviceAccountName": RUNNER,
+                            "automountServiceAccountToken": false,
+                            "restartPolicy": "Never",
+                            "securityContext": {
+                                "runAsNonRoot": true,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "containers": [container],
+                        },
+                    },
+                }}),
+            )
+        }
+        OperationType::Workflow => {
+            let parameters: Vec<Value> = spec
+                .parameters
+                .iter()
+                .map(|(k, v)| json!({"name": k, "value": v}))
+                .collect();
+            child(
+                "argoproj.io/v1alpha1",
+                "Workflow",
+                "workflows",
+                json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": owned, "spec": {
+                    "workflowTemplateRef": {"name": spec.template},
+                    "serviceAccountName": RUNNER,
+                    "arguments": {"parameters": parameters},
+                }}),
+            )
+        }
+    })
+}
+
+/// The phase of a run from its child's status: `(phase, reason, message)`.
+pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
+    let status = &child["status"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    match kind {
+        "Backup" | "Restore" => match status["phase"].as_str() {
+            Some("Completed") => (OperationPhase::Succeeded, "Completed".into(), String::new()),
+            Some(p @ ("Failed" | "PartiallyFailed" | "FailedValidation")) => (
+                OperationPhase::Failed,
+                p.to_owned(),
+                text(&status["failureReason"]),
+            ),
+            Some(p @ ("InProgress" | "WaitingForPluginOperations" | "Finalizing")) => {
+                (OperationPhase::Running, p.to_owned(), String::new())
+            }
+            _ => (OperationPhase::Pending, "New".into(), String::new()),
+        },
+        "VolumeSnapshot" => {
+            if status["readyToUse"] == Value::Bool(true) {
+                (
+                    OperationPhase::Succeeded,
+                    "ReadyToUse".into(),
+                    String::new(),
+                )
+            } else if !status["error"].is_null() {
+                (
+                    OperationPhase::Failed,
+                    "SnapshotError".into(),
+                    text(&status["error"]["message"]),
+                )
+            } else if status.is_null() {
+                (OperationPhase::Pending, "Created".into(), String::new())
+            } else {
+                (
+                    OperationPhase::Running,
+                    "Snapshotting".into(),
+                    String::new(),
+                )
+            }
+        }
+        "Job" => {
+            let condition = |type_: &str| {
+                status["conditions"].as_array().and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["type"] == type_ && c["status"] == "True")
+                })
+            };
+            if let Some(c) = condition("Complete") {
+                (
+                    OperationPhase::Succeeded,
+                    "Complete".into(),
+                    text(&c["message"]),
+                )
+            } else if let Some(c) = condition("Failed") {
+                (
+                    OperationPhase::Failed,
+                    c["reason"].as_str().unwrap_or("Failed").to_owned(),
+                    text(&c["message"]),
+                )
+            } else if status["active"].as_i64().unwrap_or(0) > 0 {
+                (OperationPhase::Running, "Active".into(), String::new())
+            } else {
+                (OperationPhase::Pending, "Created".into(), String::new())
+            }
+        }
+        "Workflow" => match status["phase"].as_str() {
+            Some("Succeeded") => (
+                OperationPhase::Succeeded,
+                "Succeeded".into(),
+                text(&status["message"]),
+            ),
+            Some(p @ ("Failed" | "Error")) => (
+                OperationPhase::Failed,
+                p.to_owned(),
+                text(&status["message"]),
+            ),
+            Some("Running") => (OperationPhase::Running, "Running".into(), String::new()),
+            _ => (OperationPhase::Pending, "Pending".into(), String::new()),
+        },
+        _ => (OperationPhase::Pending, "Unknown".into(), String::new()),
+    }
+}
+
+/// Whether a phase is final: the Operation never runs again for the same spec.
+pub fn is_final(phase: Option<OperationPhase>) -> bool {
+    matches!(
+        phase,
+        Some(OperationPhase::Succeeded | OperationPhase::Failed)
+    )
+}
+
+/// The label selector of the pods of a Job or Workflow child, for `status.outputs.logsRef`.
+pub fn pod_selector(kind: &str, child_name: &str) -> Option<String> {
+    match kind {
+        "Job" => Some(format!("job-name={child_name}")),
+        "Workflow" => Some(format!("workflows.argoproj.io/workflow={child_name}")),
+        _ => None,
+    }
+}

@@ -1,0 +1,183 @@
+//! The controllers that materialize what the `Cluster` pass applied: [`instance`] turns each
+//! `ApplicationInstance` into its Flux source, HelmRelease and values Secret; [`operation`] runs each
+//! `Operation` once through its engine. Both only act in managed namespaces (where the operator holds
+//! its namespace rights), read before they write, and write nothing when the children already are
+//! what they should be. The children are built by the pure [`crate::children::flux`] and
+//! [`crate::children::engines`].
+
+pub mod engines;
+pub mod flux;
+pub mod webhook;
+pub mod webhook_server;
+
+pub mod instance;
+pub mod operation;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::cluster::apply::FIELD_MANAGER;
+use crate::cluster::rbac::MANAGED_LABEL;
+use crate::error::Error;
+use vworkspace_core::crd::Cluster;
+use vworkspace_core::limits::Limits;
+
+/// What both controllers share.
+pub struct ChildContext {
+    /// The API client.
+    pub client: Client,
+    /// The operator's namespace (identity Secrets, RunCommand templates).
+    pub namespace: String,
+    /// Where Velero runs.
+    pub velero_namespace: String,
+    /// Limits on values.
+    pub limits: Limits,
+    /// The clock.
+    pub clock: fn() -> jiff::Timestamp,
+}
+
+fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// Writes `status` to a namespaced object of the operator's own kinds (server-side apply on the status
+/// subresource), unless it already is `current`.
+pub async fn write_status<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let body =
+        serde_json::json!({"apiVersion": K::api_version(&()), "kind": kind, "status": status});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "write status of {kind} {namespace}/{name}"
+    )))?;
+    Ok(())
+}
+
+/// Whether `namespace` carries the managed label (read by name; `get` on namespaces is granted).
+pub async fn is_managed(client: &Client, namespace: &str) -> Result<bool, Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = api
+        .get_opt(namespace)
+        .await
+        .map_err(kube_error(format!("get Namespace {namespace}")))?;
+    Ok(ns
+        .and_then(|n| n.metadata.labels)
+        .and_then(|l| l.get(MANAGED_LABEL.0).cloned())
+        .is_some_and(|v| v == MANAGED_LABEL.1))
+}
+
+/// Every `Cluster` (cluster-scoped `list` on the operator's own kind is granted).
+pub async fn clusters(client: &Client) -> Result<Vec<Cluster>, Error> {
+    let api: Api<Cluster> = Api::all(client.clone());
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("list Clusters".into()))?
+        .items)
+}
+
+/// The API coordinates of a third-party kind.
+pub fn api_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+/// Whether a live object already carries what `desired` declares: every desired label, the owner
+/// references, and an equal `spec` (fields the API server or the owner controller added elsewhere do
+/// not count).
+pub fn same_object(desired: &Value, live: &Value) -> bool {
+    let labels_ok = desired["metadata"]["labels"]
+        .as_object()
+        .is_none_or(|want| {
+            want.iter()
+                .all(|(k, v)| live["metadata"]["labels"].get(k) == Some(v))
+        });
+    let owners_ok = desired["metadata"]["ownerReferences"].is_null()
+        || desired["metadata"]["ownerReferences"] == live["metadata"]["ownerReferences"];
+    labels_ok && owners_ok && desired["spec"] == live["spec"]
+}
+
+/// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
+/// object (after the write, if any) and whether it wrote.
+pub async fn ensure_dynamic(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    desired: &Value,
+) -> Result<(Value, bool), Error> {
+    let name = desired["metadata"]["name"].as_str().unwrap_or_default();
+    let what = format!("{} {namespace}/{name}", resource.kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let live = api
+        .get_opt(name)
+        .await
+        .map_err(kube_error(format!("get {what}")))?;
+    if let Some(live) = &live {
+        let live = serde_json::to_value(live).unwrap_or(Value::Null);
+        if same_object(desired, &live) {
+            return Ok((live, false));
+        }
+    }
+    let written = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(kube_error(format!("apply {what}")))?;
+    Ok((serde_json::to_value(written).unwrap_or(Value::Null), true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_compare_on_what_we_declare() {
+        let desired = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1}});
+        let live = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "resourceVersion": "9"}, "spec": {"x": 1}, "status": {}});
+        assert!(same_object(&desired, &live));
+        let drifted = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 2}});
+        assert!(!same_object(&desired, &drifted));
+        let relabelled = json!({"metadata": {"labels": {}}, "spec": {"x": 1}});
+        assert!(!same_object(&desired, &relabelled));
+        assert_eq!(api_resource("v1", "Pod", "pods").group, "");
+        assert_eq!(
+            api_resource("velero.io/v1", "Backup", "backups").group,
+            "velero.io"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The Kubernetes side of a pass: read the live objects this source labelled, server-side apply what
+//! [`vworkspace_core::plan::diff`] says to create or update (one field manager, force on conflicts), delete what it says
+//! to prune. Only this module and its siblings touch the API server; the decisions are made before.
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+use crate::error::Error;
+use vworkspace_core::crd::{ApplicationInstance, InventoryEntry, Operation};
+use vworkspace_core::plan::diff::{Changes, LiveObject};
+use vworkspace_core::plan::{DesiredObject, DesiredResource, LABEL_CLUSTER};
+
+/// The field manager of every write the reconciler makes.
+pub const FIELD_MANAGER: &str = "vworkspace-gitops";
+
+/// The two kinds a source declares.
+fn resources() -> [ApiResource; 2] {
+    [
+        ApiResource::erase::<ApplicationInstance>(&()),
+        ApiResource::erase::<Operation>(&()),
+    ]
+}
+
+fn resource_of(api_version: &str, kind: &str) -> Option<ApiResource> {
+    resources()
+        .into_iter()
+        .find(|r| r.api_version == api_version && r.kind == kind)
+}
+
+fn live_object(resource: &ApiResource, object: DynamicObject) -> Option<LiveObject> {
+    Some(LiveObject {
+        id: InventoryEntry {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            namespace: object.metadata.namespace.clone()?,
+            name: object.metadata.name.clone()?,
+        },
+        labels: object.metadata.labels.unwrap_or_default(),
+        annotations: object.metadata.annotations.unwrap_or_default(),
+        spec: object
+            .data
+            .get("spec")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// Lists every ApplicationInstance and Operation that carries this cluster source's label, in all
+/// namespaces (the seed ClusterRole allows `list` on the operator's own kinds).
+pub async fn list_live(client: &Client, cluster: &str) -> Result<Vec<LiveObject>, Error> {
+    let params = ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}"));
+    let mut live = Vec::new();
+    for resource in resources() {
+        // Read as dynamic objects: a live object someone edited into a shape our types refuse must not
+        // stop the pass from replacing it.
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let list = api.list(&params).await.map_err(|source| Error::Kube {
+            action: format!("list {}", resource.plural),
+            source,
+        })?;
+        live.extend(
+            list.items
+                .into_iter()
+                .filter_map(|o| live_object(&resource, o)),
+        );
+    }
+    Ok(live)
+}
+
+/// What the writes of one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Objects written by server-side apply.
+    pub applied: Vec<InventoryEntry>,
+    /// Objects deleted.
+    pub pruned: Vec<InventoryEntry>,
+}
+
+/// Server-side applies one object.
+async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let what = format!(
+        "apply {} {}/{}",
+        desired.kind, desired.namespace, desired.name
+    );
+    let result = match &desired.resource {
+        DesiredResource::ApplicationInstance(object) => {
+            Api::<ApplicationInstance>::namespaced(client.clone(), &desired.namespace)
+                .patch(&desired.name, &params, &Patch::Apply(object))
+                .await
+                .map(drop)
+        }
+        DesiredResource::Operation(object) => {
+            Api::<Operation>::namespaced(client.clone(), &desired.namespace)
+                .patch(&desired.name, &params, &Patch::Apply(object))
+                .await
+                .map(drop)
+        }
+    };
+    result.map_err(|source| Error::Kube {
+        action: what,
+        source,
+    })
+}
+
+/// Deletes one pruned object; one already gone counts as pruned.
+async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
+    let Some(resource) = resource_of(&id.api_version, &id.kind) else {
+        // The inventory is ours and only ever holds the two kinds; anything else is left alone.
+        return Ok(());
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &id.namespace, &resource);
+    match api.delete(&id.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("delete {} {}/{}", id.kind, id.namespace, id.name),
+            source,
+        }),
+    }
+}
+
+/// Applies then prunes. Stops at the first refused write and returns what was done before it with
+/// the error, so that the status can say exactly how far the pass got. Prune runs only when every
+/// apply succeeded: an object is never deleted while its replacement may be missing.
+pub async fn write(client: &Client, changes: &Changes<'_>) -> (Applied, Option<Error>) {
+    let mut done = Applied::default();
+    for desired in changes.create.iter().chain(&changes.update) {
+        if let Err(error) = apply_one(client, desired).await {
+            return (done, Some(error));
+        }
+        done.applied
+            .push(vworkspace_core::plan::diff::identity(desired));
+    }
+    for id in &changes.prune {
+        if let Err(error) = prune_one(client, id).await {
+            return (done, Some(error));
+        }
+        done.pruned.push(id.clone());
+    }
+    (done, None)
+}

@@ -1,0 +1,249 @@
+//! Status conditions of a `Cluster`, in the style of Flux's source-controller: each step of a pass owns
+//! one condition, and one summarize step derives `Ready` from them. Condition types and reasons are
+//! documented constants; a Kubernetes Event for a condition uses the condition's reason as its reason,
+//! and metrics use the same bounded set as labels.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The source was fetched and verified (commit, history, release, intent, values).
+pub const SOURCE_VERIFIED: &str = "SourceVerified";
+/// The verified plan was applied and pruned.
+pub const APPLIED: &str = "Applied";
+/// Everything above holds for the current generation.
+pub const READY: &str = "Ready";
+
+/// `Applied` reason: every object applied, every stale one pruned.
+pub const REASON_APPLY_SUCCEEDED: &str = "ApplySucceeded";
+/// `Applied` reason: the API server refused a write.
+pub const REASON_APPLY_FAILED: &str = "ApplyFailed";
+/// `Applied` reason: nothing applied because the source was not verified.
+pub const REASON_NOT_APPLIED: &str = "SourceNotVerified";
+/// `Ready` reason while a pass has not finished yet.
+pub const REASON_PROGRESSING: &str = "Progressing";
+
+/// What one pass found, step by step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The step succeeded.
+    Succeeded,
+    /// The step failed with a bounded reason and a message (never a secret).
+    Failed {
+        /// The reason constant.
+        reason: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// The step did not run.
+    NotRun,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    }
+}
+
+/// The conditions a pass leaves: `SourceVerified`, `Applied`, and `Ready` summarized from them.
+/// `previous` keeps `lastTransitionTime` stable when a condition's status does not change.
+pub fn summarize(
+    verify: &StepOutcome,
+    apply: &StepOutcome,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) -> Vec<Condition> {
+    let source = match verify {
+        StepOutcome::Succeeded => condition(
+            SOURCE_VERIFIED,
+            true,
+            vworkspace_core::reasons::SUCCEEDED,
+            "commit, release, intent and values verified",
+            generation,
+            now,
+        ),
+        StepOutcome::Failed { reason, message } => {
+            condition(SOURCE_VERIFIED, false, reason, message, generation, now)
+        }
+        StepOutcome::NotRun => condition(
+            SOURCE_VERIFIED,
+            false,
+            REASON_PROGRESSING,
+            "not verified yet",
+            generation,
+            now,
+        ),
+    };
+    let applied = match (verify, apply) {
+        (StepOutcome::Succeeded, StepOutcome::Succeeded) => condition(
+            APPLIED,
+            true,
+            REASON_APPLY_SUCCEEDED,
+            "applied and pruned",
+            generation,
+            now,
+        ),
+        (StepOutcome::Succeeded, StepOutcome::Failed { reason, message }) => {
+            condition(APPLIED, false, reason, message, generation, now)
+        }
+        (StepOutcome::Succeeded, StepOutcome::NotRun) => condition(
+            APPLIED,
+            false,
+            REASON_PROGRESSING,
+            "not applied yet",
+            generation,
+            now,
+        ),
+        _ => condition(
+            APPLIED,
+            false,
+            REASON_NOT_APPLIED,
+            "nothing applied: the source was not verified; the cluster keeps the last applied release",
+            generation,
+            now,
+        ),
+    };
+    // Ready is the first failing step's condition, or True when all hold.
+    let ready = [&source, &applied]
+        .into_iter()
+        .find(|c| c.status != "True")
+        .map(|c| condition(READY, false, &c.reason, &c.message, generation, now))
+        .unwrap_or_else(|| {
+            condition(
+                READY,
+                true,
+                vworkspace_core::reasons::SUCCEEDED,
+                "applied the verified release",
+                generation,
+                now,
+            )
+        });
+    [source, applied, ready]
+        .into_iter()
+        .map(|mut c| {
+            if let Some(old) = previous
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status)
+            {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_core::reasons as reason;
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().expect("ts")
+    }
+
+    fn find<'a>(cs: &'a [Condition], type_: &str) -> &'a Condition {
+        cs.iter().find(|c| c.type_ == type_).expect("condition")
+    }
+
+    #[test]
+    fn all_good_is_ready() {
+        let cs = summarize(
+            &StepOutcome::Succeeded,
+            &StepOutcome::Succeeded,
+            Some(3),
+            t("2026-01-01T00:00:00Z"),
+            &[],
+        );
+        assert_eq!(find(&cs, READY).status, "True");
+        assert_eq!(find(&cs, APPLIED).reason, REASON_APPLY_SUCCEEDED);
+        assert!(cs.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn a_refused_source_applies_nothing_and_ready_says_why() {
+        let refused = StepOutcome::Failed {
+            reason: reason::RELEASE_INVALID,
+            message: "serial 6 is not greater than the last applied serial 7".into(),
+        };
+        let cs = summarize(
+            &refused,
+            &StepOutcome::NotRun,
+            None,
+            t("2026-01-01T00:00:00Z"),
+            &[],
+        );
+        assert_eq!(find(&cs, SOURCE_VERIFIED).reason, reason::RELEASE_INVALID);
+        assert_eq!(find(&cs, APPLIED).reason, REASON_NOT_APPLIED);
+        let ready = find(&cs, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::RELEASE_INVALID)
+        );
+        assert!(ready.message.contains("serial 6"));
+    }
+
+    #[test]
+    fn apply_failure_is_ready_false_with_its_reason() {
+        let failed = StepOutcome::Failed {
+            reason: REASON_APPLY_FAILED,
+            message: "409 Conflict".into(),
+        };
+        let cs = summarize(
+            &StepOutcome::Succeeded,
+            &failed,
+            None,
+            t("2026-01-01T00:00:00Z"),
+            &[],
+        );
+        assert_eq!(find(&cs, SOURCE_VERIFIED).status, "True");
+        assert_eq!(find(&cs, READY).reason, REASON_APPLY_FAILED);
+    }
+
+    #[test]
+    fn transition_time_only_moves_on_a_status_change() {
+        let first = summarize(
+            &StepOutcome::Succeeded,
+            &StepOutcome::Succeeded,
+            None,
+            t("2026-01-01T00:00:00Z"),
+            &[],
+        );
+        let again = summarize(
+            &StepOutcome::Succeeded,
+            &StepOutcome::Succeeded,
+            None,
+            t("2026-01-02T00:00:00Z"),
+            &first,
+        );
+        assert_eq!(
+            find(&again, READY).last_transition_time,
+            find(&first, READY).last_transition_time
+        );
+        let broken = StepOutcome::Failed {
+            reason: reason::COMMIT_SIGNATURE_INVALID,
+            message: "commit x is not signed".into(),
+        };
+        let later = summarize(
+            &broken,
+            &StepOutcome::NotRun,
+            None,
+            t("2026-01-03T00:00:00Z"),
+            &again,
+        );
+        assert_eq!(
+            find(&later, READY).last_transition_time,
+            Time(t("2026-01-03T00:00:00Z"))
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! The in-cluster reconciler of `Cluster` resources: one entry, [`reconcile`], that runs a pass in
+//! ordered steps and one summarize step, in the style of Flux's source-controller:
+//!
+//! ```text
+//! read trust inputs -> fetch (blocking pool) -> verify (blocking pool) -> managed namespaces
+//!   -> list live -> diff -> apply -> prune -> status + Event + metrics
+//! ```
+//!
+//! Everything before `apply` only reads: a pass that fails there leaves the cluster as it was and
+//! says why in the status, an Event, the log and a metric. The decisions (trust config, managed set,
+//! diff, status, Event) are pure functions in [`trust`], [`namespaces`], [`vworkspace_core::plan::diff`] and
+//! [`status`]; this module sequences them and does the I/O.
+
+pub mod conditions;
+pub mod rbac;
+
+pub mod apply;
+pub mod namespaces;
+pub mod status;
+pub mod trust;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::cluster::conditions::StepOutcome;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::source::FetchOptions;
+use status::{AppliedSource, PassReport};
+use vworkspace_core::crd::{Cluster, ClusterSpec, ClusterStatus, GitSourceRef};
+use vworkspace_core::limits::Limits;
+use vworkspace_core::pipeline::{PassMemo, VerifiedIntent};
+use vworkspace_core::reasons as reason;
+use vworkspace_core::repository::GitRef;
+
+/// How long a namespace's RBAC, once checked, is trusted before it is read again.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(3600);
+
+/// The component name in Events.
+pub const COMPONENT: &str = "vworkspace-operator";
+
+/// How the reconciler runs: where its inputs and cache live, and its limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The operator's namespace: the ConfigMaps and Secrets a `Cluster` names live here.
+    pub namespace: String,
+    /// Where Git caches live (an emptyDir in the pod).
+    pub cache_dir: PathBuf,
+    /// Fetch time and size limits (auth and CA come from the `Cluster`).
+    pub fetch: FetchOptions,
+    /// Limits on what a repository may contain.
+    pub limits: Limits,
+    /// The longest a pass may take (a stalled API server or Git server ends it with a reason instead
+    /// of holding the Cluster forever).
+    pub pass_timeout: Duration,
+}
+
+/// The default [`Settings::pass_timeout`].
+pub const DEFAULT_PASS_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+struct SourceState {
+    memo: Option<PassMemo>,
+    failures: u32,
+    /// Namespaces whose RBAC this process has checked and found (or made) right, and when: checked
+    /// again after [`RBAC_RECHECK`], so a binding deleted by hand comes back within the hour.
+    namespaces_ensured: HashMap<String, Instant>,
+}
+
+/// Shared by every reconcile: the client, the settings, the metrics and per-source memory.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// How to run.
+    pub settings: Settings,
+    /// The exported metrics.
+    pub metrics: Arc<Metrics>,
+    /// The clock (injected so tests can move it).
+    pub clock: fn() -> jiff::Timestamp,
+    state: Mutex<HashMap<String, SourceState>>,
+}
+
+impl Context {
+    /// A context with the real clock.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Context {
+            client,
+            settings,
+            metrics,
+            clock: jiff::Timestamp::now,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with_state<T>(&self, cluster: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
+        let mut guard = match self.state.lock() {
+            Ok(guard) => guard,
+            // A panic elsewhere leaves the memo possibly stale, never wrong: it is re-verified.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(guard.entry(cluster.to_owned()).or_default())
+    }
+}
+
+fn git_ref(reference: &GitSourceRef) -> GitRef {
+    match reference {
+        GitSourceRef::Branch(b) => GitRef::Branch(b.clone()),
+        GitSourceRef::Tag(t) => GitRef::Tag(t.clone()),
+        GitSourceRef::Commit(c) => GitRef::Commit(c.to_ascii_lowercase()),
+    }
+}
+
+fn reference_of(cluster: &Cluster) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(Cluster::api_version(&()).into_owned()),
+        kind: Some(Cluster::kind(&()).into_owned()),
+        name: Some(cluster.name_any()),
+        uid: cluster.metadata.uid.clone(),
+        resource_version: cluster.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+fn failed(error: &Error) -> StepOutcome {
+    StepOutcome::Failed {
+        reason: error.reason(),
+        message: status::clip(error.findings().join("; ")),
+    }
+}
+
+/// Fetches and verifies on the blocking pool: the network and the CPU-heavy verification never run
+/// on the async runtime's workers.
+async fn fetch_and_verify(
+    ctx: &Context,
+    name: &str,
+    spec: &ClusterSpec,
+    trust: trust::SourceTrust,
+) -> std::result::Result<Arc<VerifiedIntent>, (Error, Option<String>)> {
+    let url = spec.source.url.clone();
+    let reference = git_ref(&spec.source.git_ref);
+    let cache_dir = ctx.settings.cache_dir.clone();
+    let mut options = ctx.settings.fetch.clone();
+    options.auth = trust.auth.clone();
+    if let Some(ca) = &trust.ca_bundle {
+        // The CA is public material; a file keeps `FetchOptions` what the CLI uses.
+        let path = cache_dir.join(format!("{name}.ca.pem"));
+        std::fs::create_dir_all(&cache_dir)
+            .and_then(|()| std::fs::write(&path, ca))
+            .map_err(|e| {
+                (
+                    Error::Config(format!("cannot write the CA bundle of {name}: {e}")),
+                    None,
+                )
+            })?;
+        options.ca_bundle = Some(path);
+    }
+    let mut memo = ctx.with_state(name, |s| s.memo.take()).unwrap_or_default();
+    let config = trust.config;
+    let joined = tokio::task::spawn_blocking(move || {
+        let outcome = match crate::source::fetch(&url, &reference, &cache_dir, &options) {
+            Ok(fetched) => memo
+                .verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
+                .map_err(|e| (Error::Pass(*e.error), e.commit)),
+            Err(e) => Err((Error::Source(e), None)),
+        };
+        (memo, outcome)
+    })
+    .await;
+    match joined {
+        Ok((memo, outcome)) => {
+            ctx.with_state(name, |s| s.memo = Some(memo));
+            outcome
+        }
+        Err(e) => Err((
+            Error::Config(format!("the verification task ended abnormally: {e}")),
+            None,
+        )),
+    }
+}
+
+/// One pass over one `Cluster`, up to the report (status and Event are written by the caller).
+async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
+    let name = cluster.name_any();
+    let spec = &cluster.spec;
+    let previous = cluster.status.as_ref();
+    let client = &ctx.client;
+    let inputs = match trust::read_inputs(client, &ctx.settings.namespace, spec).await {
+        Ok(inputs) => inputs,
+        Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
+    };
+    let trust =
+        match trust::trust_config(spec, previous, &inputs, (ctx.clock)(), &ctx.settings.limits) {
+            Ok(trust) => trust,
+            Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
+        };
+    drop(inputs);
+    let verified = match fetch_and_verify(ctx, &name, spec, trust).await {
+        Ok(verified) => verified,
+        Err((e, commit)) => {
+            return PassReport::refused(e.reason(), e.findings().join("; "), commit);
+        }
+    };
+    let commit = verified.commit().id().to_owned();
+    let mut report = PassReport {
+        verify: StepOutcome::Succeeded,
+        apply: StepOutcome::NotRun,
+        attempted_commit: Some(commit.clone()),
+        applied: None,
+        inventory: None,
+        managed_namespaces: None,
+        writes: (0, 0),
+    };
+    let fail = |mut report: PassReport, error: Error| {
+        report.apply = failed(&error);
+        report
+    };
+
+    // Managed namespaces: make their RBAC right, release those that lost the label.
+    let managed = match namespaces::list_managed(client).await {
+        Ok(managed) => managed,
+        Err(e) => return fail(report, e),
+    };
+    let recorded = previous
+        .map(|s| s.managed_namespaces.clone())
+        .unwrap_or_default();
+    for gone in namespaces::removed(&recorded, &managed) {
+        if let Err(e) = namespaces::release(client, &gone).await {
+            return fail(report, e);
+        }
+        ctx.with_state(&name, |s| s.namespaces_ensured.remove(&gone));
+    }
+    for ns in &managed {
+        let fresh = ctx.with_state(&name, |s| {
+            s.namespaces_ensured
+                .get(&ns.name)
+                .is_some_and(|at| at.elapsed() < RBAC_RECHECK)
+        });
+        if fresh {
+            continue;
+        }
+        if let Err(e) = namespaces::ensure(client, &ns.name, apply::FIELD_MANAGER).await {
+            return fail(report, e);
+        }
+        ctx.with_state(&name, |s| {
+            s.namespaces_ensured.insert(ns.name.clone(), Instant::now())
+        });
+    }
+    report.managed_namespaces = Some(managed.clone());
+    if recorded != managed {
+        // Recorded before anything is applied: the admission webhook and the Operation controller
+        // judge templates by this list, and must know a new namespace before its objects arrive.
+        let mut early = previous.cloned().unwrap_or_default();
+        early.managed_namespaces = managed.clone();
+        if let Err(e) = write_status(client, &name, &early).await {
+            return fail(report, e);
+        }
+    }
+
+    // Plan against the live cluster, then write.
+    let plan = vworkspace_core::plan::desired(&verified);
+    let live = match apply::list_live(client, &spec.cluster_id).await {
+        Ok(live) => live,
+        Err(e) => return fail(report, e),
+    };
+    let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
+    let managed_names: BTreeSet<String> = managed.iter().map(|m| m.name.clone()).collect();
+    let changes = vworkspace_core::plan::diff::diff(
+        &plan,
+        &live,
+        &inventory,
+        &managed_names,
+        &spec.cluster_id,
+    );
+    for (id, why) in &changes.skipped {
+        tracing::warn!(cluster = %name, kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
+    }
+    let (done, error) = if changes.is_noop() {
+        (apply::Applied::default(), None)
+    } else {
+        apply::write(client, &changes).await
+    };
+    ctx.metrics.applied.inc_by(done.applied.len() as u64);
+    ctx.metrics.pruned.inc_by(done.pruned.len() as u64);
+    report.writes = (done.applied.len(), done.pruned.len());
+    match error {
+        None => {
+            report.inventory = Some(changes.inventory());
+            report.apply = if changes.skipped.is_empty() {
+                StepOutcome::Succeeded
+            } else {
+                // Objects for unmanaged namespaces are reported, not silently dropped.
+                StepOutcome::Failed {
+                    reason: SKIPPED_UNMANAGED,
+                    message: status::clip(format!(
+                        "{} declared object(s) are in namespaces without the label {}={}: {}",
+                        changes.skipped.len(),
+                        crate::cluster::rbac::MANAGED_LABEL.0,
+                        crate::cluster::rbac::MANAGED_LABEL.1,
+                        changes
+                            .skipped
+                            .iter()
+                            .map(|(id, _)| format!("{} {}/{}", id.kind, id.namespace, id.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            };
+            let signer = verified.commit().signer();
+            report.applied = Some(AppliedSource {
+                commit,
+                serial: verified.release().serial(),
+                digest: verified.release().digest().to_owned(),
+                signer: format!("{} ({})", signer.principal, signer.fingerprint),
+            });
+        }
+        Some(e) => {
+            // What was written stays owned (it carries our labels); what was pruned is gone.
+            let mut owned: BTreeSet<_> = inventory.into_iter().collect();
+            owned.extend(done.applied.iter().cloned());
+            for p in &done.pruned {
+                owned.remove(p);
+            }
+            report.inventory = Some(owned.into_iter().collect());
+            report = fail(report, e);
+            report.apply = match report.apply {
+                StepOutcome::Failed { message, .. } => StepOutcome::Failed {
+                    reason: crate::cluster::conditions::REASON_APPLY_FAILED,
+                    message,
+                },
+                other => other,
+            };
+        }
+    }
+    report
+}
+
+/// `Applied` reason: the release applied, but some declared objects are in unmanaged namespaces.
+pub const SKIPPED_UNMANAGED: &str = "NamespaceNotManaged";
+
+/// The reconcile entry: runs a pass, writes the status only when it changed, emits an Event only when
+/// `Ready` changed or objects were written, records metrics, and requeues at the interval (or backs
+/// off on failure).
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    let name = cluster.name_any();
+    let interval = match vworkspace_core::crd::parse_interval(&cluster.spec.source.interval) {
+        Ok(interval) => interval,
+        Err(e) => {
+            let report = PassReport::refused(reason::CONFIGURATION_INVALID, e.to_string(), None);
+            return finish(&cluster, &ctx, report, Instant::now(), Duration::ZERO).await;
+        }
+    };
+    if cluster.spec.suspend == Some(true) {
+        tracing::info!(cluster = %name, "suspended; not reconciled");
+        return Ok(Action::requeue(interval));
+    }
+    let started = Instant::now();
+    let report = match tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx)).await {
+        Ok(report) => report,
+        // What was written before the deadline carries our labels; it is re-declared (and so owned
+        // again) by the next pass, which starts from the last recorded status.
+        Err(_) => PassReport::refused(
+            reason::API_REQUEST_FAILED,
+            format!(
+                "the pass did not finish within {} s (API server or Git server stalled)",
+                ctx.settings.pass_timeout.as_secs()
+            ),
+            None,
+        ),
+    };
+    finish(&cluster, &ctx, report, started, interval).await
+}
+
+async fn finish(
+    cluster: &Cluster,
+    ctx: &Context,
+    report: PassReport,
+    started: Instant,
+    interval: Duration,
+) -> Result<Action> {
+    let name = cluster.name_any();
+    let now = (ctx.clock)();
+    let previous = cluster.status.as_ref();
+    let next = status::next_status(previous, &report, cluster.metadata.generation, now);
+    let failure = report.failure();
+    match failure {
+        Some(reason) => {
+            tracing::warn!(cluster = %name, reason, commit = ?report.attempted_commit, detail = report.failure_message().unwrap_or_default(), "pass failed")
+        }
+        None => {
+            tracing::info!(cluster = %name, commit = ?report.attempted_commit, applied = report.writes.0, pruned = report.writes.1, "pass succeeded")
+        }
+    }
+    if previous != Some(&next) {
+        write_status(&ctx.client, &name, &next).await?;
+    }
+    if let Some(event) = status::event_for(previous, &next, &report, reference_of(cluster), now) {
+        // An Event is best effort: losing one must not fail a pass that already wrote its status.
+        let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(cluster = %name, error = %e, "cannot record an Event");
+        }
+    }
+    ctx.metrics
+        .record_pass(started.elapsed().as_secs_f64(), failure);
+    match failure {
+        None => {
+            ctx.with_state(&name, |s| s.failures = 0);
+            Ok(Action::requeue(interval))
+        }
+        Some(reason) => Err(Error::PassFailed { reason }),
+    }
+}
+
+async fn write_status(client: &Client, name: &str, status: &ClusterStatus) -> Result<()> {
+    let api: Api<Cluster> = Api::all(client.clone());
+    let body = serde_json::json!({
+        "apiVersion": Cluster::api_version(&()),
+        "kind": Cluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(apply::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action: format!("write status of Cluster {name}"),
+        source,
+    })?;
+    Ok(())
+}
+
+/// The back-off after a failed pass: 5 s, doubling per consecutive failure, at most 5 minutes.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    let exponent = consecutive_failures.saturating_sub(1).min(6);
+    Duration::from_secs(5u64 << exponent).min(Duration::from_secs(300))
+}
+
+/// The controller's error policy: exponential back-off per `Cluster`.
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.with_state(&cluster.name_any(), |s| {
+        s.failures = s.failures.saturating_add(1);
+        s.failures
+    });
+    tracing::debug!(cluster = %cluster.name_any(), reason = error.reason(), failures, "backing off");
+    Action::requeue(backoff(failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+}

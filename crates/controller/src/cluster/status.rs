@@ -1,0 +1,306 @@
+//! The `Cluster` status a pass leaves, and the Event it emits: pure functions of the previous status
+//! and what the pass found. A pass that changes nothing leaves the status equal to the previous one,
+//! so the reconciler writes nothing (see [`next_status`] and [`event_for`]).
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+
+use crate::cluster::conditions::{self, READY, StepOutcome};
+use vworkspace_core::crd::{ClusterStatus, InventoryEntry, ManagedNamespace};
+
+/// Condition and Event messages are cut to this many bytes (the API server takes 32 KiB for a
+/// condition; a refusal of thousands of files is cut, and `verify` on the same commit lists them all).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// The release a successful pass applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedSource {
+    /// The commit.
+    pub commit: String,
+    /// The release serial.
+    pub serial: u64,
+    /// The release manifest's digest.
+    pub digest: String,
+    /// Who signed the commit (`principal (fingerprint)`).
+    pub signer: String,
+}
+
+/// What one pass found, for the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Fetch and verification.
+    pub verify: StepOutcome,
+    /// Apply and prune.
+    pub apply: StepOutcome,
+    /// The commit the pass looked at, when it got that far.
+    pub attempted_commit: Option<String>,
+    /// Set when verification and apply both succeeded.
+    pub applied: Option<AppliedSource>,
+    /// The inventory after the pass, when the pass wrote or computed one.
+    pub inventory: Option<Vec<InventoryEntry>>,
+    /// The managed namespaces, when the pass listed them.
+    pub managed_namespaces: Option<Vec<ManagedNamespace>>,
+    /// Objects applied and pruned by this pass.
+    pub writes: (usize, usize),
+}
+
+impl PassReport {
+    /// The message of the first failed step, if any (never a secret: errors name paths, not values).
+    pub fn failure_message(&self) -> Option<&str> {
+        match (&self.verify, &self.apply) {
+            (StepOutcome::Failed { message, .. }, _) | (_, StepOutcome::Failed { message, .. }) => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+
+    /// The reason of the first failed step, if any.
+    pub fn failure(&self) -> Option<&'static str> {
+        match (&self.verify, &self.apply) {
+            (StepOutcome::Failed { reason, .. }, _) | (_, StepOutcome::Failed { reason, .. }) => {
+                Some(reason)
+            }
+            _ => None,
+        }
+    }
+
+    /// A pass that failed at verification, before anything was read from the cluster.
+    pub fn refused(reason: &'static str, message: String, attempted: Option<String>) -> Self {
+        PassReport {
+            verify: StepOutcome::Failed {
+                reason,
+                message: clip(message),
+            },
+            apply: StepOutcome::NotRun,
+            attempted_commit: attempted,
+            applied: None,
+            inventory: None,
+            managed_namespaces: None,
+            writes: (0, 0),
+        }
+    }
+}
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary, saying so.
+pub fn clip(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES - 40;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} ... ({} bytes cut)",
+        &message[..end],
+        message.len() - end
+    )
+}
+
+/// The status after a pass. Only a fully successful pass moves `lastApplied*`; everything else keeps
+/// what the last good pass recorded, which is what the next pass's rollback checks start from.
+pub fn next_status(
+    previous: Option<&ClusterStatus>,
+    report: &PassReport,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> ClusterStatus {
+    let previous = previous.cloned().unwrap_or_default();
+    let conditions = conditions::summarize(
+        &report.verify,
+        &report.apply,
+        generation,
+        now,
+        &previous.conditions,
+    );
+    let mut next = ClusterStatus {
+        conditions,
+        observed_generation: generation,
+        last_attempted_commit: report
+            .attempted_commit
+            .clone()
+            .or(previous.last_attempted_commit.clone()),
+        inventory: report
+            .inventory
+            .clone()
+            .unwrap_or(previous.inventory.clone()),
+        managed_namespaces: report
+            .managed_namespaces
+            .clone()
+            .unwrap_or(previous.managed_namespaces.clone()),
+        ..previous
+    };
+    if let Some(applied) = &report.applied {
+        next.last_applied_commit = Some(applied.commit.clone());
+        next.last_applied_serial = Some(applied.serial);
+        next.last_applied_release_digest = Some(applied.digest.clone());
+        next.last_applied_signer = Some(applied.signer.clone());
+    }
+    next
+}
+
+fn ready(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == READY)
+}
+
+/// The Event of a pass, if it deserves one: when `Ready` changed (status, reason or message) or the
+/// pass wrote objects. A pass that keeps failing for the same reason, or that finds nothing to do,
+/// emits nothing. The Event's reason is the `Ready` condition's reason.
+pub fn event_for(
+    previous: Option<&ClusterStatus>,
+    next: &ClusterStatus,
+    report: &PassReport,
+    involved: ObjectReference,
+    now: jiff::Timestamp,
+) -> Option<Event> {
+    let now_ready = ready(&next.conditions)?;
+    let before = previous.and_then(|p| ready(&p.conditions));
+    let changed = before.is_none_or(|b| {
+        (&b.status, &b.reason, &b.message)
+            != (&now_ready.status, &now_ready.reason, &now_ready.message)
+    });
+    let (applied, pruned) = report.writes;
+    if !changed && applied == 0 && pruned == 0 {
+        return None;
+    }
+    let message = if applied + pruned > 0 {
+        clip(format!(
+            "{}; {applied} applied, {pruned} pruned",
+            now_ready.message
+        ))
+    } else {
+        now_ready.message.clone()
+    };
+    let name = involved.name.clone().unwrap_or_default();
+    Some(Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(EVENT_NAMESPACE.to_owned()),
+            ..ObjectMeta::default()
+        },
+        involved_object: involved,
+        reason: Some(now_ready.reason.clone()),
+        message: Some(message),
+        type_: Some(
+            if now_ready.status == "True" {
+                "Normal"
+            } else {
+                "Warning"
+            }
+            .to_owned(),
+        ),
+        source: Some(EventSource {
+            component: Some(crate::cluster::COMPONENT.to_owned()),
+            host: None,
+        }),
+        reporting_component: Some(crate::cluster::COMPONENT.to_owned()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Event::default()
+    })
+}
+
+/// Events about a cluster-scoped `Cluster` are recorded in `default`, as the API server does for
+/// cluster-scoped objects.
+pub const EVENT_NAMESPACE: &str = "default";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_core::reasons as reason;
+
+    fn success() -> PassReport {
+        PassReport {
+            verify: StepOutcome::Succeeded,
+            apply: StepOutcome::Succeeded,
+            attempted_commit: Some("c1".into()),
+            applied: Some(AppliedSource {
+                commit: "c1".into(),
+                serial: 4,
+                digest: "sha256:aa".into(),
+                signer: "odoo".into(),
+            }),
+            inventory: Some(vec![]),
+            managed_namespaces: Some(vec![]),
+            writes: (2, 1),
+        }
+    }
+
+    fn reference() -> ObjectReference {
+        ObjectReference {
+            name: Some("prod".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    #[test]
+    fn success_moves_last_applied_and_an_unchanged_pass_changes_nothing() {
+        let t0 = jiff::Timestamp::from_second(1_000).expect("time");
+        let first = next_status(None, &success(), Some(3), t0);
+        assert_eq!(first.last_applied_serial, Some(4));
+        assert_eq!(first.last_applied_commit.as_deref(), Some("c1"));
+        let event = event_for(None, &first, &success(), reference(), t0).expect("event");
+        assert_eq!(event.reason.as_deref(), Some("Succeeded"));
+        assert_eq!(event.type_.as_deref(), Some("Normal"));
+        assert!(
+            event
+                .message
+                .as_deref()
+                .is_some_and(|m| m.ends_with("2 applied, 1 pruned"))
+        );
+
+        let quiet = PassReport {
+            writes: (0, 0),
+            ..success()
+        };
+        let t1 = jiff::Timestamp::from_second(2_000).expect("time");
+        let second = next_status(Some(&first), &quiet, Some(3), t1);
+        assert_eq!(
+            second, first,
+            "an unchanged pass leaves the status as it was"
+        );
+        assert!(event_for(Some(&first), &second, &quiet, reference(), t1).is_none());
+    }
+
+    #[test]
+    fn a_refusal_keeps_last_applied_and_warns_once() {
+        let t0 = jiff::Timestamp::from_second(1_000).expect("time");
+        let good = next_status(None, &success(), Some(1), t0);
+        let refused = PassReport::refused(
+            reason::RELEASE_INVALID,
+            "release serial 3 does not exceed 4".into(),
+            Some("c0".into()),
+        );
+        let bad = next_status(Some(&good), &refused, Some(1), t0);
+        assert_eq!(bad.last_applied_serial, Some(4));
+        assert_eq!(bad.last_applied_commit.as_deref(), Some("c1"));
+        assert_eq!(bad.last_attempted_commit.as_deref(), Some("c0"));
+        assert_eq!(bad.inventory, good.inventory);
+        let ready = bad
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ReleaseInvalid")
+        );
+        let event = event_for(Some(&good), &bad, &refused, reference(), t0).expect("event");
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.reason.as_deref(), Some("ReleaseInvalid"));
+        // The same refusal again: no new status, no new Event.
+        let again = next_status(Some(&bad), &refused, Some(1), t0);
+        assert_eq!(again, bad);
+        assert!(event_for(Some(&bad), &again, &refused, reference(), t0).is_none());
+    }
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        let long = "é".repeat(5000);
+        let clipped = clip(long);
+        assert!(clipped.len() <= MAX_MESSAGE_BYTES);
+        assert!(clipped.ends_with("bytes cut)"));
+    }
+}

@@ -1,0 +1,316 @@
+//! `run`: the operator process. Finds the API server as kubectl does (`KUBECONFIG`, then the in-cluster
+//! service account), serves the probes and metrics, optionally waits for the leader Lease, then runs the
+//! `Cluster` controller until SIGTERM or Ctrl-C. `--once` instead reconciles every `Cluster` one time and
+//! reports whether all passed.
+
+pub mod leader;
+pub mod probes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::ListParams;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::cluster::{self, Context, Settings};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use vworkspace_core::crd::Cluster;
+
+/// The options of `run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The operator's namespace (Secrets, ConfigMaps, Lease).
+    pub namespace: String,
+    /// The Git cache directory.
+    pub cache_dir: PathBuf,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    pub health_addr: SocketAddr,
+    /// Whether to hold a Lease before reconciling.
+    pub leader_election: bool,
+    /// One pass over every `Cluster`, then exit.
+    pub once: bool,
+    /// Fetch limits.
+    pub fetch: crate::source::FetchOptions,
+    /// Where Velero runs (Backups and Restores are created there).
+    pub velero_namespace: String,
+    /// Where the admission webhook listens, with the directory holding `tls.crt` and `tls.key`
+    /// (a mounted Secret); no webhook when `None`.
+    pub webhook: Option<(SocketAddr, PathBuf)>,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reconciles every `Cluster` once; true when every pass succeeded.
+pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
+    let api: Api<Cluster> = Api::all(ctx.client.clone());
+    let clusters = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Kube {
+            action: "list Clusters".into(),
+            source,
+        })?;
+    let mut all_passed = true;
+    for cluster in clusters.items {
+        let name = kube::ResourceExt::name_any(&cluster);
+        match cluster::reconcile(Arc::new(cluster), ctx.clone()).await {
+            Ok(_) => println!("Cluster {name}: Ready"),
+            Err(e) => {
+                all_passed = false;
+                println!("Cluster {name}: not ready ({})", e.reason());
+            }
+        }
+    }
+    Ok(all_passed)
+}
+
+/// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded).
+pub async fn run(options: RunOptions) -> Result<bool, Error> {
+    // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
+    // default must be chosen, or the first TLS client panics. Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.map_err(|source| Error::Kube {
+        action: "connect to the API server (KUBECONFIG, then in-cluster)".into(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let settings = Settings {
+        namespace: options.namespace.clone(),
+        cache_dir: options.cache_dir.clone(),
+        fetch: options.fetch.clone(),
+        limits: vworkspace_core::limits::Limits::default(),
+        pass_timeout: cluster::DEFAULT_PASS_TIMEOUT,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+    if options.once {
+        return once(ctx).await;
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = crate::runtime::probes::Probes {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut servers = vec![options.health_addr];
+    if options.metrics_addr != options.health_addr {
+        servers.push(options.metrics_addr);
+    }
+    for addr in servers {
+        let probes = probes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::runtime::probes::serve(addr, probes).await {
+                tracing::error!(%addr, error = %e, "cannot serve probes");
+            }
+        });
+    }
+    client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::Kube {
+            action: "reach the API server".into(),
+            source,
+        })?;
+    if let Some((addr, cert_dir)) = options.webhook.clone() {
+        start_webhook(client.clone(), addr, cert_dir).await?;
+    }
+    ready.store(true, Ordering::Relaxed);
+
+    // A watch channel, not a Notify: a stop that happens before someone waits is still seen.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    if options.leader_election {
+        let me = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("vworkspace-{}", std::process::id()));
+        let elector =
+            crate::runtime::leader::Elector::new(client.clone(), &options.namespace, me.clone());
+        tracing::info!(identity = %me, "waiting for the leader Lease");
+        loop {
+            match elector.try_hold(jiff::Timestamp::now()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(crate::runtime::leader::RETRY) => {}
+                _ = stopped(stop_rx.clone()) => return Ok(true),
+            }
+        }
+        metrics.leader.set(1);
+        tracing::info!(identity = %me, "leading");
+        // Renew in the background; losing the Lease ends the process (the Deployment restarts it as
+        // a follower), as client-go's elector does: two leaders must never write at once.
+        let lost = stop_tx.clone();
+        tokio::spawn(async move {
+            let mut last_renewal = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(crate::runtime::leader::RETRY).await;
+                match elector.try_hold(jiff::Timestamp::now()).await {
+                    Ok(true) => last_renewal = std::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("lost the leader Lease; stopping");
+                        let _ = lost.send(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the leader Lease");
+                        // Stop before the Lease runs out for the others.
+                        if last_renewal.elapsed() > crate::runtime::leader::LEASE_DURATION * 2 / 3 {
+                            tracing::error!("leader Lease not renewed in time; stopping");
+                            let _ = lost.send(true);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let children = Arc::new(crate::children::ChildContext {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        velero_namespace: options.velero_namespace.clone(),
+        limits: vworkspace_core::limits::Limits::default(),
+        clock: jiff::Timestamp::now,
+    });
+    controllers(client, ctx, children, stop_rx).await;
+    Ok(true)
+}
+
+/// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
+/// reconciles finish first. Watches that fail or drop are re-established with back-off by
+/// kube-runtime; a Cluster is also re-run on any change of a managed namespace.
+pub async fn controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    children: Arc<crate::children::ChildContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace_changes = watcher(
+        namespaces,
+        watcher::Config::default().labels(&cluster::namespaces::selector()),
+    )
+    .default_backoff()
+    .filter_map(|event| async move {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
+            _ => None,
+        }
+    });
+    let clusters = Controller::new(
+        Api::<Cluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(namespace_changes)
+    .graceful_shutdown_on(stopped(stop.clone()))
+    .run(cluster::reconcile, cluster::error_policy, ctx)
+    .for_each(log_result);
+    let instances = Controller::new(
+        Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(stop.clone()))
+    .run(
+        crate::children::instance::reconcile,
+        crate::children::instance::error_policy,
+        children.clone(),
+    )
+    .for_each(log_result);
+    let operations = Controller::new(
+        Api::<vworkspace_core::crd::Operation>::all(client),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(stop))
+    .run(
+        crate::children::operation::reconcile,
+        crate::children::operation::error_policy,
+        children,
+    )
+    .for_each(log_result);
+    tokio::join!(clusters, instances, operations);
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "reconcile ended with an error");
+    }
+}
+
+/// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
+/// current from a watch on `Cluster`s.
+async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
+    use crate::children::webhook_server::{ReloadingCertificate, TemplateIndex};
+    let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("webhook address {addr}: {e}")))?;
+    let index = Arc::new(TemplateIndex::default());
+    let (reader, writer) = kube::runtime::reflector::store::<Cluster>();
+    let updates = index.clone();
+    tokio::spawn(
+        kube::runtime::reflector(
+            writer,
+            watcher(Api::<Cluster>::all(client), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(move |_| {
+            let clusters: Vec<Cluster> = reader.state().iter().map(|c| (**c).clone()).collect();
+            updates.update(&clusters);
+            async {}
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::children::webhook_server::serve(listener, config, index).await {
+            tracing::error!(error = %e, "admission webhook stopped");
+        }
+    });
+    Ok(())
+}

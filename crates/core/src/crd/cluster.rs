@@ -1,0 +1,358 @@
+//! `Cluster` (ops.vworkspace.io/v1alpha1, cluster-scoped): one Git source of intent for this cluster
+//! and every trust input that judges it. Nothing here can come from the repository.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube_derive::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The desired source and trust configuration.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    crates(
+        kube_core = "::kube_core",
+        k8s_openapi = "::k8s_openapi",
+        schemars = "::schemars",
+        serde = "::serde",
+        serde_json = "::serde_json"
+    ),
+    group = "ops.vworkspace.io",
+    version = "v1alpha1",
+    kind = "Cluster",
+    doc = "One Git source of this cluster's intent and every trust input that judges it.",
+    status = "ClusterStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
+    printcolumn = r#"{"name":"Serial","type":"integer","jsonPath":".status.lastAppliedSerial"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// This cluster's id: the directory `clusters/<clusterId>/` and the `cluster` of its releases.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub cluster_id: String,
+    /// Where the intent repository is.
+    pub source: GitSource,
+    /// Trusted commit signers.
+    pub commit_signers: CommitSigners,
+    /// Trusted release keys and threshold.
+    pub release: ReleaseTrust,
+    /// The cluster's age identities.
+    pub decryption: Decryption,
+    /// Stricter policies.
+    #[serde(default)]
+    pub policy: ClusterPolicy,
+    /// Stop reconciling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// The Git source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSource {
+    /// `https://`, `http://`, `git://` or `file://` URL.
+    pub url: String,
+    /// What to follow.
+    #[serde(rename = "ref")]
+    pub git_ref: GitSourceRef,
+    /// How often to poll: a duration such as `30s`, `5m`, `1h30m` (units `s`, `m`, `h`).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub interval: String,
+    /// A Secret in `vworkspace-system` with `username`/`password` or `bearerToken`, and optionally `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalSecretRef>,
+}
+
+fn default_interval() -> String {
+    "5m".to_owned()
+}
+
+/// Exactly one of branch, tag or commit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum GitSourceRef {
+    /// Follow a branch.
+    Branch(String),
+    /// Pin a tag.
+    Tag(String),
+    /// Pin a full commit id.
+    Commit(String),
+}
+
+/// A ConfigMap key holding `allowed_signers` text.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKeyRef {
+    /// The namespace (default `vworkspace-system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The ConfigMap.
+    pub name: String,
+    /// The key (default `allowed_signers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Trusted commit signers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitSigners {
+    /// The ConfigMap with the `allowed_signers` file (namespace `git`).
+    pub config_map_ref: ConfigMapKeyRef,
+}
+
+/// Trusted release keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseTrust {
+    /// The ConfigMap with the release keys (`namespaces="vworkspace-release"`).
+    pub signers_config_map_ref: ConfigMapKeyRef,
+    /// How many distinct keys must sign a release (k of n).
+    #[schemars(range(min = 1))]
+    pub threshold: u32,
+}
+
+/// A Secret in `vworkspace-system`, read by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalSecretRef {
+    /// The Secret's name.
+    pub name: String,
+}
+
+/// The age identities.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Decryption {
+    /// The Secret in `vworkspace-system` holding identity files.
+    pub identity_secret_ref: IdentitySecretRef,
+}
+
+/// The Secret key that holds the age identity file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentitySecretRef {
+    /// The Secret's name (in `vworkspace-system`).
+    pub name: String,
+    /// The key holding an age identity file (default `identity.agekey`). The file may hold several
+    /// `AGE-SECRET-KEY-1...` lines: during a rotation, the old and the new identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The Secret key read when [`IdentitySecretRef::key`] is absent.
+pub const DEFAULT_IDENTITY_KEY: &str = "identity.agekey";
+
+impl IdentitySecretRef {
+    /// The key to read: [`IdentitySecretRef::key`] or [`DEFAULT_IDENTITY_KEY`].
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or(DEFAULT_IDENTITY_KEY)
+    }
+}
+
+/// Why a `spec.source.interval` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntervalError {
+    /// Not of the form `<n><unit>...` with units `s`, `m`, `h`.
+    #[error("spec.source.interval {0:?}: expected a duration such as 30s, 5m or 1h30m")]
+    Malformed(String),
+    /// Zero, or over a day.
+    #[error("spec.source.interval {0:?}: must be between 1s and 24h")]
+    OutOfRange(String),
+}
+
+/// Parses a poll interval (`30s`, `5m`, `1h30m`): the schema's pattern, plus a range of 1s..=24h.
+pub fn parse_interval(text: &str) -> Result<std::time::Duration, IntervalError> {
+    let malformed = || IntervalError::Malformed(text.to_owned());
+    if text.is_empty() || text.len() > 32 {
+        return Err(malformed());
+    }
+    let mut seconds: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            's' | 'm' | 'h' => {
+                let n: u64 = digits.parse().map_err(|_| malformed())?;
+                digits.clear();
+                let unit = match c {
+                    's' => 1,
+                    'm' => 60,
+                    _ => 3600,
+                };
+                seconds = n
+                    .checked_mul(unit)
+                    .and_then(|s| seconds.checked_add(s))
+                    .ok_or_else(|| IntervalError::OutOfRange(text.to_owned()))?;
+            }
+            _ => return Err(malformed()),
+        }
+    }
+    if !digits.is_empty() {
+        return Err(malformed());
+    }
+    if seconds == 0 || seconds > 24 * 3600 {
+        return Err(IntervalError::OutOfRange(text.to_owned()));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+/// How much history must be trusted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HistoryPolicy {
+    /// Only the applied commit must be signed (it must still descend from the last applied one).
+    #[default]
+    Head,
+    /// Every commit between the last applied one and the new one must be signed.
+    All,
+}
+
+/// Stricter policies.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterPolicy {
+    /// `head` (default) or `all`.
+    #[serde(default)]
+    pub history: HistoryPolicy,
+    /// Accept a new commit that does not descend from the last applied one.
+    #[serde(default)]
+    pub allow_history_rewrite: bool,
+    /// Refuse encrypted values that are not bound to where they are used.
+    #[serde(default)]
+    pub require_bound_values: bool,
+}
+
+/// One object the source applied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryEntry {
+    /// apiVersion.
+    pub api_version: String,
+    /// kind.
+    pub kind: String,
+    /// namespace.
+    pub namespace: String,
+    /// name.
+    pub name: String,
+}
+
+/// A managed namespace and what it may run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedNamespace {
+    /// The namespace.
+    pub name: String,
+    /// Operation templates allowed there.
+    #[serde(default)]
+    pub allowed_operation_templates: Vec<String>,
+}
+
+/// What the operator observed and applied.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Ready, SourceVerified, Applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The last commit applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_commit: Option<String>,
+    /// Its release serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_serial: Option<u64>,
+    /// SHA-256 of its `release.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_release_digest: Option<String>,
+    /// Who signed the applied commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_signer: Option<String>,
+    /// The last commit a pass looked at (applied or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_commit: Option<String>,
+    /// What this source applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<InventoryEntry>,
+    /// Managed namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_namespaces: Vec<ManagedNamespace>,
+    /// The generation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(
+            parse_interval("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_interval("1h30m"),
+            Ok(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_interval("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        for bad in ["", "5", "m", "5 m", "5min", "-5m", "1.5h"] {
+            assert_eq!(
+                parse_interval(bad),
+                Err(IntervalError::Malformed(bad.into())),
+                "{bad:?}"
+            );
+        }
+        for out in ["0s", "25h", "99999999999999999999h"] {
+            assert!(
+                matches!(
+                    parse_interval(out),
+                    Err(IntervalError::OutOfRange(_) | IntervalError::Malformed(_))
+                ),
+                "{out:?}"
+            );
+        }
+        assert_eq!(
+            parse_interval("0s"),
+            Err(IntervalError::OutOfRange("0s".into()))
+        );
+        assert_eq!(
+            parse_interval("25h"),
+            Err(IntervalError::OutOfRange("25h".into()))
+        );
+    }
+
+    #[test]
+    fn spec_round_trip_and_defaults() {
+        let spec: ClusterSpec = serde_json::from_value(serde_json::json!({
+            "clusterId": "demo",
+            "source": {"url": "https://git.example.org/intent.git", "ref": {"branch": "main"}},
+            "commitSigners": {"configMapRef": {"name": "commit-signers"}},
+            "release": {"signersConfigMapRef": {"name": "release-signers"}, "threshold": 2},
+            "decryption": {"identitySecretRef": {"name": "age-identity"}}
+        }))
+        .expect("valid spec");
+        assert_eq!(spec.source.interval, "5m");
+        assert_eq!(spec.source.git_ref, GitSourceRef::Branch("main".into()));
+        assert_eq!(spec.policy.history, HistoryPolicy::Head);
+        assert_eq!(
+            spec.decryption.identity_secret_ref.key_or_default(),
+            DEFAULT_IDENTITY_KEY
+        );
+        // Two refs at once, or an unknown field, are refused.
+        let two_refs =
+            serde_json::json!({"url": "https://x", "ref": {"branch": "main", "tag": "v1"}});
+        assert!(serde_json::from_value::<GitSource>(two_refs).is_err());
+        let typo =
+            serde_json::json!({"url": "https://x", "ref": {"branch": "main"}, "intervall": "1m"});
+        assert!(serde_json::from_value::<GitSource>(typo).is_err());
+    }
+}

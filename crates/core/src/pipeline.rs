@@ -1,0 +1,318 @@
+//! One pass of the offline pipeline, as an ordered list of steps:
+//!
+//! ```text
+//! resolve + read commit -> verify commit signature -> read cluster tree -> verify release
+//!   -> parse + validate intent -> check every age value decrypts
+//! ```
+//!
+//! Each step either hands a stronger value to the next or stops the pass with a [`PassError`] that
+//! names the step (its [`reason`]) and every finding. Nothing here writes anywhere: a pass that fails
+//! before [`crate::plan`] leaves the cluster exactly as it was.
+
+use crate::error::{Error, ValueErrors};
+use crate::intent::Intent;
+use crate::limits::Limits;
+use crate::repository::{GitRef, LocalRepository};
+use crate::secrets::ValueError;
+use crate::secrets::{self, Identities};
+use crate::trust::commit_signature::{self, VerifiedCommit};
+use crate::trust::history::HistoryCheck;
+use crate::trust::release::{self, ReleasePolicy, VerifiedRelease};
+use crate::trust::signers::AllowedSigners;
+
+/// Everything the cluster side supplies to judge a commit. None of it comes from the repository.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// This cluster's id (`clusters/<id>/`).
+    pub cluster: String,
+    /// Trusted commit signers (`allowed_signers`).
+    pub commit_signers: AllowedSigners,
+    /// Trusted release keys, threshold and the last applied release.
+    pub release: ReleasePolicy,
+    /// The cluster's age identities; without them values are checked for form only.
+    pub identities: Option<Identities>,
+    /// Refuse values that are not bound to where they are found.
+    pub require_bound_values: bool,
+    /// The last applied commit and the history policy.
+    pub history: HistoryCheck,
+    /// The verifier's clock (injected so tests and `--now` can move it).
+    pub now: jiff::Timestamp,
+    /// Bounds on what the repository can make the pass do.
+    pub limits: Limits,
+}
+
+/// A pass that stopped: the commit it was judging and why. Its [`reason`](PassError::reason) is the
+/// step's bounded reason; its [`findings`](PassError::findings) are one refusal a line, never a
+/// plaintext value.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", .error.reason())]
+pub struct PassError {
+    /// The commit the pass was judging, when it got that far.
+    pub commit: Option<String>,
+    /// Why it stopped.
+    pub error: Box<Error>,
+}
+
+impl PassError {
+    fn at(commit: &str) -> impl Fn(Error) -> PassError + '_ {
+        move |error| PassError {
+            commit: Some(commit.to_owned()),
+            error: Box::new(error),
+        }
+    }
+
+    /// The step's reason (see [`reason`]).
+    pub fn reason(&self) -> &'static str {
+        self.error.reason()
+    }
+
+    /// One refusal a line.
+    pub fn findings(&self) -> Vec<String> {
+        self.error.findings()
+    }
+}
+
+/// Intent that passed every step: read from a verified release, validated, values checked.
+/// Only [`verify_commit_id`] builds one; the planner accepts nothing else.
+#[derive(Debug)]
+pub struct VerifiedIntent {
+    release: VerifiedRelease,
+    intent: Intent,
+    notes: Vec<String>,
+    values_checked: usize,
+}
+
+impl VerifiedIntent {
+    /// The verified release the intent was read from.
+    pub fn release(&self) -> &VerifiedRelease {
+        &self.release
+    }
+    /// The validated objects.
+    pub fn intent(&self) -> &Intent {
+        &self.intent
+    }
+    /// The verified commit.
+    pub fn commit(&self) -> &VerifiedCommit {
+        self.release.commit()
+    }
+    /// Things a reviewer should know that do not refuse the pass (unbound values, ignored signatures).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+    /// How many encrypted values were decrypted and checked.
+    pub fn values_checked(&self) -> usize {
+        self.values_checked
+    }
+
+    /// Until when this verdict holds without re-verification: the release's expiry and the end of
+    /// every signing key's validity window, whichever comes first.
+    pub fn valid_until(&self) -> jiff::Timestamp {
+        std::iter::once(self.release.expires())
+            .chain(self.commit().signer().valid_before)
+            .chain(self.release.signers().iter().filter_map(|s| s.valid_before))
+            .min()
+            .unwrap_or(self.release.expires())
+    }
+}
+
+/// The last successful pass of one source, so that a pass on an unchanged commit under unchanged
+/// trust inputs does no work: the verdict is reused until [`VerifiedIntent::valid_until`].
+#[derive(Debug, Default)]
+pub struct PassMemo {
+    last: Option<(String, TrustConfig, std::sync::Arc<VerifiedIntent>)>,
+}
+
+impl PassMemo {
+    /// Runs the pass on `reference`, or returns the remembered verdict when the ref still resolves to
+    /// the same commit, the trust inputs are the same, and the verdict has not run out.
+    pub fn verify_ref(
+        &mut self,
+        repo: &LocalRepository,
+        reference: &GitRef,
+        config: &TrustConfig,
+    ) -> Result<std::sync::Arc<VerifiedIntent>, PassError> {
+        let id = repo.resolve(reference).map_err(|e| PassError {
+            commit: None,
+            error: Box::new(Error::Fetch(e)),
+        })?;
+        if let Some((commit, remembered, verdict)) = &self.last
+            && *commit == id
+            && remembered.same_inputs(config)
+            && config.now < verdict.valid_until()
+        {
+            return Ok(verdict.clone());
+        }
+        self.last = None;
+        let verdict = std::sync::Arc::new(verify_commit_id(repo, &id, config)?);
+        self.last = Some((id, config.clone(), verdict.clone()));
+        Ok(verdict)
+    }
+}
+
+impl TrustConfig {
+    /// Whether two configurations judge alike (the clock aside).
+    fn same_inputs(&self, other: &TrustConfig) -> bool {
+        self.cluster == other.cluster
+            && self.commit_signers == other.commit_signers
+            && self.release.cluster == other.release.cluster
+            && self.release.signers == other.release.signers
+            && self.release.threshold == other.release.threshold
+            && self.release.last_applied == other.release.last_applied
+            && self.require_bound_values == other.require_bound_values
+            && self.history == other.history
+            && self.limits == other.limits
+            && match (&self.identities, &other.identities) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_keys(b),
+                _ => false,
+            }
+    }
+}
+
+/// Runs the pass on `reference` of a local repository.
+pub fn verify_ref(
+    repo: &LocalRepository,
+    reference: &GitRef,
+    config: &TrustConfig,
+) -> Result<VerifiedIntent, PassError> {
+    let id = repo.resolve(reference).map_err(|e| PassError {
+        commit: None,
+        error: Box::new(Error::Fetch(e)),
+    })?;
+    verify_commit_id(repo, &id, config)
+}
+
+/// Runs the pass on the commit `id` of a local repository.
+pub fn verify_commit_id(
+    repo: &LocalRepository,
+    id: &str,
+    config: &TrustConfig,
+) -> Result<VerifiedIntent, PassError> {
+    let fail = PassError::at(id);
+    let fetched = repo.read_commit(id).map_err(|e| fail(Error::Fetch(e)))?;
+    // The applied commit's key window is checked at the verifier's clock, not the commit's own date,
+    // which the holder of an expired or stolen key could backdate.
+    let commit = commit_signature::verify_commit(&fetched, &config.commit_signers, config.now)
+        .map_err(|e| fail(e.into()))?;
+    crate::trust::history::check(repo, commit.id(), &config.history, &config.commit_signers)
+        .map_err(|e| fail(e.into()))?;
+    let tree = repo
+        .read_cluster_tree(&commit, &config.cluster, &config.limits)
+        .map_err(|e| fail(Error::Tree(e)))?;
+    let release = release::verify(commit, tree, &config.release, config.now, &config.limits)
+        .map_err(|e| fail(e.into()))?;
+    let intent =
+        crate::intent::parse_tree(release.tree(), &config.limits).map_err(|e| fail(e.into()))?;
+    let mut notes: Vec<String> = release
+        .ignored_signatures()
+        .iter()
+        .map(|f| {
+            format!(
+                "clusters/{}/{f}: signed by a key this cluster does not trust; ignored",
+                config.cluster
+            )
+        })
+        .collect();
+    let values_checked =
+        check_values(&intent, config, &mut notes).map_err(|e| fail(ValueErrors(e).into()))?;
+    Ok(VerifiedIntent {
+        release,
+        intent,
+        notes,
+        values_checked,
+    })
+}
+
+/// Checks every encrypted value of every ApplicationInstance: decrypts them all when the cluster's
+/// identities are at hand, checks their form otherwise. Returns how many values there are.
+fn check_values(
+    intent: &Intent,
+    config: &TrustConfig,
+    notes: &mut Vec<String>,
+) -> Result<usize, Vec<ValueError>> {
+    let policy = secrets::ValuesPolicy {
+        require_bound: config.require_bound_values,
+    };
+    let instances: Vec<_> = intent
+        .application_instances
+        .iter()
+        .filter_map(|item| {
+            item.resource
+                .spec
+                .values
+                .as_ref()
+                .map(|values| (item, values))
+        })
+        .collect();
+    // The budget on values is per release: count them all before decrypting any.
+    let mut total = 0usize;
+    for (_, values) in &instances {
+        secrets::for_each_armored(values, &mut |_, _| total += 1);
+    }
+    if total > config.limits.max_secret_values {
+        return Err(vec![ValueError {
+            namespace: String::new(),
+            instance: String::new(),
+            path: String::new(),
+            kind: secrets::ValueErrorKind::TooManyValues(config.limits.max_secret_values),
+        }]);
+    }
+    // Each instance's values are independent: decrypt on every core, report in intent order.
+    let outcomes = crate::parallel::map(&instances, |(item, values)| {
+        let at = secrets::ValueContext {
+            cluster: config.cluster.clone(),
+            namespace: item.namespace.clone(),
+            instance: item.name.clone(),
+        };
+        match &config.identities {
+            // Plaintext is dropped (and zeroized) inside: this step only proves every value decrypts.
+            Some(identities) => {
+                secrets::decrypt_values(values, &at, identities, &policy, &config.limits)
+                    .map(|decrypted| (decrypted.len(), decrypted.unbound_paths()))
+            }
+            None => {
+                secrets::check_values_form(values, &at, &config.limits).map(|n| (n, Vec::new()))
+            }
+        }
+    });
+    let mut findings = Vec::new();
+    // Literal credentials: the same rule as the admission webhook, so that CI refuses the commit
+    // instead of the webhook refusing the apply halfway through a pass.
+    for (item, values) in &instances {
+        let error = |path: String, kind| ValueError {
+            namespace: item.namespace.clone(),
+            instance: item.name.clone(),
+            path,
+            kind,
+        };
+        match crate::secrets::values_policy::inline_credentials(values) {
+            Ok(paths) => findings.extend(
+                paths
+                    .into_iter()
+                    .map(|p| error(p, secrets::ValueErrorKind::LiteralCredential)),
+            ),
+            // Unchecked is refused, as the webhook refuses it.
+            Err(_) => findings.push(error(String::new(), secrets::ValueErrorKind::TooDeep)),
+        }
+    }
+    let mut count = 0usize;
+    for ((item, _), outcome) in instances.iter().zip(outcomes) {
+        match outcome {
+            Ok((n, unbound)) => {
+                count += n;
+                for path in unbound {
+                    notes.push(format!(
+                        "{}/{} spec.values.{path}: value is not bound to where it is used (plain age); bind it with `encrypt --cluster --namespace --instance --path`",
+                        item.namespace, item.name
+                    ));
+                }
+            }
+            Err(errors) => findings.extend(errors),
+        }
+    }
+    if findings.is_empty() {
+        Ok(count)
+    } else {
+        Err(findings)
+    }
+}

@@ -1,0 +1,148 @@
+//! The plan: the exact objects a pass would server-side apply, built only from a
+//! [`VerifiedIntent`](crate::pipeline::VerifiedIntent).
+//!
+//! Every object carries the labels that mark it as this source's (the prune set is computed from them)
+//! and annotations that trace it back to the commit and file it came from.
+
+pub mod diff;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::crd::{ApplicationInstance, Operation};
+
+use crate::pipeline::VerifiedIntent;
+
+/// Label on every object the operator applies.
+pub const LABEL_MANAGED_BY: &str = "app.vworkspace.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "vworkspace";
+/// Label naming the cluster source an object came from.
+pub const LABEL_CLUSTER: &str = "gitops.vworkspace.io/cluster";
+/// Annotation: the commit an object was applied from.
+pub const ANNOTATION_COMMIT: &str = "gitops.vworkspace.io/commit";
+/// Annotation: the release serial an object was applied from.
+pub const ANNOTATION_SERIAL: &str = "gitops.vworkspace.io/release-serial";
+/// Annotation: the file an object was read from, relative to the repository root.
+pub const ANNOTATION_SOURCE_PATH: &str = "gitops.vworkspace.io/source-path";
+
+/// A typed object to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredResource {
+    /// An ApplicationInstance.
+    ApplicationInstance(ApplicationInstance),
+    /// An Operation.
+    Operation(Operation),
+}
+
+/// One object to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// The namespace (from the path).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The whole object, labels and annotations included. Encrypted values stay ciphertext here.
+    pub resource: DesiredResource,
+}
+
+/// The objects a pass would apply, in a stable order (namespace, kind, name). Only [`desired`] builds
+/// one, from verified intent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    objects: Vec<DesiredObject>,
+}
+
+/// Builds the plan from verified intent.
+pub fn desired(verified: &VerifiedIntent) -> Plan {
+    let commit = verified.commit().id();
+    let cluster = verified.release().manifest().cluster.as_str();
+    let serial = verified.release().serial().to_string();
+    let stamp = |meta: &mut ObjectMeta, namespace: &str, source_path: &str| {
+        meta.namespace = Some(namespace.to_owned());
+        // The operator's keys win over any the author wrote, so an author cannot disguise an object
+        // as another source's.
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+        labels.insert(LABEL_CLUSTER.to_owned(), cluster.to_owned());
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_owned());
+        annotations.insert(ANNOTATION_SERIAL.to_owned(), serial.clone());
+        annotations.insert(
+            ANNOTATION_SOURCE_PATH.to_owned(),
+            format!("clusters/{cluster}/{source_path}"),
+        );
+    };
+    let intent = verified.intent();
+    let instances = intent.application_instances.iter().map(|item| {
+        let mut resource = item.resource.clone();
+        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        DesiredObject {
+            api_version: crate::intent::APPLICATION_INSTANCE_API_VERSION.to_owned(),
+            kind: "ApplicationInstance".to_owned(),
+            namespace: item.namespace.clone(),
+            name: item.name.clone(),
+            resource: DesiredResource::ApplicationInstance(resource),
+        }
+    });
+    let operations = intent.operations.iter().map(|item| {
+        let mut resource = item.resource.clone();
+        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        DesiredObject {
+            api_version: crate::intent::OPERATION_API_VERSION.to_owned(),
+            kind: "Operation".to_owned(),
+            namespace: item.namespace.clone(),
+            name: item.name.clone(),
+            resource: DesiredResource::Operation(resource),
+        }
+    });
+    let mut objects: Vec<DesiredObject> = instances.chain(operations).collect();
+    objects.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    Plan { objects }
+}
+
+impl Plan {
+    /// The objects, in order.
+    pub fn objects(&self) -> &[DesiredObject] {
+        &self.objects
+    }
+
+    /// A plan of hand-made objects, for the decision logic's unit tests.
+    #[cfg(test)]
+    pub(crate) fn from_objects(objects: Vec<DesiredObject>) -> Plan {
+        Plan { objects }
+    }
+
+    /// Multi-document YAML of every object, with encrypted values shown as `<redacted>`.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for desired in &self.objects {
+            let rendered = match &desired.resource {
+                DesiredResource::ApplicationInstance(resource) => {
+                    let mut redacted = resource.clone();
+                    if let Some(values) = redacted.spec.values.as_mut() {
+                        *values = crate::secrets::redact_values(values);
+                    }
+                    serde_saphyr::to_string(&redacted)
+                }
+                DesiredResource::Operation(resource) => serde_saphyr::to_string(resource),
+            };
+            out.push_str("---\n");
+            match rendered {
+                Ok(yaml) => out.push_str(&yaml),
+                // Serializing a JSON value cannot fail for want of a map key type; keep going anyway.
+                Err(e) => out.push_str(&format!(
+                    "# cannot render {}/{}: {e}\n",
+                    desired.namespace, desired.name
+                )),
+            }
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

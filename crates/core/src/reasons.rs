@@ -1,0 +1,24 @@
+//! Every reason string of the operator, in one place: the `reason` of conditions, Events (an Event's
+//! reason equals its condition's) and the `reason` label of metrics. Bounded: a reason never carries
+//! an object name or error text.
+
+/// The ref could not be resolved or the commit could not be read.
+pub const FETCH_FAILED: &str = "FetchFailed";
+/// The commit's signature was refused.
+pub const COMMIT_SIGNATURE_INVALID: &str = "CommitSignatureInvalid";
+/// The commit does not descend from the last applied one, or unsigned commits lie in between.
+pub const HISTORY_INVALID: &str = "HistoryInvalid";
+/// The cluster directory could not be read within the limits.
+pub const TREE_INVALID: &str = "TreeInvalid";
+/// The release manifest or its signatures were refused.
+pub const RELEASE_INVALID: &str = "ReleaseInvalid";
+/// An intent file was refused.
+pub const INTENT_INVALID: &str = "IntentInvalid";
+/// An encrypted value did not decrypt, or was bound elsewhere.
+pub const VALUES_INVALID: &str = "ValuesInvalid";
+/// The cluster-side trust configuration is unusable (a signers file that does not parse).
+pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
+/// A Kubernetes API request failed (reading the trust inputs, listing, writing status).
+pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
+/// Every step passed.
+pub const SUCCEEDED: &str = "Succeeded";

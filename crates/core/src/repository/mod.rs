@@ -1,0 +1,778 @@
+//! Reading a commit and its cluster directory straight from a Git object database (`gix`).
+//!
+//! Nothing here decides trust: [`FetchedCommit`] is raw, unverified data handed to
+//! [`crate::trust::commit_signature`]; [`ClusterTree`] is read only for a commit that passed verification.
+
+pub mod checkout;
+
+use std::collections::BTreeMap;
+
+/// A commit object as read from the object database, not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedCommit {
+    /// The commit's object id, lowercase hex.
+    pub id: String,
+    /// The commit object's exact bytes (what `git cat-file commit <id>` prints).
+    pub raw: Vec<u8>,
+    /// The tree the commit points at, lowercase hex.
+    pub tree: String,
+    /// Parent commit ids, lowercase hex.
+    pub parents: Vec<String>,
+    /// The committer date, as the commit claims it (attacker-controlled; see DESIGN.md).
+    pub committer_time: jiff::Timestamp,
+}
+
+/// One entry of the cluster directory.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    /// A regular (or executable) file with its contents.
+    File(Vec<u8>),
+    /// A symbolic link: never followed, always refused by the intent validator.
+    Symlink,
+    /// A submodule (gitlink): never followed, always refused.
+    Submodule,
+}
+
+impl std::fmt::Debug for TreeEntry {
+    // Contents may be large and are never needed in a debug print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TreeEntry::File(bytes) => write!(f, "File({} bytes)", bytes.len()),
+            TreeEntry::Symlink => f.write_str("Symlink"),
+            TreeEntry::Submodule => f.write_str("Submodule"),
+        }
+    }
+}
+
+/// The contents of `clusters/<cluster-id>/` at one commit, keyed by path relative to that directory
+/// (`release.yaml`, `namespaces/org-a/applicationinstances/app.yaml`, ...), `/`-separated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterTree {
+    /// The cluster id whose directory this is.
+    pub cluster: String,
+    /// Every entry below the directory (directories themselves are implied by the paths).
+    pub entries: BTreeMap<String, TreeEntry>,
+}
+
+impl ClusterTree {
+    /// Builds a tree from in-memory entries (used by tests and by tools that work on a checkout).
+    pub fn from_entries(cluster: impl Into<String>, entries: BTreeMap<String, TreeEntry>) -> Self {
+        ClusterTree {
+            cluster: cluster.into(),
+            entries,
+        }
+    }
+}
+
+use crate::limits::Limits;
+use std::path::{Path, PathBuf};
+
+/// The largest commit object the reader accepts; real commits are a few hundred bytes plus a
+/// signature of about 300.
+pub const MAX_COMMIT_BYTES: u64 = 1024 * 1024;
+
+/// What to check out of the repository, as a `Cluster` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitRef {
+    /// A branch: `refs/heads/<name>` (or, in a fetched cache, `refs/remotes/origin/<name>`).
+    Branch(String),
+    /// A tag, lightweight or annotated (peeled to its commit).
+    Tag(String),
+    /// A full commit id.
+    Commit(String),
+    /// Any revision git understands (`HEAD`, `main`, a short id): for the command line only.
+    Revision(String),
+}
+
+impl std::fmt::Display for GitRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitRef::Branch(b) => write!(f, "branch {b}"),
+            GitRef::Tag(t) => write!(f, "tag {t}"),
+            GitRef::Commit(c) => write!(f, "commit {c}"),
+            GitRef::Revision(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// Why reading the repository failed. Every message names the repository object or path involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GitError {
+    /// The repository could not be opened.
+    #[error("cannot open git repository {path}: {message}")]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// What gix said.
+        message: String,
+    },
+    /// The reference does not resolve to a commit.
+    #[error("{reference} does not resolve to a commit: {message}")]
+    RefNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// What gix said.
+        message: String,
+    },
+    /// An object the commit needs is missing or unreadable.
+    #[error("cannot read object {id}: {message}")]
+    Object {
+        /// The object id.
+        id: String,
+        /// What gix said.
+        message: String,
+    },
+    /// The commit object is larger than [`MAX_COMMIT_BYTES`].
+    #[error("commit {id} is {size} bytes, over the limit of {limit}")]
+    CommitTooLarge {
+        /// The commit id.
+        id: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The commit has no `clusters/<id>/` directory.
+    #[error("commit {commit} has no directory clusters/{cluster}/")]
+    ClusterDirectoryMissing {
+        /// The commit id.
+        commit: String,
+        /// The cluster id.
+        cluster: String,
+    },
+    /// A path under the cluster directory is not valid UTF-8.
+    #[error("clusters/{cluster}/{path}: file name is not valid UTF-8")]
+    NonUtf8Path {
+        /// The cluster id.
+        cluster: String,
+        /// The path, with invalid bytes replaced.
+        path: String,
+    },
+    /// More entries (files and directories) than [`Limits::max_files`].
+    #[error("clusters/{cluster}/ holds more than {limit} entries (files and directories)")]
+    TooManyFiles {
+        /// The cluster id.
+        cluster: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A file larger than [`Limits::max_file_bytes`].
+    #[error("clusters/{cluster}/{path}: {size} bytes, over the limit of {limit}")]
+    FileTooLarge {
+        /// The cluster id.
+        cluster: String,
+        /// The path relative to the cluster directory.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// All files together exceed [`Limits::max_total_bytes`].
+    #[error("clusters/{cluster}/ holds more than {limit} bytes in all")]
+    TotalTooLarge {
+        /// The cluster id.
+        cluster: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// More commits between two points than a walk may visit.
+    #[error("more than {limit} commits between {base} and {head}")]
+    HistoryTooLong {
+        /// The older commit.
+        base: String,
+        /// The newer commit.
+        head: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// Directories nested deeper than [`Limits::max_tree_depth`].
+    #[error("clusters/{cluster}/{path}: nested deeper than {limit} directories")]
+    TooDeep {
+        /// The cluster id.
+        cluster: String,
+        /// The path.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A repository opened for reading, isolated from the user's and the system's git configuration.
+pub struct LocalRepository {
+    repo: gix::Repository,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRepository")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn object_error(id: impl std::fmt::Display, e: impl std::fmt::Display) -> GitError {
+    GitError::Object {
+        id: id.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl LocalRepository {
+    /// Opens the repository at `path` (a work tree or a bare repository). The user's global and
+    /// system configuration are not read: nothing on the machine can change what is verified.
+    pub fn open(path: &Path) -> Result<Self, GitError> {
+        let repo =
+            gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(LocalRepository {
+            repo,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The path the repository was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves `reference` to a commit id (lowercase hex). Tags are peeled to their commit.
+    pub fn resolve(&self, reference: &GitRef) -> Result<String, GitError> {
+        let candidates: Vec<String> = match reference {
+            GitRef::Branch(b) => vec![
+                format!("refs/heads/{b}"),
+                format!("refs/remotes/origin/{b}"),
+            ],
+            GitRef::Tag(t) => vec![format!("refs/tags/{t}")],
+            GitRef::Commit(c) => vec![c.clone()],
+            GitRef::Revision(r) => vec![r.clone()],
+        };
+        let mut last_error = String::from("not found");
+        for candidate in candidates {
+            let spec = format!("{candidate}^{{commit}}");
+            match self.repo.rev_parse_single(spec.as_str()) {
+                Ok(id) => {
+                    let id = id.detach().to_string();
+                    if let GitRef::Commit(c) = reference
+                        && !id.eq_ignore_ascii_case(c)
+                    {
+                        // A pin must name the full commit id: an abbreviation could become
+                        // ambiguous, or be made to resolve elsewhere, as the repository grows.
+                        return Err(GitError::RefNotFound {
+                            reference: reference.to_string(),
+                            message: format!("a commit pin must be the full id ({id})"),
+                        });
+                    }
+                    return Ok(id);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(GitError::RefNotFound {
+            reference: reference.to_string(),
+            message: last_error,
+        })
+    }
+
+    /// Reads a commit object: its exact bytes and the headers the pipeline needs.
+    pub fn read_commit(&self, id: &str) -> Result<FetchedCommit, GitError> {
+        let oid = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| object_error(id, e))?;
+        let header = self
+            .repo
+            .find_header(oid)
+            .map_err(|e| object_error(id, e))?;
+        if header.kind() != gix::object::Kind::Commit {
+            return Err(object_error(
+                id,
+                format!("is a {}, not a commit", header.kind()),
+            ));
+        }
+        if header.size() > MAX_COMMIT_BYTES {
+            return Err(GitError::CommitTooLarge {
+                id: id.to_owned(),
+                size: header.size(),
+                limit: MAX_COMMIT_BYTES,
+            });
+        }
+        let commit = self
+            .repo
+            .find_commit(oid)
+            .map_err(|e| object_error(id, e))?;
+        let tree = commit
+            .tree_id()
+            .map_err(|e| object_error(id, e))?
+            .detach()
+            .to_string();
+        let parents = commit
+            .parent_ids()
+            .map(|p| p.detach().to_string())
+            .collect();
+        let time = commit.time().map_err(|e| object_error(id, e))?;
+        let committer_time =
+            jiff::Timestamp::from_second(time.seconds).map_err(|e| object_error(id, e))?;
+        Ok(FetchedCommit {
+            id: oid.to_string(),
+            raw: commit.data.clone(),
+            tree,
+            parents,
+            committer_time,
+        })
+    }
+
+    /// Whether the repository holds the commit `id`.
+    pub fn has_commit(&self, id: &str) -> bool {
+        gix::ObjectId::from_hex(id.as_bytes())
+            .ok()
+            .and_then(|oid| self.repo.find_header(oid).ok())
+            .is_some_and(|h| h.kind() == gix::object::Kind::Commit)
+    }
+
+    /// The commits reachable from `head` but not from `base`, newest first (merge commits and both
+    /// sides of merges included), at most `limit` of them. With `base` an ancestor of `head`, these are
+    /// the commits a fast-forward from `base` to `head` brings.
+    pub fn commits_since(
+        &self,
+        base: &str,
+        head: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, GitError> {
+        let parse =
+            |id: &str| gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| object_error(id, e));
+        let walk = self
+            .repo
+            .rev_walk([parse(head)?])
+            .with_hidden([parse(base)?])
+            .all()
+            .map_err(|e| object_error(head, e))?;
+        let mut out = Vec::new();
+        for info in walk {
+            let info = info.map_err(|e| object_error(head, e))?;
+            if out.len() >= limit {
+                return Err(GitError::HistoryTooLong {
+                    base: base.to_owned(),
+                    head: head.to_owned(),
+                    limit,
+                });
+            }
+            out.push(info.id.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors, walking at most `limit` commits.
+    pub fn is_ancestor(
+        &self,
+        ancestor: &str,
+        descendant: &str,
+        limit: usize,
+    ) -> Result<bool, GitError> {
+        if ancestor.eq_ignore_ascii_case(descendant) {
+            return Ok(true);
+        }
+        let target =
+            gix::ObjectId::from_hex(ancestor.as_bytes()).map_err(|e| object_error(ancestor, e))?;
+        let start = gix::ObjectId::from_hex(descendant.as_bytes())
+            .map_err(|e| object_error(descendant, e))?;
+        let walk = self
+            .repo
+            .rev_walk([start])
+            .all()
+            .map_err(|e| object_error(descendant, e))?;
+        for (count, info) in walk.enumerate() {
+            if count >= limit {
+                return Err(GitError::HistoryTooLong {
+                    base: ancestor.to_owned(),
+                    head: descendant.to_owned(),
+                    limit,
+                });
+            }
+            if info.map_err(|e| object_error(descendant, e))?.id == target {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads `clusters/<cluster>/` of a verified commit, bounded by `limits`. Only a verified commit's
+    /// tree is ever read: an unsigned commit costs the operator one object read, not a tree walk.
+    pub fn read_cluster_tree(
+        &self,
+        commit: &crate::trust::commit_signature::VerifiedCommit,
+        cluster: &str,
+        limits: &Limits,
+    ) -> Result<ClusterTree, GitError> {
+        self.read_cluster_tree_at(commit.id(), &commit.commit().tree, cluster, limits)
+    }
+
+    /// Reads `clusters/<cluster>/` of the tree `tree_id`, bounded by `limits`.
+    fn read_cluster_tree_at(
+        &self,
+        commit_id: &str,
+        tree_id: &str,
+        cluster: &str,
+        limits: &Limits,
+    ) -> Result<ClusterTree, GitError> {
+        let oid =
+            gix::ObjectId::from_hex(tree_id.as_bytes()).map_err(|e| object_error(tree_id, e))?;
+        let root = self
+            .repo
+            .find_tree(oid)
+            .map_err(|e| object_error(tree_id, e))?;
+        let missing = || GitError::ClusterDirectoryMissing {
+            commit: commit_id.to_owned(),
+            cluster: cluster.to_owned(),
+        };
+        // A cluster id is a single path segment: anything else could address another directory.
+        if cluster.is_empty() || cluster.contains('/') || cluster == "." || cluster == ".." {
+            return Err(missing());
+        }
+        let entry = root
+            .lookup_entry_by_path(format!("clusters/{cluster}"))
+            .map_err(|e| object_error(tree_id, e))?
+            .ok_or_else(missing)?;
+        if entry.mode().kind() != gix::object::tree::EntryKind::Tree {
+            return Err(missing());
+        }
+        let mut walk = TreeWalk {
+            repo: &self.repo,
+            cluster,
+            limits,
+            entries: BTreeMap::new(),
+            total_bytes: 0,
+            visited: 0,
+        };
+        walk.visit(entry.object_id(), "", 0)?;
+        Ok(ClusterTree {
+            cluster: cluster.to_owned(),
+            entries: walk.entries,
+        })
+    }
+}
+
+struct TreeWalk<'a> {
+    repo: &'a gix::Repository,
+    cluster: &'a str,
+    limits: &'a Limits,
+    entries: BTreeMap<String, TreeEntry>,
+    total_bytes: u64,
+    /// Every tree entry seen, directories included: a few small trees that all point at one shared
+    /// subtree would otherwise make the walk visit millions of directories (a "tree bomb").
+    visited: usize,
+}
+
+impl TreeWalk<'_> {
+    fn visit(&mut self, tree: gix::ObjectId, prefix: &str, depth: usize) -> Result<(), GitError> {
+        use gix::object::tree::EntryKind;
+        if depth > self.limits.max_tree_depth {
+            return Err(GitError::TooDeep {
+                cluster: self.cluster.to_owned(),
+                path: prefix.trim_end_matches('/').to_owned(),
+                limit: self.limits.max_tree_depth,
+            });
+        }
+        let tree = self
+            .repo
+            .find_tree(tree)
+            .map_err(|e| object_error(tree, e))?;
+        let mut children = Vec::new();
+        for entry in tree.iter() {
+            // Counted before anything is kept, so one huge tree object cannot grow memory either.
+            self.visited += 1;
+            if self.visited > self.limits.max_files {
+                return Err(GitError::TooManyFiles {
+                    cluster: self.cluster.to_owned(),
+                    limit: self.limits.max_files,
+                });
+            }
+            let entry = entry.map_err(|e| object_error(tree.id, e))?;
+            let name =
+                std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {
+                    cluster: self.cluster.to_owned(),
+                    path: format!("{prefix}{}", String::from_utf8_lossy(entry.filename())),
+                })?;
+            children.push((format!("{prefix}{name}"), entry.kind(), entry.object_id()));
+        }
+        for (path, kind, id) in children {
+            if self.entries.len() >= self.limits.max_files {
+                return Err(GitError::TooManyFiles {
+                    cluster: self.cluster.to_owned(),
+                    limit: self.limits.max_files,
+                });
+            }
+            match kind {
+                EntryKind::Tree => self.visit(id, &format!("{path}/"), depth + 1)?,
+                EntryKind::Link => {
+                    self.entries.insert(path, TreeEntry::Symlink);
+                }
+                EntryKind::Commit => {
+                    self.entries.insert(path, TreeEntry::Submodule);
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    // The size comes from the object header: an oversized blob is refused
+                    // before it is inflated into memory.
+                    let size = self
+                        .repo
+                        .find_header(id)
+                        .map_err(|e| object_error(id, e))?
+                        .size();
+                    let limit = if path == crate::trust::release::MANIFEST_FILE {
+                        self.limits.max_manifest_bytes
+                    } else {
+                        self.limits.max_file_bytes
+                    };
+                    if size > limit {
+                        return Err(GitError::FileTooLarge {
+                            cluster: self.cluster.to_owned(),
+                            path,
+                            size,
+                            limit,
+                        });
+                    }
+                    self.total_bytes += size;
+                    if self.total_bytes > self.limits.max_total_bytes {
+                        return Err(GitError::TotalTooLarge {
+                            cluster: self.cluster.to_owned(),
+                            limit: self.limits.max_total_bytes,
+                        });
+                    }
+                    let blob = self.repo.find_blob(id).map_err(|e| object_error(id, e))?;
+                    self.entries
+                        .insert(path, TreeEntry::File(blob.data.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args([
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@example.org",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn write(dir: &Path, path: &str, contents: &[u8]) {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, contents).expect("write");
+    }
+
+    /// A repository with one commit holding clusters/demo and clusters/other.
+    fn repo_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        git(dir.path(), &["init", "-q"]);
+        for (path, contents) in files {
+            write(dir.path(), path, contents);
+        }
+        git(dir.path(), &["add", "-A"]);
+        git(dir.path(), &["commit", "-q", "-m", "intent"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        (dir, head)
+    }
+
+    fn read(dir: &Path, head: &str, limits: &Limits) -> Result<ClusterTree, GitError> {
+        let repo = LocalRepository::open(dir).expect("open");
+        let commit = repo.read_commit(head).expect("commit");
+        repo.read_cluster_tree_at(head, &commit.tree, "demo", limits)
+    }
+
+    #[test]
+    fn reads_commit_bytes_exactly_as_git_does() {
+        let (dir, head) = repo_with(&[("clusters/demo/a.yaml", b"a: 1\n")]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        let commit = repo.read_commit(&head).expect("commit");
+        let cat = Command::new("git")
+            .current_dir(dir.path())
+            .args(["cat-file", "commit", &head])
+            .output()
+            .expect("git cat-file");
+        assert_eq!(commit.raw, cat.stdout);
+        assert_eq!(commit.id, head);
+        assert_eq!(commit.tree, git(dir.path(), &["rev-parse", "HEAD^{tree}"]));
+        assert!(commit.parents.is_empty());
+        let epoch: i64 = git(dir.path(), &["log", "-1", "--format=%ct"])
+            .parse()
+            .expect("epoch");
+        assert_eq!(commit.committer_time.as_second(), epoch);
+    }
+
+    #[test]
+    fn reads_only_the_cluster_directory() {
+        let (dir, head) = repo_with(&[
+            ("clusters/demo/release.yaml", b"r\n"),
+            (
+                "clusters/demo/namespaces/a/applicationinstances/x.yaml",
+                b"x\n",
+            ),
+            ("clusters/other/release.yaml", b"other\n"),
+            ("README.md", b"readme\n"),
+        ]);
+        let tree = read(dir.path(), &head, &Limits::default()).expect("tree");
+        let paths: Vec<&str> = tree.entries.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            ["namespaces/a/applicationinstances/x.yaml", "release.yaml"]
+        );
+        assert_eq!(
+            tree.entries["release.yaml"],
+            TreeEntry::File(b"r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn missing_cluster_directory_is_named() {
+        let (dir, head) = repo_with(&[("clusters/other/release.yaml", b"r\n")]);
+        let err = read(dir.path(), &head, &Limits::default()).expect_err("missing");
+        assert!(
+            matches!(err, GitError::ClusterDirectoryMissing { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("clusters/demo/"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_are_recorded_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        git(dir.path(), &["init", "-q"]);
+        write(dir.path(), "clusters/demo/release.yaml", b"r\n");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("clusters/demo/evil.yaml"))
+            .expect("symlink");
+        git(dir.path(), &["add", "-A"]);
+        git(dir.path(), &["commit", "-q", "-m", "link"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        let tree = read(dir.path(), &head, &Limits::default()).expect("tree");
+        assert_eq!(tree.entries["evil.yaml"], TreeEntry::Symlink);
+    }
+
+    #[test]
+    fn oversized_file_is_refused_by_name() {
+        let big = vec![b'a'; 2048];
+        let (dir, head) = repo_with(&[("clusters/demo/big.yaml", &big)]);
+        let limits = Limits {
+            max_file_bytes: 1024,
+            ..Limits::default()
+        };
+        let err = read(dir.path(), &head, &limits).expect_err("too big");
+        assert!(
+            matches!(
+                err,
+                GitError::FileTooLarge {
+                    size: 2048,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("clusters/demo/big.yaml"), "{err}");
+    }
+
+    #[test]
+    fn file_count_total_size_and_depth_are_bounded() {
+        let (dir, head) = repo_with(&[
+            ("clusters/demo/a.yaml", b"0123456789"),
+            ("clusters/demo/b.yaml", b"0123456789"),
+            ("clusters/demo/c.yaml", b"0123456789"),
+            ("clusters/demo/d/e/f/g.yaml", b"0"),
+        ]);
+        let few = Limits {
+            max_files: 2,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            read(dir.path(), &head, &few),
+            Err(GitError::TooManyFiles { limit: 2, .. })
+        ));
+        let small = Limits {
+            max_total_bytes: 25,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            read(dir.path(), &head, &small),
+            Err(GitError::TotalTooLarge { limit: 25, .. })
+        ));
+        let shallow = Limits {
+            max_tree_depth: 2,
+            ..Limits::default()
+        };
+        let err = read(dir.path(), &head, &shallow).expect_err("too deep");
+        assert!(matches!(err, GitError::TooDeep { .. }), "{err}");
+    }
+
+    #[test]
+    fn refs_resolve_to_commits_and_pins_must_be_full() {
+        let (dir, head) = repo_with(&[("clusters/demo/a.yaml", b"a\n")]);
+        git(dir.path(), &["tag", "-a", "-m", "annotated", "v1"]);
+        git(dir.path(), &["tag", "light"]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        assert_eq!(
+            repo.resolve(&GitRef::Branch("main".into()))
+                .expect("branch"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Tag("v1".into()))
+                .expect("annotated tag"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Tag("light".into())).expect("tag"),
+            head
+        );
+        assert_eq!(
+            repo.resolve(&GitRef::Commit(head.clone())).expect("commit"),
+            head
+        );
+        assert!(matches!(
+            repo.resolve(&GitRef::Commit(head[..12].to_owned())),
+            Err(GitError::RefNotFound { .. })
+        ));
+        assert!(matches!(
+            repo.resolve(&GitRef::Branch("nope".into())),
+            Err(GitError::RefNotFound { .. })
+        ));
+        // A tag name is not a branch: pins are exact about the kind of ref.
+        assert!(matches!(
+            repo.resolve(&GitRef::Branch("v1".into())),
+            Err(GitError::RefNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn non_commit_objects_are_refused() {
+        let (dir, _head) = repo_with(&[("clusters/demo/a.yaml", b"a\n")]);
+        let tree = git(dir.path(), &["rev-parse", "HEAD^{tree}"]);
+        let repo = LocalRepository::open(dir.path()).expect("open");
+        assert!(matches!(
+            repo.read_commit(&tree),
+            Err(GitError::Object { .. })
+        ));
+    }
+}

@@ -1,0 +1,25 @@
+//! Authoring: what the people and systems who write intent run (`release`, `keygen`, `demo`) and
+//! what they read (`report`). Below the command line: nothing here imports `cli`.
+
+pub mod demo;
+pub mod keygen;
+pub mod release;
+pub mod report;
+
+/// The outcome of a command: the process exit code.
+pub type ExitCode = u8;
+
+/// Why a command could not run (as opposed to a refused ref, which is a normal outcome).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// A bad flag value or an unreadable input: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing output failed.
+    #[error("{0}")]
+    Io(String),
+    /// The operator could not run (no API server, a listener that cannot bind).
+    #[error("{0}")]
+    Operator(String),
+}

@@ -1,0 +1,19 @@
+//! The integration tests, one binary: real `git`, `ssh-keygen` and `age`, git servers on loopback,
+//! a recording fake API server for exact requests, and the CLI as users run it.
+
+mod common;
+mod support;
+
+mod adversarial;
+mod children;
+mod cli;
+mod crds;
+mod deploy;
+mod intent;
+mod materialize;
+mod pipeline;
+mod reconcile;
+mod secrets;
+mod signatures;
+mod source;
+mod webhook;

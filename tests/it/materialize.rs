@@ -1,0 +1,587 @@
+//! The children controllers against the fake API server at the HTTP boundary: the exact requests for
+//! an ApplicationInstance (values Secret, Flux source, HelmRelease, mirrored status) and for
+//! Operations (Velero Backup, Job from a template, a refused template), no write when nothing
+//! changed, no plaintext anywhere but the values Secret, and every request allowed by deploy/.
+//! Values are encrypted by the real `age` CLI and by our bound `encrypt`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::support::fake_api::*;
+use crate::support::rbac_check::assert_allowed_by_deploy;
+use vworkspace_controller::children::{self, ChildContext};
+use vworkspace_core::crd::{ApplicationInstance, Operation, OperationPhase};
+
+const PLAINTEXT_SMTP: &str = "smtp-PLAINTEXT-MARKER-1";
+const PLAINTEXT_TOKEN: &str = "token-PLAINTEXT-MARKER-2";
+const AI: &str =
+    "/apis/apps.vworkspace.io/v1alpha1/namespaces/org-myteam/applicationinstances/nextcloud";
+const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1/namespaces/org-myteam/operations";
+const SECRET: &str = "/api/v1/namespaces/org-myteam/secrets/nextcloud-values";
+const HELM_RELEASE: &str =
+    "/apis/helm.toolkit.fluxcd.io/v2/namespaces/org-myteam/helmreleases/nextcloud";
+const HELM_REPOSITORY: &str =
+    "/apis/source.toolkit.fluxcd.io/v1/namespaces/org-myteam/helmrepositories/nextcloud";
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    identity: String,
+    recipient: String,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cluster.agekey");
+    let status = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("age-keygen");
+    assert!(status.success());
+    let identity = std::fs::read_to_string(&path).expect("identity");
+    let recipient = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("recipient")
+        .to_owned();
+    Keys {
+        _dir: dir,
+        identity,
+        recipient,
+    }
+}
+
+/// `age -a -r <recipient>`: the real CLI.
+fn age(keys: &Keys, plaintext: &str) -> String {
+    let mut child = Command::new("age")
+        .args(["-a", "-r", &keys.recipient])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("age");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plaintext.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("age output");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("armor")
+}
+
+/// Our `encrypt`, bound to where the value is used.
+fn bound(keys: &Keys, plaintext: &str, path: &str) -> String {
+    let binding = vworkspace_core::secrets::Binding {
+        cluster: "demo".into(),
+        namespace: "org-myteam".into(),
+        instance: "nextcloud".into(),
+        path: path.into(),
+    };
+    vworkspace_core::secrets::encrypt(plaintext.as_bytes(), &keys.recipient, Some(&binding))
+        .expect("encrypt")
+}
+
+fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
+    let api = Arc::new(FakeApi::default());
+    api.put(
+        "/api/v1/namespaces/org-myteam",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "org-myteam", "labels": {"app.vworkspace.io/managed-by": "vworkspace"}}}),
+    );
+    api.put(
+        "/api/v1/namespaces/kube-system",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+    );
+    api.put(
+        "/apis/ops.vworkspace.io/v1alpha1/clusters/demo",
+        json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
+               "metadata": {"name": "demo", "uid": "c-uid"},
+               "spec": {
+                 "clusterId": "demo",
+                 "source": {"url": "https://git.example.org/intent.git", "ref": {"branch": "main"}},
+                 "commitSigners": {"configMapRef": {"name": "trust"}},
+                 "release": {"signersConfigMapRef": {"name": "trust"}, "threshold": 1},
+                 "decryption": {"identitySecretRef": {"name": "cluster-age"}}
+               },
+               "status": {"managedNamespaces": [{"name": "org-myteam", "allowedOperationTemplates": ["pg-dump", "velero-namespace-backup"]}]}}),
+    );
+    api.put(
+        "/api/v1/namespaces/vworkspace-system/secrets/cluster-age",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-age", "namespace": "vworkspace-system"},
+               "data": {"identity.agekey": base64::engine::general_purpose::STANDARD.encode(&keys.identity)}}),
+    );
+    let ctx = Arc::new(ChildContext {
+        client: api.client(),
+        namespace: "vworkspace-system".into(),
+        velero_namespace: "velero".into(),
+        limits: Default::default(),
+        clock: || jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+    });
+    (api, ctx)
+}
+
+fn put_instance(api: &FakeApi, values: Value) {
+    api.put(
+        AI,
+        json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+               "metadata": {"name": "nextcloud", "namespace": "org-myteam", "uid": "ai-uid", "generation": 2,
+                            "labels": {"app.vworkspace.io/managed-by": "vworkspace", "gitops.vworkspace.io/cluster": "demo"}},
+               "spec": {"chart": {"repository": "https://nextcloud.github.io/helm/", "name": "nextcloud", "version": "6.6.4"},
+                        "values": values}}),
+    );
+}
+
+fn instance(api: &FakeApi) -> Arc<ApplicationInstance> {
+    Arc::new(serde_json::from_value(api.get(AI).expect("instance")).expect("typed"))
+}
+
+fn writes(api: &FakeApi) -> Vec<String> {
+    api.requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(Recorded::line)
+        .collect()
+}
+
+fn assert_no_plaintext_outside_the_values_secret(api: &FakeApi) {
+    for r in api.requests() {
+        if r.path == SECRET {
+            continue;
+        }
+        let body = r.body.to_string();
+        assert!(
+            !body.contains("PLAINTEXT-MARKER"),
+            "plaintext in {}: {body}",
+            r.line()
+        );
+    }
+}
+
+fn assert_discipline(api: &FakeApi) {
+    for r in api.requests() {
+        if r.path.contains("/secrets") {
+            assert!(
+                r.path.trim_start_matches('/').split('/').count() == 6,
+                "Secrets by name only: {}",
+                r.line()
+            );
+            assert!(r.method != Method::GET || !r.query.contains("watch"));
+        }
+        if r.method == Method::PATCH {
+            assert_eq!(
+                r.content_type,
+                "application/apply-patch+yaml",
+                "{}",
+                r.line()
+            );
+            assert_eq!(
+                query_param(&r.query, "fieldManager").as_deref(),
+                Some("vworkspace-gitops")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    put_instance(
+        &api,
+        json!({
+            "nextcloud": {"host": "cloud.example.org", "mail": {"smtp": {"password": bound(&keys, PLAINTEXT_SMTP, "nextcloud.mail.smtp.password")}}},
+            "api": {"token": age(&keys, PLAINTEXT_TOKEN)},
+        }),
+    );
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_discipline(&api);
+    assert_no_plaintext_outside_the_values_secret(&api);
+    assert_allowed_by_deploy(&api.requests(), &["org-myteam"]);
+    assert_eq!(
+        api.requests()
+            .iter()
+            .map(Recorded::line)
+            .collect::<Vec<_>>(),
+        [
+            "GET /api/v1/namespaces/org-myteam".to_owned(),
+            "GET /apis/ops.vworkspace.io/v1alpha1/clusters".to_owned(),
+            "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
+            format!("GET {SECRET}"),
+            format!("PATCH {SECRET}"),
+            format!("GET {HELM_REPOSITORY}"),
+            format!("PATCH {HELM_REPOSITORY}"),
+            format!("GET {HELM_RELEASE}"),
+            format!("PATCH {HELM_RELEASE}"),
+            format!("PATCH {AI}/status"),
+        ]
+    );
+    // The Secret holds exactly the decrypted leaves, as a sparse tree.
+    let secret = api.get(SECRET).expect("secret");
+    let yaml = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["values.yaml"].as_str().expect("values.yaml"))
+        .expect("base64");
+    let sparse: Value = serde_json::from_slice(&yaml).expect("json");
+    assert_eq!(
+        sparse,
+        json!({"nextcloud": {"mail": {"smtp": {"password": PLAINTEXT_SMTP}}}, "api": {"token": PLAINTEXT_TOKEN}})
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "ai-uid");
+    let release = api.get(HELM_RELEASE).expect("helmrelease");
+    assert_eq!(
+        release["spec"]["values"],
+        json!({"nextcloud": {"host": "cloud.example.org", "mail": {"smtp": {}}}, "api": {}})
+    );
+    assert_eq!(release["spec"]["valuesFrom"][0]["name"], "nextcloud-values");
+    let status = api.get(AI).expect("instance")["status"].clone();
+    assert_eq!(status["conditions"][0]["reason"], "WaitingForHelmRelease");
+    assert_eq!(status["observedGeneration"], 2);
+
+    // Flux reports Ready: the instance mirrors it, and nothing else is written.
+    let mut ready = api.get(HELM_RELEASE).expect("helmrelease");
+    ready["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "reason": "InstallSucceeded", "message": "Helm install succeeded for release org-myteam/nextcloud.v1"}]});
+    api.put(HELM_RELEASE, ready);
+    api.clear();
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), [format!("PATCH {AI}/status")]);
+    let status = api.get(AI).expect("instance")["status"].clone();
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["conditions"][0]["reason"], "InstallSucceeded");
+
+    // Unchanged: reads only.
+    api.clear();
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        writes(&api),
+        Vec::<String>::new(),
+        "no write when nothing changed"
+    );
+
+    // A new encrypted value (same plaintext path, new ciphertext and a new secret): only the Secret.
+    let mut ai = api.get(AI).expect("instance");
+    ai["spec"]["values"]["api"]["token"] = json!(age(&keys, "token-PLAINTEXT-MARKER-3"));
+    api.put(AI, ai);
+    api.clear();
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), [format!("PATCH {SECRET}")]);
+    assert_no_plaintext_outside_the_values_secret(&api);
+
+    // No encrypted values left: the Secret goes, and the HelmRelease stops reading it.
+    let mut ai = api.get(AI).expect("instance");
+    ai["spec"]["values"] = json!({"nextcloud": {"host": "cloud.example.org"}});
+    api.put(AI, ai);
+    api.clear();
+    children::instance::reconcile(instance(&api), ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        writes(&api),
+        [format!("DELETE {SECRET}"), format!("PATCH {HELM_RELEASE}")]
+    );
+    assert!(
+        api.get(HELM_RELEASE).expect("hr")["spec"]
+            .get("valuesFrom")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_for_another_instance_is_refused_and_nothing_is_written() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    // Bound to another instance's path: copying it here must not decrypt into this instance's Secret.
+    let stolen = bound(&keys, PLAINTEXT_SMTP, "some.other.path");
+    put_instance(
+        &api,
+        json!({"nextcloud": {"mail": {"smtp": {"password": stolen}}}}),
+    );
+    children::instance::reconcile(instance(&api), ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), [format!("PATCH {AI}/status")]);
+    let status = api.get(AI).expect("instance")["status"].clone();
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], "ValuesNotDecrypted");
+    let message = status["conditions"][0]["message"]
+        .as_str()
+        .expect("message");
+    assert!(
+        message.contains("nextcloud.mail.smtp.password"),
+        "{message}"
+    );
+    assert_no_plaintext_outside_the_values_secret(&api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_in_an_unmanaged_namespace_is_left_alone() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let mut ai: Value = json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": {"name": "x", "namespace": "kube-system", "uid": "u"},
+        "spec": {"chart": {"repository": "https://example.org/", "name": "x", "version": "1"}}});
+    ai["metadata"]["generation"] = json!(1);
+    let ai: ApplicationInstance = serde_json::from_value(ai).expect("typed");
+    children::instance::reconcile(Arc::new(ai), ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        api.requests()
+            .iter()
+            .map(Recorded::line)
+            .collect::<Vec<_>>(),
+        ["GET /api/v1/namespaces/kube-system"]
+    );
+}
+
+fn put_operation(api: &FakeApi, name: &str, spec: Value) -> String {
+    let path = format!("{OPS}/{name}");
+    api.put(
+        &path,
+        json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+               "metadata": {"name": name, "namespace": "org-myteam", "uid": format!("{name}-uid"), "generation": 1},
+               "spec": spec}),
+    );
+    path
+}
+
+fn operation(api: &FakeApi, path: &str) -> Arc<Operation> {
+    Arc::new(serde_json::from_value(api.get(path).expect("operation")).expect("typed"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_runs_once_through_velero() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let path = put_operation(
+        &api,
+        "nightly",
+        json!({"type": "Backup", "template": "velero-namespace-backup", "target": {"applicationInstance": "nextcloud"}, "parameters": {"ttl": "720h"}}),
+    );
+    children::operation::reconcile(operation(&api, &path), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_discipline(&api);
+    assert_allowed_by_deploy(&api.requests(), &["org-myteam"]);
+    let lines: Vec<String> = api.requests().iter().map(Recorded::line).collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "GET /api/v1/namespaces/org-myteam",
+            "GET /apis/ops.vworkspace.io/v1alpha1/clusters"
+        ]
+    );
+    let backup_path = lines[2].trim_start_matches("GET ").to_owned();
+    assert!(
+        backup_path.starts_with("/apis/velero.io/v1/namespaces/velero/backups/org-myteam-nightly-")
+    );
+    assert_eq!(
+        lines[3..],
+        [
+            format!("PATCH {backup_path}"),
+            format!("PATCH {path}/status")
+        ]
+    );
+    let backup = api.get(&backup_path).expect("backup");
+    assert_eq!(backup["spec"]["includedNamespaces"], json!(["org-myteam"]));
+    assert_eq!(backup["spec"]["ttl"], "720h");
+    let status = api.get(&path).expect("op")["status"].clone();
+    assert_eq!(status["phase"], "Pending");
+
+    // Velero finishes; the Operation follows; then it never runs again.
+    let mut done = api.get(&backup_path).expect("backup");
+    done["status"] = json!({"phase": "Completed"});
+    api.put(&backup_path, done);
+    api.clear();
+    children::operation::reconcile(operation(&api, &path), ctx.clone())
+        .await
+        .expect("reconciled");
+    let op = operation(&api, &path);
+    let status = op.status.clone().expect("status");
+    assert_eq!(status.phase, Some(OperationPhase::Succeeded));
+    assert!(status.completion_time.is_some());
+    assert_eq!(
+        status.outputs.and_then(|o| o.backup_name).as_deref(),
+        backup_path.rsplit('/').next()
+    );
+    // Velero's Backup expires and is deleted; re-applying the same spec does not run it again.
+    api.objects.lock().expect("lock").remove(&backup_path);
+    api.clear();
+    children::operation::reconcile(op, ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), Vec::<String>::new());
+    assert_eq!(
+        api.requests()
+            .iter()
+            .map(Recorded::line)
+            .collect::<Vec<_>>(),
+        ["GET /api/v1/namespaces/org-myteam"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_command_job_runs_as_the_runner_and_points_at_its_pod() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    api.put(
+        "/api/v1/namespaces/vworkspace-system/configmaps/operation-template-pg-dump",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "operation-template-pg-dump", "namespace": "vworkspace-system"},
+               "data": {"image": "registry.example.org/tools/pg:16", "command": "[\"/bin/pg-dump\", \"--all\"]"}}),
+    );
+    let path = put_operation(
+        &api,
+        "dump",
+        json!({"type": "RunCommand", "template": "pg-dump", "parameters": {"database": "app"}}),
+    );
+    children::operation::reconcile(operation(&api, &path), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_allowed_by_deploy(&api.requests(), &["org-myteam"]);
+    let job_patch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path.contains("/jobs/"))
+        .expect("job applied");
+    assert!(
+        job_patch
+            .path
+            .starts_with("/apis/batch/v1/namespaces/org-myteam/jobs/dump-")
+    );
+    let pod = &job_patch.body["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "vworkspace-operation-runner");
+    assert_eq!(
+        pod["containers"][0]["image"],
+        "registry.example.org/tools/pg:16"
+    );
+    assert_eq!(
+        pod["containers"][0]["env"][0],
+        json!({"name": "PARAM_DATABASE", "value": "app"})
+    );
+    // The Job's pod appears: logsRef points at it.
+    let job_name = job_patch.path.rsplit('/').next().expect("name").to_owned();
+    api.put(
+        "/api/v1/namespaces/org-myteam/pods/dump-pod-1",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dump-pod-1", "namespace": "org-myteam",
+               "creationTimestamp": "2027-01-15T08:00:00Z", "labels": {"job-name": job_name}}}),
+    );
+    let mut job = api.get(&job_patch.path).expect("job");
+    job["status"] = json!({"active": 1});
+    api.put(&job_patch.path, job);
+    api.clear();
+    children::operation::reconcile(operation(&api, &path), ctx)
+        .await
+        .expect("reconciled");
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.line() == "GET /api/v1/namespaces/org-myteam/pods"
+                && query_param(&r.query, "labelSelector").as_deref()
+                    == Some(&format!("job-name={job_name}")))
+    );
+    let status = operation(&api, &path).status.clone().expect("status");
+    assert_eq!(status.phase, Some(OperationPhase::Running));
+    assert_eq!(
+        status.outputs.and_then(|o| o.logs_ref).as_deref(),
+        Some("org-myteam/dump-pod-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_the_namespace_may_not_run_is_refused_without_a_child() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let path = put_operation(
+        &api,
+        "wipe",
+        json!({"type": "Workflow", "template": "wipe-everything"}),
+    );
+    children::operation::reconcile(operation(&api, &path), ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), [format!("PATCH {path}/status")]);
+    let status = operation(&api, &path).status.clone().expect("status");
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("OperationTemplateNotAllowedInNamespace")
+    );
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("pg-dump, velero-namespace-backup"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_in_a_namespace_not_yet_recorded_waits_instead_of_failing() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let mut cluster = api
+        .get("/apis/ops.vworkspace.io/v1alpha1/clusters/demo")
+        .expect("cluster");
+    cluster["status"] = json!({});
+    api.put("/apis/ops.vworkspace.io/v1alpha1/clusters/demo", cluster);
+    let path = put_operation(
+        &api,
+        "nightly",
+        json!({"type": "Backup", "template": "velero-namespace-backup"}),
+    );
+    children::operation::reconcile(operation(&api, &path), ctx)
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), [format!("PATCH {path}/status")]);
+    let status = operation(&api, &path).status.clone().expect("status");
+    assert_eq!(status.phase, Some(OperationPhase::Pending));
+    assert_eq!(status.reason.as_deref(), Some("WaitingForManagedNamespace"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_template_runs_once_it_is_allowed() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    let path = put_operation(
+        &api,
+        "wf",
+        json!({"type": "Workflow", "template": "nightly-wf"}),
+    );
+    children::operation::reconcile(operation(&api, &path), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        operation(&api, &path).status.clone().and_then(|s| s.phase),
+        Some(OperationPhase::Failed)
+    );
+    // The platform team allows the template; the next look runs the same spec.
+    let cluster_path = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+    let mut cluster = api.get(cluster_path).expect("cluster");
+    cluster["status"]["managedNamespaces"][0]["allowedOperationTemplates"] = json!(["nightly-wf"]);
+    api.put(cluster_path, cluster);
+    api.clear();
+    children::operation::reconcile(operation(&api, &path), ctx)
+        .await
+        .expect("reconciled");
+    assert!(
+        writes(&api).iter().any(|w| w
+            .starts_with("PATCH /apis/argoproj.io/v1alpha1/namespaces/org-myteam/workflows/wf-")),
+        "{:?}",
+        writes(&api)
+    );
+    assert_eq!(
+        operation(&api, &path).status.clone().and_then(|s| s.phase),
+        Some(OperationPhase::Pending)
+    );
+}

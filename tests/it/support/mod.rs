@@ -1,0 +1,7 @@
+//! Test support shared by the modules: the recording fake API server, the RBAC evaluator over deploy/,
+//! and throwaway TLS certificates.
+#![allow(dead_code)]
+
+pub mod fake_api;
+pub mod rbac_check;
+pub mod tls;
