@@ -403,11 +403,12 @@ fn main() {
     )
     .expect("commit");
     let t_tree = time(runs, || {
-        repo.read_cluster_tree(&verified_commit, "bench", &g.config.limits)
+        verified_commit
+            .read_cluster_tree(&repo, "bench", &g.config.limits)
             .expect("tree")
     });
-    let tree = repo
-        .read_cluster_tree(&verified_commit, "bench", &g.config.limits)
+    let tree = verified_commit
+        .read_cluster_tree(&repo, "bench", &g.config.limits)
         .expect("tree");
     let t_release = time(runs, || {
         vworkspace_core::trust::release::verify(

@@ -10,6 +10,7 @@ mod cli;
 mod crds;
 mod deploy;
 mod intent;
+mod layers;
 mod materialize;
 mod pipeline;
 mod reconcile;

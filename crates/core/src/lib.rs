@@ -18,6 +18,7 @@
 pub mod crd;
 pub mod error;
 pub mod intent;
+pub mod layout;
 pub mod limits;
 pub(crate) mod parallel;
 pub mod pipeline;

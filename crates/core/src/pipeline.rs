@@ -196,8 +196,8 @@ pub fn verify_commit_id(
         .map_err(|e| fail(e.into()))?;
     crate::trust::history::check(repo, commit.id(), &config.history, &config.commit_signers)
         .map_err(|e| fail(e.into()))?;
-    let tree = repo
-        .read_cluster_tree(&commit, &config.cluster, &config.limits)
+    let tree = commit
+        .read_cluster_tree(repo, &config.cluster, &config.limits)
         .map_err(|e| fail(Error::Tree(e)))?;
     let release = release::verify(commit, tree, &config.release, config.now, &config.limits)
         .map_err(|e| fail(e.into()))?;

@@ -134,4 +134,3 @@ pub fn review(body: &[u8], policy: &dyn TemplatePolicy) -> Value {
     };
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
-

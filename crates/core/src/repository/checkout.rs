@@ -105,7 +105,7 @@ fn visit(
                 total,
             )?;
         } else if meta.is_file() {
-            let max = if relative == crate::trust::release::MANIFEST_FILE {
+            let max = if relative == crate::layout::MANIFEST_FILE {
                 limits.max_manifest_bytes
             } else {
                 limits.max_file_bytes

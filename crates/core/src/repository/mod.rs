@@ -397,19 +397,10 @@ impl LocalRepository {
         Ok(false)
     }
 
-    /// Reads `clusters/<cluster>/` of a verified commit, bounded by `limits`. Only a verified commit's
-    /// tree is ever read: an unsigned commit costs the operator one object read, not a tree walk.
-    pub fn read_cluster_tree(
-        &self,
-        commit: &crate::trust::commit_signature::VerifiedCommit,
-        cluster: &str,
-        limits: &Limits,
-    ) -> Result<ClusterTree, GitError> {
-        self.read_cluster_tree_at(commit.id(), &commit.commit().tree, cluster, limits)
-    }
-
-    /// Reads `clusters/<cluster>/` of the tree `tree_id`, bounded by `limits`.
-    fn read_cluster_tree_at(
+    /// Reads `clusters/<cluster>/` of the tree `tree_id`, bounded by `limits`. Crate-private: the
+    /// public way in is [`crate::trust::commit_signature::VerifiedCommit::read_cluster_tree`], so only a
+    /// verified commit's tree is ever read.
+    pub(crate) fn read_cluster_tree_at(
         &self,
         commit_id: &str,
         tree_id: &str,
@@ -519,7 +510,7 @@ impl TreeWalk<'_> {
                         .find_header(id)
                         .map_err(|e| object_error(id, e))?
                         .size();
-                    let limit = if path == crate::trust::release::MANIFEST_FILE {
+                    let limit = if path == crate::layout::MANIFEST_FILE {
                         self.limits.max_manifest_bytes
                     } else {
                         self.limits.max_file_bytes

@@ -38,6 +38,17 @@ impl VerifiedCommit {
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
+    /// Reads `clusters/<cluster>/` of this commit from `repo`, bounded by `limits`. Only a verified
+    /// commit's tree is ever read: an unsigned commit costs the operator one object read, not a
+    /// tree walk.
+    pub fn read_cluster_tree(
+        &self,
+        repo: &crate::repository::LocalRepository,
+        cluster: &str,
+        limits: &crate::limits::Limits,
+    ) -> Result<crate::repository::ClusterTree, crate::repository::GitError> {
+        repo.read_cluster_tree_at(self.id(), &self.commit.tree, cluster, limits)
+    }
 }
 
 /// Why a commit's signature was refused. Every message names the commit.

@@ -16,10 +16,7 @@ use crate::trust::commit_signature::VerifiedCommit;
 use crate::trust::signers::AllowedSigners;
 use crate::trust::sshsig::{self, SignatureError, Signer};
 
-/// The manifest's file name inside `clusters/<id>/`.
-pub const MANIFEST_FILE: &str = "release.yaml";
-/// The directory of release signatures inside `clusters/<id>/`.
-pub const SIGNATURES_DIR: &str = "release.sigs/";
+pub use crate::layout::{MANIFEST_FILE, SIGNATURES_DIR};
 /// The SSHSIG namespace of release signatures.
 pub const SIGNATURE_NAMESPACE: &str = "vworkspace-release";
 /// The manifest's `apiVersion`.
