@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let policy = |namespace: &str| (namespace == "org-a").then(|| vec!["backup".to_owned()]);
-    let answer = vworkspace_controller::children::webhook::review(data, &policy);
+    let answer = vworkspace_core::admission::review(data, &policy);
     assert_eq!(answer["kind"], "AdmissionReview");
     assert!(answer["response"]["allowed"].is_boolean());
 });

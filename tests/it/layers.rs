@@ -93,21 +93,21 @@ fn paths(code: &str, this: &str, is_dir_module: bool) -> Vec<Vec<String>> {
             );
             // `crate::a::{b::c, d}`: one path a member (one level of braces is all the code uses).
             let after = &code[from + rest.len()..];
-            if rest.ends_with("::") || rest.is_empty() {
-                if let Some(group) = after.strip_prefix('{').and_then(|g| g.split('}').next()) {
-                    for member in group.split(',') {
-                        let mut path = segments.clone();
-                        path.extend(
-                            member
-                                .trim()
-                                .split("::")
-                                .filter(|s| !s.is_empty() && *s != "self")
-                                .map(str::to_owned),
-                        );
-                        found.push(path);
-                    }
-                    continue;
+            if (rest.ends_with("::") || rest.is_empty())
+                && let Some(group) = after.strip_prefix('{').and_then(|g| g.split('}').next())
+            {
+                for member in group.split(',') {
+                    let mut path = segments.clone();
+                    path.extend(
+                        member
+                            .trim()
+                            .split("::")
+                            .filter(|s| !s.is_empty() && *s != "self")
+                            .map(str::to_owned),
+                    );
+                    found.push(path);
                 }
+                continue;
             }
             found.push(segments);
         }

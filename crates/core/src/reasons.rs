@@ -22,3 +22,8 @@ pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
 pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
+
+/// An admission denial: a credential-named key in `spec.values` holds a literal.
+pub const INLINE_CREDENTIAL: &str = "InlineCredentialInValues";
+/// An Operation's template is not allowed in its namespace (admission and the Operation's status).
+pub const TEMPLATE_NOT_ALLOWED: &str = "OperationTemplateNotAllowedInNamespace";

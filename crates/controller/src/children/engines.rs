@@ -22,7 +22,7 @@ use vworkspace_core::crd::{Operation, OperationPhase, OperationType};
 use vworkspace_core::plan::{LABEL_MANAGED_BY, MANAGED_BY};
 
 /// Reason of an Operation whose template the namespace may not run (controller and webhook).
-pub const TEMPLATE_NOT_ALLOWED: &str = "OperationTemplateNotAllowedInNamespace";
+pub use vworkspace_core::reasons::TEMPLATE_NOT_ALLOWED;
 /// Reason of an Operation that lacks what its type needs (a PVC, a backup name, a template).
 pub const INVALID_OPERATION: &str = "InvalidOperation";
 /// Label: the namespace of the Operation a child runs for.
@@ -102,21 +102,20 @@ fn invalid(field: &str, reason: &str) -> OperationError {
     }
 }
 
-/// Whether `namespace` may run `template`.
+/// Whether `namespace` may run `template` (the rule is [`vworkspace_core::admission::check_template`],
+/// shared with the webhook).
 pub fn check_template(
     template: &str,
     namespace: &str,
     allowed: &[String],
 ) -> Result<(), OperationError> {
-    if allowed.iter().any(|t| t == template) {
-        Ok(())
-    } else {
-        Err(OperationError::TemplateNotAllowed {
-            template: template.to_owned(),
-            namespace: namespace.to_owned(),
-            allowed: allowed.join(", "),
-        })
-    }
+    vworkspace_core::admission::check_template(template, namespace, allowed).map_err(|e| {
+        OperationError::TemplateNotAllowed {
+            template: e.template,
+            namespace: e.namespace,
+            allowed: e.allowed,
+        }
+    })
 }
 
 /// Parses a RunCommand template ConfigMap's data.

@@ -7,7 +7,6 @@
 
 pub mod engines;
 pub mod flux;
-pub mod webhook;
 pub mod webhook_server;
 
 pub mod instance;

@@ -1,5 +1,5 @@
 //! The admission webhook over HTTPS (rustls): `POST /validate` answers AdmissionReviews with
-//! [`crate::children::webhook::review`]. The certificate and key are files (a mounted Secret); they are re-read
+//! [`vworkspace_core::admission::review`]. The certificate and key are files (a mounted Secret); they are re-read
 //! when their modification time changes, checked at most once a second, so a rotated certificate is
 //! served without a restart. A certificate that fails to load keeps the previous one in service.
 
@@ -16,7 +16,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
-use crate::children::webhook::{MAX_REVIEW_BYTES, TemplatePolicy};
+use vworkspace_core::admission::{MAX_REVIEW_BYTES, TemplatePolicy};
 use vworkspace_core::crd::Cluster;
 
 /// Connections served at once; more wait to be accepted.
@@ -197,7 +197,7 @@ async fn handle<P: TemplatePolicy>(
                 Ok(Err(_)) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
                 Err(_) => return respond(StatusCode::REQUEST_TIMEOUT, b"{}".to_vec()),
             };
-            let answer = crate::children::webhook::review(&body, policy.as_ref());
+            let answer = vworkspace_core::admission::review(&body, policy.as_ref());
             respond(
                 StatusCode::OK,
                 serde_json::to_vec(&answer).unwrap_or_default(),

@@ -3,19 +3,47 @@
 //! (a key that names a credential with a literal value, unless it is an age-armored value or a
 //! `secretRef`). For Operation: the template must be allowed in the namespace
 //! (`Cluster.status.managedNamespaces[].allowedOperationTemplates`). Every denial says what to do
-//! instead. The HTTPS side is [`crate::children::webhook_server`].
+//! instead. The HTTPS side is `vworkspace_controller::children::webhook_server`; this module is
+//! pure so the fuzz target and the unit tests reach it without a server.
 
 use serde_json::{Value, json};
 
-use crate::children::engines::{TEMPLATE_NOT_ALLOWED, check_template};
-pub use vworkspace_core::secrets::values_policy::{
-    MAX_VALUES_DEPTH, inline_credentials, names_credential,
-};
+pub use crate::reasons::{INLINE_CREDENTIAL, TEMPLATE_NOT_ALLOWED};
+use crate::secrets::values_policy::inline_credentials;
 
 /// Largest AdmissionReview body accepted (the API server's own request limit is 3 MiB).
 pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
-/// Reason of a denial for inline credentials.
-pub const INLINE_CREDENTIAL: &str = "InlineCredentialInValues";
+
+/// An Operation's template that its namespace may not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "template {template:?} is not allowed in namespace {namespace}: allowed are [{allowed}]; add it to the namespace annotation app.vworkspace.io/allowed-operation-templates"
+)]
+pub struct TemplateNotAllowed {
+    /// The template.
+    pub template: String,
+    /// The namespace.
+    pub namespace: String,
+    /// What is allowed, comma-separated.
+    pub allowed: String,
+}
+
+/// Whether `namespace` may run `template`, given the templates it allows.
+pub fn check_template(
+    template: &str,
+    namespace: &str,
+    allowed: &[String],
+) -> Result<(), TemplateNotAllowed> {
+    if allowed.iter().any(|t| t == template) {
+        Ok(())
+    } else {
+        Err(TemplateNotAllowed {
+            template: template.to_owned(),
+            namespace: namespace.to_owned(),
+            allowed: allowed.join(", "),
+        })
+    }
+}
 
 /// What the webhook knows of the cluster: the templates each managed namespace may run.
 pub trait TemplatePolicy {
