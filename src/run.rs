@@ -209,6 +209,8 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         velero_namespace: options.velero_namespace.clone(),
         limits: crate::limits::Limits::default(),
         clock: jiff::Timestamp::now,
+        declared: ctx.declared.clone(),
+        metrics: metrics.clone(),
     });
     controllers(client, ctx, children, stop_rx).await;
     Ok(true)

@@ -1,12 +1,15 @@
 //! The controllers that materialize what the `Cluster` pass applied: [`instance`] turns each
 //! `ApplicationInstance` into its Flux source, HelmRelease and values Secret; [`operation`] runs each
 //! `Operation` once through its engine. Both only act in managed namespaces (where the operator holds
-//! its namespace rights), read before they write, and write nothing when the children already are
-//! what they should be. The children are built by the pure [`crate::children`] and
+//! its namespace rights), only on objects the last verified release of their `Cluster` declares, and
+//! with the declared spec ([`declared`]), read before they write, and write nothing when the children
+//! already are what they should be. The children are built by the pure [`crate::children`] and
 //! [`crate::operations`].
 
+pub mod declared;
 pub mod instance;
 pub mod operation;
+pub mod refusal;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
@@ -31,6 +34,11 @@ pub struct ChildContext {
     pub limits: Limits,
     /// The clock.
     pub clock: fn() -> jiff::Timestamp,
+    /// What the verified releases declare: published by the `Cluster` pass
+    /// ([`crate::reconcile::Context::declared`]), the only source the controllers act from.
+    pub declared: std::sync::Arc<declared::DeclaredSet>,
+    /// The exported metrics (refusals are counted here).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
