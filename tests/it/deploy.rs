@@ -347,3 +347,91 @@ fn webhook_is_fail_closed_on_managed_namespaces_and_served_by_the_deployment() {
     argv.extend(args);
     assert!(vworkspace_operator::cli::Cli::try_parse_from(argv).is_ok());
 }
+
+#[test]
+fn admission_policy_keeps_managed_namespaces_from_git() {
+    let docs = documents();
+    let policy = named(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "vworkspace-managed-from-git",
+    );
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    // Only managed namespaces.
+    assert_eq!(
+        spec["matchConstraints"]["namespaceSelector"]["matchLabels"]["app.vworkspace.io/managed-by"],
+        "vworkspace"
+    );
+    // Both kinds and their status, every write.
+    let rules = spec["matchConstraints"]["resourceRules"]
+        .as_array()
+        .expect("rules");
+    for (group, kind) in [
+        ("apps.vworkspace.io", "applicationinstances"),
+        ("ops.vworkspace.io", "operations"),
+    ] {
+        let rule = rules
+            .iter()
+            .find(|r| strings(&r["apiGroups"]) == [group])
+            .unwrap_or_else(|| panic!("no rule for {group}"));
+        assert_eq!(
+            strings(&rule["resources"]),
+            [kind.to_owned(), format!("{kind}/status")]
+        );
+        assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
+        assert_eq!(strings(&rule["apiVersions"]), ["*"]);
+    }
+    // Everyone but the operator's ServiceAccount (as deploy/ names it), the namespace controller and
+    // the garbage collector; and the break-glass group.
+    let account = named(&docs, "ServiceAccount", "vworkspace-app-operator");
+    let operator = format!(
+        "system:serviceaccount:{}:{}",
+        account["metadata"]["namespace"]
+            .as_str()
+            .expect("namespace"),
+        account["metadata"]["name"].as_str().expect("name")
+    );
+    let conditions = spec["matchConditions"].to_string();
+    for exempt in [
+        operator.as_str(),
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "vworkspace:break-glass",
+    ] {
+        assert!(conditions.contains(exempt), "{exempt} not exempt");
+    }
+    // Nothing in deploy/ puts anyone in the break-glass group.
+    for (file, doc) in &docs {
+        if file != "admission-policy.yaml" {
+            assert!(
+                !doc.to_string().contains("vworkspace:break-glass"),
+                "{file} grants break-glass"
+            );
+        }
+    }
+    // Denies, saying the namespace is managed from Git and which command changes it.
+    let validation = &spec["validations"][0];
+    assert_eq!(validation["expression"], "false");
+    for text in [
+        validation["messageExpression"]
+            .as_str()
+            .expect("messageExpression"),
+        validation["message"].as_str().expect("message"),
+    ] {
+        assert!(text.contains("managed from Git"), "{text}");
+        assert!(text.contains("vworkspace-operator release"), "{text}");
+    }
+    assert!(
+        validation["messageExpression"]
+            .as_str()
+            .is_some_and(|m| m.contains("request.namespace"))
+    );
+    let binding = named(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "vworkspace-managed-from-git",
+    );
+    assert_eq!(binding["spec"]["policyName"], "vworkspace-managed-from-git");
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+}

@@ -17,4 +17,5 @@ mod reconcile;
 mod secrets;
 mod signatures;
 mod source;
+mod trust_closure;
 mod webhook;

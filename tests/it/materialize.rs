@@ -2,7 +2,10 @@
 //! an ApplicationInstance (values Secret, Flux source, HelmRelease, mirrored status) and for
 //! Operations (Velero Backup, Job from a template, a refused template), no write when nothing
 //! changed, no plaintext anywhere but the values Secret, and every request allowed by deploy/.
-//! Values are encrypted by the real `age` CLI and by our bound `encrypt`.
+//! Values are encrypted by the real `age` CLI and by our bound `encrypt`. The controllers act only on
+//! what a verified release declares: every object a test puts is also declared in a signed release
+//! of the shared fixture's repository (tests/support/declare.rs); tests/trust_closure.rs covers what
+//! is not declared.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -29,32 +32,42 @@ const HELM_REPOSITORY: &str =
     "/apis/source.toolkit.fluxcd.io/v1/namespaces/org-myteam/helmrepositories/nextcloud";
 
 struct Keys {
-    _dir: tempfile::TempDir,
+    fixture: crate::common::Fixture,
     identity: String,
     recipient: String,
 }
 
+/// The shared fixture's cluster key (its repository is where the tests' objects are declared).
 fn keys() -> Keys {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cluster.agekey");
-    let status = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&path)
-        .stderr(Stdio::null())
-        .status()
-        .expect("age-keygen");
-    assert!(status.success());
-    let identity = std::fs::read_to_string(&path).expect("identity");
-    let recipient = identity
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("recipient")
-        .to_owned();
+    let fixture = crate::common::fixture();
+    let identity = std::fs::read_to_string(fixture.path("cluster.agekey")).expect("identity");
+    let recipient = fixture.recipient.clone();
     Keys {
-        _dir: dir,
+        fixture,
         identity,
         recipient,
     }
+}
+
+/// Declares every ApplicationInstance and Operation the fake API holds in a new verified release,
+/// and publishes it to the controllers, as a `Cluster` pass does after applying them.
+fn declare_live(keys: &Keys, api: &FakeApi, ctx: &ChildContext) {
+    let objects: Vec<Value> = api
+        .objects
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(path, _)| {
+            path.contains("/applicationinstances/") || path.contains("/operations/")
+        })
+        .map(|(_, object)| object.clone())
+        .collect();
+    let cluster: vworkspace_core::crd::Cluster = serde_json::from_value(
+        api.get("/apis/ops.vworkspace.io/v1alpha1/clusters/demo")
+            .expect("cluster"),
+    )
+    .expect("Cluster");
+    crate::support::declare::declare(&keys.fixture, &objects, &cluster.spec, &ctx.declared);
 }
 
 /// `age -a -r <recipient>`: the real CLI.
@@ -107,7 +120,8 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
                  "source": {"url": "https://git.example.org/intent.git", "ref": {"branch": "main"}},
                  "commitSigners": {"configMapRef": {"name": "trust"}},
                  "release": {"signersConfigMapRef": {"name": "trust"}, "threshold": 1},
-                 "decryption": {"identitySecretRef": {"name": "cluster-age"}}
+                 "decryption": {"identitySecretRef": {"name": "cluster-age"}},
+                 "policy": {"requireBoundValues": false}
                },
                "status": {"managedNamespaces": [{"name": "org-myteam", "allowedOperationTemplates": ["pg-dump", "velero-namespace-backup"]}]}}),
     );
@@ -122,6 +136,8 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
         velero_namespace: "velero".into(),
         limits: Default::default(),
         clock: || jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+        declared: Default::default(),
+        metrics: Default::default(),
     });
     (api, ctx)
 }
@@ -199,6 +215,7 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
             "api": {"token": age(&keys, PLAINTEXT_TOKEN)},
         }),
     );
+    declare_live(&keys, &api, &ctx);
     children::instance::reconcile(instance(&api), ctx.clone())
         .await
         .expect("reconciled");
@@ -272,6 +289,7 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     let mut ai = api.get(AI).expect("instance");
     ai["spec"]["values"]["api"]["token"] = json!(age(&keys, "token-PLAINTEXT-MARKER-3"));
     api.put(AI, ai);
+    declare_live(&keys, &api, &ctx);
     api.clear();
     children::instance::reconcile(instance(&api), ctx.clone())
         .await
@@ -283,6 +301,7 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     let mut ai = api.get(AI).expect("instance");
     ai["spec"]["values"] = json!({"nextcloud": {"host": "cloud.example.org"}});
     api.put(AI, ai);
+    declare_live(&keys, &api, &ctx);
     api.clear();
     children::instance::reconcile(instance(&api), ctx)
         .await
@@ -302,26 +321,54 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
 async fn a_value_for_another_instance_is_refused_and_nothing_is_written() {
     let keys = keys();
     let (api, ctx) = setup(&keys);
+    // A release that declares an Operation (and no instance) in org-myteam is verified and applied.
+    put_operation(
+        &api,
+        "nightly",
+        json!({"type": "Backup", "template": "velero-namespace-backup"}),
+    );
+    declare_live(&keys, &api, &ctx);
     // Bound to another instance's path: copying it here must not decrypt into this instance's Secret.
     let stolen = bound(&keys, PLAINTEXT_SMTP, "some.other.path");
     put_instance(
         &api,
         json!({"nextcloud": {"mail": {"smtp": {"password": stolen}}}}),
     );
+    // The release that would declare it is refused by the pipeline (naming the path, no plaintext),
+    // so nothing is published ...
+    let cluster: vworkspace_core::crd::Cluster = serde_json::from_value(
+        api.get("/apis/ops.vworkspace.io/v1alpha1/clusters/demo")
+            .expect("cluster"),
+    )
+    .expect("Cluster");
+    let objects = [api.get(AI).expect("instance")];
+    let refused =
+        crate::support::declare::try_declare(&keys.fixture, &objects, &cluster.spec, &ctx.declared)
+            .expect_err("a value bound elsewhere does not verify");
+    let findings = refused.findings().join("; ");
+    assert!(
+        findings.contains("nextcloud.mail.smtp.password"),
+        "{findings}"
+    );
+    assert!(!findings.contains("PLAINTEXT-MARKER"), "{findings}");
+    // ... and the live instance, undeclared, is refused by the controller without a decryption.
     children::instance::reconcile(instance(&api), ctx)
         .await
         .expect("reconciled");
-    assert_eq!(writes(&api), [format!("PATCH {AI}/status")]);
+    assert_eq!(
+        writes(&api),
+        [
+            format!("PATCH {AI}/status"),
+            "POST /api/v1/namespaces/org-myteam/events".to_owned()
+        ]
+    );
+    assert!(
+        !api.requests().iter().any(|r| r.path.contains("/secrets/")),
+        "not even the identity is read"
+    );
     let status = api.get(AI).expect("instance")["status"].clone();
     assert_eq!(status["conditions"][0]["status"], "False");
-    assert_eq!(status["conditions"][0]["reason"], "ValuesNotDecrypted");
-    let message = status["conditions"][0]["message"]
-        .as_str()
-        .expect("message");
-    assert!(
-        message.contains("nextcloud.mail.smtp.password"),
-        "{message}"
-    );
+    assert_eq!(status["conditions"][0]["reason"], "NotDeclaredInRelease");
     assert_no_plaintext_outside_the_values_secret(&api);
 }
 
@@ -370,6 +417,7 @@ async fn a_backup_runs_once_through_velero() {
         "nightly",
         json!({"type": "Backup", "template": "velero-namespace-backup", "target": {"applicationInstance": "nextcloud"}, "parameters": {"ttl": "720h"}}),
     );
+    declare_live(&keys, &api, &ctx);
     children::operation::reconcile(operation(&api, &path), ctx.clone())
         .await
         .expect("reconciled");
@@ -446,6 +494,7 @@ async fn a_run_command_job_runs_as_the_runner_and_points_at_its_pod() {
         "dump",
         json!({"type": "RunCommand", "template": "pg-dump", "parameters": {"database": "app"}}),
     );
+    declare_live(&keys, &api, &ctx);
     children::operation::reconcile(operation(&api, &path), ctx.clone())
         .await
         .expect("reconciled");
@@ -508,6 +557,7 @@ async fn a_template_the_namespace_may_not_run_is_refused_without_a_child() {
         "wipe",
         json!({"type": "Workflow", "template": "wipe-everything"}),
     );
+    declare_live(&keys, &api, &ctx);
     children::operation::reconcile(operation(&api, &path), ctx)
         .await
         .expect("reconciled");
@@ -540,6 +590,7 @@ async fn an_operation_in_a_namespace_not_yet_recorded_waits_instead_of_failing()
         "nightly",
         json!({"type": "Backup", "template": "velero-namespace-backup"}),
     );
+    declare_live(&keys, &api, &ctx);
     children::operation::reconcile(operation(&api, &path), ctx)
         .await
         .expect("reconciled");
@@ -558,6 +609,7 @@ async fn a_refused_template_runs_once_it_is_allowed() {
         "wf",
         json!({"type": "Workflow", "template": "nightly-wf"}),
     );
+    declare_live(&keys, &api, &ctx);
     children::operation::reconcile(operation(&api, &path), ctx.clone())
         .await
         .expect("reconciled");

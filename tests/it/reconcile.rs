@@ -70,7 +70,9 @@ fn harness() -> Harness {
                  "source": {"url": format!("file://{}", fixture.repo.display()), "ref": {"branch": "main"}, "interval": "5m"},
                  "commitSigners": {"configMapRef": {"name": "trust", "key": "commit_signers"}},
                  "release": {"signersConfigMapRef": {"name": "trust", "key": "release_signers"}, "threshold": 2},
-                 "decryption": {"identitySecretRef": {"name": "cluster-age"}}
+                 "decryption": {"identitySecretRef": {"name": "cluster-age"}},
+                 // The fixture's vaultwarden token is a stock `age -a` value (interop).
+                 "policy": {"requireBoundValues": false}
                }}),
     );
     let cache = tempfile::tempdir().expect("cache");
@@ -691,6 +693,8 @@ async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() 
         velero_namespace: "velero".into(),
         limits: Default::default(),
         clock: jiff::Timestamp::now,
+        declared: h.ctx.declared.clone(),
+        metrics: h.ctx.metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(vworkspace_controller::runtime::controllers(

@@ -19,6 +19,16 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The labels of a refused child object: the reason constant and the kind (`ApplicationInstance` or
+/// `Operation`), never a name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// The reason (one of [`vworkspace_core::plan::declared`]'s constants).
+    pub reason: &'static str,
+    /// The kind.
+    pub kind: &'static str,
+}
+
 /// The `result` label of a pass: `success` or `failure`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -42,6 +52,9 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     /// Whether this replica holds the leader Lease (1) or not (0).
     pub leader: Gauge,
+    /// ApplicationInstances and Operations the child controllers refused (not declared by the
+    /// verified release, or altered), by reason and kind.
+    pub refused: Family<RefusalLabel, Counter>,
 }
 
 fn pass_histogram() -> Histogram {
@@ -62,6 +75,7 @@ impl Default for Metrics {
             pruned: Counter::default(),
             failures: Family::default(),
             leader: Gauge::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -93,6 +107,11 @@ impl Default for Metrics {
             "leader",
             "1 when this replica holds the leader Lease",
             metrics.leader.clone(),
+        );
+        registry.register(
+            "children_refused",
+            "ApplicationInstances and Operations refused because the verified release does not declare them as they are, by reason and kind",
+            metrics.refused.clone(),
         );
         Metrics {
             registry,
@@ -143,6 +162,13 @@ mod tests {
         metrics.record_pass(0.1, Some(vworkspace_core::reasons::RELEASE_INVALID));
         metrics.applied.inc_by(3);
         metrics.pruned.inc();
+        metrics
+            .refused
+            .get_or_create(&RefusalLabel {
+                reason: "NotDeclaredInRelease",
+                kind: "Operation",
+            })
+            .inc();
         let text = metrics.encode();
         for name in [
             "vworkspace_pass_duration_seconds_bucket{le=",
@@ -152,6 +178,7 @@ mod tests {
             "vworkspace_pass_failures_total{reason=\"ReleaseInvalid\"} 1",
             "vworkspace_last_success_timestamp_seconds ",
             "vworkspace_leader 0",
+            "vworkspace_children_refused_total{reason=\"NotDeclaredInRelease\",kind=\"Operation\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -27,3 +27,10 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub const INLINE_CREDENTIAL: &str = "InlineCredentialInValues";
 /// An Operation's template is not allowed in its namespace (admission and the Operation's status).
 pub const TEMPLATE_NOT_ALLOWED: &str = "OperationTemplateNotAllowedInNamespace";
+
+/// A child controller refused a live object that the last verified release does not declare.
+pub const NOT_DECLARED: &str = "NotDeclaredInRelease";
+/// A child controller refused a live object whose spec differs from the one the release declared.
+pub const SPEC_DIFFERS: &str = "SpecDiffersFromRelease";
+/// A child controller waits: its Cluster has not verified and applied a release since the start.
+pub const WAITING_FOR_RELEASE: &str = "WaitingForVerifiedRelease";

@@ -2,6 +2,7 @@
 //! and throwaway TLS certificates.
 #![allow(dead_code)]
 
+pub mod declare;
 pub mod fake_api;
 pub mod rbac_check;
 pub mod tls;

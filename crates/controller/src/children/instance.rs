@@ -1,6 +1,8 @@
 //! `ApplicationInstance` -> Flux source + HelmRelease + `<instance>-values` Secret, and the instance's
 //! status mirrored from the HelmRelease's `Ready`. Decryption happens here, in memory, with the
-//! identity of the `Cluster` the instance came from; the plaintext leaves only into the values Secret.
+//! identity of the `Cluster` whose verified release declares the instance, and only of the values
+//! that release declares ([`super::declared`]): the live object's spec is compared with the declared
+//! one, never decrypted. The plaintext leaves only into the values Secret.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,31 +14,19 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
+use super::declared::{self, DeclaredRelease, Verdict};
 use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
 use crate::children::flux::{self, VALUES_KEY};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
-use vworkspace_core::crd::{ApplicationInstance, ApplicationInstanceStatus, Cluster};
+use vworkspace_core::crd::{ApplicationInstance, ApplicationInstanceStatus};
 use vworkspace_core::plan::LABEL_CLUSTER;
 use vworkspace_core::secrets::{Identities, ValueContext, ValuesPolicy};
 
-/// Reason of an instance whose values do not decrypt (or whose Cluster cannot be found).
+/// Reason of an instance whose declared values do not decrypt.
 pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
 /// Reason while the HelmRelease has not reported yet.
 pub const WAITING: &str = "WaitingForHelmRelease";
-
-/// The `Cluster` an instance belongs to: the one its `gitops.vworkspace.io/cluster` label names, or
-/// the only one.
-pub fn cluster_of<'c>(
-    instance: &ApplicationInstance,
-    clusters: &'c [Cluster],
-) -> Option<&'c Cluster> {
-    match instance.labels().get(LABEL_CLUSTER) {
-        Some(id) => clusters.iter().find(|c| &c.spec.cluster_id == id),
-        None if clusters.len() == 1 => clusters.first(),
-        None => None,
-    }
-}
 
 /// The instance status for a HelmRelease's `Ready` (or a failure before there is one).
 pub fn instance_status(
@@ -70,11 +60,11 @@ pub fn instance_status(
     }
 }
 
-async fn identities(ctx: &ChildContext, cluster: &Cluster) -> Result<Identities, Error> {
+async fn identities(ctx: &ChildContext, release: &DeclaredRelease) -> Result<Identities, Error> {
     let (source, bytes) = crate::cluster::trust::identity_file(
         &ctx.client,
         &ctx.namespace,
-        &cluster.spec.decryption.identity_secret_ref,
+        &release.decryption.identity_secret_ref,
     )
     .await?;
     crate::cluster::trust::parse_identities(&source, &bytes)
@@ -166,25 +156,61 @@ pub async fn reconcile(
             now,
         )
     };
-    let all = clusters(&ctx.client).await?;
-    let Some(cluster) = cluster_of(&instance, &all) else {
-        let status = fail(
-            VALUES_NOT_DECRYPTED,
-            "no Cluster matches this instance's gitops.vworkspace.io/cluster label".into(),
-        );
-        write_status(&ctx, &instance, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    };
-    let identities = identities(&ctx, cluster).await?;
+    // Only what the verified release declares is acted on, and only as it declares it.
+    let all: Vec<String> = clusters(&ctx.client)
+        .await?
+        .into_iter()
+        .map(|c| c.spec.cluster_id)
+        .collect();
+    let label = instance.labels().get(LABEL_CLUSTER).map(String::as_str);
+    let (declaring, declared_object, altered) =
+        match ctx.declared.judge_instance(&instance, label, &all) {
+            Verdict::Declared {
+                release,
+                declared,
+                altered,
+            } => (release, declared, altered),
+            Verdict::Waiting { clusters } => {
+                let status = instance_status(
+                    instance.status.as_ref(),
+                    (
+                        "Unknown".into(),
+                        declared::WAITING_FOR_RELEASE.into(),
+                        declared::waiting_message(&clusters),
+                    ),
+                    generation,
+                    None,
+                    now,
+                );
+                write_status(&ctx, &instance, &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(15)));
+            }
+            Verdict::NotDeclared { releases } => {
+                let message = declared::not_declared_message("ApplicationInstance", &releases);
+                refuse(&ctx, &instance, declared::NOT_DECLARED, message, now).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+        };
+    // The object the children are built from: the live identity (name, uid for owner references),
+    // the declared spec. An altered live spec is never read past this point.
+    let mut effective = (*instance).clone();
+    effective.spec = declared_object.object.spec.clone();
+    let instance = Arc::new(effective);
+    let identities = identities(&ctx, &declaring).await?;
     let at = ValueContext {
-        cluster: cluster.spec.cluster_id.clone(),
+        cluster: declaring.cluster_id.clone(),
         namespace: namespace.clone(),
         instance: name.clone(),
     };
     let policy = ValuesPolicy {
-        require_bound: cluster.spec.policy.require_bound_values,
+        require_bound: declaring.require_bound_values,
     };
-    let values = instance.spec.values.clone().unwrap_or(Value::Null);
+    let values = declared_object
+        .object
+        .spec
+        .values
+        .clone()
+        .unwrap_or(Value::Null);
     let decrypted = match vworkspace_core::secrets::decrypt_values(
         &values,
         &at,
@@ -243,7 +269,17 @@ pub async fn reconcile(
             "the HelmRelease has not reported yet".into(),
         )
     });
-    let is_ready = ready.0 == "True";
+    let is_ready = ready.0 == "True" && !altered;
+    if altered {
+        // The children follow the declared spec (done above); the live object says it was changed.
+        let message = declared::spec_differs_message(
+            "ApplicationInstance",
+            &declaring,
+            &declared_object.digest,
+        );
+        refuse(&ctx, &instance, declared::SPEC_DIFFERS, message, now).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
     let status = instance_status(
         instance.status.as_ref(),
         ready,
@@ -258,6 +294,34 @@ pub async fn reconcile(
     } else {
         30
     })))
+}
+
+/// Writes `Ready=False` with a refusal `reason`; counts it and records an Event when the instance was
+/// not already refused for that reason (a requeue does not repeat the Event).
+async fn refuse(
+    ctx: &ChildContext,
+    instance: &ApplicationInstance,
+    reason: &'static str,
+    message: String,
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let already = instance
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.reason == reason && c.status == "False");
+    let status = instance_status(
+        instance.status.as_ref(),
+        ("False".into(), reason.into(), message.clone()),
+        instance.metadata.generation,
+        None,
+        now,
+    );
+    write_status(ctx, instance, &status).await?;
+    if !already {
+        super::refusal::record(ctx, instance, reason, &message, now).await;
+    }
+    Ok(())
 }
 
 /// Backs off on errors: 30 s.

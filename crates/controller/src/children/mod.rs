@@ -1,16 +1,18 @@
 //! The controllers that materialize what the `Cluster` pass applied: [`instance`] turns each
 //! `ApplicationInstance` into its Flux source, HelmRelease and values Secret; [`operation`] runs each
 //! `Operation` once through its engine. Both only act in managed namespaces (where the operator holds
-//! its namespace rights), read before they write, and write nothing when the children already are
-//! what they should be. The children are built by the pure [`crate::children::flux`] and
+//! its namespace rights), only on objects the last verified release of their `Cluster` declares, and
+//! with the declared spec ([`declared`]), read before they write, and write nothing when the children
+//! already are what they should be. The children are built by the pure [`crate::children::flux`] and
 //! [`crate::children::engines`].
 
+pub use vworkspace_core::plan::declared;
 pub mod engines;
 pub mod flux;
-pub mod webhook_server;
-
 pub mod instance;
 pub mod operation;
+pub mod refusal;
+pub mod webhook_server;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
@@ -35,6 +37,11 @@ pub struct ChildContext {
     pub limits: Limits,
     /// The clock.
     pub clock: fn() -> jiff::Timestamp,
+    /// What the verified releases declare: published by the `Cluster` pass
+    /// ([`crate::cluster::Context::declared`]), the only source the controllers act from.
+    pub declared: std::sync::Arc<declared::DeclaredSet>,
+    /// The exported metrics (refusals are counted here).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {

@@ -1,5 +1,6 @@
-//! `Operation` -> one run through its engine: checks the template against the namespace's allowed
-//! templates, creates the child once (its name is the run id), follows the child's status into the
+//! `Operation` -> one run through its engine: runs only what the last verified release of its
+//! `Cluster` declares, with the declared spec ([`super::declared`]); checks the template against the
+//! namespace's allowed templates, creates the child once (its name is the run id), follows the child's status into the
 //! Operation's phase, and points `status.outputs.logsRef` at the latest Job or Workflow pod.
 
 use std::sync::Arc;
@@ -11,15 +12,26 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
+use super::declared::{self, Verdict};
 use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
 use crate::children::engines::{self, JobTemplate, OperationError, RUN_COMMAND_TEMPLATE_PREFIX};
 use crate::error::Error;
 use vworkspace_core::crd::{
     Operation, OperationOutputs, OperationPhase, OperationStatus, OperationType,
 };
+use vworkspace_core::plan::LABEL_CLUSTER;
 
 /// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
 pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
+
+/// Whether a final status is a refusal that is judged again (not a run that happened): a template not
+/// allowed yet, an Operation not declared, or an altered spec.
+pub fn is_refusal(reason: Option<&str>) -> bool {
+    matches!(
+        reason,
+        Some(engines::TEMPLATE_NOT_ALLOWED | declared::NOT_DECLARED | declared::SPEC_DIFFERS)
+    )
+}
 
 /// The next status of a run: pure, so that phases and timestamps are unit-tested.
 pub fn next_status(
@@ -116,19 +128,98 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
         // Not ours until the namespace is labelled; look again later.
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let run_id = engines::run_id(&op);
     let previous = op.status.as_ref();
-    // A refused template is not a run: it is judged again, so that allowing the template later lets
-    // the same spec run.
-    if previous.is_some_and(|s| {
-        s.run_id.as_deref() == Some(run_id.as_str())
-            && engines::is_final(s.phase)
-            && s.reason.as_deref() != Some(engines::TEMPLATE_NOT_ALLOWED)
-    }) {
+    // A refusal is not a run: it is judged again, so that allowing the template later (or declaring
+    // the Operation) lets the same spec run.
+    let ran = |run_id: &str| {
+        previous.is_some_and(|s| {
+            s.run_id.as_deref() == Some(run_id)
+                && engines::is_final(s.phase)
+                && !is_refusal(s.reason.as_deref())
+        })
+    };
+    if ran(&engines::run_id(&op)) {
         // This spec already ran: never again.
         return Ok(Action::await_change());
     }
     let now = (ctx.clock)();
+    let all = clusters(&ctx.client).await?;
+    // Only what the verified release declares runs, and only as it declares it.
+    let cluster_ids: Vec<String> = all.iter().map(|c| c.spec.cluster_id.clone()).collect();
+    let label = op.labels().get(LABEL_CLUSTER).map(String::as_str);
+    let op = match ctx.declared.judge_operation(&op, label, &cluster_ids) {
+        Verdict::Declared {
+            release,
+            declared: declared_object,
+            altered,
+        } => {
+            let mut effective = (*op).clone();
+            effective.spec = declared_object.object.spec.clone();
+            if altered {
+                let declared_run = engines::run_id(&effective);
+                if !ran(&declared_run) {
+                    // Nothing of the changed spec runs, and the declared run waits for the next
+                    // Cluster pass to put the declared spec back. A declared run that already
+                    // finished keeps its status (it must never run again), so only the Event says it.
+                    let message = declared::spec_differs_message(
+                        "Operation",
+                        &release,
+                        &declared_object.digest,
+                    );
+                    let status = next_status(
+                        previous,
+                        &declared_run,
+                        OperationPhase::Failed,
+                        declared::SPEC_DIFFERS.to_owned(),
+                        message.clone(),
+                        None,
+                        now,
+                    );
+                    write_status(&ctx, &op, &status).await?;
+                    refused_once(&ctx, &op, declared::SPEC_DIFFERS, &message, now).await;
+                } else {
+                    let message = declared::spec_differs_message(
+                        "Operation",
+                        &release,
+                        &declared_object.digest,
+                    );
+                    refused_once(&ctx, &op, declared::SPEC_DIFFERS, &message, now).await;
+                }
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+            Arc::new(effective)
+        }
+        Verdict::Waiting { clusters } => {
+            let status = next_status(
+                previous,
+                &engines::run_id(&op),
+                OperationPhase::Pending,
+                declared::WAITING_FOR_RELEASE.to_owned(),
+                declared::waiting_message(&clusters),
+                None,
+                now,
+            );
+            write_status(&ctx, &op, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        Verdict::NotDeclared { releases } => {
+            let message = declared::not_declared_message("Operation", &releases);
+            let status = next_status(
+                previous,
+                &engines::run_id(&op),
+                OperationPhase::Failed,
+                declared::NOT_DECLARED.to_owned(),
+                message.clone(),
+                None,
+                now,
+            );
+            write_status(&ctx, &op, &status).await?;
+            refused_once(&ctx, &op, declared::NOT_DECLARED, &message, now).await;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    let run_id = engines::run_id(&op);
+    let previous = op.status.as_ref();
     let refuse = |e: OperationError| {
         next_status(
             previous,
@@ -140,7 +231,6 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
             now,
         )
     };
-    let all = clusters(&ctx.client).await?;
     let recorded: Vec<_> = all
         .iter()
         .flat_map(|c| c.status.iter().flat_map(|s| s.managed_namespaces.iter()))
@@ -211,6 +301,24 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
     } else {
         Action::requeue(Duration::from_secs(15))
     })
+}
+
+/// Counts a refusal and records its Event, unless the Operation's status already showed this refusal
+/// (a requeue does not repeat the Event).
+async fn refused_once(
+    ctx: &ChildContext,
+    op: &Operation,
+    reason: &'static str,
+    message: &str,
+    now: jiff::Timestamp,
+) {
+    let already = op
+        .status
+        .as_ref()
+        .is_some_and(|s| s.reason.as_deref() == Some(reason));
+    if !already {
+        super::refusal::record(ctx, op, reason, message, now).await;
+    }
 }
 
 /// Backs off on errors: 30 s.

@@ -84,6 +84,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The clock (injected so tests can move it).
     pub clock: fn() -> jiff::Timestamp,
+    /// What each Cluster's last verified, applied release declares: published by [`reconcile`]
+    /// after a successful apply, read by the child controllers (share it with
+    /// [`crate::children::ChildContext::declared`]). Empty at process start.
+    pub declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
     state: Mutex<HashMap<String, SourceState>>,
 }
 
@@ -95,6 +99,7 @@ impl Context {
             settings,
             metrics,
             clock: jiff::Timestamp::now,
+            declared: Arc::default(),
             state: Mutex::new(HashMap::new()),
         }
     }
@@ -312,6 +317,16 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
                     )),
                 }
             };
+            // The children act on what this release declares from now on (never on what the
+            // API server holds): published only once every declared object is applied.
+            let not_applied: Vec<_> = changes.skipped.iter().map(|(id, _)| id.clone()).collect();
+            ctx.declared.publish(
+                spec,
+                verified.release().serial(),
+                &commit,
+                &plan,
+                &not_applied,
+            );
             let signer = verified.commit().signer();
             report.applied = Some(AppliedSource {
                 commit,

@@ -213,6 +213,8 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         velero_namespace: options.velero_namespace.clone(),
         limits: vworkspace_core::limits::Limits::default(),
         clock: jiff::Timestamp::now,
+        declared: ctx.declared.clone(),
+        metrics: metrics.clone(),
     });
     controllers(client, ctx, children, stop_rx).await;
     Ok(true)

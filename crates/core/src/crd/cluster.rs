@@ -214,7 +214,7 @@ pub enum HistoryPolicy {
 }
 
 /// Stricter policies.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPolicy {
     /// `head` (default) or `all`.
@@ -223,9 +223,25 @@ pub struct ClusterPolicy {
     /// Accept a new commit that does not descend from the last applied one.
     #[serde(default)]
     pub allow_history_rewrite: bool,
-    /// Refuse encrypted values that are not bound to where they are used.
-    #[serde(default)]
+    /// Refuse encrypted values that are not bound to where they are used (default `true`: an unbound
+    /// value can be copied to any instance the cluster key decrypts for). Set `false` only while
+    /// migrating plain `age -a` values to bound ones (docs/encrypted-values.md).
+    #[serde(default = "default_require_bound_values")]
     pub require_bound_values: bool,
+}
+
+fn default_require_bound_values() -> bool {
+    true
+}
+
+impl Default for ClusterPolicy {
+    fn default() -> Self {
+        ClusterPolicy {
+            history: HistoryPolicy::default(),
+            allow_history_rewrite: false,
+            require_bound_values: default_require_bound_values(),
+        }
+    }
 }
 
 /// One object the source applied.
@@ -343,6 +359,17 @@ mod tests {
         assert_eq!(spec.source.interval, "5m");
         assert_eq!(spec.source.git_ref, GitSourceRef::Branch("main".into()));
         assert_eq!(spec.policy.history, HistoryPolicy::Head);
+        assert!(
+            spec.policy.require_bound_values,
+            "a new Cluster refuses unbound values"
+        );
+        let partial: ClusterPolicy =
+            serde_json::from_value(serde_json::json!({"history": "all"})).expect("policy");
+        assert!(partial.require_bound_values);
+        let opted_out: ClusterPolicy =
+            serde_json::from_value(serde_json::json!({"requireBoundValues": false}))
+                .expect("policy");
+        assert!(!opted_out.require_bound_values);
         assert_eq!(
             spec.decryption.identity_secret_ref.key_or_default(),
             DEFAULT_IDENTITY_KEY

@@ -4,6 +4,7 @@
 //! Every object carries the labels that mark it as this source's (the prune set is computed from them)
 //! and annotations that trace it back to the commit and file it came from.
 
+pub mod declared;
 pub mod diff;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
