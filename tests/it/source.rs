@@ -336,7 +336,7 @@ fn serve<S: Read + Write>(
 
 fn options() -> FetchOptions {
     FetchOptions {
-        timeout: Duration::from_secs(20),
+        timeout: Duration::from_secs(60),
         ..FetchOptions::default()
     }
 }

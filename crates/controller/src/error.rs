@@ -6,6 +6,9 @@
 
 use vworkspace_core::reasons;
 
+/// A stage error carried by a variant of [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Every error a reconcile, a fetch or a child controller can end with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -25,9 +28,52 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// The `Cluster` resource, or something it references, cannot be used as it is.
-    #[error("{0}")]
-    Config(String),
+    /// A Secret, ConfigMap or key that a `Cluster` names cannot be used (a missing key, a value that
+    /// is not UTF-8 or not one line, credentials that do not go together). Names the object and key,
+    /// never a value.
+    #[error("{object}: {problem}")]
+    TrustInput {
+        /// The object and key (`Secret vworkspace-system/git-auth key password`).
+        object: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A field of a `Cluster`'s spec cannot be used.
+    #[error("{field}: {problem}")]
+    InvalidSpec {
+        /// The field (`spec.release.threshold`).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A child could not be built from a declared object.
+    #[error("{object}: {source}")]
+    Child {
+        /// The object (`ApplicationInstance org-myteam/nextcloud`).
+        object: String,
+        /// Why (a `children::flux::ChildrenError`; boxed so that this module, below every other,
+        /// imports none of them).
+        #[source]
+        source: BoxError,
+    },
+    /// An Operation's engine input (a RunCommand template ConfigMap) cannot be used.
+    #[error(transparent)]
+    Operation(BoxError),
+    /// The admission webhook cannot serve (its certificate, its key, its TLS configuration).
+    #[error(transparent)]
+    Webhook(BoxError),
+    /// Local I/O the controller needs (a CA bundle file, a listening address).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the file or address.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task (fetch and verify) panicked or was cancelled.
+    #[error("the verification task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A reconcile pass ended without applying (its status and Event say why).
     #[error("pass failed: {reason}")]
     PassFailed {
@@ -43,7 +89,13 @@ impl Error {
             Error::Pass(e) => e.reason(),
             Error::Source(_) => reasons::FETCH_FAILED,
             Error::Kube { .. } => reasons::API_REQUEST_FAILED,
-            Error::Config(_) => reasons::CONFIGURATION_INVALID,
+            Error::TrustInput { .. }
+            | Error::InvalidSpec { .. }
+            | Error::Child { .. }
+            | Error::Operation(_)
+            | Error::Webhook(_)
+            | Error::Io { .. }
+            | Error::Task(_) => reasons::CONFIGURATION_INVALID,
             Error::PassFailed { reason } => reason,
         }
     }

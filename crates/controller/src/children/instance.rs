@@ -95,8 +95,10 @@ async fn ensure_values_secret(
         .map_err(kube_error(format!("get {what}")))?;
     match yaml {
         Some(yaml) => {
-            let desired =
-                flux::values_secret(instance, yaml).map_err(|e| Error::Config(e.to_string()))?;
+            let desired = flux::values_secret(instance, yaml).map_err(|e| Error::Child {
+                object: what.clone(),
+                source: e.into(),
+            })?;
             let same = live.as_ref().is_some_and(|l| {
                 l.data
                     .as_ref()
@@ -131,6 +133,7 @@ async fn ensure_values_secret(
 }
 
 /// Reconciles one instance.
+#[tracing::instrument(skip_all, fields(namespace = instance.namespace().unwrap_or_default(), instance = %instance.name_any()))]
 pub async fn reconcile(
     instance: Arc<ApplicationInstance>,
     ctx: Arc<ChildContext>,
@@ -230,11 +233,16 @@ pub async fn reconcile(
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
-    let split = flux::split_values(instance.spec.values.as_ref(), &decrypted)
-        .map_err(|e| Error::Config(format!("ApplicationInstance {namespace}/{name}: {e}")))?;
+    let split = flux::split_values(instance.spec.values.as_ref(), &decrypted).map_err(|e| {
+        Error::Child {
+            object: format!("ApplicationInstance {namespace}/{name}"),
+            source: e.into(),
+        }
+    })?;
     drop(decrypted);
-    let invalid = |e: flux::ChildrenError| {
-        Error::Config(format!("ApplicationInstance {namespace}/{name}: {e}"))
+    let invalid = |e: flux::ChildrenError| Error::Child {
+        object: format!("ApplicationInstance {namespace}/{name}"),
+        source: e.into(),
     };
     let (plural, source) = flux::source(&instance).map_err(invalid)?;
     let release =
@@ -325,11 +333,12 @@ async fn refuse(
 }
 
 /// Backs off on errors: 30 s.
+#[tracing::instrument(skip_all, fields(namespace = instance.namespace().unwrap_or_default(), instance = %instance.name_any()))]
 pub fn error_policy(
     instance: Arc<ApplicationInstance>,
     error: &Error,
     _: Arc<ChildContext>,
 ) -> Action {
-    tracing::warn!(namespace = ?instance.namespace(), instance = %instance.name_any(), reason = error.reason(), error = %error, "ApplicationInstance not reconciled");
+    tracing::warn!(reason = error.reason(), error = %error, "ApplicationInstance not reconciled");
     Action::requeue(Duration::from_secs(30))
 }

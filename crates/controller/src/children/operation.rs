@@ -93,7 +93,7 @@ async fn job_template(ctx: &ChildContext, template: &str) -> Result<Option<JobTe
         &source,
     )
     .map(Some)
-    .map_err(|e| Error::Config(e.to_string()))
+    .map_err(|e| Error::Operation(e.into()))
 }
 
 async fn latest_pod(
@@ -119,6 +119,7 @@ async fn latest_pod(
 }
 
 /// Reconciles one Operation.
+#[tracing::instrument(skip_all, fields(namespace = op.namespace().unwrap_or_default(), operation = %op.name_any()))]
 pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Action, Error> {
     let namespace = op.namespace().unwrap_or_default();
     if op.metadata.deletion_timestamp.is_some() {
@@ -322,8 +323,9 @@ async fn refused_once(
 }
 
 /// Backs off on errors: 30 s.
+#[tracing::instrument(skip_all, fields(namespace = op.namespace().unwrap_or_default(), operation = %op.name_any()))]
 pub fn error_policy(op: Arc<Operation>, error: &Error, _: Arc<ChildContext>) -> Action {
-    tracing::warn!(namespace = ?op.namespace(), operation = %op.name_any(), reason = error.reason(), error = %error, "Operation not reconciled");
+    tracing::warn!(reason = error.reason(), error = %error, "Operation not reconciled");
     Action::requeue(Duration::from_secs(30))
 }
 

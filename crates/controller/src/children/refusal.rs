@@ -78,10 +78,10 @@ pub async fn record<K>(
         .get_or_create(&RefusalLabel { reason, kind })
         .inc();
     let namespace = object.namespace().unwrap_or_default();
-    tracing::warn!(%namespace, object = %object.name_any(), kind, reason, "refused: {message}");
+    tracing::warn!(kind, reason, "refused: {message}");
     let api: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
     let event = event(reference(object), reason, message, now);
     if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!(%namespace, object = %object.name_any(), error = %e, "cannot record an Event");
+        tracing::warn!(error = %e, "cannot record an Event");
     }
 }

@@ -160,7 +160,10 @@ async fn fetch_and_verify(
             .and_then(|()| std::fs::write(&path, ca))
             .map_err(|e| {
                 (
-                    Error::Config(format!("cannot write the CA bundle of {name}: {e}")),
+                    Error::Io {
+                        what: format!("write the CA bundle of {name} to {}", path.display()),
+                        source: e,
+                    },
                     None,
                 )
             })?;
@@ -183,10 +186,7 @@ async fn fetch_and_verify(
             ctx.with_state(name, |s| s.memo = Some(memo));
             outcome
         }
-        Err(e) => Err((
-            Error::Config(format!("the verification task ended abnormally: {e}")),
-            None,
-        )),
+        Err(e) => Err((Error::Task(e), None)),
     }
 }
 
@@ -284,7 +284,7 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         &spec.cluster_id,
     );
     for (id, why) in &changes.skipped {
-        tracing::warn!(cluster = %name, kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
+        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
     }
     let (done, error) = if changes.is_noop() {
         (apply::Applied::default(), None)
@@ -362,8 +362,8 @@ pub const SKIPPED_UNMANAGED: &str = "NamespaceNotManaged";
 /// The reconcile entry: runs a pass, writes the status only when it changed, emits an Event only when
 /// `Ready` changed or objects were written, records metrics, and requeues at the interval (or backs
 /// off on failure).
+#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
-    let name = cluster.name_any();
     let interval = match vworkspace_core::crd::parse_interval(&cluster.spec.source.interval) {
         Ok(interval) => interval,
         Err(e) => {
@@ -372,7 +372,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     if cluster.spec.suspend == Some(true) {
-        tracing::info!(cluster = %name, "suspended; not reconciled");
+        tracing::info!("suspended; not reconciled");
         return Ok(Action::requeue(interval));
     }
     let started = Instant::now();
@@ -406,10 +406,20 @@ async fn finish(
     let failure = report.failure();
     match failure {
         Some(reason) => {
-            tracing::warn!(cluster = %name, reason, commit = ?report.attempted_commit, detail = report.failure_message().unwrap_or_default(), "pass failed")
+            tracing::warn!(
+                reason,
+                commit = report.attempted_commit.as_deref().unwrap_or("none"),
+                detail = report.failure_message().unwrap_or_default(),
+                "pass failed"
+            )
         }
         None => {
-            tracing::info!(cluster = %name, commit = ?report.attempted_commit, applied = report.writes.0, pruned = report.writes.1, "pass succeeded")
+            tracing::info!(
+                commit = report.attempted_commit.as_deref().unwrap_or("none"),
+                applied = report.writes.0,
+                pruned = report.writes.1,
+                "pass succeeded"
+            )
         }
     }
     if previous != Some(&next) {
@@ -419,7 +429,7 @@ async fn finish(
         // An Event is best effort: losing one must not fail a pass that already wrote its status.
         let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(cluster = %name, error = %e, "cannot record an Event");
+            tracing::warn!(error = %e, "cannot record an Event");
         }
     }
     ctx.metrics
@@ -460,12 +470,13 @@ pub fn backoff(consecutive_failures: u32) -> Duration {
 }
 
 /// The controller's error policy: exponential back-off per `Cluster`.
+#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.with_state(&cluster.name_any(), |s| {
         s.failures = s.failures.saturating_add(1);
         s.failures
     });
-    tracing::debug!(cluster = %cluster.name_any(), reason = error.reason(), failures, "backing off");
+    tracing::debug!(reason = error.reason(), failures, "backing off");
     Action::requeue(backoff(failures))
 }
 

@@ -69,7 +69,10 @@ pub struct SourceTrust {
 fn text(source: &str, bytes: &[u8]) -> Result<Zeroizing<String>, Error> {
     String::from_utf8(bytes.to_vec())
         .map(Zeroizing::new)
-        .map_err(|_| Error::Config(format!("{source}: not UTF-8 text")))
+        .map_err(|_| Error::TrustInput {
+            object: source.to_owned(),
+            problem: "not UTF-8 text".to_owned(),
+        })
 }
 
 /// Parses an age identity file read by [`identity_file`].
@@ -94,31 +97,22 @@ pub fn trust_config(
     let (auth, ca_bundle) = match &inputs.auth {
         None => (Auth::None, None),
         Some((source, data)) => {
-            // Holds the password or token: zeroized on drop.
-            let mut lines = Zeroizing::new(String::new());
-            for key in ["username", "password", "bearerToken"] {
-                if let Some(value) = data.get(key) {
-                    let value = text(&format!("{source} key {key}"), value)?;
-                    if value.contains('\n') {
-                        return Err(Error::Config(format!(
-                            "{source} key {key}: must be a single line"
-                        )));
-                    }
-                    // No format!: its temporary String would not be zeroized.
-                    lines.push_str(key);
-                    lines.push('=');
-                    lines.push_str(&value);
-                    lines.push('\n');
-                }
-            }
-            let auth = Auth::parse(&lines, source).map_err(Error::Source)?;
+            let fields = data
+                .iter()
+                .filter(|(key, _)| Auth::KEYS.contains(&key.as_str()))
+                .map(|(key, value)| (key.as_str(), value.as_slice()));
+            let auth = Auth::from_fields(source, fields).map_err(|e| Error::TrustInput {
+                object: source.clone(),
+                problem: e.to_string(),
+            })?;
             (auth, data.get(CA_KEY).map(|ca| ca.to_vec()))
         }
     };
     if spec.release.threshold == 0 {
-        return Err(Error::Config(
-            "spec.release.threshold: must be at least 1".into(),
-        ));
+        return Err(Error::InvalidSpec {
+            field: "spec.release.threshold",
+            problem: "must be at least 1",
+        });
     }
     let last_commit = status.and_then(|s| s.last_applied_commit.clone());
     let last_applied = status
@@ -185,7 +179,10 @@ async fn config_map_text(
         .as_ref()
         .and_then(|d| d.get(key))
         .cloned()
-        .ok_or_else(|| Error::Config(format!("{source}: no such key")))?;
+        .ok_or_else(|| Error::TrustInput {
+            object: source.clone(),
+            problem: "no such key".to_owned(),
+        })?;
     Ok((source, value))
 }
 
@@ -219,9 +216,10 @@ pub async fn identity_file(
 ) -> Result<(String, Zeroizing<Vec<u8>>), Error> {
     let (source, mut data) = secret_data(client, namespace, &reference.name).await?;
     let key = reference.key_or_default();
-    let identity = data
-        .remove(key)
-        .ok_or_else(|| Error::Config(format!("{source} key {key}: no such key")))?;
+    let identity = data.remove(key).ok_or_else(|| Error::TrustInput {
+        object: format!("{source} key {key}"),
+        problem: "no such key".to_owned(),
+    })?;
     Ok((format!("{source} key {key}"), identity))
 }
 

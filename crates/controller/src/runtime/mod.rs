@@ -288,12 +288,15 @@ async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
 async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
     use crate::children::webhook_server::{ReloadingCertificate, TemplateIndex};
     let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Webhook(e.into()))?;
     let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Webhook(e.into()))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Config(format!("webhook address {addr}: {e}")))?;
+        .map_err(|source| Error::Io {
+            what: format!("listen on the webhook address {addr}"),
+            source,
+        })?;
     let index = Arc::new(TemplateIndex::default());
     let (reader, writer) = kube::runtime::reflector::store::<Cluster>();
     let updates = index.clone();

@@ -47,33 +47,33 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Reads credentials in the auth Secret's format, `key=value` lines (or the Secret's keys written as
-    /// files' contents): `username` + `password`, or `bearerToken`.
-    pub fn parse(text: &str, source: &str) -> Result<Auth, SourceError> {
+    /// The keys an auth Secret may hold.
+    pub const KEYS: [&'static str; 3] = ["username", "password", "bearerToken"];
+
+    /// Builds credentials from the auth Secret's keys as the API returns them (`username` +
+    /// `password`, or `bearerToken` alone), each value UTF-8 on one line. `source` names the Secret
+    /// in errors; a value never appears in one. Keys other than [`Auth::KEYS`] are the caller's
+    /// (e.g. `ca.crt`).
+    pub fn from_fields<'a>(
+        source: &str,
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Auth, SourceError> {
         let mut username = None;
         let mut password = None;
         let mut bearer = None;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (key, value) = line.split_once('=').ok_or_else(|| SourceError::Config {
-                message: format!(
-                    "{source}: expected key=value lines (username, password, bearerToken)"
-                ),
-            })?;
-            match key.trim() {
-                "username" => username = Some(value.trim().to_owned()),
-                "password" => password = Some(SecretValue::new(value.trim().as_bytes().to_vec())),
-                "bearerToken" => bearer = Some(SecretValue::new(value.trim().as_bytes().to_vec())),
-                other => {
-                    return Err(SourceError::Config {
-                        message: format!(
-                            "{source}: unknown key {other:?} (username, password, bearerToken)"
-                        ),
-                    });
-                }
+        for (key, value) in fields {
+            let config = |problem: &str| SourceError::Config {
+                message: format!("{source} key {key}: {problem}"),
+            };
+            let text = std::str::from_utf8(value).map_err(|_| config("not UTF-8 text"))?;
+            if text.contains('\n') {
+                return Err(config("must be a single line"));
+            }
+            match key {
+                "username" => username = Some(text.to_owned()),
+                "password" => password = Some(SecretValue::new(text.as_bytes().to_vec())),
+                "bearerToken" => bearer = Some(SecretValue::new(text.as_bytes().to_vec())),
+                _ => return Err(config("unknown key (username, password, bearerToken)")),
             }
         }
         match (username, password, bearer) {
@@ -84,6 +84,25 @@ impl Auth {
                 message: format!("{source}: give username and password, or bearerToken alone"),
             }),
         }
+    }
+
+    /// Reads credentials from a file of `key=value` lines (what `verify --auth-file` takes): the
+    /// same keys as the Secret, see [`Auth::from_fields`].
+    pub fn parse(text: &str, source: &str) -> Result<Auth, SourceError> {
+        let mut fields = Vec::new();
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (key, value) = line.split_once('=').ok_or_else(|| SourceError::Config {
+                message: format!(
+                    "{source}: expected key=value lines (username, password, bearerToken)"
+                ),
+            })?;
+            fields.push((key.trim(), value.trim().as_bytes()));
+        }
+        Auth::from_fields(source, fields)
     }
 }
 
