@@ -828,3 +828,242 @@ fn allowed_signers_lines_are_judged_as_ssh_keygen_judges_them() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3 and 4. YAML: merge keys, and plain scalars as YAML 1.2's core schema reads them.
+// ---------------------------------------------------------------------------------------------
+
+/// A plain scalar's reading under the YAML 1.2 core schema (spec 1.2.2, section 10.3.2), written
+/// down here independently of the loader: the oracle for the loader's scalars.
+#[derive(Debug, Clone, PartialEq)]
+enum Core {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str,
+}
+
+fn core_schema(s: &str) -> Core {
+    fn all(s: &str, radix: u32) -> bool {
+        !s.is_empty() && s.chars().all(|c| c.is_digit(radix))
+    }
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Core::Null,
+        "true" | "True" | "TRUE" => return Core::Bool(true),
+        "false" | "False" | "FALSE" => return Core::Bool(false),
+        ".nan" | ".NaN" | ".NAN" => return Core::Float(f64::NAN),
+        _ => {}
+    }
+    // int: [-+]? [0-9]+ | 0o [0-7]+ | 0x [0-9a-fA-F]+
+    if let Some(d) = s.strip_prefix("0o").filter(|d| all(d, 8)) {
+        return i128::from_str_radix(d, 8).map_or(Core::Str, Core::Int);
+    }
+    if let Some(d) = s.strip_prefix("0x").filter(|d| all(d, 16)) {
+        return i128::from_str_radix(d, 16).map_or(Core::Str, Core::Int);
+    }
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if all(unsigned, 10) {
+        return s.parse::<i128>().map_or(Core::Str, Core::Int);
+    }
+    // float: [-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )? | [-+]? \.(inf|Inf|INF)
+    if matches!(unsigned, ".inf" | ".Inf" | ".INF") {
+        return Core::Float(if s.starts_with('-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        });
+    }
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
+        None => (unsigned, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some(("", frac)) => all(frac, 10),
+        Some((int, frac)) => all(int, 10) && (frac.is_empty() || all(frac, 10)),
+        None => all(mantissa, 10),
+    };
+    let exponent_ok = exponent.is_none_or(|e| all(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
+    if mantissa_ok && exponent_ok {
+        return s.parse::<f64>().map_or(Core::Str, Core::Float);
+    }
+    Core::Str
+}
+
+/// A decimal integer with a redundant leading zero (`0755`, `-007`): the documented exception, kept
+/// as the string the reviewer read (YAML 1.1 readers take it as octal, YAML 1.2 as decimal).
+fn leading_zero_decimal(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    unsigned.len() > 1 && unsigned.starts_with('0') && unsigned.chars().all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn plain_scalars_resolve_as_the_yaml_1_2_core_schema_or_are_refused() {
+    use vworkspace_operator::yaml::{YamlError, parse_document};
+    let scalars = [
+        // The forms: YAML 1.1 numbers, YAML 1.2 strings.
+        "1_000",
+        "0b101",
+        "-0x10",
+        "+0x10",
+        "0X1F",
+        "0O17",
+        "0B1",
+        "-0o17",
+        "0b1_0",
+        "1__0",
+        "1_000.5", // Core integers and floats.
+        "0x1F",
+        "0o17",
+        "12",
+        "+12",
+        "-12",
+        "0",
+        "-0",
+        "1.5",
+        ".5",
+        "1.",
+        "+.5",
+        "1e3",
+        "1E-3",
+        "-1.5e+3",
+        "18446744073709551615",
+        "-9223372036854775808",
+        // Leading zeros: the documented exception.
+        "0755",
+        "-007",
+        "00", // Non-finite: refused.
+        ".inf",
+        "-.Inf",
+        ".NaN", // Strings in the core schema.
+        "inf",
+        "nan",
+        "1e",
+        "0x",
+        "0x1G",
+        "0o8",
+        "12:30",
+        "190:20:30",
+        "2026-01-01",
+        "0.1.2",
+        "1,000",
+        "tRuE",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "n",
+        "nULL",
+        "0xffffffffffffffffff",
+        // Booleans and nulls.
+        "true",
+        "True",
+        "TRUE",
+        "false",
+        "FALSE",
+        "null",
+        "Null",
+        "NULL",
+        "~",
+        "",
+    ];
+    let mut refused = Vec::new();
+    for s in scalars {
+        let doc = format!("v: {s}\n");
+        let core = core_schema(s);
+        match parse_document(doc.as_bytes(), "f.yaml", &Limits::default()) {
+            Ok(value) => {
+                let v = &value["v"];
+                let agrees = match &core {
+                    _ if leading_zero_decimal(s) => v == &serde_json::json!(s),
+                    Core::Null => v.is_null(),
+                    Core::Bool(b) => v == &serde_json::json!(b),
+                    Core::Int(i) => {
+                        v.as_i64().map(i128::from) == Some(*i)
+                            || v.as_u64().map(i128::from) == Some(*i)
+                    }
+                    Core::Float(f) => v.as_f64() == Some(*f) && v.is_f64(),
+                    Core::Str => v == &serde_json::json!(s),
+                };
+                assert!(
+                    agrees,
+                    "{s:?}: YAML 1.2 core reads {core:?}, the loader {v}"
+                );
+            }
+            Err(e) => {
+                // A refusal is allowed only where readers disagree or JSON cannot hold the value.
+                let allowed = match &core {
+                    Core::Float(f) => !f.is_finite(),
+                    Core::Int(i) => i64::try_from(*i).is_err() && u64::try_from(*i).is_err(),
+                    Core::Str => matches!(e, YamlError::AmbiguousScalar { .. }),
+                    _ => false,
+                };
+                assert!(
+                    allowed,
+                    "{s:?}: YAML 1.2 core reads {core:?}, the loader refused: {e}"
+                );
+                refused.push(s);
+            }
+        }
+    }
+    // The three forms are never numbers.
+    for s in ["1_000", "0b101", "-0x10"] {
+        let v = parse_document(format!("v: {s}\n").as_bytes(), "f", &Limits::default());
+        assert!(!matches!(&v, Ok(v) if v["v"].is_number()), "{s}: {v:?}");
+    }
+    // An ambiguous spelling is refused with its position, also as a key and in flow style.
+    let err =
+        parse_document(b"a:\n  b: [1, 0b101]\n", "f.yaml", &Limits::default()).expect_err("0b101");
+    assert_eq!(
+        err.to_string(),
+        "f.yaml: plain scalar \"0b101\" at line 2, column 10 is a string in YAML 1.2 but a number to YAML 1.1 readers; quote it, or write the number in decimal"
+    );
+    assert!(refused.contains(&"0b101") && refused.contains(&"-0x10"));
+    // Quoted, the same text is a string for every reader.
+    let quoted =
+        parse_document(b"v: '0b101'\nw: \"-0x10\"\n", "f", &Limits::default()).expect("quoted");
+    assert_eq!(quoted, serde_json::json!({"v": "0b101", "w": "-0x10"}));
+}
+
+#[test]
+fn merge_keys_are_refused_in_intent_and_in_the_release_manifest() {
+    use vworkspace_operator::yaml::{YamlError, parse_document};
+    let shapes = [
+        "base: &b {serial: 1}\nrelease:\n  <<: *b\n",
+        "a: &a {serial: 1}\nb: &b {serial: 9}\nrelease:\n  <<: *a\n  <<: *b\n",
+        "release:\n  <<: ~\n",
+        "a: &a {x: 1}\nrelease:\n  !!merge <<: *a\n",
+        "a: &a {x: 1}\nrelease:\n  <<: [*a]\n",
+    ];
+    for doc in shapes {
+        let err = parse_document(doc.as_bytes(), "f.yaml", &Limits::default()).expect_err(doc);
+        assert!(
+            matches!(&err, YamlError::MergeKey { at: Some(_), .. }),
+            "{doc:?}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("f.yaml: merge key `<<` at line"),
+            "{err}"
+        );
+    }
+    // Quoted, `<<` is an ordinary key for YAML 1.1 and 1.2 readers alike.
+    assert_eq!(
+        parse_document(b"\"<<\": x\n", "f", &Limits::default()).expect("quoted key"),
+        serde_json::json!({"<<": "x"})
+    );
+    // In release.yaml the refusal names the file: the serial and expiry are what signers signed.
+    let manifest = "apiVersion: gitops.vworkspace.io/v1alpha1\nkind: Release\ncluster: demo\nold: &old {serial: 1}\n<<: *old\nserial: 7\nexpires: \"2026-07-01T00:00:00Z\"\nfiles: {}\n";
+    let err = vworkspace_operator::release::parse_manifest(
+        manifest.as_bytes(),
+        "demo",
+        &Limits::default(),
+    )
+    .expect_err("merge key in the manifest");
+    assert!(
+        err.to_string()
+            .starts_with("clusters/demo/release.yaml: clusters/demo/release.yaml: merge key"),
+        "{err}"
+    );
+}
