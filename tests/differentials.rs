@@ -169,13 +169,18 @@ impl Repo {
 
     /// A commit of `tree` signed as `git commit -S` signs it (ssh-keygen over the unsigned object).
     fn signed_commit(&self, tree: &str, parents: &[&str]) -> String {
+        self.signed_commit_by(tree, parents, &self.key, 1_700_000_000)
+    }
+
+    /// A commit signed by `key`, authored and committed at `epoch`.
+    fn signed_commit_by(&self, tree: &str, parents: &[&str], key: &Path, epoch: i64) -> String {
         let mut unsigned = format!("tree {tree}\n");
         for p in parents {
             unsigned.push_str(&format!("parent {p}\n"));
         }
-        unsigned.push_str(AUTHOR);
-        let body = "\nintent\n";
-        let armor = self.ssh_sign(&self.key, "git", format!("{unsigned}{body}").as_bytes());
+        unsigned.push_str(&AUTHOR.replace("1700000000", &epoch.to_string()));
+        let body = format!("\nintent at {epoch}\n");
+        let armor = self.ssh_sign(key, "git", format!("{unsigned}{body}").as_bytes());
         self.raw_commit(format!("{unsigned}{}{body}", gpgsig_header("gpgsig", &armor)).as_bytes())
     }
 
@@ -1065,5 +1070,139 @@ fn merge_keys_are_refused_in_intent_and_in_the_release_manifest() {
         err.to_string()
             .starts_with("clusters/demo/release.yaml: clusters/demo/release.yaml: merge key"),
         "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. history: all, at a date nobody can check.
+// ---------------------------------------------------------------------------------------------
+
+/// An intermediate commit is judged at the earlier of its committer date and the verifier's clock:
+/// `git verify-commit` accepts a future-dated commit by a key whose `valid-after` is in the future
+/// (it judges at the commit's own date); we refuse it. A past-dated commit by a key since rotated
+/// out is accepted by both.
+#[test]
+fn history_all_judges_each_commit_at_the_earlier_of_its_date_and_the_clock() {
+    use vworkspace_operator::crd::HistoryPolicy;
+    use vworkspace_operator::history::{self, HistoryCheck, HistoryError};
+    let r = Repo::new();
+    let old = r.root.join("old");
+    let future = r.root.join("future");
+    let me = std::fs::read_to_string(r.key.with_extension("pub")).expect("pub");
+    let old_pub = ssh_keygen(&r.root, &old, "old");
+    let future_pub = ssh_keygen(&r.root, &future, "future");
+    let text = format!(
+        "me namespaces=\"git\" {}\nold namespaces=\"git\",valid-before=\"20250101Z\" {old_pub}\nfuture namespaces=\"git\",valid-after=\"20990101Z\" {future_pub}\n",
+        me.trim()
+    );
+    std::fs::write(&r.allowed, &text).expect("signers");
+    let signers = AllowedSigners::parse(&text, "commit_signers").expect("parse");
+    let tree = r.root_for(&r.raw_tree(&[]));
+    let base = r.signed_commit_by(&tree, &[], &r.key, 1_700_000_000);
+    let rotated = r.signed_commit_by(&tree, &[&base], &old, 1_710_000_000); // 2024, before valid-before
+    let future_dated = r.signed_commit_by(&tree, &[&rotated], &future, 4_102_444_800 + 86_400); // 2100
+    let head_ok = r.signed_commit_by(&tree, &[&rotated], &r.key, 1_750_000_000);
+    let head_bad = r.signed_commit_by(&tree, &[&future_dated], &r.key, 1_750_000_000);
+
+    // git judges each commit at its own date: both intermediate commits pass git verify-commit.
+    assert!(r.git_verify_commit(&rotated));
+    assert!(r.git_verify_commit(&future_dated));
+
+    let repo = LocalRepository::open(&r.repo()).expect("open");
+    let policy = HistoryCheck {
+        last_commit: Some(base.clone()),
+        policy: HistoryPolicy::All,
+        allow_rewrite: false,
+    };
+    let now = jiff::Timestamp::now();
+    history::check(&repo, &head_ok, &policy, &signers, now)
+        .expect("a past-dated commit by a key valid at its date passes");
+    let err = history::check(&repo, &head_bad, &policy, &signers, now)
+        .expect_err("a future-dated commit by a not-yet-valid key");
+    match &err {
+        HistoryError::UnsignedHistory { problems, .. } => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(&future_dated) && problems[0].contains("is not valid before"),
+                "{problems:?}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Bound values at dotted keys.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bound_values_under_a_dotted_key_are_refused_whatever_else_is_in_the_tree() {
+    use vworkspace_operator::limits::Limits;
+    use vworkspace_operator::secrets::{
+        self, Binding, Identities, ValueContext, ValueErrorKind, ValuesPolicy,
+    };
+    let (secret, recipient) = secrets::generate();
+    let ids = Identities::parse(secret.expose_str().expect("utf8"), "id").expect("identity");
+    let at = ValueContext {
+        cluster: "demo".into(),
+        namespace: "org-a".into(),
+        instance: "app".into(),
+    };
+    let bound = |path: &str| {
+        secrets::encrypt(
+            b"s3cret",
+            &recipient,
+            Some(&Binding {
+                cluster: "demo".into(),
+                namespace: "org-a".into(),
+                instance: "app".into(),
+                path: path.into(),
+            }),
+        )
+        .expect("encrypt")
+    };
+    let v = bound("a.b");
+    let check = |values: serde_json::Value| {
+        secrets::decrypt_values(
+            &values,
+            &at,
+            &ids,
+            &ValuesPolicy::default(),
+            &Limits::default(),
+        )
+        .map(|d| d.len())
+    };
+    // Nested as bound: accepted.
+    assert_eq!(
+        check(serde_json::json!({"a": {"b": v}})).expect("nested"),
+        1
+    );
+    // Under the key "a.b" alone: refused.
+    // Under "a.b" with a copy at a.b: the copy is fine, the dotted one is still refused.
+    for values in [
+        serde_json::json!({"a.b": v}),
+        serde_json::json!({"a.b": v, "a": {"b": v}}),
+        serde_json::json!({"x.y": {"a": {"b": v}}, "a": {"b": v}}),
+    ] {
+        let errors = check(values.clone()).expect_err("dotted key");
+        assert_eq!(errors.len(), 1, "{values}: {errors:?}");
+        assert_eq!(
+            errors[0].kind,
+            ValueErrorKind::UnaddressablePath,
+            "{values}"
+        );
+        assert!(errors[0].to_string().contains("contains '.'"));
+        let form = secrets::check_values_form(&values, &at, &Limits::default())
+            .expect_err("form check refuses too");
+        assert_eq!(form[0].kind, ValueErrorKind::UnaddressablePath);
+    }
+    // Plain values under dotted keys (annotations, ingress hosts) stay allowed.
+    assert_eq!(
+        check(serde_json::json!({
+            "podAnnotations": {"prometheus.io/scrape": "true"},
+            "a": {"b": v}
+        }))
+        .expect("plain dotted keys"),
+        1
     );
 }
