@@ -292,6 +292,9 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
                 signers: release_signers,
                 threshold: 2,
                 last_applied: None,
+                max_validity: ReleasePolicy::validity_days(
+                    crate::release::DEFAULT_MAX_VALIDITY_DAYS,
+                ),
             },
             identities: Some(identities),
             require_bound_values: true,

@@ -1206,3 +1206,62 @@ fn bound_values_under_a_dotted_key_are_refused_whatever_else_is_in_the_tree() {
         1
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. expires: RFC 3339 strictly, and a sane range.
+// ---------------------------------------------------------------------------------------------
+
+/// Each shape's RFC 3339 verdict (section 5.6's grammar, written down per case) next to ours; every
+/// instant we accept is the one GNU `date` reads from the same text.
+#[test]
+fn expires_is_read_as_rfc_3339_and_nothing_else() {
+    use vworkspace_operator::release::parse_rfc3339;
+    // (text, is it an RFC 3339 date-time with a year in 1970..=9999)
+    let cases = [
+        ("2026-12-22T00:00:00Z", true),
+        ("2026-12-22T00:00:00.5Z", true),
+        ("2026-12-22T00:00:00.123456789+02:00", true),
+        ("2026-12-22t00:00:00z", true),
+        ("2026-12-22T00:00:00-00:00", true),
+        ("2026-12-22T00:00:00Z[Europe/Paris]", false),
+        ("2026-12-22T00:00:00+01:00[Europe/Paris]", false),
+        ("2026-12-22T00:00:00", false),
+        ("2026-12-22 00:00:00Z", false),
+        ("2026-12-22", false),
+        ("2026-12-22T00:00Z", false),
+        ("2026-12-22T00:00:00+0200", false),
+        ("2026-12-22T00:00:00+02", false),
+        ("+002026-12-22T00:00:00Z", false),
+        ("20261222T000000Z", false),
+        ("1969-12-31T23:59:59Z", false),
+        ("0001-01-01T00:00:00Z", false),
+        ("2026-12-22T00:00:00.Z", false),
+        (" 2026-12-22T00:00:00Z", false),
+        ("2026-12-22T00:00:00Z ", false),
+    ];
+    for (text, rfc3339) in cases {
+        let ours = parse_rfc3339(text);
+        assert_eq!(ours.is_ok(), rfc3339, "{text:?}: {ours:?}");
+        if let Ok(ts) = ours {
+            let out = tool("date", Path::new("/"))
+                .args(["-u", "+%s.%N", "-d", text])
+                .output()
+                .expect("date runs");
+            assert!(out.status.success(), "date -d {text:?}");
+            let stock: f64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("seconds");
+            let ours = ts.as_second() as f64 + f64::from(ts.subsec_nanosecond()) / 1e9;
+            assert!(
+                (stock - ours).abs() < 1e-6,
+                "{text}: date says {stock}, we {ours}"
+            );
+        }
+    }
+    // The refusal says what is wrong with the shape.
+    let err = parse_rfc3339("2026-12-22T00:00:00Z[Europe/Paris]").expect_err("suffix");
+    assert!(err.contains("[suffix]"), "{err}");
+    let err = parse_rfc3339("1969-12-31T23:59:59Z").expect_err("year");
+    assert!(err.contains("1969"), "{err}");
+}

@@ -219,6 +219,11 @@ pub struct ClusterPolicy {
     /// Refuse encrypted values that are not bound to where they are used.
     #[serde(default)]
     pub require_bound_values: bool,
+    /// The longest a release may be valid, in days from the verifier's clock to its `expires`
+    /// (default 90): a release that expires far in the future lets a Git host freeze the cluster on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub max_release_validity_days: Option<u32>,
 }
 
 /// One object the source applied.
