@@ -121,8 +121,20 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
             ))
         })?
     } else {
-        let tree = crate::checkout::read_cluster_directory(&args.repo, &args.cluster, &limits)
-            .map_err(usage)?;
+        // In a git work tree, what git will commit (the index: after core.autocrlf, tracked files
+        // only); elsewhere, the directory as it is.
+        let mut tree = match crate::checkout::read_cluster_index(&args.repo, &args.cluster, &limits)
+            .map_err(usage)?
+        {
+            Some(tree) => tree,
+            None => crate::checkout::read_cluster_directory(&args.repo, &args.cluster, &limits)
+                .map_err(usage)?,
+        };
+        // The current serial is the last one written, staged or not.
+        if let Ok(bytes) = std::fs::read(&manifest_path) {
+            tree.entries
+                .insert(MANIFEST_FILE.to_owned(), TreeEntry::File(bytes));
+        }
         let current = match tree.entries.get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => Some(
                 release::parse_manifest(bytes, &args.cluster, &limits)

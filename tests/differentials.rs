@@ -1265,3 +1265,101 @@ fn expires_is_read_as_rfc_3339_and_nothing_else() {
     let err = parse_rfc3339("1969-12-31T23:59:59Z").expect_err("year");
     assert!(err.contains("1969"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. What `release` hashes.
+// ---------------------------------------------------------------------------------------------
+
+/// With `core.autocrlf=true` (Git for Windows' default) the work tree holds CRLF copies and git
+/// stores LF: `release` lists exactly the blobs `git ls-files` tracks, each hashed as `git cat-file`
+/// returns it, so the manifest matches the commit; untracked and ignored files are not listed, and
+/// an unstaged change is refused by name.
+#[test]
+fn release_hashes_the_blobs_git_will_commit() {
+    let r = Repo::new();
+    let bin = env!("CARGO_BIN_EXE_vworkspace-operator");
+    r.git(&["config", "core.autocrlf", "true"]);
+    let dir = r
+        .repo()
+        .join("clusters/demo/namespaces/org-a/applicationinstances");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("app.yaml"),
+        "kind: ApplicationInstance\r\nspec: {}\r\n",
+    )
+    .expect("app");
+    std::fs::write(r.repo().join(".gitignore"), "*.tmp\n").expect("ignore");
+    r.git(&["add", "-A"]);
+    std::fs::write(dir.join("notes.tmp"), "ignored\n").expect("ignored");
+    let release = |r: &Repo| {
+        tool(bin, &r.root)
+            .arg("release")
+            .arg("--repo")
+            .arg(r.repo())
+            .args(["--cluster", "demo", "--key"])
+            .arg(&r.key)
+            .output()
+            .expect("release runs")
+    };
+    let out = release(&r);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest =
+        std::fs::read_to_string(r.repo().join("clusters/demo/release.yaml")).expect("manifest");
+    let files = vworkspace_operator::release::parse_manifest(
+        manifest.as_bytes(),
+        "demo",
+        &Limits::default(),
+    )
+    .expect("manifest parses")
+    .files;
+    // git's reading: the tracked files under the cluster directory and their stored bytes.
+    let tracked = r.git(&["ls-files", "--", "clusters/demo/"]);
+    let mut listed = 0;
+    for path in tracked.lines() {
+        let relative = path.trim_start_matches("clusters/demo/");
+        if relative == "release.yaml" || relative.starts_with("release.sigs/") {
+            continue;
+        }
+        let stored = r
+            .git_output(&["cat-file", "blob", &format!(":{path}")])
+            .stdout;
+        assert!(!stored.contains(&b'\r'), "git stores LF");
+        let digest = vworkspace_operator::release::sha256_digest(&stored);
+        assert_eq!(
+            files.get(relative),
+            Some(&digest),
+            "{relative}:\n{manifest}"
+        );
+        listed += 1;
+    }
+    assert_eq!(listed, 1);
+    assert_eq!(
+        files.len(),
+        listed,
+        "only tracked files are listed:\n{manifest}"
+    );
+
+    // An untracked file, or a change not staged, is refused by name.
+    std::fs::write(dir.join("extra.yaml"), "x: 1\n").expect("untracked");
+    let out = release(&r);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("extra.yaml: untracked"), "{stderr}");
+    std::fs::remove_file(dir.join("extra.yaml")).expect("rm");
+    std::fs::write(
+        dir.join("app.yaml"),
+        "kind: ApplicationInstance\r\nspec: {x: 1}\r\n",
+    )
+    .expect("edit");
+    let out = release(&r);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("app.yaml: changed in the work tree but not staged"),
+        "{stderr}"
+    );
+}
