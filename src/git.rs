@@ -428,12 +428,16 @@ impl LocalRepository {
         let (tree, parents) = git_tree_and_parents(&commit.data).ok_or_else(|| {
             object_error(id, "malformed commit: no tree line, or bad parent lines")
         })?;
-        let gix_tree = commit.tree_id().map_err(|e| object_error(id, e))?.detach();
+        let gix_tree = commit
+            .tree_id()
+            .map_err(|e| object_error(id, e))?
+            .detach()
+            .to_string();
         let gix_parents: Vec<String> = commit
             .parent_ids()
             .map(|p| p.detach().to_string())
             .collect();
-        if gix_tree.to_string() != tree || gix_parents != parents {
+        if gix_tree != tree || gix_parents != parents {
             return Err(object_error(
                 id,
                 "malformed commit: its tree or parent lines are read differently by git",
