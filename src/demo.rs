@@ -198,6 +198,8 @@ struct DemoRepo {
 
 impl DemoRepo {
     fn release(&self, key: &str, sign_only: bool, out: &mut dyn Write) -> Result<(), CliError> {
+        // `release` hashes what git will commit (the index): stage the intent first.
+        git(&self.dir, &["add", "-A"], None)?;
         let args = ReleaseArgs {
             repo: self.dir.clone(),
             cluster: CLUSTER.to_owned(),
