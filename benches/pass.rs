@@ -206,6 +206,9 @@ fn trust_config(root: &Path) -> TrustConfig {
             signers: signers("release_signers"),
             threshold: 2,
             last_applied: None,
+            max_validity: ReleasePolicy::validity_days(
+                vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
+            ),
         },
         identities: Some(Identities::parse(&identity, "identity").expect("identity")),
         require_bound_values: true,

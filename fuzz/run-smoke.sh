@@ -8,5 +8,9 @@ export RUSTC_BOOTSTRAP=1
 seconds=${SECONDS_PER_TARGET:-30}
 for target in $(cargo fuzz list); do
   echo "== $target (${seconds}s)"
-  cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+  # fuzz/corpus/<target> is the (ignored) working corpus; fuzz/seeds/<target> the committed seeds.
+  mkdir -p "corpus/$target"
+  seeds=()
+  [ -d "seeds/$target" ] && seeds=("seeds/$target")
+  cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$seconds" -rss_limit_mb=2048
 done

@@ -146,6 +146,10 @@ pub struct TrustArgs {
     /// The last applied serial: the release must exceed it.
     #[arg(long)]
     pub last_serial: Option<u64>,
+    /// The longest a release may be valid, in days from the verifier's clock to its expires (as the
+    /// Cluster's spec.policy.maxReleaseValidityDays).
+    #[arg(long, default_value_t = vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS)]
+    pub max_release_validity_days: u32,
     /// Refuse encrypted values that are not bound to where they are found.
     #[arg(long)]
     pub require_bound_values: bool,
@@ -266,6 +270,7 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
                 serial,
                 digest: None,
             }),
+            max_validity: ReleasePolicy::validity_days(args.max_release_validity_days),
         },
         identities,
         require_bound_values: args.require_bound_values,

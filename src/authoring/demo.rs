@@ -204,6 +204,8 @@ struct DemoRepo {
 
 impl DemoRepo {
     fn release(&self, key: &str, sign_only: bool, out: &mut dyn Write) -> Result<(), CliError> {
+        // `release` hashes what git will commit (the index): stage the intent first.
+        git(&self.dir, &["add", "-A"], None)?;
         let args = ReleaseArgs {
             repo: self.dir.clone(),
             cluster: CLUSTER.to_owned(),
@@ -298,6 +300,9 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
                 signers: release_signers,
                 threshold: 2,
                 last_applied: None,
+                max_validity: ReleasePolicy::validity_days(
+                    vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
+                ),
             },
             identities: Some(identities),
             require_bound_values: true,

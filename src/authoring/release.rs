@@ -150,12 +150,28 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
             ))
         })?
     } else {
-        let tree = vworkspace_core::repository::checkout::read_cluster_directory(
+        // In a git work tree, what git will commit (the index: after core.autocrlf, tracked files
+        // only); elsewhere, the directory as it is.
+        let mut tree = match vworkspace_core::repository::checkout::read_cluster_index(
             &args.repo,
             &args.cluster,
             &limits,
         )
-        .map_err(usage)?;
+        .map_err(usage)?
+        {
+            Some(tree) => tree,
+            None => vworkspace_core::repository::checkout::read_cluster_directory(
+                &args.repo,
+                &args.cluster,
+                &limits,
+            )
+            .map_err(usage)?,
+        };
+        // The current serial is the last one written, staged or not.
+        if let Ok(bytes) = std::fs::read(&manifest_path) {
+            tree.entries
+                .insert(MANIFEST_FILE.to_owned(), TreeEntry::File(bytes));
+        }
         let current = match tree.entries.get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => Some(
                 release::parse_manifest(bytes, &args.cluster, &limits)

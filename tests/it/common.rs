@@ -120,6 +120,8 @@ impl Fixture {
 
     /// Our `release`, then a co-signature by `ssh-keygen -Y sign` with the second key.
     pub fn release(&self, cluster: &str, extra: &[&str]) {
+        // `release` hashes what git will commit (the index): stage the intent first.
+        self.git(&["add", "-A"]);
         run(Command::new(BIN)
             .args(["release", "--repo"])
             .arg(&self.repo)

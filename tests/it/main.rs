@@ -9,6 +9,7 @@ mod children;
 mod cli;
 mod crds;
 mod deploy;
+mod differentials;
 mod intent;
 mod layers;
 mod materialize;

@@ -194,8 +194,14 @@ pub fn verify_commit_id(
     // which the holder of an expired or stolen key could backdate.
     let commit = commit_signature::verify_commit(&fetched, &config.commit_signers, config.now)
         .map_err(|e| fail(e.into()))?;
-    crate::trust::history::check(repo, commit.id(), &config.history, &config.commit_signers)
-        .map_err(|e| fail(e.into()))?;
+    crate::trust::history::check(
+        repo,
+        commit.id(),
+        &config.history,
+        &config.commit_signers,
+        config.now,
+    )
+    .map_err(|e| fail(e.into()))?;
     let tree = commit
         .read_cluster_tree(repo, &config.cluster, &config.limits)
         .map_err(|e| fail(Error::Tree(e)))?;

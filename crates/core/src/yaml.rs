@@ -147,6 +147,46 @@ pub enum YamlError {
         /// Where the budget ran out.
         at: Option<Position>,
     },
+    /// A merge key (`<<`): YAML 1.1 only, resolved first-wins by some readers and last-wins by
+    /// others (PyYAML, kubectl), so refused altogether.
+    #[error(
+        "{file}: merge key `<<`{}; merge keys are not YAML 1.2 and readers disagree on them (write the keys out)",
+        At(.at)
+    )]
+    MergeKey {
+        /// The file.
+        file: String,
+        /// Where.
+        at: Option<Position>,
+    },
+    /// A plain scalar that YAML 1.2's core schema reads as a string but YAML 1.1 readers (kubectl,
+    /// PyYAML) and this parser would read as a number (`0b101`, `-0x10`, `0X1F`).
+    #[error(
+        "{file}: plain scalar {scalar:?}{} is a string in YAML 1.2 but a number to YAML 1.1 readers; quote it, or write the number in decimal",
+        At(.at)
+    )]
+    AmbiguousScalar {
+        /// The file.
+        file: String,
+        /// The scalar as written.
+        scalar: String,
+        /// Where.
+        at: Option<Position>,
+    },
+    /// A plain integer (YAML 1.2 core schema) beyond 64 bits: JSON and Kubernetes cannot hold it,
+    /// and the parser would silently turn it into a float or a string.
+    #[error(
+        "{file}: integer {scalar}{} does not fit in 64 bits; quote it if it is meant as text",
+        At(.at)
+    )]
+    IntegerOutOfRange {
+        /// The file.
+        file: String,
+        /// The scalar as written.
+        scalar: String,
+        /// Where.
+        at: Option<Position>,
+    },
     /// Any other parse error (syntax, unknown anchor, unsupported tag, NaN, ...), as the parser
     /// words it.
     #[error("{file}: {message}{}", At(.at))]
@@ -173,6 +213,9 @@ impl YamlError {
             | YamlError::TooDeep { file, .. }
             | YamlError::AliasBudget { file, .. }
             | YamlError::TooManyNodes { file, .. }
+            | YamlError::MergeKey { file, .. }
+            | YamlError::AmbiguousScalar { file, .. }
+            | YamlError::IntegerOutOfRange { file, .. }
             | YamlError::Syntax { file, .. } => file,
         }
     }
@@ -203,6 +246,10 @@ fn options(limits: &Limits) -> serde_saphyr::Options {
     options.leading_zero_numbers_as_strings = true;
     // `!!binary aGk=` stays "aGk=", as Kubernetes' YAML-to-JSON conversion keeps it.
     options.ignore_binary_tag_for_string = true;
+    // `1_000`, `0b10_01`: strings in YAML 1.2's core schema (numbers only to YAML 1.1 readers).
+    options.underscored_numbers_as_strings = true;
+    // Merge keys are YAML 1.1; readers resolve a repeated `<<` first-wins or last-wins: refuse them.
+    options.merge_keys = serde_saphyr::MergeKeyPolicy::Error;
     // `!include`, `!secret` and other application tags mean nothing to Kubernetes: refuse them.
     options.reject_unsupported_tags = true;
     // Errors are rendered by this module, one line each; no source snippets.
@@ -370,6 +417,10 @@ fn classify(error: &serde_saphyr::Error, file: &str, limits: &Limits) -> YamlErr
             file,
             at: Position::of(error),
         },
+        E::MergeKeyNotAllowed { .. } => YamlError::MergeKey {
+            file,
+            at: Position::of(error),
+        },
         E::DuplicateMappingKey { key, .. } => YamlError::DuplicateKey {
             file,
             key: key.clone().unwrap_or_default(),
@@ -422,6 +473,108 @@ fn classify(error: &serde_saphyr::Error, file: &str, limits: &Limits) -> YamlErr
     }
 }
 
+/// Whether `text` (a plain scalar) is a number in YAML 1.2's core schema: decimal integers, `0o`
+/// octal, `0x` hexadecimal (no sign on either), and decimal floats.
+fn is_core_number(text: &str) -> bool {
+    let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
+    if let Some(rest) = text.strip_prefix("0o") {
+        return digits(rest, 8);
+    }
+    if let Some(rest) = text.strip_prefix("0x") {
+        return digits(rest, 16);
+    }
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
+        None => (unsigned, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => {
+            (int.is_empty() && digits(frac, 10))
+                || (digits(int, 10) && (frac.is_empty() || digits(frac, 10)))
+        }
+        None => digits(mantissa, 10),
+    };
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
+    mantissa_ok && exponent_ok
+}
+
+/// Whether this parser's type inference reads `text` (a plain scalar) as an integer in a radix
+/// notation: an optional sign, `0x`/`0X`, `0o`/`0O` or `0b`/`0B`, then digits of that radix.
+fn is_radix_integer(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let Some(rest) = unsigned.strip_prefix('0') else {
+        return false;
+    };
+    let (radix, digits) = match rest.split_at_checked(1) {
+        Some(("x" | "X", d)) => (16, d),
+        Some(("o" | "O", d)) => (8, d),
+        Some(("b" | "B", d)) => (2, d),
+        _ => return false,
+    };
+    !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix))
+}
+
+/// Whether `text` is a YAML 1.2 core-schema integer (`[-+]?[0-9]+`, `0o[0-7]+`, `0x[0-9a-fA-F]+`;
+/// a decimal with a redundant leading zero is excluded: it stays a string here) that does not fit
+/// in 64 bits (`i64` or `u64`).
+fn is_core_integer_beyond_64_bits(text: &str) -> bool {
+    let (radix, digits, negative) = if let Some(d) = text.strip_prefix("0o") {
+        (8, d, false)
+    } else if let Some(d) = text.strip_prefix("0x") {
+        (16, d, false)
+    } else {
+        let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+        if unsigned.len() > 1 && unsigned.starts_with('0') {
+            return false;
+        }
+        (10, unsigned, text.starts_with('-'))
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return false;
+    }
+    match u128::from_str_radix(digits, radix) {
+        Ok(magnitude) if negative => magnitude > u128::from(i64::MIN.unsigned_abs()),
+        Ok(magnitude) => magnitude > u128::from(u64::MAX),
+        Err(_) => true,
+    }
+}
+
+/// The first untagged plain scalar the parser's inference would read differently from YAML 1.2's
+/// core schema: a spelling the core schema reads as a string but YAML 1.1 readers and the parser as
+/// a number (`0b101`, `-0x10`, `+0o7`, `0X1F`; `false` in the result), or a core integer beyond
+/// 64 bits (`true`). Only run when such a spelling can occur at all (a radix prefix, or a run of 19
+/// digits); a file the event parser cannot read is left to the main parse, which accepted it.
+fn ambiguous_scalar(text: &str) -> Option<(String, Option<Position>, bool)> {
+    use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
+    let radix_prefix = ["0x", "0X", "0o", "0O", "0b", "0B"]
+        .iter()
+        .any(|p| text.contains(p));
+    let long_digits = text
+        .as_bytes()
+        .split(|b| !b.is_ascii_digit())
+        .any(|run| run.len() >= 19);
+    if !radix_prefix && !long_digits {
+        return None;
+    }
+    for event in Parser::new_from_str(text) {
+        let Ok((event, span)) = event else {
+            return None;
+        };
+        if let Event::Scalar(value, ScalarStyle::Plain, _, None) = event {
+            let out_of_range = is_core_integer_beyond_64_bits(&value);
+            if out_of_range || (is_radix_integer(&value) && !is_core_number(&value)) {
+                let at = Position {
+                    line: span.start.line() as u64,
+                    column: span.start.col() as u64 + 1,
+                };
+                return Some((value.into_owned(), Some(at), out_of_range));
+            }
+        }
+    }
+    None
+}
+
 /// Parses one YAML document into a JSON value, refusing everything the repository rules refuse
 /// (see the module documentation). `file` is used in errors only.
 pub fn parse_document(bytes: &[u8], file: &str, limits: &Limits) -> Result<Value, YamlError> {
@@ -438,6 +591,14 @@ pub fn parse_document(bytes: &[u8], file: &str, limits: &Limits) -> Result<Value
     })?;
     let document: Option<Document> = serde_saphyr::from_str_with_options(text, options(limits))
         .map_err(|e| classify(&e, file, limits))?;
+    if let Some((scalar, at, out_of_range)) = ambiguous_scalar(text) {
+        let file = file.to_owned();
+        return Err(if out_of_range {
+            YamlError::IntegerOutOfRange { file, scalar, at }
+        } else {
+            YamlError::AmbiguousScalar { file, scalar, at }
+        });
+    }
     match document {
         Some(Document(value)) => Ok(value),
         None => Err(YamlError::Empty {

@@ -30,6 +30,9 @@ pub fn trust(f: &Fixture, require_bound_values: bool) -> TrustConfig {
                 .expect("release signers"),
             threshold: 2,
             last_applied: None,
+            max_validity: ReleasePolicy::validity_days(
+                vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
+            ),
         },
         identities: Some(
             Identities::parse(&read("cluster.agekey"), "cluster.agekey").expect("key"),

@@ -130,6 +130,11 @@ pub fn trust_config(
                 signers: release_signers,
                 threshold: spec.release.threshold as usize,
                 last_applied,
+                max_validity: ReleasePolicy::validity_days(
+                    spec.policy
+                        .max_release_validity_days
+                        .unwrap_or(vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS),
+                ),
             },
             identities: Some(identities),
             require_bound_values: spec.policy.require_bound_values,

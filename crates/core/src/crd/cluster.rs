@@ -228,6 +228,11 @@ pub struct ClusterPolicy {
     /// migrating plain `age -a` values to bound ones (docs/encrypted-values.md).
     #[serde(default = "default_require_bound_values")]
     pub require_bound_values: bool,
+    /// The longest a release may be valid, in days from the verifier's clock to its `expires`
+    /// (default 90): a release that expires far in the future lets a Git host freeze the cluster on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub max_release_validity_days: Option<u32>,
 }
 
 fn default_require_bound_values() -> bool {
@@ -240,6 +245,7 @@ impl Default for ClusterPolicy {
             history: HistoryPolicy::default(),
             allow_history_rewrite: false,
             require_bound_values: default_require_bound_values(),
+            max_release_validity_days: None,
         }
     }
 }

@@ -129,3 +129,187 @@ fn visit(
     }
     Ok(())
 }
+
+/// Reads `clusters/<cluster>/` as git will commit it: the blobs in the index (what `git add` stored,
+/// after `core.autocrlf` and other clean filters), not the work tree's bytes, and only tracked
+/// files (untracked and ignored files are never committed). Returns `None` when `root` is not a git
+/// work tree. Refuses a tracked file whose work tree copy differs from the index, an untracked
+/// file, or a conflict, under the cluster directory (`release.yaml` and `release.sigs/` excepted,
+/// since `release` rewrites them): the manifest must list what the next commit will hold.
+pub fn read_cluster_index(
+    root: &Path,
+    cluster: &str,
+    limits: &Limits,
+) -> Result<Option<ClusterTree>, CheckoutError> {
+    let git = |args: &[&str]| -> Result<std::process::Output, CheckoutError> {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| io(root, e))
+    };
+    let inside = git(&["rev-parse", "--is-inside-work-tree"])?;
+    if !inside.status.success() || inside.stdout.trim_ascii() != b"true" {
+        return Ok(None);
+    }
+    let prefix = format!("clusters/{cluster}/");
+    let limit = |message: String| CheckoutError::Limit {
+        path: root.join(&prefix),
+        message,
+    };
+    let failed = |what: &str, out: &std::process::Output| {
+        limit(format!(
+            "git {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    };
+    let is_release_output = |path: &str| {
+        path == format!("{prefix}{}", crate::layout::MANIFEST_FILE)
+            || path.starts_with(&format!("{prefix}{}", crate::layout::SIGNATURES_DIR))
+    };
+    // Work tree and index must agree: `release` hashes the index, the author commits the work tree.
+    let status = git(&[
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--",
+        &prefix,
+    ])?;
+    if !status.status.success() {
+        return Err(failed("status", &status));
+    }
+    let mut problems = Vec::new();
+    for record in status.stdout.split(|b| *b == 0) {
+        let (Some(code), Some(path)) = (record.get(..2), record.get(3..)) else {
+            continue;
+        };
+        let path = String::from_utf8_lossy(path);
+        if is_release_output(&path) {
+            continue;
+        }
+        match code {
+            b"??" => problems.push(format!("{path}: untracked; `git add` it or remove it")),
+            [_, b' '] => {}
+            _ => problems.push(format!(
+                "{path}: changed in the work tree but not staged; `git add` it (release hashes what git will commit)"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(limit(format!(
+            "the work tree differs from the index:\n{}",
+            problems.join("\n")
+        )));
+    }
+    let listing = git(&["ls-files", "--stage", "-z", "--", &prefix])?;
+    if !listing.status.success() {
+        return Err(failed("ls-files", &listing));
+    }
+    let mut staged = Vec::new();
+    for record in listing.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let text = std::str::from_utf8(record).map_err(|_| CheckoutError::NonUtf8Path {
+            path: root.join(String::from_utf8_lossy(record).as_ref()),
+        })?;
+        let (meta, path) = text
+            .split_once('\t')
+            .ok_or_else(|| limit(format!("unexpected git ls-files output {text:?}")))?;
+        let fields: Vec<&str> = meta.split(' ').collect();
+        let [mode, id, stage] = fields[..] else {
+            return Err(limit(format!("unexpected git ls-files output {text:?}")));
+        };
+        if stage != "0" {
+            return Err(limit(format!("{path}: unresolved merge conflict")));
+        }
+        let relative = path.strip_prefix(&prefix).unwrap_or(path).to_owned();
+        if relative.matches('/').count() > limits.max_tree_depth {
+            return Err(limit(format!(
+                "{path}: nested deeper than {} directories",
+                limits.max_tree_depth
+            )));
+        }
+        staged.push((relative, mode.to_owned(), id.to_owned()));
+        if staged.len() > limits.max_files {
+            return Err(limit(format!("more than {} files", limits.max_files)));
+        }
+    }
+    // The blobs, in one `git cat-file --batch`.
+    let blob_ids: Vec<&str> = staged
+        .iter()
+        .filter(|(_, mode, _)| mode == "100644" || mode == "100755")
+        .map(|(_, _, id)| id.as_str())
+        .collect();
+    let mut contents = std::collections::HashMap::new();
+    if !blob_ids.is_empty() {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["cat-file", "--batch"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| io(root, e))?;
+        let input = blob_ids.join("\n") + "\n";
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().map_err(|e| io(root, e))?;
+        if !out.status.success() || !matches!(written, Some(Ok(()))) {
+            return Err(failed("cat-file", &out));
+        }
+        let mut rest = &out.stdout[..];
+        let mut total = 0u64;
+        for id in &blob_ids {
+            let newline = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| limit("truncated git cat-file output".into()))?;
+            let header = String::from_utf8_lossy(&rest[..newline]).into_owned();
+            let size: usize = header
+                .strip_prefix(&format!("{id} blob "))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| limit(format!("unexpected git cat-file output {header:?}")))?;
+            let body = rest
+                .get(newline + 1..newline + 1 + size)
+                .ok_or_else(|| limit("truncated git cat-file output".into()))?;
+            total += size as u64;
+            if total > limits.max_total_bytes {
+                return Err(limit(format!(
+                    "more than {} bytes in all",
+                    limits.max_total_bytes
+                )));
+            }
+            contents.insert(id.to_string(), body.to_vec());
+            rest = rest.get(newline + 2 + size..).unwrap_or_default();
+        }
+    }
+    let mut entries = BTreeMap::new();
+    for (relative, mode, id) in staged {
+        let entry = match mode.as_str() {
+            "120000" => TreeEntry::Symlink,
+            "160000" => TreeEntry::Submodule,
+            _ => {
+                let bytes = contents.remove(&id).unwrap_or_default();
+                let max = if relative == crate::layout::MANIFEST_FILE {
+                    limits.max_manifest_bytes
+                } else {
+                    limits.max_file_bytes
+                };
+                if bytes.len() as u64 > max {
+                    return Err(CheckoutError::Limit {
+                        path: root.join(&prefix).join(&relative),
+                        message: format!("{} bytes, over the limit of {max}", bytes.len()),
+                    });
+                }
+                TreeEntry::File(bytes)
+            }
+        };
+        entries.insert(relative, entry);
+    }
+    Ok(Some(ClusterTree::from_entries(cluster, entries)))
+}

@@ -187,6 +187,52 @@ pub enum GitError {
         /// The limit.
         limit: usize,
     },
+    /// A tree entry under `clusters/<id>/` has a mode other than `100644`, `100755`, `40000`
+    /// (and the symbolic link and submodule modes, which the intent validator refuses by name).
+    /// Git shows such an entry differently than a directory walk would read it (`140000` is a
+    /// submodule to git), so it is refused.
+    #[error(
+        "clusters/{cluster}/{path}: tree entry mode {mode} is not allowed (only 100644, 100755 and 40000; git does not show this entry as a file or a directory)"
+    )]
+    BadEntryMode {
+        /// The cluster id.
+        cluster: String,
+        /// The entry's path relative to the cluster directory.
+        path: String,
+        /// The mode as written in the tree object.
+        mode: String,
+    },
+    /// A tree object that git's `fsck` calls malformed: duplicate names, a name that is empty,
+    /// `.`, `..` or holds a `/`, entries out of git's order, or bytes that do not parse. Tools then
+    /// disagree on which entry a path means, so the tree is refused.
+    #[error("tree {tree} ({path}): {message}")]
+    MalformedTree {
+        /// The tree object id.
+        tree: String,
+        /// Where the tree is (`clusters/<id>/...`, or the commit's root).
+        path: String,
+        /// What is wrong, naming the entry.
+        message: String,
+    },
+    /// The commit object's bytes do not hash to the id it was asked for (a corrupt or forged object
+    /// database).
+    #[error("object {id}: its bytes hash to {actual}, not to its id")]
+    HashMismatch {
+        /// The id asked for.
+        id: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+    /// The repository uses an object format this operator does not read (SHA-256).
+    #[error(
+        "git repository {path} uses the {format} object format, which is not supported: only SHA-1 repositories can be verified (see docs/signatures.md)"
+    )]
+    UnsupportedObjectFormat {
+        /// The repository path.
+        path: PathBuf,
+        /// The format (`sha256`).
+        format: String,
+    },
     /// Directories nested deeper than [`Limits::max_tree_depth`].
     #[error("clusters/{cluster}/{path}: nested deeper than {limit} directories")]
     TooDeep {
@@ -220,15 +266,79 @@ fn object_error(id: impl std::fmt::Display, e: impl std::fmt::Display) -> GitErr
     }
 }
 
+/// The `extensions.objectFormat` of the repository at `path` (a work tree or a bare repository), if
+/// its config sets one.
+fn object_format(path: &Path) -> Option<String> {
+    let config = [path.join(".git").join("config"), path.join("config")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())?;
+    let mut in_extensions = false;
+    for line in config.lines() {
+        let line = line.trim();
+        if let Some(section) = line.strip_prefix('[') {
+            in_extensions = section
+                .trim_end_matches(']')
+                .trim()
+                .eq_ignore_ascii_case("extensions");
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=')
+            && in_extensions
+            && key.trim().eq_ignore_ascii_case("objectformat")
+        {
+            return Some(value.trim().to_ascii_lowercase());
+        }
+    }
+    None
+}
+
+/// The tree and parents of a raw commit object exactly as git's `parse_commit_buffer` reads them:
+/// `tree <hex>` on the first line, then every `parent <hex>` line that immediately follows.
+fn git_tree_and_parents(raw: &[u8]) -> Option<(String, Vec<String>)> {
+    fn hex_line(line: &[u8], prefix: &[u8]) -> Option<String> {
+        let hex = line.strip_prefix(prefix)?;
+        (hex.len() == 40 && hex.iter().all(u8::is_ascii_hexdigit))
+            .then(|| String::from_utf8_lossy(hex).to_ascii_lowercase())
+    }
+    let mut lines = raw.split(|b| *b == b'\n');
+    let tree = hex_line(lines.next()?, b"tree ")?;
+    let mut parents = Vec::new();
+    for line in lines {
+        if !line.starts_with(b"parent ") {
+            break;
+        }
+        parents.push(hex_line(line, b"parent ")?);
+    }
+    Some((tree, parents))
+}
+
 impl LocalRepository {
     /// Opens the repository at `path` (a work tree or a bare repository). The user's global and
     /// system configuration are not read: nothing on the machine can change what is verified.
+    ///
+    /// Replace refs (`refs/replace/*`) are never followed and grafts (`info/grafts`) never read: an
+    /// object id always means the object stored under it, so what is verified is what is reported.
+    /// A SHA-256 repository is refused with [`GitError::UnsupportedObjectFormat`].
     pub fn open(path: &Path) -> Result<Self, GitError> {
-        let repo =
-            gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
+        let unsupported = || {
+            object_format(path)
+                .filter(|f| !f.eq_ignore_ascii_case("sha1"))
+                .map(|format| GitError::UnsupportedObjectFormat {
+                    path: path.to_owned(),
+                    format,
+                })
+        };
+        let options =
+            gix::open::Options::isolated().config_overrides(["core.useReplaceRefs=false"]);
+        let repo = gix::open_opts(path, options).map_err(|e| {
+            unsupported().unwrap_or_else(|| GitError::Open {
                 path: path.to_owned(),
                 message: e.to_string(),
-            })?;
+            })
+        })?;
+        if let Some(e) = unsupported() {
+            return Err(e);
+        }
         Ok(LocalRepository {
             repo,
             path: path.to_owned(),
@@ -302,15 +412,39 @@ impl LocalRepository {
             .repo
             .find_commit(oid)
             .map_err(|e| object_error(id, e))?;
-        let tree = commit
+        // The bytes must be the object named `id` (no replacement, no corrupt or forged store).
+        let actual = gix::objs::compute_hash(
+            gix::hash::Kind::Sha1,
+            gix::object::Kind::Commit,
+            &commit.data,
+        )
+        .map_err(|e| object_error(id, e))?;
+        if actual != oid {
+            return Err(GitError::HashMismatch {
+                id: oid.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        // Tree and parents are read as git reads them (first line, then the `parent` lines right
+        // after it); gix's own parse must agree, or the commit is malformed.
+        let (tree, parents) = git_tree_and_parents(&commit.data).ok_or_else(|| {
+            object_error(id, "malformed commit: no tree line, or bad parent lines")
+        })?;
+        let gix_tree = commit
             .tree_id()
             .map_err(|e| object_error(id, e))?
             .detach()
             .to_string();
-        let parents = commit
+        let gix_parents: Vec<String> = commit
             .parent_ids()
             .map(|p| p.detach().to_string())
             .collect();
+        if gix_tree != tree || gix_parents != parents {
+            return Err(object_error(
+                id,
+                "malformed commit: its tree or parent lines are read differently by git",
+            ));
+        }
         let time = commit.time().map_err(|e| object_error(id, e))?;
         let committer_time =
             jiff::Timestamp::from_second(time.seconds).map_err(|e| object_error(id, e))?;
@@ -421,13 +555,22 @@ impl LocalRepository {
         if cluster.is_empty() || cluster.contains('/') || cluster == "." || cluster == ".." {
             return Err(missing());
         }
-        let entry = root
-            .lookup_entry_by_path(format!("clusters/{cluster}"))
-            .map_err(|e| object_error(tree_id, e))?
+        // Looked up as git looks it up, through trees checked as git's fsck checks them: with a
+        // duplicate or misordered `clusters` or `<id>` entry, git and a walk could pick different ones.
+        let root_entries = parse_tree(&root.id, &root.data, "the commit's root")?;
+        let clusters = root_entries
+            .iter()
+            .find(|e| e.name == b"clusters" && e.mode == "40000")
             .ok_or_else(missing)?;
-        if entry.mode().kind() != gix::object::tree::EntryKind::Tree {
-            return Err(missing());
-        }
+        let clusters_tree = self
+            .repo
+            .find_tree(clusters.id)
+            .map_err(|e| object_error(clusters.id, e))?;
+        let cluster_entries = parse_tree(&clusters_tree.id, &clusters_tree.data, "clusters/")?;
+        let entry = cluster_entries
+            .iter()
+            .find(|e| e.name == cluster.as_bytes() && e.mode == "40000")
+            .ok_or_else(missing)?;
         let mut walk = TreeWalk {
             repo: &self.repo,
             cluster,
@@ -436,12 +579,103 @@ impl LocalRepository {
             total_bytes: 0,
             visited: 0,
         };
-        walk.visit(entry.object_id(), "", 0)?;
+        walk.visit(entry.id, "", 0)?;
         Ok(ClusterTree {
             cluster: cluster.to_owned(),
             entries: walk.entries,
         })
     }
+}
+
+/// One entry of a tree object, as stored.
+struct RawEntry {
+    /// The mode exactly as written (`100644`, `40000`, ...).
+    mode: String,
+    /// The name's bytes.
+    name: Vec<u8>,
+    /// The object id.
+    id: gix::ObjectId,
+}
+
+/// Parses a tree object's bytes and refuses what git's `fsck` reports as `duplicateEntries`,
+/// `emptyName`, `fullPathname`, `hasDot`, `hasDotdot`, `treeNotSorted` or `badTree`: on such a tree,
+/// `git show <commit>:<path>` and a walk over every entry can disagree on what a path holds.
+fn parse_tree(
+    tree: &gix::ObjectId,
+    data: &[u8],
+    location: &str,
+) -> Result<Vec<RawEntry>, GitError> {
+    let malformed = |message: String| GitError::MalformedTree {
+        tree: tree.to_string(),
+        path: location.to_owned(),
+        message,
+    };
+    let mut entries: Vec<RawEntry> = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let offset = data.len() - rest.len();
+        let unparsable = || malformed(format!("cannot be parsed at byte {offset}"));
+        let space = rest
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or_else(unparsable)?;
+        let mode = &rest[..space];
+        if mode.is_empty() || mode.len() > 6 || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
+            return Err(unparsable());
+        }
+        let after_mode = &rest[space + 1..];
+        let nul = after_mode
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(unparsable)?;
+        let name = &after_mode[..nul];
+        let id_bytes = after_mode.get(nul + 1..nul + 21).ok_or_else(unparsable)?;
+        let id = gix::ObjectId::try_from(id_bytes).map_err(|_| unparsable())?;
+        rest = &after_mode[nul + 21..];
+        let shown = String::from_utf8_lossy(name);
+        if name.is_empty() {
+            return Err(malformed("an entry has an empty name".into()));
+        }
+        if name.contains(&b'/') {
+            return Err(malformed(format!("entry {shown:?} holds a '/'")));
+        }
+        if name == b"." || name == b".." {
+            return Err(malformed(format!("entry {shown:?} is not a file name")));
+        }
+        if !names.insert(name.to_vec()) {
+            return Err(malformed(format!(
+                "entry {shown:?} appears twice; git would show the first, a walk the last"
+            )));
+        }
+        let mode = String::from_utf8_lossy(mode).into_owned();
+        if let Some(previous) = entries.last()
+            && git_tree_order(previous, name, &mode) != std::cmp::Ordering::Less
+        {
+            return Err(malformed(format!(
+                "entry {shown:?} is out of git's order (after {:?})",
+                String::from_utf8_lossy(&previous.name)
+            )));
+        }
+        entries.push(RawEntry {
+            mode,
+            name: name.to_vec(),
+            id,
+        });
+    }
+    Ok(entries)
+}
+
+/// Git's tree order: names compared byte-wise, a directory's name as if it ended in `/`.
+fn git_tree_order(previous: &RawEntry, name: &[u8], mode: &str) -> std::cmp::Ordering {
+    let key = |name: &[u8], mode: &str| {
+        let mut k = name.to_vec();
+        if mode == "40000" || mode == "040000" {
+            k.push(b'/');
+        }
+        k
+    };
+    key(&previous.name, &previous.mode).cmp(&key(name, mode))
 }
 
 struct TreeWalk<'a> {
@@ -470,8 +704,17 @@ impl TreeWalk<'_> {
             .find_tree(tree)
             .map_err(|e| object_error(tree, e))?;
         let mut children = Vec::new();
-        for entry in tree.iter() {
-            // Counted before anything is kept, so one huge tree object cannot grow memory either.
+        // The entry count is bounded before the object is parsed (an entry takes at least 23
+        // bytes), so one huge tree object cannot grow memory either.
+        let remaining = self.limits.max_files.saturating_sub(self.visited);
+        if tree.data.len() / 23 > remaining {
+            return Err(GitError::TooManyFiles {
+                cluster: self.cluster.to_owned(),
+                limit: self.limits.max_files,
+            });
+        }
+        let location = format!("clusters/{}/{prefix}", self.cluster);
+        for entry in parse_tree(&tree.id, &tree.data, &location)? {
             self.visited += 1;
             if self.visited > self.limits.max_files {
                 return Err(GitError::TooManyFiles {
@@ -479,13 +722,29 @@ impl TreeWalk<'_> {
                     limit: self.limits.max_files,
                 });
             }
-            let entry = entry.map_err(|e| object_error(tree.id, e))?;
-            let name =
-                std::str::from_utf8(entry.filename()).map_err(|_| GitError::NonUtf8Path {
-                    cluster: self.cluster.to_owned(),
-                    path: format!("{prefix}{}", String::from_utf8_lossy(entry.filename())),
-                })?;
-            children.push((format!("{prefix}{name}"), entry.kind(), entry.object_id()));
+            let name = std::str::from_utf8(&entry.name).map_err(|_| GitError::NonUtf8Path {
+                cluster: self.cluster.to_owned(),
+                path: format!("{prefix}{}", String::from_utf8_lossy(&entry.name)),
+            })?;
+            let path = format!("{prefix}{name}");
+            // Only the modes git shows as a file or a directory; links and submodules are recorded
+            // for the intent validator to refuse by name. Anything else (`140000`, which git shows
+            // as a submodule; `100664`; a zero-padded `040000`) is refused here.
+            let kind = match entry.mode.as_str() {
+                "100644" => EntryKind::Blob,
+                "100755" => EntryKind::BlobExecutable,
+                "40000" => EntryKind::Tree,
+                "120000" => EntryKind::Link,
+                "160000" => EntryKind::Commit,
+                _ => {
+                    return Err(GitError::BadEntryMode {
+                        cluster: self.cluster.to_owned(),
+                        path,
+                        mode: entry.mode,
+                    });
+                }
+            };
+            children.push((path, kind, entry.id));
         }
         for (path, kind, id) in children {
             if self.entries.len() >= self.limits.max_files {

@@ -637,15 +637,44 @@ impl DecryptedValues {
     }
 }
 
+/// Every armored leaf as `(dotted path, armor, addressable)`. A leaf is addressable only when no key
+/// on its path contains a `.` (and the dotted path leads back to it): a bound value at
+/// `values["a.b"]` names the path `a.b`, which a copy at `values.a.b` would also answer to.
 fn collect_leaves(
     values: &Value,
     at: &ValueContext,
     limits: &Limits,
-) -> Result<Vec<(String, String)>, Vec<ValueError>> {
+) -> Result<Vec<(String, String, bool)>, Vec<ValueError>> {
+    fn walk(
+        value: &Value,
+        path: &mut Vec<String>,
+        dotted: bool,
+        out: &mut Vec<(String, String, bool)>,
+    ) {
+        match value {
+            Value::String(s) if is_armored(s) => out.push((path.join("."), s.clone(), !dotted)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    path.push(k.clone());
+                    walk(v, path, dotted || k.contains('.'), out);
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(v, path, dotted, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
     let mut leaves = Vec::new();
-    for_each_armored(values, &mut |path, armored| {
-        leaves.push((path.to_owned(), armored.to_owned()))
-    });
+    walk(values, &mut Vec::new(), false, &mut leaves);
+    for leaf in &mut leaves {
+        leaf.2 = leaf.2 && path_is_addressable(values, &leaf.0);
+    }
     if leaves.len() > limits.max_secret_values {
         return Err(vec![ValueError {
             namespace: at.namespace.clone(),
@@ -669,14 +698,14 @@ pub fn decrypt_values(
     let leaves = collect_leaves(values, at, limits)?;
     let mut errors = Vec::new();
     let mut decrypted = DecryptedValues::default();
-    for (path, armored) in leaves {
+    for (path, armored, addressable) in leaves {
         let error = |kind| ValueError {
             namespace: at.namespace.clone(),
             instance: at.instance.clone(),
             path: path.clone(),
             kind,
         };
-        if !path_is_addressable(values, &path) {
+        if !addressable {
             errors.push(error(ValueErrorKind::UnaddressablePath));
             continue;
         }
@@ -729,8 +758,8 @@ pub fn check_values_form(
 ) -> Result<usize, Vec<ValueError>> {
     let leaves = collect_leaves(values, at, limits)?;
     let mut errors = Vec::new();
-    for (path, armored) in &leaves {
-        let kind = if !path_is_addressable(values, path) {
+    for (path, armored, addressable) in &leaves {
+        let kind = if !addressable {
             Some(ValueErrorKind::UnaddressablePath)
         } else {
             dearmor_and_check(armored, limits)

@@ -101,8 +101,14 @@ struct Split {
     signature: Option<Vec<u8>>,
 }
 
-/// Splits `raw` as git does: removes the `gpgsig` and `gpgsig-sha256` headers (with their
-/// continuation lines) from the header block and returns the `gpgsig` value.
+/// Splits `raw` exactly as git's `parse_buffer_signed_by_header` does (SHA-1 repositories):
+///
+/// - every `gpgsig <value>` header line, with the continuation lines (starting with one space) that
+///   follow it, is the signature; several `gpgsig` headers are concatenated in order (the armor
+///   parser then reads the first armored block, as `ssh-keygen` does);
+/// - every other header line that *starts with* `gpgsig` (`gpgsig-sha256`, `gpgsig-foo`,
+///   `gpgsigfoo`, ...) is removed from the payload with its continuation lines;
+/// - everything else, from the blank line on, is the signed payload.
 fn split(id: &str, raw: &[u8]) -> Result<Split, CommitSignatureError> {
     let malformed = |message: &str| CommitSignatureError::Malformed {
         id: id.to_owned(),
@@ -116,34 +122,39 @@ fn split(id: &str, raw: &[u8]) -> Result<Split, CommitSignatureError> {
     let (headers, body) = raw.split_at(header_end);
     let mut payload = Vec::with_capacity(raw.len());
     let mut signature: Option<Vec<u8>> = None;
-    let mut in_signature_header: Option<bool> = None; // Some(true): gpgsig; Some(false): gpgsig-sha256
+    let mut in_signature = false;
+    let mut other_signature = false;
     for (count, line) in headers.split_inclusive(|b| *b == b'\n').enumerate() {
         if count >= MAX_HEADER_LINES {
             return Err(malformed("too many header lines"));
         }
-        if let Some(rest) = line.strip_prefix(b" ") {
-            match in_signature_header {
-                Some(true) => {
-                    if let Some(sig) = signature.as_mut() {
-                        sig.extend_from_slice(rest);
-                    }
-                }
-                Some(false) => {}
-                None => payload.extend_from_slice(line),
-            }
-            continue;
-        }
-        in_signature_header = None;
-        if let Some(rest) = line.strip_prefix(b"gpgsig ") {
-            if signature.is_some() {
-                return Err(malformed("more than one gpgsig header"));
-            }
-            signature = Some(rest.to_vec());
-            in_signature_header = Some(true);
-        } else if line.starts_with(b"gpgsig-sha256 ") {
-            in_signature_header = Some(false);
+        let sig = if in_signature && line.first() == Some(&b' ') {
+            Some(&line[1..])
+        } else if let Some(rest) = line.strip_prefix(b"gpgsig ") {
+            other_signature = false;
+            Some(rest)
+        } else if line.starts_with(b"gpgsig") {
+            other_signature = true;
+            None
         } else {
-            payload.extend_from_slice(line);
+            if other_signature && line.first() != Some(&b' ') {
+                other_signature = false;
+            }
+            None
+        };
+        match sig {
+            Some(part) => {
+                signature
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(part);
+                in_signature = true;
+            }
+            None => {
+                if !other_signature {
+                    payload.extend_from_slice(line);
+                }
+                in_signature = false;
+            }
         }
     }
     payload.extend_from_slice(body);
@@ -194,10 +205,11 @@ pub fn sign_commit(
     key: &ssh_key::PrivateKey,
 ) -> Result<Vec<u8>, CommitSignatureError> {
     let split = split("(new)", unsigned_raw)?;
-    if split.signature.is_some() {
+    if split.signature.is_some() || split.payload != unsigned_raw {
+        // A header starting with `gpgsig` is not signed by git: refuse rather than sign around it.
         return Err(CommitSignatureError::Malformed {
             id: "(new)".into(),
-            message: "already signed".into(),
+            message: "already signed (it carries a header starting with gpgsig)".into(),
         });
     }
     let armored = sshsig::sign(unsigned_raw, NAMESPACE, key).map_err(|source| {

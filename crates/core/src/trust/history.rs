@@ -61,13 +61,16 @@ pub enum HistoryError {
 }
 
 /// Checks `new` against the last applied commit under `check`'s policy. Older commits' signatures are
-/// judged at their own committer date (they predate today's key rotation legitimately); the head
+/// judged at the earlier of their own committer date and the verifier's clock `now` (history
+/// legitimately predates today's key rotation, but a date in the future is one nobody can check: a
+/// key whose `valid-after` has not come yet must not pass on a commit dated after it); the head
 /// commit itself is verified by the pipeline at the verifier's clock.
 pub fn check(
     repo: &LocalRepository,
     new: &str,
     check: &HistoryCheck,
     signers: &AllowedSigners,
+    now: jiff::Timestamp,
 ) -> Result<(), HistoryError> {
     let Some(last) = check.last_commit.as_deref() else {
         return Ok(());
@@ -99,8 +102,8 @@ pub fn check(
                 continue;
             }
             let commit = repo.read_commit(&id)?;
-            if let Err(e) = commit_signature::verify_commit(&commit, signers, commit.committer_time)
-            {
+            let at = commit.committer_time.min(now);
+            if let Err(e) = commit_signature::verify_commit(&commit, signers, at) {
                 problems.push(match e {
                     CommitSignatureError::Unsigned { .. } => format!("commit {id} is not signed"),
                     other => other.to_string(),

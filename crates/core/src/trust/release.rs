@@ -23,6 +23,9 @@ pub const SIGNATURE_NAMESPACE: &str = "vworkspace-release";
 pub const API_VERSION: &str = "gitops.vworkspace.io/v1alpha1";
 /// The manifest's `kind`.
 pub const KIND: &str = "Release";
+/// The longest a release may be valid, from the verifier's clock to its `expires`, when the `Cluster`
+/// does not set `spec.policy.maxReleaseValidityDays`.
+pub const DEFAULT_MAX_VALIDITY_DAYS: u32 = 90;
 
 /// `release.yaml`, as written by `vworkspace-operator release` and by Odoo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,17 @@ pub struct ReleasePolicy {
     pub threshold: usize,
     /// The release last applied to this cluster, if any.
     pub last_applied: Option<AppliedRelease>,
+    /// The longest a release may still be valid at the verifier's clock (`expires - now`): a release
+    /// that never expires would let a Git host freeze the cluster on it. Default
+    /// [`DEFAULT_MAX_VALIDITY_DAYS`].
+    pub max_validity: jiff::SignedDuration,
+}
+
+impl ReleasePolicy {
+    /// `days` as a [`ReleasePolicy::max_validity`].
+    pub fn validity_days(days: u32) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_hours(i64::from(days) * 24)
+    }
 }
 
 /// The identity of an applied release: enough to refuse a rollback and to recognize a re-verification
@@ -122,6 +136,20 @@ pub enum ReleaseError {
         expires: jiff::Timestamp,
         /// The verifier's clock.
         now: jiff::Timestamp,
+    },
+    /// `expires` is further from the verifier's clock than the cluster allows.
+    #[error(
+        "clusters/{cluster}/release.yaml: field expires {expires} is more than {max_days} days after now ({now}); this cluster allows releases valid for at most {max_days} days (Cluster spec.policy.maxReleaseValidityDays)"
+    )]
+    ValidityTooLong {
+        /// The cluster id.
+        cluster: String,
+        /// The manifest's expiry.
+        expires: jiff::Timestamp,
+        /// The verifier's clock.
+        now: jiff::Timestamp,
+        /// The limit, in days.
+        max_days: i64,
     },
     /// The listed files do not match the directory.
     #[error("clusters/{cluster}/: the release does not match the directory:\n{}", .problems.join("\n"))]
@@ -318,17 +346,13 @@ pub fn verify(
             found: manifest.cluster,
         });
     }
-    let expires: jiff::Timestamp =
-        manifest
-            .expires
-            .parse()
-            .map_err(|e| ReleaseError::Malformed {
-                cluster: cluster.clone(),
-                message: format!(
-                    "field expires: {:?} is not an RFC 3339 instant: {e}",
-                    manifest.expires
-                ),
-            })?;
+    let expires = parse_rfc3339(&manifest.expires).map_err(|e| ReleaseError::Malformed {
+        cluster: cluster.clone(),
+        message: format!(
+            "field expires: {:?} is not an RFC 3339 instant: {e}",
+            manifest.expires
+        ),
+    })?;
     // Signatures first: nothing else in the manifest means anything until k trusted keys vouch for it.
     let (signers, ignored_signatures) =
         verify_signatures(&tree, manifest_bytes, policy, now, limits)?;
@@ -350,6 +374,14 @@ pub fn verify(
             now,
         });
     }
+    if expires.duration_since(now) > policy.max_validity {
+        return Err(ReleaseError::ValidityTooLong {
+            cluster,
+            expires,
+            now,
+            max_days: policy.max_validity.as_hours() / 24,
+        });
+    }
     check_files(&tree, &manifest, &cluster)?;
     Ok(VerifiedRelease {
         commit,
@@ -360,6 +392,59 @@ pub fn verify(
         signers,
         ignored_signatures,
     })
+}
+
+/// Parses an RFC 3339 instant strictly: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` (`T` and `Z`
+/// in either case, as RFC 3339 allows), a four-digit year from 1970 to 9999. No bracketed time zone
+/// suffix (`[Europe/Paris]`, RFC 9557), no space for `T`, no other shapes a lenient parser accepts.
+pub fn parse_rfc3339(text: &str) -> Result<jiff::Timestamp, String> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+    };
+    let shape = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !shape {
+        return Err(
+            "expected YYYY-MM-DDTHH:MM:SS followed by Z or an offset such as +02:00".into(),
+        );
+    }
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 9 {
+            return Err("a fraction of a second needs 1 to 9 digits".into());
+        }
+        rest = &fraction[n..];
+    }
+    let offset_ok = matches!(rest, b"Z" | b"z")
+        || (rest.len() == 6
+            && matches!(rest[0], b'+' | b'-')
+            && rest[1..3].iter().all(u8::is_ascii_digit)
+            && rest[3] == b':'
+            && rest[4..6].iter().all(u8::is_ascii_digit));
+    if !offset_ok {
+        return Err(
+            "the time must end in Z or an offset such as +02:00 (no time zone name or [suffix])"
+                .into(),
+        );
+    }
+    let year: u32 = text[..4].parse().map_err(|_| "bad year".to_owned())?;
+    if !(1970..=9999).contains(&year) {
+        return Err(format!("year {year} is out of range (1970 to 9999)"));
+    }
+    text.parse::<jiff::Timestamp>().map_err(|e| e.to_string())
 }
 
 fn verify_signatures(
@@ -629,11 +714,35 @@ mod tests {
             signers: keys.signers.clone(),
             threshold,
             last_applied: last,
+            max_validity: ReleasePolicy::validity_days(DEFAULT_MAX_VALIDITY_DAYS),
         }
     }
 
     fn check(t: ClusterTree, p: &ReleasePolicy) -> Result<VerifiedRelease, ReleaseError> {
         verify(commit(), t, p, now(), &Limits::default())
+    }
+
+    #[test]
+    fn validity_beyond_the_cluster_maximum_is_refused() {
+        let k = keys();
+        // The fixture's release expires 2026-07-01, 30 days after now().
+        let t = tree("demo", 3, &[("a", &k.a)]);
+        let mut p = policy(&k, 1, None);
+        assert!(check(t.clone(), &p).is_ok());
+        p.max_validity = ReleasePolicy::validity_days(29);
+        let err = check(t.clone(), &p).expect_err("30 days > 29");
+        assert!(
+            matches!(err, ReleaseError::ValidityTooLong { max_days: 29, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "clusters/demo/release.yaml: field expires 2026-07-01T00:00:00Z is more than 29 days"
+            ),
+            "{err}"
+        );
+        p.max_validity = ReleasePolicy::validity_days(30);
+        assert!(check(t, &p).is_ok(), "exactly the maximum is allowed");
     }
 
     #[test]

@@ -255,11 +255,21 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
     let mut valid_after = None;
     let mut valid_before = None;
     if !is_key_type(token) {
+        let mut seen: Vec<String> = Vec::new();
         for option in split_options(token) {
             let (name, value) = match option.split_once('=') {
                 Some((n, v)) => (n, Some(quoted(n, v).map_err(syntax)?)),
                 None => (option, None),
             };
+            // OpenSSH refuses the line ("multiple \"valid-before\" clauses"); keeping the last one
+            // would ignore a `valid-before` an owner put in front to revoke a key.
+            let lowered = name.to_ascii_lowercase();
+            if seen.contains(&lowered) {
+                return Err(syntax(format!(
+                    "option {lowered} appears more than once; OpenSSH and git refuse such a line"
+                )));
+            }
+            seen.push(lowered);
             match (name.to_ascii_lowercase().as_str(), value) {
                 ("cert-authority", None) => {
                     return Err(SignersError::CertAuthority {

@@ -138,6 +138,58 @@ fn window_error(
     None
 }
 
+/// Reads an armored SSHSIG exactly as OpenSSH's `sshsig_dearmor` (what `ssh-keygen -Y verify` and
+/// git use) reads it, so that a signature file means the same here and to the stock tool:
+///
+/// - the file starts with `-----BEGIN SSH SIGNATURE-----` and a line feed: no text before it, no
+///   CRLF (ssh-keygen: "missing header");
+/// - the base64 runs up to the first line feed followed by `-----END SSH SIGNATURE-----`; whatever
+///   follows that line is ignored, as ssh-keygen ignores it (ssh-keygen: "missing footer" without it);
+/// - whitespace (space, tab, CR, LF, VT, FF) inside the base64 is skipped; padding is required and
+///   any other character is refused;
+/// - the decoded blob is an SSHSIG with nothing after its last field.
+fn dearmor(armored: &[u8]) -> Result<SshSig, SignatureError> {
+    use base64::Engine as _;
+    const BEGIN: &[u8] = b"-----BEGIN SSH SIGNATURE-----\n";
+    const END: &[u8] = b"\n-----END SSH SIGNATURE-----";
+    let malformed = |why: &str| SignatureError::Malformed(why.to_owned());
+    let body = armored.strip_prefix(BEGIN).ok_or_else(|| {
+        malformed(
+            "missing header: the file must start with \"-----BEGIN SSH SIGNATURE-----\" and a line feed (no text before it, no CRLF line ends), as ssh-keygen requires",
+        )
+    })?;
+    let end = body
+        .windows(END.len())
+        .position(|w| w == END)
+        .ok_or_else(|| malformed("missing footer \"-----END SSH SIGNATURE-----\""))?;
+    let mut text = &body[..end];
+    // OpenSSH reads the base64 as a C string: a NUL is accepted only as the very last byte.
+    if let Some(nul) = text.iter().position(|b| *b == 0) {
+        if nul + 1 != text.len() {
+            return Err(malformed("a NUL byte inside the base64"));
+        }
+        text = &text[..nul];
+    }
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        .collect();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .map_err(|e| malformed(&format!("the armor is not base64: {e}")))?;
+    // Re-armored canonically (70 columns, as ssh-keygen writes) for the SSHSIG decoder, which also
+    // refuses trailing bytes after the last field.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&blob);
+    let mut pem = String::from("-----BEGIN SSH SIGNATURE-----\n");
+    for chunk in encoded.as_bytes().chunks(70) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END SSH SIGNATURE-----\n");
+    SshSig::from_pem(pem).map_err(|e| SignatureError::Malformed(e.to_string()))
+}
+
 /// Verifies `armored` over `message` for `namespace`, by a key in `signers` valid at `at`.
 pub fn verify(
     armored: &[u8],
@@ -149,8 +201,7 @@ pub fn verify(
     if armored.len() > MAX_ARMORED_BYTES {
         return Err(SignatureError::TooLarge(armored.len()));
     }
-    let signature =
-        SshSig::from_pem(armored).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let signature = dearmor(armored)?;
     let key = signature.public_key();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     if signature.namespace() != namespace {
