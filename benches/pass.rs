@@ -204,7 +204,7 @@ fn trust_config(root: &Path) -> TrustConfig {
         release: ReleasePolicy {
             cluster: "bench".into(),
             signers: signers("release_signers"),
-            threshold: 2,
+            threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
             last_applied: None,
             max_validity: ReleasePolicy::validity_days(
                 vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
@@ -459,7 +459,7 @@ fn main() {
     // Raw crate throughput on the same bytes: SHA-256 of every file, and two ed25519 verifications.
     use sha2::Digest as _;
     let blobs: Vec<&Vec<u8>> = tree
-        .entries
+        .entries()
         .values()
         .filter_map(|e| match e {
             vworkspace_core::repository::TreeEntry::File(b) => Some(b),
@@ -484,7 +484,7 @@ fn main() {
             .map(|b| vworkspace_core::trust::release::sha256_digest(b).len())
             .sum::<usize>()
     });
-    let manifest = match tree.entries.get("release.yaml") {
+    let manifest = match tree.entries().get("release.yaml") {
         Some(vworkspace_core::repository::TreeEntry::File(b)) => b.clone(),
         _ => Vec::new(),
     };

@@ -234,16 +234,15 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
         &source,
     )
     .map_err(usage)?;
-    if let Some(c) = &args.last_commit
-        && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(usage(format!(
-            "--last-commit {c:?}: give the full 40-hex commit id"
-        )));
-    }
-    if args.threshold == 0 {
-        return Err(usage("--threshold must be at least 1"));
-    }
+    let last_commit = match &args.last_commit {
+        Some(c) => Some(
+            vworkspace_core::repository::CommitId::parse(c)
+                .map_err(|e| usage(format!("--last-commit: {e}")))?,
+        ),
+        None => None,
+    };
+    let threshold = std::num::NonZeroUsize::new(args.threshold)
+        .ok_or_else(|| usage("--threshold must be at least 1"))?;
     let identities = if args.identity.is_empty() {
         None
     } else {
@@ -265,7 +264,7 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
         release: ReleasePolicy {
             cluster: args.cluster.clone(),
             signers: release_signers,
-            threshold: args.threshold,
+            threshold,
             last_applied: args.last_serial.map(|serial| AppliedRelease {
                 serial,
                 digest: None,
@@ -275,7 +274,7 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
         identities,
         require_bound_values: args.require_bound_values,
         history: HistoryCheck {
-            last_commit: args.last_commit.as_ref().map(|c| c.to_ascii_lowercase()),
+            last_commit: last_commit.map(String::from),
             policy: match args.history {
                 HistoryArg::Head => HistoryPolicy::Head,
                 HistoryArg::All => HistoryPolicy::All,
@@ -288,10 +287,9 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
 }
 
 fn parse_ref(text: &str) -> GitRef {
-    if text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        GitRef::Commit(text.to_ascii_lowercase())
-    } else {
-        GitRef::Revision(text.to_owned())
+    match vworkspace_core::repository::CommitId::parse(text) {
+        Ok(id) => GitRef::Commit(id.into()),
+        Err(_) => GitRef::Revision(text.to_owned()),
     }
 }
 

@@ -5,12 +5,10 @@ use vworkspace_core::repository::FetchedCommit;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 fuzz_target!(|data: &[u8]| {
-    let commit = FetchedCommit {
-        id: "fuzz".into(),
-        raw: data.to_vec(),
-        tree: String::new(),
-        parents: Vec::new(),
-        committer_time: jiff::Timestamp::UNIX_EPOCH,
+    // The commit reader (id, tree, parents, committer date) and, on what it accepts, the
+    // signature extraction.
+    let Ok(commit) = FetchedCommit::from_raw(data.to_vec()) else {
+        return;
     };
     let _ = vworkspace_core::trust::commit_signature::verify_commit(
         &commit,

@@ -298,7 +298,7 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
             release: ReleasePolicy {
                 cluster: CLUSTER.to_owned(),
                 signers: release_signers,
-                threshold: 2,
+                threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
                 last_applied: None,
                 max_validity: ReleasePolicy::validity_days(
                     vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
@@ -344,8 +344,8 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     std::fs::write(&path, text.replace("6.6.4", "6.6.5")).map_err(fail)?;
     git(&demo.dir, &["add", "-A"], None)?;
     let tree = git(&demo.dir, &["write-tree"], None)?;
-    let raw = String::from_utf8_lossy(&good.raw).replacen(
-        &format!("tree {}", good.tree),
+    let raw = String::from_utf8_lossy(good.raw()).replacen(
+        &format!("tree {}", good.tree()),
         &format!("tree {tree}"),
         1,
     );

@@ -169,10 +169,9 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
         };
         // The current serial is the last one written, staged or not.
         if let Ok(bytes) = std::fs::read(&manifest_path) {
-            tree.entries
-                .insert(MANIFEST_FILE.to_owned(), TreeEntry::File(bytes));
+            tree.insert(MANIFEST_FILE, TreeEntry::File(bytes));
         }
-        let current = match tree.entries.get(MANIFEST_FILE) {
+        let current = match tree.entries().get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => Some(
                 release::parse_manifest(bytes, &args.cluster, &limits)
                     .map_err(usage)?

@@ -213,7 +213,7 @@ impl Repo {
                 .expect("the test commit is signed");
         verified
             .read_cluster_tree(&repo, "demo", &Limits::default())
-            .map(|t| t.entries)
+            .map(|t| t.entries().clone())
     }
 
     /// `git fsck --strict` messages about `object` (its message ids, e.g. `duplicateEntries`).
@@ -534,8 +534,8 @@ fn replace_refs_and_grafts_are_never_followed_and_commit_bytes_hash_to_their_id(
     assert_ne!(replaced, raw_a, "git follows the replace ref");
     let repo = LocalRepository::open(&r.repo()).expect("open");
     let ours = repo.read_commit(&a).expect("commit A");
-    assert_eq!(String::from_utf8_lossy(&ours.raw).trim(), raw_a);
-    assert_eq!(ours.tree, tree_a);
+    assert_eq!(String::from_utf8_lossy(ours.raw()).trim(), raw_a);
+    assert_eq!(ours.tree(), tree_a);
     assert_eq!(
         r.our_tree(&a).expect("tree")["a.yaml"],
         TreeEntry::File(b"reviewed: true\n".to_vec())
@@ -547,7 +547,7 @@ fn replace_refs_and_grafts_are_never_followed_and_commit_bytes_hash_to_their_id(
     let raw_c = r.git(&["--no-replace-objects", "cat-file", "commit", &c]);
     assert!(raw_c.contains(&format!("parent {a}\n")));
     let repo = LocalRepository::open(&r.repo()).expect("open");
-    assert_eq!(repo.read_commit(&c).expect("C").parents, vec![a.clone()]);
+    assert_eq!(repo.read_commit(&c).expect("C").parents(), vec![a.clone()]);
     assert!(repo.is_ancestor(&a, &c, 10).expect("walk"));
     if grafted == b {
         // git (up to 2.45) honours the graft; we do not.

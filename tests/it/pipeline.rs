@@ -330,9 +330,9 @@ fn unchanged_commit_reuses_the_verdict_until_it_runs_out() {
         "the unchanged commit reused the verdict"
     );
     // A changed trust input re-verifies.
-    config.release.threshold = 3;
+    config.release.threshold = std::num::NonZeroUsize::new(3).expect("3");
     assert!(memo.verify_ref(&repo, &main, &config).is_err());
-    config.release.threshold = 2;
+    config.release.threshold = std::num::NonZeroUsize::new(2).expect("2");
     let fresh = memo.verify_ref(&repo, &main, &config).expect("re-verified");
     assert!(!std::sync::Arc::ptr_eq(&first, &fresh));
     // Once the release has expired, the remembered verdict is not reused.

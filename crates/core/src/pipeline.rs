@@ -158,6 +158,7 @@ impl TrustConfig {
             && self.release.signers == other.release.signers
             && self.release.threshold == other.release.threshold
             && self.release.last_applied == other.release.last_applied
+            && self.release.max_validity == other.release.max_validity
             && self.require_bound_values == other.require_bound_values
             && self.history == other.history
             && self.limits == other.limits

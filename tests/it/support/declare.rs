@@ -28,7 +28,7 @@ pub fn trust(f: &Fixture, require_bound_values: bool) -> TrustConfig {
             cluster: "demo".into(),
             signers: AllowedSigners::parse(&read("release_signers"), "release_signers")
                 .expect("release signers"),
-            threshold: 2,
+            threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
             last_applied: None,
             max_validity: ReleasePolicy::validity_days(
                 vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,

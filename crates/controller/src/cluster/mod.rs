@@ -212,7 +212,7 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
             return PassReport::refused(e.reason(), e.findings().join("; "), commit);
         }
     };
-    let commit = verified.commit().id().to_owned();
+    let commit = verified.commit().id().to_string();
     let mut report = PassReport {
         verify: StepOutcome::Succeeded,
         apply: StepOutcome::NotRun,

@@ -108,12 +108,13 @@ pub fn trust_config(
             (auth, data.get(CA_KEY).map(|ca| ca.to_vec()))
         }
     };
-    if spec.release.threshold == 0 {
-        return Err(Error::InvalidSpec {
+    let threshold = usize::try_from(spec.release.threshold)
+        .ok()
+        .and_then(std::num::NonZeroUsize::new)
+        .ok_or(Error::InvalidSpec {
             field: "spec.release.threshold",
             problem: "must be at least 1",
-        });
-    }
+        })?;
     let last_commit = status.and_then(|s| s.last_applied_commit.clone());
     let last_applied = status
         .and_then(|s| s.last_applied_serial)
@@ -128,7 +129,7 @@ pub fn trust_config(
             release: ReleasePolicy {
                 cluster: spec.cluster_id.clone(),
                 signers: release_signers,
-                threshold: spec.release.threshold as usize,
+                threshold,
                 last_applied,
                 max_validity: ReleasePolicy::validity_days(
                     spec.policy

@@ -70,7 +70,7 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
         labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
         labels.insert(LABEL_CLUSTER.to_owned(), cluster.to_owned());
         let annotations = meta.annotations.get_or_insert_with(Default::default);
-        annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_owned());
+        annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_string());
         annotations.insert(ANNOTATION_SERIAL.to_owned(), serial.clone());
         annotations.insert(
             ANNOTATION_SOURCE_PATH.to_owned(),

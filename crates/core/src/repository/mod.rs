@@ -4,22 +4,75 @@
 //! [`crate::trust::commit_signature`]; [`ClusterTree`] is read only for a commit that passed verification.
 
 pub mod checkout;
+pub mod commit_id;
+
+pub use commit_id::{CommitId, InvalidCommitId};
 
 use std::collections::BTreeMap;
 
 /// A commit object as read from the object database, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedCommit {
-    /// The commit's object id, lowercase hex.
-    pub id: String,
+    id: CommitId,
+    raw: Vec<u8>,
+    tree: String,
+    parents: Vec<CommitId>,
+    committer_time: jiff::Timestamp,
+}
+
+impl FetchedCommit {
+    /// Reads a commit object from its exact bytes (what `git cat-file commit <id>` prints): its id is
+    /// the SHA-1 of those bytes, its tree and parents are read as git reads them, its committer date
+    /// as gix reads it. The object database reader goes through here too, so a `FetchedCommit` always
+    /// names the bytes it holds.
+    pub fn from_raw(raw: Vec<u8>) -> Result<FetchedCommit, GitError> {
+        if raw.len() as u64 > MAX_COMMIT_BYTES {
+            return Err(GitError::CommitTooLarge {
+                id: "(new)".to_owned(),
+                size: raw.len() as u64,
+                limit: MAX_COMMIT_BYTES,
+            });
+        }
+        let oid = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::object::Kind::Commit, &raw)
+            .map_err(|e| object_error("(new)", e))?;
+        let id = CommitId::parse(&oid.to_string()).map_err(|e| object_error(oid, e))?;
+        let (tree, parents) = git_tree_and_parents(&raw).ok_or_else(|| {
+            object_error(&id, "malformed commit: no tree line, or bad parent lines")
+        })?;
+        let seconds = gix::objs::CommitRef::from_bytes(&raw, gix::hash::Kind::Sha1)
+            .and_then(|parsed| parsed.committer().map(|c| c.seconds()))
+            .map_err(|e| object_error(&id, e))?;
+        let committer_time =
+            jiff::Timestamp::from_second(seconds).map_err(|e| object_error(&id, e))?;
+        Ok(FetchedCommit {
+            id,
+            raw,
+            tree,
+            parents,
+            committer_time,
+        })
+    }
+
+    /// The commit's id.
+    pub fn id(&self) -> &CommitId {
+        &self.id
+    }
     /// The commit object's exact bytes (what `git cat-file commit <id>` prints).
-    pub raw: Vec<u8>,
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
     /// The tree the commit points at, lowercase hex.
-    pub tree: String,
-    /// Parent commit ids, lowercase hex.
-    pub parents: Vec<String>,
+    pub fn tree(&self) -> &str {
+        &self.tree
+    }
+    /// The parent commits.
+    pub fn parents(&self) -> &[CommitId] {
+        &self.parents
+    }
     /// The committer date, as the commit claims it (attacker-controlled; see DESIGN.md).
-    pub committer_time: jiff::Timestamp,
+    pub fn committer_time(&self) -> jiff::Timestamp {
+        self.committer_time
+    }
 }
 
 /// One entry of the cluster directory.
@@ -48,19 +101,50 @@ impl std::fmt::Debug for TreeEntry {
 /// (`release.yaml`, `namespaces/org-a/applicationinstances/app.yaml`, ...), `/`-separated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterTree {
-    /// The cluster id whose directory this is.
-    pub cluster: String,
-    /// Every entry below the directory (directories themselves are implied by the paths).
-    pub entries: BTreeMap<String, TreeEntry>,
+    pub(crate) cluster: String,
+    pub(crate) commit: Option<CommitId>,
+    pub(crate) entries: BTreeMap<String, TreeEntry>,
 }
 
 impl ClusterTree {
-    /// Builds a tree from in-memory entries (used by tests and by tools that work on a checkout).
+    /// Builds a tree from in-memory entries (a checkout, a tool, a test). It names no commit, so
+    /// [`crate::trust::release::verify`] refuses it: only a tree read from a verified commit
+    /// ([`crate::trust::commit_signature::VerifiedCommit::read_cluster_tree`]) can be verified.
     pub fn from_entries(cluster: impl Into<String>, entries: BTreeMap<String, TreeEntry>) -> Self {
         ClusterTree {
             cluster: cluster.into(),
+            commit: None,
             entries,
         }
+    }
+
+    /// The cluster id whose directory this is.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The commit this tree was read from, if it was read from one.
+    pub fn commit(&self) -> Option<&CommitId> {
+        self.commit.as_ref()
+    }
+
+    /// Every entry below the directory (directories themselves are implied by the paths), keyed by
+    /// path relative to it.
+    pub fn entries(&self) -> &BTreeMap<String, TreeEntry> {
+        &self.entries
+    }
+
+    /// Adds or replaces an entry. The tree is then no longer the commit's: it names none.
+    pub fn insert(&mut self, path: impl Into<String>, entry: TreeEntry) {
+        self.commit = None;
+        self.entries.insert(path.into(), entry);
+    }
+
+    /// Stamps the tree with the commit it stands for (the crate's own tests build trees in memory).
+    #[cfg(test)]
+    pub(crate) fn at_commit(mut self, commit: &CommitId) -> Self {
+        self.commit = Some(commit.clone());
+        self
     }
 }
 
@@ -294,7 +378,7 @@ fn object_format(path: &Path) -> Option<String> {
 
 /// The tree and parents of a raw commit object exactly as git's `parse_commit_buffer` reads them:
 /// `tree <hex>` on the first line, then every `parent <hex>` line that immediately follows.
-fn git_tree_and_parents(raw: &[u8]) -> Option<(String, Vec<String>)> {
+fn git_tree_and_parents(raw: &[u8]) -> Option<(String, Vec<CommitId>)> {
     fn hex_line(line: &[u8], prefix: &[u8]) -> Option<String> {
         let hex = line.strip_prefix(prefix)?;
         (hex.len() == 40 && hex.iter().all(u8::is_ascii_hexdigit))
@@ -307,7 +391,7 @@ fn git_tree_and_parents(raw: &[u8]) -> Option<(String, Vec<String>)> {
         if !line.starts_with(b"parent ") {
             break;
         }
-        parents.push(hex_line(line, b"parent ")?);
+        parents.push(CommitId::parse(&hex_line(line, b"parent ")?).ok()?);
     }
     Some((tree, parents))
 }
@@ -427,9 +511,7 @@ impl LocalRepository {
         }
         // Tree and parents are read as git reads them (first line, then the `parent` lines right
         // after it); gix's own parse must agree, or the commit is malformed.
-        let (tree, parents) = git_tree_and_parents(&commit.data).ok_or_else(|| {
-            object_error(id, "malformed commit: no tree line, or bad parent lines")
-        })?;
+        let fetched = FetchedCommit::from_raw(commit.data.clone())?;
         let gix_tree = commit
             .tree_id()
             .map_err(|e| object_error(id, e))?
@@ -439,22 +521,19 @@ impl LocalRepository {
             .parent_ids()
             .map(|p| p.detach().to_string())
             .collect();
-        if gix_tree != tree || gix_parents != parents {
+        if gix_tree != fetched.tree
+            || fetched
+                .parents
+                .iter()
+                .map(CommitId::as_str)
+                .ne(gix_parents.iter().map(String::as_str))
+        {
             return Err(object_error(
                 id,
                 "malformed commit: its tree or parent lines are read differently by git",
             ));
         }
-        let time = commit.time().map_err(|e| object_error(id, e))?;
-        let committer_time =
-            jiff::Timestamp::from_second(time.seconds).map_err(|e| object_error(id, e))?;
-        Ok(FetchedCommit {
-            id: oid.to_string(),
-            raw: commit.data.clone(),
-            tree,
-            parents,
-            committer_time,
-        })
+        Ok(fetched)
     }
 
     /// Whether the repository holds the commit `id`.
@@ -536,7 +615,7 @@ impl LocalRepository {
     /// verified commit's tree is ever read.
     pub(crate) fn read_cluster_tree_at(
         &self,
-        commit_id: &str,
+        commit_id: &CommitId,
         tree_id: &str,
         cluster: &str,
         limits: &Limits,
@@ -548,7 +627,7 @@ impl LocalRepository {
             .find_tree(oid)
             .map_err(|e| object_error(tree_id, e))?;
         let missing = || GitError::ClusterDirectoryMissing {
-            commit: commit_id.to_owned(),
+            commit: commit_id.to_string(),
             cluster: cluster.to_owned(),
         };
         // A cluster id is a single path segment: anything else could address another directory.
@@ -582,6 +661,7 @@ impl LocalRepository {
         walk.visit(entry.id, "", 0)?;
         Ok(ClusterTree {
             cluster: cluster.to_owned(),
+            commit: Some(commit_id.clone()),
             entries: walk.entries,
         })
     }
@@ -850,7 +930,7 @@ mod tests {
     fn read(dir: &Path, head: &str, limits: &Limits) -> Result<ClusterTree, GitError> {
         let repo = LocalRepository::open(dir).expect("open");
         let commit = repo.read_commit(head).expect("commit");
-        repo.read_cluster_tree_at(head, &commit.tree, "demo", limits)
+        repo.read_cluster_tree_at(commit.id(), commit.tree(), "demo", limits)
     }
 
     #[test]

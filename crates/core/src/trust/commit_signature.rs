@@ -5,7 +5,7 @@
 //! lines start with one space. [`verify_commit`] undoes exactly that and is the only way to build a
 //! [`VerifiedCommit`].
 
-use crate::repository::FetchedCommit;
+use crate::repository::{CommitId, FetchedCommit};
 use crate::trust::signers::AllowedSigners;
 use crate::trust::sshsig::{self, SignatureError, Signer};
 
@@ -27,8 +27,8 @@ pub struct VerifiedCommit {
 
 impl VerifiedCommit {
     /// The commit id.
-    pub fn id(&self) -> &str {
-        &self.commit.id
+    pub fn id(&self) -> &CommitId {
+        self.commit.id()
     }
     /// The commit as read.
     pub fn commit(&self) -> &FetchedCommit {
@@ -47,7 +47,7 @@ impl VerifiedCommit {
         cluster: &str,
         limits: &crate::limits::Limits,
     ) -> Result<crate::repository::ClusterTree, crate::repository::GitError> {
-        repo.read_cluster_tree_at(self.id(), &self.commit.tree, cluster, limits)
+        repo.read_cluster_tree_at(self.id(), self.commit.tree(), cluster, limits)
     }
 }
 
@@ -171,14 +171,14 @@ pub fn verify_commit(
     signers: &AllowedSigners,
     at: jiff::Timestamp,
 ) -> Result<VerifiedCommit, CommitSignatureError> {
-    let id = commit.id.as_str();
-    if commit.raw.len() > MAX_COMMIT_BYTES {
+    let id = commit.id().as_str();
+    if commit.raw().len() > MAX_COMMIT_BYTES {
         return Err(CommitSignatureError::TooLarge {
             id: id.to_owned(),
-            size: commit.raw.len(),
+            size: commit.raw().len(),
         });
     }
-    let split = split(id, &commit.raw)?;
+    let split = split(id, commit.raw())?;
     let signature = split
         .signature
         .ok_or_else(|| CommitSignatureError::Unsigned { id: id.to_owned() })?;
@@ -250,13 +250,7 @@ mod tests {
     const UNSIGNED: &[u8] = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@example.org> 1700000000 +0000\ncommitter A <a@example.org> 1700000000 +0000\n\nmessage\n";
 
     fn fetched(raw: Vec<u8>) -> FetchedCommit {
-        FetchedCommit {
-            id: "c0ffee".into(),
-            raw,
-            tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
-            parents: vec![],
-            committer_time: jiff::Timestamp::from_second(1_700_000_000).expect("ts"),
-        }
+        FetchedCommit::from_raw(raw).expect("a commit object")
     }
 
     #[test]
@@ -296,13 +290,14 @@ mod tests {
                 ..
             })
         ));
+        // Oversized or shapeless objects never become a FetchedCommit: the reader refuses them.
         assert!(matches!(
-            verify_commit(&fetched(vec![b'a'; MAX_COMMIT_BYTES + 1]), &signers, now),
-            Err(CommitSignatureError::TooLarge { .. })
+            FetchedCommit::from_raw(vec![b'a'; MAX_COMMIT_BYTES + 1]),
+            Err(crate::repository::GitError::CommitTooLarge { .. })
         ));
         assert!(matches!(
-            verify_commit(&fetched(b"tree x".to_vec()), &signers, now),
-            Err(CommitSignatureError::Malformed { .. })
+            FetchedCommit::from_raw(b"tree x".to_vec()),
+            Err(crate::repository::GitError::Object { .. })
         ));
     }
 }

@@ -102,7 +102,7 @@ pub fn check(
                 continue;
             }
             let commit = repo.read_commit(&id)?;
-            let at = commit.committer_time.min(now);
+            let at = commit.committer_time().min(now);
             if let Err(e) = commit_signature::verify_commit(&commit, signers, at) {
                 problems.push(match e {
                     CommitSignatureError::Unsigned { .. } => format!("commit {id} is not signed"),

@@ -55,8 +55,8 @@ pub struct ReleasePolicy {
     pub cluster: String,
     /// Trusted release keys (`allowed_signers` format).
     pub signers: AllowedSigners,
-    /// How many distinct trusted keys must have signed.
-    pub threshold: usize,
+    /// How many distinct trusted keys must have signed (at least one, by its type).
+    pub threshold: std::num::NonZeroUsize,
     /// The release last applied to this cluster, if any.
     pub last_applied: Option<AppliedRelease>,
     /// The longest a release may still be valid at the verifier's clock (`expires - now`): a release
@@ -94,6 +94,17 @@ pub enum ReleaseError {
     MissingManifest {
         /// The cluster id.
         cluster: String,
+    },
+    /// The tree handed to the verifier was not read from the verified commit (a checkout, a tree
+    /// built in memory, or another commit's): what is verified must be what was signed.
+    #[error(
+        "clusters/{cluster}/: the tree to verify was not read from commit {commit}; only a verified commit's own tree can be verified"
+    )]
+    TreeNotFromCommit {
+        /// The cluster id.
+        cluster: String,
+        /// The verified commit.
+        commit: String,
     },
     /// `release.yaml` is not a valid manifest.
     #[error("clusters/{cluster}/release.yaml: {message}")]
@@ -192,12 +203,6 @@ pub enum ReleaseError {
         threshold: usize,
         /// Who signed, for the message.
         signers: String,
-    },
-    /// The policy itself is unusable (threshold 0).
-    #[error("release policy for cluster {cluster}: threshold must be at least 1")]
-    InvalidThreshold {
-        /// The cluster id.
-        cluster: String,
     },
 }
 
@@ -302,11 +307,9 @@ pub fn parse_manifest(
         return Err(malformed("field serial must be at least 1".into()));
     }
     if let Some(parent) = &manifest.parent
-        && !(parent.len() == 40 && parent.bytes().all(|b| b.is_ascii_hexdigit()))
+        && let Err(e) = crate::repository::CommitId::parse(parent)
     {
-        return Err(malformed(format!(
-            "field parent must be a full commit id (40 hex digits), found {parent:?}"
-        )));
+        return Err(malformed(format!("field parent: {e}")));
     }
     for (path, digest) in &manifest.files {
         let hex = digest.strip_prefix("sha256:").unwrap_or("");
@@ -333,8 +336,11 @@ pub fn verify(
     limits: &Limits,
 ) -> Result<VerifiedRelease, ReleaseError> {
     let cluster = policy.cluster.clone();
-    if policy.threshold == 0 {
-        return Err(ReleaseError::InvalidThreshold { cluster });
+    if tree.commit() != Some(commit.id()) {
+        return Err(ReleaseError::TreeNotFromCommit {
+            cluster,
+            commit: commit.id().to_string(),
+        });
     }
     let Some(TreeEntry::File(manifest_bytes)) = tree.entries.get(MANIFEST_FILE) else {
         return Err(ReleaseError::MissingManifest { cluster });
@@ -507,7 +513,7 @@ fn verify_signatures(
             }
         }
     }
-    if signers.len() < policy.threshold {
+    if signers.len() < policy.threshold.get() {
         let names: Vec<String> = signers
             .iter()
             .map(|s| format!("{} ({})", s.principal, s.fingerprint))
@@ -515,7 +521,7 @@ fn verify_signatures(
         return Err(ReleaseError::BelowThreshold {
             cluster: cluster.clone(),
             found: signers.len(),
-            threshold: policy.threshold,
+            threshold: policy.threshold.get(),
             signers: if names.is_empty() {
                 String::new()
             } else {
@@ -662,13 +668,7 @@ mod tests {
         let k = key();
         let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n";
         let signed = sign_commit(raw, &k).expect("sign");
-        let fetched = FetchedCommit {
-            id: "c0ffee".into(),
-            raw: signed,
-            tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
-            parents: vec![],
-            committer_time: jiff::Timestamp::UNIX_EPOCH,
-        };
+        let fetched = FetchedCommit::from_raw(signed).expect("a commit object");
         let signers = AllowedSigners::parse(
             &format!("c {}\n", k.public_key().to_openssh().expect("pub")),
             "c",
@@ -709,6 +709,8 @@ mod tests {
     }
 
     fn policy(keys: &Keys, threshold: usize, last: Option<AppliedRelease>) -> ReleasePolicy {
+        let threshold =
+            std::num::NonZeroUsize::new(threshold).expect("a test threshold is at least 1");
         ReleasePolicy {
             cluster: "demo".into(),
             signers: keys.signers.clone(),
@@ -719,7 +721,47 @@ mod tests {
     }
 
     fn check(t: ClusterTree, p: &ReleasePolicy) -> Result<VerifiedRelease, ReleaseError> {
-        verify(commit(), t, p, now(), &Limits::default())
+        let commit = commit();
+        let t = t.at_commit(commit.id());
+        verify(commit, t, p, now(), &Limits::default())
+    }
+
+    #[test]
+    fn only_the_verified_commits_own_tree_is_verified() {
+        let k = keys();
+        let p = policy(&k, 1, None);
+        let t = tree("demo", 3, &[("a", &k.a)]);
+        assert!(check(t.clone(), &p).is_ok());
+        // Built in memory (a checkout): names no commit.
+        assert!(matches!(
+            verify(commit(), t.clone(), &p, now(), &Limits::default()),
+            Err(ReleaseError::TreeNotFromCommit { .. })
+        ));
+        // Another commit's tree.
+        let other = crate::repository::CommitId::parse(&"0".repeat(40)).expect("id");
+        assert!(matches!(
+            verify(
+                commit(),
+                t.clone().at_commit(&other),
+                &p,
+                now(),
+                &Limits::default()
+            ),
+            Err(ReleaseError::TreeNotFromCommit { .. })
+        ));
+        // Changed after it was read: the stamp is gone.
+        let c = commit();
+        let mut changed = t.at_commit(c.id());
+        assert_eq!(changed.commit(), Some(c.id()));
+        changed.insert(
+            "namespaces/x/applicationinstances/y.yaml",
+            TreeEntry::File(Vec::new()),
+        );
+        assert_eq!(changed.commit(), None);
+        assert!(matches!(
+            verify(c, changed, &p, now(), &Limits::default()),
+            Err(ReleaseError::TreeNotFromCommit { .. })
+        ));
     }
 
     #[test]
@@ -838,18 +880,16 @@ mod tests {
             check(tree("demo", 1, &[("a", &k.a), ("x", &stranger)]), &p),
             Err(ReleaseError::BelowThreshold { found: 1, .. })
         ));
+        let expired_commit = commit();
         let expired = verify(
-            commit(),
-            tree("demo", 1, &[("a", &k.a), ("b", &k.b)]),
+            expired_commit.clone(),
+            tree("demo", 1, &[("a", &k.a), ("b", &k.b)]).at_commit(expired_commit.id()),
             &p,
             "2026-08-01T00:00:00Z".parse().expect("ts"),
             &Limits::default(),
         );
         assert!(matches!(expired, Err(ReleaseError::Expired { .. })));
-        assert!(matches!(
-            check(tree("demo", 1, &[]), &policy(&k, 0, None)),
-            Err(ReleaseError::InvalidThreshold { .. })
-        ));
+        // A threshold of 0 cannot be written: ReleasePolicy::threshold is a NonZeroUsize.
         let mut no_manifest = tree("demo", 1, &[]);
         no_manifest.entries.remove(MANIFEST_FILE);
         assert!(matches!(
