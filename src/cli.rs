@@ -3,14 +3,16 @@
 //! Exit codes: 0 when the checked ref passes, 1 when it is refused (each finding on its own line),
 //! 2 on usage errors (bad flags, unreadable inputs).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::authoring::duration;
+use crate::authoring::encrypt::EncryptArgs;
 use crate::authoring::keygen::KeygenArgs;
 use crate::authoring::release::ReleaseArgs;
-use crate::authoring::report::{Refusal, report_pass, report_refusal};
+use crate::authoring::report::{self, Refusal, report_pass, report_refusal};
 pub use crate::authoring::{CliError, ExitCode};
 
 use vworkspace_core::crd::HistoryPolicy;
@@ -22,9 +24,19 @@ use vworkspace_core::trust::history::HistoryCheck;
 use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
 use vworkspace_core::trust::signers::AllowedSigners;
 
+/// The version line: the crate version, the commit it was built from and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VWORKSPACE_COMMIT"),
+    ", built ",
+    env!("VWORKSPACE_BUILD_DATE"),
+    ")"
+);
+
 /// vworkspace-operator, GitOps mode: verify signed intent from Git and reconcile it into a cluster.
 #[derive(Debug, Parser)]
-#[command(name = "vworkspace-operator", version, about, long_about = None)]
+#[command(name = "vworkspace-operator", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -51,6 +63,25 @@ pub enum Command {
     /// Run the operator: reconcile every Cluster resource into this cluster (KUBECONFIG, then
     /// in-cluster). Logs JSON to stderr.
     Run(RunArgs),
+    /// Print a shell completion script: `source <(vworkspace-operator completion bash)`.
+    Completion(CompletionArgs),
+}
+
+/// `completion` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// How `verify` and `plan` print their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people (`ok`, `refused`, `note`); YAML for `plan`.
+    Text,
+    /// One JSON document (schema in docs/cli-output.md).
+    Json,
 }
 
 /// Flags of `run`.
@@ -74,9 +105,9 @@ pub struct RunArgs {
     /// Reconcile every Cluster once and exit: 0 if all passed, 1 otherwise.
     #[arg(long)]
     pub once: bool,
-    /// Time limit of one fetch, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub fetch_timeout: u64,
+    /// Time limit of one fetch: a duration such as 120s or 2m (a bare number is seconds).
+    #[arg(long, value_parser = duration::seconds_flag, default_value = "120s")]
+    pub fetch_timeout: std::time::Duration,
     /// Largest pack one fetch may receive, in bytes.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_fetch_bytes: u64,
@@ -95,9 +126,9 @@ pub struct RunArgs {
 /// Inputs shared by `verify` and `plan`.
 #[derive(Debug, Args)]
 pub struct TrustArgs {
-    /// The repository: a path to a work tree or bare repository, or a file://, git://, http:// or
-    /// https:// URL (fetched into --cache-dir).
-    #[arg(long)]
+    /// The repository: a path inside a work tree (git's upward discovery finds its root) or a bare
+    /// repository, or a file://, git://, http:// or https:// URL (fetched into --cache-dir).
+    #[arg(long, default_value = ".")]
     pub repo: String,
     /// Where fetched repositories are cached between runs (default: a temporary directory, so every
     /// run clones afresh).
@@ -110,9 +141,9 @@ pub struct TrustArgs {
     /// Extra CA certificates (PEM) to trust for an https URL.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    /// Time limit of the whole fetch, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub fetch_timeout: u64,
+    /// Time limit of the whole fetch: a duration such as 120s or 2m (a bare number is seconds).
+    #[arg(long, value_parser = duration::seconds_flag, default_value = "120s")]
+    pub fetch_timeout: std::time::Duration,
     /// Largest pack a fetch may receive, in bytes.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_fetch_bytes: u64,
@@ -131,12 +162,14 @@ pub struct TrustArgs {
     /// This cluster's id (the directory clusters/<id>/).
     #[arg(long)]
     pub cluster: String,
-    /// Trusted commit signers, git's allowed_signers format.
-    #[arg(long)]
-    pub allowed_signers: PathBuf,
-    /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release".
-    #[arg(long)]
-    pub release_signers: PathBuf,
+    /// Trusted commit signers, git's allowed_signers format. In a pull request's CI take it from the
+    /// base branch or the cluster, never from the checkout under review (docs/signatures.md).
+    #[arg(long, required_unless_present = "worktree")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release"; from the
+    /// base branch or the cluster, like --allowed-signers.
+    #[arg(long, required_unless_present = "worktree")]
+    pub release_signers: Option<PathBuf>,
     /// How many distinct trusted release keys must sign.
     #[arg(long, default_value_t = 1)]
     pub threshold: usize,
@@ -146,12 +179,24 @@ pub struct TrustArgs {
     /// The last applied serial: the release must exceed it.
     #[arg(long)]
     pub last_serial: Option<u64>,
-    /// Refuse encrypted values that are not bound to where they are found.
+    /// Refuse encrypted values that are not bound to where they are found. Needs --identity: a
+    /// binding is sealed inside the ciphertext, so only the cluster's key can check it.
     #[arg(long)]
     pub require_bound_values: bool,
     /// The verifier's clock, RFC 3339 (default: now).
     #[arg(long)]
     pub now: Option<String>,
+    /// Check the working tree as it is, before anything is committed or signed: every check that
+    /// needs no key (layout, names, kinds, schema, literal credentials, the form of encrypted
+    /// values). For pre-commit hooks; signatures, history and decryption are not checked.
+    #[arg(long, conflicts_with_all = ["identity", "last_commit", "last_serial", "require_bound_values", "allow_history_rewrite", "cache_dir", "auth_file", "ca_file"])]
+    pub worktree: bool,
+    /// Warn (still exit 0) when the release expires within this duration, e.g. 7d.
+    #[arg(long, value_parser = duration::duration_flag)]
+    pub warn_expiry: Option<jiff::SignedDuration>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 /// The `--history` values.
@@ -161,26 +206,6 @@ pub enum HistoryArg {
     Head,
     /// Every commit since the last applied one must be signed.
     All,
-}
-
-/// `encrypt` arguments.
-#[derive(Debug, Args)]
-pub struct EncryptArgs {
-    /// The cluster's age recipient (age1...).
-    #[arg(long)]
-    pub recipient: String,
-    /// Bind to this cluster id (all four binding flags go together).
-    #[arg(long, requires_all = ["namespace", "instance", "path"])]
-    pub cluster: Option<String>,
-    /// Bind to this namespace.
-    #[arg(long, requires = "cluster")]
-    pub namespace: Option<String>,
-    /// Bind to this ApplicationInstance.
-    #[arg(long, requires = "cluster")]
-    pub instance: Option<String>,
-    /// Bind to this value path inside spec.values (e.g. nextcloud.mail.smtp.password).
-    #[arg(long, requires = "cluster")]
-    pub path: Option<String>,
 }
 
 /// `crdgen` arguments.
@@ -194,7 +219,8 @@ pub struct CrdgenArgs {
 /// `demo` arguments.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the demo repository in this directory instead of a temporary one.
+    /// Keep the demo in this directory (it must be empty or absent): the repository, the keys
+    /// (mode 0600) and the trust files, with the `verify` command to run again.
     #[arg(long)]
     pub keep: Option<PathBuf>,
 }
@@ -216,20 +242,55 @@ fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))
 }
 
+/// Reads a trusted-signers file. A public key file (`.pub`, `ssh-ed25519 AAAA... comment`) given
+/// where an allowed_signers file belongs is named as such, with the line to write instead.
+fn read_signers(path: &Path, flag: &str, namespace: &str) -> Result<AllowedSigners, CliError> {
+    let text = read_text(path, flag)?;
+    let first = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    if let Some((index, line)) = first {
+        let word = line.split_whitespace().next().unwrap_or_default();
+        if word.starts_with("ssh-") || word.starts_with("ecdsa-") || word.starts_with("sk-") {
+            return Err(usage(format!(
+                "{flag} {}:{}: this is a public key (a .pub file), not an allowed_signers file; each line starts with who signs, then the key: `alice@example.org namespaces=\"{namespace}\" {word} AAAA...` (`vworkspace-operator keygen ssh` prints these lines)",
+                path.display(),
+                index + 1
+            )));
+        }
+    }
+    AllowedSigners::parse(&text, &path.display().to_string()).map_err(usage)
+}
+
+/// git's upward discovery for a local `--repo`: the closest directory at or above `path` that holds
+/// `.git` (a work tree), else `path` itself (a bare repository, or an error from the opener).
+pub fn discover(path: &Path) -> PathBuf {
+    let start = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut dir = Some(start.as_path());
+    while let Some(d) = dir {
+        if d.join(".git").exists() {
+            return d.to_owned();
+        }
+        dir = d.parent();
+    }
+    path.to_owned()
+}
+
 /// Builds the cluster-side trust inputs from `verify`/`plan` flags.
 pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
-    let source = args.allowed_signers.display().to_string();
-    let commit_signers = AllowedSigners::parse(
-        &read_text(&args.allowed_signers, "--allowed-signers")?,
-        &source,
-    )
-    .map_err(usage)?;
-    let source = args.release_signers.display().to_string();
-    let release_signers = AllowedSigners::parse(
-        &read_text(&args.release_signers, "--release-signers")?,
-        &source,
-    )
-    .map_err(usage)?;
+    let (Some(allowed), Some(release)) = (&args.allowed_signers, &args.release_signers) else {
+        return Err(usage(
+            "--allowed-signers and --release-signers are required (only --worktree runs without them)",
+        ));
+    };
+    if args.require_bound_values && args.identity.is_empty() {
+        return Err(usage(
+            "--require-bound-values needs --identity: a binding is sealed inside the ciphertext, so only the cluster's key can check it. Without the key (a pull request's CI) drop the flag: the form of every value is still checked, and the operator checks every binding before it applies anything",
+        ));
+    }
+    let commit_signers = read_signers(allowed, "--allowed-signers", "git")?;
+    let release_signers = read_signers(release, "--release-signers", "vworkspace-release")?;
     if let Some(c) = &args.last_commit
         && !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
     {
@@ -293,14 +354,36 @@ fn parse_ref(text: &str) -> GitRef {
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Verify(args) if args.worktree => verify_worktree(&args, out),
         Command::Verify(args) => verify(&args, out),
         Command::Plan(args) => plan(&args, out),
         Command::Release(args) => crate::authoring::release::release(&args, out),
-        Command::Encrypt(args) => encrypt(&args, out),
+        Command::Encrypt(args) => crate::authoring::encrypt::encrypt(&args, out),
         Command::Keygen(args) => crate::authoring::keygen::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
+        Command::Completion(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "vworkspace-operator",
+                &mut WriteAdapter(out),
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// `clap_complete` wants a sized writer.
+struct WriteAdapter<'a>(&'a mut dyn Write);
+
+impl Write for WriteAdapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -313,7 +396,7 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
         leader_election: args.leader_election,
         once: args.once,
         fetch: vworkspace_controller::source::FetchOptions {
-            timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+            timeout: args.fetch_timeout.max(std::time::Duration::from_secs(1)),
             max_pack_bytes: args.max_fetch_bytes,
             ..Default::default()
         },
@@ -341,12 +424,13 @@ fn io_error(e: std::io::Error) -> CliError {
 /// A repository ready to verify, the ref to check in it, and the temporary cache to keep alive.
 type OpenedSource = (LocalRepository, GitRef, Option<tempfile::TempDir>);
 
-/// Opens the repository `--repo` names: a local path as is, a URL fetched into the cache. A failed
-/// fetch is a refused pass (exit 1), not a usage error.
+/// Opens the repository `--repo` names: a local path (found upward, as git does), a URL fetched
+/// into the cache. A failed fetch is a refused pass (exit 1), not a usage error.
 fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, CliError> {
     let reference = parse_ref(&args.git_ref);
     if !vworkspace_controller::source::is_url(&args.repo) {
-        let repo = LocalRepository::open(Path::new(&args.repo)).map_err(usage)?;
+        let root = discover(Path::new(&args.repo));
+        let repo = LocalRepository::open(&root).map_err(usage)?;
         return Ok(Ok((repo, reference, None)));
     }
     let auth = match &args.auth_file {
@@ -360,7 +444,7 @@ fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, CliErr
     let options = vworkspace_controller::source::FetchOptions {
         auth,
         ca_bundle: args.ca_file.clone(),
-        timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+        timeout: args.fetch_timeout.max(std::time::Duration::from_secs(1)),
         max_pack_bytes: args.max_fetch_bytes,
         ..Default::default()
     };
@@ -374,7 +458,9 @@ fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, CliErr
     match vworkspace_controller::source::fetch(&args.repo, &reference, &cache, &options) {
         Ok(fetched) => Ok(Ok((fetched.repo, GitRef::Commit(fetched.commit), temp))),
         Err(vworkspace_controller::source::SourceError::Config { message }) => Err(usage(message)),
-        Err(e) => Ok(Err(Refusal::from(&vworkspace_controller::Error::Source(e)))),
+        Err(e) => Ok(Err(
+            Refusal::from(&vworkspace_controller::Error::Source(e)).one_line()
+        )),
     }
 }
 
@@ -384,79 +470,163 @@ fn pass(
 ) -> Result<(TrustConfig, Result<pipeline::VerifiedIntent, Refusal>), CliError> {
     let config = trust_config(args)?;
     let outcome = match open_source(args)? {
-        Ok((repo, reference, _temp)) => {
-            pipeline::verify_ref(&repo, &reference, &config).map_err(|e| Refusal::from(&e))
-        }
+        Ok((repo, reference, _temp)) => pipeline::verify_ref(&repo, &reference, &config)
+            .map_err(|e| Refusal::from(&e).with_hints(&args.cluster)),
         Err(refused) => Err(refused),
     };
     Ok((config, outcome))
 }
 
 fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    match pass(args)? {
-        (config, Ok(verified)) => {
-            report_pass(&verified, &config, out).map_err(io_error)?;
+    let (config, outcome) = pass(args)?;
+    let json = args.output == OutputFormat::Json;
+    match outcome {
+        Ok(verified) => {
+            let warning = expiry_warning(&verified, &config, args.warn_expiry);
+            if json {
+                let mut doc = report::pass_json(&verified, &config);
+                doc["warnings"] = serde_json::json!(warning.iter().collect::<Vec<_>>());
+                write_json(out, &doc)?;
+            } else {
+                report_pass(&verified, &config, out).map_err(io_error)?;
+                if let Some(w) = warning {
+                    writeln!(out, "warning {w}").map_err(io_error)?;
+                }
+            }
             Ok(0)
         }
-        (_, Err(refused)) => {
-            report_refusal(&refused, out).map_err(io_error)?;
+        Err(refused) => {
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                report_refusal(&refused, out).map_err(io_error)?;
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// The `--warn-expiry` warning, when the release (or a signing key) runs out within the window.
+fn expiry_warning(
+    verified: &pipeline::VerifiedIntent,
+    config: &TrustConfig,
+    window: Option<jiff::SignedDuration>,
+) -> Option<String> {
+    let window = window?;
+    let until = verified.valid_until();
+    let left = until.duration_since(config.now);
+    (left <= window).then(|| {
+        format!(
+            "clusters/{}/release.yaml: this verdict runs out at {until} (release expiry or a signing key's valid-before), in {}h; publish a fresh release: `vworkspace-operator release --cluster {} --key <your release key>`",
+            config.cluster,
+            left.as_secs() / 3600,
+            config.cluster
+        )
+    })
+}
+
+fn write_json(out: &mut dyn Write, doc: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| CliError::Io(e.to_string()))?;
+    writeln!(out, "{text}").map_err(io_error)
+}
+
+/// `verify --worktree`: every key-free check on the files as they are on disk.
+fn verify_worktree(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    if vworkspace_controller::source::is_url(&args.repo) {
+        return Err(usage(
+            "--worktree checks a local work tree; --repo is a URL",
+        ));
+    }
+    let root = discover(Path::new(&args.repo));
+    let limits = Limits::default();
+    let tree = crate::authoring::release::read_worktree(&root, &args.cluster, &limits)?;
+    let json = args.output == OutputFormat::Json;
+    match pipeline::check_unsigned(&tree, &limits) {
+        Ok(check) => {
+            let stale = crate::authoring::release::stale_release(&tree, &limits);
+            if json {
+                let mut doc = serde_json::json!({
+                    "apiVersion": report::JSON_API_VERSION,
+                    "kind": "VerifyResult",
+                    "mode": "worktree",
+                    "cluster": args.cluster,
+                    "result": "passed",
+                    "intent": {
+                        "applicationInstances": check.intent.application_instances.len(),
+                        "operations": check.intent.operations.len(),
+                    },
+                    "values": {"count": check.values, "decrypted": false},
+                    "notes": stale.iter().collect::<Vec<_>>(),
+                });
+                doc["findings"] = serde_json::json!([]);
+                write_json(out, &doc)?;
+            } else {
+                writeln!(
+                    out,
+                    "ok      worktree clusters/{}/: {} ApplicationInstance(s), {} Operation(s), {} encrypted value(s) well-formed",
+                    args.cluster,
+                    check.intent.application_instances.len(),
+                    check.intent.operations.len(),
+                    check.values
+                )
+                .map_err(io_error)?;
+                writeln!(
+                    out,
+                    "skipped signatures, history and decryption: --worktree checks what needs no key"
+                )
+                .map_err(io_error)?;
+                if let Some(note) = stale {
+                    writeln!(out, "note    {note}").map_err(io_error)?;
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let refused = Refusal::from(&e).with_hints(&args.cluster);
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                report_refusal(&refused, out).map_err(io_error)?;
+            }
             Ok(1)
         }
     }
 }
 
 fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    if args.worktree {
+        return Err(usage(
+            "--worktree is for verify: plan shows only what a verified release would apply",
+        ));
+    }
+    let json = args.output == OutputFormat::Json;
     match pass(args)? {
         (_, Ok(verified)) => {
             let plan = vworkspace_core::plan::desired(&verified);
-            out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
+            if json {
+                write_json(out, &plan.to_json())?;
+            } else {
+                out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
+            }
             Ok(0)
         }
         (_, Err(refused)) => {
-            // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes.
-            let mut err = std::io::stderr();
-            report_refusal(&refused, &mut err).map_err(io_error)?;
+            // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes (with
+            // -o json, the refusal document goes to stdout, as verify prints it).
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                // The findings only: a pipeline reads them; `verify` prints the fixes.
+                let mut err = std::io::stderr();
+                let findings = Refusal {
+                    hints: Vec::new(),
+                    ..refused
+                };
+                report_refusal(&findings, &mut err).map_err(io_error)?;
+            }
             Ok(1)
         }
     }
-}
-
-fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    // The same bound the operator applies when it decrypts: a value it would refuse is not written.
-    let limit = Limits::default().max_secret_plaintext_bytes;
-    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut plaintext)
-        .map_err(io_error)?;
-    if plaintext.len() > limit {
-        return Err(usage(format!(
-            "the value on stdin is larger than {limit} bytes"
-        )));
-    }
-    let binding = match (&args.cluster, &args.namespace, &args.instance, &args.path) {
-        (Some(cluster), Some(namespace), Some(instance), Some(path)) => {
-            Some(vworkspace_core::secrets::Binding {
-                cluster: cluster.clone(),
-                namespace: namespace.clone(),
-                instance: instance.clone(),
-                path: path.clone(),
-            })
-        }
-        (None, None, None, None) => None,
-        _ => {
-            return Err(usage(
-                "--cluster, --namespace, --instance and --path go together",
-            ));
-        }
-    };
-    let armored = vworkspace_core::secrets::encrypt(&plaintext, &args.recipient, binding.as_ref())
-        .map_err(usage)?;
-    out.write_all(armored.as_bytes()).map_err(io_error)?;
-    if !armored.ends_with('\n') {
-        out.write_all(b"\n").map_err(io_error)?;
-    }
-    Ok(0)
 }
 
 fn crdgen(args: &CrdgenArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {

@@ -1,0 +1,666 @@
+//! Issue 15: authoring and review. The CLI as a new user meets it: what it refuses, what it says
+//! (golden messages, with the temporary root replaced by `$ROOT`), and that it never echoes key
+//! material or plaintext. Real git, ssh-keygen and age, as everywhere.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::common::*;
+
+const NEXTCLOUD: &str = "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml";
+
+fn bin(args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    if let Some(input) = stdin {
+        // A command that refuses its flags exits before reading stdin.
+        let _ = child.stdin.take().expect("stdin").write_all(input);
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout and stderr with the fixture's root replaced by `$ROOT`.
+fn golden(out: &Output, root: &Path) -> (String, String) {
+    let root = std::fs::canonicalize(root).expect("root");
+    let fix = |t: String| t.replace(&root.display().to_string(), "$ROOT");
+    (fix(stdout(out)), fix(stderr(out)))
+}
+
+fn assert_clean(out: &Output) {
+    for text in [stdout(out), stderr(out)] {
+        assert!(
+            !text.contains("PLAINTEXT-MARKER"),
+            "plaintext leaked: {text}"
+        );
+        assert!(!text.contains("AGE-SECRET-KEY-1"), "key leaked: {text}");
+        assert!(!text.starts_with("Error:"), "anyhow-style error: {text}");
+        assert!(!text.contains("stack backtrace"), "backtrace: {text}");
+    }
+}
+
+/// The fixture's verify flags without --identity, as a pull request's CI runs it.
+fn trust_flags(f: &Fixture) -> Vec<String> {
+    vec![
+        "--cluster".into(),
+        "demo".into(),
+        "--threshold".into(),
+        "2".into(),
+        "--allowed-signers".into(),
+        f.path("commit_signers").display().to_string(),
+        "--release-signers".into(),
+        f.path("release_signers").display().to_string(),
+    ]
+}
+
+fn with<'a>(head: &[&'a str], rest: &'a [String]) -> Vec<&'a str> {
+    head.iter()
+        .copied()
+        .chain(rest.iter().map(String::as_str))
+        .collect()
+}
+
+fn release_odoo(f: &Fixture, extra: &[&str]) -> Output {
+    let key = f.path("release-odoo").display().to_string();
+    let mut args = vec!["release", "--cluster", "demo", "--key", key.as_str()];
+    args.extend_from_slice(extra);
+    bin(&args, &f.repo, None)
+}
+
+#[test]
+fn encrypt_never_echoes_a_secret_key_given_as_recipient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "AGE-SECRET-KEY-1QQPQZUPSRY5LTP6KTGUPCR3AEZGT3KHKXYD4XU9SNCKAXSLZJD3QM2QXZ9";
+    let out = bin(&["encrypt", "--recipient", key], dir.path(), Some(b"x"));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: the recipient given is an age secret key (AGE-SECRET-KEY-1...), not a recipient; it was not printed. Give the public recipient (age1...): `age-keygen -y IDENTITY_FILE` prints it. Treat the key as exposed if it went into a shared log or shell history\n"
+    );
+    assert!(!stderr(&out).contains("QQPQZUPSRY5"));
+    // Lowercase, or buried in whitespace: the same.
+    let out = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &format!("  {}\n", key.to_lowercase()),
+        ],
+        dir.path(),
+        Some(b"x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !stderr(&out).to_lowercase().contains("qqpqzupsry5"),
+        "{}",
+        stderr(&out)
+    );
+    // Something that is not a key at all is not echoed either; a mistyped age1 recipient (public) is.
+    let out = bin(
+        &["encrypt", "--recipient", "hunter2-PLAINTEXT-MARKER"],
+        dir.path(),
+        Some(b"x"),
+    );
+    assert_eq!(
+        stderr(&out),
+        "error: recipient (the 24 characters given, not shown) is not an age X25519 recipient (age1...)\n"
+    );
+    let out = bin(
+        &["encrypt", "--recipient", "age1nope"],
+        dir.path(),
+        Some(b"x"),
+    );
+    assert_eq!(
+        stderr(&out),
+        "error: recipient \"age1nope\" is not an age X25519 recipient (age1...)\n"
+    );
+}
+
+#[test]
+fn require_bound_values_without_identity_is_a_usage_error() {
+    let f = fixture();
+    let flags = trust_flags(&f);
+    let out = bin(
+        &with(&["verify", "--require-bound-values"], &flags),
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: --require-bound-values needs --identity: a binding is sealed inside the ciphertext, so only the cluster's key can check it. Without the key (a pull request's CI) drop the flag: the form of every value is still checked, and the operator checks every binding before it applies anything\n"
+    );
+    // With the key it checks, and the fixture's plain `age -a` value is refused by name.
+    let out = f.verify(&["--require-bound-values"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("refused ValuesInvalid: clusters/demo/namespaces/org-vault/applicationinstances/vaultwarden.yaml: spec.values.adminToken.value: value is not bound"),
+        "{}",
+        stdout(&out)
+    );
+    assert_clean(&out);
+}
+
+#[test]
+fn release_refuses_before_signing_what_verify_would_refuse() {
+    let f = fixture();
+    let manifest = f.repo.join("clusters/demo/release.yaml");
+    let before = std::fs::read(&manifest).expect("manifest");
+    let sigs = |f: &Fixture| {
+        let mut v: Vec<_> = std::fs::read_dir(f.repo.join("clusters/demo/release.sigs"))
+            .expect("sigs")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("sig"))
+            .collect();
+        v.sort();
+        v
+    };
+    let sigs_before = sigs(&f);
+    // A literal credential, a file outside the layout, a bad name and a wrong folder.
+    f.write(NEXTCLOUD, &nextcloud("hunter2-PLAINTEXT-MARKER-literal"));
+    f.write("clusters/demo/README.md", "notes\n");
+    f.write("clusters/demo/.notes.yaml", "a: 1\n");
+    f.write("clusters/demo/namespaces/Org_Bad/operations/x.yaml", BACKUP);
+    f.write(
+        "clusters/demo/namespaces/org-myteam/deployments/web.yaml",
+        BACKUP,
+    );
+    let out = release_odoo(&f, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (text, err) = golden(&out, &f.root);
+    assert_eq!(err, "");
+    assert_eq!(
+        text,
+        "refused IntentInvalid: clusters/demo/.notes.yaml: not part of the layout: only namespaces/<namespace>/applicationinstances/<name>.yaml, namespaces/<namespace>/operations/<name>.yaml, release.yaml and release.sigs/<name>.sig belong here\n\
+refused IntentInvalid: clusters/demo/README.md: not part of the layout: only namespaces/<namespace>/applicationinstances/<name>.yaml, namespaces/<namespace>/operations/<name>.yaml, release.yaml and release.sigs/<name>.sig belong here\n\
+refused IntentInvalid: clusters/demo/namespaces/Org_Bad/operations/x.yaml: namespace \"Org_Bad\" is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)\n\
+refused IntentInvalid: clusters/demo/namespaces/org-myteam/deployments/web.yaml: not part of the layout: only namespaces/<namespace>/applicationinstances/<name>.yaml, namespaces/<namespace>/operations/<name>.yaml, release.yaml and release.sigs/<name>.sig belong here\n\
+nothing was written or signed: fix the files above, then run release again\n"
+    );
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
+    assert_eq!(sigs(&f), sigs_before);
+    // Layout fixed, the literal credential remains: refused too, naming the file and the fix.
+    for p in [
+        "clusters/demo/README.md",
+        "clusters/demo/.notes.yaml",
+        "clusters/demo/namespaces/Org_Bad/operations/x.yaml",
+        "clusters/demo/namespaces/org-myteam/deployments/web.yaml",
+    ] {
+        std::fs::remove_file(f.repo.join(p)).expect("rm");
+    }
+    let out = release_odoo(&f, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        golden(&out, &f.root).0,
+        "refused ValuesInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: spec.values.nextcloud.mail.smtp.password: a literal credential; encrypt it, or reference a Secret with secretRef (`vworkspace-operator encrypt --recipient <the cluster's age1... recipient> --in-place clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml --path nextcloud.mail.smtp.password`)\n\
+nothing was written or signed: fix the files above, then run release again\n"
+    );
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
+    assert_clean(&out);
+    // The fix the message gives works: encrypted in place, released, committed, verified.
+    let enc = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &f.recipient,
+            "--in-place",
+            NEXTCLOUD,
+            "--path",
+            "nextcloud.mail.smtp.password",
+        ],
+        &f.repo,
+        Some(SMTP_PASSWORD.as_bytes()),
+    );
+    assert_eq!(enc.status.code(), Some(0), "{}", stderr(&enc));
+    f.release("demo", &[]);
+    f.commit("encrypted");
+    let out = f.verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_clean(&out);
+}
+
+#[test]
+fn messages_say_what_was_wrong_in_one_line() {
+    let f = fixture();
+    let flags = trust_flags(&f);
+    // version: 2.10 is read as 2.1: the line and the quoting are named.
+    let text = std::fs::read_to_string(f.repo.join(NEXTCLOUD)).expect("read");
+    f.write(NEXTCLOUD, &text.replace("version: 6.6.4", "version: 2.10"));
+    let out = bin(&with(&["verify", "--worktree"], &flags[..2]), &f.repo, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "refused IntentInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: does not match its CRD type: invalid type: floating point `2.1`, expected a string; line 9: YAML reads `version: 2.10` as the number 2.1: quote it, `version: \"2.10\"`\n"
+    );
+    f.write(NEXTCLOUD, &text);
+    // --expires 0s
+    let out = release_odoo(&f, &["--expires", "0s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --expires \"0s\": must be longer than zero (a zero duration is already over); for example 30s, 12h or 7d\n"
+    );
+    // --ref HEAD~5 on a one-commit history.
+    let out = bin(&with(&["verify", "--ref", "HEAD~5"], &flags), &f.repo, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "refused FetchFailed: revision HEAD~5 does not resolve to a commit: no commit \"HEAD~5\" in this repository (a branch, a tag, a commit id, or HEAD~N within the history; `git log --oneline` lists the commits)\n"
+    );
+    // A .pub file given as allowed_signers.
+    let pubkey = f.path("committer.pub").display().to_string();
+    let mut pub_flags = flags.clone();
+    pub_flags[5] = pubkey;
+    let out = bin(&with(&["verify"], &pub_flags), &f.repo, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        golden(&out, &f.root).1,
+        "error: --allowed-signers $ROOT/committer.pub:1: this is a public key (a .pub file), not an allowed_signers file; each line starts with who signs, then the key: `alice@example.org namespaces=\"git\" ssh-ed25519 AAAA...` (`vworkspace-operator keygen ssh` prints these lines)\n"
+    );
+    // A fetch error is one line, not the transport's Debug chain.
+    let out = bin(
+        &with(
+            &["verify", "--repo", "http://127.0.0.1:1/intent.git"],
+            &flags,
+        ),
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "refused FetchFailed: fetching http://127.0.0.1:1/intent.git: Transport handshake failed: Connection refused\n"
+    );
+    // An I/O error: one `error:` line, exit 2, no `Error:` and no backtrace under RUST_BACKTRACE=1.
+    let out = bin(&["keygen", "age", "--out", "/proc/version"], &f.repo, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: /proc/version: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_clean(&out);
+    // A --cluster typo lists the cluster directories.
+    let out = bin(
+        &["verify", "--worktree", "--cluster", "dmeo"],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        golden(&out, &f.root).1,
+        "error: clusters/dmeo/ does not exist in $ROOT/repo; the cluster directories are: demo (check --cluster)\n"
+    );
+}
+
+#[test]
+fn a_bound_value_moved_to_another_instance_is_refused_naming_the_file() {
+    let f = fixture();
+    let text = std::fs::read_to_string(f.repo.join(NEXTCLOUD)).expect("read");
+    // The same ciphertext, copied into another tenant's instance: it reads fine in review.
+    f.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/thief.yaml",
+        &text.replace("name: nextcloud\nspec", "name: thief\nspec"),
+    );
+    f.release("demo", &[]);
+    f.commit("copy a value");
+    let out = f.verify(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "refused ValuesInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/thief.yaml: spec.values.nextcloud.mail.smtp.password: value is bound to instance \"nextcloud\", not to this one (copied from another place?); re-encrypt it for this place (`vworkspace-operator encrypt --recipient <the cluster's age1... recipient> --in-place clusters/demo/namespaces/org-myteam/applicationinstances/thief.yaml --path nextcloud.mail.smtp.password`)\n"
+    );
+    assert_clean(&out);
+}
+
+#[test]
+fn verify_worktree_checks_without_keys_and_names_a_stale_release() {
+    let f = fixture();
+    // From a subdirectory: --repo defaults to `.`, found upward as git does.
+    let sub = f.repo.join("clusters/demo/namespaces");
+    let out = bin(&["verify", "--worktree", "--cluster", "demo"], &sub, None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        "ok      worktree clusters/demo/: 2 ApplicationInstance(s), 1 Operation(s), 2 encrypted value(s) well-formed\n\
+skipped signatures, history and decryption: --worktree checks what needs no key\n"
+    );
+    // An edit not yet released: still passes, with the command that fixes the release.
+    let text = std::fs::read_to_string(f.repo.join(NEXTCLOUD)).expect("read");
+    f.write(NEXTCLOUD, &text.replace("6.6.4", "6.6.5"));
+    let out = bin(
+        &["verify", "--worktree", "--cluster", "demo", "-o", "json"],
+        &sub,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["result"], "passed");
+    assert_eq!(doc["mode"], "worktree");
+    assert_eq!(
+        doc["notes"][0],
+        "clusters/demo/release.yaml does not cover 1 changed file(s) (clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml); run `vworkspace-operator release --cluster demo --key <your release key>` before committing"
+    );
+    // A literal credential in the work tree: refused before any commit.
+    f.write(NEXTCLOUD, &nextcloud("hunter2-PLAINTEXT-MARKER-x"));
+    let out = bin(&["verify", "--worktree", "--cluster", "demo"], &sub, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("refused ValuesInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: spec.values.nextcloud.mail.smtp.password: a literal credential"), "{}", stdout(&out));
+    assert_clean(&out);
+}
+
+#[test]
+fn encrypt_in_place_keeps_the_file_and_binds_from_its_place() {
+    let f = fixture();
+    let file = "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml";
+    let text = std::fs::read_to_string(f.repo.join(file)).expect("read");
+    let commented = text.replace(
+        "    nextcloud:\n",
+        "    # the app's own settings\n    nextcloud:\n",
+    );
+    f.write(file, &commented);
+    let out = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &f.recipient,
+            "--in-place",
+            file,
+            "--path",
+            "nextcloud.mail.smtp.user",
+        ],
+        &f.repo,
+        Some(b"mailer\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "warning: the value on stdin ends with a newline, which is encrypted with it (echo adds one; printf %s does not)\n"
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "wrote spec.values.nextcloud.mail.smtp.user of {file} (bound to cluster demo, namespace org-myteam, instance nextcloud)\nnext: `vworkspace-operator release --cluster demo --key <your release key>`, then commit\n"
+        )
+    );
+    let edited = std::fs::read_to_string(f.repo.join(file)).expect("read");
+    assert!(edited.starts_with(&commented), "{edited}");
+    assert!(edited.contains("    # the app's own settings\n"));
+    assert!(
+        edited.contains("          user: |\n            -----BEGIN AGE ENCRYPTED FILE-----\n"),
+        "{edited}"
+    );
+    f.release("demo", &[]);
+    f.commit("a bound user");
+    let out = f.verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("3 encrypted value(s) decrypt"),
+        "{}",
+        stdout(&out)
+    );
+    // spec.values. in --path, an empty value, a file outside the layout.
+    let out = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &f.recipient,
+            "--in-place",
+            file,
+            "--path",
+            "spec.values.a.b",
+        ],
+        &f.repo,
+        Some(b"x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --path \"spec.values.a.b\": the path is relative to spec.values; give \"a.b\"\n"
+    );
+    let out = bin(
+        &["encrypt", "--recipient", &f.recipient],
+        &f.repo,
+        Some(b""),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stderr(&out),
+        "warning: the value on stdin is empty; encrypting an empty value\n"
+    );
+    let out = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &f.recipient,
+            "--in-place",
+            "README.md",
+            "--path",
+            "a",
+        ],
+        &f.repo,
+        Some(b"x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(
+            "error: --in-place README.md: not an ApplicationInstance file of the layout"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cosigner_who_forgets_sign_only_is_stopped() {
+    let f = fixture();
+    let manifest = f.repo.join("clusters/demo/release.yaml");
+    let before = std::fs::read(&manifest).expect("manifest");
+    let key = f.path("release-engineer").display().to_string();
+    let out = bin(
+        &["release", "--cluster", "demo", "--key", &key],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = golden(&out, &f.root).1;
+    assert!(
+        err.starts_with("error: clusters/demo/release.yaml (serial 1) already lists exactly these files and is signed by clusters/demo/release.sigs/"),
+        "{err}"
+    );
+    assert!(err.contains("to co-sign it run `vworkspace-operator release --cluster demo --key $ROOT/release-engineer --sign-only`; to replace it anyway (a new serial, their signatures removed) add --force"), "{err}");
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
+    // --sign-only co-signs; --force rewrites and says whose signatures went.
+    let out = bin(
+        &[
+            "release",
+            "--cluster",
+            "demo",
+            "--key",
+            &key,
+            "--sign-only",
+            "--name",
+            "alice",
+        ],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
+    let out = bin(
+        &["release", "--cluster", "demo", "--key", &key, "--force"],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("(serial 2, "), "{text}");
+    assert!(text.contains("removed clusters/demo/release.sigs/engineer.sig: it signed the previous manifest; its signer co-signs again with `vworkspace-operator release --cluster demo --key <their key> --sign-only`"), "{text}");
+}
+
+#[test]
+fn demo_keep_leaves_a_repository_that_verifies_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keep = dir.path().join("demo");
+    let out = bin(
+        &["demo", "--keep", keep.to_str().expect("utf8")],
+        dir.path(),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    for key in [
+        "odoo-commit",
+        "odoo-release",
+        "platform-engineer",
+        "cluster.agekey",
+    ] {
+        let mode = std::fs::metadata(keep.join("keys").join(key))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let text = stdout(&out);
+    let command = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vworkspace-operator verify "))
+        .expect("the verify command is printed");
+    let again = bin(
+        &std::iter::once("verify")
+            .chain(command.split(' '))
+            .collect::<Vec<_>>(),
+        dir.path(),
+        None,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&again),
+        stderr(&again)
+    );
+    assert!(
+        stdout(&again).contains("ok      values: 4 encrypted value(s) decrypt")
+            || stdout(&again).contains("encrypted value(s) decrypt")
+    );
+    // A non-empty directory is refused (the previous run's keys are never overwritten).
+    let out = bin(
+        &["demo", "--keep", keep.to_str().expect("utf8")],
+        dir.path(),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        golden(&out, dir.path()).1,
+        "error: --keep $ROOT/demo: the directory is not empty; give a new or empty directory\n"
+    );
+}
+
+#[test]
+fn json_output_completion_and_version() {
+    let f = fixture();
+    let out = f.verify(&["-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["apiVersion"], "cli.vworkspace.io/v1");
+    assert_eq!(doc["kind"], "VerifyResult");
+    assert_eq!(doc["result"], "passed");
+    assert_eq!(doc["release"]["serial"], 1);
+    assert_eq!(doc["release"]["signers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(doc["values"]["count"], 2);
+    assert_eq!(doc["values"]["decrypted"], true);
+    // A refusal in JSON: reason, findings and the fix.
+    let text = std::fs::read_to_string(f.repo.join(NEXTCLOUD)).expect("read");
+    f.write(NEXTCLOUD, &text.replace("6.6.4", "6.6.5"));
+    f.commit("forgot to release");
+    let out = f.verify(&["-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["result"], "refused");
+    assert_eq!(doc["reason"], "ReleaseInvalid");
+    assert_eq!(
+        doc["hints"][0],
+        "after an edit, write and sign a fresh release, then commit it: `vworkspace-operator release --cluster demo --key <your release key>` (a co-signer then runs it with --sign-only)"
+    );
+    let plan = f
+        .verify_cmd("plan", "demo", &["-o", "json", "--ref", "HEAD~1"])
+        .output()
+        .expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let doc: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("json");
+    assert_eq!(doc["kind"], "List");
+    assert_eq!(doc["items"].as_array().map(Vec::len), Some(3));
+    assert!(
+        !stdout(&plan).contains("BEGIN AGE"),
+        "ciphertext is redacted too"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin(&["completion", shell], &f.repo, None);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout(&out).contains("vworkspace-operator"), "{shell}");
+        assert!(stdout(&out).contains("worktree"), "{shell}");
+    }
+    let out = bin(&["--version"], &f.repo, None);
+    let version = stdout(&out);
+    assert!(
+        version.starts_with("vworkspace-operator 0.1.0 (commit "),
+        "{version}"
+    );
+    assert!(version.contains(", built 20"), "{version}");
+    // Durations for every time flag: --fetch-timeout takes 2m (and still a bare number).
+    let flags = trust_flags(&f);
+    let out = bin(
+        &with(
+            &["verify", "--fetch-timeout", "2m", "--ref", "HEAD~1"],
+            &flags,
+        ),
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = bin(
+        &with(&["verify", "--fetch-timeout", "soon"], &flags),
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn warn_expiry_warns_ahead_of_time() {
+    let f = fixture();
+    let out = f.verify(&["--warn-expiry", "60d"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let warning = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("warning "))
+        .map(str::to_owned)
+        .expect("a warning: the fixture's release expires in 30 days");
+    assert!(
+        warning.contains("clusters/demo/release.yaml: this verdict runs out at "),
+        "{warning}"
+    );
+    assert!(warning.ends_with("publish a fresh release: `vworkspace-operator release --cluster demo --key <your release key>`"), "{warning}");
+    let out = f.verify(&["--warn-expiry", "7d"]);
+    assert!(!stdout(&out).contains("warning "), "{}", stdout(&out));
+}
