@@ -54,6 +54,9 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Encrypt a value (stdin) to a cluster's age recipient, optionally bound to where it is used.
     Encrypt(EncryptArgs),
+    /// Re-encrypt every value of a cluster directory to a new recipient with the old identity
+    /// (rotation, like `sops updatekeys`).
+    Reencrypt(crate::authoring::encrypt::ReencryptArgs),
     /// Generate an age identity (cluster key) or an ed25519 SSH key pair (signing key).
     Keygen(KeygenArgs),
     /// Print the CustomResourceDefinitions, or write them into a directory.
@@ -359,6 +362,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Plan(args) => plan(&args, out),
         Command::Release(args) => crate::authoring::release::release(&args, out),
         Command::Encrypt(args) => crate::authoring::encrypt::encrypt(&args, out),
+        Command::Reencrypt(args) => crate::authoring::encrypt::reencrypt(&args, out),
         Command::Keygen(args) => crate::authoring::keygen::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),

@@ -431,3 +431,156 @@ mod tests {
         );
     }
 }
+
+/// `reencrypt` arguments.
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// The work tree (git's upward discovery finds its root).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The cluster whose values to re-encrypt (`clusters/<id>/`).
+    #[arg(long)]
+    pub cluster: String,
+    /// An identity file that opens the current values (the old key); repeat for several.
+    #[arg(long, required = true)]
+    pub identity: Vec<PathBuf>,
+    /// The new recipient (age1...).
+    #[arg(long)]
+    pub recipient: String,
+    /// Bind the values that are not bound yet to where they are (migrating to bound values).
+    #[arg(long)]
+    pub bind: bool,
+}
+
+/// `reencrypt`: every encrypted value of a cluster directory, opened with the old identity and
+/// encrypted to the new recipient, in place (rotation, like `sops updatekeys`). Bound values keep
+/// their binding; a value bound elsewhere than where it is refuses the whole run (nothing written).
+pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    vworkspace_core::secrets::parse_recipient(&args.recipient).map_err(usage)?;
+    let mut texts = Vec::new();
+    for path in &args.identity {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("--identity {}: {e}", path.display())))?;
+        texts.push((path.display().to_string(), text));
+    }
+    let identities = vworkspace_core::secrets::Identities::parse_many(&texts).map_err(usage)?;
+    let root = crate::cli::discover(&args.repo);
+    let limits = Limits::default();
+    let tree = super::release::read_worktree(&root, &args.cluster, &limits)?;
+    let mut edits: Vec<(PathBuf, String, String, usize)> = Vec::new();
+    let mut problems = Vec::new();
+    for (relative, entry) in &tree.entries {
+        let vworkspace_core::repository::TreeEntry::File(bytes) = entry else {
+            continue;
+        };
+        let parts: Vec<&str> = relative.split('/').collect();
+        let ["namespaces", namespace, "applicationinstances", file] = parts.as_slice() else {
+            continue;
+        };
+        let Some(instance) = file.strip_suffix(".yaml") else {
+            continue;
+        };
+        let shown = format!("clusters/{}/{relative}", args.cluster);
+        let object = match vworkspace_core::yaml::parse_document(bytes, &shown, &limits) {
+            Ok(object) => object,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let Some(values) = object.pointer("/spec/values") else {
+            continue;
+        };
+        let mut leaves = Vec::new();
+        vworkspace_core::secrets::for_each_armored(values, &mut |p, a| {
+            leaves.push((p.to_owned(), a.to_owned()))
+        });
+        if leaves.is_empty() {
+            continue;
+        }
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        for (path, armored) in &leaves {
+            let here = Binding {
+                cluster: args.cluster.clone(),
+                namespace: (*namespace).to_owned(),
+                instance: instance.to_owned(),
+                path: path.clone(),
+            };
+            let (binding, value) =
+                match vworkspace_core::secrets::decrypt(armored, &identities, &limits) {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        problems.push(format!("{shown}: spec.values.{path}: {e}"));
+                        continue;
+                    }
+                };
+            let binding = match binding {
+                Some(b) if b != here => {
+                    problems.push(format!(
+                        "{shown}: spec.values.{path}: bound to another place ({}/{}/{} {}); verify refuses it here, so it is not re-encrypted: encrypt the right value with --in-place",
+                        b.cluster, b.namespace, b.instance, b.path
+                    ));
+                    continue;
+                }
+                Some(b) => Some(b),
+                None if args.bind => Some(here),
+                None => None,
+            };
+            let fresh = vworkspace_core::secrets::encrypt(
+                value.expose(),
+                &args.recipient,
+                binding.as_ref(),
+            )
+            .map_err(usage)?;
+            let mut segments = vec!["spec", "values"];
+            segments.extend(path.split('.'));
+            match set_block_scalar(&text, &segments, &fresh) {
+                Ok(edited) => text = edited,
+                Err(why) => problems.push(format!("{shown}: spec.values.{path}: {why}")),
+            }
+        }
+        edits.push((root.join(&shown), shown, text, leaves.len()));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            writeln!(out, "refused {p}").map_err(io_error)?;
+        }
+        writeln!(out, "nothing was written").map_err(io_error)?;
+        return Ok(1);
+    }
+    // Every edited file must read back with every value re-encrypted, before any file is replaced.
+    for (_, shown, text, count) in &edits {
+        let object = vworkspace_core::yaml::parse_document(text.as_bytes(), shown, &limits)
+            .map_err(|e| {
+                usage(format!(
+                    "{shown}: the edited file does not parse ({e}); nothing written"
+                ))
+            })?;
+        let mut seen = 0usize;
+        if let Some(values) = object.pointer("/spec/values") {
+            vworkspace_core::secrets::for_each_armored(values, &mut |_, _| seen += 1);
+        }
+        if seen != *count {
+            return Err(usage(format!(
+                "{shown}: could not re-encrypt every value in place; nothing written"
+            )));
+        }
+    }
+    let mut total = 0usize;
+    for (path, shown, text, count) in &edits {
+        let tmp = path.with_extension("yaml.vworkspace-tmp");
+        std::fs::write(&tmp, text).map_err(io_error)?;
+        std::fs::rename(&tmp, path).map_err(io_error)?;
+        total += count;
+        writeln!(out, "re-encrypted {count} value(s) in {shown}").map_err(io_error)?;
+    }
+    writeln!(
+        out,
+        "re-encrypted {total} value(s) in {} file(s) to {}; next: `vworkspace-operator release --cluster {} --key <your release key>`, co-sign, commit; the operator needs the new identity before this release arrives",
+        edits.len(),
+        args.recipient.trim(),
+        args.cluster
+    )
+    .map_err(io_error)?;
+    Ok(0)
+}

@@ -664,3 +664,159 @@ fn warn_expiry_warns_ahead_of_time() {
     let out = f.verify(&["--warn-expiry", "7d"]);
     assert!(!stdout(&out).contains("warning "), "{}", stdout(&out));
 }
+
+#[test]
+fn reencrypt_rotates_every_value_to_a_new_recipient() {
+    let f = fixture();
+    run(Command::new("age-keygen")
+        .arg("-o")
+        .arg(f.path("new.agekey")));
+    let new_recipient = run(Command::new("age-keygen")
+        .arg("-y")
+        .arg(f.path("new.agekey")));
+    let new_recipient = stdout(&new_recipient).trim().to_owned();
+    let old = f.path("cluster.agekey").display().to_string();
+    let out = bin(
+        &[
+            "reencrypt",
+            "--cluster",
+            "demo",
+            "--identity",
+            &old,
+            "--recipient",
+            &new_recipient,
+            "--bind",
+        ],
+        &f.repo,
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "re-encrypted 1 value(s) in clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml\n\
+re-encrypted 1 value(s) in clusters/demo/namespaces/org-vault/applicationinstances/vaultwarden.yaml\n\
+re-encrypted 2 value(s) in 2 file(s) to {new_recipient}; next: `vworkspace-operator release --cluster demo --key <your release key>`, co-sign, commit; the operator needs the new identity before this release arrives\n"
+        )
+    );
+    assert_clean(&out);
+    f.release("demo", &[]);
+    f.commit("rotate the cluster key");
+    // The new key opens every value, and the once-plain value is now bound.
+    let new = f.path("new.agekey").display().to_string();
+    let flags = trust_flags(&f);
+    let out = bin(
+        &with(
+            &["verify", "--identity", &new, "--require-bound-values"],
+            &flags,
+        ),
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ok      values: 2 encrypted value(s) decrypt"),
+        "{}",
+        stdout(&out)
+    );
+    // The old key alone opens none.
+    let out = f.verify(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("no identity of this cluster decrypts it"),
+        "{}",
+        stdout(&out)
+    );
+    // A wrong identity: refused, nothing written.
+    let before = std::fs::read(f.repo.join(NEXTCLOUD)).expect("read");
+    let out = bin(
+        &[
+            "reencrypt",
+            "--cluster",
+            "demo",
+            "--identity",
+            &old,
+            "--recipient",
+            &new_recipient,
+        ],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).ends_with("nothing was written\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read(f.repo.join(NEXTCLOUD)).expect("read"), before);
+}
+
+#[test]
+fn the_documented_pre_commit_hook_stops_a_plaintext_credential() {
+    let f = fixture();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/signatures.md"))
+        .expect("docs");
+    let hook = docs
+        .split("```sh\n#!/bin/sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .map(|body| format!("#!/bin/sh\n{body}"))
+        .expect("the hook is in docs/signatures.md");
+    // The hook calls `vworkspace-operator` from PATH: ours.
+    let bin_dir = f.path("bin");
+    std::fs::create_dir_all(&bin_dir).expect("mkdir");
+    std::os::unix::fs::symlink(BIN, bin_dir.join("vworkspace-operator")).expect("link");
+    let hook_path = f.repo.join(".git/hooks/pre-commit");
+    std::fs::write(&hook_path, hook).expect("hook");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook_path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let commit = |f: &Fixture| {
+        f.git(&["add", "-A"]);
+        Command::new("git")
+            .current_dir(&f.repo)
+            .env("PATH", &path)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args([
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@example.org",
+                "commit",
+                "-q",
+                "-m",
+                "x",
+            ])
+            .output()
+            .expect("git commit")
+    };
+    f.write(NEXTCLOUD, &nextcloud("hunter2-PLAINTEXT-MARKER-hook"));
+    let out = commit(&f);
+    assert!(
+        !out.status.success(),
+        "the hook let a literal credential through"
+    );
+    // git shows a hook's output on its stderr.
+    assert!(
+        stderr(&out).contains("refused ValuesInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: spec.values.nextcloud.mail.smtp.password: a literal credential"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // A clean change commits (the hook notes the stale release and lets it through).
+    f.git(&["reset", "-q", "--hard"]);
+    f.write("README.md", "more notes\n");
+    let out = commit(&f);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
