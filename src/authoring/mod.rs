@@ -1,6 +1,7 @@
 //! Authoring: what the people and systems who write intent run (`release`, `keygen`, `demo`) and
 //! what they read (`report`). Below the command line: nothing here imports `cli`.
 
+pub mod agent;
 pub mod demo;
 pub mod duration;
 pub mod encrypt;

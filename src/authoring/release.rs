@@ -20,7 +20,8 @@ pub struct ReleaseArgs {
     /// The cluster id.
     #[arg(long)]
     pub cluster: String,
-    /// The ed25519 SSH private key to sign with (OpenSSH format, unencrypted).
+    /// The ed25519 key to sign with: an unencrypted OpenSSH private key, or (through ssh-agent,
+    /// SSH_AUTH_SOCK) a passphrase-protected one or its public key (.pub).
     #[arg(long)]
     pub key: PathBuf,
     /// How long the release stays valid: a duration such as 30d, 12h, 90m or 1h30m.
@@ -58,34 +59,128 @@ pub fn parse_duration(text: &str) -> Result<jiff::SignedDuration, CliError> {
     super::duration::parse("--expires", text, false)
 }
 
-/// Reads an ed25519 OpenSSH private key.
+/// Reads an unencrypted ed25519 OpenSSH private key (the benches and tools that sign directly).
 pub fn read_signing_key(path: &Path) -> Result<ssh_key::PrivateKey, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("--key {}: {e}", path.display())))?;
-    let key = ssh_key::PrivateKey::from_openssh(&text).map_err(|e| {
-        usage(format!(
-            "--key {}: not an OpenSSH private key: {e}",
+    match read_signer(path, None)? {
+        SigningKey::File(key) => Ok(*key),
+        SigningKey::Agent { .. } => Err(usage(format!(
+            "--key {}: needs ssh-agent; give an unencrypted private key here",
             path.display()
-        ))
-    })?;
-    if key.is_encrypted() {
+        ))),
+    }
+}
+
+/// What signs a release: a private key read from its file, or a key held by ssh-agent.
+#[derive(Debug)]
+pub enum SigningKey {
+    /// An unencrypted private key.
+    File(Box<ssh_key::PrivateKey>),
+    /// A key in ssh-agent (a passphrase-protected key, or `--key` naming a public key).
+    Agent {
+        /// The agent.
+        agent: super::agent::Agent,
+        /// The key's public half.
+        public: ssh_key::PublicKey,
+        /// The agent's comment for it.
+        comment: String,
+    },
+}
+
+impl SigningKey {
+    /// The public key.
+    pub fn public_key(&self) -> &ssh_key::PublicKey {
+        match self {
+            SigningKey::File(key) => key.public_key(),
+            SigningKey::Agent { public, .. } => public,
+        }
+    }
+
+    /// The key's comment (the principal people know it by), possibly empty.
+    pub fn comment(&self) -> &str {
+        match self {
+            SigningKey::File(key) => key.comment(),
+            SigningKey::Agent {
+                public, comment, ..
+            } if public.comment().is_empty() => comment,
+            SigningKey::Agent { public, .. } => public.comment(),
+        }
+    }
+
+    /// An armored SSHSIG over `message` for `namespace`.
+    pub fn sign(&self, message: &[u8], namespace: &str) -> Result<String, CliError> {
+        match self {
+            SigningKey::File(key) => {
+                vworkspace_core::trust::sshsig::sign(message, namespace, key).map_err(usage)
+            }
+            SigningKey::Agent { agent, public, .. } => agent
+                .sign_sshsig(public, namespace, message)
+                .map_err(|e| usage(format!("--key: {e}"))),
+        }
+    }
+}
+
+/// Reads `--key`: an unencrypted private key signs directly; a passphrase-protected private key, or
+/// a public key (`.pub`), signs through ssh-agent (`SSH_AUTH_SOCK`) when the agent holds it.
+pub fn read_signer(
+    path: &Path,
+    agent: Option<super::agent::Agent>,
+) -> Result<SigningKey, CliError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("--key {shown}: {e}")))?;
+    let agent = agent.or_else(super::agent::Agent::from_env);
+    let (public, why) = if text.trim_start().starts_with("-----BEGIN") {
+        let key = ssh_key::PrivateKey::from_openssh(&text)
+            .map_err(|e| usage(format!("--key {shown}: not an OpenSSH private key: {e}")))?;
+        if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+            return Err(usage(format!(
+                "--key {shown}: only ed25519 keys sign releases"
+            )));
+        }
+        if !key.is_encrypted() {
+            return Ok(SigningKey::File(Box::new(key)));
+        }
+        (key.public_key().clone(), "the key is passphrase-protected")
+    } else {
+        let public = ssh_key::PublicKey::from_openssh(text.trim()).map_err(|_| {
+            usage(format!(
+                "--key {shown}: neither an OpenSSH private key nor a public key (ssh-ed25519 AAAA...)"
+            ))
+        })?;
+        (
+            public,
+            "this is a public key, so the private key must be in ssh-agent",
+        )
+    };
+    if public.algorithm() != ssh_key::Algorithm::Ed25519 {
         return Err(usage(format!(
-            "--key {}: the key is passphrase-protected; decrypt a copy with ssh-keygen -p, or sign with ssh-keygen -Y sign",
-            path.display()
+            "--key {shown}: only ed25519 keys sign releases"
         )));
     }
-    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+    let fingerprint = public.fingerprint(ssh_key::HashAlg::Sha256);
+    let Some(agent) = agent else {
         return Err(usage(format!(
-            "--key {}: only ed25519 keys sign releases",
-            path.display()
+            "--key {shown}: {why}; release signs with it through ssh-agent, and SSH_AUTH_SOCK is not set: start one (`eval $(ssh-agent)`), `ssh-add {shown}`, then run release again"
         )));
+    };
+    match agent
+        .holds(&public)
+        .map_err(|e| usage(format!("--key {shown}: {e}")))?
+    {
+        Some(comment) => Ok(SigningKey::Agent {
+            agent,
+            public,
+            comment,
+        }),
+        None => Err(usage(format!(
+            "--key {shown}: {why}, and ssh-agent ({}) does not hold it ({fingerprint}): `ssh-add {shown}` (it asks for the passphrase once), then run release again",
+            agent.socket().display()
+        ))),
     }
-    Ok(key)
 }
 
 /// The file name a key's signature is written under: its comment, reduced to safe characters, or its
 /// fingerprint.
-fn signature_name(key: &ssh_key::PrivateKey, explicit: Option<&str>) -> Result<String, CliError> {
+fn signature_name(key: &SigningKey, explicit: Option<&str>) -> Result<String, CliError> {
     let raw = match explicit {
         Some(name) => name.to_owned(),
         None if !key.comment().is_empty() => key.comment().to_owned(),
@@ -232,7 +327,7 @@ fn valid_signatures(tree: &ClusterTree, manifest: &[u8]) -> Vec<(String, String)
 /// Before anything is written or signed, every check `verify` runs without a key runs on exactly
 /// the files the manifest will list; a refusal (exit 1) leaves the directory untouched.
 pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    let key = read_signing_key(&args.key)?;
+    let key = read_signer(&args.key, None)?;
     let name = signature_name(&key, args.name.as_deref())?;
     let expires_in = parse_duration(&args.expires)?;
     let root = crate::cli::discover(&args.repo);
@@ -367,8 +462,7 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
         }
         text.into_bytes()
     };
-    let armored = vworkspace_core::trust::sshsig::sign(&manifest_bytes, SIGNATURE_NAMESPACE, &key)
-        .map_err(usage)?;
+    let armored = key.sign(&manifest_bytes, SIGNATURE_NAMESPACE)?;
     std::fs::create_dir_all(&sigs_dir).map_err(|e| io(&sigs_dir, e))?;
     let sig_path = sigs_dir.join(format!("{name}.sig"));
     std::fs::write(&sig_path, armored).map_err(|e| io(&sig_path, e))?;

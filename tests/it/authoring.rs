@@ -820,3 +820,135 @@ fn the_documented_pre_commit_hook_stops_a_plaintext_credential() {
     let out = commit(&f);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
+
+/// `ssh-agent -D` on a socket under `root`, killed on drop.
+struct SshAgent {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_agent(root: &Path) -> SshAgent {
+    let socket = root.join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh-agent runs");
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(socket.exists(), "ssh-agent did not create its socket");
+    SshAgent { child, socket }
+}
+
+#[test]
+fn a_passphrase_protected_key_signs_through_ssh_agent() {
+    let f = fixture();
+    let key = f.path("carol");
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "correct horse",
+            "-C",
+            "carol",
+            "-f",
+        ])
+        .arg(&key));
+    let key_arg = key.display().to_string();
+    let cosign = |sock: Option<&Path>, key_arg: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "release",
+            "--cluster",
+            "demo",
+            "--sign-only",
+            "--key",
+            key_arg,
+        ])
+        .current_dir(&f.repo)
+        .env_remove("SSH_AUTH_SOCK");
+        if let Some(sock) = sock {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        cmd.output().expect("release runs")
+    };
+    // No agent: the key is named as passphrase-protected, with what to do.
+    let out = cosign(None, &key_arg);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        golden(&out, &f.root).1,
+        "error: --key $ROOT/carol: the key is passphrase-protected; release signs with it through ssh-agent, and SSH_AUTH_SOCK is not set: start one (`eval $(ssh-agent)`), `ssh-add $ROOT/carol`, then run release again\n"
+    );
+    let agent = ssh_agent(&f.root);
+    let out = cosign(Some(&agent.socket), &key_arg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the key is passphrase-protected, and ssh-agent (")
+            && stderr(&out).contains("does not hold it (SHA256:"),
+        "{}",
+        stderr(&out)
+    );
+    // ssh-add asks the passphrase through SSH_ASKPASS, as a desktop would.
+    let askpass = f.path("askpass.sh");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'correct horse'\n").expect("askpass");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    run(Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::null()));
+    let out = cosign(Some(&agent.socket), &key_arg);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "signed clusters/demo/release.yaml as clusters/demo/release.sigs/carol.sig (SHA256:"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    // The public key alone names the agent's key too.
+    let out = cosign(Some(&agent.socket), &format!("{key_arg}.pub"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // ssh-keygen agrees with the agent's signature.
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let signers = f.path("carol_signers");
+    std::fs::write(
+        &signers,
+        format!("carol namespaces=\"vworkspace-release\" {public}"),
+    )
+    .expect("write");
+    let manifest = f.repo.join("clusters/demo/release.yaml");
+    run(Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-I",
+            "carol",
+            "-n",
+            "vworkspace-release",
+            "-f",
+        ])
+        .arg(&signers)
+        .arg("-s")
+        .arg(f.repo.join("clusters/demo/release.sigs/carol.sig"))
+        .stdin(std::fs::File::open(&manifest).expect("open")));
+}
