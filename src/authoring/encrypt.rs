@@ -122,7 +122,7 @@ fn read_value() -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
 fn binding_from_place(file: &Path, path: &str) -> Result<(Binding, String), CliError> {
     let absolute = std::fs::canonicalize(file)
         .map_err(|e| usage(format!("--in-place {}: {e}", file.display())))?;
-    let root = crate::cli::discover(absolute.parent().unwrap_or(Path::new("/")));
+    let root = super::inputs::discover(absolute.parent().unwrap_or(Path::new("/")));
     let relative = absolute
         .strip_prefix(&root)
         .map_err(|_| {
@@ -464,7 +464,7 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode, 
         texts.push((path.display().to_string(), text));
     }
     let identities = vworkspace_core::secrets::Identities::parse_many(&texts).map_err(usage)?;
-    let root = crate::cli::discover(&args.repo);
+    let root = super::inputs::discover(&args.repo);
     let limits = Limits::default();
     let tree = super::release::read_worktree(&root, &args.cluster, &limits)?;
     let mut edits: Vec<(PathBuf, String, String, usize)> = Vec::new();

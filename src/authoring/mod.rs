@@ -5,6 +5,7 @@ pub mod agent;
 pub mod demo;
 pub mod duration;
 pub mod encrypt;
+pub mod inputs;
 pub mod keygen;
 pub mod release;
 pub mod report;

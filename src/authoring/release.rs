@@ -330,7 +330,7 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
     let key = read_signer(&args.key, None)?;
     let name = signature_name(&key, args.name.as_deref())?;
     let expires_in = parse_duration(&args.expires)?;
-    let root = crate::cli::discover(&args.repo);
+    let root = super::inputs::discover(&args.repo);
     let cluster = &args.cluster;
     let dir = root.join("clusters").join(cluster);
     let manifest_path = dir.join(MANIFEST_FILE);
