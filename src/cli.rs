@@ -48,6 +48,9 @@ pub enum Command {
     Verify(TrustArgs),
     /// Show the objects a pass would apply, as multi-document YAML (secret values redacted).
     Plan(TrustArgs),
+    /// What a pass would change in the live cluster (your kubeconfig): create, update field by
+    /// field, prune. Exit 0 no changes, 1 changes, 2 usage, 3 refused or unreachable (kubectl diff).
+    Diff(crate::authoring::diff::DiffArgs),
     /// Write clusters/<id>/release.yaml (hashes, next serial) and sign it.
     Release(ReleaseArgs),
     /// Encrypt a value (stdin) to a cluster's age recipient, optionally bound to where it is used.
@@ -138,6 +141,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Verify(args) if args.worktree => verify_worktree(&args, out),
         Command::Verify(args) => verify(&args, out),
         Command::Plan(args) => plan(&args, out),
+        Command::Diff(args) if args.trust.worktree => Err(usage(
+            "--worktree is for verify: diff shows what a verified release would change",
+        )),
+        Command::Diff(args) => crate::authoring::diff::diff(&args, out),
         Command::Release(args) => crate::authoring::release::release(&args, out),
         Command::Encrypt(args) => crate::authoring::encrypt::encrypt(&args, out),
         Command::Reencrypt(args) => crate::authoring::encrypt::reencrypt(&args, out),

@@ -68,11 +68,11 @@ pub struct TrustArgs {
     pub cluster: String,
     /// Trusted commit signers, git's allowed_signers format. In a pull request's CI take it from the
     /// base branch or the cluster, never from the checkout under review (docs/signatures.md).
-    #[arg(long, required_unless_present = "worktree")]
+    #[arg(long, required_unless_present_any = ["worktree", "from_cluster"])]
     pub allowed_signers: Option<PathBuf>,
     /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release"; from the
     /// base branch or the cluster, like --allowed-signers.
-    #[arg(long, required_unless_present = "worktree")]
+    #[arg(long, required_unless_present_any = ["worktree", "from_cluster"])]
     pub release_signers: Option<PathBuf>,
     /// How many distinct trusted release keys must sign.
     #[arg(long, default_value_t = 1)]
@@ -101,6 +101,79 @@ pub struct TrustArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// Read the trust inputs (signers, threshold, identity, value policy, last applied commit and
+    /// release) from this Cluster object and the ConfigMaps and Secret it names, with your
+    /// kubeconfig, instead of from flags: judge as the operator will.
+    #[arg(long, conflicts_with_all = ["allowed_signers", "release_signers", "threshold", "identity", "last_serial", "last_commit", "require_bound_values", "worktree"])]
+    pub from_cluster: Option<String>,
+    /// Where the operator's ConfigMaps and Secrets live (for --from-cluster).
+    #[arg(long, default_value = vworkspace_controller::cluster::rbac::OPERATOR_NAMESPACE)]
+    pub operator_namespace: String,
+}
+
+/// The Cluster object `--from-cluster` names and the trust configuration it makes, read with
+/// `client`: the same inputs and the same pure function as the operator's pass.
+pub async fn cluster_config(
+    client: &kube::Client,
+    args: &TrustArgs,
+    name: &str,
+) -> Result<(vworkspace_core::crd::Cluster, TrustConfig), String> {
+    let clusters: kube::Api<vworkspace_core::crd::Cluster> = kube::Api::all(client.clone());
+    let cluster = clusters
+        .get(name)
+        .await
+        .map_err(|e| format!("read Cluster {name}: {e}"))?;
+    if cluster.spec.cluster_id != args.cluster {
+        return Err(format!(
+            "--from-cluster {name} is for clusterId {:?}, not --cluster {:?}",
+            cluster.spec.cluster_id, args.cluster
+        ));
+    }
+    let inputs = vworkspace_controller::cluster::trust::read_inputs(
+        client,
+        &args.operator_namespace,
+        &cluster.spec,
+    )
+    .await
+    .map_err(|e| format!("read the trust inputs of Cluster {name}: {e}"))?;
+    let now = match &args.now {
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| format!("--now {text:?}: not an RFC 3339 instant: {e}"))?,
+        None => jiff::Timestamp::now(),
+    };
+    let trust = vworkspace_controller::cluster::trust::trust_config(
+        &cluster.spec,
+        cluster.status.as_ref(),
+        &inputs,
+        now,
+        &Limits::default(),
+    )
+    .map_err(|e| format!("the trust inputs of Cluster {name}: {e}"))?;
+    Ok((cluster, trust.config))
+}
+
+/// The trust configuration of `verify` and `plan`: from the flags, or from the Cluster object
+/// (`--from-cluster`, read with the caller's kubeconfig).
+pub fn config_for(args: &TrustArgs) -> Result<TrustConfig, CliError> {
+    let Some(name) = &args.from_cluster else {
+        return trust_config(args);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error)?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            CliError::Io(format!(
+                "--from-cluster {name}: cannot reach the cluster with your kubeconfig: {e}"
+            ))
+        })?;
+        cluster_config(&client, args, name)
+            .await
+            .map(|(_, config)| config)
+            .map_err(CliError::Io)
+    })
 }
 
 /// The `--history` values.
@@ -290,7 +363,7 @@ pub fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, Cl
 pub fn pass(
     args: &TrustArgs,
 ) -> Result<(TrustConfig, Result<pipeline::VerifiedIntent, Refusal>), CliError> {
-    let config = trust_config(args)?;
+    let config = config_for(args)?;
     let outcome = match open_source(args)? {
         Ok((repo, reference, _temp)) => pipeline::verify_ref(&repo, &reference, &config)
             .map_err(|e| Refusal::from(&e).with_hints(&args.cluster)),

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod demo;
+pub mod diff;
 pub mod duration;
 pub mod encrypt;
 pub mod inputs;

@@ -952,3 +952,211 @@ fn a_passphrase_protected_key_signs_through_ssh_agent() {
         .arg(f.repo.join("clusters/demo/release.sigs/carol.sig"))
         .stdin(std::fs::File::open(&manifest).expect("open")));
 }
+
+mod diff {
+    //! `diff` against the fake API server at the HTTP boundary: the cluster as the operator left it
+    //! after applying release 1, then a commit that changes, adds and removes objects.
+
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use serde_json::json;
+
+    use crate::common::*;
+    use crate::support::fake_api::*;
+    use vworkspace_controller::cluster::{self, Context, Settings};
+    use vworkspace_controller::metrics::Metrics;
+    use vworkspace_core::crd::Cluster;
+
+    const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+
+    fn seeded(f: &Fixture) -> Arc<FakeApi> {
+        let api = Arc::new(FakeApi::default());
+        let read = |name: &str| std::fs::read_to_string(f.path(name)).expect("read");
+        api.put(
+            "/api/v1/namespaces/vworkspace-system/configmaps/trust",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "trust", "namespace": "vworkspace-system"},
+                   "data": {"commit_signers": read("commit_signers"), "release_signers": read("release_signers")}}),
+        );
+        use base64::Engine;
+        let identity = base64::engine::general_purpose::STANDARD.encode(read("cluster.agekey"));
+        api.put(
+            "/api/v1/namespaces/vworkspace-system/secrets/cluster-age",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-age", "namespace": "vworkspace-system"},
+                   "data": {"identity.agekey": identity}}),
+        );
+        for name in ["org-myteam", "org-vault"] {
+            api.put(
+                &format!("/api/v1/namespaces/{name}"),
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+                       "labels": {"app.vworkspace.io/managed-by": "vworkspace"}}}),
+            );
+        }
+        api.put(
+            CLUSTER_PATH,
+            json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
+                   "metadata": {"name": "demo", "uid": "0f5a-uid", "generation": 1, "resourceVersion": "1"},
+                   "spec": {
+                     "clusterId": "demo",
+                     "source": {"url": format!("file://{}", f.repo.display()), "ref": {"branch": "main"}, "interval": "5m"},
+                     "commitSigners": {"configMapRef": {"name": "trust", "key": "commit_signers"}},
+                     "release": {"signersConfigMapRef": {"name": "trust", "key": "release_signers"}, "threshold": 2},
+                     "decryption": {"identitySecretRef": {"name": "cluster-age"}},
+                     "policy": {"requireBoundValues": false}
+                   }}),
+        );
+        api
+    }
+
+    async fn reconcile(api: &Arc<FakeApi>) {
+        let cache = tempfile::tempdir().expect("cache");
+        let settings = Settings {
+            namespace: "vworkspace-system".into(),
+            cache_dir: cache.path().to_owned(),
+            fetch: Default::default(),
+            limits: Default::default(),
+            pass_timeout: std::time::Duration::from_secs(60),
+        };
+        let ctx = Arc::new(Context::new(
+            api.client(),
+            settings,
+            Arc::new(Metrics::default()),
+        ));
+        let object: Cluster =
+            serde_json::from_value(api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster");
+        cluster::reconcile(Arc::new(object), ctx)
+            .await
+            .expect("the pass applies");
+    }
+
+    async fn diff(api: &Arc<FakeApi>, f: &Fixture, extra: &[&str]) -> (u8, String) {
+        let repo = f.repo.display().to_string();
+        let args: Vec<&str> = [
+            "vworkspace-operator",
+            "diff",
+            "--repo",
+            &repo,
+            "--cluster",
+            "demo",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+        let cli = vworkspace_operator::cli::Cli::parse_from(args);
+        let vworkspace_operator::cli::Command::Diff(args) = cli.command else {
+            panic!("parsed as diff")
+        };
+        api.clear();
+        let mut out = Vec::new();
+        let code =
+            vworkspace_operator::authoring::diff::diff_with_client(&args, api.client(), &mut out)
+                .await
+                .expect("diff runs");
+        // diff only reads.
+        assert!(
+            api.requests().iter().all(|r| !r.is_write()),
+            "diff wrote to the cluster"
+        );
+        (code, String::from_utf8(out).expect("utf8"))
+    }
+
+    #[tokio::test]
+    async fn diff_shows_create_update_prune_and_exits_like_kubectl_diff() {
+        let f = fixture();
+        let api = seeded(&f);
+        reconcile(&api).await;
+        let head = f.git(&["rev-parse", "HEAD"]);
+        let (code, text) = diff(&api, &f, &["--from-cluster", "demo"]).await;
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(
+            text,
+            format!("unchanged 3 object(s); commit {head}, release serial 1\n")
+        );
+
+        // Bump a chart, rotate a secret, drop the backup, add an operation.
+        let nc = "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml";
+        let smtp = f.bound_encrypt(
+            "hunter2-PLAINTEXT-MARKER-new",
+            "org-myteam",
+            "nextcloud",
+            "nextcloud.mail.smtp.password",
+            "demo",
+        );
+        f.write(nc, &nextcloud(&smtp).replace("6.6.4", "6.6.5"));
+        std::fs::remove_file(
+            f.repo
+                .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
+        )
+        .expect("rm");
+        f.write(
+            "clusters/demo/namespaces/org-vault/operations/weekly.yaml",
+            &BACKUP
+                .replace("name: nightly", "name: weekly")
+                .replace("nextcloud", "vaultwarden"),
+        );
+        f.release("demo", &[]);
+        let head = f.commit("release 2");
+        let (code, text) = diff(&api, &f, &["--from-cluster", "demo"]).await;
+        assert_eq!(code, 1, "{text}");
+        assert_eq!(
+            text,
+            format!(
+                "create    Operation org-vault/weekly\n{}\n{}\n{}\nprune     Operation org-myteam/nightly\nunchanged 1 object(s); commit {head}, release serial 2\n",
+                "update    ApplicationInstance org-myteam/nextcloud",
+                "          ~ spec.chart.version: \"6.6.4\" -> \"6.6.5\"",
+                "          ~ spec.values.nextcloud.mail.smtp.password: <redacted> (changed)"
+            )
+        );
+        assert!(!text.contains("PLAINTEXT-MARKER") && !text.contains("BEGIN AGE"));
+        // The same with trust inputs from flags, as JSON.
+        let signers = f.path("commit_signers").display().to_string();
+        let release = f.path("release_signers").display().to_string();
+        let identity = f.path("cluster.agekey").display().to_string();
+        let (code, text) = diff(
+            &api,
+            &f,
+            &[
+                "--allowed-signers",
+                &signers,
+                "--release-signers",
+                &release,
+                "--threshold",
+                "2",
+                "--identity",
+                &identity,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 1, "{text}");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(doc["kind"], "DiffResult");
+        assert_eq!(doc["create"], json!(["Operation org-vault/weekly"]));
+        assert_eq!(doc["prune"], json!(["Operation org-myteam/nightly"]));
+        assert_eq!(
+            doc["update"][0]["fields"][0],
+            json!({"path": "spec.chart.version", "from": "\"6.6.4\"", "to": "\"6.6.5\""})
+        );
+        // The operator applies release 2: nothing left to change.
+        reconcile(&api).await;
+        let (code, text) = diff(&api, &f, &["--from-cluster", "demo"]).await;
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(
+            text,
+            format!("unchanged 3 object(s); commit {head}, release serial 2\n")
+        );
+        // The older commit, judged against what the Cluster applied: refused, an error for diff
+        // (exit 3, as kubectl diff's >1).
+        let (code, text) = diff(&api, &f, &["--from-cluster", "demo", "--ref", "HEAD~1"]).await;
+        assert_eq!(code, 3, "{text}");
+        assert!(text.starts_with("refused HistoryInvalid: "), "{text}");
+        // A Cluster that is not there.
+        let (code, text) = diff(&api, &f, &["--from-cluster", "prod"]).await;
+        assert_eq!(code, 3);
+        assert!(
+            text.starts_with("error   --from-cluster: read Cluster prod: "),
+            "{text}"
+        );
+    }
+}
