@@ -55,6 +55,9 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Encrypt a value (stdin) to a cluster's age recipient, optionally bound to where it is used.
     Encrypt(EncryptArgs),
+    /// Print the age recipient(s) a Cluster publishes in its status (your kubeconfig): what
+    /// `encrypt --recipient` takes.
+    Recipient(crate::authoring::recipient::RecipientArgs),
     /// Re-encrypt every value of a cluster directory to a new recipient with the old identity
     /// (rotation, like `sops updatekeys`).
     Reencrypt(crate::authoring::encrypt::ReencryptArgs),
@@ -147,6 +150,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Diff(args) => crate::authoring::diff::diff(&args, out),
         Command::Release(args) => crate::authoring::release::release(&args, out),
         Command::Encrypt(args) => crate::authoring::encrypt::encrypt(&args, out),
+        Command::Recipient(args) => crate::authoring::recipient::recipient(&args, out),
         Command::Reencrypt(args) => crate::authoring::encrypt::reencrypt(&args, out),
         Command::Keygen(args) => crate::authoring::keygen::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod encrypt;
 pub mod inputs;
 pub mod keygen;
+pub mod recipient;
 pub mod release;
 pub mod report;
 

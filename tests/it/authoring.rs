@@ -953,7 +953,7 @@ fn a_passphrase_protected_key_signs_through_ssh_agent() {
         .stdin(std::fs::File::open(&manifest).expect("open")));
 }
 
-mod diff {
+mod against_the_cluster {
     //! `diff` against the fake API server at the HTTP boundary: the cluster as the operator left it
     //! after applying release 1, then a commit that changes, adds and removes objects.
 
@@ -1009,6 +1009,10 @@ mod diff {
     }
 
     async fn reconcile(api: &Arc<FakeApi>) {
+        reconcile_with(api, jiff::Timestamp::now).await;
+    }
+
+    async fn reconcile_with(api: &Arc<FakeApi>, clock: fn() -> jiff::Timestamp) -> Arc<Metrics> {
         let cache = tempfile::tempdir().expect("cache");
         let settings = Settings {
             namespace: "vworkspace-system".into(),
@@ -1017,16 +1021,19 @@ mod diff {
             limits: Default::default(),
             pass_timeout: std::time::Duration::from_secs(60),
         };
-        let ctx = Arc::new(Context::new(
-            api.client(),
-            settings,
-            Arc::new(Metrics::default()),
-        ));
-        let object: Cluster =
-            serde_json::from_value(api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster");
-        cluster::reconcile(Arc::new(object), ctx)
-            .await
-            .expect("the pass applies");
+        let metrics = Arc::new(Metrics::default());
+        let mut ctx = Context::new(api.client(), settings, metrics.clone());
+        ctx.clock = clock;
+        let ctx = Arc::new(ctx);
+        // Two passes: the second must add nothing (no second Event).
+        for _ in 0..2 {
+            let object: Cluster =
+                serde_json::from_value(api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster");
+            cluster::reconcile(Arc::new(object), ctx.clone())
+                .await
+                .expect("the pass applies");
+        }
+        metrics
     }
 
     async fn diff(api: &Arc<FakeApi>, f: &Fixture, extra: &[&str]) -> (u8, String) {
@@ -1158,5 +1165,82 @@ mod diff {
             text.starts_with("error   --from-cluster: read Cluster prod: "),
             "{text}"
         );
+    }
+
+    fn in_25_days() -> jiff::Timestamp {
+        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(25 * 24)
+    }
+
+    #[tokio::test]
+    async fn the_cluster_publishes_its_recipient_and_warns_before_the_release_expires() {
+        let f = fixture();
+        let api = seeded(&f);
+        api.clear();
+        let metrics = reconcile_with(&api, jiff::Timestamp::now).await;
+        let status = api.get(CLUSTER_PATH).expect("cluster")["status"].clone();
+        assert_eq!(status["recipients"], json!([f.recipient]));
+        let text = serde_json::to_string(&status).expect("json");
+        assert!(
+            !text.contains("AGE-SECRET-KEY"),
+            "a private key in the status: {text}"
+        );
+        // `recipient --cluster demo` prints it, like kubeseal --fetch-cert.
+        let cli = vworkspace_operator::cli::Cli::parse_from([
+            "vworkspace-operator",
+            "recipient",
+            "--cluster",
+            "demo",
+        ]);
+        let vworkspace_operator::cli::Command::Recipient(args) = cli.command else {
+            panic!("parsed as recipient")
+        };
+        let mut out = Vec::new();
+        let code = vworkspace_operator::authoring::recipient::recipient_with_client(
+            &args,
+            api.client(),
+            &mut out,
+        )
+        .await
+        .expect("recipient runs");
+        assert_eq!(code, 0);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!("{}\n", f.recipient)
+        );
+        // The release's expiry, per Cluster, for alerts.
+        let exported = metrics.encode();
+        let line = exported
+            .lines()
+            .find(|l| {
+                l.starts_with("vworkspace_release_expiry_timestamp_seconds{cluster=\"demo\"} ")
+            })
+            .unwrap_or_else(|| panic!("no expiry metric: {exported}"));
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        let in_30_days = (jiff::Timestamp::now().as_second() + 30 * 86_400) as f64;
+        assert!((value - in_30_days).abs() < 600.0, "{line}");
+        // 30 days out: no warning. Five days before expiry: one Warning Event, not one per pass.
+        let expiring = |api: &FakeApi| {
+            api.requests()
+                .into_iter()
+                .filter(|r| r.method == http::Method::POST && r.path.ends_with("/events"))
+                .filter(|r| r.body["reason"] == "ReleaseExpiringSoon")
+                .collect::<Vec<_>>()
+        };
+        assert!(expiring(&api).is_empty());
+        api.clear();
+        reconcile_with(&api, in_25_days).await;
+        let events = expiring(&api);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].body["type"], "Warning");
+        let message = events[0].body["message"].as_str().expect("message");
+        assert!(
+            message.starts_with("clusters/demo/release.yaml (serial 1) expires at "),
+            "{message}"
+        );
+        assert!(message.ends_with("publish a fresh release (vworkspace-operator release --cluster demo --key <release key>), co-sign, commit"), "{message}");
     }
 }

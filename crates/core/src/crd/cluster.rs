@@ -303,6 +303,11 @@ pub struct ClusterStatus {
     /// Managed namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_namespaces: Vec<ManagedNamespace>,
+    /// The age recipients (public keys, `age1...`) of the identities this Cluster decrypts with:
+    /// what `vworkspace-operator encrypt --recipient` takes (`recipient --cluster NAME` prints them).
+    /// Never a private key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// The generation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -169,6 +169,12 @@ impl Identities {
         self.0.len()
     }
 
+    /// The `age1...` recipients (public keys) of the identities, in order: what `encrypt --recipient`
+    /// takes. Public: safe to publish (the Cluster status does).
+    pub fn recipients(&self) -> Vec<String> {
+        self.0.iter().map(|i| i.to_public().to_string()).collect()
+    }
+
     /// Whether both sets hold the same keys in the same order.
     pub fn same_keys(&self, other: &Identities) -> bool {
         // Compared by their public halves: no secret is touched to answer.
