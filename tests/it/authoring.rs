@@ -244,6 +244,17 @@ fn messages_say_what_was_wrong_in_one_line() {
         stdout(&out),
         "refused IntentInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: does not match its CRD type: invalid type: floating point `2.1`, expected a string; line 9: YAML reads `version: 2.10` as the number 2.1: quote it, `version: \"2.10\"`\n"
     );
+    // A typo in a field: named with its line and column.
+    f.write(
+        NEXTCLOUD,
+        &text.replace("  chart:\n", "  chartt: 1\n  chart:\n"),
+    );
+    let out = bin(&with(&["verify", "--worktree"], &flags[..2]), &f.repo, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "refused IntentInvalid: clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: does not match its CRD type: unknown field `chartt`, expected one of `chart`, `releaseName`, `values`, `suspend` (line 6, column 3)\n"
+    );
     f.write(NEXTCLOUD, &text);
     // --expires 0s
     let out = release_odoo(&f, &["--expires", "0s"]);

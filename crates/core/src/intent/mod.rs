@@ -288,7 +288,7 @@ fn number_hint(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
         .and_then(|rest| rest.split_once("`, expected a string"))
         .map(|(n, _)| n.to_owned());
     let Some(number) = number else {
-        return error;
+        return unknown_field_line(error, bytes);
     };
     let text = String::from_utf8_lossy(bytes);
     for (index, line) in text.lines().enumerate() {
@@ -313,6 +313,33 @@ fn number_hint(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
     IntentErrorKind::InvalidSpec(format!(
         "{message}; YAML reads an unquoted number (2.10 becomes 2.1): quote the value"
     ))
+}
+
+/// Adds the line of an unknown field (`unknown field \`chartt\``): the first line that writes it as a
+/// key.
+fn unknown_field_line(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
+    let IntentErrorKind::InvalidSpec(message) = &error else {
+        return error;
+    };
+    let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return error;
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let found = text.lines().enumerate().find_map(|(index, line)| {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        let key = trimmed.split(':').next()?.trim().trim_matches(['"', '\'']);
+        (key == field && trimmed.contains(':'))
+            .then(|| (index + 1, line.len() - line.trim_start().len() + 1))
+    });
+    match found {
+        Some((line, column)) => {
+            IntentErrorKind::InvalidSpec(format!("{message} (line {line}, column {column})"))
+        }
+        None => error,
+    }
 }
 
 /// The typed object: the spec types refuse unknown fields, so a typo fails here.
