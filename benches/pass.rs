@@ -128,6 +128,8 @@ fn generate(scale: Scale) -> Generated {
         serial: None,
         name: None,
         sign_only: false,
+        force: false,
+        unchecked: false,
     };
     vworkspace_operator::authoring::release::release(&args, &mut std::io::sink()).expect("release");
     ok(cmd(

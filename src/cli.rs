@@ -3,28 +3,38 @@
 //! Exit codes: 0 when the checked ref passes, 1 when it is refused (each finding on its own line),
 //! 2 on usage errors (bad flags, unreadable inputs).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::authoring::duration;
+use crate::authoring::encrypt::EncryptArgs;
+pub use crate::authoring::inputs::{
+    HistoryArg, OutputFormat, TrustArgs, discover, open_source, parse_ref, pass, trust_config,
+};
+use crate::authoring::inputs::{io_error, usage};
 use crate::authoring::keygen::KeygenArgs;
 use crate::authoring::release::ReleaseArgs;
-use crate::authoring::report::{Refusal, report_pass, report_refusal};
+use crate::authoring::report::{self, Refusal, report_pass, report_refusal};
 pub use crate::authoring::{CliError, ExitCode};
 
-use vworkspace_core::crd::HistoryPolicy;
 use vworkspace_core::limits::Limits;
 use vworkspace_core::pipeline::{self, TrustConfig};
-use vworkspace_core::repository::{GitRef, LocalRepository};
-use vworkspace_core::secrets::Identities;
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
-use vworkspace_core::trust::signers::AllowedSigners;
+
+/// The version line: the crate version, the commit it was built from and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VWORKSPACE_COMMIT"),
+    ", built ",
+    env!("VWORKSPACE_BUILD_DATE"),
+    ")"
+);
 
 /// vworkspace-operator, GitOps mode: verify signed intent from Git and reconcile it into a cluster.
 #[derive(Debug, Parser)]
-#[command(name = "vworkspace-operator", version, about, long_about = None)]
+#[command(name = "vworkspace-operator", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -38,10 +48,19 @@ pub enum Command {
     Verify(TrustArgs),
     /// Show the objects a pass would apply, as multi-document YAML (secret values redacted).
     Plan(TrustArgs),
+    /// What a pass would change in the live cluster (your kubeconfig): create, update field by
+    /// field, prune. Exit 0 no changes, 1 changes, 2 usage, 3 refused or unreachable (kubectl diff).
+    Diff(crate::authoring::diff::DiffArgs),
     /// Write clusters/<id>/release.yaml (hashes, next serial) and sign it.
     Release(ReleaseArgs),
     /// Encrypt a value (stdin) to a cluster's age recipient, optionally bound to where it is used.
     Encrypt(EncryptArgs),
+    /// Print the age recipient(s) a Cluster publishes in its status (your kubeconfig): what
+    /// `encrypt --recipient` takes.
+    Recipient(crate::authoring::recipient::RecipientArgs),
+    /// Re-encrypt every value of a cluster directory to a new recipient with the old identity
+    /// (rotation, like `sops updatekeys`).
+    Reencrypt(crate::authoring::encrypt::ReencryptArgs),
     /// Generate an age identity (cluster key) or an ed25519 SSH key pair (signing key).
     Keygen(KeygenArgs),
     /// Print the CustomResourceDefinitions, or write them into a directory.
@@ -51,6 +70,16 @@ pub enum Command {
     /// Run the operator: reconcile every Cluster resource into this cluster (KUBECONFIG, then
     /// in-cluster). Logs JSON to stderr.
     Run(RunArgs),
+    /// Print a shell completion script: `source <(vworkspace-operator completion bash)`.
+    Completion(CompletionArgs),
+}
+
+/// `completion` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Flags of `run`.
@@ -74,9 +103,9 @@ pub struct RunArgs {
     /// Reconcile every Cluster once and exit: 0 if all passed, 1 otherwise.
     #[arg(long)]
     pub once: bool,
-    /// Time limit of one fetch, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub fetch_timeout: u64,
+    /// Time limit of one fetch: a duration such as 120s or 2m (a bare number is seconds).
+    #[arg(long, value_parser = duration::seconds_flag, default_value = "120s")]
+    pub fetch_timeout: std::time::Duration,
     /// Largest pack one fetch may receive, in bytes.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_fetch_bytes: u64,
@@ -92,101 +121,6 @@ pub struct RunArgs {
     pub webhook_addr: std::net::SocketAddr,
 }
 
-/// Inputs shared by `verify` and `plan`.
-#[derive(Debug, Args)]
-pub struct TrustArgs {
-    /// The repository: a path to a work tree or bare repository, or a file://, git://, http:// or
-    /// https:// URL (fetched into --cache-dir).
-    #[arg(long)]
-    pub repo: String,
-    /// Where fetched repositories are cached between runs (default: a temporary directory, so every
-    /// run clones afresh).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Credentials for an http(s) URL: a file of key=value lines, `username` and `password`, or
-    /// `bearerToken` (the keys of the Cluster's auth Secret).
-    #[arg(long)]
-    pub auth_file: Option<PathBuf>,
-    /// Extra CA certificates (PEM) to trust for an https URL.
-    #[arg(long)]
-    pub ca_file: Option<PathBuf>,
-    /// Time limit of the whole fetch, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub fetch_timeout: u64,
-    /// Largest pack a fetch may receive, in bytes.
-    #[arg(long, default_value_t = 512 * 1024 * 1024)]
-    pub max_fetch_bytes: u64,
-    /// The last applied commit: the ref must descend from it.
-    #[arg(long)]
-    pub last_commit: Option<String>,
-    /// `head`: only the checked commit must be signed; `all`: every commit since --last-commit too.
-    #[arg(long, value_enum, default_value = "head")]
-    pub history: HistoryArg,
-    /// Accept a ref that does not descend from --last-commit.
-    #[arg(long)]
-    pub allow_history_rewrite: bool,
-    /// The ref to check: a branch, tag or commit (default: HEAD).
-    #[arg(long = "ref", default_value = "HEAD")]
-    pub git_ref: String,
-    /// This cluster's id (the directory clusters/<id>/).
-    #[arg(long)]
-    pub cluster: String,
-    /// Trusted commit signers, git's allowed_signers format.
-    #[arg(long)]
-    pub allowed_signers: PathBuf,
-    /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release".
-    #[arg(long)]
-    pub release_signers: PathBuf,
-    /// How many distinct trusted release keys must sign.
-    #[arg(long, default_value_t = 1)]
-    pub threshold: usize,
-    /// The cluster's age identity file; repeat for rotation. Without it values are checked for form only.
-    #[arg(long)]
-    pub identity: Vec<PathBuf>,
-    /// The last applied serial: the release must exceed it.
-    #[arg(long)]
-    pub last_serial: Option<u64>,
-    /// The longest a release may be valid, in days from the verifier's clock to its expires (as the
-    /// Cluster's spec.policy.maxReleaseValidityDays).
-    #[arg(long, default_value_t = vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS)]
-    pub max_release_validity_days: u32,
-    /// Refuse encrypted values that are not bound to where they are found.
-    #[arg(long)]
-    pub require_bound_values: bool,
-    /// The verifier's clock, RFC 3339 (default: now).
-    #[arg(long)]
-    pub now: Option<String>,
-}
-
-/// The `--history` values.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum HistoryArg {
-    /// Only the checked commit must be signed.
-    Head,
-    /// Every commit since the last applied one must be signed.
-    All,
-}
-
-/// `encrypt` arguments.
-#[derive(Debug, Args)]
-pub struct EncryptArgs {
-    /// The cluster's age recipient (age1...).
-    #[arg(long)]
-    pub recipient: String,
-    /// Bind to this cluster id (all four binding flags go together).
-    #[arg(long, requires_all = ["namespace", "instance", "path"])]
-    pub cluster: Option<String>,
-    /// Bind to this namespace.
-    #[arg(long, requires = "cluster")]
-    pub namespace: Option<String>,
-    /// Bind to this ApplicationInstance.
-    #[arg(long, requires = "cluster")]
-    pub instance: Option<String>,
-    /// Bind to this value path inside spec.values (e.g. nextcloud.mail.smtp.password).
-    #[arg(long, requires = "cluster")]
-    pub path: Option<String>,
-}
-
 /// `crdgen` arguments.
 #[derive(Debug, Args)]
 pub struct CrdgenArgs {
@@ -198,112 +132,51 @@ pub struct CrdgenArgs {
 /// `demo` arguments.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the demo repository in this directory instead of a temporary one.
+    /// Keep the demo in this directory (it must be empty or absent): the repository, the keys
+    /// (mode 0600) and the trust files, with the `verify` command to run again.
     #[arg(long)]
     pub keep: Option<PathBuf>,
-}
-
-fn usage(what: impl std::fmt::Display) -> CliError {
-    CliError::Usage(what.to_string())
-}
-
-fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))?;
-    // Key and signer files are small; refuse anything that is clearly not one.
-    if meta.len() > 4 * 1024 * 1024 {
-        return Err(usage(format!(
-            "{what} {}: larger than 4 MiB",
-            path.display()
-        )));
-    }
-    std::fs::read_to_string(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))
-}
-
-/// Builds the cluster-side trust inputs from `verify`/`plan` flags.
-pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
-    let source = args.allowed_signers.display().to_string();
-    let commit_signers = AllowedSigners::parse(
-        &read_text(&args.allowed_signers, "--allowed-signers")?,
-        &source,
-    )
-    .map_err(usage)?;
-    let source = args.release_signers.display().to_string();
-    let release_signers = AllowedSigners::parse(
-        &read_text(&args.release_signers, "--release-signers")?,
-        &source,
-    )
-    .map_err(usage)?;
-    let last_commit = match &args.last_commit {
-        Some(c) => Some(
-            vworkspace_core::repository::CommitId::parse(c)
-                .map_err(|e| usage(format!("--last-commit: {e}")))?,
-        ),
-        None => None,
-    };
-    let threshold = std::num::NonZeroUsize::new(args.threshold)
-        .ok_or_else(|| usage("--threshold must be at least 1"))?;
-    let identities = if args.identity.is_empty() {
-        None
-    } else {
-        let mut texts = Vec::new();
-        for path in &args.identity {
-            texts.push((path.display().to_string(), read_text(path, "--identity")?));
-        }
-        Some(Identities::parse_many(&texts).map_err(usage)?)
-    };
-    let now = match &args.now {
-        Some(text) => text
-            .parse::<jiff::Timestamp>()
-            .map_err(|e| usage(format!("--now {text:?}: not an RFC 3339 instant: {e}")))?,
-        None => jiff::Timestamp::now(),
-    };
-    Ok(TrustConfig {
-        cluster: args.cluster.clone(),
-        commit_signers,
-        release: ReleasePolicy {
-            cluster: args.cluster.clone(),
-            signers: release_signers,
-            threshold,
-            last_applied: args.last_serial.map(|serial| AppliedRelease {
-                serial,
-                digest: None,
-            }),
-            max_validity: ReleasePolicy::validity_days(args.max_release_validity_days),
-        },
-        identities,
-        require_bound_values: args.require_bound_values,
-        history: HistoryCheck {
-            last_commit: last_commit.map(String::from),
-            policy: match args.history {
-                HistoryArg::Head => HistoryPolicy::Head,
-                HistoryArg::All => HistoryPolicy::All,
-            },
-            allow_rewrite: args.allow_history_rewrite,
-        },
-        now,
-        limits: Limits::default(),
-    })
-}
-
-fn parse_ref(text: &str) -> GitRef {
-    match vworkspace_core::repository::CommitId::parse(text) {
-        Ok(id) => GitRef::Commit(id.into()),
-        Err(_) => GitRef::Revision(text.to_owned()),
-    }
 }
 
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Verify(args) if args.worktree => verify_worktree(&args, out),
         Command::Verify(args) => verify(&args, out),
         Command::Plan(args) => plan(&args, out),
+        Command::Diff(args) if args.trust.worktree => Err(usage(
+            "--worktree is for verify: diff shows what a verified release would change",
+        )),
+        Command::Diff(args) => crate::authoring::diff::diff(&args, out),
         Command::Release(args) => crate::authoring::release::release(&args, out),
-        Command::Encrypt(args) => encrypt(&args, out),
+        Command::Encrypt(args) => crate::authoring::encrypt::encrypt(&args, out),
+        Command::Recipient(args) => crate::authoring::recipient::recipient(&args, out),
+        Command::Reencrypt(args) => crate::authoring::encrypt::reencrypt(&args, out),
         Command::Keygen(args) => crate::authoring::keygen::keygen(&args, out),
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
+        Command::Completion(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "vworkspace-operator",
+                &mut WriteAdapter(out),
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// `clap_complete` wants a sized writer.
+struct WriteAdapter<'a>(&'a mut dyn Write);
+
+impl Write for WriteAdapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -316,7 +189,7 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
         leader_election: args.leader_election,
         once: args.once,
         fetch: vworkspace_controller::source::FetchOptions {
-            timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+            timeout: args.fetch_timeout.max(std::time::Duration::from_secs(1)),
             max_pack_bytes: args.max_fetch_bytes,
             ..Default::default()
         },
@@ -337,129 +210,156 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-fn io_error(e: std::io::Error) -> CliError {
-    CliError::Io(e.to_string())
-}
-
-/// A repository ready to verify, the ref to check in it, and the temporary cache to keep alive.
-type OpenedSource = (LocalRepository, GitRef, Option<tempfile::TempDir>);
-
-/// Opens the repository `--repo` names: a local path as is, a URL fetched into the cache. A failed
-/// fetch is a refused pass (exit 1), not a usage error.
-fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, CliError> {
-    let reference = parse_ref(&args.git_ref);
-    if !vworkspace_controller::source::is_url(&args.repo) {
-        let repo = LocalRepository::open(Path::new(&args.repo)).map_err(usage)?;
-        return Ok(Ok((repo, reference, None)));
-    }
-    let auth = match &args.auth_file {
-        Some(path) => vworkspace_controller::source::Auth::parse(
-            &read_text(path, "--auth-file")?,
-            &path.display().to_string(),
-        )
-        .map_err(usage)?,
-        None => vworkspace_controller::source::Auth::None,
-    };
-    let options = vworkspace_controller::source::FetchOptions {
-        auth,
-        ca_bundle: args.ca_file.clone(),
-        timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
-        max_pack_bytes: args.max_fetch_bytes,
-        ..Default::default()
-    };
-    let (cache, temp) = match &args.cache_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let temp = tempfile::tempdir().map_err(io_error)?;
-            (temp.path().to_owned(), Some(temp))
-        }
-    };
-    match vworkspace_controller::source::fetch(&args.repo, &reference, &cache, &options) {
-        Ok(fetched) => Ok(Ok((fetched.repo, GitRef::Commit(fetched.commit), temp))),
-        Err(vworkspace_controller::source::SourceError::Config { message }) => Err(usage(message)),
-        Err(e) => Ok(Err(Refusal::from(&vworkspace_controller::Error::Source(e)))),
-    }
-}
-
-/// Runs the pass for `verify` and `plan`.
-fn pass(
-    args: &TrustArgs,
-) -> Result<(TrustConfig, Result<pipeline::VerifiedIntent, Refusal>), CliError> {
-    let config = trust_config(args)?;
-    let outcome = match open_source(args)? {
-        Ok((repo, reference, _temp)) => {
-            pipeline::verify_ref(&repo, &reference, &config).map_err(|e| Refusal::from(&e))
-        }
-        Err(refused) => Err(refused),
-    };
-    Ok((config, outcome))
-}
-
 fn verify(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    match pass(args)? {
-        (config, Ok(verified)) => {
-            report_pass(&verified, &config, out).map_err(io_error)?;
+    let (config, outcome) = pass(args)?;
+    let json = args.output == OutputFormat::Json;
+    match outcome {
+        Ok(verified) => {
+            let warning = expiry_warning(&verified, &config, args.warn_expiry);
+            if json {
+                let mut doc = report::pass_json(&verified, &config);
+                doc["warnings"] = serde_json::json!(warning.iter().collect::<Vec<_>>());
+                write_json(out, &doc)?;
+            } else {
+                report_pass(&verified, &config, out).map_err(io_error)?;
+                if let Some(w) = warning {
+                    writeln!(out, "warning {w}").map_err(io_error)?;
+                }
+            }
             Ok(0)
         }
-        (_, Err(refused)) => {
-            report_refusal(&refused, out).map_err(io_error)?;
+        Err(refused) => {
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                report_refusal(&refused, out).map_err(io_error)?;
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// The `--warn-expiry` warning, when the release (or a signing key) runs out within the window.
+fn expiry_warning(
+    verified: &pipeline::VerifiedIntent,
+    config: &TrustConfig,
+    window: Option<jiff::SignedDuration>,
+) -> Option<String> {
+    let window = window?;
+    let until = verified.valid_until();
+    let left = until.duration_since(config.now);
+    (left <= window).then(|| {
+        format!(
+            "clusters/{}/release.yaml: this verdict runs out at {until} (release expiry or a signing key's valid-before), in {}h; publish a fresh release: `vworkspace-operator release --cluster {} --key <your release key>`",
+            config.cluster,
+            left.as_secs() / 3600,
+            config.cluster
+        )
+    })
+}
+
+fn write_json(out: &mut dyn Write, doc: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| CliError::Io(e.to_string()))?;
+    writeln!(out, "{text}").map_err(io_error)
+}
+
+/// `verify --worktree`: every key-free check on the files as they are on disk.
+fn verify_worktree(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    if vworkspace_controller::source::is_url(&args.repo) {
+        return Err(usage(
+            "--worktree checks a local work tree; --repo is a URL",
+        ));
+    }
+    let root = discover(Path::new(&args.repo));
+    let limits = Limits::default();
+    let tree = crate::authoring::release::read_worktree(&root, &args.cluster, &limits)?;
+    let json = args.output == OutputFormat::Json;
+    match pipeline::check_unsigned(&tree, &limits) {
+        Ok(check) => {
+            let stale = crate::authoring::release::stale_release(&tree, &limits);
+            if json {
+                let mut doc = serde_json::json!({
+                    "apiVersion": report::JSON_API_VERSION,
+                    "kind": "VerifyResult",
+                    "mode": "worktree",
+                    "cluster": args.cluster,
+                    "result": "passed",
+                    "intent": {
+                        "applicationInstances": check.intent.application_instances.len(),
+                        "operations": check.intent.operations.len(),
+                    },
+                    "values": {"count": check.values, "decrypted": false},
+                    "notes": stale.iter().collect::<Vec<_>>(),
+                });
+                doc["findings"] = serde_json::json!([]);
+                write_json(out, &doc)?;
+            } else {
+                writeln!(
+                    out,
+                    "ok      worktree clusters/{}/: {} ApplicationInstance(s), {} Operation(s), {} encrypted value(s) well-formed",
+                    args.cluster,
+                    check.intent.application_instances.len(),
+                    check.intent.operations.len(),
+                    check.values
+                )
+                .map_err(io_error)?;
+                writeln!(
+                    out,
+                    "skipped signatures, history and decryption: --worktree checks what needs no key"
+                )
+                .map_err(io_error)?;
+                if let Some(note) = stale {
+                    writeln!(out, "note    {note}").map_err(io_error)?;
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let refused = Refusal::from(&e).with_hints(&args.cluster);
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                report_refusal(&refused, out).map_err(io_error)?;
+            }
             Ok(1)
         }
     }
 }
 
 fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    if args.worktree {
+        return Err(usage(
+            "--worktree is for verify: plan shows only what a verified release would apply",
+        ));
+    }
+    let json = args.output == OutputFormat::Json;
     match pass(args)? {
         (_, Ok(verified)) => {
             let plan = vworkspace_core::plan::desired(&verified);
-            out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
+            if json {
+                write_json(out, &plan.to_json())?;
+            } else {
+                out.write_all(plan.to_yaml().as_bytes()).map_err(io_error)?;
+            }
             Ok(0)
         }
         (_, Err(refused)) => {
-            // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes.
-            let mut err = std::io::stderr();
-            report_refusal(&refused, &mut err).map_err(io_error)?;
+            // A refused ref plans nothing: say why on stderr, keep stdout empty for pipes (with
+            // -o json, the refusal document goes to stdout, as verify prints it).
+            if json {
+                write_json(out, &report::refusal_json(&refused, &args.cluster))?;
+            } else {
+                // The findings only: a pipeline reads them; `verify` prints the fixes.
+                let mut err = std::io::stderr();
+                let findings = Refusal {
+                    hints: Vec::new(),
+                    ..refused
+                };
+                report_refusal(&findings, &mut err).map_err(io_error)?;
+            }
             Ok(1)
         }
     }
-}
-
-fn encrypt(args: &EncryptArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    // The same bound the operator applies when it decrypts: a value it would refuse is not written.
-    let limit = Limits::default().max_secret_plaintext_bytes;
-    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut plaintext)
-        .map_err(io_error)?;
-    if plaintext.len() > limit {
-        return Err(usage(format!(
-            "the value on stdin is larger than {limit} bytes"
-        )));
-    }
-    let binding = match (&args.cluster, &args.namespace, &args.instance, &args.path) {
-        (Some(cluster), Some(namespace), Some(instance), Some(path)) => {
-            Some(vworkspace_core::secrets::Binding {
-                cluster: cluster.clone(),
-                namespace: namespace.clone(),
-                instance: instance.clone(),
-                path: path.clone(),
-            })
-        }
-        (None, None, None, None) => None,
-        _ => {
-            return Err(usage(
-                "--cluster, --namespace, --instance and --path go together",
-            ));
-        }
-    };
-    let armored = vworkspace_core::secrets::encrypt(&plaintext, &args.recipient, binding.as_ref())
-        .map_err(usage)?;
-    out.write_all(armored.as_bytes()).map_err(io_error)?;
-    if !armored.ends_with('\n') {
-        out.write_all(b"\n").map_err(io_error)?;
-    }
-    Ok(0)
 }
 
 fn crdgen(args: &CrdgenArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {

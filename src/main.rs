@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vworkspace_operator::cli::{self, Cli, CliError};
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr (RUST_LOG); stdout carries the command's report. The operator logs
     // JSON lines at info, the authoring commands plain text at warn.
@@ -15,7 +15,10 @@ fn main() -> anyhow::Result<ExitCode> {
             std::io::stderr,
             vworkspace_controller::telemetry::filter("info"),
         );
-        tracing::subscriber::set_global_default(subscriber)?;
+        if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
+            eprintln!("error: cannot set up logging: {e}");
+            return ExitCode::from(2);
+        }
     } else {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -23,12 +26,14 @@ fn main() -> anyhow::Result<ExitCode> {
             .init();
     }
     let mut stdout = std::io::stdout().lock();
+    // Every error is one line on stderr: no `Error:` prefix, no backtrace, whatever
+    // RUST_BACKTRACE says (they are for panics).
     match cli::run(cli, &mut stdout) {
-        Ok(code) => Ok(ExitCode::from(code)),
-        Err(CliError::Usage(message)) => {
-            eprintln!("error: {message}");
-            Ok(ExitCode::from(2))
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            let _ = std::io::Write::flush(&mut stdout);
+            eprintln!("error: {error}");
+            ExitCode::from(CliError::exit_code(&error))
         }
-        Err(other) => Err(anyhow::Error::new(other)),
     }
 }

@@ -132,6 +132,18 @@ fn commit_signed(
     Ok(id)
 }
 
+/// Writes a private key with mode 0600, refusing to replace a file.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    file.write_all(contents).map_err(fail)
+}
+
 fn new_ssh_key(comment: &str) -> Result<ssh_key::PrivateKey, CliError> {
     let mut key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
         .map_err(fail)?;
@@ -214,6 +226,8 @@ impl DemoRepo {
             serial: None,
             name: None,
             sign_only,
+            force: false,
+            unchecked: false,
         };
         crate::authoring::release::release(&args, out).map(|_| ())
     }
@@ -229,8 +243,17 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     let temp;
     let root = match keep {
         Some(dir) => {
+            // Never mix the demo into someone's files (or over a previous run's keys).
+            if let Ok(mut entries) = std::fs::read_dir(dir)
+                && entries.next().is_some()
+            {
+                return Err(CliError::Usage(format!(
+                    "--keep {}: the directory is not empty; give a new or empty directory",
+                    dir.display()
+                )));
+            }
             std::fs::create_dir_all(dir).map_err(fail)?;
-            dir.to_owned()
+            std::fs::canonicalize(dir).map_err(fail)?
         }
         None => {
             temp = tempfile::tempdir().map_err(fail)?;
@@ -250,11 +273,23 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     let committer = new_ssh_key("odoo@demo")?;
     let odoo = new_ssh_key("odoo-release")?;
     let engineer = new_ssh_key("platform-engineer")?;
-    for (name, key) in [("odoo-release", &odoo), ("platform-engineer", &engineer)] {
+    for (name, key) in [
+        ("odoo-commit", &committer),
+        ("odoo-release", &odoo),
+        ("platform-engineer", &engineer),
+    ] {
         let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(fail)?;
-        std::fs::write(keys.join(name), private.as_bytes()).map_err(fail)?;
+        write_private(&keys.join(name), private.as_bytes())?;
     }
     let (identity, recipient) = vworkspace_core::secrets::generate();
+    write_private(
+        &keys.join("cluster.agekey"),
+        format!(
+            "# public key: {recipient}\n{}\n",
+            identity.expose_str().unwrap_or_default()
+        )
+        .as_bytes(),
+    )?;
     let identities = Identities::parse(identity.expose_str().unwrap_or_default(), "demo identity")
         .map_err(fail)?;
     say(out, &format!("   cluster recipient {recipient}"))?;
@@ -277,17 +312,18 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         std::fs::write(&path, reencrypt(file, text, &example, &recipient)?).map_err(fail)?;
     }
 
-    let commit_signers = AllowedSigners::parse(
-        &signer_line("odoo@demo", "git", &committer)?,
-        "demo commit signers",
-    )
-    .map_err(fail)?;
-    let release_signers = AllowedSigners::parse(
-        &(signer_line("odoo-release", "vworkspace-release", &odoo)?
-            + &signer_line("platform-engineer", "vworkspace-release", &engineer)?),
-        "demo release signers",
-    )
-    .map_err(fail)?;
+    let commit_text = signer_line("odoo@demo", "git", &committer)?;
+    let release_text = signer_line("odoo-release", "vworkspace-release", &odoo)?
+        + &signer_line("platform-engineer", "vworkspace-release", &engineer)?;
+    // The trust inputs live beside the repository, never in it (as the cluster keeps them).
+    let trust = root.join("trust");
+    std::fs::create_dir_all(&trust).map_err(fail)?;
+    std::fs::write(trust.join("commit_signers"), &commit_text).map_err(fail)?;
+    std::fs::write(trust.join("release_signers"), &release_text).map_err(fail)?;
+    let commit_signers =
+        AllowedSigners::parse(&commit_text, "demo commit signers").map_err(fail)?;
+    let release_signers =
+        AllowedSigners::parse(&release_text, "demo release signers").map_err(fail)?;
     let mut demo = DemoRepo {
         dir,
         keys,
@@ -398,7 +434,18 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     if keep.is_some() {
         say(
             out,
-            &format!("   repository kept in {}", demo.dir.display()),
+            &format!(
+                "   kept in {}: intent/ (the repository), keys/ (mode 0600), trust/ (the signer files)",
+                root.display()
+            ),
+        )?;
+        say(out, "   verify it again with:")?;
+        say(
+            out,
+            &format!(
+                "   vworkspace-operator verify --repo {r}/intent --cluster demo --allowed-signers {r}/trust/commit_signers --release-signers {r}/trust/release_signers --threshold 2 --identity {r}/keys/cluster.agekey --require-bound-values",
+                r = root.display()
+            ),
         )?;
     }
     Ok(if ok { 0 } else { 1 })

@@ -1,8 +1,14 @@
 //! Authoring: what the people and systems who write intent run (`release`, `keygen`, `demo`) and
 //! what they read (`report`). Below the command line: nothing here imports `cli`.
 
+pub mod agent;
 pub mod demo;
+pub mod diff;
+pub mod duration;
+pub mod encrypt;
+pub mod inputs;
 pub mod keygen;
+pub mod recipient;
 pub mod release;
 pub mod report;
 
@@ -22,4 +28,15 @@ pub enum CliError {
     /// The operator could not run (no API server, a listener that cannot bind).
     #[error("{0}")]
     Operator(String),
+}
+
+impl CliError {
+    /// The process exit code: 2 for a usage or I/O error (the command could not do its work), 1
+    /// when the operator could not run (as `run --once` reports a failed pass).
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) | CliError::Io(_) => 2,
+            CliError::Operator(_) => 1,
+        }
+    }
 }

@@ -8,22 +8,23 @@ use std::path::PathBuf;
 
 use super::{CliError, ExitCode};
 use vworkspace_core::limits::Limits;
-use vworkspace_core::repository::TreeEntry;
+use vworkspace_core::repository::{ClusterTree, TreeEntry};
 use vworkspace_core::trust::release::{self, MANIFEST_FILE, SIGNATURE_NAMESPACE, SIGNATURES_DIR};
 
 /// `release` arguments.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The checkout (work tree) to release from.
-    #[arg(long)]
+    /// The checkout (work tree) to release from; git's upward discovery finds its root.
+    #[arg(long, default_value = ".")]
     pub repo: PathBuf,
     /// The cluster id.
     #[arg(long)]
     pub cluster: String,
-    /// The ed25519 SSH private key to sign with (OpenSSH format, unencrypted).
+    /// The ed25519 key to sign with: an unencrypted OpenSSH private key, or (through ssh-agent,
+    /// SSH_AUTH_SOCK) a passphrase-protected one or its public key (.pub).
     #[arg(long)]
     pub key: PathBuf,
-    /// How long the release stays valid: a duration such as 30d, 12h, 90m.
+    /// How long the release stays valid: a duration such as 30d, 12h, 90m or 1h30m.
     #[arg(long, default_value = "30d")]
     pub expires: String,
     /// The serial to write (default: one more than the current release.yaml, or 1).
@@ -32,9 +33,17 @@ pub struct ReleaseArgs {
     /// The signature file name, release.sigs/<name>.sig (default: the key's comment or fingerprint).
     #[arg(long)]
     pub name: Option<String>,
-    /// Add a signature to the existing release.yaml without rewriting it.
+    /// Add a signature to the existing release.yaml without rewriting it (a co-signer).
     #[arg(long)]
     pub sign_only: bool,
+    /// Rewrite a release that already carries other valid signatures over the same files (they are
+    /// removed); without it such a release is only co-signed with --sign-only.
+    #[arg(long, conflicts_with = "sign_only")]
+    pub force: bool,
+    /// Skip the key-free checks and sign whatever the directory holds. Only for building releases
+    /// the operator must refuse (its own tests); it refuses them anyway.
+    #[arg(long, hide = true)]
+    pub unchecked: bool,
 }
 
 fn usage(what: impl std::fmt::Display) -> CliError {
@@ -45,58 +54,133 @@ fn io(what: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Io(format!("{}: {e}", what.display()))
 }
 
-/// Parses a duration such as `30d`, `12h`, `90m` or `3600s`.
+/// Parses a duration such as `30d`, `12h`, `90m` or `1h30m` (see [`super::duration`]).
 pub fn parse_duration(text: &str) -> Result<jiff::SignedDuration, CliError> {
-    let bad = || {
-        usage(format!(
-            "--expires {text:?}: expected a number and a unit (s, m, h, d), e.g. 30d"
-        ))
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    let total = n
-        .checked_mul(seconds)
-        .filter(|s| *s > 0 && *s <= 3650 * 86_400)
-        .ok_or_else(bad)?;
-    Ok(jiff::SignedDuration::from_secs(total))
+    super::duration::parse("--expires", text, false)
 }
 
-/// Reads an ed25519 OpenSSH private key.
+/// Reads an unencrypted ed25519 OpenSSH private key (the benches and tools that sign directly).
 pub fn read_signing_key(path: &Path) -> Result<ssh_key::PrivateKey, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("--key {}: {e}", path.display())))?;
-    let key = ssh_key::PrivateKey::from_openssh(&text).map_err(|e| {
-        usage(format!(
-            "--key {}: not an OpenSSH private key: {e}",
+    match read_signer(path, None)? {
+        SigningKey::File(key) => Ok(*key),
+        SigningKey::Agent { .. } => Err(usage(format!(
+            "--key {}: needs ssh-agent; give an unencrypted private key here",
             path.display()
-        ))
-    })?;
-    if key.is_encrypted() {
+        ))),
+    }
+}
+
+/// What signs a release: a private key read from its file, or a key held by ssh-agent.
+#[derive(Debug)]
+pub enum SigningKey {
+    /// An unencrypted private key.
+    File(Box<ssh_key::PrivateKey>),
+    /// A key in ssh-agent (a passphrase-protected key, or `--key` naming a public key).
+    Agent {
+        /// The agent.
+        agent: super::agent::Agent,
+        /// The key's public half.
+        public: ssh_key::PublicKey,
+        /// The agent's comment for it.
+        comment: String,
+    },
+}
+
+impl SigningKey {
+    /// The public key.
+    pub fn public_key(&self) -> &ssh_key::PublicKey {
+        match self {
+            SigningKey::File(key) => key.public_key(),
+            SigningKey::Agent { public, .. } => public,
+        }
+    }
+
+    /// The key's comment (the principal people know it by), possibly empty.
+    pub fn comment(&self) -> &str {
+        match self {
+            SigningKey::File(key) => key.comment(),
+            SigningKey::Agent {
+                public, comment, ..
+            } if public.comment().is_empty() => comment,
+            SigningKey::Agent { public, .. } => public.comment(),
+        }
+    }
+
+    /// An armored SSHSIG over `message` for `namespace`.
+    pub fn sign(&self, message: &[u8], namespace: &str) -> Result<String, CliError> {
+        match self {
+            SigningKey::File(key) => {
+                vworkspace_core::trust::sshsig::sign(message, namespace, key).map_err(usage)
+            }
+            SigningKey::Agent { agent, public, .. } => agent
+                .sign_sshsig(public, namespace, message)
+                .map_err(|e| usage(format!("--key: {e}"))),
+        }
+    }
+}
+
+/// Reads `--key`: an unencrypted private key signs directly; a passphrase-protected private key, or
+/// a public key (`.pub`), signs through ssh-agent (`SSH_AUTH_SOCK`) when the agent holds it.
+pub fn read_signer(
+    path: &Path,
+    agent: Option<super::agent::Agent>,
+) -> Result<SigningKey, CliError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("--key {shown}: {e}")))?;
+    let agent = agent.or_else(super::agent::Agent::from_env);
+    let (public, why) = if text.trim_start().starts_with("-----BEGIN") {
+        let key = ssh_key::PrivateKey::from_openssh(&text)
+            .map_err(|e| usage(format!("--key {shown}: not an OpenSSH private key: {e}")))?;
+        if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+            return Err(usage(format!(
+                "--key {shown}: only ed25519 keys sign releases"
+            )));
+        }
+        if !key.is_encrypted() {
+            return Ok(SigningKey::File(Box::new(key)));
+        }
+        (key.public_key().clone(), "the key is passphrase-protected")
+    } else {
+        let public = ssh_key::PublicKey::from_openssh(text.trim()).map_err(|_| {
+            usage(format!(
+                "--key {shown}: neither an OpenSSH private key nor a public key (ssh-ed25519 AAAA...)"
+            ))
+        })?;
+        (
+            public,
+            "this is a public key, so the private key must be in ssh-agent",
+        )
+    };
+    if public.algorithm() != ssh_key::Algorithm::Ed25519 {
         return Err(usage(format!(
-            "--key {}: the key is passphrase-protected; decrypt a copy with ssh-keygen -p, or sign with ssh-keygen -Y sign",
-            path.display()
+            "--key {shown}: only ed25519 keys sign releases"
         )));
     }
-    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+    let fingerprint = public.fingerprint(ssh_key::HashAlg::Sha256);
+    let Some(agent) = agent else {
         return Err(usage(format!(
-            "--key {}: only ed25519 keys sign releases",
-            path.display()
+            "--key {shown}: {why}; release signs with it through ssh-agent, and SSH_AUTH_SOCK is not set: start one (`eval $(ssh-agent)`), `ssh-add {shown}`, then run release again"
         )));
+    };
+    match agent
+        .holds(&public)
+        .map_err(|e| usage(format!("--key {shown}: {e}")))?
+    {
+        Some(comment) => Ok(SigningKey::Agent {
+            agent,
+            public,
+            comment,
+        }),
+        None => Err(usage(format!(
+            "--key {shown}: {why}, and ssh-agent ({}) does not hold it ({fingerprint}): `ssh-add {shown}` (it asks for the passphrase once), then run release again",
+            agent.socket().display()
+        ))),
     }
-    Ok(key)
 }
 
 /// The file name a key's signature is written under: its comment, reduced to safe characters, or its
 /// fingerprint.
-fn signature_name(key: &ssh_key::PrivateKey, explicit: Option<&str>) -> Result<String, CliError> {
+fn signature_name(key: &SigningKey, explicit: Option<&str>) -> Result<String, CliError> {
     let raw = match explicit {
         Some(name) => name.to_owned(),
         None if !key.comment().is_empty() => key.comment().to_owned(),
@@ -133,53 +217,219 @@ fn signature_name(key: &ssh_key::PrivateKey, explicit: Option<&str>) -> Result<S
     Ok(name)
 }
 
+/// Reads `clusters/<cluster>/` of a work tree. A missing directory is a usage error that lists the
+/// cluster directories there are (a `--cluster` typo).
+pub fn read_worktree(root: &Path, cluster: &str, limits: &Limits) -> Result<ClusterTree, CliError> {
+    let dir = root.join("clusters").join(cluster);
+    if cluster.is_empty() || cluster.contains('/') || !dir.is_dir() {
+        let mut existing: Vec<String> = std::fs::read_dir(root.join("clusters"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        existing.sort();
+        return Err(usage(if existing.is_empty() {
+            format!(
+                "clusters/{cluster}/ does not exist in {} (no clusters/ directory: is --repo the intent repository?)",
+                root.display()
+            )
+        } else {
+            format!(
+                "clusters/{cluster}/ does not exist in {}; the cluster directories are: {} (check --cluster)",
+                root.display(),
+                existing.join(", ")
+            )
+        }));
+    }
+    vworkspace_core::repository::checkout::read_cluster_directory(root, cluster, limits)
+        .map_err(usage)
+}
+
+/// Reads what `release` hashes and signs: in a git work tree, what git will commit (the index:
+/// after `core.autocrlf`, tracked files only; untracked or unstaged files under the cluster
+/// directory are refused, naming each), elsewhere the directory as it is. `release.yaml` is the one
+/// on disk, staged or not (release writes it).
+pub fn read_for_release(
+    root: &Path,
+    cluster: &str,
+    limits: &Limits,
+) -> Result<ClusterTree, CliError> {
+    let mut tree = read_worktree(root, cluster, limits)?;
+    if let Some(index) =
+        vworkspace_core::repository::checkout::read_cluster_index(root, cluster, limits)
+            .map_err(usage)?
+    {
+        tree = index;
+    }
+    let manifest = root.join("clusters").join(cluster).join(MANIFEST_FILE);
+    if let Ok(bytes) = std::fs::read(manifest) {
+        tree.insert(MANIFEST_FILE, TreeEntry::File(bytes));
+    }
+    Ok(tree)
+}
+
+/// Whether the tree's `release.yaml` no longer covers its files: a note naming the files and the
+/// command that fixes it, or `None` when the manifest matches.
+pub fn stale_release(tree: &ClusterTree, limits: &Limits) -> Option<String> {
+    let cluster = tree.cluster();
+    let fix = format!(
+        "run `vworkspace-operator release --cluster {cluster} --key <your release key>` before committing"
+    );
+    let current = match tree.entries().get(MANIFEST_FILE) {
+        Some(TreeEntry::File(bytes)) => release::parse_manifest(bytes, cluster, limits).ok(),
+        _ => None,
+    };
+    let Some(current) = current else {
+        return Some(format!(
+            "clusters/{cluster}/release.yaml is missing or unreadable; {fix}"
+        ));
+    };
+    let now = jiff::Timestamp::now();
+    let wanted = release::build_manifest(tree, current.serial, now, None).ok()?;
+    let changed: Vec<&String> = wanted
+        .files
+        .iter()
+        .filter(|(path, digest)| current.files.get(*path) != Some(digest))
+        .map(|(path, _)| path)
+        .chain(
+            current
+                .files
+                .keys()
+                .filter(|p| !wanted.files.contains_key(*p)),
+        )
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = changed
+        .iter()
+        .take(5)
+        .map(|p| format!("clusters/{cluster}/{p}"))
+        .collect();
+    Some(format!(
+        "clusters/{cluster}/release.yaml does not cover {} changed file(s) ({}{}); {fix}",
+        changed.len(),
+        shown.join(", "),
+        if changed.len() > 5 { ", ..." } else { "" }
+    ))
+}
+
+/// The signatures in `release.sigs/` that verify over `manifest` (by any key): `(file, fingerprint)`.
+fn valid_signatures(tree: &ClusterTree, manifest: &[u8]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (path, entry) in tree.entries() {
+        let TreeEntry::File(bytes) = entry else {
+            continue;
+        };
+        if !(path.starts_with(SIGNATURES_DIR) && path.ends_with(".sig")) {
+            continue;
+        }
+        let Ok(signature) = ssh_key::SshSig::from_pem(bytes) else {
+            continue;
+        };
+        let key = ssh_key::PublicKey::from(signature.public_key().clone());
+        if key
+            .verify(SIGNATURE_NAMESPACE, manifest, &signature)
+            .is_ok()
+        {
+            found.push((
+                path.clone(),
+                key.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+            ));
+        }
+    }
+    found
+}
+
 /// `release`: writes `clusters/<id>/release.yaml` and signs it, or (`--sign-only`) adds a signature.
+///
+/// Before anything is written or signed, every check `verify` runs without a key runs on exactly
+/// the files the manifest will list; a refusal (exit 1) leaves the directory untouched.
 pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    let key = read_signing_key(&args.key)?;
+    let key = read_signer(&args.key, None)?;
     let name = signature_name(&key, args.name.as_deref())?;
-    let dir = args.repo.join("clusters").join(&args.cluster);
+    let expires_in = parse_duration(&args.expires)?;
+    let root = super::inputs::discover(&args.repo);
+    let cluster = &args.cluster;
+    let dir = root.join("clusters").join(cluster);
     let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest_rel = format!("clusters/{cluster}/{MANIFEST_FILE}");
     let sigs_dir = dir.join(SIGNATURES_DIR.trim_end_matches('/'));
     let limits = Limits::default();
+    let my_fingerprint = key
+        .public_key()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+
+    let tree = read_for_release(&root, cluster, &limits)?;
+    // The same key-free checks as verify, on exactly what is about to be hashed and signed.
+    if !args.unchecked
+        && let Err(refused) = vworkspace_core::pipeline::check_unsigned(&tree, &limits)
+    {
+        let refusal = super::report::Refusal::from(&refused);
+        super::report::report_refusal(&refusal, out).map_err(|e| io(&manifest_path, e))?;
+        writeln!(
+            out,
+            "nothing was written or signed: fix the files above, then run release again"
+        )
+        .map_err(|e| io(&manifest_path, e))?;
+        return Ok(1);
+    }
 
     let manifest_bytes = if args.sign_only {
-        std::fs::read(&manifest_path).map_err(|e| {
-            usage(format!(
-                "{}: {e} (run release without --sign-only first)",
-                manifest_path.display()
-            ))
-        })?
-    } else {
-        // In a git work tree, what git will commit (the index: after core.autocrlf, tracked files
-        // only); elsewhere, the directory as it is.
-        let mut tree = match vworkspace_core::repository::checkout::read_cluster_index(
-            &args.repo,
-            &args.cluster,
-            &limits,
-        )
-        .map_err(usage)?
-        {
-            Some(tree) => tree,
-            None => vworkspace_core::repository::checkout::read_cluster_directory(
-                &args.repo,
-                &args.cluster,
-                &limits,
-            )
-            .map_err(usage)?,
+        let bytes = match tree.entries().get(MANIFEST_FILE) {
+            Some(TreeEntry::File(bytes)) => bytes.clone(),
+            _ => {
+                return Err(usage(format!(
+                    "{manifest_rel} does not exist: run release without --sign-only first"
+                )));
+            }
         };
-        // The current serial is the last one written, staged or not.
-        if let Ok(bytes) = std::fs::read(&manifest_path) {
-            tree.insert(MANIFEST_FILE, TreeEntry::File(bytes));
+        // A co-signature over a manifest that no longer matches the files would be refused.
+        if let Some(stale) = stale_release(&tree, &limits) {
+            return Err(usage(format!(
+                "{stale} (co-signing it would sign a release the operator refuses)"
+            )));
         }
+        bytes
+    } else {
         let current = match tree.entries().get(MANIFEST_FILE) {
-            Some(TreeEntry::File(bytes)) => Some(
-                release::parse_manifest(bytes, &args.cluster, &limits)
-                    .map_err(usage)?
-                    .serial,
-            ),
+            Some(TreeEntry::File(bytes)) => Some((
+                release::parse_manifest(bytes, cluster, &limits).map_err(|e| {
+                    usage(format!(
+                        "{e} (fix or delete {manifest_rel}, then run release again)"
+                    ))
+                })?,
+                bytes.clone(),
+            )),
             _ => None,
         };
-        let serial = match (args.serial, current) {
+        // A co-signer who forgot --sign-only would replace the release and drop the others'
+        // signatures: stop unless the files changed, or --force says so.
+        if let Some((manifest, bytes)) = &current
+            && !args.force
+            && stale_release(&tree, &limits).is_none()
+        {
+            let others: Vec<String> = valid_signatures(&tree, bytes)
+                .into_iter()
+                .filter(|(_, fp)| *fp != my_fingerprint)
+                .map(|(file, fp)| format!("clusters/{cluster}/{file} ({fp})"))
+                .collect();
+            if !others.is_empty() {
+                return Err(usage(format!(
+                    "{manifest_rel} (serial {}) already lists exactly these files and is signed by {}; to co-sign it run `vworkspace-operator release --cluster {cluster} --key {} --sign-only`; to replace it anyway (a new serial, their signatures removed) add --force",
+                    manifest.serial,
+                    others.join(", "),
+                    args.key.display()
+                )));
+            }
+        }
+        let current_serial = current.as_ref().map(|(m, _)| m.serial);
+        let serial = match (args.serial, current_serial) {
             (Some(s), Some(c)) if s <= c => {
                 return Err(usage(format!(
                     "--serial {s} must be greater than the current serial {c}"
@@ -190,10 +440,10 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
             (None, None) => 1,
         };
         let expires = jiff::Timestamp::now()
-            .checked_add(parse_duration(&args.expires)?)
+            .checked_add(expires_in)
             .and_then(|t| t.round(jiff::Unit::Second))
             .map_err(|e| usage(format!("--expires: {e}")))?;
-        let parent = vworkspace_core::repository::LocalRepository::open(&args.repo)
+        let parent = vworkspace_core::repository::LocalRepository::open(&root)
             .and_then(|repo| {
                 repo.resolve(&vworkspace_core::repository::GitRef::Revision(
                     "HEAD".into(),
@@ -203,35 +453,45 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
         let manifest = release::build_manifest(&tree, serial, expires, parent).map_err(usage)?;
         let text = release::render_manifest(&manifest);
         std::fs::write(&manifest_path, &text).map_err(|e| io(&manifest_path, e))?;
-        // Old signatures are over the old manifest: they can only fail now.
+        // Old signatures are over the old manifest: they can only fail now. Say which went.
+        let mut removed = Vec::new();
         if sigs_dir.is_dir() {
             for entry in std::fs::read_dir(&sigs_dir).map_err(|e| io(&sigs_dir, e))? {
                 let path = entry.map_err(|e| io(&sigs_dir, e))?.path();
                 if path.extension().is_some_and(|e| e == "sig") {
                     std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                    if path.file_name() != Some(std::ffi::OsStr::new(&format!("{name}.sig"))) {
+                        removed.push(path);
+                    }
                 }
             }
         }
         writeln!(
             out,
-            "wrote {} (serial {serial}, expires {expires}, {} files)",
-            manifest_path.display(),
+            "wrote {manifest_rel} (serial {serial}, expires {expires}, {} files)",
             manifest.files.len()
         )
         .map_err(|e| io(&manifest_path, e))?;
+        for path in removed {
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "removed clusters/{cluster}/{SIGNATURES_DIR}{file}: it signed the previous manifest; its signer co-signs again with `vworkspace-operator release --cluster {cluster} --key <their key> --sign-only`"
+            )
+            .map_err(|e| io(&path, e))?;
+        }
         text.into_bytes()
     };
-    let armored = vworkspace_core::trust::sshsig::sign(&manifest_bytes, SIGNATURE_NAMESPACE, &key)
-        .map_err(usage)?;
+    let armored = key.sign(&manifest_bytes, SIGNATURE_NAMESPACE)?;
     std::fs::create_dir_all(&sigs_dir).map_err(|e| io(&sigs_dir, e))?;
     let sig_path = sigs_dir.join(format!("{name}.sig"));
     std::fs::write(&sig_path, armored).map_err(|e| io(&sig_path, e))?;
     writeln!(
         out,
-        "signed {} as {} ({})",
-        manifest_path.display(),
-        sig_path.display(),
-        key.public_key().fingerprint(ssh_key::HashAlg::Sha256)
+        "signed {manifest_rel} as clusters/{cluster}/{SIGNATURES_DIR}{name}.sig ({my_fingerprint})"
     )
     .map_err(|e| io(&sig_path, e))?;
     Ok(0)

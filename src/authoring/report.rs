@@ -67,6 +67,8 @@ pub struct Refusal {
     pub reason: &'static str,
     /// What was refused, one finding a line.
     pub findings: Vec<String>,
+    /// The commands that fix it, one a line.
+    pub hints: Vec<String>,
 }
 
 impl From<&pipeline::PassError> for Refusal {
@@ -74,6 +76,7 @@ impl From<&pipeline::PassError> for Refusal {
         Refusal {
             reason: refused.reason(),
             findings: refused.findings(),
+            hints: Vec::new(),
         }
     }
 }
@@ -83,14 +86,163 @@ impl From<&vworkspace_controller::Error> for Refusal {
         Refusal {
             reason: refused.reason(),
             findings: refused.findings(),
+            hints: Vec::new(),
         }
     }
 }
 
-/// Writes the lines `verify` prints for a refused ref: one finding a line.
+impl Refusal {
+    /// Adds the command that fixes the refusal, where one does (`release` after an edit, the
+    /// cluster ids on a `--cluster` typo).
+    pub fn with_hints(mut self, cluster: &str) -> Self {
+        let any = |needle: &str| self.findings.iter().any(|f| f.contains(needle));
+        if self.reason == vworkspace_core::reasons::RELEASE_INVALID
+            && (any("does not match the directory") || any("release.yaml is missing"))
+        {
+            self.hints.push(format!(
+                "after an edit, write and sign a fresh release, then commit it: `vworkspace-operator release --cluster {cluster} --key <your release key>` (a co-signer then runs it with --sign-only)"
+            ));
+        }
+        if self.reason == vworkspace_core::reasons::RELEASE_INVALID
+            && any("distinct trusted key(s)")
+        {
+            self.hints.push(format!(
+                "collect the missing signatures: each release key holder runs `vworkspace-operator release --cluster {cluster} --key <their key> --sign-only`"
+            ));
+        }
+        if self.reason == vworkspace_core::reasons::RELEASE_INVALID && any("expired at") {
+            self.hints.push(format!(
+                "`vworkspace-operator release --cluster {cluster} --key <your release key> --expires 30d`, co-sign, commit"
+            ));
+        }
+        if any(&format!("has no directory clusters/{cluster}/")) {
+            self.hints.push(
+                "`git ls-tree --name-only HEAD clusters/` lists the cluster ids of the commit; check --cluster"
+                    .to_owned(),
+            );
+        }
+        self
+    }
+
+    /// The refusal on one line: a failed fetch reports the transport's whole chain of causes,
+    /// in Debug form (`reqwest::Error { kind: Request, .. }`); what it says is its first line and its
+    /// deepest cause: `fetching URL: Transport handshake failed: Connection refused`.
+    pub fn one_line(mut self) -> Self {
+        let lines: Vec<&str> = self
+            .findings
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty() && *f != "Caused by:")
+            .collect();
+        let Some((first, causes)) = lines.split_first() else {
+            return self;
+        };
+        let mut text = readable(first);
+        if let Some(deepest) = causes.last() {
+            let cause = readable(deepest.split_once(": ").map_or(*deepest, |(n, rest)| {
+                if n.bytes().all(|b| b.is_ascii_digit()) {
+                    rest
+                } else {
+                    deepest
+                }
+            }));
+            if !cause.is_empty() && !text.contains(&cause) {
+                text = format!("{text}: {cause}");
+            }
+        }
+        self.findings = vec![text];
+        self
+    }
+}
+
+/// A Debug rendering reduced to its message: the `message: "..."`, or the last quoted string, of a
+/// `Type { .. }` or `Type("..")` text; plain text as it is.
+fn readable(text: &str) -> String {
+    let Some(debug_at) = text.find(['{', '(']) else {
+        return text.trim_matches('"').to_owned();
+    };
+    // Keep a plain prefix (`fetching URL: `) and reduce what follows.
+    let (prefix, debug) = match text[..debug_at].rfind(": ") {
+        Some(colon) => (&text[..colon + 2], &text[colon + 2..]),
+        None => ("", text),
+    };
+    let quoted: Vec<&str> = debug.split('"').skip(1).step_by(2).collect();
+    let message = debug
+        .find("message: \"")
+        .and_then(|at| debug[at + 10..].split('"').next())
+        .or_else(|| quoted.last().copied());
+    match message {
+        Some(m) => format!("{prefix}{m}"),
+        None => text.to_owned(),
+    }
+}
+
+/// Writes the lines `verify` prints for a refused ref: one finding a line, then the fixes.
 pub fn report_refusal(refused: &Refusal, out: &mut dyn Write) -> std::io::Result<()> {
     for finding in &refused.findings {
         writeln!(out, "refused {}: {finding}", refused.reason)?;
     }
+    for hint in &refused.hints {
+        writeln!(out, "fix     {hint}")?;
+    }
     Ok(())
+}
+
+/// The `apiVersion` of the JSON documents `verify -o json` and `plan -o json` print for a
+/// result (schema: docs/cli-output.md). Fields are only ever added within a version.
+pub const JSON_API_VERSION: &str = "cli.vworkspace.io/v1";
+
+/// The JSON document of a passing ref.
+pub fn pass_json(verified: &pipeline::VerifiedIntent, config: &TrustConfig) -> serde_json::Value {
+    let commit = verified.commit();
+    let release = verified.release();
+    serde_json::json!({
+        "apiVersion": JSON_API_VERSION,
+        "kind": "VerifyResult",
+        "mode": "commit",
+        "cluster": config.cluster,
+        "result": "passed",
+        "reason": null,
+        "commit": {
+            "id": commit.id(),
+            "signer": commit.signer().principal,
+            "fingerprint": commit.signer().fingerprint,
+        },
+        "release": {
+            "serial": release.serial(),
+            "expires": release.expires().to_string(),
+            "digest": release.digest(),
+            "threshold": config.release.threshold,
+            "signers": release.signers().iter().map(|s| serde_json::json!({
+                "principal": s.principal,
+                "fingerprint": s.fingerprint,
+            })).collect::<Vec<_>>(),
+            "files": release.manifest().files.len(),
+        },
+        "validUntil": verified.valid_until().to_string(),
+        "intent": {
+            "applicationInstances": verified.intent().application_instances.len(),
+            "operations": verified.intent().operations.len(),
+        },
+        "values": {
+            "count": verified.values_checked(),
+            "decrypted": config.identities.is_some(),
+        },
+        "notes": verified.notes(),
+        "findings": [],
+        "hints": [],
+    })
+}
+
+/// The JSON document of a refused ref.
+pub fn refusal_json(refused: &Refusal, cluster: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": JSON_API_VERSION,
+        "kind": "VerifyResult",
+        "cluster": cluster,
+        "result": "refused",
+        "reason": refused.reason,
+        "findings": refused.findings,
+        "hints": refused.hints,
+    })
 }

@@ -179,7 +179,7 @@ fn release_refuses_a_serial_that_does_not_grow() {
     std::fs::create_dir_all(repo.join("clusters/demo/namespaces/a/operations")).expect("mkdir");
     std::fs::write(
         repo.join("clusters/demo/namespaces/a/operations/op.yaml"),
-        "x: 1\n",
+        crate::common::BACKUP.replace("name: nightly", "name: op"),
     )
     .expect("write");
     let args = |extra: &[&str]| {

@@ -118,12 +118,14 @@ impl Fixture {
         stdout(&out)
     }
 
-    /// Our `release`, then a co-signature by `ssh-keygen -Y sign` with the second key.
+    /// Our `release`, then a co-signature by `ssh-keygen -Y sign` with the second key. It signs
+    /// whatever the directory holds (`--unchecked`: the tests of `verify`'s refusals need signed
+    /// hostile intent) and re-signs an unchanged directory (`--force`).
     pub fn release(&self, cluster: &str, extra: &[&str]) {
         // `release` hashes what git will commit (the index): stage the intent first.
         self.git(&["add", "-A"]);
         run(Command::new(BIN)
-            .args(["release", "--repo"])
+            .args(["release", "--unchecked", "--force", "--repo"])
             .arg(&self.repo)
             .args(["--cluster", cluster, "--key"])
             .arg(self.path("release-odoo"))

@@ -86,7 +86,22 @@ fn names_scopes_and_columns_are_as_designed() {
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(columns, ["Ready", "Commit", "Serial"]);
+    assert_eq!(columns, ["Ready", "Reason", "Commit", "Serial"]);
+    assert_eq!(
+        cluster["spec"]["versions"][0]["additionalPrinterColumns"][1]["jsonPath"],
+        ".status.conditions[?(@.type==\"Ready\")].reason"
+    );
+    // Not ambiguous beside Cluster API's and CloudNativePG's `clusters`.
+    assert_eq!(
+        cluster["spec"]["names"]["shortNames"],
+        serde_json::json!(["vwc", "vwcluster"])
+    );
+    for crd in [&ai, &op, &cluster] {
+        assert_eq!(
+            crd["spec"]["names"]["categories"],
+            serde_json::json!(["vworkspace"])
+        );
+    }
     let source = &cluster["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
         ["properties"]["source"]["properties"];
     assert_eq!(source["interval"]["default"], "5m");

@@ -1297,6 +1297,8 @@ fn release_hashes_the_blobs_git_will_commit() {
     let release = |r: &Repo| {
         tool(bin, &r.root)
             .arg("release")
+            // The intent here is a bare shape (what is hashed is the point, not the schema).
+            .arg("--unchecked")
             .arg("--repo")
             .arg(r.repo())
             .args(["--cluster", "demo", "--key"])
@@ -1365,4 +1367,66 @@ fn release_hashes_the_blobs_git_will_commit() {
         stderr.contains("app.yaml: changed in the work tree but not staged"),
         "{stderr}"
     );
+}
+
+/// What `release` reads from the index, in the two shapes the first version got wrong (found when
+/// `release`'s own checks met it): two files with the same contents (one blob, read for both) and a
+/// staged rename (`git status -z` gives the source path as a field of its own).
+#[test]
+fn release_reads_shared_blobs_and_staged_renames_from_the_index() {
+    use vworkspace_core::repository::TreeEntry;
+    use vworkspace_core::repository::checkout::read_cluster_index;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(repo)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    let ops = repo.join("clusters/demo/namespaces/a/operations");
+    std::fs::create_dir_all(&ops).expect("dirs");
+    std::fs::write(ops.join("one.yaml"), "same: contents\n").expect("one");
+    std::fs::write(ops.join("two.yaml"), "same: contents\n").expect("two");
+    std::fs::write(ops.join("old.yaml"), "moved: soon\n").expect("old");
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "first"]);
+    git(&[
+        "mv",
+        "clusters/demo/namespaces/a/operations/old.yaml",
+        "clusters/demo/namespaces/a/operations/new.yaml",
+    ]);
+    let tree = read_cluster_index(repo, "demo", &Limits::default())
+        .expect("the index reads")
+        .expect("a git work tree");
+    let file = |p: &str| match tree.entries().get(p) {
+        Some(TreeEntry::File(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        other => panic!("{p}: {other:?}"),
+    };
+    assert_eq!(file("namespaces/a/operations/one.yaml"), "same: contents\n");
+    assert_eq!(file("namespaces/a/operations/two.yaml"), "same: contents\n");
+    assert_eq!(file("namespaces/a/operations/new.yaml"), "moved: soon\n");
+    assert!(
+        !tree
+            .entries()
+            .contains_key("namespaces/a/operations/old.yaml")
+    );
+    // git agrees on what the next commit holds.
+    let listed = Command::new("git")
+        .current_dir(repo)
+        .args(["ls-files", "clusters/demo"])
+        .output()
+        .expect("ls-files");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), tree.entries().len(), "{listed}");
 }

@@ -5,6 +5,7 @@ mod common;
 mod support;
 
 mod adversarial;
+mod authoring;
 mod children;
 mod cli;
 mod crds;

@@ -357,7 +357,7 @@ fn a_literal_credential_in_values_is_refused_before_the_webhook_would() {
     let refused = refusals(&out);
     assert!(
         refused.iter().any(|l| l.contains(
-            "org-myteam/nextcloud spec.values.nextcloud.mail.smtp.password: a literal credential"
+            "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml: spec.values.nextcloud.mail.smtp.password: a literal credential"
         )),
         "{refused:?}"
     );

@@ -29,6 +29,13 @@ pub struct RefusalLabel {
     pub kind: &'static str,
 }
 
+/// The `cluster` label: a `Cluster` object's name (one series per Cluster).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// The Cluster's name.
+    pub cluster: String,
+}
+
 /// The `result` label of a pass: `success` or `failure`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -55,6 +62,8 @@ pub struct Metrics {
     /// ApplicationInstances and Operations the child controllers refused (not declared by the
     /// verified release, or altered), by reason and kind.
     pub refused: Family<RefusalLabel, Counter>,
+    /// Unix time at which each Cluster's last verified release expires (alert well before it).
+    pub release_expiry: Family<ClusterLabel, Gauge<f64, AtomicU64>>,
 }
 
 fn pass_histogram() -> Histogram {
@@ -76,6 +85,7 @@ impl Default for Metrics {
             failures: Family::default(),
             leader: Gauge::default(),
             refused: Family::default(),
+            release_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +122,11 @@ impl Default for Metrics {
             "children_refused",
             "ApplicationInstances and Operations refused because the verified release does not declare them as they are, by reason and kind",
             metrics.refused.clone(),
+        );
+        registry.register(
+            "release_expiry_timestamp_seconds",
+            "Unix time at which the Cluster's last verified release expires; after it every pass is refused",
+            metrics.release_expiry.clone(),
         );
         Metrics {
             registry,

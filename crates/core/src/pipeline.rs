@@ -220,8 +220,8 @@ pub fn verify_commit_id(
             )
         })
         .collect();
-    let values_checked =
-        check_values(&intent, config, &mut notes).map_err(|e| fail(ValueErrors(e).into()))?;
+    let values_checked = check_values(&intent, &values_inputs(config), &mut notes)
+        .map_err(|e| fail(ValueErrors(e).into()))?;
     Ok(VerifiedIntent {
         release,
         intent,
@@ -230,15 +230,65 @@ pub fn verify_commit_id(
     })
 }
 
+/// What the values step needs from the configuration.
+struct ValuesInputs<'a> {
+    cluster: &'a str,
+    identities: Option<&'a Identities>,
+    require_bound: bool,
+    limits: &'a Limits,
+}
+
+fn values_inputs(config: &TrustConfig) -> ValuesInputs<'_> {
+    ValuesInputs {
+        cluster: &config.cluster,
+        identities: config.identities.as_ref(),
+        require_bound: config.require_bound_values,
+        limits: &config.limits,
+    }
+}
+
+/// What [`check_unsigned`] found in a tree that passed every key-free check.
+#[derive(Debug)]
+pub struct UnsignedCheck {
+    /// The validated objects.
+    pub intent: Intent,
+    /// How many encrypted values were checked for form.
+    pub values: usize,
+}
+
+/// Every check of a pass that needs neither a signature nor the cluster's key, on a cluster
+/// directory as it is (a checkout before `release` signs it, or `verify --worktree`): the layout,
+/// names, folders, kinds, schema, literal credentials, and the form of every encrypted value. The
+/// release's own files (`release.yaml`, `release.sigs/`) are not judged here.
+pub fn check_unsigned(
+    tree: &crate::repository::ClusterTree,
+    limits: &Limits,
+) -> Result<UnsignedCheck, PassError> {
+    let fail = |error: Error| PassError {
+        commit: None,
+        error: Box::new(error),
+    };
+    let intent = crate::intent::parse_tree(tree, limits).map_err(|e| fail(e.into()))?;
+    let inputs = ValuesInputs {
+        cluster: &tree.cluster,
+        identities: None,
+        require_bound: false,
+        limits,
+    };
+    let values =
+        check_values(&intent, &inputs, &mut Vec::new()).map_err(|e| fail(ValueErrors(e).into()))?;
+    Ok(UnsignedCheck { intent, values })
+}
+
 /// Checks every encrypted value of every ApplicationInstance: decrypts them all when the cluster's
 /// identities are at hand, checks their form otherwise. Returns how many values there are.
 fn check_values(
     intent: &Intent,
-    config: &TrustConfig,
+    config: &ValuesInputs<'_>,
     notes: &mut Vec<String>,
 ) -> Result<usize, Vec<ValueError>> {
     let policy = secrets::ValuesPolicy {
-        require_bound: config.require_bound_values,
+        require_bound: config.require_bound,
     };
     let instances: Vec<_> = intent
         .application_instances
@@ -258,6 +308,7 @@ fn check_values(
     }
     if total > config.limits.max_secret_values {
         return Err(vec![ValueError {
+            cluster: config.cluster.to_owned(),
             namespace: String::new(),
             instance: String::new(),
             path: String::new(),
@@ -267,19 +318,17 @@ fn check_values(
     // Each instance's values are independent: decrypt on every core, report in intent order.
     let outcomes = crate::parallel::map(&instances, |(item, values)| {
         let at = secrets::ValueContext {
-            cluster: config.cluster.clone(),
+            cluster: config.cluster.to_owned(),
             namespace: item.namespace.clone(),
             instance: item.name.clone(),
         };
-        match &config.identities {
+        match config.identities {
             // Plaintext is dropped (and zeroized) inside: this step only proves every value decrypts.
             Some(identities) => {
-                secrets::decrypt_values(values, &at, identities, &policy, &config.limits)
+                secrets::decrypt_values(values, &at, identities, &policy, config.limits)
                     .map(|decrypted| (decrypted.len(), decrypted.unbound_paths()))
             }
-            None => {
-                secrets::check_values_form(values, &at, &config.limits).map(|n| (n, Vec::new()))
-            }
+            None => secrets::check_values_form(values, &at, config.limits).map(|n| (n, Vec::new())),
         }
     });
     let mut findings = Vec::new();
@@ -287,6 +336,7 @@ fn check_values(
     // instead of the webhook refusing the apply halfway through a pass.
     for (item, values) in &instances {
         let error = |path: String, kind| ValueError {
+            cluster: config.cluster.to_owned(),
             namespace: item.namespace.clone(),
             instance: item.name.clone(),
             path,
@@ -309,8 +359,8 @@ fn check_values(
                 count += n;
                 for path in unbound {
                     notes.push(format!(
-                        "{}/{} spec.values.{path}: value is not bound to where it is used (plain age); bind it with `encrypt --cluster --namespace --instance --path`",
-                        item.namespace, item.name
+                        "clusters/{}/{}: spec.values.{path}: value is not bound to where it is used (plain age); bind it with `vworkspace-operator encrypt --recipient <the cluster's age1... recipient> --in-place clusters/{}/{} --path {path}`",
+                        config.cluster, item.source_path, config.cluster, item.source_path
                     ));
                 }
             }

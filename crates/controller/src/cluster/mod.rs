@@ -72,6 +72,8 @@ struct SourceState {
     /// Namespaces whose RBAC this process has checked and found (or made) right, and when: checked
     /// again after [`RBAC_RECHECK`], so a binding deleted by hand comes back within the hour.
     namespaces_ensured: HashMap<String, Instant>,
+    /// The release serial whose coming expiry this process already warned about (one Event each).
+    expiry_warned: Option<u64>,
 }
 
 /// Shared by every reconcile: the client, the settings, the metrics and per-source memory.
@@ -206,10 +208,14 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
             Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
         };
     drop(inputs);
+    // Published even when verification fails: a new Cluster's authors need the recipient first.
+    let recipients = trust.config.identities.as_ref().map(|i| i.recipients());
     let verified = match fetch_and_verify(ctx, &name, spec, trust).await {
         Ok(verified) => verified,
         Err((e, commit)) => {
-            return PassReport::refused(e.reason(), e.findings().join("; "), commit);
+            let mut report = PassReport::refused(e.reason(), e.findings().join("; "), commit);
+            report.recipients = recipients;
+            return report;
         }
     };
     let commit = verified.commit().id().to_string();
@@ -221,6 +227,8 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         inventory: None,
         managed_namespaces: None,
         writes: (0, 0),
+        recipients,
+        release_expires: Some((verified.release().serial(), verified.release().expires())),
     };
     let fail = |mut report: PassReport, error: Error| {
         report.apply = failed(&error);
@@ -430,6 +438,29 @@ async fn finish(
         let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(error = %e, "cannot record an Event");
+        }
+    }
+    if let Some((serial, expires)) = report.release_expires {
+        ctx.metrics
+            .release_expiry
+            .get_or_create(&crate::metrics::ClusterLabel {
+                cluster: name.clone(),
+            })
+            .set(expires.as_millisecond() as f64 / 1000.0);
+        let warned = ctx.with_state(&name, |s| s.expiry_warned == Some(serial));
+        if !warned
+            && let Some(event) = status::expiry_event(
+                &report,
+                &cluster.spec.cluster_id,
+                reference_of(cluster),
+                now,
+            )
+        {
+            let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
+            match api.create(&PostParams::default(), &event).await {
+                Ok(_) => ctx.with_state(&name, |s| s.expiry_warned = Some(serial)),
+                Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot record an Event"),
+            }
         }
     }
     ctx.metrics

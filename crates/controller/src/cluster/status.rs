@@ -42,6 +42,10 @@ pub struct PassReport {
     pub managed_namespaces: Option<Vec<ManagedNamespace>>,
     /// Objects applied and pruned by this pass.
     pub writes: (usize, usize),
+    /// The age recipients of the Cluster's identities, when the pass read them (public keys).
+    pub recipients: Option<Vec<String>>,
+    /// The verified release's serial and expiry, when verification passed.
+    pub release_expires: Option<(u64, jiff::Timestamp)>,
 }
 
 impl PassReport {
@@ -78,6 +82,8 @@ impl PassReport {
             inventory: None,
             managed_namespaces: None,
             writes: (0, 0),
+            recipients: None,
+            release_expires: None,
         }
     }
 }
@@ -129,6 +135,10 @@ pub fn next_status(
             .managed_namespaces
             .clone()
             .unwrap_or(previous.managed_namespaces.clone()),
+        recipients: report
+            .recipients
+            .clone()
+            .unwrap_or(previous.recipients.clone()),
         ..previous
     };
     if let Some(applied) = &report.applied {
@@ -143,6 +153,51 @@ pub fn next_status(
 fn ready(conditions: &[Condition]) -> Option<&Condition> {
     conditions.iter().find(|c| c.type_ == READY)
 }
+
+/// How long before a release expires the operator starts warning (Event `ReleaseExpiringSoon`).
+pub const EXPIRY_WARNING: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+
+/// The Event `ReleaseExpiringSoon`, when the verified release expires within [`EXPIRY_WARNING`] of
+/// `now`: once it expires the operator refuses it and the cluster stays frozen on the last one.
+pub fn expiry_event(
+    report: &PassReport,
+    cluster_id: &str,
+    involved: ObjectReference,
+    now: jiff::Timestamp,
+) -> Option<Event> {
+    let (serial, expires) = report.release_expires?;
+    let left = expires.duration_since(now);
+    if left > EXPIRY_WARNING {
+        return None;
+    }
+    let name = involved.name.clone().unwrap_or_default();
+    Some(Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(EVENT_NAMESPACE.to_owned()),
+            ..ObjectMeta::default()
+        },
+        involved_object: involved,
+        reason: Some(REASON_RELEASE_EXPIRING.to_owned()),
+        message: Some(format!(
+            "clusters/{cluster_id}/release.yaml (serial {serial}) expires at {expires}, in {}h; after that every pass is refused: publish a fresh release (vworkspace-operator release --cluster {cluster_id} --key <release key>), co-sign, commit",
+            left.as_secs().max(0) / 3600
+        )),
+        type_: Some("Warning".to_owned()),
+        source: Some(EventSource {
+            component: Some(crate::cluster::COMPONENT.to_owned()),
+            host: None,
+        }),
+        reporting_component: Some(crate::cluster::COMPONENT.to_owned()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Event::default()
+    })
+}
+
+/// The Event reason of [`expiry_event`].
+pub const REASON_RELEASE_EXPIRING: &str = "ReleaseExpiringSoon";
 
 /// The Event of a pass, if it deserves one: when `Ready` changed (status, reason or message) or the
 /// pass wrote objects. A pass that keeps failing for the same reason, or that finds nothing to do,
@@ -225,6 +280,8 @@ mod tests {
             inventory: Some(vec![]),
             managed_namespaces: Some(vec![]),
             writes: (2, 1),
+            recipients: None,
+            release_expires: None,
         }
     }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     namespaced,
     shortname = "ai",
+    category = "vworkspace",
     doc = "One Helm chart installed in a managed namespace, materialized as a Flux HelmRelease.",
     status = "ApplicationInstanceStatus",
     printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,

@@ -21,7 +21,13 @@ use serde::{Deserialize, Serialize};
     kind = "Cluster",
     doc = "One Git source of this cluster's intent and every trust input that judges it.",
     status = "ClusterStatus",
+    // `kubectl get clusters` is ambiguous beside Cluster API and CloudNativePG: `kubectl get vwc`,
+    // or `kubectl get vworkspace` for every kind of ours.
+    shortname = "vwc",
+    shortname = "vwcluster",
+    category = "vworkspace",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
     printcolumn = r#"{"name":"Serial","type":"integer","jsonPath":".status.lastAppliedSerial"}"#
 )]
@@ -303,6 +309,11 @@ pub struct ClusterStatus {
     /// Managed namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_namespaces: Vec<ManagedNamespace>,
+    /// The age recipients (public keys, `age1...`) of the identities this Cluster decrypts with:
+    /// what `vworkspace-operator encrypt --recipient` takes (`recipient --cluster NAME` prints them).
+    /// Never a private key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// The generation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

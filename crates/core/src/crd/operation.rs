@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     namespaced,
     shortname = "op",
+    category = "vworkspace",
     doc = "A one-shot operational task (backup, restore, snapshot, command, workflow) run from an allowed template.",
     status = "OperationStatus",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,

@@ -262,16 +262,84 @@ fn parse_file(
     let object = parse_object(bytes, &file_label, namespace, name, &kind, limits)?;
     Ok(match kind {
         Kind::ApplicationInstance => {
-            let item: Item<ApplicationInstance> = item(path, namespace, name, object)?;
+            let item: Item<ApplicationInstance> =
+                item(path, namespace, name, object).map_err(|e| number_hint(e, bytes))?;
             check_application_instance(&item.resource.spec)?;
             Parsed::ApplicationInstance(item)
         }
         Kind::Operation => {
-            let item: Item<Operation> = item(path, namespace, name, object)?;
+            let item: Item<Operation> =
+                item(path, namespace, name, object).map_err(|e| number_hint(e, bytes))?;
             check_operation(&item.resource.spec)?;
             Parsed::Operation(item)
         }
     })
+}
+
+/// YAML reads an unquoted `version: 2.10` as the number 2.1: when a string field got a number, find
+/// the line that wrote it and say to quote it.
+fn number_hint(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
+    let IntentErrorKind::InvalidSpec(message) = &error else {
+        return error;
+    };
+    let number = ["invalid type: floating point `", "invalid type: integer `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once("`, expected a string"))
+        .map(|(n, _)| n.to_owned());
+    let Some(number) = number else {
+        return unknown_field_line(error, bytes);
+    };
+    let text = String::from_utf8_lossy(bytes);
+    for (index, line) in text.lines().enumerate() {
+        let content = line.split(" #").next().unwrap_or(line);
+        let Some((key, value)) = content.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        let key = key.trim().trim_start_matches("- ");
+        let same = value.parse::<f64>().ok().is_some_and(|v| {
+            number
+                .parse::<f64>()
+                .is_ok_and(|n| n == v && value.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        });
+        if same && !key.is_empty() {
+            return IntentErrorKind::InvalidSpec(format!(
+                "{message}; line {}: YAML reads `{key}: {value}` as the number {number}: quote it, `{key}: \"{value}\"`",
+                index + 1
+            ));
+        }
+    }
+    IntentErrorKind::InvalidSpec(format!(
+        "{message}; YAML reads an unquoted number (2.10 becomes 2.1): quote the value"
+    ))
+}
+
+/// Adds the line of an unknown field (`unknown field \`chartt\``): the first line that writes it as a
+/// key.
+fn unknown_field_line(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
+    let IntentErrorKind::InvalidSpec(message) = &error else {
+        return error;
+    };
+    let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return error;
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let found = text.lines().enumerate().find_map(|(index, line)| {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        let key = trimmed.split(':').next()?.trim().trim_matches(['"', '\'']);
+        (key == field && trimmed.contains(':'))
+            .then(|| (index + 1, line.len() - line.trim_start().len() + 1))
+    });
+    match found {
+        Some((line, column)) => {
+            IntentErrorKind::InvalidSpec(format!("{message} (line {line}, column {column})"))
+        }
+        None => error,
+    }
 }
 
 /// The typed object: the spec types refuse unknown fields, so a typo fails here.

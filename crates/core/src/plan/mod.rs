@@ -117,6 +117,31 @@ impl Plan {
         Plan { objects }
     }
 
+    /// Every object as a Kubernetes `List` (what `kubectl get -o json` prints), with encrypted values
+    /// shown as `<redacted>`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .objects
+            .iter()
+            .map(|desired| {
+                let rendered = match &desired.resource {
+                    DesiredResource::ApplicationInstance(resource) => {
+                        let mut redacted = resource.clone();
+                        if let Some(values) = redacted.spec.values.as_mut() {
+                            *values = crate::secrets::redact_values(values);
+                        }
+                        serde_json::to_value(&redacted)
+                    }
+                    DesiredResource::Operation(resource) => serde_json::to_value(resource),
+                };
+                rendered.unwrap_or_else(|e| {
+                    serde_json::json!({"error": format!("cannot render {}/{}: {e}", desired.namespace, desired.name)})
+                })
+            })
+            .collect();
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+
     /// Multi-document YAML of every object, with encrypted values shown as `<redacted>`.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();

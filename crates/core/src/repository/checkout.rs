@@ -182,10 +182,16 @@ pub fn read_cluster_index(
         return Err(failed("status", &status));
     }
     let mut problems = Vec::new();
-    for record in status.stdout.split(|b| *b == 0) {
+    let mut records = status.stdout.split(|b| *b == 0);
+    while let Some(record) = records.next() {
         let (Some(code), Some(path)) = (record.get(..2), record.get(3..)) else {
             continue;
         };
+        // A rename or copy (`R`/`C` in either column) is followed by its source path as a field
+        // of its own: it is not a record.
+        if code.iter().any(|c| matches!(c, b'R' | b'C')) {
+            records.next();
+        }
         let path = String::from_utf8_lossy(path);
         if is_release_output(&path) {
             continue;
@@ -294,7 +300,11 @@ pub fn read_cluster_index(
             "120000" => TreeEntry::Symlink,
             "160000" => TreeEntry::Submodule,
             _ => {
-                let bytes = contents.remove(&id).unwrap_or_default();
+                // Two files with the same contents share one blob: look it up, never take it.
+                let bytes = contents
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| limit(format!("{prefix}{relative}: blob {id} not read")))?;
                 let max = if relative == crate::layout::MANIFEST_FILE {
                     limits.max_manifest_bytes
                 } else {

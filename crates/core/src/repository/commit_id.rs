@@ -80,6 +80,12 @@ impl PartialEq<String> for CommitId {
     }
 }
 
+impl serde::Serialize for CommitId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
 impl From<CommitId> for String {
     fn from(id: CommitId) -> String {
         id.0

@@ -466,6 +466,13 @@ impl LocalRepository {
                 Err(e) => last_error = e.to_string(),
             }
         }
+        // gix describes a bad revision in its parser's terms
+        // (`delegate.traverse(NthAncestor(5)) failed`); say it in the user's.
+        if let GitRef::Revision(r) = reference {
+            last_error = format!(
+                "no commit {r:?} in this repository (a branch, a tag, a commit id, or HEAD~N within the history; `git log --oneline` lists the commits)"
+            );
+        }
         Err(GitError::RefNotFound {
             reference: reference.to_string(),
             message: last_error,

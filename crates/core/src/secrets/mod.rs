@@ -94,9 +94,15 @@ pub enum SecretsError {
     /// A binding field holds a newline or is empty.
     #[error("binding field {0} must be non-empty and hold no newline")]
     InvalidBinding(&'static str),
-    /// The recipient string is not an age X25519 recipient.
-    #[error("recipient {0:?} is not an age X25519 recipient (age1...)")]
+    /// The recipient string is not an age X25519 recipient. Holds a safe description of what was
+    /// given (the text itself only when it is public: an `age1...` string), never key material.
+    #[error("recipient {0} is not an age X25519 recipient (age1...)")]
     InvalidRecipient(String),
+    /// A secret key was given where a recipient (public key) belongs. The key is never echoed.
+    #[error(
+        "the recipient given is {0}, not a recipient; it was not printed. Give the public recipient (age1...): `age-keygen -y IDENTITY_FILE` prints it. Treat the key as exposed if it went into a shared log or shell history"
+    )]
+    SecretKeyAsRecipient(&'static str),
     /// An identity file could not be read. Never echoes the offending line.
     #[error("{source_name}:{line}: not an age X25519 identity (AGE-SECRET-KEY-1...)")]
     InvalidIdentity {
@@ -161,6 +167,12 @@ impl Identities {
     /// How many identities there are.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The `age1...` recipients (public keys) of the identities, in order: what `encrypt --recipient`
+    /// takes. Public: safe to publish (the Cluster status does).
+    pub fn recipients(&self) -> Vec<String> {
+        self.0.iter().map(|i| i.to_public().to_string()).collect()
     }
 
     /// Whether both sets hold the same keys in the same order.
@@ -275,6 +287,42 @@ fn open_envelope(plaintext: &[u8]) -> Result<Option<(Binding, SecretValue)>, Sec
     )))
 }
 
+/// Parses an age X25519 recipient. A mistake is described without echoing anything but a public
+/// `age1...` string: a pasted secret key never reaches a terminal or a CI log.
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, SecretsError> {
+    let trimmed = text.trim();
+    if let Ok(recipient) = trimmed.parse::<age::x25519::Recipient>() {
+        return Ok(recipient);
+    }
+    let upper = trimmed.to_ascii_uppercase();
+    if upper.starts_with("AGE-SECRET-KEY-") {
+        return Err(SecretsError::SecretKeyAsRecipient(
+            "an age secret key (AGE-SECRET-KEY-1...)",
+        ));
+    }
+    if upper.starts_with("AGE-PLUGIN-") {
+        return Err(SecretsError::SecretKeyAsRecipient(
+            "an age plugin identity (AGE-PLUGIN-...)",
+        ));
+    }
+    if upper.contains("PRIVATE KEY") {
+        return Err(SecretsError::SecretKeyAsRecipient("a private key"));
+    }
+    let public_looking = trimmed.starts_with("age1")
+        && trimmed.len() <= 100
+        && trimmed.bytes().all(|b| b.is_ascii_alphanumeric());
+    Err(SecretsError::InvalidRecipient(if public_looking {
+        format!("{trimmed:?}")
+    } else if trimmed.starts_with("ssh-") {
+        "(an SSH public key: SSH recipients are not accepted)".to_owned()
+    } else {
+        format!(
+            "(the {} characters given, not shown)",
+            trimmed.chars().count()
+        )
+    }))
+}
+
 /// Encrypts `plaintext` to `recipient` as ASCII-armored age (readable by `age -d`), sealing it in the
 /// binding envelope when `binding` is given.
 pub fn encrypt(
@@ -282,10 +330,7 @@ pub fn encrypt(
     recipient: &str,
     binding: Option<&Binding>,
 ) -> Result<String, SecretsError> {
-    let recipient: age::x25519::Recipient = recipient
-        .trim()
-        .parse()
-        .map_err(|_| SecretsError::InvalidRecipient(recipient.trim().to_owned()))?;
+    let recipient = parse_recipient(recipient)?;
     let sealed;
     let payload = match binding {
         Some(b) => {
@@ -564,10 +609,13 @@ pub enum ValueErrorKind {
     TooDeep,
 }
 
-/// One refused value, named by namespace, instance and value path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{namespace}/{instance} spec.values.{path}: {}", describe(.kind))]
+/// One refused value, named by its file (relative to the repository) and value path:
+/// `clusters/<id>/namespaces/<ns>/applicationinstances/<instance>.yaml: spec.values.<path>: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueError {
+    /// The cluster id (empty when not known: the file is then named relative to the cluster
+    /// directory).
+    pub cluster: String,
     /// The namespace.
     pub namespace: String,
     /// The ApplicationInstance.
@@ -578,21 +626,85 @@ pub struct ValueError {
     pub kind: ValueErrorKind,
 }
 
+impl ValueError {
+    /// The file the value sits in, relative to the repository (relative to the cluster directory
+    /// when the cluster is not known); empty for a refusal of the whole release.
+    pub fn file(&self) -> String {
+        if self.namespace.is_empty() || self.instance.is_empty() {
+            return String::new();
+        }
+        let relative = format!(
+            "namespaces/{}/applicationinstances/{}.yaml",
+            self.namespace, self.instance
+        );
+        if self.cluster.is_empty() {
+            relative
+        } else {
+            format!("clusters/{}/{relative}", self.cluster)
+        }
+    }
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self.file();
+        match (file.is_empty(), self.path.is_empty()) {
+            (true, _) if self.cluster.is_empty() => write!(f, "{}", describe(&self.kind)),
+            (true, _) => write!(f, "clusters/{}/: {}", self.cluster, describe(&self.kind)),
+            (false, true) => write!(f, "{file}: spec.values: {}", describe(&self.kind)),
+            (false, false) => write!(
+                f,
+                "{file}: spec.values.{}: {}",
+                self.path,
+                describe(&self.kind)
+            ),
+        }?;
+        match self.fix_command() {
+            Some(command) => write!(f, " (`{command}`)"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 fn describe(kind: &ValueErrorKind) -> String {
     match kind {
         ValueErrorKind::Secrets(e) => e.to_string(),
         ValueErrorKind::BindingMismatch { field, bound_to } => format!(
-            "value is bound to {field} {bound_to:?}, not to this one; re-encrypt it for this place with `encrypt --cluster --namespace --instance --path`"
+            "value is bound to {field} {bound_to:?}, not to this one (copied from another place?); re-encrypt it for this place"
         ),
         ValueErrorKind::TooDeep => "values are nested too deep to be checked".into(),
         ValueErrorKind::LiteralCredential => {
-            "a literal credential; encrypt it with `encrypt --cluster --namespace --instance --path`, or reference a Secret with secretRef".into()
+            "a literal credential; encrypt it, or reference a Secret with secretRef".into()
         }
         ValueErrorKind::UnboundValueNotAllowed => {
-            "value is not bound and this cluster requires bound values; re-encrypt it with `encrypt --cluster --namespace --instance --path`".into()
+            "value is not bound and this cluster requires bound values; re-encrypt it bound".into()
         }
-        ValueErrorKind::UnaddressablePath => "a key on this path contains '.', so the value cannot be bound; rename the key".into(),
+        ValueErrorKind::UnaddressablePath => {
+            "a key on this path contains '.', so the value cannot be bound; rename the key".into()
+        }
         ValueErrorKind::TooManyValues(limit) => format!("more than {limit} encrypted values"),
+    }
+}
+
+impl ValueError {
+    /// The command that writes a correct value here, when one does.
+    pub fn fix_command(&self) -> Option<String> {
+        let file = self.file();
+        match self.kind {
+            ValueErrorKind::BindingMismatch { .. }
+            | ValueErrorKind::LiteralCredential
+            | ValueErrorKind::UnboundValueNotAllowed
+                if !file.is_empty() && !self.path.is_empty() =>
+            {
+                Some(format!(
+                    "vworkspace-operator encrypt --recipient <the cluster's age1... recipient> --in-place {file} --path {}",
+                    self.path
+                ))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -677,6 +789,7 @@ fn collect_leaves(
     }
     if leaves.len() > limits.max_secret_values {
         return Err(vec![ValueError {
+            cluster: at.cluster.clone(),
             namespace: at.namespace.clone(),
             instance: at.instance.clone(),
             path: String::new(),
@@ -700,6 +813,7 @@ pub fn decrypt_values(
     let mut decrypted = DecryptedValues::default();
     for (path, armored, addressable) in leaves {
         let error = |kind| ValueError {
+            cluster: at.cluster.clone(),
             namespace: at.namespace.clone(),
             instance: at.instance.clone(),
             path: path.clone(),
@@ -768,6 +882,7 @@ pub fn check_values_form(
         };
         if let Some(kind) = kind {
             errors.push(ValueError {
+                cluster: at.cluster.clone(),
                 namespace: at.namespace.clone(),
                 instance: at.instance.clone(),
                 path: path.clone(),
