@@ -611,7 +611,7 @@ async fn prune_then_a_rollback_is_refused() {
     intent.add_instance("cp-prune-a", "nextcloud", "one");
     intent.add_instance("cp-prune-a", "wiki", "two");
     intent.release(&[]);
-    intent.commit("release 1");
+    let first = intent.commit("release 1");
     let scope = Scope::new(&env, &intent, &["cp-prune-a"]).await;
     let _webhook = webhook_replica(&env, &scope.dir).await;
     let (ok, out, err) = scope.once(&env);
@@ -647,9 +647,8 @@ async fn prune_then_a_rollback_is_refused() {
         2
     );
 
-    // The old content again, released with the old serial: a rollback, refused.
-    intent.add_instance("cp-prune-a", "wiki", "two");
-    intent.release(&["--serial", "1"]);
+    // The old release again (validly signed, serial 1) in a new trusted commit: a rollback, refused.
+    intent.git(&["checkout", &first, "--", "clusters/cp-prune"]);
     intent.commit("release 1 again");
     let audit = Audit::mark(&env.cp.audit_log);
     let (ok, out, _) = scope.once(&env);
@@ -666,6 +665,19 @@ async fn prune_then_a_rollback_is_refused() {
     let cluster = scope.cluster(&env.admin).await;
     assert_eq!(cluster["status"]["lastAppliedSerial"], 2);
     assert_eq!(cluster["status"]["lastAppliedCommit"], head2.as_str());
+
+    // Forward again, with every instance removed: an empty cluster directory prunes everything.
+    intent.remove_instance("cp-prune-a", "wiki");
+    intent.remove_instance("cp-prune-a", "nextcloud");
+    intent.release(&["--serial", "3"]);
+    intent.commit("release 3: nothing declared");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "empty release: {out}\n{err}");
+    assert!(!exists(&env.admin, AI, "ApplicationInstance", "cp-prune-a", "nextcloud").await);
+    assert_eq!(
+        scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

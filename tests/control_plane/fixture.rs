@@ -167,7 +167,7 @@ impl Intent {
     /// Declares an ApplicationInstance with one encrypted (bound) value at `mail.password`.
     pub fn add_instance(&self, ns: &str, name: &str, password: &str) {
         let armored = self.bound_encrypt(password, ns, name, "mail.password");
-        let indented: String = armored.lines().map(|l| format!("      {l}\n")).collect();
+        let indented: String = armored.lines().map(|l| format!("        {l}\n")).collect();
         self.write(
             &format!("clusters/{}/{}", self.cluster, Self::instance_rel(ns, name)),
             &format!(

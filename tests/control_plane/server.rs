@@ -51,7 +51,8 @@ pub fn control_plane(test: &str) -> Option<ControlPlane> {
 /// of passing tests, not direct writes, so the line shows in a plain `cargo test` too.
 pub fn skipped(test: &str, why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    // One write, so that the line is not torn by another test's output.
+    let _ = std::io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
 }
 
 pub async fn client_from(kubeconfig: &Path) -> Client {
