@@ -20,7 +20,11 @@ SRC="$ROOT/tests/control-plane"
 OUT="${CARGO_TARGET_DIR:-$ROOT/target}/control-plane"
 BIN="$OUT/bin"
 STATE="$OUT/current" # the running instance's directory (one per checkout)
-GO_BUILD_FLAGS=(-trimpath "-ldflags=-s -w")
+# The version the binaries report (kubectl and clients read it): the k8s.io/kubernetes module's.
+KUBE_VERSION="$(sed -n 's|^[[:space:]]*k8s.io/kubernetes \(v[0-9][^ ]*\)$|\1|p' "$SRC/go.mod" | head -1)"
+KUBE_MINOR="$(echo "$KUBE_VERSION" | cut -d. -f2)"
+V=k8s.io/component-base/version
+GO_BUILD_FLAGS=(-trimpath "-ldflags=-s -w -X $V.gitVersion=$KUBE_VERSION -X $V.gitMajor=1 -X $V.gitMinor=$KUBE_MINOR -X $V.gitTreeState=clean -X $V.buildDate=1970-01-01T00:00:00Z")
 
 say() { echo "control-plane: $*" >&2; }
 

@@ -190,6 +190,25 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
 
     let operator_kubeconfig = scratch.join("operator.kubeconfig");
     operator_kubeconfig_from_token(admin, &cp.kubeconfig, &operator_kubeconfig).await;
+
+    // The API server loads a new ValidatingAdmissionPolicy a moment after it is written: wait until
+    // it denies the operator a (dry-run) RoleBinding in a namespace nobody labelled.
+    let operator = client_from(&operator_kubeconfig).await;
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(operator, "default");
+    let probe: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(operator_binding("default")).expect("RoleBinding");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for("the admission policy to be in force", 60, || async {
+        match bindings.create(&dry_run, &probe).await {
+            Err(e) if e.to_string().contains("vworkspace-app-operator-rbac-scope") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
     Shared {
         scratch,
         operator_kubeconfig,
@@ -396,6 +415,15 @@ async fn webhook_replica(env: &Env, dir: &Path) -> Proc {
     })
     .await;
     proc
+}
+
+/// The RoleBinding the operator writes in each managed namespace.
+fn operator_binding(ns: &str) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+           "metadata": {"name": "vworkspace-app-operator", "namespace": ns},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                       "name": "vworkspace-app-operator-namespace"},
+           "subjects": [{"kind": "ServiceAccount", "name": "vworkspace-app-operator", "namespace": SYSTEM}]})
 }
 
 /// Object writes (not the Cluster's status, not Events) among `writes`.
@@ -673,7 +701,16 @@ async fn prune_then_a_rollback_is_refused() {
     intent.commit("release 3: nothing declared");
     let (ok, out, err) = scope.once(&env);
     assert!(ok, "empty release: {out}\n{err}");
-    assert!(!exists(&env.admin, AI, "ApplicationInstance", "cp-prune-a", "nextcloud").await);
+    assert!(
+        !exists(
+            &env.admin,
+            AI,
+            "ApplicationInstance",
+            "cp-prune-a",
+            "nextcloud"
+        )
+        .await
+    );
     assert_eq!(
         scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
         3
@@ -743,13 +780,7 @@ async fn the_admission_policy_denies_the_operator_a_rolebinding_outside_managed_
         )
         .await;
     let operator = client_from(&env.shared.operator_kubeconfig).await;
-    let binding = |ns: &str| {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "vworkspace-app-operator", "namespace": ns},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                           "name": "vworkspace-app-operator-namespace"},
-               "subjects": [{"kind": "ServiceAccount", "name": "vworkspace-app-operator", "namespace": SYSTEM}]})
-    };
+    let binding = operator_binding;
     let err = apply(&operator, &binding("cp-policy-free"))
         .await
         .expect_err("denied outside managed namespaces");
@@ -791,15 +822,21 @@ async fn the_admission_policy_denies_the_operator_a_rolebinding_outside_managed_
                    "subjects": [{"kind": "ServiceAccount", "name": "vworkspace-app-operator", "namespace": SYSTEM}]}),
         )
         .await;
-    let err = apply(
-        &operator,
-        &json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "db-admin", "namespace": "cp-policy-managed"},
-                "stringData": {"password": "x"}}),
-    )
-    .await
-    .expect_err("only <instance>-values Secrets");
-    assert!(err.to_string().contains("<instance>-values"), "{err}");
+    // RBAC sees the new binding a moment later: until then the answer is RBAC's 403.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "db-admin", "namespace": "cp-policy-managed"},
+                        "stringData": {"password": "x"}});
+    let denial = wait_for("the Secret judged by the policy", 30, || async {
+        match apply(&operator, &secret).await {
+            Ok(_) => Some(Ok(())),
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("cannot patch") => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    })
+    .await;
+    scope.also_delete("v1", "Secret", Some("cp-policy-managed"), "db-admin");
+    let text = denial.expect_err("only <instance>-values Secrets");
+    assert!(text.contains("<instance>-values"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
