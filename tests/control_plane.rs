@@ -1027,3 +1027,75 @@ async fn two_replicas_with_leader_election_one_reconciles() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "trust closure: the children controllers materialize (and decrypt) an ApplicationInstance that an API writer created and no release declares; see issue 12"]
+async fn an_instance_written_through_the_api_is_not_materialized() {
+    let test = "an_instance_written_through_the_api_is_not_materialized";
+    let Some(env) = env(test).await else {
+        return;
+    };
+    if env.shared.thirdparty.is_none() {
+        skipped(test, "../shared/thirdparty-crds is absent");
+        return;
+    }
+    let ns = "cp-closure-a";
+    let intent = Intent::new("cp-closure");
+    intent.add_instance(ns, "nextcloud", "declared");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+
+    // Someone with write access to the namespace (here the admin) adds an instance no release
+    // declares, with a value encrypted to the cluster's recipient.
+    let armored = intent.bound_encrypt("stolen-by-the-api-writer", ns, "intruder", "mail.password");
+    scope.also_delete(AI, "ApplicationInstance", Some(ns), "intruder");
+    let written = apply(
+        &env.admin,
+        &json!({"apiVersion": AI, "kind": "ApplicationInstance",
+                "metadata": {"name": "intruder", "namespace": ns,
+                             "labels": {"app.vworkspace.io/managed-by": "vworkspace",
+                                        "gitops.vworkspace.io/cluster": "cp-closure"}},
+                "spec": {"chart": {"repository": "https://charts.example.org/", "name": "x", "version": "1.0.0"},
+                         "values": {"mail": {"password": armored}}}}),
+    )
+    .await;
+    if written.is_err() {
+        // Refused at admission (the design's policy for managed namespaces): closed.
+        return;
+    }
+    let mut controllers = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "run");
+    // The declared instance's children prove the controllers ran.
+    let admin = env.admin.clone();
+    wait_for("the declared instance's HelmRelease", 60, || {
+        let admin = admin.clone();
+        async move {
+            get(
+                &admin,
+                "helm.toolkit.fluxcd.io/v2",
+                "HelmRelease",
+                Some(ns),
+                "nextcloud",
+            )
+            .await
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    controllers.stop();
+    for (api_version, kind, name) in [
+        ("v1", "Secret", "intruder-values"),
+        ("helm.toolkit.fluxcd.io/v2", "HelmRelease", "intruder"),
+    ] {
+        scope.also_delete(api_version, kind, Some(ns), name);
+        assert!(
+            get(&env.admin, api_version, kind, Some(ns), name)
+                .await
+                .is_none(),
+            "{kind} {name} was materialized from an undeclared instance"
+        );
+    }
+}
