@@ -10,6 +10,7 @@ command -v age-keygen >/dev/null 2>&1 || need+=(age)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test tools: ${need[*]}"
   sudo=""
@@ -64,6 +65,11 @@ if [ -z "${VWS_TEST_KUBECONFIG:-}" ]; then
 fi
 
 cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+# Stopped before the summary, so that the closing line stays the last one.
+if [ -n "$cp_started" ]; then
+  ./scripts/control-plane.sh stop
+  cp_started=""
+fi
 # A test that could not run says so in a line "SKIPPED <test>: <why>"; it still counts as passed for
 # cargo, so the closing line subtracts it and shows it.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i } }
