@@ -38,6 +38,9 @@ const STANDBY: &str = "vws-webhook-standby";
 const AI: &str = "apps.vworkspace.io/v1alpha1";
 const OPS: &str = "ops.vworkspace.io/v1alpha1";
 
+/// The Operation templates every test namespace allows.
+const TEMPLATES: &str = "velero-namespace-backup,pg-dump,nightly-snapshot,maintenance";
+
 static LOCK: tokio::sync::Mutex<Option<Shared>> = tokio::sync::Mutex::const_new(None);
 
 /// What the one-time install leaves for every test.
@@ -245,7 +248,7 @@ impl Scope {
         for ns in namespaces {
             scope.apply(&env.admin, json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "labels": {"app.vworkspace.io/managed-by": "vworkspace"},
-                             "annotations": {"app.vworkspace.io/allowed-operation-templates": "velero-namespace-backup"}}}))
+                             "annotations": {"app.vworkspace.io/allowed-operation-templates": TEMPLATES}}}))
                 .await;
         }
         let trust = format!("trust-{name}");
@@ -856,9 +859,33 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
     let intent = Intent::new("cp-children");
     intent.add_instance(ns, "nextcloud", "smtp-secret");
     intent.add_backup(ns, "nightly", "nextcloud");
+    intent.add_operation(
+        ns,
+        "snapshot",
+        "  type: Snapshot\n  template: nightly-snapshot\n  target:\n    persistentVolumeClaim: data\n  parameters:\n    volumeSnapshotClassName: csi-snapclass\n",
+    );
+    intent.add_operation(
+        ns,
+        "dump",
+        "  type: RunCommand\n  template: pg-dump\n  parameters:\n    database: nextcloud\n",
+    );
+    intent.add_operation(
+        ns,
+        "maintenance",
+        "  type: Workflow\n  template: maintenance\n  parameters:\n    mode: quick\n",
+    );
     intent.release(&[]);
     intent.commit("release 1");
     let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    // The RunCommand template, owned by the platform team (vworkspace-system).
+    scope
+        .apply(
+            &env.admin,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "operation-template-pg-dump", "namespace": SYSTEM},
+                   "data": {"image": "registry.example.org/tools/pg:16", "command": "[\"/bin/pg-dump\",\"--all\"]"}}),
+        )
+        .await;
     let _webhook = webhook_replica(&env, &scope.dir).await;
     let (ok, out, err) = scope.once(&env);
     assert!(ok, "first pass: {out}\n{err}");
@@ -904,6 +931,52 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
         json!([ns]),
         "{backup:?}"
     );
+    // The other engines' children, each accepted by its real schema (VolumeSnapshot, Argo Workflow)
+    // or admission (Job), owned by its Operation.
+    let mut operation_children = Vec::new();
+    for (api_version, kind, operation) in [
+        ("snapshot.storage.k8s.io/v1", "VolumeSnapshot", "snapshot"),
+        ("batch/v1", "Job", "dump"),
+        ("argoproj.io/v1alpha1", "Workflow", "maintenance"),
+    ] {
+        let op = get(&env.admin, OPS, "Operation", Some(ns), operation)
+            .await
+            .unwrap_or_else(|| panic!("Operation {operation} applied"));
+        let uid = op.metadata.uid.clone().expect("uid");
+        let api = dynamic_api(&env.admin, api_version, kind, Some(ns)).await;
+        let found = wait_for(
+            &format!("the {kind} of Operation {operation}"),
+            60,
+            || async {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                list.items.into_iter().find(|c| {
+                    c.metadata
+                        .owner_references
+                        .as_ref()
+                        .is_some_and(|o| o.iter().any(|o| o.uid == uid))
+                })
+            },
+        )
+        .await;
+        operation_children.push((
+            api_version,
+            kind,
+            found.metadata.name.clone().expect("name"),
+        ));
+    }
+    let job = get(
+        &env.admin,
+        "batch/v1",
+        "Job",
+        Some(ns),
+        &operation_children[1].2,
+    )
+    .await
+    .expect("Job");
+    assert_eq!(
+        job.data["spec"]["template"]["spec"]["serviceAccountName"],
+        "vworkspace-operation-runner"
+    );
     controllers.stop();
     assert!(
         !controllers.stderr().contains("\"level\":\"ERROR\""),
@@ -914,17 +987,25 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
     // Prune the instance with the controllers stopped: only the garbage collector can remove the
     // children now, by their ownerReferences.
     intent.remove_instance(ns, "nextcloud");
-    intent.remove(&format!(
-        "clusters/{}/namespaces/{ns}/operations/nightly.yaml",
-        intent.cluster
-    ));
+    for op in ["nightly", "snapshot", "dump", "maintenance"] {
+        intent.remove(&format!(
+            "clusters/{}/namespaces/{ns}/operations/{op}.yaml",
+            intent.cluster
+        ));
+    }
     intent.release(&[]);
     intent.commit("release 2: nextcloud removed");
     let (ok, out, err) = scope.once(&env);
     assert!(ok, "prune pass: {out}\n{err}");
     assert!(!exists(&env.admin, AI, "ApplicationInstance", ns, "nextcloud").await);
-    for (api_version, kind, name) in children {
+    let owned: Vec<(&str, &str, String)> = children
+        .iter()
+        .map(|(a, k, n)| (*a, *k, n.to_string()))
+        .chain(operation_children)
+        .collect();
+    for (api_version, kind, name) in owned {
         let admin = env.admin.clone();
+        let name = &name;
         wait_for(
             &format!("{kind} {ns}/{name} collected by the garbage collector"),
             120,

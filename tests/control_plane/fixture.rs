@@ -194,6 +194,16 @@ impl Intent {
         );
     }
 
+    /// Declares an Operation with a free-form `spec` (YAML, indented by four spaces under `spec:`).
+    pub fn add_operation(&self, ns: &str, name: &str, spec: &str) {
+        self.write(
+            &format!("clusters/{}/namespaces/{ns}/operations/{name}.yaml", self.cluster),
+            &format!(
+                "apiVersion: ops.vworkspace.io/v1alpha1\nkind: Operation\nmetadata:\n  name: {name}\nspec:\n{spec}"
+            ),
+        );
+    }
+
     /// Our `release` (next serial, or `extra` such as `--serial 1`), co-signed by `ssh-keygen -Y sign`.
     pub fn release(&self, extra: &[&str]) {
         run(Command::new(BIN)
