@@ -227,7 +227,13 @@ start() {
     echo "control-plane: already running in $dir (stop it first: scripts/control-plane.sh stop); $(env_of "$dir" | tail -1)" >&2
     exit 5
   fi
-  rm -f "$STATE"
+  # A previous instance that died without `stop`: its processes are gone (checked above); its data goes.
+  if [ -f "$STATE" ]; then
+    local stale
+    stale="$(cat "$STATE")"
+    case "$stale" in */vws-control-plane.*) [ -d "$stale" ] && rm -rf "$stale" ;; esac
+    rm -f "$STATE"
+  fi
   build
   command -v openssl >/dev/null || {
     echo "control-plane: openssl is not installed" >&2
