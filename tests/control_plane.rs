@@ -32,7 +32,6 @@ use serde_json::{Value, json};
 use fixture::{BIN, Intent};
 use server::*;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SYSTEM: &str = "vworkspace-system";
 const STANDBY: &str = "vws-webhook-standby";
 const AI: &str = "apps.vworkspace.io/v1alpha1";
@@ -60,8 +59,18 @@ struct Env {
     _lock: tokio::sync::MutexGuard<'static, Option<Shared>>,
 }
 
+/// The repository's root: the nearest directory above this crate holding deploy/kustomization.yaml
+/// (the crate may sit in a workspace folder).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("deploy/kustomization.yaml").is_file())
+        .expect("deploy/kustomization.yaml above the crate")
+        .to_owned()
+}
+
 fn thirdparty_dir() -> Option<PathBuf> {
-    let dir = Path::new(ROOT).join("../shared/thirdparty-crds");
+    let dir = root().join("../shared/thirdparty-crds");
     dir.join("helm.toolkit.fluxcd.io_helmreleases.yaml")
         .is_file()
         .then_some(dir)
@@ -93,7 +102,7 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
     std::fs::create_dir_all(&scratch).expect("scratch dir");
 
     let mut crds = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("crds"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("crds"))
         .expect("crds/")
         .map(|e| e.expect("entry").path())
         .collect();
@@ -123,14 +132,14 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
     )
     .await
     .expect("velero namespace");
-    let kustomization = documents(&Path::new(ROOT).join("deploy/kustomization.yaml"));
+    let kustomization = documents(&root().join("deploy/kustomization.yaml"));
     let resources = kustomization[0]["resources"]
         .as_array()
         .expect("resources")
         .clone();
     for file in resources {
         let file = file.as_str().expect("file name");
-        for mut doc in documents(&Path::new(ROOT).join("deploy").join(file)) {
+        for mut doc in documents(&root().join("deploy").join(file)) {
             if doc["kind"] == "ValidatingWebhookConfiguration" {
                 // The API server calls the test's replica by URL instead of the Service (no pods run here).
                 for hook in doc["webhooks"].as_array_mut().expect("webhooks") {
@@ -192,7 +201,7 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
     }
 
     let operator_kubeconfig = scratch.join("operator.kubeconfig");
-    operator_kubeconfig_from_token(admin, &cp.kubeconfig, &operator_kubeconfig).await;
+    server::operator_kubeconfig(admin, &cp.kubeconfig, &operator_kubeconfig).await;
 
     // The API server loads a new ValidatingAdmissionPolicy a moment after it is written: wait until
     // it denies the operator a (dry-run) RoleBinding in a namespace nobody labelled.
@@ -219,10 +228,6 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
         webhook_port,
         thirdparty,
     }
-}
-
-async fn operator_kubeconfig_from_token(admin: &Client, admin_kubeconfig: &Path, out: &Path) {
-    operator_kubeconfig(admin, admin_kubeconfig, out).await;
 }
 
 /// One test's cluster id, namespaces, trust inputs and Cluster resource; all deleted on drop.
