@@ -8,6 +8,7 @@ mod adversarial;
 mod authoring;
 mod children;
 mod cli;
+mod control_plane;
 mod crds;
 mod deploy;
 mod differentials;

@@ -621,7 +621,12 @@ pub fn render_manifest(manifest: &ReleaseManifest) -> String {
     if let Some(parent) = &manifest.parent {
         out.push_str(&format!("parent: {parent}\n"));
     }
-    out.push_str("files:\n");
+    // An empty cluster directory (every object removed) must still parse as a map.
+    out.push_str(if manifest.files.is_empty() {
+        "files: {}\n"
+    } else {
+        "files:\n"
+    });
     for (path, digest) in &manifest.files {
         // Paths are validated layout paths (DNS-1123 names, '/', '.yaml'), but quote them anyway so
         // the output stays valid YAML whatever a checkout holds.

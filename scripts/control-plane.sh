@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# A throwaway Kubernetes control plane for the real-server tests and for testing by hand
+# (docs/testing.md): etcd + kube-apiserver + kube-controller-manager, built from Go modules
+# (tests/control-plane/), listening on free loopback ports, with their own CA and certificates,
+# RBAC, the admission plugins (ValidatingAdmissionPolicy and the webhooks), a ServiceAccount issuer
+# and signing key (TokenRequest works) and an audit log.
+#
+#   scripts/control-plane.sh build   build (or reuse) target/control-plane/bin/{etcd,kube-apiserver,kube-controller-manager}
+#   scripts/control-plane.sh start   build, start, wait for /readyz; the last line is KUBECONFIG=<admin kubeconfig>
+#   scripts/control-plane.sh env     the running one's variables (KUBECONFIG, VWS_CONTROL_PLANE_AUDIT_LOG, ...)
+#   scripts/control-plane.sh stop    stop exactly the processes `start` started (by their process group) and delete its data
+#
+# Exit codes: 0 done; 1 failed; 2 usage; 3 Go 1.26 not found; 4 Go modules cannot be downloaded (no module
+# proxy); 5 already running (start) or not running (env); 6 the build failed. Where it cannot work the
+# script says why in one line beginning with "control-plane:".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SRC="$ROOT/tests/control-plane"
+OUT="${CARGO_TARGET_DIR:-$ROOT/target}/control-plane"
+BIN="$OUT/bin"
+STATE="$OUT/current" # the running instance's directory (one per checkout)
+# The version the binaries report (kubectl and clients read it): the k8s.io/kubernetes module's.
+KUBE_VERSION="$(sed -n 's|^[[:space:]]*k8s.io/kubernetes \(v[0-9][^ ]*\)$|\1|p' "$SRC/go.mod" | head -1)"
+KUBE_MINOR="$(echo "$KUBE_VERSION" | cut -d. -f2)"
+V=k8s.io/component-base/version
+GO_BUILD_FLAGS=(-trimpath "-ldflags=-s -w -X $V.gitVersion=$KUBE_VERSION -X $V.gitMajor=1 -X $V.gitMinor=$KUBE_MINOR -X $V.gitTreeState=clean -X $V.buildDate=1970-01-01T00:00:00Z")
+
+say() { echo "control-plane: $*" >&2; }
+
+need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    echo "control-plane: Go is not installed (need Go 1.26.x on PATH); the real-server tests are skipped" >&2
+    exit 3
+  fi
+  local v
+  v="$(go env GOVERSION 2>/dev/null || true)"
+  case "$v" in
+    go1.26 | go1.26.*) ;;
+    *)
+      if [ "${VWS_CONTROL_PLANE_ANY_GO:-}" != 1 ]; then
+        echo "control-plane: Go is $v, need go1.26.x (an apiserver built with Go 1.27 served a broken OpenAPI document; VWS_CONTROL_PLANE_ANY_GO=1 overrides); the real-server tests are skipped" >&2
+        exit 3
+      fi
+      ;;
+  esac
+}
+
+# A digest of everything the binaries are built from: sources, go.mod/go.sum, Go version, flags.
+source_digest() {
+  {
+    go env GOVERSION GOOS GOARCH
+    printf '%s\n' "${GO_BUILD_FLAGS[@]}"
+    (cd "$SRC" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort | xargs sha256sum)
+  } | sha256sum | cut -d' ' -f1
+}
+
+build() {
+  need_go
+  local digest
+  digest="$(source_digest)"
+  if [ -f "$BIN/.digest" ] && [ "$(cat "$BIN/.digest")" = "$digest" ] &&
+    [ -x "$BIN/etcd" ] && [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; then
+    return 0
+  fi
+  mkdir -p "$BIN"
+  # GOFLAGS from the environment (e.g. -mod=vendor) would change what is built; the module proxy
+  # comes from `go env` as the machine configures it.
+  export GOFLAGS=-buildvcs=false
+  if ! (cd "$SRC" && go mod download) >"$OUT/download.log" 2>&1; then
+    echo "control-plane: cannot download the Go modules (is the Go module proxy reachable? $(go env GOPROXY)); see $OUT/download.log; the real-server tests are skipped" >&2
+    exit 4
+  fi
+  say "building etcd, kube-apiserver, kube-controller-manager from Go modules (the first build takes many minutes)"
+  local start=$SECONDS
+  if ! (cd "$SRC" && go build "${GO_BUILD_FLAGS[@]}" -o "$BIN/" ./etcd ./kube-apiserver ./kube-controller-manager) >"$OUT/build.log" 2>&1; then
+    echo "control-plane: the Go build failed; see $OUT/build.log" >&2
+    tail -20 "$OUT/build.log" >&2
+    exit 6
+  fi
+  echo "$digest" >"$BIN/.digest"
+  say "built in $((SECONDS - start)) s"
+}
+
+# free_port VAR: sets VAR to a TCP port nobody listens on, on 127.0.0.1, not among those already picked.
+picked=()
+free_port() {
+  local p i
+  for i in $(seq 1 200); do
+    p=$((20000 + RANDOM % 30000))
+    [[ " ${picked[*]-} " == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      picked+=("$p")
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+  done
+  say "no free port found"
+  exit 1
+}
+
+# pid_alive PID BINARY: the process exists and is the binary we started (not a reused pid).
+pid_alive() {
+  local pid="$1" bin="$2"
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' '\n' <"/proc/$pid/cmdline" | head -1 | grep -qxF "$bin"
+}
+
+running_dir() {
+  [ -f "$STATE" ] || return 1
+  local dir
+  dir="$(cat "$STATE")"
+  [ -d "$dir" ] || return 1
+  local name
+  for name in etcd kube-apiserver kube-controller-manager; do
+    [ -f "$dir/$name.pid" ] && pid_alive "$(cat "$dir/$name.pid")" "$BIN/$name" && {
+      echo "$dir"
+      return 0
+    }
+  done
+  return 1
+}
+
+# Stops the process group of $dir/$name.pid (started with setsid: pid == pgid), TERM then KILL.
+stop_one() {
+  local dir="$1" name="$2" pid i
+  [ -f "$dir/$name.pid" ] || return 0
+  pid="$(cat "$dir/$name.pid")"
+  if pid_alive "$pid" "$BIN/$name"; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+      pid_alive "$pid" "$BIN/$name" || break
+      sleep 0.1
+    done
+    if pid_alive "$pid" "$BIN/$name"; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$dir/$name.pid"
+}
+
+stop() {
+  [ -f "$STATE" ] || {
+    say "not running"
+    return 0
+  }
+  local dir
+  dir="$(cat "$STATE")"
+  if [ -d "$dir" ]; then
+    stop_one "$dir" kube-controller-manager
+    stop_one "$dir" kube-apiserver
+    stop_one "$dir" etcd
+    if [ "${VWS_CONTROL_PLANE_KEEP:-}" = 1 ]; then
+      say "stopped; data and logs kept in $dir"
+    else
+      rm -rf "$dir"
+      say "stopped"
+    fi
+  fi
+  rm -f "$STATE"
+}
+
+env_of() {
+  local dir="$1"
+  echo "VWS_CONTROL_PLANE_DIR=$dir"
+  echo "VWS_CONTROL_PLANE_AUDIT_LOG=$dir/audit.log"
+  echo "VWS_CONTROL_PLANE_SERVER=$(cat "$dir/server")"
+  echo "KUBECONFIG=$dir/admin.kubeconfig"
+}
+
+# kubeconfig FILE SERVER CERT KEY: a client-certificate kubeconfig trusting the control plane's CA.
+kubeconfig() {
+  local file="$1" server="$2" cert="$3" key="$4" dir="$5"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: control-plane
+    cluster:
+      server: $server
+      certificate-authority: $dir/pki/ca.crt
+users:
+  - name: user
+    user:
+      client-certificate: $cert
+      client-key: $key
+contexts:
+  - name: control-plane
+    context: {cluster: control-plane, user: user}
+current-context: control-plane
+EOF
+}
+
+pki() {
+  local d="$1/pki"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=vws-control-plane-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    # issue NAME SUBJECT [SAN]: a leaf signed by the CA (client and server usage).
+    issue() {
+      local ext
+      ext="$(mktemp)"
+      {
+        echo "basicConstraints=CA:FALSE"
+        echo "keyUsage=digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=serverAuth,clientAuth"
+        [ -n "${3:-}" ] && echo "subjectAltName=$3"
+      } >"$ext"
+      openssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile "$ext" -out "$1.crt" 2>/dev/null
+      rm -f "$1.csr" "$ext"
+    }
+    issue apiserver "/CN=kube-apiserver" \
+      "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    issue admin "/O=system:masters/CN=control-plane-admin"
+    issue kube-controller-manager "/CN=system:kube-controller-manager"
+    issue kcm-serving "/CN=kube-controller-manager" "IP:127.0.0.1,DNS:localhost"
+    # The ServiceAccount token signing key.
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+start() {
+  if dir="$(running_dir)"; then
+    echo "control-plane: already running in $dir (stop it first: scripts/control-plane.sh stop); $(env_of "$dir" | tail -1)" >&2
+    exit 5
+  fi
+  # A previous instance that died without `stop`: its processes are gone (checked above); its data goes.
+  if [ -f "$STATE" ]; then
+    local stale
+    stale="$(cat "$STATE")"
+    case "$stale" in */vws-control-plane.*) [ -d "$stale" ] && rm -rf "$stale" ;; esac
+    rm -f "$STATE"
+  fi
+  build
+  command -v openssl >/dev/null || {
+    echo "control-plane: openssl is not installed" >&2
+    exit 1
+  }
+  command -v curl >/dev/null || {
+    echo "control-plane: curl is not installed" >&2
+    exit 1
+  }
+  local dir t0=$SECONDS
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/vws-control-plane.XXXXXX")"
+  echo "$dir" >"$STATE"
+  # A failure from here on stops what was started.
+  trap 'say "start failed; logs in $dir (kept)"; VWS_CONTROL_PLANE_KEEP=1 stop' ERR
+  pki "$dir"
+  local etcd_port peer_port api_port kcm_port
+  free_port etcd_port
+  free_port peer_port
+  free_port api_port
+  free_port kcm_port
+  local server="https://127.0.0.1:$api_port"
+  echo "$server" >"$dir/server"
+
+  cat >"$dir/audit-policy.yaml" <<'EOF'
+# One event per request (ResponseComplete), metadata only: who did what to which object. The tests
+# count the operator's write requests from it.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    users: ["system:apiserver"]
+  - level: Metadata
+EOF
+
+  setsid "$BIN/etcd" -data-dir "$dir/etcd" -client-url "http://127.0.0.1:$etcd_port" \
+    -peer-url "http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 </dev/null &
+  echo $! >"$dir/etcd.pid"
+
+  setsid "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
+    --client-ca-file="$dir/pki/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,NodeRestriction,PodSecurity,DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$dir/pki/sa.pub" \
+    --service-account-signing-key-file="$dir/pki/sa.key" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=false \
+    --profiling=false \
+    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0 \
+    >"$dir/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$dir/kube-apiserver.pid"
+
+  kubeconfig "$dir/admin.kubeconfig" "$server" "$dir/pki/admin.crt" "$dir/pki/admin.key" "$dir"
+  kubeconfig "$dir/kube-controller-manager.kubeconfig" "$server" \
+    "$dir/pki/kube-controller-manager.crt" "$dir/pki/kube-controller-manager.key" "$dir"
+
+  local curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
+  local i ready=""
+  for i in $(seq 1 600); do
+    if "${curl_admin[@]}" "$server/readyz" >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    pid_alive "$(cat "$dir/etcd.pid")" "$BIN/etcd" || {
+      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
+      false
+    }
+    pid_alive "$(cat "$dir/kube-apiserver.pid")" "$BIN/kube-apiserver" || {
+      say "kube-apiserver exited; $(tail -3 "$dir/kube-apiserver.log" | tr '\n' ' ')"
+      false
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "kube-apiserver not ready after 120 s"
+    false
+  }
+
+  setsid "$BIN/kube-controller-manager" \
+    --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$kcm_port" \
+    --tls-cert-file="$dir/pki/kcm-serving.crt" --tls-private-key-file="$dir/pki/kcm-serving.key" \
+    --client-ca-file="$dir/pki/ca.crt" \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$dir/pki/sa.key" \
+    --root-ca-file="$dir/pki/ca.crt" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --leader-elect=false \
+    --profiling=false \
+    >"$dir/kube-controller-manager.log" 2>&1 </dev/null &
+  echo $! >"$dir/kube-controller-manager.pid"
+
+  # The controller-manager is working once the ServiceAccount controller made `default`.
+  ready=""
+  for i in $(seq 1 600); do
+    if "${curl_admin[@]}" "$server/api/v1/namespaces/default/serviceaccounts/default" >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    pid_alive "$(cat "$dir/kube-controller-manager.pid")" "$BIN/kube-controller-manager" || {
+      say "kube-controller-manager exited; $(tail -3 "$dir/kube-controller-manager.log" | tr '\n' ' ')"
+      false
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "kube-controller-manager did not create the default ServiceAccount within 120 s"
+    false
+  }
+  trap - ERR
+  say "ready in $((SECONDS - t0)) s: $server (data and logs in $dir)"
+  env_of "$dir"
+}
+
+case "${1:-}" in
+  build) build ;;
+  start) start ;;
+  stop) stop ;;
+  env)
+    if dir="$(running_dir)"; then
+      env_of "$dir"
+    else
+      echo "control-plane: not running (scripts/control-plane.sh start)" >&2
+      exit 5
+    fi
+    ;;
+  *)
+    echo "usage: scripts/control-plane.sh build|start|stop|env" >&2
+    exit 2
+    ;;
+esac
