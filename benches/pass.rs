@@ -16,12 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vworkspace_core::limits::Limits;
 use vworkspace_core::pipeline::{self, PassMemo, TrustConfig};
 use vworkspace_core::repository::{GitRef, LocalRepository};
 use vworkspace_core::secrets::{self, Binding, Identities};
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::ReleasePolicy;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 #[derive(Clone, Copy)]
@@ -200,24 +197,16 @@ fn trust_config(root: &Path) -> TrustConfig {
             .expect("signers")
     };
     let identity = std::fs::read_to_string(root.join("identity")).expect("identity");
-    TrustConfig {
-        cluster: "bench".into(),
-        commit_signers: signers("commit_signers"),
-        release: ReleasePolicy {
-            cluster: "bench".into(),
-            signers: signers("release_signers"),
-            threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
-            last_applied: None,
-            max_validity: ReleasePolicy::validity_days(
-                vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
-            ),
-        },
-        identities: Some(Identities::parse(&identity, "identity").expect("identity")),
-        require_bound_values: true,
-        history: HistoryCheck::default(),
-        now: jiff::Timestamp::now(),
-        limits: Limits::default(),
-    }
+    TrustConfig::builder(
+        "bench",
+        signers("commit_signers"),
+        signers("release_signers"),
+        std::num::NonZeroUsize::MIN.saturating_add(1),
+    )
+    .identities(Some(
+        Identities::parse(&identity, "identity").expect("identity"),
+    ))
+    .build()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -16,8 +16,7 @@ use vworkspace_core::limits::Limits;
 use vworkspace_core::pipeline::{self, TrustConfig};
 use vworkspace_core::repository::{GitRef, LocalRepository};
 use vworkspace_core::secrets::{Binding, Identities};
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
+use vworkspace_core::trust::release::AppliedRelease;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 /// The example's files, relative to `examples/repo-layout/`, embedded so the demo needs no checkout.
@@ -328,24 +327,14 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         dir,
         keys,
         committer,
-        config: TrustConfig {
-            cluster: CLUSTER.to_owned(),
+        config: TrustConfig::builder(
+            CLUSTER,
             commit_signers,
-            release: ReleasePolicy {
-                cluster: CLUSTER.to_owned(),
-                signers: release_signers,
-                threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
-                last_applied: None,
-                max_validity: ReleasePolicy::validity_days(
-                    vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
-                ),
-            },
-            identities: Some(identities),
-            require_bound_values: true,
-            history: HistoryCheck::default(),
-            now: jiff::Timestamp::now(),
-            limits: Limits::default(),
-        },
+            release_signers,
+            std::num::NonZeroUsize::MIN.saturating_add(1),
+        )
+        .identities(Some(identities))
+        .build(),
     };
 
     say(

@@ -14,8 +14,7 @@ use vworkspace_core::limits::Limits;
 use vworkspace_core::pipeline::{self, TrustConfig};
 use vworkspace_core::repository::{GitRef, LocalRepository};
 use vworkspace_core::secrets::Identities;
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
+use vworkspace_core::trust::release::AppliedRelease;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 /// How `verify` and `plan` print their result.
@@ -279,32 +278,26 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
             .map_err(|e| usage(format!("--now {text:?}: not an RFC 3339 instant: {e}")))?,
         None => jiff::Timestamp::now(),
     };
-    Ok(TrustConfig {
-        cluster: args.cluster.clone(),
-        commit_signers,
-        release: ReleasePolicy {
-            cluster: args.cluster.clone(),
-            signers: release_signers,
-            threshold,
-            last_applied: args.last_serial.map(|serial| AppliedRelease {
+    Ok(
+        TrustConfig::builder(&args.cluster, commit_signers, release_signers, threshold)
+            .last_applied(args.last_serial.map(|serial| AppliedRelease {
                 serial,
                 digest: None,
-            }),
-            max_validity: ReleasePolicy::validity_days(args.max_release_validity_days),
-        },
-        identities,
-        require_bound_values: args.require_bound_values,
-        history: HistoryCheck {
-            last_commit: last_commit.map(String::from),
-            policy: match args.history {
-                HistoryArg::Head => HistoryPolicy::Head,
-                HistoryArg::All => HistoryPolicy::All,
-            },
-            allow_rewrite: args.allow_history_rewrite,
-        },
-        now,
-        limits: Limits::default(),
-    })
+            }))
+            .history(
+                last_commit.map(String::from),
+                match args.history {
+                    HistoryArg::Head => HistoryPolicy::Head,
+                    HistoryArg::All => HistoryPolicy::All,
+                },
+                args.allow_history_rewrite,
+            )
+            .identities(identities)
+            .require_bound_values(args.require_bound_values)
+            .max_validity_days(args.max_release_validity_days)
+            .now(now)
+            .build(),
+    )
 }
 
 /// A 40-hex argument pins a commit; anything else is a revision git resolves (`HEAD`, a branch).

@@ -17,7 +17,7 @@ use crate::secrets::ValueError;
 use crate::secrets::{self, Identities};
 use crate::trust::commit_signature::{self, VerifiedCommit};
 use crate::trust::history::HistoryCheck;
-use crate::trust::release::{self, ReleasePolicy, VerifiedRelease};
+use crate::trust::release::{self, AppliedRelease, ReleasePolicy, VerifiedRelease};
 use crate::trust::signers::AllowedSigners;
 
 /// Everything the cluster side supplies to judge a commit. None of it comes from the repository.
@@ -150,6 +150,40 @@ impl PassMemo {
 }
 
 impl TrustConfig {
+    /// Starts the one way to build a configuration, shared by the command line and the reconciler:
+    /// the cluster id, its trusted commit and release keys and the release threshold are required;
+    /// everything else has the documented default (no last applied release or commit, `history:
+    /// head`, values checked for form only, bound values required, a release valid for at most
+    /// [`crate::trust::release::DEFAULT_MAX_VALIDITY_DAYS`] days, the default limits, the clock now).
+    pub fn builder(
+        cluster: impl Into<String>,
+        commit_signers: AllowedSigners,
+        release_signers: AllowedSigners,
+        threshold: std::num::NonZeroUsize,
+    ) -> TrustConfigBuilder {
+        let cluster = cluster.into();
+        TrustConfigBuilder {
+            config: TrustConfig {
+                cluster: cluster.clone(),
+                commit_signers,
+                release: ReleasePolicy {
+                    cluster,
+                    signers: release_signers,
+                    threshold,
+                    last_applied: None,
+                    max_validity: ReleasePolicy::validity_days(
+                        crate::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
+                    ),
+                },
+                identities: None,
+                require_bound_values: true,
+                history: HistoryCheck::default(),
+                now: jiff::Timestamp::now(),
+                limits: Limits::default(),
+            },
+        }
+    }
+
     /// Whether two configurations judge alike (the clock aside).
     fn same_inputs(&self, other: &TrustConfig) -> bool {
         self.cluster == other.cluster
@@ -167,6 +201,64 @@ impl TrustConfig {
                 (Some(a), Some(b)) => a.same_keys(b),
                 _ => false,
             }
+    }
+}
+
+/// Builds a [`TrustConfig`]; see [`TrustConfig::builder`] for the defaults.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TrustConfigBuilder {
+    config: TrustConfig,
+}
+
+impl TrustConfigBuilder {
+    /// The release last applied to this cluster (the rollback floor).
+    pub fn last_applied(mut self, release: Option<AppliedRelease>) -> Self {
+        self.config.release.last_applied = release;
+        self
+    }
+    /// The last applied commit, the history policy and whether a rewrite is accepted.
+    pub fn history(
+        mut self,
+        last_commit: Option<String>,
+        policy: crate::crd::HistoryPolicy,
+        allow_rewrite: bool,
+    ) -> Self {
+        self.config.history = HistoryCheck {
+            last_commit,
+            policy,
+            allow_rewrite,
+        };
+        self
+    }
+    /// The cluster's age identities (without them values are checked for form only).
+    pub fn identities(mut self, identities: Option<Identities>) -> Self {
+        self.config.identities = identities;
+        self
+    }
+    /// Whether unbound encrypted values are refused.
+    pub fn require_bound_values(mut self, require: bool) -> Self {
+        self.config.require_bound_values = require;
+        self
+    }
+    /// The longest a release may be valid, in days from the verifier's clock.
+    pub fn max_validity_days(mut self, days: u32) -> Self {
+        self.config.release.max_validity = ReleasePolicy::validity_days(days);
+        self
+    }
+    /// The verifier's clock.
+    pub fn now(mut self, now: jiff::Timestamp) -> Self {
+        self.config.now = now;
+        self
+    }
+    /// Bounds on what the repository can make the pass do.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+    /// The configuration.
+    pub fn build(self) -> TrustConfig {
+        self.config
     }
 }
 

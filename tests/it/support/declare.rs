@@ -13,39 +13,23 @@ use vworkspace_core::pipeline::{self, TrustConfig};
 use vworkspace_core::plan::declared::DeclaredSet;
 use vworkspace_core::repository::{GitRef, LocalRepository};
 use vworkspace_core::secrets::Identities;
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::ReleasePolicy;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 /// The fixture's trust inputs, as a `Cluster` with `threshold: 2` reads them.
 pub fn trust(f: &Fixture, require_bound_values: bool) -> TrustConfig {
     let read = |name: &str| std::fs::read_to_string(f.path(name)).expect("read");
-    TrustConfig {
-        cluster: "demo".into(),
-        commit_signers: AllowedSigners::parse(&read("commit_signers"), "commit_signers")
-            .expect("commit signers"),
-        release: ReleasePolicy {
-            cluster: "demo".into(),
-            signers: AllowedSigners::parse(&read("release_signers"), "release_signers")
-                .expect("release signers"),
-            threshold: std::num::NonZeroUsize::MIN.saturating_add(1),
-            last_applied: None,
-            max_validity: ReleasePolicy::validity_days(
-                vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS,
-            ),
-        },
-        identities: Some(
-            Identities::parse(&read("cluster.agekey"), "cluster.agekey").expect("key"),
-        ),
-        require_bound_values,
-        history: HistoryCheck {
-            last_commit: None,
-            policy: Default::default(),
-            allow_rewrite: false,
-        },
-        now: jiff::Timestamp::now(),
-        limits: Default::default(),
-    }
+    TrustConfig::builder(
+        "demo",
+        AllowedSigners::parse(&read("commit_signers"), "commit_signers").expect("commit signers"),
+        AllowedSigners::parse(&read("release_signers"), "release_signers")
+            .expect("release signers"),
+        std::num::NonZeroUsize::MIN.saturating_add(1),
+    )
+    .identities(Some(
+        Identities::parse(&read("cluster.agekey"), "cluster.agekey").expect("key"),
+    ))
+    .require_bound_values(require_bound_values)
+    .build()
 }
 
 /// The file a live-shaped object is declared in, and the file's content (JSON is YAML).
