@@ -17,16 +17,16 @@ use vworkspace_core::crd::{Cluster, ClusterStatus};
 
 const FIELD_MANAGER: &str = "vworkspace-gitops";
 
-struct Harness {
-    fixture: Fixture,
-    api: Arc<FakeApi>,
-    ctx: Arc<Context>,
+pub(crate) struct Harness {
+    pub(crate) fixture: Fixture,
+    pub(crate) api: Arc<FakeApi>,
+    pub(crate) ctx: Arc<Context>,
     _cache: tempfile::TempDir,
 }
 
-const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+pub(crate) const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
 
-fn namespace(name: &str, managed: bool) -> Value {
+pub(crate) fn namespace(name: &str, managed: bool) -> Value {
     let labels = if managed {
         json!({"app.vworkspace.io/managed-by": "vworkspace"})
     } else {
@@ -35,7 +35,7 @@ fn namespace(name: &str, managed: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
-fn harness() -> Harness {
+pub(crate) fn harness() -> Harness {
     let fixture = fixture();
     let api = Arc::new(FakeApi::default());
     let read = |name: &str| std::fs::read_to_string(fixture.path(name)).expect("read");
@@ -97,15 +97,15 @@ fn harness() -> Harness {
 }
 
 impl Harness {
-    fn cluster(&self) -> Cluster {
+    pub(crate) fn cluster(&self) -> Cluster {
         serde_json::from_value(self.api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster")
     }
 
-    fn status(&self) -> ClusterStatus {
+    pub(crate) fn status(&self) -> ClusterStatus {
         self.cluster().status.expect("status written")
     }
 
-    fn condition(&self, type_: &str) -> (String, String, String) {
+    pub(crate) fn condition(&self, type_: &str) -> (String, String, String) {
         let status = self.status();
         let c = status
             .conditions
@@ -115,14 +115,14 @@ impl Harness {
         (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
-    async fn pass(&self) -> Result<(), vworkspace_controller::Error> {
+    pub(crate) async fn pass(&self) -> Result<(), vworkspace_controller::Error> {
         self.api.clear();
         cluster::reconcile(Arc::new(self.cluster()), self.ctx.clone())
             .await
             .map(drop)
     }
 
-    fn writes(&self) -> Vec<String> {
+    pub(crate) fn writes(&self) -> Vec<String> {
         self.api
             .requests()
             .iter()
@@ -134,7 +134,7 @@ impl Harness {
 
 /// The invariants of every pass: Secrets only ever read by name; every write is a server-side apply
 /// with our field manager and force, or a delete, a status write or an Event.
-fn assert_request_discipline(requests: &[Recorded]) {
+pub(crate) fn assert_request_discipline(requests: &[Recorded]) {
     for r in requests {
         if r.path.contains("/secrets") {
             assert_eq!(r.method, Method::GET, "Secrets are only read: {}", r.line());
@@ -166,8 +166,8 @@ fn assert_request_discipline(requests: &[Recorded]) {
     }
 }
 
-const AI: &str = "/apis/apps.vworkspace.io/v1alpha1";
-const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1";
+pub(crate) const AI: &str = "/apis/apps.vworkspace.io/v1alpha1";
+pub(crate) const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {

@@ -20,6 +20,9 @@ pub const VALUES_INVALID: &str = "ValuesInvalid";
 pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
 /// A Kubernetes API request failed (reading the trust inputs, listing, writing status).
 pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
+/// A declared object exists and is not this cluster source's (made by hand or by another source):
+/// refused, never taken over, never pruned (adopt it with the `gitops.vworkspace.io/adopt` annotation).
+pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
 

@@ -42,7 +42,56 @@ fn live_object(resource: &ApiResource, object: DynamicObject) -> Option<LiveObje
             .get("spec")
             .cloned()
             .unwrap_or(serde_json::Value::Null),
+        managers: object
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     })
+}
+
+/// How many by-name lookups of [`get_unlisted`] run at once.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+async fn get_one(client: Client, id: InventoryEntry) -> Result<Option<LiveObject>, Error> {
+    let Some(resource) = resource_of(&id.api_version, &id.kind) else {
+        return Ok(None);
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &id.namespace, &resource);
+    match api.get_opt(&id.name).await {
+        Ok(found) => Ok(found.and_then(|o| live_object(&resource, o))),
+        Err(source) => Err(Error::Kube {
+            action: format!("get {} {}/{}", id.kind, id.namespace, id.name),
+            source,
+        }),
+    }
+}
+
+/// Reads by name, without a label selector, each declared object the labelled list did not return
+/// ([`vworkspace_core::plan::diff::unlisted`]): a same-named object made by hand or by another source
+/// is then seen (and refused) instead of being planned as a create and taken over by the forced
+/// apply. One `get` per object that is new to this source; none in a steady state.
+pub async fn get_unlisted(
+    client: &Client,
+    ids: &[InventoryEntry],
+) -> Result<Vec<LiveObject>, Error> {
+    use futures::StreamExt;
+    let lookups = ids.iter().cloned().map(|id| get_one(client.clone(), id));
+    let found: Vec<Result<Option<LiveObject>, Error>> = futures::stream::iter(lookups)
+        .buffered(LOOKUP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut live = Vec::new();
+    for result in found {
+        if let Some(object) = result? {
+            live.push(object);
+        }
+    }
+    Ok(live)
 }
 
 /// Lists every ApplicationInstance and Operation that carries this cluster source's label, in all

@@ -270,12 +270,17 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
 
     // Plan against the live cluster, then write.
     let plan = vworkspace_core::plan::desired(&verified);
-    let live = match apply::list_live(client, &spec.cluster_id).await {
+    let mut live = match apply::list_live(client, &spec.cluster_id).await {
         Ok(live) => live,
         Err(e) => return fail(report, e),
     };
-    let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
     let managed_names: BTreeSet<String> = managed.iter().map(|m| m.name.clone()).collect();
+    let unlisted = vworkspace_core::plan::diff::unlisted(&plan, &live, &managed_names);
+    match apply::get_unlisted(client, &unlisted).await {
+        Ok(found) => live.extend(found),
+        Err(e) => return fail(report, e),
+    }
+    let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
     let changes = vworkspace_core::plan::diff::diff(
         &plan,
         &live,
@@ -285,6 +290,9 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
     );
     for (id, why) in &changes.skipped {
         tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
+    }
+    for (id, conflict) in &changes.conflicts {
+        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, holder = %conflict.holder(), "declared object exists and is not ours; not applied");
     }
     let (done, error) = if changes.is_noop() {
         (apply::Applied::default(), None)
@@ -297,29 +305,21 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
     match error {
         None => {
             report.inventory = Some(changes.inventory());
-            report.apply = if changes.skipped.is_empty() {
-                StepOutcome::Succeeded
-            } else {
-                // Objects for unmanaged namespaces are reported, not silently dropped.
-                StepOutcome::Failed {
-                    reason: SKIPPED_UNMANAGED,
-                    message: status::clip(format!(
-                        "{} declared object(s) are in namespaces without the label {}={}: {}",
-                        changes.skipped.len(),
-                        crate::cluster::rbac::MANAGED_LABEL.0,
-                        crate::cluster::rbac::MANAGED_LABEL.1,
-                        changes
-                            .skipped
-                            .iter()
-                            .map(|(id, _)| format!("{} {}/{}", id.kind, id.namespace, id.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                }
+            report.apply = match partial(&changes, &spec.cluster_id) {
+                None => StepOutcome::Succeeded,
+                Some((reason, message)) => StepOutcome::Failed {
+                    reason,
+                    message: status::clip(message),
+                },
             };
             // The children act on what this release declares from now on (never on what the
             // API server holds): published only once every declared object is applied.
-            let not_applied: Vec<_> = changes.skipped.iter().map(|(id, _)| id.clone()).collect();
+            let not_applied: Vec<_> = changes
+                .skipped
+                .iter()
+                .map(|(id, _)| id.clone())
+                .chain(changes.conflicts.iter().map(|(id, _)| id.clone()))
+                .collect();
             ctx.declared.publish(
                 spec,
                 verified.release().serial(),
@@ -358,6 +358,53 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
 
 /// `Applied` reason: the release applied, but some declared objects are in unmanaged namespaces.
 pub const SKIPPED_UNMANAGED: &str = "NamespaceNotManaged";
+
+/// The `Applied` failure of a pass that wrote everything it may but left declared objects out:
+/// objects that exist and are not this source's ([`reason::OWNERSHIP_CONFLICT`], naming each object
+/// and its holder), objects in unmanaged namespaces ([`SKIPPED_UNMANAGED`]). `None` when nothing was
+/// left out.
+fn partial(
+    changes: &vworkspace_core::plan::diff::Changes<'_>,
+    cluster: &str,
+) -> Option<(&'static str, String)> {
+    let mut parts = Vec::new();
+    if !changes.conflicts.is_empty() {
+        parts.push(format!(
+            "{} declared object(s) exist and are not this source's (not applied, never pruned; to let \
+             this source take one over, annotate it {}={cluster}): {}",
+            changes.conflicts.len(),
+            vworkspace_core::plan::ANNOTATION_ADOPT,
+            changes
+                .conflicts
+                .iter()
+                .map(|(id, c)| format!("{} {}/{} held by {}", id.kind, id.namespace, id.name, c.holder()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !changes.skipped.is_empty() {
+        parts.push(format!(
+            "{} declared object(s) are in namespaces without the label {}={}: {}",
+            changes.skipped.len(),
+            crate::cluster::rbac::MANAGED_LABEL.0,
+            crate::cluster::rbac::MANAGED_LABEL.1,
+            changes
+                .skipped
+                .iter()
+                .map(|(id, _)| format!("{} {}/{}", id.kind, id.namespace, id.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let reason = if !changes.conflicts.is_empty() {
+        reason::OWNERSHIP_CONFLICT
+    } else if !changes.skipped.is_empty() {
+        SKIPPED_UNMANAGED
+    } else {
+        return None;
+    };
+    Some((reason, parts.join("; ")))
+}
 
 /// The reconcile entry: runs a pass, writes the status only when it changed, emits an Event only when
 /// `Ready` changed or objects were written, records metrics, and requeues at the interval (or backs

@@ -1,0 +1,131 @@
+//! The operator under ownership conflicts, deadlines, rollback floors, permanent refusals, deletion,
+//! leader changes and restarts (issue 13), against the recording fake API server: each test asserts
+//! the exact requests a pass sends (or must not send).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::reconcile::{AI, CLUSTER_PATH, OPS, assert_request_discipline, harness};
+use vworkspace_controller::cluster::{self, Context};
+use vworkspace_controller::metrics::Metrics;
+
+fn object_writes(writes: &[String]) -> Vec<&String> {
+    writes
+        .iter()
+        .filter(|w| w.contains("/applicationinstances/") || w.contains("/operations/"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it_is_never_pruned() {
+    let h = harness();
+    // Made by hand with kubectl: no labels.
+    let handmade = json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+        "metadata": {"name": "nextcloud", "namespace": "org-myteam",
+                     "managedFields": [{"manager": "kubectl-create", "operation": "Update"}]},
+        "spec": {"app": "handmade"}});
+    let handmade_path = format!("{AI}/namespaces/org-myteam/applicationinstances/nextcloud");
+    h.api.put(&handmade_path, handmade.clone());
+    // Another cluster source's object, same name.
+    let foreign_path = format!("{OPS}/namespaces/org-myteam/operations/nightly");
+    let foreign = json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+        "metadata": {"name": "nightly", "namespace": "org-myteam",
+                     "labels": {"app.vworkspace.io/managed-by": "vworkspace", "gitops.vworkspace.io/cluster": "prod"},
+                     "managedFields": [{"manager": "vworkspace-gitops", "operation": "Apply"}]},
+        "spec": {"type": "Backup", "template": "prod-template", "target": {"applicationInstance": "x"}}});
+    h.api.put(&foreign_path, foreign.clone());
+
+    assert!(h.pass().await.is_err(), "a conflict is reported");
+    assert_request_discipline(&h.api.requests());
+    let writes = h.writes();
+    assert_eq!(
+        object_writes(&writes),
+        [&format!(
+            "PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"
+        )],
+        "only the object that is free is applied"
+    );
+    // The declared objects missing from the labelled list were looked up by name.
+    let lookups: Vec<String> = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::GET && r.path.matches('/').count() == 7)
+        .filter(|r| r.path.contains("/applicationinstances/") || r.path.contains("/operations/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(lookups.len(), 3, "{lookups:?}");
+    assert_eq!(h.api.get(&handmade_path), Some(handmade.clone()));
+    assert_eq!(h.api.get(&foreign_path), Some(foreign.clone()));
+    let (status, reason, message) = h.condition("Applied");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "OwnershipConflict")
+    );
+    assert!(
+        message.contains(
+            "ApplicationInstance org-myteam/nextcloud held by field managers kubectl-create"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("Operation org-myteam/nightly held by cluster source prod"),
+        "{message}"
+    );
+    assert!(
+        message.contains("gitops.vworkspace.io/adopt=demo"),
+        "{message}"
+    );
+    let names: Vec<String> = h
+        .status()
+        .inventory
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["vaultwarden"],
+        "what is not ours is not in the inventory"
+    );
+
+    // The same again: no write, no flip-flop.
+    assert!(h.pass().await.is_err());
+    assert_eq!(h.writes(), Vec::<String>::new());
+
+    // The owner adopts the handmade instance: the next pass takes it over, and owns it.
+    let mut adopted = handmade.clone();
+    adopted["metadata"]["annotations"] = json!({"gitops.vworkspace.io/adopt": "demo"});
+    h.api.put(&handmade_path, adopted);
+    assert!(h.pass().await.is_err(), "nightly is still in conflict");
+    assert_eq!(
+        object_writes(&h.writes()),
+        [&format!("PATCH {handmade_path}")]
+    );
+    let live = h.api.get(&handmade_path).expect("adopted");
+    assert_eq!(
+        live["metadata"]["labels"]["gitops.vworkspace.io/cluster"],
+        "demo"
+    );
+    assert!(h.status().inventory.iter().any(|i| i.name == "nextcloud"));
+
+    // The release stops declaring nightly: the other source's object is not pruned.
+    std::fs::remove_file(
+        h.fixture
+            .repo
+            .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
+    )
+    .expect("remove");
+    h.fixture.release("demo", &[]);
+    h.fixture.commit("release 2: nightly retired");
+    h.pass().await.expect("no conflict left");
+    assert!(
+        !h.writes().iter().any(|w| w.starts_with("DELETE")),
+        "{:?}",
+        h.writes()
+    );
+    assert_eq!(h.api.get(&foreign_path), Some(foreign));
+    assert_eq!(h.condition("Ready").0, "True");
+}
