@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::reconcile::{AI, CLUSTER_PATH, OPS, assert_request_discipline, harness};
 use vworkspace_controller::cluster::{self, Context};
@@ -128,4 +128,119 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
     );
     assert_eq!(h.api.get(&foreign_path), Some(foreign));
     assert_eq!(h.condition("Ready").0, "True");
+}
+
+/// A context like the harness's, with another pass deadline and fetch time limit.
+fn impatient(h: &crate::reconcile::Harness, pass: Duration, fetch: Duration) -> Arc<Context> {
+    let mut settings = h.ctx.settings.clone();
+    settings.pass_timeout = pass;
+    settings.fetch.timeout = fetch;
+    Arc::new(Context::new(
+        h.api.client(),
+        settings,
+        Arc::new(Metrics::default()),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_pass_wrote_before_its_deadline_is_in_the_inventory_and_pruned_when_dropped() {
+    let h = harness();
+    // The third object's apply hangs past the deadline: two were written, one was in flight.
+    h.api.stall(
+        Method::PATCH,
+        "/applicationinstances/vaultwarden",
+        Duration::from_secs(60),
+    );
+    let ctx = impatient(&h, Duration::from_secs(8), Duration::from_secs(60));
+    h.api.clear();
+    assert!(
+        cluster::reconcile(Arc::new(h.cluster()), ctx)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        object_writes(&h.writes()),
+        [
+            &format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            &format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
+            &format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
+        ]
+    );
+    let (_, reason, message) = h.condition("Ready");
+    assert_eq!(reason, "ApiRequestFailed");
+    assert!(message.contains("did not finish within 8 s"), "{message}");
+    let mut names: Vec<String> = h
+        .status()
+        .inventory
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["nextcloud", "nightly", "vaultwarden"],
+        "written, and sent (it may have landed), before the deadline"
+    );
+    assert_eq!(h.status().last_applied_serial, None);
+
+    // The next release drops nightly before any pass completed: it is pruned, not kept forever.
+    std::fs::remove_file(
+        h.fixture
+            .repo
+            .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
+    )
+    .expect("remove");
+    h.fixture.release("demo", &[]);
+    h.fixture.commit("release 2: nightly retired");
+    h.pass().await.expect("converges");
+    assert!(
+        h.writes().contains(&format!(
+            "DELETE {OPS}/namespaces/org-myteam/operations/nightly"
+        )),
+        "{:?}",
+        h.writes()
+    );
+    assert!(
+        h.api
+            .get(&format!("{OPS}/namespaces/org-myteam/operations/nightly"))
+            .is_none()
+    );
+    let mut names: Vec<String> = h
+        .status()
+        .inventory
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["nextcloud", "vaultwarden"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_git_server_is_a_fetch_failure_not_an_api_failure() {
+    let h = harness();
+    // A Git server that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["spec"]["source"]["url"] = json!(format!("http://127.0.0.1:{port}/intent.git"));
+    h.api.put(CLUSTER_PATH, cluster);
+    // The pass deadline comes before the fetch's own time limit.
+    let ctx = impatient(&h, Duration::from_secs(2), Duration::from_secs(6));
+    assert!(
+        cluster::reconcile(Arc::new(h.cluster()), ctx)
+            .await
+            .is_err()
+    );
+    let (status, reason, message) = h.condition("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
+    assert!(message.contains("Git server stalled"), "{message}");
+    server.abort();
 }

@@ -169,12 +169,73 @@ async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
     }
 }
 
+/// What the writes of a pass have done so far, kept outside the pass so that a pass cut at its
+/// deadline (its future dropped mid-write) still records what it wrote.
+#[derive(Debug, Default)]
+pub struct Progress {
+    inner: std::sync::Mutex<ProgressState>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    sent: Vec<InventoryEntry>,
+    pruned: Vec<InventoryEntry>,
+    fetching: bool,
+}
+
+impl Progress {
+    fn with<T>(&self, f: impl FnOnce(&mut ProgressState) -> T) -> T {
+        let mut guard = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Records that an apply of `id` is about to be sent.
+    pub fn sent(&self, id: InventoryEntry) {
+        self.with(|s| s.sent.push(id));
+    }
+
+    /// Records that `id` was deleted (or already gone).
+    pub fn pruned(&self, id: InventoryEntry) {
+        self.with(|s| s.pruned.push(id));
+    }
+
+    /// Records whether the pass is fetching (so that a deadline hit there is a fetch failure).
+    pub fn set_fetching(&self, fetching: bool) {
+        self.with(|s| s.fetching = fetching);
+    }
+
+    /// Whether the pass was fetching when it was last told.
+    pub fn fetching(&self) -> bool {
+        self.with(|s| s.fetching)
+    }
+
+    /// Whether any object write was sent.
+    pub fn wrote(&self) -> bool {
+        self.with(|s| !s.sent.is_empty() || !s.pruned.is_empty())
+    }
+
+    /// The inventory after the pass stopped here, from the one it started with
+    /// ([`vworkspace_core::plan::diff::after_interruption`]).
+    pub fn inventory(&self, previous: &[InventoryEntry]) -> Vec<InventoryEntry> {
+        self.with(|s| vworkspace_core::plan::diff::after_interruption(previous, &s.sent, &s.pruned))
+    }
+}
+
 /// Applies then prunes. Stops at the first refused write and returns what was done before it with
-/// the error, so that the status can say exactly how far the pass got. Prune runs only when every
+/// the error, so that the status can say exactly how far the pass got; `progress` records each
+/// write as it goes, for a pass cut at its deadline. Prune runs only when every
 /// apply succeeded: an object is never deleted while its replacement may be missing.
-pub async fn write(client: &Client, changes: &Changes<'_>) -> (Applied, Option<Error>) {
+pub async fn write(
+    client: &Client,
+    changes: &Changes<'_>,
+    progress: &Progress,
+) -> (Applied, Option<Error>) {
     let mut done = Applied::default();
     for desired in changes.create.iter().chain(&changes.update) {
+        progress.sent(vworkspace_core::plan::diff::identity(desired));
         if let Err(error) = apply_one(client, desired).await {
             return (done, Some(error));
         }
@@ -185,6 +246,7 @@ pub async fn write(client: &Client, changes: &Changes<'_>) -> (Applied, Option<E
         if let Err(error) = prune_one(client, id).await {
             return (done, Some(error));
         }
+        progress.pruned(id.clone());
         done.pruned.push(id.clone());
     }
     (done, None)

@@ -156,17 +156,23 @@ async fn fetch_and_verify(
     if let Some(ca) = &trust.ca_bundle {
         // The CA is public material; a file keeps `FetchOptions` what the CLI uses.
         let path = cache_dir.join(format!("{name}.ca.pem"));
-        std::fs::create_dir_all(&cache_dir)
-            .and_then(|()| std::fs::write(&path, ca))
-            .map_err(|e| {
-                (
-                    Error::Io {
-                        what: format!("write the CA bundle of {name} to {}", path.display()),
-                        source: e,
-                    },
-                    None,
-                )
-            })?;
+        // Written on the blocking pool (as tokio::fs does): a slow disk must not hold a runtime
+        // worker.
+        let (dir, file, bundle) = (cache_dir.clone(), path.clone(), ca.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, bundle))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        written.map_err(|e| {
+            (
+                Error::Io {
+                    what: format!("write the CA bundle of {name} to {}", path.display()),
+                    source: e,
+                },
+                None,
+            )
+        })?;
         options.ca_bundle = Some(path);
     }
     let mut memo = ctx.with_state(name, |s| s.memo.take()).unwrap_or_default();
@@ -191,7 +197,7 @@ async fn fetch_and_verify(
 }
 
 /// One pass over one `Cluster`, up to the report (status and Event are written by the caller).
-async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
+async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> PassReport {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let previous = cluster.status.as_ref();
@@ -206,7 +212,10 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
             Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
         };
     drop(inputs);
-    let verified = match fetch_and_verify(ctx, &name, spec, trust).await {
+    progress.set_fetching(true);
+    let verified = fetch_and_verify(ctx, &name, spec, trust).await;
+    progress.set_fetching(false);
+    let verified = match verified {
         Ok(verified) => verified,
         Err((e, commit)) => {
             return PassReport::refused(e.reason(), e.findings().join("; "), commit);
@@ -297,7 +306,7 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
     let (done, error) = if changes.is_noop() {
         (apply::Applied::default(), None)
     } else {
-        apply::write(client, &changes).await
+        apply::write(client, &changes, progress).await
     };
     ctx.metrics.applied.inc_by(done.applied.len() as u64);
     ctx.metrics.pruned.inc_by(done.pruned.len() as u64);
@@ -337,12 +346,7 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         }
         Some(e) => {
             // What was written stays owned (it carries our labels); what was pruned is gone.
-            let mut owned: BTreeSet<_> = inventory.into_iter().collect();
-            owned.extend(done.applied.iter().cloned());
-            for p in &done.pruned {
-                owned.remove(p);
-            }
-            report.inventory = Some(owned.into_iter().collect());
+            report.inventory = Some(progress.inventory(&inventory));
             report = fail(report, e);
             report.apply = match report.apply {
                 StepOutcome::Failed { message, .. } => StepOutcome::Failed {
@@ -423,20 +427,45 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(interval));
     }
     let started = Instant::now();
-    let report = match tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx)).await {
+    let progress = apply::Progress::default();
+    let report = match tokio::time::timeout(
+        ctx.settings.pass_timeout,
+        pass(&cluster, &ctx, &progress),
+    )
+    .await
+    {
         Ok(report) => report,
-        // What was written before the deadline carries our labels; it is re-declared (and so owned
-        // again) by the next pass, which starts from the last recorded status.
-        Err(_) => PassReport::refused(
-            reason::API_REQUEST_FAILED,
-            format!(
-                "the pass did not finish within {} s (API server or Git server stalled)",
-                ctx.settings.pass_timeout.as_secs()
-            ),
-            None,
-        ),
+        Err(_) => deadline_report(&cluster, &ctx, &progress),
     };
     finish(&cluster, &ctx, report, started, interval).await
+}
+
+/// The report of a pass cut at its deadline. Whatever it sent is recorded in the inventory (it
+/// carries our labels; if the next release drops it, it is pruned). A deadline hit while fetching
+/// is the Git server's doing (`FetchFailed`), anywhere else the API server's (`ApiRequestFailed`).
+fn deadline_report(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> PassReport {
+    let (reason, culprit) = if progress.fetching() {
+        (reason::FETCH_FAILED, "the Git server stalled")
+    } else {
+        (reason::API_REQUEST_FAILED, "the API server stalled")
+    };
+    let mut report = PassReport::refused(
+        reason,
+        format!(
+            "the pass did not finish within {} s ({culprit})",
+            ctx.settings.pass_timeout.as_secs()
+        ),
+        None,
+    );
+    if progress.wrote() {
+        let previous = cluster
+            .status
+            .as_ref()
+            .map(|s| s.inventory.clone())
+            .unwrap_or_default();
+        report.inventory = Some(progress.inventory(&previous));
+    }
+    report
 }
 
 async fn finish(

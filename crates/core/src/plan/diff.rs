@@ -139,6 +139,23 @@ impl Changes<'_> {
     }
 }
 
+/// The inventory after a pass that stopped part-way (an API error, its deadline): the previous
+/// inventory, plus every object an apply was *sent* for (it may have reached the API server even if
+/// no answer came back, and it carries this source's labels), minus every object whose delete
+/// succeeded. An object recorded but never created costs nothing: a later prune of it finds it gone.
+pub fn after_interruption(
+    previous: &[InventoryEntry],
+    sent: &[InventoryEntry],
+    pruned: &[InventoryEntry],
+) -> Vec<InventoryEntry> {
+    let mut owned: BTreeSet<InventoryEntry> = previous.iter().cloned().collect();
+    owned.extend(sent.iter().cloned());
+    for p in pruned {
+        owned.remove(p);
+    }
+    owned.into_iter().collect()
+}
+
 /// The inventory identity of a desired object.
 pub fn identity(desired: &DesiredObject) -> InventoryEntry {
     InventoryEntry {
@@ -562,5 +579,16 @@ mod tests {
             .insert(ANNOTATION_ADOPT.to_owned(), "prod".to_owned());
         let changes = diff(&plan, &[by_hand], &[], &managed(&["org-a"]), CLUSTER);
         assert_eq!(changes.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn an_interrupted_pass_owns_what_it_sent_and_not_what_it_deleted() {
+        let a = identity(&op("org-a", "a", "t1"));
+        let b = identity(&op("org-a", "b", "t1"));
+        let c = identity(&op("org-a", "c", "t1"));
+        assert_eq!(
+            after_interruption(&[a.clone(), b.clone()], &[c.clone()], &[a.clone()]),
+            [b, c]
+        );
     }
 }
