@@ -244,3 +244,50 @@ async fn a_stalled_git_server_is_a_fetch_failure_not_an_api_failure() {
     assert!(message.contains("Git server stalled"), "{message}");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_min_serial_refuses_a_rollback_after_the_cluster_is_re_created() {
+    let h = harness();
+    let first = h.fixture.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    h.pass().await.expect("release 1");
+    h.fixture.write(
+        "clusters/demo/namespaces/org-myteam/operations/nightly.yaml",
+        &crate::common::BACKUP.replace("velero-namespace-backup", "velero-full-backup"),
+    );
+    h.fixture.release("demo", &[]);
+    h.fixture.commit("release 2");
+    h.pass().await.expect("release 2");
+    assert_eq!(h.status().last_applied_serial, Some(2));
+
+    // The Cluster is deleted and re-created (its status, the floor it held, is gone), the owner pins
+    // the floor in the spec, and the Git host serves the old release 1 again.
+    h.fixture.git(&["reset", "-q", "--hard", &first]);
+    let mut recreated = h.api.get(CLUSTER_PATH).expect("cluster");
+    recreated.as_object_mut().expect("object").remove("status");
+    recreated["spec"]["release"]["minSerial"] = json!(2);
+    h.api.put(CLUSTER_PATH, recreated);
+    assert!(h.pass().await.is_err());
+    assert!(
+        object_writes(&h.writes()).is_empty(),
+        "nothing applied: {:?}",
+        h.writes()
+    );
+    let (status, reason, message) = h.condition("Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ReleaseInvalid")
+    );
+    assert!(
+        message.contains("serial 1 is below spec.release.minSerial 2"),
+        "{message}"
+    );
+    assert_eq!(h.status().last_applied_serial, None);
+    let nightly = h
+        .api
+        .get(&format!("{OPS}/namespaces/org-myteam/operations/nightly"))
+        .expect("nightly");
+    assert_eq!(
+        nightly["spec"]["template"], "velero-full-backup",
+        "release 2 stays"
+    );
+}

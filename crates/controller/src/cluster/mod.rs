@@ -222,6 +222,16 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
         }
     };
     let commit = verified.commit().id().to_owned();
+    // The floor the owner pinned in the spec holds even when the status lost its own (a re-created
+    // Cluster, a restored etcd backup).
+    if let Err(e) = vworkspace_core::trust::release::check_floor(
+        &spec.cluster_id,
+        verified.release().serial(),
+        spec.release.min_serial,
+    ) {
+        let e = Error::from(e);
+        return PassReport::refused(e.reason(), e.findings().join("; "), Some(commit));
+    }
     let mut report = PassReport {
         verify: StepOutcome::Succeeded,
         apply: StepOutcome::NotRun,

@@ -114,6 +114,11 @@ pub struct ReleaseTrust {
     /// How many distinct keys must sign a release (k of n).
     #[schemars(range(min = 1))]
     pub threshold: u32,
+    /// The lowest release serial this cluster accepts: a rollback floor the owner pins in the spec,
+    /// which survives a re-created `Cluster` or a restored etcd backup (the status's last applied
+    /// serial does not). A release with a lower serial is refused (`ReleaseInvalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_serial: Option<u64>,
 }
 
 /// A Secret in `vworkspace-system`, read by name.
