@@ -291,3 +291,59 @@ async fn a_pinned_min_serial_refuses_a_rollback_after_the_cluster_is_re_created(
         "release 2 stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_is_stalled_until_the_interval_and_a_transient_failure_backs_off() {
+    let h = harness();
+    h.pass().await.expect("first pass");
+    // An unsigned commit: refused, and trying again in 5 s cannot change that.
+    h.fixture.write(
+        "clusters/demo/namespaces/org-myteam/operations/nightly.yaml",
+        &crate::common::BACKUP.replace("velero-namespace-backup", "other-template"),
+    );
+    h.fixture.git(&["add", "-A"]);
+    h.fixture.git(&[
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        "unsigned",
+    ]);
+    let refused = h.pass().await.expect_err("refused");
+    let (status, reason, _) = h.condition("Stalled");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "CommitSignatureInvalid")
+    );
+    let cluster = h.cluster();
+    for _ in 0..3 {
+        let after = cluster::retry_after(&cluster, &refused, &h.ctx);
+        assert!(
+            after >= Duration::from_secs(270) && after <= Duration::from_secs(330),
+            "a stalled Cluster waits for its 5m interval (or a change), not {after:?}"
+        );
+    }
+    // The Git server is back to a signed commit but the API server fails: transient, backs off
+    // from 5 s, and the Cluster is no longer Stalled.
+    h.fixture.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    h.api.fault(Method::GET, "/configmaps/trust", 500);
+    let transient = h.pass().await.expect_err("API failure");
+    assert_eq!(h.condition("Ready").1, "ApiRequestFailed");
+    assert!(
+        !h.status().conditions.iter().any(|c| c.type_ == "Stalled"),
+        "a transient failure is not Stalled"
+    );
+    let first = cluster::retry_after(&h.cluster(), &transient, &h.ctx);
+    let second = cluster::retry_after(&h.cluster(), &transient, &h.ctx);
+    assert!(
+        first >= Duration::from_millis(4500) && first < Duration::from_millis(5500),
+        "{first:?}"
+    );
+    assert!(
+        second >= Duration::from_secs(9) && second < Duration::from_secs(11),
+        "{second:?}"
+    );
+    h.pass().await.expect("recovered");
+    assert!(!h.status().conditions.iter().any(|c| c.type_ == "Stalled"));
+}

@@ -16,6 +16,7 @@ pub mod rbac;
 
 pub mod apply;
 pub mod namespaces;
+pub mod retry;
 pub mod status;
 pub mod trust;
 
@@ -434,7 +435,10 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     };
     if cluster.spec.suspend == Some(true) {
         tracing::info!("suspended; not reconciled");
-        return Ok(Action::requeue(interval));
+        return Ok(Action::requeue(retry::jittered(
+            interval,
+            retry::random_jitter(),
+        )));
     }
     let started = Instant::now();
     let progress = apply::Progress::default();
@@ -523,7 +527,12 @@ async fn finish(
     match failure {
         None => {
             ctx.with_state(&name, |s| s.failures = 0);
-            Ok(Action::requeue(interval))
+            Ok(Action::requeue(retry::requeue_after(
+                None,
+                0,
+                interval,
+                retry::random_jitter(),
+            )))
         }
         Some(reason) => Err(Error::PassFailed { reason }),
     }
@@ -549,30 +558,35 @@ async fn write_status(client: &Client, name: &str, status: &ClusterStatus) -> Re
     Ok(())
 }
 
-/// The back-off after a failed pass: 5 s, doubling per consecutive failure, at most 5 minutes.
-pub fn backoff(consecutive_failures: u32) -> Duration {
-    let exponent = consecutive_failures.saturating_sub(1).min(6);
-    Duration::from_secs(5u64 << exponent).min(Duration::from_secs(300))
-}
-
-/// The controller's error policy: exponential back-off per `Cluster`.
-#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
-pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+/// When a `Cluster` whose pass failed with `error` runs again ([`retry::requeue_after`]): at its
+/// interval when the failure is permanent (the `Cluster` is `Stalled`), after a back-off that grows
+/// with consecutive transient failures otherwise; jittered.
+pub fn retry_after(cluster: &Cluster, error: &Error, ctx: &Context) -> Duration {
+    let reason = error.reason();
+    let interval = vworkspace_core::crd::parse_interval(&cluster.spec.source.interval)
+        .unwrap_or(Duration::from_secs(300));
     let failures = ctx.with_state(&cluster.name_any(), |s| {
-        s.failures = s.failures.saturating_add(1);
+        if retry::is_permanent(reason) {
+            // A stall is not a streak of transient failures: the next transient one starts at 5 s.
+            s.failures = 0;
+        } else {
+            s.failures = s.failures.saturating_add(1);
+        }
         s.failures
     });
-    tracing::debug!(reason = error.reason(), failures, "backing off");
-    Action::requeue(backoff(failures))
+    let after = retry::requeue_after(Some(reason), failures, interval, retry::random_jitter());
+    tracing::debug!(
+        reason,
+        failures,
+        stalled = retry::is_permanent(reason),
+        after_seconds = after.as_secs(),
+        "requeued"
+    );
+    after
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-    }
+/// The controller's error policy: [`retry_after`].
+#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(retry_after(&cluster, error, &ctx))
 }
