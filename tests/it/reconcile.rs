@@ -25,6 +25,7 @@ pub(crate) struct Harness {
 }
 
 pub(crate) const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+const CLUSTER_PATH_PATCH: &str = "PATCH /apis/ops.vworkspace.io/v1alpha1/clusters/demo";
 
 pub(crate) fn namespace(name: &str, managed: bool) -> Value {
     let labels = if managed {
@@ -204,6 +205,8 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     assert_eq!(
         h.writes(),
         [
+            // The finalizer, before anything else is written.
+            CLUSTER_PATH_PATCH,
             "PATCH /api/v1/namespaces/org-myteam/serviceaccounts/vworkspace-operation-runner",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator-values",

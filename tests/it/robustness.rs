@@ -347,3 +347,114 @@ async fn a_permanent_refusal_is_stalled_until_the_interval_and_a_transient_failu
     h.pass().await.expect("recovered");
     assert!(!h.status().conditions.iter().any(|c| c.type_ == "Stalled"));
 }
+
+fn mark_deleted(h: &crate::reconcile::Harness) {
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["metadata"]["deletionTimestamp"] = json!("2026-11-29T00:00:00Z");
+    h.api.put(CLUSTER_PATH, cluster);
+}
+
+const FINALIZER: &str = "gitops.vworkspace.io/cleanup";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_orphans_by_default_and_forgets_it() {
+    let h = harness();
+    h.pass().await.expect("first pass");
+    assert_eq!(
+        h.writes().first().map(String::as_str),
+        Some(format!("PATCH {CLUSTER_PATH}").as_str()),
+        "the finalizer comes before any other write"
+    );
+    let finalizer = h.api.requests()[h
+        .api
+        .requests()
+        .iter()
+        .position(|r| r.path == CLUSTER_PATH && r.method == Method::PATCH)
+        .expect("finalizer write")]
+    .clone();
+    assert_eq!(finalizer.body["metadata"]["finalizers"], json!([FINALIZER]));
+    assert!(
+        finalizer.body.get("spec").is_none(),
+        "the apply holds the finalizer only"
+    );
+    assert_eq!(
+        h.api.get(CLUSTER_PATH).expect("cluster")["metadata"]["finalizers"],
+        json!([FINALIZER])
+    );
+    assert!(h.ctx.remembers("demo"));
+    assert!(h.ctx.declared.release("demo").is_some());
+    // A second pass does not write the finalizer again.
+    h.pass().await.expect("second pass");
+    assert_eq!(h.writes(), Vec::<String>::new());
+
+    mark_deleted(&h);
+    h.pass().await.expect("finalized");
+    assert_eq!(
+        h.writes(),
+        [format!("PATCH {CLUSTER_PATH}")],
+        "only the finalizer goes"
+    );
+    assert!(h.api.get(CLUSTER_PATH).is_none(), "the Cluster is gone");
+    assert_eq!(
+        h.api.list(&format!("{AI}/applicationinstances"), "").len(),
+        2,
+        "Orphan leaves what it applied"
+    );
+    assert!(!h.ctx.remembers("demo"), "its memo is dropped");
+    assert!(
+        h.ctx.declared.release("demo").is_none(),
+        "and its declared set"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_with_policy_delete_prunes_its_inventory_and_nothing_else() {
+    let h = harness();
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["spec"]["deletionPolicy"] = json!("Delete");
+    h.api.put(CLUSTER_PATH, cluster);
+    h.pass().await.expect("first pass");
+    let handmade = format!("{OPS}/namespaces/org-myteam/operations/handmade");
+    h.api.put(
+        &handmade,
+        json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
+               "metadata": {"name": "handmade", "namespace": "org-myteam"},
+               "spec": {"type": "Backup", "template": "t", "target": {"applicationInstance": "x"}}}),
+    );
+    mark_deleted(&h);
+    // A failed delete keeps the finalizer: nothing is lost, the next attempt finishes.
+    h.api.fault(Method::DELETE, "/operations/nightly", 500);
+    assert!(h.pass().await.is_err());
+    let mut first_attempt = h.writes();
+    first_attempt.sort();
+    assert_eq!(
+        first_attempt,
+        [
+            format!("DELETE {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            format!("DELETE {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
+            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+        ]
+    );
+    assert_eq!(
+        h.api.get(CLUSTER_PATH).expect("still there")["metadata"]["finalizers"],
+        json!([FINALIZER])
+    );
+    assert!(h.ctx.remembers("demo"));
+    h.pass().await.expect("finalized");
+    assert_eq!(
+        h.writes(),
+        [
+            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("PATCH {CLUSTER_PATH}"),
+        ],
+        "what is already gone is not deleted again"
+    );
+    assert!(
+        h.api
+            .list(&format!("{AI}/applicationinstances"), "")
+            .is_empty()
+    );
+    assert!(h.api.get(CLUSTER_PATH).is_none());
+    assert!(h.api.get(&handmade).is_some(), "not ours, not deleted");
+    assert!(!h.ctx.remembers("demo"));
+}

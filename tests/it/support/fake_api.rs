@@ -52,6 +52,15 @@ pub fn status_body(code: u16, reason: &str) -> Value {
            "message": format!("fake: {reason}"), "reason": reason, "code": code})
 }
 
+/// `/apis/ops.vworkspace.io/v1alpha1/clusters/<name>`.
+pub fn is_cluster_object(path: &str) -> bool {
+    let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        s.as_slice(),
+        ["apis", "ops.vworkspace.io", "v1alpha1", "clusters", _]
+    )
+}
+
 pub fn labels_match(object: &Value, selector: &str) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (k, v) = term.split_once('=').unwrap_or((term, ""));
@@ -229,6 +238,34 @@ impl FakeApi {
                 };
                 object["status"] = body["status"].clone();
                 self.put(object_path, object.clone());
+                (200, object)
+            }
+            // A server-side apply to a Cluster (not its status) holds only its finalizers (the one
+            // thing the operator applies there): as the API server merges an apply of one field
+            // manager, the rest of the object stays; the finalizers become what the apply says
+            // (only the operator sets any in these tests). An object being deleted goes with its
+            // last finalizer.
+            Method::PATCH if is_cluster_object(path) => {
+                let Some(mut object) = self.get(path) else {
+                    return (404, status_body(404, "NotFound"));
+                };
+                let finalizers = body["metadata"]["finalizers"].clone();
+                let metadata = object["metadata"].as_object_mut();
+                let Some(metadata) = metadata else {
+                    return (500, status_body(500, "NoMetadata"));
+                };
+                let empty = finalizers.as_array().is_none_or(Vec::is_empty);
+                if empty {
+                    metadata.remove("finalizers");
+                } else {
+                    metadata.insert("finalizers".into(), finalizers);
+                }
+                metadata.insert("resourceVersion".into(), json!(self.next_version()));
+                if empty && metadata.contains_key("deletionTimestamp") {
+                    self.objects.lock().expect("lock").remove(path);
+                } else {
+                    self.put(path, object.clone());
+                }
                 (200, object)
             }
             Method::PATCH | Method::PUT => {

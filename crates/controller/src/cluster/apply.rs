@@ -153,7 +153,7 @@ async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error
 }
 
 /// Deletes one pruned object; one already gone counts as pruned.
-async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
+pub async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
     let Some(resource) = resource_of(&id.api_version, &id.kind) else {
         // The inventory is ours and only ever holds the two kinds; anything else is left alone.
         return Ok(());

@@ -12,6 +12,7 @@
 //! [`status`]; this module sequences them and does the I/O.
 
 pub mod conditions;
+pub mod finalizer;
 pub mod rbac;
 
 pub mod apply;
@@ -103,6 +104,27 @@ impl Context {
             declared: Arc::default(),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Drops everything this process keeps about a `Cluster` (its memo with the verified intent,
+    /// back-off count, namespace checks, and its entry in the declared set): when it is deleted.
+    pub fn forget(&self, name: &str, cluster_id: &str) {
+        let mut guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.remove(name);
+        drop(guard);
+        self.declared.forget(cluster_id);
+    }
+
+    /// Whether this process keeps memory about the `Cluster` named `name`.
+    pub fn remembers(&self, name: &str) -> bool {
+        let guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.contains_key(name)
     }
 
     fn with_state<T>(&self, cluster: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
@@ -356,8 +378,13 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
             });
         }
         Some(e) => {
-            // What was written stays owned (it carries our labels); what was pruned is gone.
-            report.inventory = Some(progress.inventory(&inventory));
+            // What was written stays owned (it carries our labels); what was pruned is gone. The
+            // refused write was answered: it is not owned (a cut pass, unanswered, owns it).
+            report.inventory = Some(vworkspace_core::plan::diff::after_interruption(
+                &inventory,
+                &done.applied,
+                &done.pruned,
+            ));
             report = fail(report, e);
             report.apply = match report.apply {
                 StepOutcome::Failed { message, .. } => StepOutcome::Failed {
@@ -426,6 +453,13 @@ fn partial(
 /// off on failure).
 #[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return delete(&cluster, &ctx).await;
+    }
+    if !finalizer::has_finalizer(&cluster) {
+        // Before anything is written: a Cluster deleted from now on is finalized.
+        finalizer::add(&ctx.client, &cluster.name_any()).await?;
+    }
     let interval = match vworkspace_core::crd::parse_interval(&cluster.spec.source.interval) {
         Ok(interval) => interval,
         Err(e) => {
@@ -480,6 +514,23 @@ fn deadline_report(cluster: &Cluster, ctx: &Context, progress: &apply::Progress)
         report.inventory = Some(progress.inventory(&previous));
     }
     report
+}
+
+/// A `Cluster` being deleted: what `spec.deletionPolicy` says, the finalizer removed, and this
+/// process's memory of it dropped.
+async fn delete(cluster: &Cluster, ctx: &Context) -> Result<Action> {
+    let name = cluster.name_any();
+    if finalizer::has_finalizer(cluster) {
+        let deleted = finalizer::finalize(&ctx.client, cluster).await?;
+        ctx.metrics.pruned.inc_by(deleted as u64);
+        tracing::info!(
+            policy = ?cluster.spec.deletion_policy,
+            deleted,
+            "Cluster deleted; finalizer removed"
+        );
+    }
+    ctx.forget(&name, &cluster.spec.cluster_id);
+    Ok(Action::await_change())
 }
 
 async fn finish(
