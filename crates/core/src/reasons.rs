@@ -23,6 +23,8 @@ pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
 /// A declared object exists and is not this cluster source's (made by hand or by another source):
 /// refused, never taken over, never pruned (adopt it with the `gitops.vworkspace.io/adopt` annotation).
 pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+/// Declared objects are in namespaces without the managed label: not applied, reported per object.
+pub const NAMESPACE_NOT_MANAGED: &str = "NamespaceNotManaged";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
 

@@ -12,7 +12,7 @@ pub const APPLIED: &str = "Applied";
 /// Everything above holds for the current generation.
 pub const READY: &str = "Ready";
 /// kstatus `Stalled`: present (and `True`) only while the last pass failed for a reason that trying
-/// again cannot fix ([`crate::cluster::retry::is_permanent`]); the `Cluster` then waits for a change
+/// again cannot fix ([`super::retry::is_permanent`]); the `Cluster` then waits for a change
 /// or its interval instead of retrying. Its reason and message are `Ready`'s.
 pub const STALLED: &str = "Stalled";
 

@@ -399,7 +399,7 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
 }
 
 /// `Applied` reason: the release applied, but some declared objects are in unmanaged namespaces.
-pub const SKIPPED_UNMANAGED: &str = "NamespaceNotManaged";
+pub const SKIPPED_UNMANAGED: &str = reason::NAMESPACE_NOT_MANAGED;
 
 /// The `Applied` failure of a pass that wrote everything it may but left declared objects out:
 /// objects that exist and are not this source's ([`reason::OWNERSHIP_CONFLICT`], naming each object

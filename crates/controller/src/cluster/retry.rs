@@ -24,7 +24,7 @@ const PERMANENT: &[&str] = &[
     reasons::VALUES_INVALID,
     reasons::CONFIGURATION_INVALID,
     reasons::OWNERSHIP_CONFLICT,
-    crate::cluster::SKIPPED_UNMANAGED,
+    reasons::NAMESPACE_NOT_MANAGED,
 ];
 
 /// Whether a failure with this reason is permanent: it stalls the `Cluster` until a change.
