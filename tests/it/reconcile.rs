@@ -546,8 +546,11 @@ async fn leader_election_creates_renews_and_yields_over_http() {
             .map(|r| r.body["metadata"]["resourceVersion"].is_null()),
         Some(true)
     );
-    // a stops renewing; 15 s later b takes over.
-    assert!(b.try_hold(t(30)).await.expect("b takes over"));
+    // a stops renewing. b judges by its own clock from when it saw the record change (a's renewal,
+    // first seen at 30): it takes over 15 s later, not at once.
+    assert!(!b.try_hold(t(30)).await.expect("b sees a's renewal"));
+    assert!(!b.try_hold(t(44)).await.expect("b still follows"));
+    assert!(b.try_hold(t(45)).await.expect("b takes over"));
     let lease = api.get(lease_path).expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], "pod-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 2);

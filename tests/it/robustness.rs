@@ -458,3 +458,114 @@ async fn deleting_a_cluster_with_policy_delete_prunes_its_inventory_and_nothing_
     assert!(h.api.get(&handmade).is_some(), "not ours, not deleted");
     assert!(!h.ctx.remembers("demo"));
 }
+
+const LEASE_PATH: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/vworkspace-system/leases/vworkspace-app-operator";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_stall_mid_pass_writes_nothing_after_its_fence() {
+    use std::time::Instant;
+    use vworkspace_controller::fence::Fence;
+    use vworkspace_controller::runtime::leader::{self, Elector, Timing};
+    let h = harness();
+    h.api.put(
+        LEASE_PATH,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "vworkspace-app-operator", "namespace": "vworkspace-system", "resourceVersion": "1"},
+               "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15}}),
+    );
+    let fence = Fence::leased();
+    let timing = Timing {
+        retry: Duration::from_millis(200),
+        renew_deadline: Duration::from_secs(2),
+    };
+    let elector = Elector::new(h.api.client(), "vworkspace-system", "pod-a".into());
+    assert!(leader::acquire(&elector, &fence, &timing, std::future::pending()).await);
+    let renewing = {
+        let fence = fence.clone();
+        tokio::spawn(async move {
+            leader::keep(&elector, &fence, &timing).await;
+            Instant::now()
+        })
+    };
+    let mut ctx = Context::new(
+        h.api.client(),
+        h.ctx.settings.clone(),
+        Arc::new(Metrics::default()),
+    );
+    ctx.fence = fence.clone();
+    let ctx = Arc::new(ctx);
+
+    // The pass's third apply hangs for 8 s; while it is in flight, the renewals stall.
+    h.api.stall(
+        Method::PATCH,
+        "/applicationinstances/vaultwarden",
+        Duration::from_secs(8),
+    );
+    let pass = tokio::spawn(cluster::reconcile(Arc::new(h.cluster()), ctx));
+    let in_flight = |api: &crate::support::fake_api::FakeApi| {
+        api.requests().into_iter().find(|r| {
+            r.method == Method::PATCH && r.path.ends_with("/applicationinstances/vaultwarden")
+        })
+    };
+    let waited = Instant::now();
+    let stalled_apply = loop {
+        if let Some(r) = in_flight(&h.api) {
+            break r;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the pass never got to its third apply"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    h.api
+        .stall(Method::GET, "/leases/", Duration::from_secs(120));
+    let blocked = Instant::now();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(30), pass)
+        .await
+        .expect("the pass ends at the fence, not when the API server answers")
+        .expect("no panic");
+    assert!(
+        matches!(outcome, Err(vworkspace_controller::Error::NotLeader)),
+        "{outcome:?}"
+    );
+    let deadline = fence.deadline().expect("a leased fence");
+    assert!(
+        deadline <= blocked + timing.renew_deadline,
+        "the fence is the last renewal sent before the stall plus the renew deadline"
+    );
+    assert!(!fence.held());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), renewing)
+        .await
+        .expect("the renewer gives up at the fence")
+        .expect("no panic");
+    assert!(stopped >= deadline);
+
+    // Past the moment the stalled apply would have been answered: nothing written after the fence.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        stalled_apply.at + Duration::from_secs(9),
+    ))
+    .await;
+    let late: Vec<String> = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.is_write() && !r.path.contains("/leases") && r.at >= deadline)
+        .map(|r| r.line())
+        .collect();
+    assert_eq!(late, Vec::<String>::new(), "writes after the fence");
+    assert!(
+        h.api
+            .get(&format!(
+                "{AI}/namespaces/org-vault/applicationinstances/vaultwarden"
+            ))
+            .is_none(),
+        "the apply in flight was abandoned"
+    );
+    assert!(
+        h.status().last_applied_serial.is_none(),
+        "no status written for the abandoned pass"
+    );
+}

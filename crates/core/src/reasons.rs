@@ -25,6 +25,9 @@ pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
 pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
 /// Declared objects are in namespaces without the managed label: not applied, reported per object.
 pub const NAMESPACE_NOT_MANAGED: &str = "NamespaceNotManaged";
+/// This replica no longer certainly holds the leader Lease: the pass was abandoned, nothing more
+/// written (the new leader carries on).
+pub const NOT_LEADER: &str = "NotLeader";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
 

@@ -19,6 +19,8 @@ pub struct Recorded {
     pub query: String,
     pub content_type: String,
     pub body: Value,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -324,6 +326,7 @@ impl FakeApi {
                         .unwrap_or_default()
                         .to_owned(),
                     body: parsed.clone(),
+                    at: std::time::Instant::now(),
                 });
                 if let Some(delay) = api.take_delay(&parts.method, &path) {
                     tokio::time::sleep(delay).await;

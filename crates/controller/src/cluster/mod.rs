@@ -90,6 +90,9 @@ pub struct Context {
     /// after a successful apply, read by the child controllers (share it with
     /// [`crate::children::ChildContext::declared`]). Empty at process start.
     pub declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
+    /// The leader's write fence: a reconcile is dropped, mid-request if need be, the moment this
+    /// replica no longer certainly holds the Lease ([`crate::fence`]). Unfenced by default.
+    pub fence: crate::fence::Fence,
     state: Mutex<HashMap<String, SourceState>>,
 }
 
@@ -102,6 +105,7 @@ impl Context {
             metrics,
             clock: jiff::Timestamp::now,
             declared: Arc::default(),
+            fence: crate::fence::Fence::unfenced(),
             state: Mutex::new(HashMap::new()),
         }
     }
@@ -451,8 +455,25 @@ fn partial(
 /// The reconcile entry: runs a pass, writes the status only when it changed, emits an Event only when
 /// `Ready` changed or objects were written, records metrics, and requeues at the interval (or backs
 /// off on failure).
+///
+/// Fenced: the whole reconcile (pass, status, Event) runs inside [`Context::fence`] and is dropped,
+/// with any request in flight, the moment the leader Lease is no longer certainly held; it then
+/// writes nothing more and ends with [`Error::NotLeader`].
 #[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    let fence = ctx.fence.clone();
+    match fence.guard(reconcile_held(cluster, ctx)).await {
+        Ok(result) => result,
+        Err(crate::fence::Fenced) => {
+            tracing::warn!(
+                "leader Lease not certainly held: reconcile abandoned, nothing more written"
+            );
+            Err(Error::NotLeader)
+        }
+    }
+}
+
+async fn reconcile_held(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
     if cluster.metadata.deletion_timestamp.is_some() {
         return delete(&cluster, &ctx).await;
     }

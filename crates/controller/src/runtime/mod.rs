@@ -110,7 +110,12 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         limits: vworkspace_core::limits::Limits::default(),
         pass_timeout: cluster::DEFAULT_PASS_TIMEOUT,
     };
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+    let mut ctx = Context::new(client.clone(), settings, metrics.clone());
+    if options.leader_election {
+        // No write until the Lease is held, none once it is no longer certainly held.
+        ctx.fence = crate::fence::Fence::leased();
+    }
+    let ctx = Arc::new(ctx);
     if options.once {
         return once(ctx).await;
     }
@@ -166,44 +171,24 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         let elector =
             crate::runtime::leader::Elector::new(client.clone(), &options.namespace, me.clone());
         tracing::info!(identity = %me, "waiting for the leader Lease");
-        loop {
-            match elector.try_hold(jiff::Timestamp::now()).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(crate::runtime::leader::RETRY) => {}
-                _ = stopped(stop_rx.clone()) => return Ok(true),
-            }
+        let timing = crate::runtime::leader::TIMING;
+        if !crate::runtime::leader::acquire(&elector, &ctx.fence, &timing, stopped(stop_rx.clone()))
+            .await
+        {
+            return Ok(true);
         }
         metrics.leader.set(1);
         tracing::info!(identity = %me, "leading");
-        // Renew in the background; losing the Lease ends the process (the Deployment restarts it as
-        // a follower), as client-go's elector does: two leaders must never write at once.
+        // Renew in the background. The fence stops every write the moment the Lease is no longer
+        // certainly held (running passes are dropped, not finished); then the process stops (the
+        // Deployment restarts it as a follower), as client-go's elector does.
         let lost = stop_tx.clone();
+        let fence = ctx.fence.clone();
+        let leader_metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut last_renewal = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(crate::runtime::leader::RETRY).await;
-                match elector.try_hold(jiff::Timestamp::now()).await {
-                    Ok(true) => last_renewal = std::time::Instant::now(),
-                    Ok(false) => {
-                        tracing::error!("lost the leader Lease; stopping");
-                        let _ = lost.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader Lease");
-                        // Stop before the Lease runs out for the others.
-                        if last_renewal.elapsed() > crate::runtime::leader::LEASE_DURATION * 2 / 3 {
-                            tracing::error!("leader Lease not renewed in time; stopping");
-                            let _ = lost.send(true);
-                            return;
-                        }
-                    }
-                }
-            }
+            crate::runtime::leader::keep(&elector, &fence, &timing).await;
+            leader_metrics.leader.set(0);
+            let _ = lost.send(true);
         });
     }
 
@@ -232,6 +217,7 @@ pub async fn controllers(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let fence = ctx.fence.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace_changes = watcher(
         namespaces,
@@ -258,7 +244,7 @@ pub async fn controllers(
     )
     .graceful_shutdown_on(stopped(stop.clone()))
     .run(
-        crate::children::instance::reconcile,
+        fenced(fence.clone(), crate::children::instance::reconcile),
         crate::children::instance::error_policy,
         children.clone(),
     )
@@ -269,12 +255,33 @@ pub async fn controllers(
     )
     .graceful_shutdown_on(stopped(stop))
     .run(
-        crate::children::operation::reconcile,
+        fenced(fence, crate::children::operation::reconcile),
         crate::children::operation::error_policy,
         children,
     )
     .for_each(log_result);
     tokio::join!(clusters, instances, operations);
+}
+
+/// A child reconcile run inside the leader's write fence ([`crate::fence`]): dropped the moment the
+/// Lease is no longer certainly held. (The `Cluster` reconcile fences itself.)
+fn fenced<K, C, F>(
+    fence: crate::fence::Fence,
+    reconcile: impl Fn(Arc<K>, Arc<C>) -> F,
+) -> impl Fn(
+    Arc<K>,
+    Arc<C>,
+) -> futures::future::BoxFuture<'static, Result<kube::runtime::controller::Action, Error>>
+where
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
+    move |object, ctx| {
+        let fence = fence.clone();
+        let work = reconcile(object, ctx);
+        Box::pin(async move { fence.guard(work).await.unwrap_or(Err(Error::NotLeader)) })
+    }
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
