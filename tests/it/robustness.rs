@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::reconcile::{AI, CLUSTER_PATH, OPS, assert_request_discipline, harness};
 use vworkspace_controller::cluster::{self, Context};
@@ -568,4 +568,164 @@ async fn a_leader_whose_renewals_stall_mid_pass_writes_nothing_after_its_fence()
         h.status().last_applied_serial.is_none(),
         "no status written for the abandoned pass"
     );
+}
+
+/// Serves one connection of a stalling API server for a `run` process: answers `/version`, lists
+/// (one `Cluster`, nothing else), the finalizer apply; never answers a watch nor the pass's first
+/// read (the trust ConfigMap), and says when that read arrived.
+async fn stalling_connection(
+    mut socket: tokio::net::TcpStream,
+    cluster: Value,
+    stalled: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buffer.drain(..head_end + length);
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let answer = if query.contains("watch=true") {
+            None
+        } else if path.contains("/configmaps/") {
+            let _ = stalled.send(());
+            None
+        } else if path == "/version" {
+            Some(
+                json!({"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"}),
+            )
+        } else if path.ends_with("/clusters") {
+            Some(
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": [cluster.clone()]}),
+            )
+        } else if path.ends_with("/clusters/demo") {
+            Some(cluster.clone())
+        } else {
+            Some(
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+            )
+        };
+        let Some(answer) = answer else {
+            // Stalled: hold the connection, answer nothing.
+            std::future::pending::<()>().await;
+            return;
+        };
+        let body = answer.to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if socket.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_pass_against_a_stalled_api_server_exits_within_the_pod_grace() {
+    use std::time::Instant;
+    let h = harness();
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["metadata"]["finalizers"] = json!(["gitops.vworkspace.io/cleanup"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stalled_tx, mut stalled_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(stalling_connection(
+                socket,
+                cluster.clone(),
+                stalled_tx.clone(),
+            ));
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n"),
+    )
+    .expect("kubeconfig");
+    let log = std::fs::File::create(dir.path().join("stderr")).expect("log");
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args([
+            "run",
+            "--namespace",
+            "vworkspace-system",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("cache"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run");
+    let reached = tokio::time::timeout(Duration::from_secs(60), stalled_rx.recv()).await;
+    if reached.is_err() {
+        let _ = child.kill();
+    }
+    assert!(
+        matches!(reached, Ok(Some(()))),
+        "the pass never reached the API server: {}",
+        std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+    );
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if signalled.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = signalled.elapsed();
+    server.abort();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let status = exited.unwrap_or_else(|| panic!("still running 40 s after SIGTERM: {stderr}"));
+    assert!(
+        took < Duration::from_secs(30),
+        "exited {took:?} after SIGTERM, past the Pod's 30 s grace: {stderr}"
+    );
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
 }

@@ -93,7 +93,10 @@ pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
     Ok(all_passed)
 }
 
-/// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded).
+/// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded). After
+/// SIGTERM it returns within [`SHUTDOWN_GRACE`] even mid-pass; the caller then shuts its runtime
+/// down with [`SHUTDOWN_RUNTIME_GRACE`] so that a fetch stuck on the blocking pool cannot hold the
+/// process.
 pub async fn run(options: RunOptions) -> Result<bool, Error> {
     // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
     // default must be chosen, or the first TLS client panics. Already installed is fine.
@@ -201,9 +204,33 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
     });
-    controllers(client, ctx, children, stop_rx).await;
+    let running = controllers(client, ctx, children, stop_rx.clone());
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {}
+        _ = async {
+            stopped(stop_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            // A pass stuck on a stalled API server or Git server must not hold the Pod past its
+            // termination grace: dropped here, it is taken up again by the next process (or leader).
+            tracing::warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "running reconciles did not finish in time after the stop; abandoning them"
+            );
+        }
+    }
     Ok(true)
 }
+
+/// How long running reconciles may take to finish after SIGTERM (or a lost Lease) before they are
+/// dropped: well inside the Pod's 30 s termination grace, with time left for the runtime to stop
+/// ([`SHUTDOWN_RUNTIME_GRACE`]).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long the process waits, once `run` returned, for blocking work (a fetch on the blocking pool)
+/// before it exits anyway; the caller passes it to `Runtime::shutdown_timeout`.
+pub const SHUTDOWN_RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
 /// reconciles finish first. Watches that fail or drop are re-established with back-off by
