@@ -729,3 +729,31 @@ async fn sigterm_mid_pass_against_a_stalled_api_server_exits_within_the_pod_grac
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_the_api_server_re_encodes_do_not_cause_an_update_on_every_pass() {
+    let h = harness();
+    h.fixture.write(
+        "clusters/demo/namespaces/org-myteam/applicationinstances/wiki.yaml",
+        "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: wiki\nspec:\n  chart:\n    repository: https://charts.example.org\n    name: wiki\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    quota: 18446744073709551615\n    exact: 9007199254740993\n",
+    );
+    h.fixture.release("demo", &[]);
+    h.fixture.commit("release 2: wiki");
+    h.pass().await.expect("applied");
+    let path = format!("{AI}/namespaces/org-myteam/applicationinstances/wiki");
+    let sent = h.api.get(&path).expect("wiki");
+    assert_eq!(sent["spec"]["values"]["replicas"].to_string(), "1.0");
+    // The API server keeps and returns the values as Go re-encodes them.
+    let mut stored = sent.clone();
+    stored["spec"]["values"]["replicas"] = json!(1);
+    stored["spec"]["values"]["quota"] = json!(1.8446744073709552e19);
+    h.api.put(&path, stored);
+    for _ in 0..2 {
+        h.pass().await.expect("no-op pass");
+        assert_eq!(
+            h.writes(),
+            Vec::<String>::new(),
+            "a no-op pass writes nothing"
+        );
+    }
+}

@@ -335,7 +335,11 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
         &spec.cluster_id,
     );
     for (id, why) in &changes.skipped {
-        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
+        let why = match why {
+            vworkspace_core::plan::diff::Skip::UnmanagedNamespace => "namespace not managed",
+            _ => "not applied",
+        };
+        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, why, "declared object not applied");
     }
     for (id, conflict) in &changes.conflicts {
         tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, holder = %conflict.holder(), "declared object exists and is not ours; not applied");
@@ -545,7 +549,10 @@ async fn delete(cluster: &Cluster, ctx: &Context) -> Result<Action> {
         let deleted = finalizer::finalize(&ctx.client, cluster).await?;
         ctx.metrics.pruned.inc_by(deleted as u64);
         tracing::info!(
-            policy = ?cluster.spec.deletion_policy,
+            policy = match cluster.spec.deletion_policy {
+                vworkspace_core::crd::DeletionPolicy::Orphan => "Orphan",
+                vworkspace_core::crd::DeletionPolicy::Delete => "Delete",
+            },
             deleted,
             "Cluster deleted; finalizer removed"
         );

@@ -221,11 +221,44 @@ pub fn unlisted(
         .collect()
 }
 
+/// Whether two numbers are the same value as the API server keeps it: equal exactly, or one is a
+/// float and the other rounds to it (the API server re-encodes `1.0` as `1`, and an integer beyond
+/// what it keeps exactly as the nearest float). Comparing JSON values as written would see a change
+/// on every pass and write every time.
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+        return x == y;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// JSON equality with numbers compared by value ([`same_number`]).
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Whether `live` already is what `desired` declares (commit and serial annotations aside).
 fn matches(desired: &DesiredObject, live: &LiveObject) -> bool {
     let (spec, labels, annotations) = desired_parts(desired);
     let volatile = [ANNOTATION_COMMIT, ANNOTATION_SERIAL];
-    spec == live.spec
+    same_value(&spec, &live.spec)
         && labels.iter().all(|(k, v)| live.labels.get(k) == Some(v))
         && annotations
             .iter()
@@ -590,5 +623,67 @@ mod tests {
             after_interruption(&[a.clone(), b.clone()], &[c.clone()], &[a.clone()]),
             [b, c]
         );
+    }
+
+    #[test]
+    fn numbers_as_the_api_server_re_encodes_them_are_not_a_change() {
+        let mut resource: crate::crd::ApplicationInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+            "metadata": {"name": "wiki", "namespace": "org-a"},
+            "spec": {"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
+                     "values": {"replicas": 1.0, "ratio": 0.5, "big": 18446744073709551615u64,
+                                "beyond": 9007199254740993u64, "list": [2.0, -3]}}
+        }))
+        .expect("instance");
+        resource.metadata.labels = Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_CLUSTER.to_owned(), CLUSTER.to_owned()),
+        ]));
+        let desired = DesiredObject {
+            api_version: "apps.vworkspace.io/v1alpha1".into(),
+            kind: "ApplicationInstance".into(),
+            namespace: "org-a".into(),
+            name: "wiki".into(),
+            resource: DesiredResource::ApplicationInstance(resource),
+        };
+        let plan = Plan::from_objects(vec![desired.clone()]);
+        // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact.
+        let reencoded: Value = serde_json::from_str(
+            r#"{"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
+                "values": {"replicas": 1, "ratio": 0.5, "big": 1.8446744073709552e19,
+                           "beyond": 9007199254740993, "list": [2, -3.0]}}"#,
+        )
+        .expect("json");
+        let mut live = live_of(&desired, "c1");
+        live.spec = reencoded.clone();
+        let changes = diff(
+            &plan,
+            &[live.clone()],
+            &[identity(&desired)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(
+            changes.is_noop(),
+            "no write on every pass: {:?}",
+            changes.update.len()
+        );
+        // A real change is still one.
+        for (pointer, other) in [
+            ("/values/replicas", serde_json::json!(2)),
+            ("/values/ratio", serde_json::json!(1)),
+            ("/values/beyond", serde_json::json!(9007199254740992u64)),
+        ] {
+            let mut changed = live.clone();
+            *changed.spec.pointer_mut(pointer).expect("pointer") = other;
+            let changes = diff(
+                &plan,
+                &[changed],
+                &[identity(&desired)],
+                &managed(&["org-a"]),
+                CLUSTER,
+            );
+            assert_eq!(changes.update.len(), 1, "{pointer}");
+        }
     }
 }
