@@ -620,7 +620,11 @@ mod tests {
         let b = identity(&op("org-a", "b", "t1"));
         let c = identity(&op("org-a", "c", "t1"));
         assert_eq!(
-            after_interruption(&[a.clone(), b.clone()], &[c.clone()], &[a.clone()]),
+            after_interruption(
+                &[a.clone(), b.clone()],
+                std::slice::from_ref(&c),
+                std::slice::from_ref(&a)
+            ),
             [b, c]
         );
     }
