@@ -757,3 +757,50 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_an_update_on_every_pass(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_cut_by_a_stop_records_what_it_wrote() {
+    let h = harness();
+    let ctx = impatient(&h, Duration::from_secs(600), Duration::from_secs(60));
+    h.api.stall(
+        Method::PATCH,
+        "/applicationinstances/vaultwarden",
+        Duration::from_secs(60),
+    );
+    h.api.clear();
+    let pass = tokio::spawn(cluster::reconcile(Arc::new(h.cluster()), ctx.clone()));
+    let waited = std::time::Instant::now();
+    while !h
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.method == Method::PATCH && r.path.ends_with("/applicationinstances/vaultwarden"))
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "never reached the third apply"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM: the stop closes at once here (the runtime gives running passes 10 s).
+    ctx.stopping.close_at(std::time::Instant::now());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), pass)
+        .await
+        .expect("cut at the stop")
+        .expect("no panic");
+    assert!(outcome.is_err());
+    let (_, reason, message) = h.condition("Ready");
+    assert_eq!(reason, "Interrupted");
+    assert!(
+        message.contains("the next process takes it up"),
+        "{message}"
+    );
+    let mut names: Vec<String> = h
+        .status()
+        .inventory
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["nextcloud", "nightly", "vaultwarden"]);
+}

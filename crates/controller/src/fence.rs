@@ -55,6 +55,17 @@ impl Fence {
         });
     }
 
+    /// Makes the fence pass at `at` at the latest (also an unfenced one): a stop with a grace.
+    pub fn close_at(&self, at: Instant) {
+        self.until.send_if_modified(|current| match current {
+            Some(until) if *until <= at => false,
+            _ => {
+                *current = Some(at);
+                true
+            }
+        });
+    }
+
     /// Ends the hold now (the Lease was lost to another replica).
     pub fn revoke(&self) {
         self.until.send_if_modified(|current| match current {
@@ -153,6 +164,20 @@ mod tests {
         assert_eq!(done, Ok(()));
         ext.await.expect("extender");
         fence.revoke();
+        assert!(!fence.held());
+    }
+
+    #[tokio::test]
+    async fn an_unfenced_fence_can_be_closed_with_a_grace() {
+        let fence = Fence::unfenced();
+        fence.close_at(Instant::now() + Duration::from_millis(200));
+        assert!(fence.held());
+        let cut = fence
+            .guard(tokio::time::sleep(Duration::from_secs(30)))
+            .await;
+        assert_eq!(cut, Err(Fenced));
+        // Closing later does not reopen it.
+        fence.close_at(Instant::now() + Duration::from_secs(60));
         assert!(!fence.held());
     }
 }

@@ -28,6 +28,9 @@ pub const NAMESPACE_NOT_MANAGED: &str = "NamespaceNotManaged";
 /// This replica no longer certainly holds the leader Lease: the pass was abandoned, nothing more
 /// written (the new leader carries on).
 pub const NOT_LEADER: &str = "NotLeader";
+/// The operator was stopping (SIGTERM): the running pass was cut; what it wrote is recorded, the next
+/// process takes it up.
+pub const INTERRUPTED: &str = "Interrupted";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
 

@@ -93,6 +93,9 @@ pub struct Context {
     /// The leader's write fence: a reconcile is dropped, mid-request if need be, the moment this
     /// replica no longer certainly holds the Lease ([`crate::fence`]). Unfenced by default.
     pub fence: crate::fence::Fence,
+    /// Closed (with a grace) when the process is stopping: a running pass is then cut like at its
+    /// deadline, and its status, with what it wrote, recorded. Unfenced by default.
+    pub stopping: crate::fence::Fence,
     state: Mutex<HashMap<String, SourceState>>,
 }
 
@@ -106,6 +109,7 @@ impl Context {
             clock: jiff::Timestamp::now,
             declared: Arc::default(),
             fence: crate::fence::Fence::unfenced(),
+            stopping: crate::fence::Fence::unfenced(),
             state: Mutex::new(HashMap::new()),
         }
     }
@@ -501,35 +505,59 @@ async fn reconcile_held(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Acti
     }
     let started = Instant::now();
     let progress = apply::Progress::default();
-    let report = match tokio::time::timeout(
-        ctx.settings.pass_timeout,
-        pass(&cluster, &ctx, &progress),
-    )
-    .await
-    {
-        Ok(report) => report,
-        Err(_) => deadline_report(&cluster, &ctx, &progress),
+    let report = tokio::select! {
+        outcome = tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx, &progress)) => {
+            match outcome {
+                Ok(report) => report,
+                Err(_) => deadline_report(&cluster, &ctx, &progress, Cut::Deadline),
+            }
+        }
+        _ = ctx.stopping.lost() => deadline_report(&cluster, &ctx, &progress, Cut::Stopping),
     };
     finish(&cluster, &ctx, report, started, interval).await
 }
 
-/// The report of a pass cut at its deadline. Whatever it sent is recorded in the inventory (it
+/// Why a pass was cut before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// It hit [`Settings::pass_timeout`].
+    Deadline,
+    /// The process is stopping ([`Context::stopping`]).
+    Stopping,
+}
+
+/// The report of a pass cut before it finished. Whatever it sent is recorded in the inventory (it
 /// carries our labels; if the next release drops it, it is pruned). A deadline hit while fetching
-/// is the Git server's doing (`FetchFailed`), anywhere else the API server's (`ApiRequestFailed`).
-fn deadline_report(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> PassReport {
-    let (reason, culprit) = if progress.fetching() {
-        (reason::FETCH_FAILED, "the Git server stalled")
-    } else {
-        (reason::API_REQUEST_FAILED, "the API server stalled")
-    };
-    let mut report = PassReport::refused(
-        reason,
-        format!(
-            "the pass did not finish within {} s ({culprit})",
-            ctx.settings.pass_timeout.as_secs()
+/// is the Git server's doing (`FetchFailed`), anywhere else the API server's (`ApiRequestFailed`); a
+/// stop is `Interrupted`.
+fn deadline_report(
+    cluster: &Cluster,
+    ctx: &Context,
+    progress: &apply::Progress,
+    cut: Cut,
+) -> PassReport {
+    let (reason, message) = match cut {
+        Cut::Stopping => (
+            reason::INTERRUPTED,
+            "the operator stopped before the pass finished; the next process takes it up"
+                .to_owned(),
         ),
-        None,
-    );
+        Cut::Deadline => {
+            let (reason, culprit) = if progress.fetching() {
+                (reason::FETCH_FAILED, "the Git server stalled")
+            } else {
+                (reason::API_REQUEST_FAILED, "the API server stalled")
+            };
+            (
+                reason,
+                format!(
+                    "the pass did not finish within {} s ({culprit})",
+                    ctx.settings.pass_timeout.as_secs()
+                ),
+            )
+        }
+    };
+    let mut report = PassReport::refused(reason, message, None);
     if progress.wrote() {
         let previous = cluster
             .status

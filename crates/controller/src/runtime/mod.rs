@@ -204,6 +204,16 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
     });
+    {
+        // On the stop, running passes get PASS_STOP_GRACE to finish; then they are cut, and record
+        // their status (with what they wrote) before SHUTDOWN_GRACE ends everything.
+        let stopping = ctx.stopping.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            stopped(stop).await;
+            stopping.close_at(std::time::Instant::now() + PASS_STOP_GRACE);
+        });
+    }
     let running = controllers(client, ctx, children, stop_rx.clone());
     tokio::pin!(running);
     tokio::select! {
@@ -222,6 +232,10 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     }
     Ok(true)
 }
+
+/// How long a running `Cluster` pass may take to finish after SIGTERM before it is cut (its status,
+/// with what it wrote, is then recorded): leaves [`SHUTDOWN_GRACE`] time for that write.
+pub const PASS_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long running reconciles may take to finish after SIGTERM (or a lost Lease) before they are
 /// dropped: well inside the Pod's 30 s termination grace, with time left for the runtime to stop
