@@ -203,7 +203,10 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(io_error)?;
-    match runtime.block_on(vworkspace_controller::runtime::run(options)) {
+    let outcome = runtime.block_on(vworkspace_controller::runtime::run(options));
+    // A fetch stuck on the blocking pool must not keep the process past the Pod's grace.
+    runtime.shutdown_timeout(vworkspace_controller::runtime::SHUTDOWN_RUNTIME_GRACE);
+    match outcome {
         Ok(true) => Ok(0),
         Ok(false) => Ok(1),
         Err(e) => Err(CliError::Operator(e.to_string())),

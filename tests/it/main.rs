@@ -17,6 +17,7 @@ mod layers;
 mod materialize;
 mod pipeline;
 mod reconcile;
+mod robustness;
 mod secrets;
 mod signatures;
 mod source;

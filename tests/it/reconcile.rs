@@ -17,16 +17,17 @@ use vworkspace_core::crd::{Cluster, ClusterStatus};
 
 const FIELD_MANAGER: &str = "vworkspace-gitops";
 
-struct Harness {
-    fixture: Fixture,
-    api: Arc<FakeApi>,
-    ctx: Arc<Context>,
+pub(crate) struct Harness {
+    pub(crate) fixture: Fixture,
+    pub(crate) api: Arc<FakeApi>,
+    pub(crate) ctx: Arc<Context>,
     _cache: tempfile::TempDir,
 }
 
-const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+pub(crate) const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
+const CLUSTER_PATH_PATCH: &str = "PATCH /apis/ops.vworkspace.io/v1alpha1/clusters/demo";
 
-fn namespace(name: &str, managed: bool) -> Value {
+pub(crate) fn namespace(name: &str, managed: bool) -> Value {
     let labels = if managed {
         json!({"app.vworkspace.io/managed-by": "vworkspace"})
     } else {
@@ -35,7 +36,7 @@ fn namespace(name: &str, managed: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
-fn harness() -> Harness {
+pub(crate) fn harness() -> Harness {
     let fixture = fixture();
     let api = Arc::new(FakeApi::default());
     let read = |name: &str| std::fs::read_to_string(fixture.path(name)).expect("read");
@@ -97,15 +98,15 @@ fn harness() -> Harness {
 }
 
 impl Harness {
-    fn cluster(&self) -> Cluster {
+    pub(crate) fn cluster(&self) -> Cluster {
         serde_json::from_value(self.api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster")
     }
 
-    fn status(&self) -> ClusterStatus {
+    pub(crate) fn status(&self) -> ClusterStatus {
         self.cluster().status.expect("status written")
     }
 
-    fn condition(&self, type_: &str) -> (String, String, String) {
+    pub(crate) fn condition(&self, type_: &str) -> (String, String, String) {
         let status = self.status();
         let c = status
             .conditions
@@ -115,14 +116,14 @@ impl Harness {
         (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
-    async fn pass(&self) -> Result<(), vworkspace_controller::Error> {
+    pub(crate) async fn pass(&self) -> Result<(), vworkspace_controller::Error> {
         self.api.clear();
         cluster::reconcile(Arc::new(self.cluster()), self.ctx.clone())
             .await
             .map(drop)
     }
 
-    fn writes(&self) -> Vec<String> {
+    pub(crate) fn writes(&self) -> Vec<String> {
         self.api
             .requests()
             .iter()
@@ -134,7 +135,7 @@ impl Harness {
 
 /// The invariants of every pass: Secrets only ever read by name; every write is a server-side apply
 /// with our field manager and force, or a delete, a status write or an Event.
-fn assert_request_discipline(requests: &[Recorded]) {
+pub(crate) fn assert_request_discipline(requests: &[Recorded]) {
     for r in requests {
         if r.path.contains("/secrets") {
             assert_eq!(r.method, Method::GET, "Secrets are only read: {}", r.line());
@@ -166,8 +167,8 @@ fn assert_request_discipline(requests: &[Recorded]) {
     }
 }
 
-const AI: &str = "/apis/apps.vworkspace.io/v1alpha1";
-const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1";
+pub(crate) const AI: &str = "/apis/apps.vworkspace.io/v1alpha1";
+pub(crate) const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
@@ -204,6 +205,8 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     assert_eq!(
         h.writes(),
         [
+            // The finalizer, before anything else is written.
+            CLUSTER_PATH_PATCH,
             "PATCH /api/v1/namespaces/org-myteam/serviceaccounts/vworkspace-operation-runner",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator",
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator-values",
@@ -543,8 +546,11 @@ async fn leader_election_creates_renews_and_yields_over_http() {
             .map(|r| r.body["metadata"]["resourceVersion"].is_null()),
         Some(true)
     );
-    // a stops renewing; 15 s later b takes over.
-    assert!(b.try_hold(t(30)).await.expect("b takes over"));
+    // a stops renewing. b judges by its own clock from when it saw the record change (a's renewal,
+    // first seen at 30): it takes over 15 s later, not at once.
+    assert!(!b.try_hold(t(30)).await.expect("b sees a's renewal"));
+    assert!(!b.try_hold(t(44)).await.expect("b still follows"));
+    assert!(b.try_hold(t(45)).await.expect("b takes over"));
     let lease = api.get(lease_path).expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], "pod-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 2);

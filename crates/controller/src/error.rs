@@ -74,6 +74,10 @@ pub enum Error {
     /// A blocking task (fetch and verify) panicked or was cancelled.
     #[error("the verification task ended abnormally: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The leader Lease is no longer certainly held: the reconcile was dropped mid-way, nothing more
+    /// written.
+    #[error("not the certain leader any more: the reconcile was abandoned")]
+    NotLeader,
     /// A reconcile pass ended without applying (its status and Event say why).
     #[error("pass failed: {reason}")]
     PassFailed {
@@ -96,6 +100,7 @@ impl Error {
             | Error::Webhook(_)
             | Error::Io { .. }
             | Error::Task(_) => reasons::CONFIGURATION_INVALID,
+            Error::NotLeader => reasons::NOT_LEADER,
             Error::PassFailed { reason } => reason,
         }
     }

@@ -20,6 +20,17 @@ pub const VALUES_INVALID: &str = "ValuesInvalid";
 pub const CONFIGURATION_INVALID: &str = "ConfigurationInvalid";
 /// A Kubernetes API request failed (reading the trust inputs, listing, writing status).
 pub const API_REQUEST_FAILED: &str = "ApiRequestFailed";
+/// A declared object exists and is not this cluster source's (made by hand or by another source):
+/// refused, never taken over, never pruned (adopt it with the `gitops.vworkspace.io/adopt` annotation).
+pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+/// Declared objects are in namespaces without the managed label: not applied, reported per object.
+pub const NAMESPACE_NOT_MANAGED: &str = "NamespaceNotManaged";
+/// This replica no longer certainly holds the leader Lease: the pass was abandoned, nothing more
+/// written (the new leader carries on).
+pub const NOT_LEADER: &str = "NotLeader";
+/// The operator was stopping (SIGTERM): the running pass was cut; what it wrote is recorded, the next
+/// process takes it up.
+pub const INTERRUPTED: &str = "Interrupted";
 /// Every step passed.
 pub const SUCCEEDED: &str = "Succeeded";
 

@@ -19,6 +19,8 @@ pub struct Recorded {
     pub query: String,
     pub content_type: String,
     pub body: Value,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -50,6 +52,15 @@ pub struct FakeApi {
 pub fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": format!("fake: {reason}"), "reason": reason, "code": code})
+}
+
+/// `/apis/ops.vworkspace.io/v1alpha1/clusters/<name>`.
+pub fn is_cluster_object(path: &str) -> bool {
+    let s: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        s.as_slice(),
+        ["apis", "ops.vworkspace.io", "v1alpha1", "clusters", _]
+    )
 }
 
 pub fn labels_match(object: &Value, selector: &str) -> bool {
@@ -231,6 +242,34 @@ impl FakeApi {
                 self.put(object_path, object.clone());
                 (200, object)
             }
+            // A server-side apply to a Cluster (not its status) holds only its finalizers (the one
+            // thing the operator applies there): as the API server merges an apply of one field
+            // manager, the rest of the object stays; the finalizers become what the apply says
+            // (only the operator sets any in these tests). An object being deleted goes with its
+            // last finalizer.
+            Method::PATCH if is_cluster_object(path) => {
+                let Some(mut object) = self.get(path) else {
+                    return (404, status_body(404, "NotFound"));
+                };
+                let finalizers = body["metadata"]["finalizers"].clone();
+                let metadata = object["metadata"].as_object_mut();
+                let Some(metadata) = metadata else {
+                    return (500, status_body(500, "NoMetadata"));
+                };
+                let empty = finalizers.as_array().is_none_or(Vec::is_empty);
+                if empty {
+                    metadata.remove("finalizers");
+                } else {
+                    metadata.insert("finalizers".into(), finalizers);
+                }
+                metadata.insert("resourceVersion".into(), json!(self.next_version()));
+                if empty && metadata.contains_key("deletionTimestamp") {
+                    self.objects.lock().expect("lock").remove(path);
+                } else {
+                    self.put(path, object.clone());
+                }
+                (200, object)
+            }
             Method::PATCH | Method::PUT => {
                 let mut object = body.clone();
                 // As the API server does: a write to the object leaves its status subresource alone.
@@ -287,6 +326,7 @@ impl FakeApi {
                         .unwrap_or_default()
                         .to_owned(),
                     body: parsed.clone(),
+                    at: std::time::Instant::now(),
                 });
                 if let Some(delay) = api.take_delay(&parts.method, &path) {
                     tokio::time::sleep(delay).await;

@@ -42,7 +42,56 @@ fn live_object(resource: &ApiResource, object: DynamicObject) -> Option<LiveObje
             .get("spec")
             .cloned()
             .unwrap_or(serde_json::Value::Null),
+        managers: object
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     })
+}
+
+/// How many by-name lookups of [`get_unlisted`] run at once.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+async fn get_one(client: Client, id: InventoryEntry) -> Result<Option<LiveObject>, Error> {
+    let Some(resource) = resource_of(&id.api_version, &id.kind) else {
+        return Ok(None);
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &id.namespace, &resource);
+    match api.get_opt(&id.name).await {
+        Ok(found) => Ok(found.and_then(|o| live_object(&resource, o))),
+        Err(source) => Err(Error::Kube {
+            action: format!("get {} {}/{}", id.kind, id.namespace, id.name),
+            source,
+        }),
+    }
+}
+
+/// Reads by name, without a label selector, each declared object the labelled list did not return
+/// ([`vworkspace_core::plan::diff::unlisted`]): a same-named object made by hand or by another source
+/// is then seen (and refused) instead of being planned as a create and taken over by the forced
+/// apply. One `get` per object that is new to this source; none in a steady state.
+pub async fn get_unlisted(
+    client: &Client,
+    ids: &[InventoryEntry],
+) -> Result<Vec<LiveObject>, Error> {
+    use futures::StreamExt;
+    let lookups = ids.iter().cloned().map(|id| get_one(client.clone(), id));
+    let found: Vec<Result<Option<LiveObject>, Error>> = futures::stream::iter(lookups)
+        .buffered(LOOKUP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut live = Vec::new();
+    for result in found {
+        if let Some(object) = result? {
+            live.push(object);
+        }
+    }
+    Ok(live)
 }
 
 /// Lists every ApplicationInstance and Operation that carries this cluster source's label, in all
@@ -104,7 +153,7 @@ async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error
 }
 
 /// Deletes one pruned object; one already gone counts as pruned.
-async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
+pub async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
     let Some(resource) = resource_of(&id.api_version, &id.kind) else {
         // The inventory is ours and only ever holds the two kinds; anything else is left alone.
         return Ok(());
@@ -120,12 +169,73 @@ async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
     }
 }
 
+/// What the writes of a pass have done so far, kept outside the pass so that a pass cut at its
+/// deadline (its future dropped mid-write) still records what it wrote.
+#[derive(Debug, Default)]
+pub struct Progress {
+    inner: std::sync::Mutex<ProgressState>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    sent: Vec<InventoryEntry>,
+    pruned: Vec<InventoryEntry>,
+    fetching: bool,
+}
+
+impl Progress {
+    fn with<T>(&self, f: impl FnOnce(&mut ProgressState) -> T) -> T {
+        let mut guard = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Records that an apply of `id` is about to be sent.
+    pub fn sent(&self, id: InventoryEntry) {
+        self.with(|s| s.sent.push(id));
+    }
+
+    /// Records that `id` was deleted (or already gone).
+    pub fn pruned(&self, id: InventoryEntry) {
+        self.with(|s| s.pruned.push(id));
+    }
+
+    /// Records whether the pass is fetching (so that a deadline hit there is a fetch failure).
+    pub fn set_fetching(&self, fetching: bool) {
+        self.with(|s| s.fetching = fetching);
+    }
+
+    /// Whether the pass was fetching when it was last told.
+    pub fn fetching(&self) -> bool {
+        self.with(|s| s.fetching)
+    }
+
+    /// Whether any object write was sent.
+    pub fn wrote(&self) -> bool {
+        self.with(|s| !s.sent.is_empty() || !s.pruned.is_empty())
+    }
+
+    /// The inventory after the pass stopped here, from the one it started with
+    /// ([`vworkspace_core::plan::diff::after_interruption`]).
+    pub fn inventory(&self, previous: &[InventoryEntry]) -> Vec<InventoryEntry> {
+        self.with(|s| vworkspace_core::plan::diff::after_interruption(previous, &s.sent, &s.pruned))
+    }
+}
+
 /// Applies then prunes. Stops at the first refused write and returns what was done before it with
-/// the error, so that the status can say exactly how far the pass got. Prune runs only when every
+/// the error, so that the status can say exactly how far the pass got; `progress` records each
+/// write as it goes, for a pass cut at its deadline. Prune runs only when every
 /// apply succeeded: an object is never deleted while its replacement may be missing.
-pub async fn write(client: &Client, changes: &Changes<'_>) -> (Applied, Option<Error>) {
+pub async fn write(
+    client: &Client,
+    changes: &Changes<'_>,
+    progress: &Progress,
+) -> (Applied, Option<Error>) {
     let mut done = Applied::default();
     for desired in changes.create.iter().chain(&changes.update) {
+        progress.sent(vworkspace_core::plan::diff::identity(desired));
         if let Err(error) = apply_one(client, desired).await {
             return (done, Some(error));
         }
@@ -136,6 +246,7 @@ pub async fn write(client: &Client, changes: &Changes<'_>) -> (Applied, Option<E
         if let Err(error) = prune_one(client, id).await {
             return (done, Some(error));
         }
+        progress.pruned(id.clone());
         done.pruned.push(id.clone());
     }
     (done, None)

@@ -11,6 +11,10 @@ pub const SOURCE_VERIFIED: &str = "SourceVerified";
 pub const APPLIED: &str = "Applied";
 /// Everything above holds for the current generation.
 pub const READY: &str = "Ready";
+/// kstatus `Stalled`: present (and `True`) only while the last pass failed for a reason that trying
+/// again cannot fix ([`super::retry::is_permanent`]); the `Cluster` then waits for a change
+/// or its interval instead of retrying. Its reason and message are `Ready`'s.
+pub const STALLED: &str = "Stalled";
 
 /// `Applied` reason: every object applied, every stale one pruned.
 pub const REASON_APPLY_SUCCEEDED: &str = "ApplySucceeded";
@@ -129,8 +133,20 @@ pub fn summarize(
                 now,
             )
         });
+    let stalled = (ready.status != "True" && crate::cluster::retry::is_permanent(&ready.reason))
+        .then(|| {
+            condition(
+                STALLED,
+                true,
+                &ready.reason,
+                &ready.message,
+                generation,
+                now,
+            )
+        });
     [source, applied, ready]
         .into_iter()
+        .chain(stalled)
         .map(|mut c| {
             if let Some(old) = previous
                 .iter()
@@ -245,5 +261,46 @@ mod tests {
             find(&later, READY).last_transition_time,
             Time(t("2026-01-03T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_permanent_refusal_is_stalled_and_a_transient_failure_is_not() {
+        let refused = StepOutcome::Failed {
+            reason: reason::RELEASE_INVALID,
+            message: "release expired".into(),
+        };
+        let cs = summarize(
+            &refused,
+            &StepOutcome::NotRun,
+            Some(2),
+            t("2026-01-01T00:00:00Z"),
+            &[],
+        );
+        let stalled = find(&cs, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason::RELEASE_INVALID)
+        );
+        assert_eq!(stalled.observed_generation, Some(2));
+        let unreachable = StepOutcome::Failed {
+            reason: reason::FETCH_FAILED,
+            message: "connection refused".into(),
+        };
+        let cs = summarize(
+            &unreachable,
+            &StepOutcome::NotRun,
+            Some(2),
+            t("2026-01-01T00:00:00Z"),
+            &cs,
+        );
+        assert!(!cs.iter().any(|c| c.type_ == STALLED));
+        let cs = summarize(
+            &StepOutcome::Succeeded,
+            &StepOutcome::Succeeded,
+            Some(2),
+            t("2026-01-01T00:00:00Z"),
+            &cs,
+        );
+        assert!(!cs.iter().any(|c| c.type_ == STALLED));
     }
 }

@@ -12,10 +12,12 @@
 //! [`status`]; this module sequences them and does the I/O.
 
 pub mod conditions;
+pub mod finalizer;
 pub mod rbac;
 
 pub mod apply;
 pub mod namespaces;
+pub mod retry;
 pub mod status;
 pub mod trust;
 
@@ -90,6 +92,12 @@ pub struct Context {
     /// after a successful apply, read by the child controllers (share it with
     /// [`crate::children::ChildContext::declared`]). Empty at process start.
     pub declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
+    /// The leader's write fence: a reconcile is dropped, mid-request if need be, the moment this
+    /// replica no longer certainly holds the Lease ([`crate::fence`]). Unfenced by default.
+    pub fence: crate::fence::Fence,
+    /// Closed (with a grace) when the process is stopping: a running pass is then cut like at its
+    /// deadline, and its status, with what it wrote, recorded. Unfenced by default.
+    pub stopping: crate::fence::Fence,
     state: Mutex<HashMap<String, SourceState>>,
 }
 
@@ -102,8 +110,31 @@ impl Context {
             metrics,
             clock: jiff::Timestamp::now,
             declared: Arc::default(),
+            fence: crate::fence::Fence::unfenced(),
+            stopping: crate::fence::Fence::unfenced(),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Drops everything this process keeps about a `Cluster` (its memo with the verified intent,
+    /// back-off count, namespace checks, and its entry in the declared set): when it is deleted.
+    pub fn forget(&self, name: &str, cluster_id: &str) {
+        let mut guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.remove(name);
+        drop(guard);
+        self.declared.forget(cluster_id);
+    }
+
+    /// Whether this process keeps memory about the `Cluster` named `name`.
+    pub fn remembers(&self, name: &str) -> bool {
+        let guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.contains_key(name)
     }
 
     fn with_state<T>(&self, cluster: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
@@ -158,17 +189,23 @@ async fn fetch_and_verify(
     if let Some(ca) = &trust.ca_bundle {
         // The CA is public material; a file keeps `FetchOptions` what the CLI uses.
         let path = cache_dir.join(format!("{name}.ca.pem"));
-        std::fs::create_dir_all(&cache_dir)
-            .and_then(|()| std::fs::write(&path, ca))
-            .map_err(|e| {
-                (
-                    Error::Io {
-                        what: format!("write the CA bundle of {name} to {}", path.display()),
-                        source: e,
-                    },
-                    None,
-                )
-            })?;
+        // Written on the blocking pool (as tokio::fs does): a slow disk must not hold a runtime
+        // worker.
+        let (dir, file, bundle) = (cache_dir.clone(), path.clone(), ca.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, bundle))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        written.map_err(|e| {
+            (
+                Error::Io {
+                    what: format!("write the CA bundle of {name} to {}", path.display()),
+                    source: e,
+                },
+                None,
+            )
+        })?;
         options.ca_bundle = Some(path);
     }
     let mut memo = ctx.with_state(name, |s| s.memo.take()).unwrap_or_default();
@@ -193,7 +230,7 @@ async fn fetch_and_verify(
 }
 
 /// One pass over one `Cluster`, up to the report (status and Event are written by the caller).
-async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
+async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> PassReport {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let previous = cluster.status.as_ref();
@@ -210,7 +247,10 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
     drop(inputs);
     // Published even when verification fails: a new Cluster's authors need the recipient first.
     let recipients = trust.config.identities.as_ref().map(|i| i.recipients());
-    let verified = match fetch_and_verify(ctx, &name, spec, trust).await {
+    progress.set_fetching(true);
+    let verified = fetch_and_verify(ctx, &name, spec, trust).await;
+    progress.set_fetching(false);
+    let verified = match verified {
         Ok(verified) => verified,
         Err((e, commit)) => {
             let mut report = PassReport::refused(e.reason(), e.findings().join("; "), commit);
@@ -219,6 +259,16 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         }
     };
     let commit = verified.commit().id().to_string();
+    // The floor the owner pinned in the spec holds even when the status lost its own (a re-created
+    // Cluster, a restored etcd backup).
+    if let Err(e) = vworkspace_core::trust::release::check_floor(
+        &spec.cluster_id,
+        verified.release().serial(),
+        spec.release.min_serial,
+    ) {
+        let e = Error::from(e);
+        return PassReport::refused(e.reason(), e.findings().join("; "), Some(commit));
+    }
     let mut report = PassReport {
         verify: StepOutcome::Succeeded,
         apply: StepOutcome::NotRun,
@@ -278,12 +328,17 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
 
     // Plan against the live cluster, then write.
     let plan = vworkspace_core::plan::desired(&verified);
-    let live = match apply::list_live(client, &spec.cluster_id).await {
+    let mut live = match apply::list_live(client, &spec.cluster_id).await {
         Ok(live) => live,
         Err(e) => return fail(report, e),
     };
-    let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
     let managed_names: BTreeSet<String> = managed.iter().map(|m| m.name.clone()).collect();
+    let unlisted = vworkspace_core::plan::diff::unlisted(&plan, &live, &managed_names);
+    match apply::get_unlisted(client, &unlisted).await {
+        Ok(found) => live.extend(found),
+        Err(e) => return fail(report, e),
+    }
+    let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
     let changes = vworkspace_core::plan::diff::diff(
         &plan,
         &live,
@@ -292,12 +347,19 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
         &spec.cluster_id,
     );
     for (id, why) in &changes.skipped {
-        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, ?why, "declared object not applied");
+        let why = match why {
+            vworkspace_core::plan::diff::Skip::UnmanagedNamespace => "namespace not managed",
+            _ => "not applied",
+        };
+        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, why, "declared object not applied");
+    }
+    for (id, conflict) in &changes.conflicts {
+        tracing::warn!(kind = %id.kind, namespace = %id.namespace, object = %id.name, holder = %conflict.holder(), "declared object exists and is not ours; not applied");
     }
     let (done, error) = if changes.is_noop() {
         (apply::Applied::default(), None)
     } else {
-        apply::write(client, &changes).await
+        apply::write(client, &changes, progress).await
     };
     ctx.metrics.applied.inc_by(done.applied.len() as u64);
     ctx.metrics.pruned.inc_by(done.pruned.len() as u64);
@@ -305,29 +367,21 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
     match error {
         None => {
             report.inventory = Some(changes.inventory());
-            report.apply = if changes.skipped.is_empty() {
-                StepOutcome::Succeeded
-            } else {
-                // Objects for unmanaged namespaces are reported, not silently dropped.
-                StepOutcome::Failed {
-                    reason: SKIPPED_UNMANAGED,
-                    message: status::clip(format!(
-                        "{} declared object(s) are in namespaces without the label {}={}: {}",
-                        changes.skipped.len(),
-                        crate::cluster::rbac::MANAGED_LABEL.0,
-                        crate::cluster::rbac::MANAGED_LABEL.1,
-                        changes
-                            .skipped
-                            .iter()
-                            .map(|(id, _)| format!("{} {}/{}", id.kind, id.namespace, id.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                }
+            report.apply = match partial(&changes, &spec.cluster_id) {
+                None => StepOutcome::Succeeded,
+                Some((reason, message)) => StepOutcome::Failed {
+                    reason,
+                    message: status::clip(message),
+                },
             };
             // The children act on what this release declares from now on (never on what the
             // API server holds): published only once every declared object is applied.
-            let not_applied: Vec<_> = changes.skipped.iter().map(|(id, _)| id.clone()).collect();
+            let not_applied: Vec<_> = changes
+                .skipped
+                .iter()
+                .map(|(id, _)| id.clone())
+                .chain(changes.conflicts.iter().map(|(id, _)| id.clone()))
+                .collect();
             ctx.declared.publish(
                 spec,
                 verified.release().serial(),
@@ -344,13 +398,13 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
             });
         }
         Some(e) => {
-            // What was written stays owned (it carries our labels); what was pruned is gone.
-            let mut owned: BTreeSet<_> = inventory.into_iter().collect();
-            owned.extend(done.applied.iter().cloned());
-            for p in &done.pruned {
-                owned.remove(p);
-            }
-            report.inventory = Some(owned.into_iter().collect());
+            // What was written stays owned (it carries our labels); what was pruned is gone. The
+            // refused write was answered: it is not owned (a cut pass, unanswered, owns it).
+            report.inventory = Some(vworkspace_core::plan::diff::after_interruption(
+                &inventory,
+                &done.applied,
+                &done.pruned,
+            ));
             report = fail(report, e);
             report.apply = match report.apply {
                 StepOutcome::Failed { message, .. } => StepOutcome::Failed {
@@ -365,13 +419,84 @@ async fn pass(cluster: &Cluster, ctx: &Context) -> PassReport {
 }
 
 /// `Applied` reason: the release applied, but some declared objects are in unmanaged namespaces.
-pub const SKIPPED_UNMANAGED: &str = "NamespaceNotManaged";
+pub const SKIPPED_UNMANAGED: &str = reason::NAMESPACE_NOT_MANAGED;
+
+/// The `Applied` failure of a pass that wrote everything it may but left declared objects out:
+/// objects that exist and are not this source's ([`reason::OWNERSHIP_CONFLICT`], naming each object
+/// and its holder), objects in unmanaged namespaces ([`SKIPPED_UNMANAGED`]). `None` when nothing was
+/// left out.
+fn partial(
+    changes: &vworkspace_core::plan::diff::Changes<'_>,
+    cluster: &str,
+) -> Option<(&'static str, String)> {
+    let mut parts = Vec::new();
+    if !changes.conflicts.is_empty() {
+        parts.push(format!(
+            "{} declared object(s) exist and are not this source's (not applied, never pruned; to let \
+             this source take one over, annotate it {}={cluster}): {}",
+            changes.conflicts.len(),
+            vworkspace_core::plan::ANNOTATION_ADOPT,
+            changes
+                .conflicts
+                .iter()
+                .map(|(id, c)| format!("{} {}/{} held by {}", id.kind, id.namespace, id.name, c.holder()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !changes.skipped.is_empty() {
+        parts.push(format!(
+            "{} declared object(s) are in namespaces without the label {}={}: {}",
+            changes.skipped.len(),
+            crate::cluster::rbac::MANAGED_LABEL.0,
+            crate::cluster::rbac::MANAGED_LABEL.1,
+            changes
+                .skipped
+                .iter()
+                .map(|(id, _)| format!("{} {}/{}", id.kind, id.namespace, id.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let reason = if !changes.conflicts.is_empty() {
+        reason::OWNERSHIP_CONFLICT
+    } else if !changes.skipped.is_empty() {
+        SKIPPED_UNMANAGED
+    } else {
+        return None;
+    };
+    Some((reason, parts.join("; ")))
+}
 
 /// The reconcile entry: runs a pass, writes the status only when it changed, emits an Event only when
 /// `Ready` changed or objects were written, records metrics, and requeues at the interval (or backs
 /// off on failure).
+///
+/// Fenced: the whole reconcile (pass, status, Event) runs inside [`Context::fence`] and is dropped,
+/// with any request in flight, the moment the leader Lease is no longer certainly held; it then
+/// writes nothing more and ends with [`Error::NotLeader`].
 #[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    let fence = ctx.fence.clone();
+    match fence.guard(reconcile_held(cluster, ctx)).await {
+        Ok(result) => result,
+        Err(crate::fence::Fenced) => {
+            tracing::warn!(
+                "leader Lease not certainly held: reconcile abandoned, nothing more written"
+            );
+            Err(Error::NotLeader)
+        }
+    }
+}
+
+async fn reconcile_held(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return delete(&cluster, &ctx).await;
+    }
+    if !finalizer::has_finalizer(&cluster) {
+        // Before anything is written: a Cluster deleted from now on is finalized.
+        finalizer::add(&ctx.client, &cluster.name_any()).await?;
+    }
     let interval = match vworkspace_core::crd::parse_interval(&cluster.spec.source.interval) {
         Ok(interval) => interval,
         Err(e) => {
@@ -381,23 +506,95 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     };
     if cluster.spec.suspend == Some(true) {
         tracing::info!("suspended; not reconciled");
-        return Ok(Action::requeue(interval));
+        return Ok(Action::requeue(retry::jittered(
+            interval,
+            retry::random_jitter(),
+        )));
     }
     let started = Instant::now();
-    let report = match tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx)).await {
-        Ok(report) => report,
-        // What was written before the deadline carries our labels; it is re-declared (and so owned
-        // again) by the next pass, which starts from the last recorded status.
-        Err(_) => PassReport::refused(
-            reason::API_REQUEST_FAILED,
-            format!(
-                "the pass did not finish within {} s (API server or Git server stalled)",
-                ctx.settings.pass_timeout.as_secs()
-            ),
-            None,
-        ),
+    let progress = apply::Progress::default();
+    let report = tokio::select! {
+        outcome = tokio::time::timeout(ctx.settings.pass_timeout, pass(&cluster, &ctx, &progress)) => {
+            match outcome {
+                Ok(report) => report,
+                Err(_) => deadline_report(&cluster, &ctx, &progress, Cut::Deadline),
+            }
+        }
+        _ = ctx.stopping.lost() => deadline_report(&cluster, &ctx, &progress, Cut::Stopping),
     };
     finish(&cluster, &ctx, report, started, interval).await
+}
+
+/// Why a pass was cut before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// It hit [`Settings::pass_timeout`].
+    Deadline,
+    /// The process is stopping ([`Context::stopping`]).
+    Stopping,
+}
+
+/// The report of a pass cut before it finished. Whatever it sent is recorded in the inventory (it
+/// carries our labels; if the next release drops it, it is pruned). A deadline hit while fetching
+/// is the Git server's doing (`FetchFailed`), anywhere else the API server's (`ApiRequestFailed`); a
+/// stop is `Interrupted`.
+fn deadline_report(
+    cluster: &Cluster,
+    ctx: &Context,
+    progress: &apply::Progress,
+    cut: Cut,
+) -> PassReport {
+    let (reason, message) = match cut {
+        Cut::Stopping => (
+            reason::INTERRUPTED,
+            "the operator stopped before the pass finished; the next process takes it up"
+                .to_owned(),
+        ),
+        Cut::Deadline => {
+            let (reason, culprit) = if progress.fetching() {
+                (reason::FETCH_FAILED, "the Git server stalled")
+            } else {
+                (reason::API_REQUEST_FAILED, "the API server stalled")
+            };
+            (
+                reason,
+                format!(
+                    "the pass did not finish within {} s ({culprit})",
+                    ctx.settings.pass_timeout.as_secs()
+                ),
+            )
+        }
+    };
+    let mut report = PassReport::refused(reason, message, None);
+    if progress.wrote() {
+        let previous = cluster
+            .status
+            .as_ref()
+            .map(|s| s.inventory.clone())
+            .unwrap_or_default();
+        report.inventory = Some(progress.inventory(&previous));
+    }
+    report
+}
+
+/// A `Cluster` being deleted: what `spec.deletionPolicy` says, the finalizer removed, and this
+/// process's memory of it dropped.
+async fn delete(cluster: &Cluster, ctx: &Context) -> Result<Action> {
+    let name = cluster.name_any();
+    if finalizer::has_finalizer(cluster) {
+        let deleted = finalizer::finalize(&ctx.client, cluster).await?;
+        ctx.metrics.pruned.inc_by(deleted as u64);
+        tracing::info!(
+            policy = match cluster.spec.deletion_policy {
+                vworkspace_core::crd::DeletionPolicy::Orphan => "Orphan",
+                vworkspace_core::crd::DeletionPolicy::Delete => "Delete",
+            },
+            deleted,
+            "Cluster deleted; finalizer removed"
+        );
+    }
+    ctx.forget(&name, &cluster.spec.cluster_id);
+    Ok(Action::await_change())
 }
 
 async fn finish(
@@ -468,7 +665,12 @@ async fn finish(
     match failure {
         None => {
             ctx.with_state(&name, |s| s.failures = 0);
-            Ok(Action::requeue(interval))
+            Ok(Action::requeue(retry::requeue_after(
+                None,
+                0,
+                interval,
+                retry::random_jitter(),
+            )))
         }
         Some(reason) => Err(Error::PassFailed { reason }),
     }
@@ -494,30 +696,35 @@ async fn write_status(client: &Client, name: &str, status: &ClusterStatus) -> Re
     Ok(())
 }
 
-/// The back-off after a failed pass: 5 s, doubling per consecutive failure, at most 5 minutes.
-pub fn backoff(consecutive_failures: u32) -> Duration {
-    let exponent = consecutive_failures.saturating_sub(1).min(6);
-    Duration::from_secs(5u64 << exponent).min(Duration::from_secs(300))
-}
-
-/// The controller's error policy: exponential back-off per `Cluster`.
-#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
-pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+/// When a `Cluster` whose pass failed with `error` runs again ([`retry::requeue_after`]): at its
+/// interval when the failure is permanent (the `Cluster` is `Stalled`), after a back-off that grows
+/// with consecutive transient failures otherwise; jittered.
+pub fn retry_after(cluster: &Cluster, error: &Error, ctx: &Context) -> Duration {
+    let reason = error.reason();
+    let interval = vworkspace_core::crd::parse_interval(&cluster.spec.source.interval)
+        .unwrap_or(Duration::from_secs(300));
     let failures = ctx.with_state(&cluster.name_any(), |s| {
-        s.failures = s.failures.saturating_add(1);
+        if retry::is_permanent(reason) {
+            // A stall is not a streak of transient failures: the next transient one starts at 5 s.
+            s.failures = 0;
+        } else {
+            s.failures = s.failures.saturating_add(1);
+        }
         s.failures
     });
-    tracing::debug!(reason = error.reason(), failures, "backing off");
-    Action::requeue(backoff(failures))
+    let after = retry::requeue_after(Some(reason), failures, interval, retry::random_jitter());
+    tracing::debug!(
+        reason,
+        failures,
+        stalled = retry::is_permanent(reason),
+        after_seconds = after.as_secs(),
+        "requeued"
+    );
+    after
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-    }
+/// The controller's error policy: [`retry_after`].
+#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(retry_after(&cluster, error, &ctx))
 }

@@ -1,9 +1,13 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go does it: the holder renews the
-//! Lease every [`RETRY`]; another replica takes it over once it has not been renewed for
-//! [`LEASE_DURATION`]. Writes use the Lease's resourceVersion, so two replicas racing for an expired
-//! Lease cannot both win. The decision is the pure [`decide`]; [`Elector`] does the I/O.
+//! Lease every [`RETRY`]; another replica takes it over once it has not seen the Lease record change
+//! for [`LEASE_DURATION`], judged by its *own* clock from the moment it observed the change (never by
+//! comparing the holder's `renewTime` with the local clock: the two clocks may disagree). Writes use
+//! the Lease's resourceVersion, so two replicas racing for an expired Lease cannot both win. The
+//! decision is the pure [`decide`]; [`Elector`] does the I/O; [`keep`] renews and moves the
+//! leader's write [`Fence`] (until the renewal's send time plus [`RENEW_DEADLINE`]).
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -11,11 +15,30 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::error::Error;
+use crate::fence::Fence;
 
 /// How long a Lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and a follower retries.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// How long after sending its last successful renewal the leader may still write: shorter than
+/// [`LEASE_DURATION`], so that it stops before any follower can take over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The leader's timing: how often it renews, and for how long after a renewal it may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Between renewals.
+    pub retry: Duration,
+    /// The fence after a renewal (must stay below the Lease duration).
+    pub renew_deadline: Duration,
+}
+
+/// [`RETRY`] and [`RENEW_DEADLINE`].
+pub const TIMING: Timing = Timing {
+    retry: RETRY,
+    renew_deadline: RENEW_DEADLINE,
+};
 /// The Lease's name.
 pub const LEASE_NAME: &str = "vworkspace-app-operator";
 
@@ -33,8 +56,10 @@ pub enum Decision {
     },
 }
 
-/// Decides from the Lease's spec (`None` when the Lease does not exist yet).
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: jiff::Timestamp) -> Decision {
+/// Decides from the Lease's spec (`None` when the Lease does not exist yet) and how long, by this
+/// replica's clock, the record has been seen unchanged (`unchanged_for`). The holder's `renewTime`
+/// is never compared with the local clock.
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire;
     };
@@ -47,18 +72,13 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: jiff::Timestamp) -> Decis
     }
     let duration = spec
         .lease_duration_seconds
-        .map(|s| i64::from(s.max(1)))
-        .unwrap_or(LEASE_DURATION.as_secs() as i64);
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed {
-        Some(at) if at.as_second().saturating_add(duration) > now.as_second() => {
-            Decision::Follow { holder }
-        }
-        _ => Decision::Acquire,
+        .and_then(|s| u64::try_from(s.max(1)).ok())
+        .map(Duration::from_secs)
+        .unwrap_or(LEASE_DURATION);
+    if unchanged_for < duration {
+        Decision::Follow { holder }
+    } else {
+        Decision::Acquire
     }
 }
 
@@ -84,6 +104,8 @@ pub fn next_spec(previous: Option<&LeaseSpec>, me: &str, now: jiff::Timestamp) -
 pub struct Elector {
     api: Api<Lease>,
     me: String,
+    /// The Lease record last seen, and when (by this replica's clock) it was first seen so.
+    observed: Mutex<Option<(Option<LeaseSpec>, jiff::Timestamp)>>,
 }
 
 impl Elector {
@@ -92,6 +114,25 @@ impl Elector {
         Elector {
             api: Api::namespaced(client, namespace),
             me,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// Records the record read at `now` (this replica's clock); returns for how long it has been
+    /// seen unchanged.
+    fn observe(&self, spec: Option<&LeaseSpec>, now: jiff::Timestamp) -> Duration {
+        let mut observed = match self.observed.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match observed.as_ref() {
+            Some((seen, since)) if seen.as_ref() == spec => {
+                Duration::try_from(now.duration_since(*since)).unwrap_or(Duration::ZERO)
+            }
+            _ => {
+                *observed = Some((spec.cloned(), now));
+                Duration::ZERO
+            }
         }
     }
 
@@ -108,7 +149,8 @@ impl Elector {
             .await
             .map_err(kube_error("get"))?;
         let spec = lease.as_ref().and_then(|l| l.spec.as_ref());
-        match decide(spec, &self.me, now) {
+        let unchanged_for = self.observe(spec, now);
+        match decide(spec, &self.me, unchanged_for) {
             Decision::Follow { .. } => Ok(false),
             Decision::Acquire | Decision::Renew => {
                 let body = Lease {
@@ -139,6 +181,65 @@ impl Elector {
     }
 }
 
+/// Waits until this replica holds the Lease (or `stop` resolves: `false`), then extends `fence`.
+pub async fn acquire(
+    elector: &Elector,
+    fence: &Fence,
+    timing: &Timing,
+    stop: impl std::future::Future<Output = ()>,
+) -> bool {
+    tokio::pin!(stop);
+    loop {
+        let sent = Instant::now();
+        match elector.try_hold(jiff::Timestamp::now()).await {
+            Ok(true) => {
+                fence.extend(sent + timing.renew_deadline);
+                return true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timing.retry) => {}
+            _ = &mut stop => return false,
+        }
+    }
+}
+
+/// Renews the Lease every `timing.retry`, extending `fence` to each successful renewal's send time
+/// plus `timing.renew_deadline`. Returns when the Lease is lost (another replica holds it: the
+/// fence is revoked) or was not renewed before the fence passed (a renewal still in flight is
+/// abandoned): from then on this replica writes nothing, and should stop.
+pub async fn keep(elector: &Elector, fence: &Fence, timing: &Timing) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(timing.retry) => {}
+            _ = fence.lost() => {
+                tracing::error!("leader Lease not renewed in time; stopping");
+                return;
+            }
+        }
+        let sent = Instant::now();
+        let renewed = tokio::select! {
+            biased;
+            _ = fence.lost() => {
+                tracing::error!("leader Lease not renewed in time; stopping");
+                return;
+            }
+            renewed = elector.try_hold(jiff::Timestamp::now()) => renewed,
+        };
+        match renewed {
+            Ok(true) => fence.extend(sent + timing.renew_deadline),
+            Ok(false) => {
+                fence.revoke();
+                tracing::error!("lost the leader Lease; stopping");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,22 +259,40 @@ mod tests {
 
     #[test]
     fn one_holder_at_a_time() {
-        assert_eq!(decide(None, "a", at(100)), Decision::Acquire);
+        let secs = Duration::from_secs;
+        assert_eq!(decide(None, "a", secs(0)), Decision::Acquire);
         assert_eq!(
-            decide(Some(&held_by("a", 99)), "a", at(100)),
+            decide(Some(&held_by("a", 99)), "a", secs(0)),
             Decision::Renew
         );
         assert_eq!(
-            decide(Some(&held_by("b", 90)), "a", at(100)),
+            decide(Some(&held_by("b", 90)), "a", secs(10)),
             Decision::Follow { holder: "b".into() }
         );
-        // Not renewed for 15 s: the other replica takes over.
+        // Seen unchanged for 15 s by this replica's clock: the other replica takes over.
         assert_eq!(
-            decide(Some(&held_by("b", 85)), "a", at(100)),
+            decide(Some(&held_by("b", 85)), "a", secs(15)),
             Decision::Acquire
         );
         assert_eq!(
-            decide(Some(&LeaseSpec::default()), "a", at(100)),
+            decide(Some(&LeaseSpec::default()), "a", secs(0)),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn expiry_is_judged_by_local_observation_not_by_the_holders_clock() {
+        // The holder's clock is an hour behind: its renewTime looks ancient to this replica, but the
+        // record has just changed, so it is held.
+        let skewed = held_by("b", -3600);
+        assert_eq!(
+            decide(Some(&skewed), "a", Duration::from_secs(1)),
+            Decision::Follow { holder: "b".into() }
+        );
+        // An hour ahead: a record never renewed again expires 15 s after this replica saw it.
+        let ahead = held_by("b", 3600);
+        assert_eq!(
+            decide(Some(&ahead), "a", Duration::from_secs(15)),
             Decision::Acquire
         );
     }

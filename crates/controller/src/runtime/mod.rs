@@ -93,7 +93,10 @@ pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
     Ok(all_passed)
 }
 
-/// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded).
+/// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded). After
+/// SIGTERM it returns within [`SHUTDOWN_GRACE`] even mid-pass; the caller then shuts its runtime
+/// down with [`SHUTDOWN_RUNTIME_GRACE`] so that a fetch stuck on the blocking pool cannot hold the
+/// process.
 pub async fn run(options: RunOptions) -> Result<bool, Error> {
     // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
     // default must be chosen, or the first TLS client panics. Already installed is fine.
@@ -110,7 +113,12 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         limits: vworkspace_core::limits::Limits::default(),
         pass_timeout: cluster::DEFAULT_PASS_TIMEOUT,
     };
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+    let mut ctx = Context::new(client.clone(), settings, metrics.clone());
+    if options.leader_election {
+        // No write until the Lease is held, none once it is no longer certainly held.
+        ctx.fence = crate::fence::Fence::leased();
+    }
+    let ctx = Arc::new(ctx);
     if options.once {
         return once(ctx).await;
     }
@@ -166,44 +174,24 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         let elector =
             crate::runtime::leader::Elector::new(client.clone(), &options.namespace, me.clone());
         tracing::info!(identity = %me, "waiting for the leader Lease");
-        loop {
-            match elector.try_hold(jiff::Timestamp::now()).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(crate::runtime::leader::RETRY) => {}
-                _ = stopped(stop_rx.clone()) => return Ok(true),
-            }
+        let timing = crate::runtime::leader::TIMING;
+        if !crate::runtime::leader::acquire(&elector, &ctx.fence, &timing, stopped(stop_rx.clone()))
+            .await
+        {
+            return Ok(true);
         }
         metrics.leader.set(1);
         tracing::info!(identity = %me, "leading");
-        // Renew in the background; losing the Lease ends the process (the Deployment restarts it as
-        // a follower), as client-go's elector does: two leaders must never write at once.
+        // Renew in the background. The fence stops every write the moment the Lease is no longer
+        // certainly held (running passes are dropped, not finished); then the process stops (the
+        // Deployment restarts it as a follower), as client-go's elector does.
         let lost = stop_tx.clone();
+        let fence = ctx.fence.clone();
+        let leader_metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut last_renewal = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(crate::runtime::leader::RETRY).await;
-                match elector.try_hold(jiff::Timestamp::now()).await {
-                    Ok(true) => last_renewal = std::time::Instant::now(),
-                    Ok(false) => {
-                        tracing::error!("lost the leader Lease; stopping");
-                        let _ = lost.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader Lease");
-                        // Stop before the Lease runs out for the others.
-                        if last_renewal.elapsed() > crate::runtime::leader::LEASE_DURATION * 2 / 3 {
-                            tracing::error!("leader Lease not renewed in time; stopping");
-                            let _ = lost.send(true);
-                            return;
-                        }
-                    }
-                }
-            }
+            crate::runtime::leader::keep(&elector, &fence, &timing).await;
+            leader_metrics.leader.set(0);
+            let _ = lost.send(true);
         });
     }
 
@@ -216,9 +204,47 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
     });
-    controllers(client, ctx, children, stop_rx).await;
+    {
+        // On the stop, running passes get PASS_STOP_GRACE to finish; then they are cut, and record
+        // their status (with what they wrote) before SHUTDOWN_GRACE ends everything.
+        let stopping = ctx.stopping.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            stopped(stop).await;
+            stopping.close_at(std::time::Instant::now() + PASS_STOP_GRACE);
+        });
+    }
+    let running = controllers(client, ctx, children, stop_rx.clone());
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => {}
+        _ = async {
+            stopped(stop_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            // A pass stuck on a stalled API server or Git server must not hold the Pod past its
+            // termination grace: dropped here, it is taken up again by the next process (or leader).
+            tracing::warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "running reconciles did not finish in time after the stop; abandoning them"
+            );
+        }
+    }
     Ok(true)
 }
+
+/// How long a running `Cluster` pass may take to finish after SIGTERM before it is cut (its status,
+/// with what it wrote, is then recorded): leaves [`SHUTDOWN_GRACE`] time for that write.
+pub const PASS_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long running reconciles may take to finish after SIGTERM (or a lost Lease) before they are
+/// dropped: well inside the Pod's 30 s termination grace, with time left for the runtime to stop
+/// ([`SHUTDOWN_RUNTIME_GRACE`]).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long the process waits, once `run` returned, for blocking work (a fetch on the blocking pool)
+/// before it exits anyway; the caller passes it to `Runtime::shutdown_timeout`.
+pub const SHUTDOWN_RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
 /// reconciles finish first. Watches that fail or drop are re-established with back-off by
@@ -232,6 +258,7 @@ pub async fn controllers(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let fence = ctx.fence.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace_changes = watcher(
         namespaces,
@@ -258,7 +285,7 @@ pub async fn controllers(
     )
     .graceful_shutdown_on(stopped(stop.clone()))
     .run(
-        crate::children::instance::reconcile,
+        fenced(fence.clone(), crate::children::instance::reconcile),
         crate::children::instance::error_policy,
         children.clone(),
     )
@@ -269,12 +296,33 @@ pub async fn controllers(
     )
     .graceful_shutdown_on(stopped(stop))
     .run(
-        crate::children::operation::reconcile,
+        fenced(fence, crate::children::operation::reconcile),
         crate::children::operation::error_policy,
         children,
     )
     .for_each(log_result);
     tokio::join!(clusters, instances, operations);
+}
+
+/// A child reconcile run inside the leader's write fence ([`crate::fence`]): dropped the moment the
+/// Lease is no longer certainly held. (The `Cluster` reconcile fences itself.)
+fn fenced<K, C, F>(
+    fence: crate::fence::Fence,
+    reconcile: impl Fn(Arc<K>, Arc<C>) -> F,
+) -> impl Fn(
+    Arc<K>,
+    Arc<C>,
+) -> futures::future::BoxFuture<'static, Result<kube::runtime::controller::Action, Error>>
+where
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
+    move |object, ctx| {
+        let fence = fence.clone();
+        let work = reconcile(object, ctx);
+        Box::pin(async move { fence.guard(work).await.unwrap_or(Err(Error::NotLeader)) })
+    }
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {

@@ -53,6 +53,22 @@ pub struct ClusterSpec {
     /// Stop reconciling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// What deleting this `Cluster` does to the objects it applied: `Orphan` (default) leaves them,
+    /// `Delete` prunes its inventory first.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting a `Cluster` does to the objects it applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Leave them running, unowned (a re-created `Cluster` with the same id takes them back: they
+    /// carry its label).
+    #[default]
+    Orphan,
+    /// Delete every object of the inventory that still carries this source's labels, in namespaces
+    /// that are still managed, before the `Cluster` goes.
+    Delete,
 }
 
 /// The Git source.
@@ -120,6 +136,11 @@ pub struct ReleaseTrust {
     /// How many distinct keys must sign a release (k of n).
     #[schemars(range(min = 1))]
     pub threshold: u32,
+    /// The lowest release serial this cluster accepts: a rollback floor the owner pins in the spec,
+    /// which survives a re-created `Cluster` or a restored etcd backup (the status's last applied
+    /// serial does not). A release with a lower serial is refused (`ReleaseInvalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_serial: Option<u64>,
 }
 
 /// A Secret in `vworkspace-system`, read by name.
@@ -374,6 +395,7 @@ mod tests {
         }))
         .expect("valid spec");
         assert_eq!(spec.source.interval, "5m");
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Orphan);
         assert_eq!(spec.source.git_ref, GitSourceRef::Branch("main".into()));
         assert_eq!(spec.policy.history, HistoryPolicy::Head);
         assert!(

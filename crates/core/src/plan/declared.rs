@@ -249,7 +249,8 @@ impl DeclaredSet {
             if let Some(release) = guard.get(id.as_str())
                 && let Some(declared) = pick(release)
             {
-                let altered = declared.spec != *live_spec;
+                // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
+                let altered = !crate::plan::diff::same_value(&declared.spec, live_spec);
                 return Verdict::Declared {
                     release: release.clone(),
                     declared,
@@ -464,5 +465,33 @@ mod tests {
         assert_eq!(set.release("demo").map(|r| r.len()), Some((0, 0)));
         set.forget("demo");
         assert!(set.release("demo").is_none());
+    }
+
+    #[test]
+    fn numbers_the_api_server_re_encodes_are_not_an_alteration() {
+        let set = DeclaredSet::default();
+        let mut declared = instance("org-a", "app", "1.0.0");
+        declared.spec.values =
+            Some(serde_json::json!({"replicas": 1.0, "big": 18446744073709551615u64}));
+        set.publish(
+            &cluster_spec("demo"),
+            3,
+            "c",
+            &plan_of(std::slice::from_ref(&declared)),
+            &[],
+        );
+        let mut live = declared.clone();
+        live.spec.values = Some(
+            serde_json::from_str(r#"{"replicas": 1, "big": 1.8446744073709552e19}"#).expect("json"),
+        );
+        match set.judge_instance(&live, Some("demo"), &["demo".to_owned()]) {
+            Verdict::Declared { altered, .. } => assert!(!altered, "re-encoded, not altered"),
+            other => panic!("declared expected: {other:?}"),
+        }
+        live.spec.values = Some(serde_json::json!({"replicas": 2, "big": 1.8446744073709552e19}));
+        match set.judge_instance(&live, Some("demo"), &["demo".to_owned()]) {
+            Verdict::Declared { altered, .. } => assert!(altered),
+            other => panic!("declared expected: {other:?}"),
+        }
     }
 }

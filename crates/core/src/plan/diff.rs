@@ -11,6 +11,10 @@
 //! - Only objects that carry this source's labels (`app.vworkspace.io/managed-by=vworkspace` and
 //!   `gitops.vworkspace.io/cluster=<id>`) *and* appear in its inventory are ever pruned. Anything else is
 //!   left alone and reported.
+//! - A declared object that exists but is not this source's (no `gitops.vworkspace.io/cluster=<id>`
+//!   label and not in the inventory, or labelled for another cluster source) is never taken over: it
+//!   is refused as a [`Conflict`] naming who holds it, the rest of the plan applies, and it is never
+//!   pruned. The owner adopts such an object by annotating it [`ANNOTATION_ADOPT`]`=<cluster id>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,8 +22,8 @@ use serde_json::Value;
 
 use crate::crd::InventoryEntry;
 use crate::plan::{
-    ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, DesiredResource, LABEL_CLUSTER,
-    LABEL_MANAGED_BY, MANAGED_BY, Plan,
+    ANNOTATION_ADOPT, ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, DesiredResource,
+    LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY, Plan,
 };
 
 /// An object as the API server reports it (the fields the decision needs).
@@ -33,6 +37,40 @@ pub struct LiveObject {
     pub annotations: BTreeMap<String, String>,
     /// `spec`.
     pub spec: Value,
+    /// The field managers of `metadata.managedFields` (who wrote it), for naming a holder.
+    pub managers: Vec<String>,
+}
+
+/// Who holds a declared object that exists and is not this source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The `gitops.vworkspace.io/cluster` label it carries, if any (another cluster source).
+    pub cluster_label: Option<String>,
+    /// The `app.vworkspace.io/managed-by` label it carries, if any.
+    pub managed_by: Option<String>,
+    /// Its field managers.
+    pub managers: Vec<String>,
+}
+
+impl Conflict {
+    /// Who holds the object, in words (`cluster source prod; field managers kubectl`).
+    pub fn holder(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(cluster) = &self.cluster_label {
+            parts.push(format!("cluster source {cluster}"));
+        }
+        if let Some(by) = &self.managed_by {
+            parts.push(format!("managed-by {by}"));
+        }
+        if !self.managers.is_empty() {
+            parts.push(format!("field managers {}", self.managers.join(", ")));
+        }
+        if parts.is_empty() {
+            "an unlabelled object with no recorded field manager".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
 }
 
 /// Why a declared object is not applied.
@@ -69,6 +107,9 @@ pub struct Changes<'p> {
     pub prune: Vec<InventoryEntry>,
     /// Declared but not applied, with the reason.
     pub skipped: Vec<(InventoryEntry, Skip)>,
+    /// Declared, but a same-named object exists that is not this source's: not applied, not pruned,
+    /// not in the inventory.
+    pub conflicts: Vec<(InventoryEntry, Conflict)>,
     /// Not declared, not pruned, with the reason.
     pub kept: Vec<(InventoryEntry, Keep)>,
     /// Inventory objects in namespaces that are not managed now: untouched, but still this source's,
@@ -98,6 +139,23 @@ impl Changes<'_> {
     }
 }
 
+/// The inventory after a pass that stopped part-way (an API error, its deadline): the previous
+/// inventory, plus every object an apply was *sent* for (it may have reached the API server even if
+/// no answer came back, and it carries this source's labels), minus every object whose delete
+/// succeeded. An object recorded but never created costs nothing: a later prune of it finds it gone.
+pub fn after_interruption(
+    previous: &[InventoryEntry],
+    sent: &[InventoryEntry],
+    pruned: &[InventoryEntry],
+) -> Vec<InventoryEntry> {
+    let mut owned: BTreeSet<InventoryEntry> = previous.iter().cloned().collect();
+    owned.extend(sent.iter().cloned());
+    for p in pruned {
+        owned.remove(p);
+    }
+    owned.into_iter().collect()
+}
+
 /// The inventory identity of a desired object.
 pub fn identity(desired: &DesiredObject) -> InventoryEntry {
     InventoryEntry {
@@ -122,11 +180,85 @@ fn desired_parts(
     )
 }
 
+/// Whether a live object that a plan declares is this source's to write: it carries this source's
+/// cluster label (with no other source's), it is in the inventory with no other source's label, or
+/// the owner marked it for adoption by this source. Otherwise the holder, for the refusal.
+pub fn ownership(
+    live: &LiveObject,
+    inventory: &BTreeSet<&InventoryEntry>,
+    cluster: &str,
+) -> Result<(), Conflict> {
+    let label = live.labels.get(LABEL_CLUSTER).map(String::as_str);
+    let adopted = live.annotations.get(ANNOTATION_ADOPT).map(String::as_str) == Some(cluster);
+    let ours = match label {
+        Some(l) => l == cluster,
+        None => inventory.contains(&live.id),
+    };
+    if ours || adopted {
+        return Ok(());
+    }
+    Err(Conflict {
+        cluster_label: label.map(str::to_owned),
+        managed_by: live.labels.get(LABEL_MANAGED_BY).cloned(),
+        managers: live.managers.clone(),
+    })
+}
+
+/// The declared objects in managed namespaces that `live` does not hold: the caller looks each up
+/// by name (without a label selector) before [`diff`], so that a same-named object someone else
+/// created is seen and not planned as a create. In a steady state (nothing new declared) it is empty.
+pub fn unlisted(
+    plan: &Plan,
+    live: &[LiveObject],
+    managed_namespaces: &BTreeSet<String>,
+) -> Vec<InventoryEntry> {
+    let listed: BTreeSet<&InventoryEntry> = live.iter().map(|l| &l.id).collect();
+    plan.objects()
+        .iter()
+        .filter(|d| managed_namespaces.contains(&d.namespace))
+        .map(identity)
+        .filter(|id| !listed.contains(id))
+        .collect()
+}
+
+/// Whether two numbers are the same value as the API server keeps it: equal exactly, or one is a
+/// float and the other rounds to it (the API server re-encodes `1.0` as `1`, and an integer beyond
+/// what it keeps exactly as the nearest float). Comparing JSON values as written would see a change
+/// on every pass and write every time.
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+        return x == y;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// JSON equality with numbers compared by value ([`same_number`]).
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Whether `live` already is what `desired` declares (commit and serial annotations aside).
 fn matches(desired: &DesiredObject, live: &LiveObject) -> bool {
     let (spec, labels, annotations) = desired_parts(desired);
     let volatile = [ANNOTATION_COMMIT, ANNOTATION_SERIAL];
-    spec == live.spec
+    same_value(&spec, &live.spec)
         && labels.iter().all(|(k, v)| live.labels.get(k) == Some(v))
         && annotations
             .iter()
@@ -159,8 +291,11 @@ pub fn diff<'p>(
         }
         match live_by_id.get(&id) {
             None => changes.create.push(desired),
-            Some(l) if matches(desired, l) => changes.unchanged.push(id.clone()),
-            Some(_) => changes.update.push(desired),
+            Some(l) => match ownership(l, &inventory, cluster) {
+                Err(conflict) => changes.conflicts.push((id.clone(), conflict)),
+                Ok(()) if matches(desired, l) => changes.unchanged.push(id.clone()),
+                Ok(()) => changes.update.push(desired),
+            },
         }
         declared.insert(id);
     }
@@ -240,6 +375,7 @@ mod tests {
             labels,
             annotations,
             spec,
+            managers: vec![],
         }
     }
 
@@ -395,5 +531,163 @@ mod tests {
         );
         assert_eq!(changes.kept, [(identity(&stale), Keep::UnmanagedNamespace)]);
         assert_eq!(changes.inventory(), inventory);
+    }
+
+    #[test]
+    fn a_same_named_object_that_is_not_ours_is_refused_never_taken_over_nor_pruned() {
+        let a = op("org-a", "a", "t1");
+        let b = op("org-a", "b", "t1");
+        let c = op("org-a", "c", "t1");
+        let plan = Plan::from_objects(vec![a.clone(), b.clone(), c.clone()]);
+        // a: made by hand (no labels), b: another cluster source's; c: absent.
+        let mut by_hand = live_of(&op("org-a", "a", "t9"), "c0");
+        by_hand.labels.clear();
+        by_hand.managers = vec!["kubectl-client-side-apply".into()];
+        let mut other = live_of(&op("org-a", "b", "t9"), "c0");
+        other
+            .labels
+            .insert(LABEL_CLUSTER.to_owned(), "prod".to_owned());
+        assert_eq!(
+            unlisted(&plan, &[other.clone()], &managed(&["org-a"])),
+            [identity(&a), identity(&c)],
+            "what the labelled list does not hold is looked up by name"
+        );
+        // Even when a stale inventory names b, another source's label wins.
+        let inventory = vec![identity(&b)];
+        let changes = diff(
+            &plan,
+            &[by_hand.clone(), other.clone()],
+            &inventory,
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert_eq!(
+            changes
+                .create
+                .iter()
+                .map(|d| identity(d))
+                .collect::<Vec<_>>(),
+            [identity(&c)]
+        );
+        assert!(changes.update.is_empty() && changes.prune.is_empty());
+        let conflicts: Vec<_> = changes
+            .conflicts
+            .iter()
+            .map(|(id, c)| (id.name.as_str(), c.holder()))
+            .collect();
+        assert_eq!(
+            conflicts,
+            [
+                ("a", "field managers kubectl-client-side-apply".to_owned()),
+                ("b", "cluster source prod; managed-by vworkspace".to_owned()),
+            ]
+        );
+        assert_eq!(changes.inventory(), [identity(&c)], "never ours");
+        // Not declared any more: still never pruned (not labelled for us).
+        let empty = Plan::from_objects(vec![]);
+        let changes = diff(
+            &empty,
+            &[by_hand.clone(), other],
+            &inventory,
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(changes.prune.is_empty());
+        // The owner marks a for adoption by this source: updated (our labels land on it).
+        by_hand
+            .annotations
+            .insert(ANNOTATION_ADOPT.to_owned(), CLUSTER.to_owned());
+        let changes = diff(
+            &plan,
+            &[by_hand.clone()],
+            &[],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(changes.conflicts.is_empty());
+        assert_eq!(changes.update.len(), 1);
+        // Marked for another source: still refused.
+        by_hand
+            .annotations
+            .insert(ANNOTATION_ADOPT.to_owned(), "prod".to_owned());
+        let changes = diff(&plan, &[by_hand], &[], &managed(&["org-a"]), CLUSTER);
+        assert_eq!(changes.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn an_interrupted_pass_owns_what_it_sent_and_not_what_it_deleted() {
+        let a = identity(&op("org-a", "a", "t1"));
+        let b = identity(&op("org-a", "b", "t1"));
+        let c = identity(&op("org-a", "c", "t1"));
+        assert_eq!(
+            after_interruption(
+                &[a.clone(), b.clone()],
+                std::slice::from_ref(&c),
+                std::slice::from_ref(&a)
+            ),
+            [b, c]
+        );
+    }
+
+    #[test]
+    fn numbers_as_the_api_server_re_encodes_them_are_not_a_change() {
+        let mut resource: crate::crd::ApplicationInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+            "metadata": {"name": "wiki", "namespace": "org-a"},
+            "spec": {"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
+                     "values": {"replicas": 1.0, "ratio": 0.5, "big": 18446744073709551615u64,
+                                "beyond": 9007199254740993u64, "list": [2.0, -3]}}
+        }))
+        .expect("instance");
+        resource.metadata.labels = Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_CLUSTER.to_owned(), CLUSTER.to_owned()),
+        ]));
+        let desired = DesiredObject {
+            api_version: "apps.vworkspace.io/v1alpha1".into(),
+            kind: "ApplicationInstance".into(),
+            namespace: "org-a".into(),
+            name: "wiki".into(),
+            resource: DesiredResource::ApplicationInstance(resource),
+        };
+        let plan = Plan::from_objects(vec![desired.clone()]);
+        // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact.
+        let reencoded: Value = serde_json::from_str(
+            r#"{"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
+                "values": {"replicas": 1, "ratio": 0.5, "big": 1.8446744073709552e19,
+                           "beyond": 9007199254740993, "list": [2, -3.0]}}"#,
+        )
+        .expect("json");
+        let mut live = live_of(&desired, "c1");
+        live.spec = reencoded.clone();
+        let changes = diff(
+            &plan,
+            &[live.clone()],
+            &[identity(&desired)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(
+            changes.is_noop(),
+            "no write on every pass: {:?}",
+            changes.update.len()
+        );
+        // A real change is still one.
+        for (pointer, other) in [
+            ("/values/replicas", serde_json::json!(2)),
+            ("/values/ratio", serde_json::json!(1)),
+            ("/values/beyond", serde_json::json!(9007199254740992u64)),
+        ] {
+            let mut changed = live.clone();
+            *changed.spec.pointer_mut(pointer).expect("pointer") = other;
+            let changes = diff(
+                &plan,
+                &[changed],
+                &[identity(&desired)],
+                &managed(&["org-a"]),
+                CLUSTER,
+            );
+            assert_eq!(changes.update.len(), 1, "{pointer}");
+        }
     }
 }

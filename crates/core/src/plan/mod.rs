@@ -23,6 +23,10 @@ pub const LABEL_CLUSTER: &str = "gitops.vworkspace.io/cluster";
 pub const ANNOTATION_COMMIT: &str = "gitops.vworkspace.io/commit";
 /// Annotation: the release serial an object was applied from.
 pub const ANNOTATION_SERIAL: &str = "gitops.vworkspace.io/release-serial";
+/// Annotation an owner puts on an existing object (value: the cluster id) to let that cluster
+/// source take it over; without it, a same-named object that is not the source's is refused
+/// (`OwnershipConflict`).
+pub const ANNOTATION_ADOPT: &str = "gitops.vworkspace.io/adopt";
 /// Annotation: the file an object was read from, relative to the repository root.
 pub const ANNOTATION_SOURCE_PATH: &str = "gitops.vworkspace.io/source-path";
 

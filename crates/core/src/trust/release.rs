@@ -72,6 +72,19 @@ impl ReleasePolicy {
     }
 }
 
+/// Refuses a release whose serial is below the floor an owner pinned (`spec.release.minSerial`); a
+/// serial equal to the floor is accepted (the release the floor was copied from can be applied again).
+pub fn check_floor(cluster: &str, serial: u64, floor: Option<u64>) -> Result<(), ReleaseError> {
+    match floor {
+        Some(floor) if serial < floor => Err(ReleaseError::BelowFloor {
+            cluster: cluster.to_owned(),
+            serial,
+            floor,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The identity of an applied release: enough to refuse a rollback and to recognize a re-verification
 /// of the very same release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +148,18 @@ pub enum ReleaseError {
         serial: u64,
         /// The last applied serial.
         last: u64,
+    },
+    /// The release's serial is below the floor the owner pinned (`spec.release.minSerial`).
+    #[error(
+        "clusters/{cluster}/release.yaml: serial {serial} is below spec.release.minSerial {floor} (rollback refused)"
+    )]
+    BelowFloor {
+        /// The cluster id.
+        cluster: String,
+        /// The manifest's serial.
+        serial: u64,
+        /// `spec.release.minSerial`.
+        floor: u64,
     },
     /// The release has expired (a freeze).
     #[error(
@@ -963,5 +988,25 @@ mod tests {
             assert!(err.to_string().contains(field), "{field}: {err}");
             assert!(err.to_string().starts_with("clusters/demo/release.yaml:"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_pinned_floor_refuses_lower_serials_only() {
+        assert!(check_floor("demo", 4, None).is_ok());
+        assert!(check_floor("demo", 5, Some(5)).is_ok());
+        assert!(check_floor("demo", 6, Some(5)).is_ok());
+        let refused = check_floor("demo", 4, Some(5)).expect_err("below the floor");
+        assert!(matches!(
+            refused,
+            ReleaseError::BelowFloor {
+                serial: 4,
+                floor: 5,
+                ..
+            }
+        ));
+        assert_eq!(
+            crate::Error::from(refused).reason(),
+            crate::reasons::RELEASE_INVALID
+        );
     }
 }
