@@ -12,14 +12,11 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::source::Auth;
-use vworkspace_core::crd::{
-    ClusterSpec, ClusterStatus, ConfigMapKeyRef, HistoryPolicy, IdentitySecretRef,
-};
+use vworkspace_core::crd::{ClusterSpec, ClusterStatus, ConfigMapKeyRef, IdentitySecretRef};
 use vworkspace_core::limits::Limits;
 use vworkspace_core::pipeline::TrustConfig;
 use vworkspace_core::secrets::Identities;
-use vworkspace_core::trust::history::HistoryCheck;
-use vworkspace_core::trust::release::{AppliedRelease, ReleasePolicy};
+use vworkspace_core::trust::release::AppliedRelease;
 use vworkspace_core::trust::signers::AllowedSigners;
 
 /// The key of an `allowed_signers` ConfigMap read when the reference names none.
@@ -123,33 +120,23 @@ pub fn trust_config(
             digest: status.and_then(|s| s.last_applied_release_digest.clone()),
         });
     Ok(SourceTrust {
-        config: TrustConfig {
-            cluster: spec.cluster_id.clone(),
-            commit_signers,
-            release: ReleasePolicy {
-                cluster: spec.cluster_id.clone(),
-                signers: release_signers,
-                threshold,
-                last_applied,
-                max_validity: ReleasePolicy::validity_days(
-                    spec.policy
-                        .max_release_validity_days
-                        .unwrap_or(vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS),
-                ),
-            },
-            identities: Some(identities),
-            require_bound_values: spec.policy.require_bound_values,
-            history: HistoryCheck {
+        config: TrustConfig::builder(&spec.cluster_id, commit_signers, release_signers, threshold)
+            .last_applied(last_applied)
+            .history(
                 last_commit,
-                policy: match spec.policy.history {
-                    HistoryPolicy::Head => HistoryPolicy::Head,
-                    HistoryPolicy::All => HistoryPolicy::All,
-                },
-                allow_rewrite: spec.policy.allow_history_rewrite,
-            },
-            now,
-            limits: limits.clone(),
-        },
+                spec.policy.history,
+                spec.policy.allow_history_rewrite,
+            )
+            .identities(Some(identities))
+            .require_bound_values(spec.policy.require_bound_values)
+            .max_validity_days(
+                spec.policy
+                    .max_release_validity_days
+                    .unwrap_or(vworkspace_core::trust::release::DEFAULT_MAX_VALIDITY_DAYS),
+            )
+            .now(now)
+            .limits(limits.clone())
+            .build(),
         auth,
         ca_bundle,
     })
