@@ -2,6 +2,7 @@
 //! what they read (`report`). Below the command line: nothing here imports `cli`.
 
 pub mod agent;
+pub mod checkout;
 pub mod demo;
 pub mod diff;
 pub mod duration;

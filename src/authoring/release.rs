@@ -245,8 +245,7 @@ pub fn read_worktree(root: &Path, cluster: &str, limits: &Limits) -> Result<Clus
             )
         }));
     }
-    vworkspace_core::repository::checkout::read_cluster_directory(root, cluster, limits)
-        .map_err(usage)
+    super::checkout::read_cluster_directory(root, cluster, limits).map_err(usage)
 }
 
 /// Reads what `release` hashes and signs: in a git work tree, what git will commit (the index:
@@ -260,8 +259,7 @@ pub fn read_for_release(
 ) -> Result<ClusterTree, CliError> {
     let mut tree = read_worktree(root, cluster, limits)?;
     if let Some(index) =
-        vworkspace_core::repository::checkout::read_cluster_index(root, cluster, limits)
-            .map_err(usage)?
+        super::checkout::read_cluster_index(root, cluster, limits).map_err(usage)?
     {
         tree = index;
     }

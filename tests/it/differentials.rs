@@ -1375,7 +1375,7 @@ fn release_hashes_the_blobs_git_will_commit() {
 #[test]
 fn release_reads_shared_blobs_and_staged_renames_from_the_index() {
     use vworkspace_core::repository::TreeEntry;
-    use vworkspace_core::repository::checkout::read_cluster_index;
+    use vworkspace_operator::authoring::checkout::read_cluster_index;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path();
     let git = |args: &[&str]| {

@@ -75,7 +75,7 @@ fn with_metadata(extra: &str) -> String {
 #[test]
 fn the_example_repository_parses() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout");
-    let tree = vworkspace_core::repository::checkout::read_cluster_directory(
+    let tree = vworkspace_operator::authoring::checkout::read_cluster_directory(
         &root,
         "demo",
         &Limits::default(),

@@ -7,7 +7,6 @@
 use crate::intent::IntentErrors;
 use crate::reasons as reason;
 use crate::repository::GitError;
-use crate::repository::checkout::CheckoutError;
 use crate::secrets::{SecretsError, ValueError};
 use crate::trust::commit_signature::CommitSignatureError;
 use crate::trust::release::ReleaseError;
@@ -53,9 +52,6 @@ pub enum Error {
     /// A YAML file was refused.
     #[error(transparent)]
     Yaml(#[from] YamlError),
-    /// A checkout could not be read.
-    #[error(transparent)]
-    Checkout(#[from] CheckoutError),
 }
 
 impl Error {
@@ -67,7 +63,7 @@ impl Error {
             Error::CommitSignature(_) => reason::COMMIT_SIGNATURE_INVALID,
             Error::History(_) => reason::HISTORY_INVALID,
             Error::Release(_) => reason::RELEASE_INVALID,
-            Error::Intent(_) | Error::Yaml(_) | Error::Checkout(_) => reason::INTENT_INVALID,
+            Error::Intent(_) | Error::Yaml(_) => reason::INTENT_INVALID,
             Error::Values(_) | Error::Secrets(_) => reason::VALUES_INVALID,
             Error::Signers(_) => reason::CONFIGURATION_INVALID,
         }

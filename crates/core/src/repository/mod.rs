@@ -3,7 +3,6 @@
 //! Nothing here decides trust: [`FetchedCommit`] is raw, unverified data handed to
 //! [`crate::trust::commit_signature`]; [`ClusterTree`] is read only for a commit that passed verification.
 
-pub mod checkout;
 pub mod commit_id;
 
 pub use commit_id::{CommitId, InvalidCommitId};

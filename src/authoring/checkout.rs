@@ -1,14 +1,14 @@
 //! Reading `clusters/<id>/` from a checkout on disk, for the authoring commands (`release`).
 //!
-//! The operator itself never reads a work tree: it verifies the object database (see [`crate::repository`]).
+//! The operator itself never reads a work tree: it verifies the object database (see `vworkspace_core::repository`).
 //! This reader applies the same limits and the same refusals, so that what an author releases is what
 //! the operator will accept.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::limits::Limits;
-use crate::repository::{ClusterTree, TreeEntry};
+use vworkspace_core::limits::Limits;
+use vworkspace_core::repository::{ClusterTree, TreeEntry};
 
 /// Why a checkout could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,7 @@ fn visit(
                 total,
             )?;
         } else if meta.is_file() {
-            let max = if relative == crate::layout::MANIFEST_FILE {
+            let max = if relative == vworkspace_core::layout::MANIFEST_FILE {
                 limits.max_manifest_bytes
             } else {
                 limits.max_file_bytes
@@ -166,8 +166,11 @@ pub fn read_cluster_index(
         ))
     };
     let is_release_output = |path: &str| {
-        path == format!("{prefix}{}", crate::layout::MANIFEST_FILE)
-            || path.starts_with(&format!("{prefix}{}", crate::layout::SIGNATURES_DIR))
+        path == format!("{prefix}{}", vworkspace_core::layout::MANIFEST_FILE)
+            || path.starts_with(&format!(
+                "{prefix}{}",
+                vworkspace_core::layout::SIGNATURES_DIR
+            ))
     };
     // Work tree and index must agree: `release` hashes the index, the author commits the work tree.
     let status = git(&[
@@ -305,7 +308,7 @@ pub fn read_cluster_index(
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| limit(format!("{prefix}{relative}: blob {id} not read")))?;
-                let max = if relative == crate::layout::MANIFEST_FILE {
+                let max = if relative == vworkspace_core::layout::MANIFEST_FILE {
                     limits.max_manifest_bytes
                 } else {
                     limits.max_file_bytes
