@@ -272,6 +272,24 @@ EOF
   setsid "$BIN/etcd" -data-dir "$dir/etcd" -client-url "http://127.0.0.1:$etcd_port" \
     -peer-url "http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 </dev/null &
   echo $! >"$dir/etcd.pid"
+  # etcd first, on its own: the API server must never reach another instance's etcd (a port taken
+  # between the check and the bind makes ours exit, and that is seen here).
+  local i ready=""
+  for i in $(seq 1 300); do
+    if grep -q "etcd: ready on" "$dir/etcd.log" 2>/dev/null; then
+      ready=1
+      break
+    fi
+    pid_alive "$(cat "$dir/etcd.pid")" "$BIN/etcd" || {
+      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
+      false
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "etcd not ready after 60 s"
+    false
+  }
 
   setsid "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -297,7 +315,7 @@ EOF
     "$dir/pki/kube-controller-manager.crt" "$dir/pki/kube-controller-manager.key" "$dir"
 
   local curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
-  local i ready=""
+  ready=""
   for i in $(seq 1 600); do
     if "${curl_admin[@]}" "$server/readyz" >/dev/null 2>&1; then
       ready=1
