@@ -100,10 +100,19 @@ free_port() {
 }
 
 # pid_alive PID BINARY: the process exists and is the binary we started (not a reused pid).
+# No pipeline here: under pipefail a SIGPIPE in `tr | head` would read as "not alive", and stop would
+# then leave the process running and delete its data.
 pid_alive() {
-  local pid="$1" bin="$2"
+  local pid="$1" bin="$2" first=""
   [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" | head -1 | grep -qxF "$bin"
+  IFS= read -r -d '' first <"/proc/$pid/cmdline" 2>/dev/null || true
+  [ "$first" = "$bin" ]
+}
+
+# started PID: a process this script just started is still there (it may not have exec'd its binary
+# yet, so its command line is not checked; its pid cannot have been reused in these seconds).
+started() {
+  kill -0 "$1" 2>/dev/null
 }
 
 running_dir() {
@@ -280,7 +289,7 @@ EOF
       ready=1
       break
     fi
-    pid_alive "$(cat "$dir/etcd.pid")" "$BIN/etcd" || {
+    started "$(cat "$dir/etcd.pid")" || {
       say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
       false
     }
@@ -321,11 +330,11 @@ EOF
       ready=1
       break
     fi
-    pid_alive "$(cat "$dir/etcd.pid")" "$BIN/etcd" || {
+    started "$(cat "$dir/etcd.pid")" || {
       say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
       false
     }
-    pid_alive "$(cat "$dir/kube-apiserver.pid")" "$BIN/kube-apiserver" || {
+    started "$(cat "$dir/kube-apiserver.pid")" || {
       say "kube-apiserver exited; $(tail -3 "$dir/kube-apiserver.log" | tr '\n' ' ')"
       false
     }
@@ -359,7 +368,7 @@ EOF
       ready=1
       break
     fi
-    pid_alive "$(cat "$dir/kube-controller-manager.pid")" "$BIN/kube-controller-manager" || {
+    started "$(cat "$dir/kube-controller-manager.pid")" || {
       say "kube-controller-manager exited; $(tail -3 "$dir/kube-controller-manager.log" | tr '\n' ' ')"
       false
     }
