@@ -100,10 +100,19 @@ free_port() {
 }
 
 # pid_alive PID BINARY: the process exists and is the binary we started (not a reused pid).
+# No pipeline here: under pipefail a SIGPIPE in `tr | head` would read as "not alive", and stop would
+# then leave the process running and delete its data.
 pid_alive() {
-  local pid="$1" bin="$2"
+  local pid="$1" bin="$2" first=""
   [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" | head -1 | grep -qxF "$bin"
+  IFS= read -r -d '' first <"/proc/$pid/cmdline" 2>/dev/null || true
+  [ "$first" = "$bin" ]
+}
+
+# started PID: a process this script just started is still there (it may not have exec'd its binary
+# yet, so its command line is not checked; its pid cannot have been reused in these seconds).
+started() {
+  kill -0 "$1" 2>/dev/null
 }
 
 running_dir() {
@@ -272,6 +281,24 @@ EOF
   setsid "$BIN/etcd" -data-dir "$dir/etcd" -client-url "http://127.0.0.1:$etcd_port" \
     -peer-url "http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 </dev/null &
   echo $! >"$dir/etcd.pid"
+  # etcd first, on its own: the API server must never reach another instance's etcd (a port taken
+  # between the check and the bind makes ours exit, and that is seen here).
+  local i ready=""
+  for i in $(seq 1 300); do
+    if grep -q "etcd: ready on" "$dir/etcd.log" 2>/dev/null; then
+      ready=1
+      break
+    fi
+    started "$(cat "$dir/etcd.pid")" || {
+      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
+      false
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "etcd not ready after 60 s"
+    false
+  }
 
   setsid "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -297,17 +324,17 @@ EOF
     "$dir/pki/kube-controller-manager.crt" "$dir/pki/kube-controller-manager.key" "$dir"
 
   local curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
-  local i ready=""
+  ready=""
   for i in $(seq 1 600); do
     if "${curl_admin[@]}" "$server/readyz" >/dev/null 2>&1; then
       ready=1
       break
     fi
-    pid_alive "$(cat "$dir/etcd.pid")" "$BIN/etcd" || {
+    started "$(cat "$dir/etcd.pid")" || {
       say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
       false
     }
-    pid_alive "$(cat "$dir/kube-apiserver.pid")" "$BIN/kube-apiserver" || {
+    started "$(cat "$dir/kube-apiserver.pid")" || {
       say "kube-apiserver exited; $(tail -3 "$dir/kube-apiserver.log" | tr '\n' ' ')"
       false
     }
@@ -341,7 +368,7 @@ EOF
       ready=1
       break
     fi
-    pid_alive "$(cat "$dir/kube-controller-manager.pid")" "$BIN/kube-controller-manager" || {
+    started "$(cat "$dir/kube-controller-manager.pid")" || {
       say "kube-controller-manager exited; $(tail -3 "$dir/kube-controller-manager.log" | tr '\n' ' ')"
       false
     }

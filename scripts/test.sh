@@ -27,7 +27,7 @@ log=$(mktemp)
 cp_err=$(mktemp)
 cp_started=""
 cleanup() {
-  rm -f "$log" "$cp_err"
+  rm -f "$log" "$cp_err" "$cp_err.env"
   if [ -n "$cp_started" ]; then ./scripts/control-plane.sh stop || true; fi
 }
 trap cleanup EXIT
