@@ -985,19 +985,7 @@ mod against_the_cluster {
 
     fn seeded(f: &Fixture) -> Arc<FakeApi> {
         let api = Arc::new(FakeApi::default());
-        let read = |name: &str| std::fs::read_to_string(f.path(name)).expect("read");
-        api.put(
-            "/api/v1/namespaces/vworkspace-system/configmaps/trust",
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "trust", "namespace": "vworkspace-system"},
-                   "data": {"commit_signers": read("commit_signers"), "release_signers": read("release_signers")}}),
-        );
-        use base64::Engine;
-        let identity = base64::engine::general_purpose::STANDARD.encode(read("cluster.agekey"));
-        api.put(
-            "/api/v1/namespaces/vworkspace-system/secrets/cluster-age",
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-age", "namespace": "vworkspace-system"},
-                   "data": {"identity.agekey": identity}}),
-        );
+        crate::support::seed_trust_inputs(&api, f);
         for name in ["org-myteam", "org-vault"] {
             api.put(
                 &format!("/api/v1/namespaces/{name}"),

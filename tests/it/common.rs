@@ -28,6 +28,54 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs `cmd` with `input` on its standard input; it must succeed.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} runs: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `age -a -r <recipient>`, the stock tool.
+pub fn age_encrypt(recipient: &str, plaintext: &str) -> String {
+    stdout(&run_with_stdin(
+        Command::new("age").args(["-a", "-r", recipient]),
+        plaintext.as_bytes(),
+    ))
+}
+
+/// Our `encrypt`, bound to where the value is used.
+pub fn bound_encrypt(
+    recipient: &str,
+    plaintext: &str,
+    cluster: &str,
+    ns: &str,
+    instance: &str,
+    path: &str,
+) -> String {
+    stdout(&run_with_stdin(
+        Command::new(BIN)
+            .args(["encrypt", "--recipient", recipient, "--cluster", cluster])
+            .args(["--namespace", ns, "--instance", instance, "--path", path]),
+        plaintext.as_bytes(),
+    ))
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -68,19 +116,7 @@ impl Fixture {
 
     /// `age -a -r <recipient>`, the stock tool.
     pub fn age_encrypt(&self, plaintext: &str) -> String {
-        let mut child = Command::new("age")
-            .args(["-a", "-r", &self.recipient])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("age runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(plaintext.as_bytes())
-            .expect("write");
-        stdout(&child.wait_with_output().expect("age"))
+        age_encrypt(&self.recipient, plaintext)
     }
 
     /// Our `encrypt`, bound to where the value is used.
@@ -92,30 +128,7 @@ impl Fixture {
         path: &str,
         cluster: &str,
     ) -> String {
-        let mut child = Command::new(BIN)
-            .args([
-                "encrypt",
-                "--recipient",
-                &self.recipient,
-                "--cluster",
-                cluster,
-                "--namespace",
-                ns,
-            ])
-            .args(["--instance", instance, "--path", path])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("encrypt runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(plaintext.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("encrypt");
-        assert!(out.status.success());
-        stdout(&out)
+        bound_encrypt(&self.recipient, plaintext, cluster, ns, instance, path)
     }
 
     /// Our `release`, then a co-signature by `ssh-keygen -Y sign` with the second key. It signs

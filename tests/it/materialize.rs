@@ -7,8 +7,6 @@
 //! of the shared fixture's repository (tests/support/declare.rs); tests/trust_closure.rs covers what
 //! is not declared.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -72,21 +70,7 @@ fn declare_live(keys: &Keys, api: &FakeApi, ctx: &ChildContext) {
 
 /// `age -a -r <recipient>`: the real CLI.
 fn age(keys: &Keys, plaintext: &str) -> String {
-    let mut child = Command::new("age")
-        .args(["-a", "-r", &keys.recipient])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("age");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(plaintext.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("age output");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("armor")
+    crate::common::age_encrypt(&keys.recipient, plaintext)
 }
 
 /// Our `encrypt`, bound to where the value is used.

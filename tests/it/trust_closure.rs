@@ -51,18 +51,7 @@ fn namespace(name: &str, managed: bool) -> Value {
 fn harness(policy: Option<Value>) -> Harness {
     let fixture = fixture();
     let api = Arc::new(FakeApi::default());
-    let read = |name: &str| std::fs::read_to_string(fixture.path(name)).expect("read");
-    api.put(
-        "/api/v1/namespaces/vworkspace-system/configmaps/trust",
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "trust", "namespace": "vworkspace-system"},
-               "data": {"commit_signers": read("commit_signers"), "release_signers": read("release_signers")}}),
-    );
-    let identity = base64::engine::general_purpose::STANDARD.encode(read("cluster.agekey"));
-    api.put(
-        "/api/v1/namespaces/vworkspace-system/secrets/cluster-age",
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-age", "namespace": "vworkspace-system"},
-               "data": {"identity.agekey": identity}}),
-    );
+    crate::support::seed_trust_inputs(&api, &fixture);
     for name in ["org-myteam", "org-vault"] {
         api.put(&format!("/api/v1/namespaces/{name}"), namespace(name, true));
     }

@@ -4,7 +4,6 @@
 //! and co-signed by `ssh-keygen -Y sign`. The pattern of tests/common/mod.rs, with the cluster id and
 //! namespaces chosen by the test (tests share one API server).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -141,23 +140,14 @@ impl Intent {
 
     /// Our `encrypt`, bound to where the value is used.
     pub fn bound_encrypt(&self, plaintext: &str, ns: &str, instance: &str, path: &str) -> String {
-        let mut child = Command::new(BIN)
-            .args(["encrypt", "--recipient", &self.recipient])
-            .args(["--cluster", &self.cluster, "--namespace", ns])
-            .args(["--instance", instance, "--path", path])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("encrypt runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(plaintext.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("encrypt");
-        assert!(out.status.success(), "encrypt failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::common::bound_encrypt(
+            &self.recipient,
+            plaintext,
+            &self.cluster,
+            ns,
+            instance,
+            path,
+        )
     }
 
     fn instance_rel(ns: &str, name: &str) -> String {
