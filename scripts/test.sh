@@ -20,6 +20,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all -- --check
+# The core crate links no Kubernetes client, async runtime or HTTP stack (tests/it/layers.rs checks
+# its manifest and that no file or folder imports in a cycle; this checks what cargo resolves).
+heavy=$(cargo tree --locked -p vworkspace-core -e normal --prefix none | awk '{print $1}' | sort -u |
+  grep -E '^(kube|kube-client|kube-runtime|tokio|hyper|hyper-util|reqwest)$' || true)
+if [ -n "$heavy" ]; then
+  echo "vworkspace-core depends on: $heavy" >&2
+  exit 1
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The benches run once at a smoke size (they cannot rot), then every test; the closing line sums up.
 cargo test --workspace --locked --benches
