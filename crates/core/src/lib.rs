@@ -19,6 +19,7 @@ pub mod admission;
 pub mod crd;
 pub mod error;
 pub mod intent;
+pub mod labels;
 pub mod layout;
 pub mod limits;
 pub(crate) mod parallel;

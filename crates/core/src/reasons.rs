@@ -45,3 +45,30 @@ pub const NOT_DECLARED: &str = "NotDeclaredInRelease";
 pub const SPEC_DIFFERS: &str = "SpecDiffersFromRelease";
 /// A child controller waits: its Cluster has not verified and applied a release since the start.
 pub const WAITING_FOR_RELEASE: &str = "WaitingForVerifiedRelease";
+
+/// Reason of an Operation that lacks what its type needs (a PVC, a backup name, a template).
+pub const INVALID_OPERATION: &str = "InvalidOperation";
+
+/// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
+pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
+
+/// Reason of an instance whose declared values do not decrypt.
+pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
+
+/// Reason while the HelmRelease has not reported yet.
+pub const WAITING_FOR_HELM_RELEASE: &str = "WaitingForHelmRelease";
+
+/// `Applied` reason: every object applied, every stale one pruned.
+pub const APPLY_SUCCEEDED: &str = "ApplySucceeded";
+
+/// `Applied` reason: the API server refused a write.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+
+/// `Applied` reason: nothing applied because the source was not verified.
+pub const SOURCE_NOT_VERIFIED: &str = "SourceNotVerified";
+
+/// `Ready` reason while a pass has not finished yet.
+pub const PROGRESSING: &str = "Progressing";
+
+/// The Event reason of [`expiry_event`].
+pub const RELEASE_EXPIRING_SOON: &str = "ReleaseExpiringSoon";

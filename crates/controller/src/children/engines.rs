@@ -21,14 +21,11 @@ use crate::cluster::rbac::RUNNER;
 use vworkspace_core::crd::{Operation, OperationPhase, OperationType};
 use vworkspace_core::plan::{LABEL_MANAGED_BY, MANAGED_BY};
 
+pub use vworkspace_core::labels::LABEL_OPERATION;
+pub use vworkspace_core::labels::LABEL_OPERATION_NAMESPACE;
+pub use vworkspace_core::reasons::INVALID_OPERATION;
 /// Reason of an Operation whose template the namespace may not run (controller and webhook).
 pub use vworkspace_core::reasons::TEMPLATE_NOT_ALLOWED;
-/// Reason of an Operation that lacks what its type needs (a PVC, a backup name, a template).
-pub const INVALID_OPERATION: &str = "InvalidOperation";
-/// Label: the namespace of the Operation a child runs for.
-pub const LABEL_OPERATION_NAMESPACE: &str = "ops.vworkspace.io/operation-namespace";
-/// Label: the name of the Operation a child runs for.
-pub const LABEL_OPERATION: &str = "ops.vworkspace.io/operation";
 /// The ConfigMap (operator namespace) holding a RunCommand template is named with this prefix.
 pub const RUN_COMMAND_TEMPLATE_PREFIX: &str = "operation-template-";
 

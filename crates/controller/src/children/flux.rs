@@ -23,8 +23,7 @@ use vworkspace_core::secrets::{DecryptedValues, is_armored};
 
 /// The Secret key the HelmRelease reads.
 pub const VALUES_KEY: &str = "values.yaml";
-/// The label naming the instance a child belongs to.
-pub const LABEL_INSTANCE: &str = "apps.vworkspace.io/instance";
+pub use vworkspace_core::labels::LABEL_INSTANCE;
 /// How often Flux reconciles the children it is given.
 pub const FLUX_INTERVAL: &str = "10m";
 /// How often Flux re-reads the chart repository.

@@ -23,10 +23,8 @@ use vworkspace_core::crd::{ApplicationInstance, ApplicationInstanceStatus};
 use vworkspace_core::plan::LABEL_CLUSTER;
 use vworkspace_core::secrets::{Identities, ValueContext, ValuesPolicy};
 
-/// Reason of an instance whose declared values do not decrypt.
-pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
-/// Reason while the HelmRelease has not reported yet.
-pub const WAITING: &str = "WaitingForHelmRelease";
+pub use vworkspace_core::reasons::VALUES_NOT_DECRYPTED;
+pub use vworkspace_core::reasons::WAITING_FOR_HELM_RELEASE as WAITING;
 
 /// The instance status for a HelmRelease's `Ready` (or a failure before there is one).
 pub fn instance_status(

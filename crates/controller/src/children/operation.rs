@@ -21,8 +21,7 @@ use vworkspace_core::crd::{
 };
 use vworkspace_core::plan::LABEL_CLUSTER;
 
-/// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
-pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
+pub use vworkspace_core::reasons::WAITING_FOR_NAMESPACE;
 
 /// Whether a final status is a refusal that is judged again (not a run that happened): a template not
 /// allowed yet, an Operation not declared, or an altered spec.

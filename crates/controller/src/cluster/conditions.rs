@@ -16,14 +16,10 @@ pub const READY: &str = "Ready";
 /// or its interval instead of retrying. Its reason and message are `Ready`'s.
 pub const STALLED: &str = "Stalled";
 
-/// `Applied` reason: every object applied, every stale one pruned.
-pub const REASON_APPLY_SUCCEEDED: &str = "ApplySucceeded";
-/// `Applied` reason: the API server refused a write.
-pub const REASON_APPLY_FAILED: &str = "ApplyFailed";
-/// `Applied` reason: nothing applied because the source was not verified.
-pub const REASON_NOT_APPLIED: &str = "SourceNotVerified";
-/// `Ready` reason while a pass has not finished yet.
-pub const REASON_PROGRESSING: &str = "Progressing";
+pub use vworkspace_core::reasons::APPLY_FAILED as REASON_APPLY_FAILED;
+pub use vworkspace_core::reasons::APPLY_SUCCEEDED as REASON_APPLY_SUCCEEDED;
+pub use vworkspace_core::reasons::PROGRESSING as REASON_PROGRESSING;
+pub use vworkspace_core::reasons::SOURCE_NOT_VERIFIED as REASON_NOT_APPLIED;
 
 /// What one pass found, step by step.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,7 @@ use crate::cluster::{apply, namespaces};
 use crate::error::Error;
 use vworkspace_core::crd::{Cluster, DeletionPolicy, InventoryEntry};
 
-/// The finalizer on every `Cluster` the operator reconciles.
-pub const FINALIZER: &str = "gitops.vworkspace.io/cleanup";
+pub use vworkspace_core::labels::FINALIZER;
 
 /// Whether the `Cluster` carries [`FINALIZER`].
 pub fn has_finalizer(cluster: &Cluster) -> bool {

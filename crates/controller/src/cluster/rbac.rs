@@ -34,10 +34,11 @@ pub const VALUES_CLUSTER_ROLE: &str = "vworkspace-app-operator-values";
 /// The name of the RoleBinding to [`VALUES_CLUSTER_ROLE`].
 pub const VALUES_BINDING: &str = "vworkspace-app-operator-values";
 /// The label that makes a namespace managed, and its value.
-pub const MANAGED_LABEL: (&str, &str) = ("app.vworkspace.io/managed-by", "vworkspace");
-/// The namespace annotation that lists the operation templates a namespace may run (comma-separated),
-/// recorded in `Cluster.status.managedNamespaces[].allowedOperationTemplates`.
-pub const ALLOWED_TEMPLATES_ANNOTATION: &str = "app.vworkspace.io/allowed-operation-templates";
+pub const MANAGED_LABEL: (&str, &str) = (
+    vworkspace_core::labels::LABEL_MANAGED_BY,
+    vworkspace_core::labels::MANAGED_BY_VALUE,
+);
+pub use vworkspace_core::labels::ALLOWED_TEMPLATES_ANNOTATION;
 
 const ALL: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",

@@ -196,8 +196,7 @@ pub fn expiry_event(
     })
 }
 
-/// The Event reason of [`expiry_event`].
-pub const REASON_RELEASE_EXPIRING: &str = "ReleaseExpiringSoon";
+pub use vworkspace_core::reasons::RELEASE_EXPIRING_SOON as REASON_RELEASE_EXPIRING;
 
 /// The Event of a pass, if it deserves one: when `Ready` changed (status, reason or message) or the
 /// pass wrote objects. A pass that keeps failing for the same reason, or that finds nothing to do,

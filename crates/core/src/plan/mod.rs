@@ -13,22 +13,10 @@ use crate::crd::{ApplicationInstance, Operation};
 
 use crate::pipeline::VerifiedIntent;
 
-/// Label on every object the operator applies.
-pub const LABEL_MANAGED_BY: &str = "app.vworkspace.io/managed-by";
-/// Value of [`LABEL_MANAGED_BY`].
-pub const MANAGED_BY: &str = "vworkspace";
-/// Label naming the cluster source an object came from.
-pub const LABEL_CLUSTER: &str = "gitops.vworkspace.io/cluster";
-/// Annotation: the commit an object was applied from.
-pub const ANNOTATION_COMMIT: &str = "gitops.vworkspace.io/commit";
-/// Annotation: the release serial an object was applied from.
-pub const ANNOTATION_SERIAL: &str = "gitops.vworkspace.io/release-serial";
-/// Annotation an owner puts on an existing object (value: the cluster id) to let that cluster
-/// source take it over; without it, a same-named object that is not the source's is refused
-/// (`OwnershipConflict`).
-pub const ANNOTATION_ADOPT: &str = "gitops.vworkspace.io/adopt";
-/// Annotation: the file an object was read from, relative to the repository root.
-pub const ANNOTATION_SOURCE_PATH: &str = "gitops.vworkspace.io/source-path";
+pub use crate::labels::{
+    ANNOTATION_ADOPT, ANNOTATION_COMMIT, ANNOTATION_SERIAL, ANNOTATION_SOURCE_PATH, LABEL_CLUSTER,
+    LABEL_MANAGED_BY, MANAGED_BY_VALUE as MANAGED_BY,
+};
 
 /// A typed object to apply.
 #[derive(Debug, Clone, PartialEq)]
