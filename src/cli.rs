@@ -70,6 +70,10 @@ pub enum Command {
     /// Run the operator: reconcile every Cluster resource into this cluster (KUBECONFIG, then
     /// in-cluster). Logs JSON to stderr.
     Run(RunArgs),
+    /// Preflight and health (like `flux check --pre`): Kubernetes version, CRDs, the operator's
+    /// rights, the webhook, each Cluster's trust inputs and Git source. One line a check; exit 1
+    /// when something needed is missing.
+    Check(crate::check::CheckArgs),
     /// Print a shell completion script: `source <(vworkspace-operator completion bash)`.
     Completion(CompletionArgs),
 }
@@ -170,6 +174,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
+        Command::Check(args) => crate::check::check(&args, out),
         Command::Completion(args) => {
             clap_complete::generate(
                 args.shell,
