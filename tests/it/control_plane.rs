@@ -1414,3 +1414,87 @@ async fn a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_ca
     assert!(log.contains("webhook serving certificate loaded"), "{log}");
     assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
 }
+
+/// `check` as the operator's ServiceAccount (`--as`, from the admin's kubeconfig) on the install:
+/// each line passes and it exits 0; then without an identity Secret, and as a ServiceAccount without
+/// rights, the lines that fail say what is missing and it exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_the_install_and_names_what_is_missing() {
+    let Some(env) = env("check_passes_on_the_install_and_names_what_is_missing").await else {
+        return;
+    };
+    let intent = Intent::new("cp-check");
+    intent.add_instance("cp-check-a", "wiki", "smtp-secret-1");
+    intent.release(&[]);
+    let head = intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &["cp-check-a"]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let check = |who: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--as", who, "--fetch-timeout", "30"])
+            .env("KUBECONFIG", &env.cp.kubeconfig);
+        let mut p = Proc::spawn(&mut cmd, &scope.dir, "check");
+        let status = p.wait_timeout(120).expect("check ends within 120 s");
+        (status.code(), p.stdout())
+    };
+    let (code, out) = check(OPERATOR_USER);
+    let lines: Vec<&str> = out.lines().collect();
+    for expected in [
+        "ok   Kubernetes version: v1.",
+        "ok   CRD clusters.ops.vworkspace.io: present",
+        "ok   CRD helmreleases.helm.toolkit.fluxcd.io: present",
+        "ok   operator rights: system:serviceaccount:vworkspace-system:vworkspace-app-operator may make all",
+        "ok   webhook vworkspace-app-operator: answers through the API server",
+        "ok   Cluster cp-check trust inputs: signer ConfigMaps and identity Secret present and parseable",
+        "ok   Cluster cp-check Git source: ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "no line {expected:?} in\n{out}"
+        );
+    }
+    assert!(out.contains(&format!("fetched ({head})")), "{out}");
+    // Every line is ok, or a warning about a CRD the shared install does not have.
+    for line in &lines {
+        assert!(
+            line.starts_with("ok   ") || line.starts_with("warn CRD "),
+            "{line}\n{out}"
+        );
+    }
+    assert_eq!(code, Some(0), "{out}");
+
+    // The identity Secret gone: that Cluster's line fails, naming it, and the exit is 1.
+    delete(
+        &env.admin,
+        "v1",
+        "Secret",
+        Some(SYSTEM),
+        &format!("age-{}", scope.name),
+    )
+    .await;
+    let (code, out) = check(OPERATOR_USER);
+    assert_eq!(code, Some(1), "{out}");
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].starts_with("FAIL Cluster cp-check trust inputs:")
+            && failed[0].contains(&format!("age-{}", scope.name)),
+        "{out}"
+    );
+
+    // A ServiceAccount without deploy/'s rights: the rights line fails and names requests.
+    let (code, out) = check("system:serviceaccount:default:nobody");
+    assert_eq!(code, Some(1), "{out}");
+    let rights = out
+        .lines()
+        .find(|l| l.starts_with("FAIL operator rights:"))
+        .unwrap_or_else(|| panic!("no failing rights line in\n{out}"));
+    assert!(
+        rights.contains("watch clusters.ops.vworkspace.io"),
+        "{rights}"
+    );
+    assert!(
+        rights.contains("update validatingwebhookconfigurations.admissionregistration.k8s.io vworkspace-app-operator"),
+        "{rights}"
+    );
+}
