@@ -682,3 +682,34 @@ fn kustomize_renders_deploy_and_the_optional_overlays() {
         .is_ok()
     );
 }
+
+#[test]
+fn the_image_is_static_and_runs_as_the_deployments_user() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    let last = froms.last().expect("a final stage");
+    assert!(
+        last.starts_with("FROM gcr.io/distroless/static-debian12:nonroot"),
+        "{last}"
+    );
+    // Linked against musl, and the build refuses a binary that needs a shared library.
+    assert!(dockerfile.contains("x86_64-unknown-linux-musl"));
+    assert!(dockerfile.contains("! readelf -d /vworkspace-operator | grep -q NEEDED"));
+    let docs = documents();
+    let pod = &named(&docs, "Deployment", "vworkspace-app-operator")["spec"]["template"]["spec"];
+    let user = format!(
+        "USER {}:{}",
+        pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+    );
+    let final_stage = &dockerfile[dockerfile.rfind("FROM ").expect("FROM")..];
+    assert!(final_stage.contains(&user), "{user} in the final stage");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l == "target/"),
+        "the build context leaves target/ out"
+    );
+}
