@@ -1498,3 +1498,104 @@ async fn check_passes_on_the_install_and_names_what_is_missing() {
         "{rights}"
     );
 }
+
+/// docs/operating.md, "First hour", as a cluster owner runs it: every line of the block between its
+/// `first-hour` markers, in bash, with this test's values on the first line (cluster, namespace,
+/// repository, keys) and `vworkspace-operator` on PATH. Only the install line is skipped: the shared
+/// setup applied the same crds/ and deploy/ (with the webhook called by URL, as no pods run here), and
+/// the operator runs as its ServiceAccount in this process's stead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_hour_walk_through_of_operating_md() {
+    let Some(env) = env("the_first_hour_walk_through_of_operating_md").await else {
+        return;
+    };
+    let doc = std::fs::read_to_string(root().join("docs/operating.md")).expect("operating.md");
+    let block = doc
+        .split("<!-- first-hour:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- first-hour:end -->").next())
+        .expect("the first-hour markers in docs/operating.md");
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.starts_with("```") && !l.trim().is_empty())
+        .collect();
+    assert!(lines[0].starts_with("export CLUSTER="), "{}", lines[0]);
+    assert_eq!(
+        lines[1],
+        "kubectl apply -f crds/ && kubectl apply -k deploy/"
+    );
+    assert!(lines.iter().any(|l| {
+        l.starts_with("kubectl wait clusters.ops.vworkspace.io/$CLUSTER --for=condition=Ready")
+    }));
+
+    let cluster = "cp-first-hour";
+    let ns = "cp-first-hour-a";
+    let intent = Intent::new(cluster);
+    intent.add_instance(ns, "wiki", "smtp-secret-1");
+    intent.release(&[]);
+    let head = intent.commit("release 1");
+    let dir = env.shared.scratch.join(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // What the walk-through creates, deleted at the end (also on failure), Cluster first.
+    let mut scope = Scope {
+        kubeconfig: env.cp.kubeconfig.clone(),
+        objects: Vec::new(),
+        name: cluster.to_owned(),
+        dir: dir.clone(),
+    };
+    scope.also_delete(OPS, "Cluster", None, cluster);
+    scope.also_delete("v1", "ConfigMap", Some(SYSTEM), &format!("trust-{cluster}"));
+    scope.also_delete("v1", "Secret", Some(SYSTEM), &format!("age-{cluster}"));
+    scope.also_delete("v1", "Namespace", None, ns);
+
+    let _webhook = webhook_replica(&env, &dir).await;
+    let mut cmd = operator_cmd(&env, &dir);
+    let _operator = Proc::spawn(&mut cmd, &dir, "operator");
+
+    let script = format!(
+        "export CLUSTER={cluster} NS={ns} REPO={} KEYS={}\n{}\n",
+        intent.url(),
+        intent.path("").display(),
+        lines[2..].join("\n")
+    );
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut shell = Command::new("bash");
+    shell
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(root())
+        .env("KUBECONFIG", &env.cp.kubeconfig)
+        .env("PATH", path);
+    let mut walk = Proc::spawn(&mut shell, &dir, "first-hour");
+    let status = walk
+        .wait_timeout(360)
+        .expect("the walk-through ends within 6 minutes");
+    let out = walk.stdout();
+    assert!(
+        status.success(),
+        "the walk-through failed:\n{out}\n{}",
+        walk.stderr()
+    );
+    // `check --pre` passed, the Cluster became Ready, and `check` saw it fetched at the release.
+    assert!(out.contains("ok   Kubernetes version"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cluster.ops.vworkspace.io/{cluster} condition met"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok   Cluster {cluster} trust inputs")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("fetched ({head})")), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let applied = scope.cluster(&env.admin).await;
+    assert_eq!(applied["status"]["lastAppliedCommit"], head.as_str());
+    assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
+}
