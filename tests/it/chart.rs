@@ -3,7 +3,9 @@
 //! does not follow fails here): `VWS_WRITE_CHART=1 cargo test --test it chart` writes them, every
 //! other run checks that the files are what the generator makes. When `helm` is available (on PATH,
 //! or `VWS_HELM=<path>`) the chart is also rendered with `helm template` and compared object for
-//! object with `kubectl kustomize` of deploy/ and of both overlays.
+//! object with `kubectl kustomize` of deploy/ and of both overlays (helm's output passes through
+//! `kubectl kustomize` too, so that both are printed by the same serializer). A helm binary can be
+//! built with Go: `GOBIN=$PWD/target/helm/bin go install helm.sh/helm/v3/cmd/helm@v3.22.0`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -205,15 +207,22 @@ fn helm() -> Option<PathBuf> {
         .then(|| PathBuf::from("helm"))
 }
 
-fn render(command: &mut std::process::Command) -> BTreeMap<String, Value> {
+fn run(command: &mut std::process::Command) -> String {
     let output = command.output().expect("runs");
     assert!(
         output.status.success(),
         "{command:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(&String::from_utf8_lossy(&output.stdout)).expect("yaml");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `kubectl kustomize dir`, by id.
+fn kustomize(dir: &Path) -> BTreeMap<String, Value> {
+    let text = run(std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir));
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("yaml");
     docs.into_iter()
         .filter(|d| !d.is_null())
         .map(|d| {
@@ -250,12 +259,16 @@ fn helm_template_renders_what_kustomize_renders() {
         for set in &sets {
             cmd.args(["--set", set]);
         }
-        let from_helm = render(&mut cmd);
-        let from_kustomize = render(
-            std::process::Command::new("kubectl")
-                .arg("kustomize")
-                .arg(root().join(kustomization)),
-        );
+        // Both through the same serializer: helm's output as the one resource of a kustomization.
+        let rendered = tempfile::tempdir().expect("tempdir");
+        std::fs::write(rendered.path().join("chart.yaml"), run(&mut cmd)).expect("write");
+        std::fs::write(
+            rendered.path().join("kustomization.yaml"),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [chart.yaml]\n",
+        )
+        .expect("write");
+        let from_helm = kustomize(rendered.path());
+        let from_kustomize = kustomize(&root().join(kustomization));
         assert_eq!(
             from_helm.keys().collect::<Vec<_>>(),
             from_kustomize.keys().collect::<Vec<_>>(),
