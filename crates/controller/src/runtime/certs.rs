@@ -325,7 +325,7 @@ pub fn plan(existing: Option<&Material>, names: &[String], now: i64) -> Result<P
             // may still be served by replicas that have not re-read the Secret).
             if let Some(m) = previous.map(|(m, _, _)| m).or(existing) {
                 let old = still_valid(&m.ca_bundle, now);
-                if !old.is_empty() && !pem.is_empty() {
+                if !old.is_empty() {
                     bundle.push_str(&old);
                 }
             }
