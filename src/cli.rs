@@ -70,6 +70,10 @@ pub enum Command {
     /// Run the operator: reconcile every Cluster resource into this cluster (KUBECONFIG, then
     /// in-cluster). Logs JSON to stderr.
     Run(RunArgs),
+    /// Preflight and health (like `flux check --pre`): Kubernetes version, CRDs, the operator's
+    /// rights, the webhook, each Cluster's trust inputs and Git source. One line a check; exit 1
+    /// when something needed is missing.
+    Check(crate::check::CheckArgs),
     /// Print a shell completion script: `source <(vworkspace-operator completion bash)`.
     Completion(CompletionArgs),
 }
@@ -114,8 +118,22 @@ pub struct RunArgs {
     pub velero_namespace: String,
     /// Serve the validating admission webhook with `tls.crt` and `tls.key` from this directory (a
     /// mounted Secret; re-read when it changes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "webhook_cert_secret")]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Serve the validating admission webhook with a certificate the operator makes itself: its own
+    /// CA and serving certificate in this Secret of `--namespace` (created when missing, renewed
+    /// before expiry), and the CA set as caBundle of `--webhook-configuration`.
+    #[arg(long)]
+    pub webhook_cert_secret: Option<String>,
+    /// The ValidatingWebhookConfiguration whose caBundle `--webhook-cert-secret` sets.
+    #[arg(long, default_value = "vworkspace-app-operator")]
+    pub webhook_configuration: String,
+    /// The webhook's Service: the serving certificate is valid for `<service>.<namespace>.svc`.
+    #[arg(long, default_value = "vworkspace-app-operator-webhook")]
+    pub webhook_service: String,
+    /// A further name (DNS name or IP address) the serving certificate is valid for; repeatable.
+    #[arg(long)]
+    pub webhook_dns_name: Vec<String>,
     /// Address of the admission webhook (HTTPS).
     #[arg(long, default_value = "0.0.0.0:9443")]
     pub webhook_addr: std::net::SocketAddr,
@@ -156,6 +174,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Crdgen(args) => crdgen(&args, out),
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
+        Command::Check(args) => crate::check::check(&args, out),
         Command::Completion(args) => {
             clap_complete::generate(
                 args.shell,
@@ -198,6 +217,20 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
             .webhook_cert_dir
             .clone()
             .map(|dir| (args.webhook_addr, dir)),
+        webhook_self_managed: args.webhook_cert_secret.clone().map(|secret| {
+            let service = format!("{}.{}.svc", args.webhook_service, args.namespace);
+            let mut dns_names = vec![service.clone(), format!("{service}.cluster.local")];
+            dns_names.extend(args.webhook_dns_name.iter().cloned());
+            (
+                args.webhook_addr,
+                vworkspace_controller::runtime::certs::CertOptions {
+                    namespace: args.namespace.clone(),
+                    secret,
+                    webhook_configuration: args.webhook_configuration.clone(),
+                    dns_names,
+                },
+            )
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,8 @@ struct Shared {
     operator_kubeconfig: PathBuf,
     webhook_dir: PathBuf,
     webhook_port: u16,
+    /// The test CA (base64 PEM) the shared webhook configuration trusts.
+    ca_bundle: String,
     thirdparty: Option<PathBuf>,
 }
 
@@ -121,13 +123,7 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(ca).expect("ca"));
     let webhook_port = free_port();
 
-    // deploy/ needs the velero namespace (the seed's Velero Role lives there).
-    apply(
-        admin,
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "velero"}}),
-    )
-    .await
-    .expect("velero namespace");
+    // deploy/ needs no velero namespace: it is made after deploy/, for the Velero component.
     let kustomization = documents(&root().join("deploy/kustomization.yaml"));
     let resources = kustomization[0]["resources"]
         .as_array()
@@ -138,17 +134,24 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
         for mut doc in documents(&root().join("deploy").join(file)) {
             if doc["kind"] == "ValidatingWebhookConfiguration" {
                 // The API server calls the test's replica by URL instead of the Service (no pods run here).
-                for hook in doc["webhooks"].as_array_mut().expect("webhooks") {
-                    hook["clientConfig"] = json!({
-                        "url": format!("https://127.0.0.1:{webhook_port}/validate"),
-                        "caBundle": ca_bundle,
-                    });
-                }
+                doc = webhook_configuration(webhook_port, Some(&ca_bundle));
             }
             apply(admin, &doc)
                 .await
                 .unwrap_or_else(|e| panic!("apply deploy/{file}: {e}"));
         }
+    }
+    // Then the optional Velero component (Backup Operations need it).
+    apply(
+        admin,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "velero"}}),
+    )
+    .await
+    .expect("velero namespace");
+    for doc in documents(&root().join("deploy/components/velero/velero-role.yaml")) {
+        apply(admin, &doc)
+            .await
+            .unwrap_or_else(|e| panic!("apply the Velero component: {e}"));
     }
 
     // The webhook replica follows a Lease that a test "holder" keeps for a day: it serves the
@@ -222,8 +225,25 @@ async fn install(cp: &ControlPlane, admin: &Client) -> Shared {
         operator_kubeconfig,
         webhook_dir,
         webhook_port,
+        ca_bundle,
         thirdparty,
     }
+}
+
+/// deploy/'s ValidatingWebhookConfiguration, calling `https://127.0.0.1:<port>/validate` (no pods run
+/// here), with `ca_bundle` (base64) or, as deploy/ ships it, without.
+fn webhook_configuration(port: u16, ca_bundle: Option<&str>) -> Value {
+    let mut doc = documents(&root().join("deploy/webhook.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .expect("deploy/webhook.yaml has the configuration");
+    for hook in doc["webhooks"].as_array_mut().expect("webhooks") {
+        hook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/validate")});
+        if let Some(ca) = ca_bundle {
+            hook["clientConfig"]["caBundle"] = json!(ca);
+        }
+    }
+    doc
 }
 
 /// One test's cluster id, namespaces, trust inputs and Cluster resource; all deleted on drop.
@@ -1213,4 +1233,369 @@ async fn an_instance_written_through_the_api_is_not_materialized() {
             "{kind} {name} was materialized from an undeclared instance"
         );
     }
+}
+
+/// The webhook's certificate Secret (deploy/deployment.yaml's `--webhook-cert-secret`).
+const WEBHOOK_SECRET: &str = "vworkspace-app-operator-webhook-tls";
+
+/// Puts back the shared webhook configuration and removes the standby Lease and the certificate
+/// Secret of [`a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it`], also
+/// when it fails.
+struct RestoreWebhook {
+    kubeconfig: PathBuf,
+    shared: Value,
+}
+
+impl Drop for RestoreWebhook {
+    fn drop(&mut self) {
+        let kubeconfig = self.kubeconfig.clone();
+        let shared = self.shared.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = client_from(&kubeconfig).await;
+                if let Err(e) = apply(&client, &shared).await {
+                    eprintln!("cannot restore the webhook configuration: {e}");
+                }
+                delete(
+                    &client,
+                    "coordination.k8s.io/v1",
+                    "Lease",
+                    Some(SYSTEM),
+                    "vworkspace-app-operator",
+                )
+                .await;
+                delete(&client, "v1", "Secret", Some(SYSTEM), WEBHOOK_SECRET).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Issue 16: `kubectl apply -f crds/ && kubectl apply -k deploy/` and nothing else. The webhook
+/// configuration as deploy/ ships it (no caBundle; here called by URL, as no pods run), no Secret:
+/// a replica running as the operator's ServiceAccount (exactly deploy/'s rights, the admission
+/// policy in force) makes its CA and serving certificate, sets the caBundle, and the API server then
+/// calls it: a literal credential is denied by the webhook, a clean object admitted. It is a standby
+/// (another holder keeps the Lease): the certificate needs no leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it() {
+    let Some(env) =
+        env("a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it").await
+    else {
+        return;
+    };
+    let _restore = RestoreWebhook {
+        kubeconfig: env.cp.kubeconfig.clone(),
+        shared: webhook_configuration(env.shared.webhook_port, Some(&env.shared.ca_bundle)),
+    };
+    let port = free_port();
+    apply(&env.admin, &webhook_configuration(port, None))
+        .await
+        .expect("the webhook configuration as deploy/ ships it");
+    delete(&env.admin, "v1", "Secret", Some(SYSTEM), WEBHOOK_SECRET).await;
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "vworkspace-app-operator", "namespace": SYSTEM},
+                "spec": {"holderIdentity": "control-plane-test", "leaseDurationSeconds": 86400,
+                         "acquireTime": now, "renewTime": now}}),
+    )
+    .await
+    .expect("the Lease, held by another");
+    let intent = Intent::new("cp-certs");
+    let mut scope = Scope::new(&env, &intent, &["cp-certs-a"]).await;
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let mut cmd = operator_cmd(&env, &scope.dir);
+    cmd.args([
+        "--leader-election",
+        "--webhook-cert-secret",
+        WEBHOOK_SECRET,
+        "--webhook-dns-name",
+        "127.0.0.1",
+        "--webhook-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("POD_NAME", "cert-replica");
+    let replica = Proc::spawn(&mut cmd, &scope.dir, "certs");
+
+    // The Secret appears, and the configuration's caBundle is its CA.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.admin.clone(), SYSTEM);
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(env.admin.clone());
+    let ca = wait_for("the certificate Secret and the caBundle", 60, || async {
+        let secret = secrets.get_opt(WEBHOOK_SECRET).await.ok()??;
+        let ca = secret.data.as_ref()?.get("ca.crt")?.clone();
+        let config = configs.get("vworkspace-app-operator").await.ok()?;
+        config
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|h| h.client_config.ca_bundle.as_ref() == Some(&ca))
+            .then_some((secret, ca))
+    })
+    .await;
+    let (secret, ca) = ca;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let keys: Vec<&String> = secret.data.as_ref().expect("data").keys().collect();
+    assert_eq!(keys, ["ca.crt", "ca.key", "tls.crt", "tls.key"]);
+    assert!(String::from_utf8_lossy(&ca.0).starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // The API server calls the webhook over TLS with that CA: a literal credential is denied by it.
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    let instance = |name: &str, values: Value| {
+        json!({"apiVersion": AI, "kind": "ApplicationInstance",
+               "metadata": {"name": name, "namespace": "cp-certs-a"},
+               "spec": {"chart": {"repository": "https://charts.example.org/", "name": "app", "version": "1.0.0"},
+                        "values": values}})
+    };
+    let leaky = instance("leaky", json!({"db": {"password": "hunter2"}}));
+    let denied = wait_for("the webhook to answer through the API server", 60, || {
+        let (client, leaky) = (break_glass.clone(), leaky.clone());
+        async move {
+            match apply(&client, &leaky).await {
+                Err(e)
+                    if e.to_string().contains("validate.vworkspace.io")
+                        && e.to_string().contains("db.password") =>
+                {
+                    Some(e.to_string())
+                }
+                Err(e) => {
+                    // Until the API server has the caBundle: a TLS error, failing closed.
+                    eprintln!("not yet the webhook's answer: {e}");
+                    None
+                }
+                Ok(_) => panic!("a literal credential was admitted"),
+            }
+        }
+    })
+    .await;
+    assert!(!denied.contains("x509"), "{denied}");
+    scope.also_delete(AI, "ApplicationInstance", Some("cp-certs-a"), "clean");
+    apply(
+        &break_glass,
+        &instance("clean", json!({"db": {"host": "db"}})),
+    )
+    .await
+    .expect("a clean object is admitted: the webhook answered, it did not fail");
+
+    // The operator wrote exactly its Secret and the configuration's caBundle, within its rights.
+    let writes = audit.writes_by(OPERATOR_USER);
+    let secret_create = format!("create /api/v1/namespaces/{SYSTEM}/secrets");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.starts_with(&secret_create) && w.ends_with("(201)")),
+        "{writes:?}"
+    );
+    assert!(
+        writes.iter().any(|w| w.starts_with("update /apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/vworkspace-app-operator") && w.ends_with("(200)")),
+        "{writes:?}"
+    );
+    for write in &writes {
+        assert!(
+            write.starts_with(&secret_create)
+                || write.contains("validatingwebhookconfigurations/vworkspace-app-operator")
+                || write.contains("/leases/")
+                || write.contains("/events"),
+            "unexpected write {write} in {writes:?}"
+        );
+        assert!(!write.contains("(403)"), "{writes:?}");
+    }
+    let log = replica.stderr();
+    assert!(log.contains("webhook serving certificate loaded"), "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
+}
+
+/// `check` as the operator's ServiceAccount (`--as`, from the admin's kubeconfig) on the install:
+/// each line passes and it exits 0; then without an identity Secret, and as a ServiceAccount without
+/// rights, the lines that fail say what is missing and it exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_the_install_and_names_what_is_missing() {
+    let Some(env) = env("check_passes_on_the_install_and_names_what_is_missing").await else {
+        return;
+    };
+    let intent = Intent::new("cp-check");
+    intent.add_instance("cp-check-a", "wiki", "smtp-secret-1");
+    intent.release(&[]);
+    let head = intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &["cp-check-a"]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let check = |who: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--as", who, "--fetch-timeout", "30"])
+            .env("KUBECONFIG", &env.cp.kubeconfig);
+        let mut p = Proc::spawn(&mut cmd, &scope.dir, "check");
+        let status = p.wait_timeout(120).expect("check ends within 120 s");
+        (status.code(), p.stdout())
+    };
+    let (code, out) = check(OPERATOR_USER);
+    let lines: Vec<&str> = out.lines().collect();
+    for expected in [
+        "ok   Kubernetes version: v1.",
+        "ok   CRD clusters.ops.vworkspace.io: present",
+        "ok   CRD helmreleases.helm.toolkit.fluxcd.io: present",
+        "ok   operator rights: system:serviceaccount:vworkspace-system:vworkspace-app-operator may make all",
+        "ok   webhook vworkspace-app-operator: answers through the API server",
+        "ok   Cluster cp-check trust inputs: signer ConfigMaps and identity Secret present and parseable",
+        "ok   Cluster cp-check Git source: ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "no line {expected:?} in\n{out}"
+        );
+    }
+    assert!(out.contains(&format!("fetched ({head})")), "{out}");
+    // Every line is ok, or a warning about a CRD the shared install does not have.
+    for line in &lines {
+        assert!(
+            line.starts_with("ok   ") || line.starts_with("warn CRD "),
+            "{line}\n{out}"
+        );
+    }
+    assert_eq!(code, Some(0), "{out}");
+
+    // The identity Secret gone: that Cluster's line fails, naming it, and the exit is 1.
+    delete(
+        &env.admin,
+        "v1",
+        "Secret",
+        Some(SYSTEM),
+        &format!("age-{}", scope.name),
+    )
+    .await;
+    let (code, out) = check(OPERATOR_USER);
+    assert_eq!(code, Some(1), "{out}");
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].starts_with("FAIL Cluster cp-check trust inputs:")
+            && failed[0].contains(&format!("age-{}", scope.name)),
+        "{out}"
+    );
+
+    // A ServiceAccount without deploy/'s rights: the rights line fails and names requests.
+    let (code, out) = check("system:serviceaccount:default:nobody");
+    assert_eq!(code, Some(1), "{out}");
+    let rights = out
+        .lines()
+        .find(|l| l.starts_with("FAIL operator rights:"))
+        .unwrap_or_else(|| panic!("no failing rights line in\n{out}"));
+    assert!(
+        rights.contains("watch clusters.ops.vworkspace.io"),
+        "{rights}"
+    );
+    assert!(
+        rights.contains("update validatingwebhookconfigurations.admissionregistration.k8s.io vworkspace-app-operator"),
+        "{rights}"
+    );
+}
+
+/// docs/operating.md, "First hour", as a cluster owner runs it: every line of the block between its
+/// `first-hour` markers, in bash, with this test's values on the first line (cluster, namespace,
+/// repository, keys) and `vworkspace-operator` on PATH. Only the install line is skipped: the shared
+/// setup applied the same crds/ and deploy/ (with the webhook called by URL, as no pods run here), and
+/// the operator runs as its ServiceAccount in this process's stead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_hour_walk_through_of_operating_md() {
+    let Some(env) = env("the_first_hour_walk_through_of_operating_md").await else {
+        return;
+    };
+    let doc = std::fs::read_to_string(root().join("docs/operating.md")).expect("operating.md");
+    let block = doc
+        .split("<!-- first-hour:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- first-hour:end -->").next())
+        .expect("the first-hour markers in docs/operating.md");
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.starts_with("```") && !l.trim().is_empty())
+        .collect();
+    assert!(lines[0].starts_with("export CLUSTER="), "{}", lines[0]);
+    assert_eq!(
+        lines[1],
+        "kubectl apply -f crds/ && kubectl apply -k deploy/"
+    );
+    assert!(lines.iter().any(|l| {
+        l.starts_with("kubectl wait clusters.ops.vworkspace.io/$CLUSTER --for=condition=Ready")
+    }));
+
+    let cluster = "cp-first-hour";
+    let ns = "cp-first-hour-a";
+    let intent = Intent::new(cluster);
+    intent.add_instance(ns, "wiki", "smtp-secret-1");
+    intent.release(&[]);
+    let head = intent.commit("release 1");
+    let dir = env.shared.scratch.join(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // What the walk-through creates, deleted at the end (also on failure), Cluster first.
+    let mut scope = Scope {
+        kubeconfig: env.cp.kubeconfig.clone(),
+        objects: Vec::new(),
+        name: cluster.to_owned(),
+        dir: dir.clone(),
+    };
+    scope.also_delete(OPS, "Cluster", None, cluster);
+    scope.also_delete("v1", "ConfigMap", Some(SYSTEM), &format!("trust-{cluster}"));
+    scope.also_delete("v1", "Secret", Some(SYSTEM), &format!("age-{cluster}"));
+    scope.also_delete("v1", "Namespace", None, ns);
+
+    let _webhook = webhook_replica(&env, &dir).await;
+    let mut cmd = operator_cmd(&env, &dir);
+    let _operator = Proc::spawn(&mut cmd, &dir, "operator");
+
+    let script = format!(
+        "export CLUSTER={cluster} NS={ns} REPO={} KEYS={}\n{}\n",
+        intent.url(),
+        intent.path("").display(),
+        lines[2..].join("\n")
+    );
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut shell = Command::new("bash");
+    shell
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(root())
+        .env("KUBECONFIG", &env.cp.kubeconfig)
+        .env("PATH", path);
+    let mut walk = Proc::spawn(&mut shell, &dir, "first-hour");
+    let status = walk
+        .wait_timeout(360)
+        .expect("the walk-through ends within 6 minutes");
+    let out = walk.stdout();
+    assert!(
+        status.success(),
+        "the walk-through failed:\n{out}\n{}",
+        walk.stderr()
+    );
+    // `check --pre` passed, the Cluster became Ready, and `check` saw it fetched at the release.
+    assert!(out.contains("ok   Kubernetes version"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cluster.ops.vworkspace.io/{cluster} condition met"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok   Cluster {cluster} trust inputs")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("fetched ({head})")), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let applied = scope.cluster(&env.admin).await;
+    assert_eq!(applied["status"]["lastAppliedCommit"], head.as_str());
+    assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
 }

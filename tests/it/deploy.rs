@@ -35,6 +35,9 @@ fn documents() -> Vec<(String, Value)> {
     docs
 }
 
+/// The Secret holding the webhook's own CA and serving certificate.
+const WEBHOOK_SECRET: &str = "vworkspace-app-operator-webhook-tls";
+
 fn named<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .map(|(_, d)| d)
@@ -104,6 +107,22 @@ fn rbac_never_grants_what_the_seed_forbids() {
                 if name == "vworkspace-app-operator-values" {
                     // The one GitOps addition: writing <instance>-values Secrets in managed namespaces.
                     assert_eq!(verbs, ["create", "patch", "delete"], "{context}");
+                } else if role["kind"] == "Role"
+                    && role["metadata"]["namespace"] == "vworkspace-system"
+                    && verbs != ["get"]
+                {
+                    // The webhook certificate Secret: update by name, create (limited to that name
+                    // by the admission policy, admission_policy_scopes_the_operators_rbac_writes).
+                    assert_eq!(resources, ["secrets"], "{context}");
+                    match verbs.as_slice() {
+                        [v] if v == "update" => assert_eq!(
+                            strings(&rule["resourceNames"]),
+                            [WEBHOOK_SECRET],
+                            "{context}"
+                        ),
+                        [v] if v == "create" => {}
+                        _ => panic!("only create and update by name: {context}"),
+                    }
                 } else {
                     assert_eq!(verbs, ["get"], "secrets by get on a name only: {context}");
                 }
@@ -326,26 +345,64 @@ fn webhook_is_fail_closed_on_managed_namespaces_and_served_by_the_deployment() {
     assert_eq!(hook["clientConfig"]["service"]["path"], "/validate");
     let service = named(&docs, "Service", "vworkspace-app-operator-webhook");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+    // No extra parts: the operator makes its certificate into the Secret it may write, and sets the
+    // caBundle of this configuration, which is the one it may update.
+    assert!(hook["clientConfig"]["caBundle"].is_null());
+    assert!(
+        config["metadata"]["annotations"].is_null(),
+        "no cert-manager annotation"
+    );
     let deployment = named(&docs, "Deployment", "vworkspace-app-operator");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let args = strings(&container["args"]);
-    let dir = args
-        .iter()
-        .position(|a| a == "--webhook-cert-dir")
-        .and_then(|i| args.get(i + 1))
-        .expect("--webhook-cert-dir");
-    assert!(
-        container["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .iter()
-            .any(|m| m["mountPath"] == dir.as_str() && m["readOnly"] == true)
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    assert_eq!(
+        arg("--webhook-cert-secret").as_deref(),
+        Some(WEBHOOK_SECRET)
     );
-    // The Deployment's arguments are ones `run` accepts.
+    assert_eq!(arg("--webhook-cert-dir"), None);
+    // No volume the install does not create.
+    assert!(
+        !deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| !v["secret"].is_null())
+    );
+    let gitops = named(&docs, "ClusterRole", "vworkspace-app-operator-gitops");
+    let rule = gitops["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| strings(&r["resources"]) == ["validatingwebhookconfigurations"])
+        .expect("a rule for the webhook configuration");
+    assert_eq!(strings(&rule["resourceNames"]), ["vworkspace-app-operator"]);
+    assert_eq!(strings(&rule["verbs"]), ["get", "update"]);
+    // The service name the certificate is made for is the Service's (run's default).
     use clap::Parser;
-    let mut argv = vec!["vworkspace-operator".to_owned()];
-    argv.extend(args);
-    assert!(vworkspace_operator::cli::Cli::try_parse_from(argv).is_ok());
+    let parsed = vworkspace_operator::cli::Cli::try_parse_from(
+        ["vworkspace-operator".to_owned()]
+            .into_iter()
+            .chain(args.clone()),
+    )
+    .expect("run accepts the Deployment's arguments");
+    let text = format!("{parsed:?}");
+    assert!(
+        text.contains(&format!(
+            "webhook_service: {:?}",
+            service["metadata"]["name"].as_str().expect("name")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhook_configuration: \"vworkspace-app-operator\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -434,4 +491,225 @@ fn admission_policy_keeps_managed_namespaces_from_git() {
     );
     assert_eq!(binding["spec"]["policyName"], "vworkspace-managed-from-git");
     assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+}
+
+/// The documents of one file under deploy/.
+fn file_documents(relative: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(relative);
+    serde_saphyr::from_str_multiple(&std::fs::read_to_string(&path).expect("file")).expect("yaml")
+}
+
+#[test]
+fn deploy_needs_no_velero_namespace_and_the_velero_component_is_the_seeds_role() {
+    let docs = documents();
+    for (file, doc) in &docs {
+        let namespace = doc["metadata"]["namespace"].as_str();
+        assert!(
+            namespace.is_none() || namespace == Some("vworkspace-system"),
+            "{file}: deploy/ writes only into vworkspace-system: {doc}"
+        );
+    }
+    // The component: the seed's Velero Role and its binding, unchanged.
+    let component = file_documents("components/velero/kustomization.yaml");
+    assert_eq!(component[0]["kind"], "Component");
+    assert_eq!(strings(&component[0]["resources"]), ["velero-role.yaml"]);
+    let velero = file_documents("components/velero/velero-role.yaml");
+    let role = velero.iter().find(|d| d["kind"] == "Role").expect("Role");
+    assert_eq!(role["metadata"]["namespace"], "velero");
+    let rules = role["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0]["apiGroups"]), ["velero.io"]);
+    assert_eq!(
+        strings(&rules[0]["resources"]),
+        [
+            "backups",
+            "restores",
+            "backupstoragelocations",
+            "volumesnapshotlocations"
+        ]
+    );
+    assert_eq!(
+        strings(&rules[0]["verbs"]),
+        [
+            "get", "list", "watch", "create", "update", "patch", "delete"
+        ]
+    );
+    let binding = velero
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding")
+        .expect("RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "vworkspace-app-operator-velero");
+    assert_eq!(binding["subjects"][0]["name"], "vworkspace-app-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "vworkspace-system");
+}
+
+#[test]
+fn the_admission_policy_limits_the_operators_secret_writes_in_its_namespace_to_the_webhook_certificate()
+ {
+    let docs = documents();
+    let policy = named(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "vworkspace-app-operator-rbac-scope",
+    );
+    let validations = policy["spec"]["validations"]
+        .as_array()
+        .expect("validations");
+    // The namespace rule lets exactly that Secret through in vworkspace-system.
+    let namespace_rule = validations[0]["expression"].as_str().expect("expression");
+    assert!(namespace_rule.contains("request.namespace == 'vworkspace-system'"));
+    assert!(namespace_rule.contains(&format!("object.metadata.name == '{WEBHOOK_SECRET}'")));
+    assert!(namespace_rule.contains("request.kind.kind == 'Secret'"));
+    let secret_rule = validations
+        .iter()
+        .filter_map(|v| v["expression"].as_str())
+        .find(|e| e.starts_with("request.kind.kind != 'Secret'"))
+        .expect("the Secret rule");
+    assert!(secret_rule.contains(&format!("object.metadata.name == '{WEBHOOK_SECRET}'")));
+}
+
+/// `kubectl kustomize` (kustomize built into kubectl), when it is on PATH.
+fn kustomize(dir: &str) -> Option<Vec<Value>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root.join(dir))
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            println!("kubectl not found ({e}): the rendering by kustomize is not checked");
+            return None;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_saphyr::from_str_multiple(&String::from_utf8_lossy(&output.stdout)).expect("yaml"))
+}
+
+fn ids(docs: &[Value]) -> std::collections::BTreeSet<String> {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{}/{}/{}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["namespace"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kustomize_renders_deploy_and_the_optional_overlays() {
+    let Some(base) = kustomize("deploy") else {
+        return;
+    };
+    let listed: Vec<Value> = documents().into_iter().map(|(_, d)| d).collect();
+    assert_eq!(ids(&base), ids(&listed));
+    // Velero: the base plus exactly the Role and RoleBinding in `velero`.
+    let velero = kustomize("overlays/velero").expect("kubectl ran once");
+    let added: Vec<String> = ids(&velero).difference(&ids(&base)).cloned().collect();
+    assert_eq!(
+        added,
+        [
+            "Role/velero/vworkspace-app-operator-velero",
+            "RoleBinding/velero/vworkspace-app-operator-velero"
+        ]
+    );
+    // cert-manager: an Issuer and a Certificate, the CA injected by annotation, the Deployment reading
+    // the Certificate's Secret from files.
+    let cm = kustomize("overlays/cert-manager").expect("kubectl ran once");
+    let added: Vec<String> = ids(&cm).difference(&ids(&base)).cloned().collect();
+    assert_eq!(
+        added,
+        [
+            "Certificate/vworkspace-system/vworkspace-app-operator-webhook",
+            "Issuer/vworkspace-system/vworkspace-app-operator-webhook"
+        ]
+    );
+    let certificate = cm
+        .iter()
+        .find(|d| d["kind"] == "Certificate")
+        .expect("Certificate");
+    let secret = certificate["spec"]["secretName"]
+        .as_str()
+        .expect("secretName");
+    let config = cm
+        .iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .expect("configuration");
+    assert_eq!(
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "vworkspace-system/vworkspace-app-operator-webhook"
+    );
+    let deployment = cm
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    let dir = args
+        .iter()
+        .position(|a| a == "--webhook-cert-dir")
+        .and_then(|i| args.get(i + 1))
+        .expect("--webhook-cert-dir");
+    assert!(!args.iter().any(|a| a == "--webhook-cert-secret"));
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"] == dir.as_str())
+        .expect("the certificate is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("volume");
+    assert_eq!(volume["secret"]["secretName"], secret);
+    use clap::Parser;
+    assert!(
+        vworkspace_operator::cli::Cli::try_parse_from(
+            ["vworkspace-operator".to_owned()].into_iter().chain(args)
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn the_image_is_static_and_runs_as_the_deployments_user() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    let last = froms.last().expect("a final stage");
+    assert!(
+        last.starts_with("FROM gcr.io/distroless/static-debian12:nonroot"),
+        "{last}"
+    );
+    // Linked against musl, and the build refuses a binary that needs a shared library.
+    assert!(dockerfile.contains("x86_64-unknown-linux-musl"));
+    assert!(dockerfile.contains("! readelf -d /vworkspace-operator | grep -q NEEDED"));
+    let docs = documents();
+    let pod = &named(&docs, "Deployment", "vworkspace-app-operator")["spec"]["template"]["spec"];
+    let user = format!(
+        "USER {}:{}",
+        pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+    );
+    let final_stage = &dockerfile[dockerfile.rfind("FROM ").expect("FROM")..];
+    assert!(final_stage.contains(&user), "{user} in the final stage");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l == "target/"),
+        "the build context leaves target/ out"
+    );
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod adversarial;
 mod authoring;
+mod chart;
 mod children;
 mod cli;
 mod control_plane;

@@ -1,4 +1,5 @@
-//! A small RBAC evaluator over `deploy/`'s manifests (what `kubectl kustomize deploy/` renders): which
+//! A small RBAC evaluator over `deploy/`'s manifests (what `kubectl kustomize overlays/velero`
+//! renders: deploy/ with the optional Velero component, as the Backup and Restore tests need): which
 //! requests the operator's ServiceAccount may send. Not the API server's authorizer, but the same
 //! rule semantics: groups, resources (with subresources), verbs, resourceNames.
 #![allow(dead_code)]
@@ -59,7 +60,17 @@ pub fn deploy_rbac() -> DeployRbac {
     )
     .expect("yaml");
     let mut docs: Vec<Value> = Vec::new();
-    for file in list_of(&kustomization["resources"]) {
+    let mut files = list_of(&kustomization["resources"]);
+    let velero: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("components/velero/kustomization.yaml")).expect("read"),
+    )
+    .expect("yaml");
+    files.extend(
+        list_of(&velero["resources"])
+            .into_iter()
+            .map(|f| format!("components/velero/{f}")),
+    );
+    for file in files {
         let text = std::fs::read_to_string(dir.join(file)).expect("read");
         let parsed: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("yaml");
         docs.extend(parsed);

@@ -59,6 +59,31 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, WebhookError> {
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
+/// A serving pair from PEM bytes (the certificate chain, then the private key). The error names no
+/// key material.
+pub fn certified_key_from_pem(cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, WebhookError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificate_error = |what: &str, message: String| WebhookError::Certificate {
+        path: PathBuf::from(what),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| certificate_error("tls.crt", e.to_string()))?;
+    if chain.is_empty() {
+        return Err(certificate_error("tls.crt", "no certificate".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|_| certificate_error("tls.key", "not a PEM private key".into()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| certificate_error("tls.key", e.to_string()))?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match()
+        .map_err(|e| certificate_error("tls.key", e.to_string()))?;
+    Ok(Arc::new(pair))
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -156,9 +181,10 @@ impl TemplatePolicy for TemplateIndex {
     }
 }
 
-/// The TLS configuration of the webhook.
+/// The TLS configuration of the webhook, with the certificate from files ([`ReloadingCertificate`])
+/// or from the operator's own Secret ([`crate::runtime::certs::ServingCertificate`]).
 pub fn tls_config(
-    certificate: Arc<ReloadingCertificate>,
+    certificate: Arc<dyn ResolvesServerCert>,
 ) -> Result<rustls::ServerConfig, WebhookError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

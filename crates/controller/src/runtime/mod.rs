@@ -3,6 +3,7 @@
 //! `Cluster` controller until SIGTERM or Ctrl-C. `--once` instead reconciles every `Cluster` one time and
 //! reports whether all passed.
 
+pub mod certs;
 pub mod leader;
 pub mod probes;
 
@@ -44,6 +45,10 @@ pub struct RunOptions {
     /// Where the admission webhook listens, with the directory holding `tls.crt` and `tls.key`
     /// (a mounted Secret); no webhook when `None`.
     pub webhook: Option<(SocketAddr, PathBuf)>,
+    /// Where the admission webhook listens with a certificate the operator makes and renews itself
+    /// ([`certs`]: its own CA in a Secret, the caBundle set on its webhook configuration); no such
+    /// webhook when `None`.
+    pub webhook_self_managed: Option<(SocketAddr, certs::CertOptions)>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -149,6 +154,9 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         })?;
     if let Some((addr, cert_dir)) = options.webhook.clone() {
         start_webhook(client.clone(), addr, cert_dir).await?;
+    }
+    if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
+        start_webhook_self_managed(client.clone(), addr, cert_options).await?;
     }
     ready.store(true, Ordering::Relaxed);
 
@@ -334,11 +342,53 @@ async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
 /// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
 /// current from a watch on `Cluster`s.
 async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
-    use crate::children::webhook_server::{ReloadingCertificate, TemplateIndex};
+    use crate::children::webhook_server::ReloadingCertificate;
     let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
         .map_err(|e| Error::Webhook(e.into()))?;
     let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
         .map_err(|e| Error::Webhook(e.into()))?;
+    serve_webhook(client, addr, config).await
+}
+
+/// How long a replica waits for its first certificate before it reports ready anyway (the handshakes
+/// fail until then, and the API server applies the webhook's failure policy).
+pub const FIRST_CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the admission webhook with the operator's own certificate ([`certs::keep_current`] on every
+/// replica): waits up to [`FIRST_CERTIFICATE_WAIT`] for the first one, so that a replica reports
+/// ready once it can answer.
+async fn start_webhook_self_managed(
+    client: Client,
+    addr: SocketAddr,
+    options: certs::CertOptions,
+) -> Result<(), Error> {
+    let serving = Arc::new(certs::ServingCertificate::default());
+    tokio::spawn(certs::keep_current(
+        client.clone(),
+        options,
+        serving.clone(),
+    ));
+    let config = crate::children::webhook_server::tls_config(serving.clone())
+        .map_err(|e| Error::Webhook(e.into()))?;
+    serve_webhook(client, addr, config).await?;
+    let started = std::time::Instant::now();
+    while !serving.is_loaded() && started.elapsed() < FIRST_CERTIFICATE_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !serving.is_loaded() {
+        tracing::warn!("no webhook certificate yet; serving without one until it is written");
+    }
+    Ok(())
+}
+
+/// Listens on `addr` and serves the webhook with `config`, the allowed templates kept current from a
+/// watch on `Cluster`s.
+async fn serve_webhook(
+    client: Client,
+    addr: SocketAddr,
+    config: rustls::ServerConfig,
+) -> Result<(), Error> {
+    use crate::children::webhook_server::TemplateIndex;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Io {
