@@ -364,6 +364,11 @@ impl Drop for Scope {
                 let client = client_from(&kubeconfig).await;
                 for (api_version, kind, ns, name) in objects {
                     delete(&client, &api_version, &kind, ns.as_deref(), &name).await;
+                    if kind == "Cluster" {
+                        // The operator's finalizer would keep it until the next test's `run`
+                        // finalizes it (or, re-created by a re-run, deletes it under that run).
+                        drop_finalizers(&client, &api_version, &kind, None, &name).await;
+                    }
                 }
             });
         })
@@ -1213,4 +1218,210 @@ async fn an_instance_written_through_the_api_is_not_materialized() {
             "{kind} {name} was materialized from an undeclared instance"
         );
     }
+}
+
+const FINALIZER: &str = "gitops.vworkspace.io/cleanup";
+
+/// The finalizers of the Cluster `name`, or `None` once it is gone.
+async fn cluster_finalizers(client: &Client, name: &str) -> Option<Vec<String>> {
+    get(client, OPS, "Cluster", None, name)
+        .await
+        .map(|c| c.metadata.finalizers.unwrap_or_default())
+}
+
+/// Waits until the Cluster `name` is gone.
+async fn wait_cluster_gone(client: &Client, name: &str) {
+    wait_for(&format!("Cluster {name} gone"), 60, || async {
+        get(client, OPS, "Cluster", None, name)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalizer() {
+    let Some(env) =
+        env("deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalizer").await
+    else {
+        return;
+    };
+    let ns = "cp-orphan-a";
+    let intent = Intent::new("cp-orphan");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    // Another controller's finalizer, there before the operator adds its own (its own field
+    // manager, as a controller would write it).
+    let foreign = "example.org/keep-for-audit";
+    apply_as(
+        &env.admin,
+        "vws-test-other-controller",
+        &json!({"apiVersion": OPS, "kind": "Cluster",
+                "metadata": {"name": scope.name, "finalizers": [foreign]}}),
+    )
+    .await
+    .expect("a foreign finalizer");
+
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let finalizers = cluster_finalizers(&env.admin, &scope.name)
+        .await
+        .expect("the Cluster");
+    assert!(
+        finalizers.iter().any(|f| f == FINALIZER) && finalizers.iter().any(|f| f == foreign),
+        "the operator's finalizer is added next to the foreign one (a set): {finalizers:?}"
+    );
+    let applied: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for name in ["nextcloud", "wiki"] {
+            let ai = get(&env.admin, AI, "ApplicationInstance", Some(ns), name)
+                .await
+                .unwrap_or_else(|| panic!("{ns}/{name} applied"));
+            v.push((name.to_owned(), ai.metadata.uid.expect("uid")));
+        }
+        v
+    };
+
+    // Deleted with the default policy (Orphan): the operator removes its finalizer only, and
+    // deletes nothing.
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    let writes = audit.writes_by(OPERATOR_USER);
+    assert!(
+        !writes.iter().any(|w| w.starts_with("delete ")),
+        "Orphan deletes nothing: {writes:?}"
+    );
+    let finalizers = cluster_finalizers(&env.admin, &scope.name)
+        .await
+        .expect("the foreign finalizer still holds the Cluster");
+    assert_eq!(
+        finalizers,
+        vec![foreign.to_owned()],
+        "only the operator's finalizer is removed"
+    );
+    // The foreign controller lets go: the Cluster goes.
+    apply_as(
+        &env.admin,
+        "vws-test-other-controller",
+        &json!({"apiVersion": OPS, "kind": "Cluster", "metadata": {"name": scope.name}}),
+    )
+    .await
+    .expect("the foreign finalizer removed by its own manager");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    for (name, uid) in applied {
+        let ai = get(&env.admin, AI, "ApplicationInstance", Some(ns), &name)
+            .await
+            .unwrap_or_else(|| panic!("{ns}/{name} is orphaned, not deleted"));
+        assert_eq!(ai.metadata.uid.as_deref(), Some(uid.as_str()), "{name}");
+        assert_eq!(
+            ai.metadata
+                .labels
+                .unwrap_or_default()
+                .get("gitops.vworkspace.io/cluster")
+                .map(String::as_str),
+            Some("cp-orphan"),
+            "an orphan keeps its labels (a re-created Cluster takes it back)"
+        );
+    }
+    // A pass with the Cluster gone touches nothing of it.
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "a pass without Clusters: {out}\n{err}");
+    assert_eq!(
+        operator_writes_to(&audit, ns),
+        Vec::<String>::new(),
+        "nothing written in the orphan's namespace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory() {
+    let Some(env) =
+        env("deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory").await
+    else {
+        return;
+    };
+    let ns = "cp-delpol-a";
+    let intent = Intent::new("cp-delpol");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    merge_patch(
+        &env.admin,
+        OPS,
+        "Cluster",
+        None,
+        &scope.name,
+        &json!({"spec": {"deletionPolicy": "Delete"}}),
+    )
+    .await
+    .expect("deletionPolicy: Delete");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let cluster = scope.cluster(&env.admin).await;
+    let inventory = cluster["status"]["inventory"].to_string();
+    for name in ["nextcloud", "wiki"] {
+        assert!(
+            exists(&env.admin, AI, "ApplicationInstance", ns, name).await,
+            "{name} applied"
+        );
+        assert!(
+            inventory.contains(name),
+            "{name} in the inventory: {cluster}"
+        );
+    }
+    // Someone else's instance in the same namespace (break glass): not in the inventory, kept.
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    scope.also_delete(AI, "ApplicationInstance", Some(ns), "bystander");
+    apply(
+        &break_glass,
+        &json!({"apiVersion": AI, "kind": "ApplicationInstance",
+                "metadata": {"name": "bystander", "namespace": ns},
+                "spec": {"chart": {"repository": "https://charts.example.org/", "name": "app", "version": "1.0.0"},
+                         "values": {"host": "bystander.example.org"}}}),
+    )
+    .await
+    .expect("break glass");
+
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    let writes = audit.writes_by(OPERATOR_USER);
+    for name in ["nextcloud", "wiki"] {
+        assert!(
+            !exists(&env.admin, AI, "ApplicationInstance", ns, name).await,
+            "{name} deleted with its Cluster"
+        );
+        assert!(
+            writes.iter().any(|w| w.starts_with("delete ")
+                && w.contains(&format!("/applicationinstances/{name}"))),
+            "deleted by the operator: {writes:?}"
+        );
+    }
+    // The inventory first, then the finalizer: the Cluster's last write is its finalizer's removal.
+    let last_delete = writes
+        .iter()
+        .rposition(|w| w.starts_with("delete "))
+        .expect("deletes");
+    let finalizer_write = writes
+        .iter()
+        .rposition(|w| w.contains(&format!("/clusters/{}", scope.name)))
+        .unwrap_or_else(|| panic!("the finalizer removed by the operator: {writes:?}"));
+    assert!(last_delete < finalizer_write, "{writes:#?}");
+    assert!(
+        exists(&env.admin, AI, "ApplicationInstance", ns, "bystander").await,
+        "an object that is not the Cluster's is left"
+    );
 }
