@@ -461,3 +461,22 @@ pub fn operator_writes_to(audit: &Audit, fragment: &str) -> Vec<String> {
         .filter(|w| w.contains(fragment))
         .collect()
 }
+
+/// [`delete`] for a test's cleanup: an object the admission policy keeps the admin from deleting
+/// (an ApplicationInstance or Operation in a managed namespace) is left to its namespace's
+/// deletion (the namespace controller is exempt), instead of ending the cleanup there.
+pub async fn cleanup_delete(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) {
+    let api = dynamic_api(client, api_version, kind, ns).await;
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(kube::Error::Api(s)) if s.code == 403 && ns.is_some() => {}
+        Err(e) => panic!("delete {kind} {name}: {e}"),
+    }
+}
