@@ -1620,3 +1620,46 @@ async fn an_adopted_object_with_a_field_the_release_does_not_declare_is_not_rewr
         after.data["spec"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() {
+    let Some(env) =
+        env("numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass").await
+    else {
+        return;
+    };
+    // kube-apiserver 1.36 returned these values as
+    // {"beyond":12345678901234567000,"big":9007199254740993,"ratio":0.1,"replicas":1,"scale":2500}:
+    // `replicas: 1.0` as 1, `scale: 2.5e3` as 2500, `ratio: 0.1` unchanged, 2^53+1 exact (it keeps
+    // int64), and an integer beyond int64 as its nearest float64 in plain digits, which reads back as
+    // a different integer (this last one made the operator write on every pass; fixed in
+    // plan::diff::same_number). An integer beyond u64 (18446744073709551617) made `release` fail here.
+    let ns = "cp-numbers-a";
+    let intent = Intent::new("cp-numbers");
+    intent.write(
+        &format!("clusters/cp-numbers/namespaces/{ns}/applicationinstances/counter.yaml"),
+        "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: counter\nspec:\n  chart:\n    repository: https://charts.example.org/\n    name: counter\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    big: 9007199254740993\n    ratio: 0.1\n    scale: 2.5e3\n    beyond: 12345678901234567890\n",
+    );
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "counter")
+        .await
+        .expect("applied");
+    let values = &live.data["spec"]["values"];
+    println!("values as the API server returns them: {values}");
+    assert_eq!(values["replicas"], json!(1), "{values}");
+    assert_eq!(values["big"].as_u64(), Some(9007199254740993), "{values}");
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "second pass: {out}\n{err}");
+    assert_eq!(
+        audit.writes_by(OPERATOR_USER),
+        Vec::<String>::new(),
+        "re-encoded numbers are not a change"
+    );
+}
