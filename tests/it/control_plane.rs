@@ -1663,3 +1663,90 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() 
         "re-encoded numbers are not a change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
+    let Some(env) = env("a_cluster_recreated_with_min_serial_above_the_release_is_refused").await
+    else {
+        return;
+    };
+    let ns = "cp-floor-a";
+    let intent = Intent::new("cp-floor");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    assert_eq!(
+        scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
+        1
+    );
+
+    // A new release (serial 2), and the Cluster deleted and re-created (its status, the floor it
+    // kept, lost) with the floor pinned in its spec above the repository's serial.
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 2: wiki");
+    let mut spec = scope.cluster(&env.admin).await["spec"].clone();
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    spec["release"]["minSerial"] = json!(5);
+    apply(
+        &env.admin,
+        &json!({"apiVersion": OPS, "kind": "Cluster", "metadata": {"name": scope.name}, "spec": spec}),
+    )
+    .await
+    .expect("the Cluster re-created with spec.release.minSerial 5");
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, _) = scope.once(&env);
+    assert!(!ok, "a release below the floor is refused: {out}");
+    let writes = audit.writes_by(OPERATOR_USER);
+    let cluster_path = format!("/clusters/{}", scope.name);
+    assert_eq!(
+        object_writes(&writes)
+            .into_iter()
+            .filter(|w| !w.contains(&cluster_path))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "nothing applied (the Cluster's own finalizer and status aside): {writes:?}"
+    );
+    let (status, reason, message) = scope.condition(&env.admin, "SourceVerified").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ReleaseInvalid"),
+        "{message}"
+    );
+    assert!(
+        message.contains("serial 2 is below spec.release.minSerial 5"),
+        "{message}"
+    );
+    assert_eq!(
+        scope.condition(&env.admin, "Ready").await.1,
+        "ReleaseInvalid"
+    );
+    assert!(
+        !exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await,
+        "nothing of the refused release applied"
+    );
+    let cluster = scope.cluster(&env.admin).await;
+    assert!(
+        cluster["status"]["lastAppliedSerial"].is_null(),
+        "nothing applied since the re-creation: {cluster}"
+    );
+
+    // A release at the floor applies: the floor, not something else, was the refusal.
+    intent.release(&["--serial", "5"]);
+    intent.commit("release 5");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "a release at the floor: {out}\n{err}");
+    assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
+    assert_eq!(
+        scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
+        5
+    );
+}
