@@ -1750,3 +1750,208 @@ async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
         5
     );
 }
+
+/// Sends `sig` (`-STOP`, `-CONT`) to a process's whole group.
+fn signal_group(p: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, "--", &format!("-{}", p.child.id())])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig}");
+}
+
+/// The time the API server received an audit event's request.
+fn received(event: &Value) -> jiff::Timestamp {
+    event["requestReceivedTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("requestReceivedTimestamp: {event}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
+    let Some(env) = env("a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone").await
+    else {
+        return;
+    };
+    let ns = "cp-fence-a";
+    let intent = Intent::new("cp-fence");
+    intent.add_instance(ns, "seed", "zero");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let lease_name = "vworkspace-app-operator";
+    scope.also_delete("coordination.k8s.io/v1", "Lease", Some(SYSTEM), lease_name);
+    delete(
+        &env.admin,
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some(SYSTEM),
+        lease_name,
+    )
+    .await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let dir = scope.dir.join("leader");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut cmd = operator_cmd(&env, &dir);
+    cmd.arg("--leader-election").env("POD_NAME", "replica-a");
+    let mut leader = Proc::spawn(&mut cmd, &dir, "leader");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.admin.clone(), SYSTEM);
+    wait_for("replica-a to lead", 60, || async {
+        let holder = leases
+            .get_opt(lease_name)
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        (holder == "replica-a").then_some(())
+    })
+    .await;
+    wait_for("the first release applied by the leader", 90, || async {
+        (scope.cluster(&env.admin).await["status"]["lastAppliedSerial"] == 1).then_some(())
+    })
+    .await;
+
+    // A release with many instances (applied one after the other: a long pass), and the Cluster
+    // touched so that the leader starts it now.
+    let total = 60;
+    for i in 0..total {
+        intent.add_instance(ns, &format!("app-{i:02}"), "x");
+    }
+    intent.release(&[]);
+    intent.commit("release 2: many instances");
+    let audit = Audit::mark(&env.cp.audit_log);
+    merge_patch(
+        &env.admin,
+        OPS,
+        "Cluster",
+        None,
+        &scope.name,
+        &json!({"metadata": {"annotations": {"gitops.vworkspace.io/requested-at": "fence-test"}}}),
+    )
+    .await
+    .expect("touch the Cluster");
+    // Paused the moment its first instance of the pass is written (a process pause, as a long GC
+    // or a frozen VM): its renewals stop mid-pass.
+    wait_for(
+        "the leader's pass to start writing instances",
+        120,
+        || async {
+            audit
+                .writes_by(OPERATOR_USER)
+                .iter()
+                .any(|w| w.contains("/applicationinstances/app-"))
+                .then_some(())
+        },
+    )
+    .await;
+    signal_group(&leader, "-STOP");
+    let paused = jiff::Timestamp::now();
+    // Another replica takes the Lease (as a follower does once it saw no renewal for 15 s; here at
+    // once, which only makes the old leader's window shorter: it must not write past its fence).
+    let now = paused.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": lease_name, "namespace": SYSTEM},
+                "spec": {"holderIdentity": "usurper", "leaseDurationSeconds": 15,
+                         "acquireTime": now, "renewTime": now}}),
+    )
+    .await
+    .expect("the Lease taken by another holder");
+    // Past the old leader's fence: its last renewal was sent at most 2 s before the pause, and it
+    // may write for 10 s after one (RENEW_DEADLINE). A generous margin on a loaded machine.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let written_while_leading = {
+        let mut n = 0;
+        for i in 0..total {
+            if exists(
+                &env.admin,
+                AI,
+                "ApplicationInstance",
+                ns,
+                &format!("app-{i:02}"),
+            )
+            .await
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    println!("{written_while_leading} of {total} instances written before the pause");
+    assert!(
+        written_while_leading < total,
+        "the pause came mid-pass ({written_while_leading} of {total} written before it)"
+    );
+    let resumed = jiff::Timestamp::now();
+    signal_group(&leader, "-CONT");
+    let status = leader.wait_timeout(60);
+    let stderr = leader.stderr();
+    assert!(
+        status.is_some(),
+        "the old leader stops after it lost the Lease: {stderr}"
+    );
+    // The API server's record: nothing from the operator's ServiceAccount received after the
+    // resume (not an instance, not its status, not the Lease).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late: Vec<String> = audit
+        .since()
+        .iter()
+        .filter(|e| e["user"]["username"] == OPERATOR_USER)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .filter(|e| received(e) >= resumed)
+        .map(|e| {
+            format!(
+                "{} {} {} ({})",
+                e["requestReceivedTimestamp"].as_str().unwrap_or_default(),
+                e["verb"].as_str().unwrap_or_default(),
+                e["requestURI"].as_str().unwrap_or_default(),
+                e["responseStatus"]["code"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        late,
+        Vec::<String>::new(),
+        "writes by the old leader after its fence (paused at {paused}, resumed at {resumed}): {stderr}"
+    );
+    let mut after = 0;
+    for i in 0..total {
+        if exists(
+            &env.admin,
+            AI,
+            "ApplicationInstance",
+            ns,
+            &format!("app-{i:02}"),
+        )
+        .await
+        {
+            after += 1;
+        }
+    }
+    assert_eq!(
+        after, written_while_leading,
+        "no instance written after the resume"
+    );
+    let holder = leases
+        .get_opt(lease_name)
+        .await
+        .expect("get Lease")
+        .and_then(|l| l.spec?.holder_identity);
+    assert_eq!(
+        holder.as_deref(),
+        Some("usurper"),
+        "the Lease is not taken back"
+    );
+    assert!(
+        stderr.contains("not renewed in time") || stderr.contains("lost the leader Lease"),
+        "it says why it stopped: {stderr}"
+    );
+}
