@@ -383,7 +383,12 @@ impl Drop for Scope {
             rt.block_on(async {
                 let client = client_from(&kubeconfig).await;
                 for (api_version, kind, ns, name) in objects {
-                    delete(&client, &api_version, &kind, ns.as_deref(), &name).await;
+                    cleanup_delete(&client, &api_version, &kind, ns.as_deref(), &name).await;
+                    if kind == "Cluster" {
+                        // The operator's finalizer would keep it until the next test's `run`
+                        // finalizes it (or, re-created by a re-run, deletes it under that run).
+                        drop_finalizers(&client, &api_version, &kind, None, &name).await;
+                    }
                 }
             });
         })
@@ -1598,4 +1603,803 @@ async fn the_first_hour_walk_through_of_operating_md() {
     let applied = scope.cluster(&env.admin).await;
     assert_eq!(applied["status"]["lastAppliedCommit"], head.as_str());
     assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
+}
+
+const FINALIZER: &str = "gitops.vworkspace.io/cleanup";
+
+/// The finalizers of the Cluster `name`, or `None` once it is gone.
+async fn cluster_finalizers(client: &Client, name: &str) -> Option<Vec<String>> {
+    get(client, OPS, "Cluster", None, name)
+        .await
+        .map(|c| c.metadata.finalizers.unwrap_or_default())
+}
+
+/// Waits until the Cluster `name` is gone.
+async fn wait_cluster_gone(client: &Client, name: &str) {
+    wait_for(&format!("Cluster {name} gone"), 60, || async {
+        get(client, OPS, "Cluster", None, name)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalizer() {
+    let Some(env) =
+        env("deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalizer").await
+    else {
+        return;
+    };
+    let ns = "cp-orphan-a";
+    let intent = Intent::new("cp-orphan");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    // Another controller's finalizer, there before the operator adds its own (its own field
+    // manager, as a controller would write it).
+    let foreign = "example.org/keep-for-audit";
+    apply_as(
+        &env.admin,
+        "vws-test-other-controller",
+        &json!({"apiVersion": OPS, "kind": "Cluster",
+                "metadata": {"name": scope.name, "finalizers": [foreign]}}),
+    )
+    .await
+    .expect("a foreign finalizer");
+
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let finalizers = cluster_finalizers(&env.admin, &scope.name)
+        .await
+        .expect("the Cluster");
+    assert!(
+        finalizers.iter().any(|f| f == FINALIZER) && finalizers.iter().any(|f| f == foreign),
+        "the operator's finalizer is added next to the foreign one (a set): {finalizers:?}"
+    );
+    let applied: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for name in ["nextcloud", "wiki"] {
+            let ai = get(&env.admin, AI, "ApplicationInstance", Some(ns), name)
+                .await
+                .unwrap_or_else(|| panic!("{ns}/{name} applied"));
+            v.push((name.to_owned(), ai.metadata.uid.expect("uid")));
+        }
+        v
+    };
+
+    // Deleted with the default policy (Orphan): the operator removes its finalizer only, and
+    // deletes nothing.
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    let writes = audit.writes_by(OPERATOR_USER);
+    assert!(
+        !writes.iter().any(|w| w.starts_with("delete ")),
+        "Orphan deletes nothing: {writes:?}"
+    );
+    let finalizers = cluster_finalizers(&env.admin, &scope.name)
+        .await
+        .expect("the foreign finalizer still holds the Cluster");
+    assert_eq!(
+        finalizers,
+        vec![foreign.to_owned()],
+        "only the operator's finalizer is removed"
+    );
+    // The foreign controller lets go: the Cluster goes.
+    apply_as(
+        &env.admin,
+        "vws-test-other-controller",
+        &json!({"apiVersion": OPS, "kind": "Cluster", "metadata": {"name": scope.name}}),
+    )
+    .await
+    .expect("the foreign finalizer removed by its own manager");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    for (name, uid) in applied {
+        let ai = get(&env.admin, AI, "ApplicationInstance", Some(ns), &name)
+            .await
+            .unwrap_or_else(|| panic!("{ns}/{name} is orphaned, not deleted"));
+        assert_eq!(ai.metadata.uid.as_deref(), Some(uid.as_str()), "{name}");
+        assert_eq!(
+            ai.metadata
+                .labels
+                .unwrap_or_default()
+                .get("gitops.vworkspace.io/cluster")
+                .map(String::as_str),
+            Some("cp-orphan"),
+            "an orphan keeps its labels (a re-created Cluster takes it back)"
+        );
+    }
+    // A pass with the Cluster gone touches nothing of it.
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "a pass without Clusters: {out}\n{err}");
+    assert_eq!(
+        operator_writes_to(&audit, ns),
+        Vec::<String>::new(),
+        "nothing written in the orphan's namespace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory() {
+    let Some(env) =
+        env("deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory").await
+    else {
+        return;
+    };
+    let ns = "cp-delpol-a";
+    let intent = Intent::new("cp-delpol");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    merge_patch(
+        &env.admin,
+        OPS,
+        "Cluster",
+        None,
+        &scope.name,
+        &json!({"spec": {"deletionPolicy": "Delete"}}),
+    )
+    .await
+    .expect("deletionPolicy: Delete");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let cluster = scope.cluster(&env.admin).await;
+    let inventory = cluster["status"]["inventory"].to_string();
+    for name in ["nextcloud", "wiki"] {
+        assert!(
+            exists(&env.admin, AI, "ApplicationInstance", ns, name).await,
+            "{name} applied"
+        );
+        assert!(
+            inventory.contains(name),
+            "{name} in the inventory: {cluster}"
+        );
+    }
+    // Someone else's instance in the same namespace (break glass): not in the inventory, kept.
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    scope.also_delete(AI, "ApplicationInstance", Some(ns), "bystander");
+    apply(
+        &break_glass,
+        &json!({"apiVersion": AI, "kind": "ApplicationInstance",
+                "metadata": {"name": "bystander", "namespace": ns},
+                "spec": {"chart": {"repository": "https://charts.example.org/", "name": "app", "version": "1.0.0"},
+                         "values": {"host": "bystander.example.org"}}}),
+    )
+    .await
+    .expect("break glass");
+
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    let writes = audit.writes_by(OPERATOR_USER);
+    for name in ["nextcloud", "wiki"] {
+        assert!(
+            !exists(&env.admin, AI, "ApplicationInstance", ns, name).await,
+            "{name} deleted with its Cluster"
+        );
+        assert!(
+            writes.iter().any(|w| w.starts_with("delete ")
+                && w.contains(&format!("/applicationinstances/{name}"))),
+            "deleted by the operator: {writes:?}"
+        );
+    }
+    // The inventory first, then the finalizer: the Cluster's last write is its finalizer's removal.
+    let last_delete = writes
+        .iter()
+        .rposition(|w| w.starts_with("delete "))
+        .expect("deletes");
+    let finalizer_write = writes
+        .iter()
+        .rposition(|w| w.contains(&format!("/clusters/{}", scope.name)))
+        .unwrap_or_else(|| panic!("the finalizer removed by the operator: {writes:?}"));
+    assert!(last_delete < finalizer_write, "{writes:#?}");
+    assert!(
+        exists(&env.admin, AI, "ApplicationInstance", ns, "bystander").await,
+        "an object that is not the Cluster's is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
+    let Some(env) = env("a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted").await
+    else {
+        return;
+    };
+    let ns = "cp-own-a";
+    let intent = Intent::new("cp-own");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    // Someone else's `nextcloud`, there first (break glass: the only way past the admission
+    // policy besides the operator), with a value the release does not declare.
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    scope.also_delete(AI, "ApplicationInstance", Some(ns), "nextcloud");
+    let foreign = apply(
+        &break_glass,
+        &json!({"apiVersion": AI, "kind": "ApplicationInstance",
+                "metadata": {"name": "nextcloud", "namespace": ns},
+                "spec": {"chart": {"repository": "https://charts.example.org/", "name": "nextcloud", "version": "1.0.0"},
+                         "values": {"host": "by-hand.example.org"}}}),
+    )
+    .await
+    .expect("break glass");
+    let foreign_spec = foreign.data["spec"].clone();
+    let foreign_version = foreign.metadata.resource_version.clone();
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, _) = scope.once(&env);
+    assert!(!ok, "a pass with a conflict is not Ready: {out}");
+    let (status, reason, message) = scope.condition(&env.admin, "Applied").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "OwnershipConflict"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("ApplicationInstance {ns}/nextcloud held by"))
+            && message.contains(TEST_MANAGER)
+            && message.contains("gitops.vworkspace.io/adopt=cp-own"),
+        "names the object, its holder (field manager {TEST_MANAGER}) and the adoption: {message}"
+    );
+    assert_eq!(
+        scope.condition(&env.admin, "Ready").await.1,
+        "OwnershipConflict"
+    );
+    // The rest applied; the foreign object untouched.
+    let wiki = get(&env.admin, AI, "ApplicationInstance", Some(ns), "wiki")
+        .await
+        .expect("wiki applied");
+    assert_eq!(
+        wiki.metadata
+            .labels
+            .unwrap_or_default()
+            .get("gitops.vworkspace.io/cluster")
+            .map(String::as_str),
+        Some("cp-own")
+    );
+    assert_eq!(
+        operator_writes_to(&audit, "/applicationinstances/nextcloud"),
+        Vec::<String>::new()
+    );
+    let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("still there");
+    assert_eq!(live.metadata.resource_version, foreign_version);
+    assert_eq!(live.data["spec"], foreign_spec);
+    let inventory = scope.cluster(&env.admin).await["status"]["inventory"].clone();
+    assert!(
+        !inventory.to_string().contains("\"nextcloud\""),
+        "not in the inventory: {inventory}"
+    );
+
+    // The release stops declaring it: it is not pruned (never ours).
+    intent.remove_instance(ns, "nextcloud");
+    intent.release(&[]);
+    intent.commit("release 2: nextcloud no longer declared");
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "without the conflicting declaration: {out}\n{err}");
+    assert_eq!(
+        operator_writes_to(&audit, "/applicationinstances/nextcloud"),
+        Vec::<String>::new()
+    );
+    let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("never pruned");
+    assert_eq!(live.metadata.resource_version, foreign_version);
+
+    // Declared again, and the owner adopts it for this source: the next pass takes it over.
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.release(&[]);
+    intent.commit("release 3: nextcloud declared again");
+    merge_patch(
+        &break_glass,
+        AI,
+        "ApplicationInstance",
+        Some(ns),
+        "nextcloud",
+        &json!({"metadata": {"annotations": {"gitops.vworkspace.io/adopt": "cp-own"}}}),
+    )
+    .await
+    .expect("the adoption annotation");
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "adopted: {out}\n{err}");
+    assert!(
+        !operator_writes_to(&audit, "/applicationinstances/nextcloud").is_empty(),
+        "the adopting pass writes it"
+    );
+    let adopted = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("adopted");
+    let labels = adopted.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("gitops.vworkspace.io/cluster")
+            .map(String::as_str),
+        Some("cp-own")
+    );
+    assert_eq!(adopted.data["spec"]["chart"]["version"], "6.6.4");
+    assert_eq!(
+        adopted.data["spec"]["values"]["host"],
+        "nextcloud.example.org"
+    );
+    assert_eq!(scope.condition(&env.admin, "Ready").await.0, "True");
+    let inventory = scope.cluster(&env.admin).await["status"]["inventory"].clone();
+    assert!(
+        inventory.to_string().contains("\"nextcloud\""),
+        "in the inventory now: {inventory}"
+    );
+    // Taken over for good: the next pass sends nothing.
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "after adoption: {out}\n{err}");
+    assert_eq!(
+        audit.writes_by(OPERATOR_USER),
+        Vec::<String>::new(),
+        "an adopted object is not rewritten on every pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "operator bug: after adoption, a spec field the previous writer set and the release does not declare (here values.legacy) stays (server-side apply removes only fields the applier owned), so the spec never equals the declared one and every pass re-applies it (a patch on every pass)"]
+async fn an_adopted_object_with_a_field_the_release_does_not_declare_is_not_rewritten_on_every_pass()
+ {
+    let Some(env) = env(
+        "an_adopted_object_with_a_field_the_release_does_not_declare_is_not_rewritten_on_every_pass",
+    )
+    .await
+    else {
+        return;
+    };
+    let ns = "cp-adopt-a";
+    let intent = Intent::new("cp-adopt");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    scope.also_delete(AI, "ApplicationInstance", Some(ns), "nextcloud");
+    apply(
+        &break_glass,
+        &json!({"apiVersion": AI, "kind": "ApplicationInstance",
+                "metadata": {"name": "nextcloud", "namespace": ns,
+                             "annotations": {"gitops.vworkspace.io/adopt": "cp-adopt"}},
+                "spec": {"chart": {"repository": "https://charts.example.org/", "name": "nextcloud", "version": "1.0.0"},
+                         "values": {"host": "by-hand.example.org", "legacy": {"tier": "gold"}}}}),
+    )
+    .await
+    .expect("break glass");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "adopted: {out}\n{err}");
+    let adopted = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("adopted");
+    assert_eq!(adopted.data["spec"]["chart"]["version"], "6.6.4");
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "after adoption: {out}\n{err}");
+    let after = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("adopted");
+    assert_eq!(
+        audit.writes_by(OPERATOR_USER),
+        Vec::<String>::new(),
+        "the pass after adoption writes nothing; the live spec: {}",
+        after.data["spec"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() {
+    let Some(env) =
+        env("numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass").await
+    else {
+        return;
+    };
+    // kube-apiserver 1.36 returned these values as
+    // {"beyond":12345678901234567000,"big":9007199254740993,"ratio":0.1,"replicas":1,"scale":2500}:
+    // `replicas: 1.0` as 1, `scale: 2.5e3` as 2500, `ratio: 0.1` unchanged, 2^53+1 exact (it keeps
+    // int64), and an integer beyond int64 as its nearest float64 in plain digits, which reads back as
+    // a different integer (this last one made the operator write on every pass; fixed in
+    // plan::diff::same_number). An integer beyond u64 (18446744073709551617) made `release` fail here.
+    let ns = "cp-numbers-a";
+    let intent = Intent::new("cp-numbers");
+    intent.write(
+        &format!("clusters/cp-numbers/namespaces/{ns}/applicationinstances/counter.yaml"),
+        "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: counter\nspec:\n  chart:\n    repository: https://charts.example.org/\n    name: counter\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    big: 9007199254740993\n    ratio: 0.1\n    scale: 2.5e3\n    beyond: 12345678901234567890\n",
+    );
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "counter")
+        .await
+        .expect("applied");
+    let values = &live.data["spec"]["values"];
+    println!("values as the API server returns them: {values}");
+    assert_eq!(values["replicas"], json!(1), "{values}");
+    assert_eq!(values["big"].as_u64(), Some(9007199254740993), "{values}");
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "second pass: {out}\n{err}");
+    assert_eq!(
+        audit.writes_by(OPERATOR_USER),
+        Vec::<String>::new(),
+        "re-encoded numbers are not a change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
+    let Some(env) = env("a_cluster_recreated_with_min_serial_above_the_release_is_refused").await
+    else {
+        return;
+    };
+    let ns = "cp-floor-a";
+    let intent = Intent::new("cp-floor");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    assert_eq!(
+        scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
+        1
+    );
+
+    // A new release (serial 2), and the Cluster deleted and re-created (its status, the floor it
+    // kept, lost) with the floor pinned in its spec above the repository's serial.
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 2: wiki");
+    let mut spec = scope.cluster(&env.admin).await["spec"].clone();
+    delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "finalizing pass: {out}\n{err}");
+    wait_cluster_gone(&env.admin, &scope.name).await;
+    spec["release"]["minSerial"] = json!(5);
+    apply(
+        &env.admin,
+        &json!({"apiVersion": OPS, "kind": "Cluster", "metadata": {"name": scope.name}, "spec": spec}),
+    )
+    .await
+    .expect("the Cluster re-created with spec.release.minSerial 5");
+
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, _) = scope.once(&env);
+    assert!(!ok, "a release below the floor is refused: {out}");
+    let writes = audit.writes_by(OPERATOR_USER);
+    let cluster_path = format!("/clusters/{}", scope.name);
+    assert_eq!(
+        object_writes(&writes)
+            .into_iter()
+            .filter(|w| !w.contains(&cluster_path))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "nothing applied (the Cluster's own finalizer and status aside): {writes:?}"
+    );
+    let (status, reason, message) = scope.condition(&env.admin, "SourceVerified").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ReleaseInvalid"),
+        "{message}"
+    );
+    assert!(
+        message.contains("serial 2 is below spec.release.minSerial 5"),
+        "{message}"
+    );
+    assert_eq!(
+        scope.condition(&env.admin, "Ready").await.1,
+        "ReleaseInvalid"
+    );
+    assert!(
+        !exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await,
+        "nothing of the refused release applied"
+    );
+    let cluster = scope.cluster(&env.admin).await;
+    assert!(
+        cluster["status"]["lastAppliedSerial"].is_null(),
+        "nothing applied since the re-creation: {cluster}"
+    );
+
+    // A release at the floor applies: the floor, not something else, was the refusal.
+    intent.release(&["--serial", "5"]);
+    intent.commit("release 5");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "a release at the floor: {out}\n{err}");
+    assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
+    assert_eq!(
+        scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
+        5
+    );
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to a process's whole group.
+fn signal_group(p: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, "--", &format!("-{}", p.child.id())])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig}");
+}
+
+/// The time the API server received an audit event's request.
+fn received(event: &Value) -> jiff::Timestamp {
+    event["requestReceivedTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("requestReceivedTimestamp: {event}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
+    let Some(env) = env("a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone").await
+    else {
+        return;
+    };
+    let ns = "cp-fence-a";
+    let intent = Intent::new("cp-fence");
+    intent.add_instance(ns, "seed", "zero");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
+    let lease_name = "vworkspace-app-operator";
+    scope.also_delete("coordination.k8s.io/v1", "Lease", Some(SYSTEM), lease_name);
+    delete(
+        &env.admin,
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some(SYSTEM),
+        lease_name,
+    )
+    .await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let dir = scope.dir.join("leader");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut cmd = operator_cmd(&env, &dir);
+    cmd.arg("--leader-election").env("POD_NAME", "replica-a");
+    let mut leader = Proc::spawn(&mut cmd, &dir, "leader");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.admin.clone(), SYSTEM);
+    wait_for("replica-a to lead", 60, || async {
+        let holder = leases
+            .get_opt(lease_name)
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        (holder == "replica-a").then_some(())
+    })
+    .await;
+    wait_for("the first release applied by the leader", 90, || async {
+        (scope.cluster(&env.admin).await["status"]["lastAppliedSerial"] == 1).then_some(())
+    })
+    .await;
+
+    // A release with many instances (applied one after the other: a long pass), and the Cluster
+    // touched so that the leader starts it now.
+    let total = 60;
+    for i in 0..total {
+        intent.add_instance(ns, &format!("app-{i:02}"), "x");
+    }
+    intent.release(&[]);
+    intent.commit("release 2: many instances");
+    let audit = Audit::mark(&env.cp.audit_log);
+    merge_patch(
+        &env.admin,
+        OPS,
+        "Cluster",
+        None,
+        &scope.name,
+        &json!({"metadata": {"annotations": {"gitops.vworkspace.io/requested-at": "fence-test"}}}),
+    )
+    .await
+    .expect("touch the Cluster");
+    // Paused the moment its first instance of the pass is written (a process pause, as a long GC
+    // or a frozen VM): its renewals stop mid-pass.
+    wait_for(
+        "the leader's pass to start writing instances",
+        120,
+        || async {
+            audit
+                .writes_by(OPERATOR_USER)
+                .iter()
+                .any(|w| w.contains("/applicationinstances/app-"))
+                .then_some(())
+        },
+    )
+    .await;
+    signal_group(&leader, "-STOP");
+    let paused = jiff::Timestamp::now();
+    // Another replica takes the Lease (as a follower does once it saw no renewal for 15 s; here at
+    // once, which only makes the old leader's window shorter: it must not write past its fence).
+    let now = paused.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": lease_name, "namespace": SYSTEM},
+                "spec": {"holderIdentity": "usurper", "leaseDurationSeconds": 15,
+                         "acquireTime": now, "renewTime": now}}),
+    )
+    .await
+    .expect("the Lease taken by another holder");
+    // Past the old leader's fence: its last renewal was sent at most 2 s before the pause, and it
+    // may write for 10 s after one (RENEW_DEADLINE). A generous margin on a loaded machine.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let written_while_leading = {
+        let mut n = 0;
+        for i in 0..total {
+            if exists(
+                &env.admin,
+                AI,
+                "ApplicationInstance",
+                ns,
+                &format!("app-{i:02}"),
+            )
+            .await
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    println!("{written_while_leading} of {total} instances written before the pause");
+    assert!(
+        written_while_leading < total,
+        "the pause came mid-pass ({written_while_leading} of {total} written before it)"
+    );
+    let resumed = jiff::Timestamp::now();
+    signal_group(&leader, "-CONT");
+    let status = leader.wait_timeout(60);
+    let stderr = leader.stderr();
+    assert!(
+        status.is_some(),
+        "the old leader stops after it lost the Lease: {stderr}"
+    );
+    // The API server's record of the operator's ServiceAccount after the resume. Nothing the old
+    // leader *starts* after its fence reaches the server: no further instance, no status, no Lease
+    // write. One request can still land: the apply the pass had handed to the HTTP client just before
+    // the pause (the client's connection task sends it when the process resumes; seen on this server,
+    // about one run in seven, received a few ms after the resume). A fence judged by the leader's own
+    // clock cannot recall a request already handed over; only the API server could refuse it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late: Vec<(jiff::Timestamp, String)> = audit
+        .since()
+        .iter()
+        .filter(|e| e["user"]["username"] == OPERATOR_USER)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .filter(|e| received(e) >= resumed)
+        .map(|e| {
+            (
+                received(e),
+                format!(
+                    "{} {} {} ({})",
+                    e["requestReceivedTimestamp"].as_str().unwrap_or_default(),
+                    e["verb"].as_str().unwrap_or_default(),
+                    e["requestURI"].as_str().unwrap_or_default(),
+                    e["responseStatus"]["code"]
+                ),
+            )
+        })
+        .collect();
+    println!("operator writes received after the resume: {late:#?}");
+    // The apply in flight: an instance of the pass, sent as soon as the process runs again.
+    let in_flight_at_pause = |(at, w): &(jiff::Timestamp, String)| {
+        w.contains(" patch ")
+            && w.contains("/applicationinstances/app-")
+            && at.duration_since(resumed) < jiff::SignedDuration::from_secs(5)
+    };
+    assert!(
+        late.len() <= 1 && late.iter().all(in_flight_at_pause),
+        "writes by the old leader after its fence (paused at {paused}, resumed at {resumed}), beyond \
+         the one apply in flight at the pause: {late:#?}\n{stderr}"
+    );
+    let mut after = 0;
+    for i in 0..total {
+        if exists(
+            &env.admin,
+            AI,
+            "ApplicationInstance",
+            ns,
+            &format!("app-{i:02}"),
+        )
+        .await
+        {
+            after += 1;
+        }
+    }
+    assert!(
+        after <= written_while_leading + late.len(),
+        "no instance started after the resume ({after} now, {written_while_leading} before)"
+    );
+    let holder = leases
+        .get_opt(lease_name)
+        .await
+        .expect("get Lease")
+        .and_then(|l| l.spec?.holder_identity);
+    assert_eq!(
+        holder.as_deref(),
+        Some("usurper"),
+        "the Lease is not taken back"
+    );
+    assert!(
+        stderr.contains("not renewed in time") || stderr.contains("lost the leader Lease"),
+        "it says why it stopped: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "operator bug: a spec field another field manager adds to an instance the operator owns (here values.extra, by break glass) is never removed (server-side apply removes only fields the applier owned), so the spec never equals the declared one and every pass re-applies it (a patch on every pass)"]
+async fn a_field_added_by_another_writer_is_undone_once_not_reapplied_on_every_pass() {
+    let Some(env) =
+        env("a_field_added_by_another_writer_is_undone_once_not_reapplied_on_every_pass").await
+    else {
+        return;
+    };
+    let ns = "cp-drift-a";
+    let intent = Intent::new("cp-drift");
+    intent.add_instance(ns, "nextcloud", "one");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+    let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    merge_patch(
+        &break_glass,
+        AI,
+        "ApplicationInstance",
+        Some(ns),
+        "nextcloud",
+        &json!({"spec": {"values": {"extra": "by-hand"}}}),
+    )
+    .await
+    .expect("break glass");
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "the pass that repairs it: {out}\n{err}");
+    let audit = Audit::mark(&env.cp.audit_log);
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "the next pass: {out}\n{err}");
+    let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
+        .await
+        .expect("there");
+    assert_eq!(
+        audit.writes_by(OPERATOR_USER),
+        Vec::<String>::new(),
+        "repaired once, then left alone; the live spec: {}",
+        live.data["spec"]
+    );
+    assert!(
+        live.data["spec"]["values"]["extra"].is_null(),
+        "{}",
+        live.data["spec"]
+    );
 }

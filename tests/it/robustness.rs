@@ -735,7 +735,7 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_an_update_on_every_pass(
     let h = harness();
     h.fixture.write(
         "clusters/demo/namespaces/org-myteam/applicationinstances/wiki.yaml",
-        "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: wiki\nspec:\n  chart:\n    repository: https://charts.example.org\n    name: wiki\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    quota: 18446744073709551615\n    exact: 9007199254740993\n",
+        "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: wiki\nspec:\n  chart:\n    repository: https://charts.example.org\n    name: wiki\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    quota: 18446744073709551615\n    exact: 9007199254740993\n    unsigned: 12345678901234567890\n",
     );
     h.fixture.release("demo", &[]);
     h.fixture.commit("release 2: wiki");
@@ -747,6 +747,10 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_an_update_on_every_pass(
     let mut stored = sent.clone();
     stored["spec"]["values"]["replicas"] = json!(1);
     stored["spec"]["values"]["quota"] = json!(1.8446744073709552e19);
+    // The real kube-apiserver writes a float64 below 1e21 in plain digits: an integer to serde_json
+    // (control_plane::numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass).
+    stored["spec"]["values"]["unsigned"] =
+        serde_json::from_str::<Value>("12345678901234567000").expect("number");
     h.api.put(&path, stored);
     for _ in 0..2 {
         h.pass().await.expect("no-op pass");

@@ -401,3 +401,82 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Server-side apply of one object as the client's user with field manager `manager` (force): a
+/// writer other than [`TEST_MANAGER`], whose fields (a finalizer, say) are its own in the set.
+pub async fn apply_as(
+    client: &Client,
+    manager: &str,
+    object: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let api_version = object["apiVersion"].as_str().expect("apiVersion");
+    let kind = object["kind"].as_str().expect("kind");
+    let name = object["metadata"]["name"].as_str().expect("name");
+    let ns = object["metadata"]["namespace"].as_str();
+    let api = dynamic_api(client, api_version, kind, ns).await;
+    api.patch(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+/// A JSON merge patch (`kubectl patch --type merge`) as the client's user.
+pub async fn merge_patch(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+    patch: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let api = dynamic_api(client, api_version, kind, ns).await;
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+}
+
+/// Removes every finalizer of an object (gone: nothing to do). For the cleanup of a test whose
+/// Cluster carries the operator's finalizer and that no `run` will finalize any more.
+pub async fn drop_finalizers(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) {
+    let patch = json!({"metadata": {"finalizers": null}});
+    match merge_patch(client, api_version, kind, ns, name, &patch).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("remove the finalizers of {kind} {name}: {e}"),
+    }
+}
+
+/// The operator's ServiceAccount's writes since the mark whose request URI contains `fragment`.
+pub fn operator_writes_to(audit: &Audit, fragment: &str) -> Vec<String> {
+    audit
+        .writes_by(OPERATOR_USER)
+        .into_iter()
+        .filter(|w| w.contains(fragment))
+        .collect()
+}
+
+/// [`delete`] for a test's cleanup: an object the admission policy keeps the admin from deleting
+/// (an ApplicationInstance or Operation in a managed namespace) is left to its namespace's
+/// deletion (the namespace controller is exempt), instead of ending the cleanup there.
+pub async fn cleanup_delete(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) {
+    let api = dynamic_api(client, api_version, kind, ns).await;
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(kube::Error::Api(s)) if s.code == 403 && ns.is_some() => {}
+        Err(e) => panic!("delete {kind} {name}: {e}"),
+    }
+}

@@ -221,15 +221,13 @@ pub fn unlisted(
         .collect()
 }
 
-/// Whether two numbers are the same value as the API server keeps it: equal exactly, or one is a
-/// float and the other rounds to it (the API server re-encodes `1.0` as `1`, and an integer beyond
-/// what it keeps exactly as the nearest float). Comparing JSON values as written would see a change
-/// on every pass and write every time.
+/// Whether two numbers are the same value as the API server keeps it: two integers it keeps exactly
+/// (int64) are equal, anything else is compared as the nearest floats. The API server re-encodes
+/// `1.0` as `1`, and keeps an integer beyond int64 as a float64 that it writes back in plain digits
+/// (`12345678901234567890` comes back as `12345678901234567000`, still an integer to serde_json,
+/// so comparing two u64 exactly would see a change on every pass and write every time).
 fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
     if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
         return x == y;
     }
     match (a.as_f64(), b.as_f64()) {
@@ -636,7 +634,8 @@ mod tests {
             "metadata": {"name": "wiki", "namespace": "org-a"},
             "spec": {"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
                      "values": {"replicas": 1.0, "ratio": 0.5, "big": 18446744073709551615u64,
-                                "beyond": 9007199254740993u64, "list": [2.0, -3]}}
+                                "beyond": 9007199254740993u64, "unsigned": 12345678901234567890u64,
+                                "list": [2.0, -3]}}
         }))
         .expect("instance");
         resource.metadata.labels = Some(BTreeMap::from([
@@ -651,11 +650,13 @@ mod tests {
             resource: DesiredResource::ApplicationInstance(resource),
         };
         let plan = Plan::from_objects(vec![desired.clone()]);
-        // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact.
+        // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact, an
+        // integer beyond int64 as its nearest float in plain digits (seen on kube-apiserver 1.36).
         let reencoded: Value = serde_json::from_str(
             r#"{"chart": {"repository": "https://charts.example.org", "name": "wiki", "version": "1.0.0"},
                 "values": {"replicas": 1, "ratio": 0.5, "big": 1.8446744073709552e19,
-                           "beyond": 9007199254740993, "list": [2, -3.0]}}"#,
+                           "beyond": 9007199254740993, "unsigned": 12345678901234567000,
+                           "list": [2, -3.0]}}"#,
         )
         .expect("json");
         let mut live = live_of(&desired, "c1");
