@@ -255,6 +255,7 @@ start() {
   local dir t0=$SECONDS
   dir="$(mktemp -d "${TMPDIR:-/tmp}/vws-control-plane.XXXXXX")"
   echo "$dir" >"$STATE"
+  echo "$dir" >"$OUT/last-start"
   # A failure from here on stops what was started.
   trap 'say "start failed; logs in $dir (kept)"; VWS_CONTROL_PLANE_KEEP=1 stop' ERR
   pki "$dir"
@@ -385,7 +386,23 @@ EOF
 
 case "${1:-}" in
   build) build ;;
-  start) start ;;
+  start)
+    # Free ports are picked before they are bound: on a busy machine another process can take one in
+    # between. That start fails cleanly (nothing left running); try again with other ports.
+    for attempt in 1 2 3; do
+      rc=0
+      (start) || rc=$?
+      [ "$rc" -eq 0 ] && exit 0
+      last="$(cat "$OUT/last-start" 2>/dev/null || true)"
+      if [ "$rc" -eq 1 ] && [ -n "$last" ] && grep -qs "address already in use" "$last"/*.log; then
+        say "a port was taken between the check and the bind (attempt $attempt); trying other ports"
+        case "$last" in */vws-control-plane.*) rm -rf "$last" ;; esac
+        continue
+      fi
+      exit "$rc"
+    done
+    exit 1
+    ;;
   stop) stop ;;
   env)
     if dir="$(running_dir)"; then

@@ -430,11 +430,19 @@ async fn webhook(args: &CheckArgs, client: &Client, r: &mut Report<'_>) -> Resul
         .list(
             &ListParams::default()
                 .labels("app.vworkspace.io/managed-by=vworkspace")
-                .limit(1),
+                .limit(50),
         )
         .await;
     let namespace = match managed {
-        Ok(list) => list.items.into_iter().next().and_then(|n| n.metadata.name),
+        // A namespace being deleted refuses every create before any webhook is asked.
+        Ok(list) => list
+            .items
+            .into_iter()
+            .find(|n| {
+                n.metadata.deletion_timestamp.is_none()
+                    && n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+            })
+            .and_then(|n| n.metadata.name),
         Err(e) => {
             return r.line(
                 Outcome::Fail,
