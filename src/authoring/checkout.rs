@@ -263,12 +263,17 @@ pub fn read_cluster_index(
             .spawn()
             .map_err(|e| io(root, e))?;
         let input = blob_ids.join("\n") + "\n";
-        let written = child
-            .stdin
-            .take()
-            .map(|mut stdin| stdin.write_all(input.as_bytes()));
-        let out = child.wait_with_output().map_err(|e| io(root, e))?;
-        if !out.status.success() || !matches!(written, Some(Ok(()))) {
+        // Written from another thread while this one reads: git answers as it reads, and once its
+        // output fills the pipe it stops reading, so writing everything first would never end.
+        let stdin = child.stdin.take();
+        let (written, out) = std::thread::scope(|scope| {
+            let writer =
+                scope.spawn(move || stdin.map(|mut stdin| stdin.write_all(input.as_bytes())));
+            let out = child.wait_with_output();
+            (writer.join(), out)
+        });
+        let out = out.map_err(|e| io(root, e))?;
+        if !out.status.success() || !matches!(written, Ok(Some(Ok(())))) {
             return Err(failed("cat-file", &out));
         }
         let mut rest = &out.stdout[..];

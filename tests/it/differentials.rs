@@ -1430,3 +1430,44 @@ fn release_reads_shared_blobs_and_staged_renames_from_the_index() {
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert_eq!(listed.lines().count(), tree.entries().len(), "{listed}");
 }
+
+/// Many files: git's answers (several hundred KiB) outgrow the pipe while the names are still being
+/// written to it (the first version wrote every name first, then read, and never finished).
+#[test]
+fn release_reads_an_index_larger_than_a_pipe() {
+    use vworkspace_operator::authoring::checkout::read_cluster_index;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(repo)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    let ops = repo.join("clusters/demo/namespaces/a/operations");
+    std::fs::create_dir_all(&ops).expect("dirs");
+    for i in 0..400 {
+        let body = format!("n: {i}\npad: {}\n", "x".repeat(1024));
+        std::fs::write(ops.join(format!("op-{i}.yaml")), body).expect("write");
+    }
+    git(&["add", "-A"]);
+    let (done, finished) = std::sync::mpsc::channel();
+    let root = repo.to_owned();
+    std::thread::spawn(move || {
+        let _ = done.send(
+            read_cluster_index(&root, "demo", &Limits::default())
+                .map(|t| t.map(|t| t.entries().len())),
+        );
+    });
+    let read = finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the index is read (no deadlock)")
+        .expect("read")
+        .expect("a git work tree");
+    assert_eq!(read, 400);
+}
