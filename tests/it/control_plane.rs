@@ -14,6 +14,7 @@
 //! deletes what it created, also when it fails.
 
 mod fixture;
+mod scale;
 mod server;
 
 use std::path::{Path, PathBuf};
