@@ -14,18 +14,24 @@ pub mod operation;
 pub mod refusal;
 pub mod webhook_server;
 
-use k8s_openapi::api::core::v1::Namespace;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use serde_json::Value;
 
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::cluster::rbac::MANAGED_LABEL;
 use crate::error::Error;
-use vworkspace_core::crd::Cluster;
+use vworkspace_core::crd::{Cluster, IdentitySecretRef};
 use vworkspace_core::limits::Limits;
+use vworkspace_core::secrets::Identities;
 
 /// What both controllers share.
+#[derive(Clone)]
 pub struct ChildContext {
     /// The API client.
     pub client: Client,
@@ -42,6 +48,120 @@ pub struct ChildContext {
     pub declared: std::sync::Arc<declared::DeclaredSet>,
     /// The exported metrics (refusals are counted here).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// What a reconcile reads from memory instead of the API server.
+    pub caches: Caches,
+}
+
+/// The shared caches of the child controllers. The stores are filled by the watches of
+/// [`crate::runtime::controllers`] (one watch each, shared by every reconcile); without them (`None`,
+/// as in tests against a fake API server) each reconcile reads the API server, as before.
+#[derive(Clone, Default)]
+pub struct Caches {
+    /// Every `Cluster` (the reflector store of the `Cluster` controller's own watch).
+    pub clusters: Option<Store<Cluster>>,
+    /// The namespaces carrying the managed label (a watch with that label selector).
+    pub managed_namespaces: Option<Store<Namespace>>,
+    /// Parsed identities per identity Secret: `(name, key)` -> (resourceVersion, identities). One
+    /// entry per Secret a `Cluster` names, replaced when the Secret's resourceVersion moves.
+    identities: Arc<Mutex<IdentityCache>>,
+}
+
+/// `(Secret name, key)` -> (the Secret's resourceVersion, the identities parsed from it).
+type IdentityCache = HashMap<(String, String), (String, Identities)>;
+
+impl Caches {
+    /// Caches over the given stores.
+    pub fn new(clusters: Store<Cluster>, managed_namespaces: Store<Namespace>) -> Caches {
+        Caches {
+            clusters: Some(clusters),
+            managed_namespaces: Some(managed_namespaces),
+            identities: Arc::default(),
+        }
+    }
+
+    /// Forgets the parsed identities of Secrets no `Cluster` in `keep` names any more.
+    pub fn retain_identities(&self, keep: &[(String, String)]) {
+        let mut guard = match self.identities.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.retain(|k, _| keep.contains(k));
+    }
+}
+
+impl ChildContext {
+    /// Whether `namespace` carries the managed label: from the shared store when there is one, else
+    /// read by name.
+    pub async fn is_managed(&self, namespace: &str) -> Result<bool, Error> {
+        match &self.caches.managed_namespaces {
+            Some(store) => Ok(store
+                .get(&ObjectRef::new(namespace))
+                .is_some_and(|n| carries_managed_label(&n))),
+            None => is_managed(&self.client, namespace).await,
+        }
+    }
+
+    /// Every `Cluster`: from the shared store when there is one, else listed.
+    pub async fn clusters(&self) -> Result<Vec<Arc<Cluster>>, Error> {
+        match &self.caches.clusters {
+            Some(store) => Ok(store.state()),
+            None => Ok(clusters(&self.client)
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect()),
+        }
+    }
+
+    /// The age identities a `Cluster` names, read from its Secret (by name; the operator may not
+    /// list Secrets) and parsed only when the Secret's resourceVersion differs from the one parsed
+    /// last.
+    pub async fn identities(&self, reference: &IdentitySecretRef) -> Result<Identities, Error> {
+        let key = reference.key_or_default().to_owned();
+        let source = format!("Secret {}/{} key {key}", self.namespace, reference.name);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        // Read by name, as the Cluster pass reads it (never listed).
+        let secret = api.get(&reference.name).await.map_err(kube_error(format!(
+            "get Secret {}/{}",
+            self.namespace, reference.name
+        )))?;
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        let cache_key = (reference.name.clone(), key.clone());
+        let lock = || match self.caches.identities.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !version.is_empty()
+            && let Some((seen, parsed)) = lock().get(&cache_key)
+            && *seen == version
+        {
+            return Ok(parsed.clone());
+        }
+        let bytes = zeroize::Zeroizing::new(
+            secret
+                .data
+                .and_then(|mut d| d.remove(&key))
+                .map(|b| b.0)
+                .ok_or_else(|| Error::TrustInput {
+                    object: source.clone(),
+                    problem: "no such key".to_owned(),
+                })?,
+        );
+        let parsed = crate::cluster::trust::parse_identities(&source, &bytes)?;
+        if !version.is_empty() {
+            lock().insert(cache_key, (version, parsed.clone()));
+        }
+        Ok(parsed)
+    }
+}
+
+fn carries_managed_label(namespace: &Namespace) -> bool {
+    namespace
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_LABEL.0))
+        .is_some_and(|v| v == MANAGED_LABEL.1)
 }
 
 fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
@@ -91,10 +211,7 @@ pub async fn is_managed(client: &Client, namespace: &str) -> Result<bool, Error>
         .get_opt(namespace)
         .await
         .map_err(kube_error(format!("get Namespace {namespace}")))?;
-    Ok(ns
-        .and_then(|n| n.metadata.labels)
-        .and_then(|l| l.get(MANAGED_LABEL.0).cloned())
-        .is_some_and(|v| v == MANAGED_LABEL.1))
+    Ok(ns.as_ref().is_some_and(carries_managed_label))
 }
 
 /// Every `Cluster` (cluster-scoped `list` on the operator's own kind is granted).

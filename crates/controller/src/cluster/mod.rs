@@ -106,6 +106,20 @@ impl Context {
         }
     }
 
+    /// Releases what this process holds for a deleted `Cluster` named `name`: its pass memo (the
+    /// verified intent), RBAC and expiry memory, and the declared release of every cluster id not in
+    /// `remaining` (the `spec.clusterId`s of the Clusters that still exist; the children stop acting
+    /// on the others).
+    pub fn forget(&self, name: &str, remaining: &[String]) {
+        let mut guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.remove(name);
+        drop(guard);
+        self.declared.retain(remaining);
+    }
+
     fn with_state<T>(&self, cluster: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
         let mut guard = match self.state.lock() {
             Ok(guard) => guard,
