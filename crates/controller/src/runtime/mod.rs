@@ -278,6 +278,7 @@ pub async fn controllers(
             watcher::Config::default(),
         )
         .default_backoff()
+        .take_until(stopped(stop.clone()))
         .for_each(move |event| {
             if let Ok(watcher::Event::Delete(gone)) = event {
                 let name = gone.name_any();
@@ -321,14 +322,22 @@ pub async fn controllers(
         let config = config.clone();
         async move {
             // Before both stores hold their first list, every namespace would look unmanaged.
-            let _ = cluster_store.wait_until_ready().await;
-            let _ = namespace_store.wait_until_ready().await;
+            let ready = async {
+                let _ = cluster_store.wait_until_ready().await;
+                let _ = namespace_store.wait_until_ready().await;
+            };
+            tokio::select! {
+                () = ready => {}
+                () = stopped(stop.clone()) => return,
+            }
             Controller::new(
                 Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
                 watcher::Config::default(),
             )
             .with_config(config)
-            .reconcile_all_on(declared_changes(children.declared.clone()))
+            .reconcile_all_on(
+                declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+            )
             .graceful_shutdown_on(stopped(stop.clone()))
             .run(
                 crate::children::instance::reconcile,
@@ -340,14 +349,22 @@ pub async fn controllers(
         }
     };
     let operations = async move {
-        let _ = cluster_store.wait_until_ready().await;
-        let _ = namespace_store.wait_until_ready().await;
+        let ready = async {
+            let _ = cluster_store.wait_until_ready().await;
+            let _ = namespace_store.wait_until_ready().await;
+        };
+        tokio::select! {
+            () = ready => {}
+            () = stopped(stop.clone()) => return,
+        }
         Controller::new(
             Api::<vworkspace_core::crd::Operation>::all(ctx.client.clone()),
             watcher::Config::default(),
         )
         .with_config(config)
-        .reconcile_all_on(declared_changes(children.declared.clone()))
+        .reconcile_all_on(
+            declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+        )
         .graceful_shutdown_on(stopped(stop))
         .run(
             crate::children::operation::reconcile,
