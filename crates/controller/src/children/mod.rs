@@ -236,9 +236,37 @@ pub fn api_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource 
     }
 }
 
+/// The annotation on every child written through [`ensure_dynamic`]: the digest of the spec it was
+/// applied with. The API server and the owner's controller add defaulted fields to a child's spec, so
+/// the live spec is never equal to the declared one; with this digest a declared field that was
+/// removed is still seen as a change.
+pub const ANNOTATION_SPEC_DIGEST: &str = "apps.vworkspace.io/spec-digest";
+
+/// `sha256:<hex>` of a spec's JSON.
+pub fn spec_digest(spec: &Value) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// Whether every field of `want` is in `have` with the same value (objects recursively; lists
+/// element by element, of the same length): what the server added to `have` does not count.
+fn contains(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| contains(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contains(a, b))
+        }
+        _ => want == have,
+    }
+}
+
 /// Whether a live object already carries what `desired` declares: every desired label, the owner
-/// references, and an equal `spec` (fields the API server or the owner controller added elsewhere do
-/// not count).
+/// references, and its `spec`: equal, or applied with the same spec digest
+/// ([`ANNOTATION_SPEC_DIGEST`]) and still holding every declared field (fields the API server or the
+/// owner controller added do not count; a declared field changed by hand does).
 pub fn same_object(desired: &Value, live: &Value) -> bool {
     let labels_ok = desired["metadata"]["labels"]
         .as_object()
@@ -248,7 +276,11 @@ pub fn same_object(desired: &Value, live: &Value) -> bool {
         });
     let owners_ok = desired["metadata"]["ownerReferences"].is_null()
         || desired["metadata"]["ownerReferences"] == live["metadata"]["ownerReferences"];
-    labels_ok && owners_ok && desired["spec"] == live["spec"]
+    let spec_ok = desired["spec"] == live["spec"]
+        || (live["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST].as_str()
+            == Some(spec_digest(&desired["spec"]).as_str())
+            && contains(&desired["spec"], &live["spec"]));
+    labels_ok && owners_ok && spec_ok
 }
 
 /// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
@@ -272,11 +304,16 @@ pub async fn ensure_dynamic(
             return Ok((live, false));
         }
     }
+    let mut body = desired.clone();
+    if body["metadata"].is_object() {
+        body["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST] =
+            Value::String(spec_digest(&desired["spec"]));
+    }
     let written = api
         .patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(desired),
+            &Patch::Apply(&body),
         )
         .await
         .map_err(kube_error(format!("apply {what}")))?;
@@ -297,6 +334,23 @@ mod tests {
         assert!(!same_object(&desired, &drifted));
         let relabelled = json!({"metadata": {"labels": {}}, "spec": {"x": 1}});
         assert!(!same_object(&desired, &relabelled));
+        // Defaulted by the server: the same when applied with this spec's digest, not otherwise.
+        let digest = spec_digest(&desired["spec"]);
+        let defaulted = json!({"metadata": {"labels": {"a": "1"}, "annotations": {ANNOTATION_SPEC_DIGEST: digest}},
+                               "spec": {"x": 1, "interval": "5m"}});
+        assert!(same_object(&desired, &defaulted));
+        let mut older = defaulted.clone();
+        older["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST] = json!("sha256:00");
+        assert!(
+            !same_object(&desired, &older),
+            "a removed declared field is a change"
+        );
+        let mut edited = defaulted.clone();
+        edited["spec"]["x"] = json!(2);
+        assert!(
+            !same_object(&desired, &edited),
+            "a declared field edited by hand is a change"
+        );
         assert_eq!(api_resource("v1", "Pod", "pods").group, "");
         assert_eq!(
             api_resource("velero.io/v1", "Backup", "backups").group,
