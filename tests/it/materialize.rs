@@ -122,6 +122,7 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
         clock: || jiff::Timestamp::from_second(1_800_000_000).expect("time"),
         declared: Default::default(),
         metrics: Default::default(),
+        caches: Default::default(),
     });
     (api, ctx)
 }

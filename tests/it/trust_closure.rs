@@ -103,6 +103,7 @@ fn children(api: &Arc<FakeApi>, ctx: &Context) -> Arc<ChildContext> {
         clock: || jiff::Timestamp::from_second(1_800_000_000).expect("time"),
         declared: ctx.declared.clone(),
         metrics: ctx.metrics.clone(),
+        caches: Default::default(),
     })
 }
 

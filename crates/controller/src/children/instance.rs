@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::declared::{self, DeclaredRelease, Verdict};
-use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
+use super::{ChildContext, api_resource, ensure_dynamic, kube_error};
 use crate::children::flux::{self, VALUES_KEY};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
@@ -59,13 +59,8 @@ pub fn instance_status(
 }
 
 async fn identities(ctx: &ChildContext, release: &DeclaredRelease) -> Result<Identities, Error> {
-    let (source, bytes) = crate::cluster::trust::identity_file(
-        &ctx.client,
-        &ctx.namespace,
-        &release.decryption.identity_secret_ref,
-    )
-    .await?;
-    crate::cluster::trust::parse_identities(&source, &bytes)
+    ctx.identities(&release.decryption.identity_secret_ref)
+        .await
 }
 
 async fn write_status(
@@ -142,7 +137,7 @@ pub async fn reconcile(
         // Children go with their owner (garbage collection).
         return Ok(Action::await_change());
     }
-    if !is_managed(&ctx.client, &namespace).await? {
+    if !ctx.is_managed(&namespace).await? {
         // Not ours until the namespace is labelled; look again later.
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
@@ -158,10 +153,11 @@ pub async fn reconcile(
         )
     };
     // Only what the verified release declares is acted on, and only as it declares it.
-    let all: Vec<String> = clusters(&ctx.client)
+    let all: Vec<String> = ctx
+        .clusters()
         .await?
-        .into_iter()
-        .map(|c| c.spec.cluster_id)
+        .iter()
+        .map(|c| c.spec.cluster_id.clone())
         .collect();
     let label = instance.labels().get(LABEL_CLUSTER).map(String::as_str);
     let (declaring, declared_object, altered) =

@@ -14,18 +14,24 @@ pub mod operation;
 pub mod refusal;
 pub mod webhook_server;
 
-use k8s_openapi::api::core::v1::Namespace;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use serde_json::Value;
 
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::cluster::rbac::MANAGED_LABEL;
 use crate::error::Error;
-use vworkspace_core::crd::Cluster;
+use vworkspace_core::crd::{Cluster, IdentitySecretRef};
 use vworkspace_core::limits::Limits;
+use vworkspace_core::secrets::Identities;
 
 /// What both controllers share.
+#[derive(Clone)]
 pub struct ChildContext {
     /// The API client.
     pub client: Client,
@@ -42,6 +48,120 @@ pub struct ChildContext {
     pub declared: std::sync::Arc<declared::DeclaredSet>,
     /// The exported metrics (refusals are counted here).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// What a reconcile reads from memory instead of the API server.
+    pub caches: Caches,
+}
+
+/// The shared caches of the child controllers. The stores are filled by the watches of
+/// [`crate::runtime::controllers`] (one watch each, shared by every reconcile); without them (`None`,
+/// as in tests against a fake API server) each reconcile reads the API server, as before.
+#[derive(Clone, Default)]
+pub struct Caches {
+    /// Every `Cluster` (the reflector store of the `Cluster` controller's own watch).
+    pub clusters: Option<Store<Cluster>>,
+    /// The namespaces carrying the managed label (a watch with that label selector).
+    pub managed_namespaces: Option<Store<Namespace>>,
+    /// Parsed identities per identity Secret: `(name, key)` -> (resourceVersion, identities). One
+    /// entry per Secret a `Cluster` names, replaced when the Secret's resourceVersion moves.
+    identities: Arc<Mutex<IdentityCache>>,
+}
+
+/// `(Secret name, key)` -> (the Secret's resourceVersion, the identities parsed from it).
+type IdentityCache = HashMap<(String, String), (String, Identities)>;
+
+impl Caches {
+    /// Caches over the given stores.
+    pub fn new(clusters: Store<Cluster>, managed_namespaces: Store<Namespace>) -> Caches {
+        Caches {
+            clusters: Some(clusters),
+            managed_namespaces: Some(managed_namespaces),
+            identities: Arc::default(),
+        }
+    }
+
+    /// Forgets the parsed identities of Secrets no `Cluster` in `keep` names any more.
+    pub fn retain_identities(&self, keep: &[(String, String)]) {
+        let mut guard = match self.identities.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.retain(|k, _| keep.contains(k));
+    }
+}
+
+impl ChildContext {
+    /// Whether `namespace` carries the managed label: from the shared store when there is one, else
+    /// read by name.
+    pub async fn is_managed(&self, namespace: &str) -> Result<bool, Error> {
+        match &self.caches.managed_namespaces {
+            Some(store) => Ok(store
+                .get(&ObjectRef::new(namespace))
+                .is_some_and(|n| carries_managed_label(&n))),
+            None => is_managed(&self.client, namespace).await,
+        }
+    }
+
+    /// Every `Cluster`: from the shared store when there is one, else listed.
+    pub async fn clusters(&self) -> Result<Vec<Arc<Cluster>>, Error> {
+        match &self.caches.clusters {
+            Some(store) => Ok(store.state()),
+            None => Ok(clusters(&self.client)
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect()),
+        }
+    }
+
+    /// The age identities a `Cluster` names, read from its Secret (by name; the operator may not
+    /// list Secrets) and parsed only when the Secret's resourceVersion differs from the one parsed
+    /// last.
+    pub async fn identities(&self, reference: &IdentitySecretRef) -> Result<Identities, Error> {
+        let key = reference.key_or_default().to_owned();
+        let source = format!("Secret {}/{} key {key}", self.namespace, reference.name);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        // Read by name, as the Cluster pass reads it (never listed).
+        let secret = api.get(&reference.name).await.map_err(kube_error(format!(
+            "get Secret {}/{}",
+            self.namespace, reference.name
+        )))?;
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        let cache_key = (reference.name.clone(), key.clone());
+        let lock = || match self.caches.identities.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !version.is_empty()
+            && let Some((seen, parsed)) = lock().get(&cache_key)
+            && *seen == version
+        {
+            return Ok(parsed.clone());
+        }
+        let bytes = zeroize::Zeroizing::new(
+            secret
+                .data
+                .and_then(|mut d| d.remove(&key))
+                .map(|b| b.0)
+                .ok_or_else(|| Error::TrustInput {
+                    object: source.clone(),
+                    problem: "no such key".to_owned(),
+                })?,
+        );
+        let parsed = crate::cluster::trust::parse_identities(&source, &bytes)?;
+        if !version.is_empty() {
+            lock().insert(cache_key, (version, parsed.clone()));
+        }
+        Ok(parsed)
+    }
+}
+
+fn carries_managed_label(namespace: &Namespace) -> bool {
+    namespace
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_LABEL.0))
+        .is_some_and(|v| v == MANAGED_LABEL.1)
 }
 
 fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
@@ -91,10 +211,7 @@ pub async fn is_managed(client: &Client, namespace: &str) -> Result<bool, Error>
         .get_opt(namespace)
         .await
         .map_err(kube_error(format!("get Namespace {namespace}")))?;
-    Ok(ns
-        .and_then(|n| n.metadata.labels)
-        .and_then(|l| l.get(MANAGED_LABEL.0).cloned())
-        .is_some_and(|v| v == MANAGED_LABEL.1))
+    Ok(ns.as_ref().is_some_and(carries_managed_label))
 }
 
 /// Every `Cluster` (cluster-scoped `list` on the operator's own kind is granted).
@@ -119,9 +236,37 @@ pub fn api_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource 
     }
 }
 
+/// The annotation on every child written through [`ensure_dynamic`]: the digest of the spec it was
+/// applied with. The API server and the owner's controller add defaulted fields to a child's spec, so
+/// the live spec is never equal to the declared one; with this digest a declared field that was
+/// removed is still seen as a change.
+pub const ANNOTATION_SPEC_DIGEST: &str = "apps.vworkspace.io/spec-digest";
+
+/// `sha256:<hex>` of a spec's JSON.
+pub fn spec_digest(spec: &Value) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// Whether every field of `want` is in `have` with the same value (objects recursively; lists
+/// element by element, of the same length): what the server added to `have` does not count.
+fn contains(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| contains(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contains(a, b))
+        }
+        _ => want == have,
+    }
+}
+
 /// Whether a live object already carries what `desired` declares: every desired label, the owner
-/// references, and an equal `spec` (fields the API server or the owner controller added elsewhere do
-/// not count).
+/// references, and its `spec`: equal, or applied with the same spec digest
+/// ([`ANNOTATION_SPEC_DIGEST`]) and still holding every declared field (fields the API server or the
+/// owner controller added do not count; a declared field changed by hand does).
 pub fn same_object(desired: &Value, live: &Value) -> bool {
     let labels_ok = desired["metadata"]["labels"]
         .as_object()
@@ -131,7 +276,11 @@ pub fn same_object(desired: &Value, live: &Value) -> bool {
         });
     let owners_ok = desired["metadata"]["ownerReferences"].is_null()
         || desired["metadata"]["ownerReferences"] == live["metadata"]["ownerReferences"];
-    labels_ok && owners_ok && desired["spec"] == live["spec"]
+    let spec_ok = desired["spec"] == live["spec"]
+        || (live["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST].as_str()
+            == Some(spec_digest(&desired["spec"]).as_str())
+            && contains(&desired["spec"], &live["spec"]));
+    labels_ok && owners_ok && spec_ok
 }
 
 /// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
@@ -155,11 +304,16 @@ pub async fn ensure_dynamic(
             return Ok((live, false));
         }
     }
+    let mut body = desired.clone();
+    if body["metadata"].is_object() {
+        body["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST] =
+            Value::String(spec_digest(&desired["spec"]));
+    }
     let written = api
         .patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(desired),
+            &Patch::Apply(&body),
         )
         .await
         .map_err(kube_error(format!("apply {what}")))?;
@@ -180,6 +334,23 @@ mod tests {
         assert!(!same_object(&desired, &drifted));
         let relabelled = json!({"metadata": {"labels": {}}, "spec": {"x": 1}});
         assert!(!same_object(&desired, &relabelled));
+        // Defaulted by the server: the same when applied with this spec's digest, not otherwise.
+        let digest = spec_digest(&desired["spec"]);
+        let defaulted = json!({"metadata": {"labels": {"a": "1"}, "annotations": {ANNOTATION_SPEC_DIGEST: digest}},
+                               "spec": {"x": 1, "interval": "5m"}});
+        assert!(same_object(&desired, &defaulted));
+        let mut older = defaulted.clone();
+        older["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST] = json!("sha256:00");
+        assert!(
+            !same_object(&desired, &older),
+            "a removed declared field is a change"
+        );
+        let mut edited = defaulted.clone();
+        edited["spec"]["x"] = json!(2);
+        assert!(
+            !same_object(&desired, &edited),
+            "a declared field edited by hand is a change"
+        );
         assert_eq!(api_resource("v1", "Pod", "pods").group, "");
         assert_eq!(
             api_resource("velero.io/v1", "Backup", "backups").group,

@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::declared::{self, Verdict};
-use super::{ChildContext, api_resource, clusters, ensure_dynamic, is_managed, kube_error};
+use super::{ChildContext, api_resource, ensure_dynamic, kube_error};
 use crate::children::engines::{self, JobTemplate, OperationError, RUN_COMMAND_TEMPLATE_PREFIX};
 use crate::error::Error;
 use vworkspace_core::crd::{
@@ -124,7 +124,7 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
     if op.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if !is_managed(&ctx.client, &namespace).await? {
+    if !ctx.is_managed(&namespace).await? {
         // Not ours until the namespace is labelled; look again later.
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
@@ -143,7 +143,7 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
         return Ok(Action::await_change());
     }
     let now = (ctx.clock)();
-    let all = clusters(&ctx.client).await?;
+    let all = ctx.clusters().await?;
     // Only what the verified release declares runs, and only as it declares it.
     let cluster_ids: Vec<String> = all.iter().map(|c| c.spec.cluster_id.clone()).collect();
     let label = op.labels().get(LABEL_CLUSTER).map(String::as_str);

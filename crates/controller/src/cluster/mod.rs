@@ -137,6 +137,21 @@ impl Context {
         guard.contains_key(name)
     }
 
+    /// Releases what this process holds for a deleted `Cluster` named `name` when only its name is
+    /// known (a deletion seen by the metadata watch, without our finalizer having run): its pass memo (the
+    /// verified intent), RBAC and expiry memory, and the declared release of every cluster id not in
+    /// `remaining` (the `spec.clusterId`s of the Clusters that still exist; the children stop acting
+    /// on the others).
+    pub fn forget_deleted(&self, name: &str, remaining: &[String]) {
+        let mut guard = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.remove(name);
+        drop(guard);
+        self.declared.retain(remaining);
+    }
+
     fn with_state<T>(&self, cluster: &str, f: impl FnOnce(&mut SourceState) -> T) -> T {
         let mut guard = match self.state.lock() {
             Ok(guard) => guard,

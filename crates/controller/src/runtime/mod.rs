@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
-use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
 
 use crate::cluster::{self, Context, Settings};
 use crate::error::Error;
@@ -211,6 +211,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         clock: jiff::Timestamp::now,
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
+        caches: crate::children::Caches::default(),
     });
     {
         // On the stop, running passes get PASS_STOP_GRACE to finish; then they are cut, and record
@@ -254,9 +255,23 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// before it exits anyway; the caller passes it to `Runtime::shutdown_timeout`.
 pub const SHUTDOWN_RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How many ApplicationInstances (and, separately, Operations) are reconciled at once: each reconcile
+/// holds a decrypted value set and a few API responses, so the bound is what keeps memory flat when
+/// thousands of objects are queued at once (a restart, a release touching every instance).
+pub const CHILD_CONCURRENCY: u16 = 16;
+
+/// How often the child controllers look whether a Cluster pass published a new release (then every
+/// object is reconciled again at once, instead of at its requeue).
+const DECLARED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
 /// reconciles finish first. Watches that fail or drop are re-established with back-off by
 /// kube-runtime; a Cluster is also re-run on any change of a managed namespace.
+///
+/// The `Cluster` controller's reflector store and one on managed namespaces are what the child
+/// controllers read (they replace `children.caches`) instead of the API server; the children start
+/// once both stores hold the first full list. A deleted `Cluster` is forgotten
+/// ([`Context::forget`]), seen by a metadata-only watch.
 pub async fn controllers(
     client: Client,
     ctx: Arc<Context>,
@@ -267,10 +282,14 @@ pub async fn controllers(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let fence = ctx.fence.clone();
+    let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace_changes = watcher(
-        namespaces,
-        watcher::Config::default().labels(&cluster::namespaces::selector()),
+    let namespace_changes = reflector(
+        namespace_writer,
+        watcher(
+            namespaces,
+            watcher::Config::default().labels(&cluster::namespaces::selector()),
+        ),
     )
     .default_backoff()
     .filter_map(|event| async move {
@@ -279,37 +298,137 @@ pub async fn controllers(
             _ => None,
         }
     });
-    let clusters = Controller::new(
+    let cluster_controller = Controller::new(
         Api::<Cluster>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .reconcile_all_on(namespace_changes)
-    .graceful_shutdown_on(stopped(stop.clone()))
-    .run(cluster::reconcile, cluster::error_policy, ctx)
-    .for_each(log_result);
-    let instances = Controller::new(
-        Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(stopped(stop.clone()))
-    .run(
-        fenced(fence.clone(), crate::children::instance::reconcile),
-        crate::children::instance::error_policy,
-        children.clone(),
-    )
-    .for_each(log_result);
-    let operations = Controller::new(
-        Api::<vworkspace_core::crd::Operation>::all(client),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(stopped(stop))
-    .run(
-        fenced(fence, crate::children::operation::reconcile),
-        crate::children::operation::error_policy,
-        children,
-    )
-    .for_each(log_result);
-    tokio::join!(clusters, instances, operations);
+    );
+    // The Cluster controller's own reflector store, shared with the children (no second watch).
+    let cluster_store = cluster_controller.store();
+    let caches = crate::children::Caches::new(cluster_store.clone(), namespace_store.clone());
+    // Deletions, from a metadata-only watch (names only): forget what the process held for them.
+    let deletions = {
+        let (ctx, caches, store) = (ctx.clone(), caches.clone(), cluster_store.clone());
+        watcher(
+            Api::<kube::core::PartialObjectMeta<Cluster>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .take_until(stopped(stop.clone()))
+        .for_each(move |event| {
+            if let Ok(watcher::Event::Delete(gone)) = event {
+                let name = gone.name_any();
+                let remaining: Vec<Arc<Cluster>> = store
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.name_any() != name)
+                    .collect();
+                let ids: Vec<String> = remaining
+                    .iter()
+                    .map(|c| c.spec.cluster_id.clone())
+                    .collect();
+                ctx.forget_deleted(&name, &ids);
+                let named: Vec<(String, String)> = remaining
+                    .iter()
+                    .map(|c| {
+                        let secret = &c.spec.decryption.identity_secret_ref;
+                        (secret.name.clone(), secret.key_or_default().to_owned())
+                    })
+                    .collect();
+                caches.retain_identities(&named);
+            }
+            async {}
+        })
+    };
+    let children = {
+        let mut shared = (*children).clone();
+        shared.caches = caches;
+        Arc::new(shared)
+    };
+    let clusters = cluster_controller
+        .reconcile_all_on(namespace_changes)
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(cluster::reconcile, cluster::error_policy, ctx.clone())
+        .for_each(log_result);
+    let config = controller::Config::default().concurrency(CHILD_CONCURRENCY);
+    let instances = {
+        let children = children.clone();
+        let stop = stop.clone();
+        let (cluster_store, namespace_store) = (cluster_store.clone(), namespace_store.clone());
+        let config = config.clone();
+        let fence = fence.clone();
+        async move {
+            // Before both stores hold their first list, every namespace would look unmanaged.
+            let ready = async {
+                let _ = cluster_store.wait_until_ready().await;
+                let _ = namespace_store.wait_until_ready().await;
+            };
+            tokio::select! {
+                () = ready => {}
+                () = stopped(stop.clone()) => return,
+            }
+            Controller::new(
+                Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .with_config(config)
+            .reconcile_all_on(
+                declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+            )
+            .graceful_shutdown_on(stopped(stop.clone()))
+            .run(
+                fenced(fence.clone(), crate::children::instance::reconcile),
+                crate::children::instance::error_policy,
+                children.clone(),
+            )
+            .for_each(log_result)
+            .await;
+        }
+    };
+    let operations = async move {
+        let ready = async {
+            let _ = cluster_store.wait_until_ready().await;
+            let _ = namespace_store.wait_until_ready().await;
+        };
+        tokio::select! {
+            () = ready => {}
+            () = stopped(stop.clone()) => return,
+        }
+        Controller::new(
+            Api::<vworkspace_core::crd::Operation>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        )
+        .with_config(config)
+        .reconcile_all_on(
+            declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+        )
+        .graceful_shutdown_on(stopped(stop))
+        .run(
+            fenced(fence.clone(), crate::children::operation::reconcile),
+            crate::children::operation::error_policy,
+            children,
+        )
+        .for_each(log_result)
+        .await;
+    };
+    tokio::join!(clusters, instances, operations, deletions);
+}
+
+/// One item each time the declared set's generation moves (polled every [`DECLARED_POLL`]).
+fn declared_changes(
+    declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(declared.generation(), move |seen| {
+        let declared = declared.clone();
+        async move {
+            loop {
+                tokio::time::sleep(DECLARED_POLL).await;
+                let now = declared.generation();
+                if now != seen {
+                    return Some(((), now));
+                }
+            }
+        }
+    })
 }
 
 /// A child reconcile run inside the leader's write fence ([`crate::fence`]): dropped the moment the

@@ -324,8 +324,17 @@ pub struct ClusterStatus {
     /// The last commit a pass looked at (applied or refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempted_commit: Option<String>,
-    /// What this source applied.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// What this source applied, held in the compact form of `vworkspace_core::crd::inventory`
+    /// (`status.compactInventory`; the former list under `status.inventory` is still read).
+    #[serde(
+        default,
+        rename = "compactInventory",
+        alias = "inventory",
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "super::inventory::serialize",
+        deserialize_with = "super::inventory::deserialize"
+    )]
+    #[schemars(with = "Option<super::inventory::CompactInventory>")]
     pub inventory: Vec<InventoryEntry>,
     /// Managed namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

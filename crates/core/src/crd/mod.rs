@@ -3,6 +3,7 @@
 
 mod application_instance;
 mod cluster;
+pub mod inventory;
 mod operation;
 
 pub use application_instance::*;

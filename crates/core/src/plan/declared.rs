@@ -10,6 +10,7 @@
 //! Cluster's first verified pass ([`Verdict::Waiting`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -47,6 +48,8 @@ pub struct DeclaredRelease {
     pub require_bound_values: bool,
     instances: BTreeMap<(String, String), DeclaredObject<ApplicationInstance>>,
     operations: BTreeMap<(String, String), DeclaredObject<Operation>>,
+    /// What the pass did not apply (sorted), so that publishing the same release again is seen.
+    not_applied: Vec<InventoryEntry>,
 }
 
 impl DeclaredRelease {
@@ -100,6 +103,8 @@ pub enum Verdict<T> {
 #[derive(Debug, Default)]
 pub struct DeclaredSet {
     releases: RwLock<HashMap<String, Arc<DeclaredRelease>>>,
+    /// Moves each time what the set declares changes (see [`DeclaredSet::generation`]).
+    generation: AtomicU64,
 }
 
 /// The JSON of a spec and its digest.
@@ -123,6 +128,18 @@ impl DeclaredSet {
         plan: &Plan,
         not_applied: &[InventoryEntry],
     ) {
+        let mut not_applied_sorted = not_applied.to_vec();
+        not_applied_sorted.sort();
+        if let Some(current) = self.release(&spec.cluster_id)
+            && current.serial == serial
+            && current.commit == commit
+            && current.decryption == spec.decryption
+            && current.require_bound_values == spec.policy.require_bound_values
+            && current.not_applied == not_applied_sorted
+        {
+            // The same release applied again (an unchanged pass): nothing to rebuild.
+            return;
+        }
         let skipped: BTreeSet<(&str, &str, &str)> = not_applied
             .iter()
             .map(|e| (e.kind.as_str(), e.namespace.as_str(), e.name.as_str()))
@@ -171,6 +188,7 @@ impl DeclaredSet {
             require_bound_values: spec.policy.require_bound_values,
             instances,
             operations,
+            not_applied: not_applied_sorted,
         });
         let mut guard = match self.releases.write() {
             Ok(guard) => guard,
@@ -178,6 +196,14 @@ impl DeclaredSet {
             Err(poisoned) => poisoned.into_inner(),
         };
         guard.insert(spec.cluster_id.clone(), release);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that moves each time a release is published or forgotten (never when the same
+    /// release is published again): the child controllers look again at every object when it moves,
+    /// rather than waiting for their requeue.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Forgets a Cluster's release (the Cluster is gone).
@@ -186,7 +212,22 @@ impl DeclaredSet {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        guard.remove(cluster_id);
+        if guard.remove(cluster_id).is_some() {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Forgets the releases of every cluster id not in `keep` (their Clusters are gone).
+    pub fn retain(&self, keep: &[String]) {
+        let mut guard = match self.releases.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let before = guard.len();
+        guard.retain(|id, _| keep.contains(id));
+        if guard.len() != before {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// The release last published for `cluster_id`.

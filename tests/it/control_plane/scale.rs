@@ -1,0 +1,410 @@
+//! The operator at scale on the real API server (issue 14; method and results in
+//! docs/performance.md). One scenario per size: N ApplicationInstances in N / 10 managed namespaces,
+//! each with one bound encrypted value, released 2-of-2 and committed signed; then, as the operator's
+//! ServiceAccount:
+//!
+//! 1. `run --once` on a fresh process: the first apply (time, peak RSS, write requests);
+//! 2. `run --once` again: the no-op pass (time, peak RSS, write requests: 0 expected);
+//! 3. the long-running `run`: time until every child (values Secret, HelmRepository, HelmRelease)
+//!    exists, peak RSS, and RSS at rest after that;
+//! 4. the Cluster object's size (compact JSON) and its inventory's share.
+//!
+//! `scale_smoke` runs the scenario at 20 instances inside the test command (so the bench cannot rot)
+//! and asserts only what must hold at any size (everything applied, every child created, the no-op
+//! pass writes nothing), never a time. `scale_bench` (ignored; `scripts/scale.sh` runs it) runs the
+//! sizes of `VWS_SCALE_SIZES` and prints the table.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams};
+use serde_json::json;
+use vworkspace_core::secrets::{self, Binding};
+
+use super::fixture::{BIN, Intent};
+use super::server::{OPERATOR_USER, Proc, apply, resource, skipped, wait_for};
+use super::{Env, Scope, env, operator_cmd, webhook_replica};
+
+/// Peak (`VmHWM`) and current (`VmRSS`) resident set of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// What one size measured.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    instances: usize,
+    first_apply: Duration,
+    first_apply_peak_kib: u64,
+    first_apply_writes: usize,
+    noop: Duration,
+    noop_peak_kib: u64,
+    noop_writes: usize,
+    children: Option<Duration>,
+    run_peak_kib: u64,
+    run_rest_kib: u64,
+    run_requests: usize,
+    cluster_bytes: usize,
+    inventory_bytes: usize,
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Cluster object | inventory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B |\n",
+            r.instances,
+            secs(r.first_apply),
+            mib(r.first_apply_peak_kib),
+            r.first_apply_writes,
+            secs(r.noop),
+            mib(r.noop_peak_kib),
+            r.noop_writes,
+            r.children.map_or("not all".to_owned(), secs),
+            mib(r.run_peak_kib),
+            mib(r.run_rest_kib),
+            r.run_requests,
+            r.cluster_bytes,
+            r.inventory_bytes,
+        ));
+    }
+    out
+}
+
+/// Writes N instances in N / 10 namespaces (one bound encrypted value each), releases and commits.
+fn generate(intent: &Intent, instances: usize) -> Vec<String> {
+    let namespaces: Vec<String> = (0..instances.div_ceil(10))
+        .map(|i| format!("{}-{i:04}", intent.cluster))
+        .collect();
+    for i in 0..instances {
+        let ns = &namespaces[i / 10];
+        let name = format!("app-{i:05}");
+        let armored = secrets::encrypt(
+            format!("smtp-secret-{i}").as_bytes(),
+            &intent.recipient,
+            Some(&Binding {
+                cluster: intent.cluster.clone(),
+                namespace: ns.clone(),
+                instance: name.clone(),
+                path: "mail.password".into(),
+            }),
+        )
+        .expect("encrypt");
+        let indented: String = armored.lines().map(|l| format!("        {l}\n")).collect();
+        intent.write(
+            &format!(
+                "clusters/{}/namespaces/{ns}/applicationinstances/{name}.yaml",
+                intent.cluster
+            ),
+            &format!(
+                "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: {name}\nspec:\n  chart:\n    repository: https://charts.example.org/\n    name: nextcloud\n    version: 6.6.4\n  values:\n    host: {name}.example.org\n    mail:\n      password: |\n{indented}"
+            ),
+        );
+    }
+    release_from_work_tree(intent);
+    intent.commit("scale");
+    namespaces
+}
+
+/// The fixture's release (ours, co-signed by `ssh-keygen -Y sign`), written from the work tree with
+/// the repository's `.git` moved aside: `release` reading the index took more than 9 minutes at
+/// 5,000 files on the development machine (1 s at 1,000), a cost of authoring, not of the operator.
+fn release_from_work_tree(intent: &Intent) {
+    let git = intent.repo.join(".git");
+    let aside = intent.root.join("git-aside");
+    std::fs::rename(&git, &aside).expect("move .git aside");
+    let out = Command::new(BIN)
+        .args(["release", "--force", "--repo"])
+        .arg(&intent.repo)
+        .args(["--cluster", &intent.cluster, "--key"])
+        .arg(intent.path("release-odoo"))
+        .output()
+        .expect("release runs");
+    std::fs::rename(&aside, &git).expect("put .git back");
+    assert!(
+        out.status.success(),
+        "release: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = intent
+        .repo
+        .join(format!("clusters/{}/release.yaml", intent.cluster));
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "vworkspace-release", "-f"])
+        .arg(intent.path("release-engineer"))
+        .arg(&manifest)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(signed.success(), "ssh-keygen -Y sign");
+    std::fs::rename(
+        manifest.with_extension("yaml.sig"),
+        intent.repo.join(format!(
+            "clusters/{}/release.sigs/engineer.sig",
+            intent.cluster
+        )),
+    )
+    .expect("move signature");
+}
+
+/// Creates the managed namespaces, 16 at a time; each is deleted with the scope.
+async fn namespaces(env: &Env, scope: &mut Scope, names: &[String]) {
+    for chunk in names.chunks(16) {
+        let mut set = tokio::task::JoinSet::new();
+        for ns in chunk {
+            let admin = env.admin.clone();
+            let object = json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"app.vworkspace.io/managed-by": "vworkspace"}}});
+            set.spawn(async move { apply(&admin, &object).await.map(drop) });
+        }
+        while let Some(done) = set.join_next().await {
+            done.expect("task").expect("apply a namespace");
+        }
+        for ns in chunk {
+            scope.also_delete("v1", "Namespace", None, ns);
+        }
+    }
+}
+
+/// Runs `cmd` to its end, sampling its peak RSS: (exit ok, wall time, peak KiB).
+fn timed_once(cmd: &mut Command, dir: &Path, tag: &str) -> (bool, Duration, u64, Proc) {
+    let started = Instant::now();
+    let mut proc = Proc::spawn(cmd, dir, tag);
+    let pid = proc.child.id();
+    let mut peak = 0;
+    let status = loop {
+        if let Some((hwm, _)) = rss_kib(pid) {
+            peak = peak.max(hwm);
+        }
+        if let Some(status) = proc.wait_timeout(0) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{tag} ends within 30 min"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.success(), started.elapsed(), peak, proc)
+}
+
+/// How many objects of a kind live in the namespaces of this run (metadata-only list, as the admin).
+async fn count(admin: &Client, api_version: &str, kind: &str, prefix: &str) -> usize {
+    let (resource, _) = resource(admin, api_version, kind).await;
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &resource);
+    api.list_metadata(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|o| {
+                    o.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Requests (all verbs) by the operator in the audit log since `mark`.
+fn requests_by_operator(audit: &super::server::Audit) -> usize {
+    audit
+        .since()
+        .iter()
+        .filter(|e| e["user"]["username"] == OPERATOR_USER)
+        .count()
+}
+
+/// The whole scenario at one size; `rest` is how long the long-running `run` is watched after every
+/// child exists.
+async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
+    let cluster = format!("scale-{instances}");
+    let intent = Intent::new(&cluster);
+    let started = Instant::now();
+    let names = generate(&intent, instances);
+    eprintln!(
+        "scale {instances}: intent generated in {}",
+        secs(started.elapsed())
+    );
+    let mut scope = Scope::new(env, &intent, &[]).await;
+    namespaces(env, &mut scope, &names).await;
+    let webhook = webhook_replica(env, &scope.dir).await;
+    let mut row = Row {
+        instances,
+        ..Row::default()
+    };
+
+    let audit = super::server::Audit::mark(&env.cp.audit_log);
+    let mut cmd = operator_cmd(env, &scope.dir);
+    cmd.arg("--once").env("RUST_LOG", "warn");
+    let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "first");
+    assert!(ok, "first pass: {}\n{}", proc.stdout(), proc.stderr());
+    row.first_apply = took;
+    row.first_apply_peak_kib = peak;
+    row.first_apply_writes = audit.writes_by(OPERATOR_USER).len();
+    let ai = count(&env.admin, super::AI, "ApplicationInstance", &cluster).await;
+    assert_eq!(ai, instances, "every declared instance is applied");
+
+    let audit = super::server::Audit::mark(&env.cp.audit_log);
+    let mut cmd = operator_cmd(env, &scope.dir);
+    cmd.arg("--once").env("RUST_LOG", "warn");
+    let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "noop");
+    assert!(ok, "no-op pass: {}\n{}", proc.stdout(), proc.stderr());
+    row.noop = took;
+    row.noop_peak_kib = peak;
+    row.noop_writes = audit.writes_by(OPERATOR_USER).len();
+
+    let cluster_object = super::server::get(&env.admin, super::OPS, "Cluster", None, &cluster)
+        .await
+        .expect("Cluster")
+        .data;
+    row.cluster_bytes = serde_json::to_vec(&cluster_object).expect("json").len();
+    row.inventory_bytes = serde_json::to_vec(&cluster_object["status"]["compactInventory"])
+        .expect("json")
+        .len();
+
+    if env.shared.thirdparty.is_some() {
+        let audit = super::server::Audit::mark(&env.cp.audit_log);
+        let mut cmd = operator_cmd(env, &scope.dir);
+        cmd.env("RUST_LOG", "warn");
+        let started = Instant::now();
+        let mut run = Proc::spawn(&mut cmd, &scope.dir, "run");
+        let pid = run.child.id();
+        let deadline = Duration::from_secs(120 + instances as u64 / 20);
+        let mut last_count = Instant::now() - Duration::from_secs(10);
+        let mut children = None;
+        while started.elapsed() < deadline {
+            if let Some((hwm, rss)) = rss_kib(pid) {
+                row.run_peak_kib = row.run_peak_kib.max(hwm);
+                row.run_rest_kib = rss;
+            }
+            assert!(
+                run.wait_timeout(0).is_none(),
+                "run exited: {}",
+                run.stderr()
+            );
+            if last_count.elapsed() >= Duration::from_secs(2) {
+                last_count = Instant::now();
+                let releases = count(
+                    &env.admin,
+                    "helm.toolkit.fluxcd.io/v2",
+                    "HelmRelease",
+                    &cluster,
+                )
+                .await;
+                if releases >= instances {
+                    let sources = count(
+                        &env.admin,
+                        "source.toolkit.fluxcd.io/v1",
+                        "HelmRepository",
+                        &cluster,
+                    )
+                    .await;
+                    let values = count(&env.admin, "v1", "Secret", &cluster).await;
+                    if sources >= instances && values >= instances {
+                        children = Some(started.elapsed());
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        row.children = children;
+        let resting = Instant::now();
+        while resting.elapsed() < rest {
+            if let Some((hwm, rss)) = rss_kib(pid) {
+                row.run_peak_kib = row.run_peak_kib.max(hwm);
+                row.run_rest_kib = rss;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        run.stop();
+        row.run_requests = requests_by_operator(&audit);
+    }
+    drop(webhook);
+    drop(scope);
+    eprintln!("{}", table(std::slice::from_ref(&row)));
+    row
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_smoke() {
+    let test = "scale_smoke";
+    let Some(env) = env(test).await else {
+        return;
+    };
+    if env.shared.thirdparty.is_none() {
+        skipped(test, "../shared/thirdparty-crds is absent (the Flux CRDs)");
+        return;
+    }
+    let row = scenario(&env, 20, Duration::from_secs(1)).await;
+    assert_eq!(row.noop_writes, 0, "an unchanged pass writes nothing");
+    assert!(row.first_apply_writes >= 20, "{row:?}");
+    assert!(row.children.is_some(), "every child is created: {row:?}");
+    assert!(row.run_peak_kib > 0 && row.cluster_bytes > row.inventory_bytes);
+    // The bench's own plumbing: the binary it runs is the one under test.
+    assert!(Path::new(BIN).is_file());
+}
+
+/// The sizes of `VWS_SCALE_SIZES` (comma-separated; default 1000), each after the last one's
+/// namespaces are gone. Run by `scripts/scale.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the scale bench: scripts/scale.sh runs it against the real control plane"]
+async fn scale_bench() {
+    let Some(env) = env("scale_bench").await else {
+        return;
+    };
+    let sizes: Vec<usize> = std::env::var("VWS_SCALE_SIZES")
+        .unwrap_or_else(|_| "1000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("VWS_SCALE_SIZES: numbers"))
+        .collect();
+    let rest = Duration::from_secs(
+        std::env::var("VWS_SCALE_REST_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let mut rows = Vec::new();
+    for size in sizes {
+        rows.push(scenario(&env, size, rest).await);
+        let prefix = format!("scale-{size}-");
+        wait_for("the last size's namespaces to be gone", 1800, || async {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.admin.clone());
+            let names = api.list_metadata(&ListParams::default()).await.ok()?;
+            let any = names.items.iter().any(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            });
+            (!any).then_some(())
+        })
+        .await;
+    }
+    let out = table(&rows);
+    println!("{out}");
+    if let Ok(path) = std::env::var("VWS_SCALE_OUT") {
+        std::fs::write(path, &out).expect("write the table");
+    }
+}
