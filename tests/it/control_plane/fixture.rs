@@ -1,7 +1,7 @@
 //! The intent repository of a real-server test: a real git repository whose commits are signed by the
 //! real `git commit -S` (gpg.format=ssh) with keys from `ssh-keygen`, values encrypted by our
 //! `encrypt` (bound) to an identity from `age-keygen`, and a 2-of-2 release written by our `release`
-//! and co-signed by `ssh-keygen -Y sign`. The pattern of tests/common/mod.rs, with the cluster id and
+//! and co-signed by `ssh-keygen -Y sign`. The pattern of tests/it/common.rs, with the cluster id and
 //! namespaces chosen by the test (tests share one API server).
 
 use std::path::{Path, PathBuf};
