@@ -83,14 +83,25 @@ impl Drop for Daemon {
     }
 }
 
+/// `$(git --exec-path)/git-daemon`.
+fn git_daemon_binary() -> PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 fn git_daemon(base: &Path) -> Daemon {
     // Another test may take the same free port between our probe and the daemon's bind; a daemon that
     // lost that race exits at once, so check it is still ours before using it, and retry otherwise.
     for _ in 0..20 {
         let port = free_port();
-        let mut child = Command::new("git")
+        // git-daemon itself, not the `git daemon` wrapper: killing the wrapper would leave the
+        // daemon running after the test.
+        let mut child = Command::new(git_daemon_binary())
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args(["daemon", "--export-all", "--listen=127.0.0.1"])
+            .args(["--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
