@@ -220,6 +220,12 @@ fn signature_name(key: &SigningKey, explicit: Option<&str>) -> Result<String, Cl
 /// Reads `clusters/<cluster>/` of a work tree. A missing directory is a usage error that lists the
 /// cluster directories there are (a `--cluster` typo).
 pub fn read_worktree(root: &Path, cluster: &str, limits: &Limits) -> Result<ClusterTree, CliError> {
+    cluster_directory(root, cluster)?;
+    super::checkout::read_cluster_directory(root, cluster, limits).map_err(usage)
+}
+
+/// `root/clusters/<cluster>/`, or a usage error that lists the cluster directories there are.
+fn cluster_directory(root: &Path, cluster: &str) -> Result<std::path::PathBuf, CliError> {
     let dir = root.join("clusters").join(cluster);
     if cluster.is_empty() || cluster.contains('/') || !dir.is_dir() {
         let mut existing: Vec<String> = std::fs::read_dir(root.join("clusters"))
@@ -245,7 +251,7 @@ pub fn read_worktree(root: &Path, cluster: &str, limits: &Limits) -> Result<Clus
             )
         }));
     }
-    super::checkout::read_cluster_directory(root, cluster, limits).map_err(usage)
+    Ok(dir)
 }
 
 /// Reads what `release` hashes and signs: in a git work tree, what git will commit (the index:
@@ -257,14 +263,15 @@ pub fn read_for_release(
     cluster: &str,
     limits: &Limits,
 ) -> Result<ClusterTree, CliError> {
-    let mut tree = read_worktree(root, cluster, limits)?;
-    if let Some(index) =
-        super::checkout::read_cluster_index(root, cluster, limits).map_err(usage)?
+    let dir = cluster_directory(root, cluster)?;
+    // The directory is read only where there is no index: reading both would read every file twice.
+    let mut tree = match super::checkout::read_cluster_index(root, cluster, limits)
+        .map_err(usage)?
     {
-        tree = index;
-    }
-    let manifest = root.join("clusters").join(cluster).join(MANIFEST_FILE);
-    if let Ok(bytes) = std::fs::read(manifest) {
+        Some(index) => index,
+        None => super::checkout::read_cluster_directory(root, cluster, limits).map_err(usage)?,
+    };
+    if let Ok(bytes) = std::fs::read(dir.join(MANIFEST_FILE)) {
         tree.insert(MANIFEST_FILE, TreeEntry::File(bytes));
     }
     Ok(tree)

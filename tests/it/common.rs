@@ -184,6 +184,19 @@ impl Fixture {
     }
 }
 
+/// `age-keygen -o path`: writes an identity, returns its recipient.
+pub fn age_keygen(path: &Path) -> String {
+    run(Command::new("age-keygen")
+        .arg("-o")
+        .arg(path)
+        .stderr(Stdio::null()));
+    let key = std::fs::read_to_string(path).expect("identity");
+    key.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("recipient")
+        .to_owned()
+}
+
 pub fn ssh_keygen(path: &Path, comment: &str, kind: &str) -> String {
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
@@ -232,15 +245,7 @@ pub fn fixture() -> Fixture {
         format!("odoo namespaces=\"vworkspace-release\" {odoo}\nalice namespaces=\"vworkspace-release\" {engineer}\n"),
     )
     .expect("write");
-    run(Command::new("age-keygen")
-        .arg("-o")
-        .arg(root.join("cluster.agekey")));
-    let key = std::fs::read_to_string(root.join("cluster.agekey")).expect("identity");
-    let recipient = key
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("recipient")
-        .to_owned();
+    let recipient = age_keygen(&root.join("cluster.agekey"));
     let f = Fixture {
         _dir: dir,
         root,

@@ -59,7 +59,7 @@ fn code(text: &str) -> String {
 }
 
 /// Every `crate::a::b` / `super::a` path in `code`, made absolute for module `this`.
-fn paths(code: &str, this: &str, is_dir_module: bool) -> Vec<Vec<String>> {
+fn paths(code: &str, this: &str) -> Vec<Vec<String>> {
     let mut found = Vec::new();
     let bytes = code.as_bytes();
     for (start, word) in [("crate::", true), ("super::", false)] {
@@ -78,7 +78,6 @@ fn paths(code: &str, this: &str, is_dir_module: bool) -> Vec<Vec<String>> {
                 } else {
                     this.split("::").map(str::to_owned).collect()
                 };
-                let _ = is_dir_module;
                 base.pop();
                 segments = base;
             }
@@ -126,9 +125,8 @@ fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).expect("read source");
-        let is_dir = file.ends_with("mod.rs");
         let entry = graph.entry(module.clone()).or_default();
-        for path in paths(&code(&text), module, is_dir) {
+        for path in paths(&code(&text), module) {
             // The longest prefix that is a module of this crate.
             let target = (0..=path.len())
                 .rev()
@@ -254,15 +252,15 @@ fn the_cycle_finder_finds_cycles() {
     graph.insert("d".into(), ["a".to_owned()].into());
     assert_eq!(cycles(&graph), vec![vec!["a", "b", "c"]]);
     assert_eq!(
-        paths("use crate::trust::release::{self};", "intent", false),
+        paths("use crate::trust::release::{self};", "intent"),
         vec![vec!["trust", "release"]]
     );
     assert_eq!(
-        paths("use crate::{cluster::rbac, metrics};", "runtime", false),
+        paths("use crate::{cluster::rbac, metrics};", "runtime"),
         vec![vec!["cluster", "rbac"], vec!["metrics"]]
     );
     assert_eq!(
-        paths("super::ChildContext", "children::instance", false),
+        paths("super::ChildContext", "children::instance"),
         vec![vec!["children", "ChildContext"]]
     );
 }

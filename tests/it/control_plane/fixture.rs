@@ -5,28 +5,14 @@
 //! namespaces chosen by the test (tests share one API server).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
 
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+pub use crate::common::run;
 
 fn ssh_keygen(path: &Path, comment: &str) -> String {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(path));
-    std::fs::read_to_string(path.with_extension("pub"))
-        .expect("public key")
-        .trim()
-        .to_owned()
+    crate::common::ssh_keygen(path, comment, "ed25519")
 }
 
 pub struct Intent {
@@ -61,16 +47,7 @@ impl Intent {
             ),
         )
         .expect("write");
-        run(Command::new("age-keygen")
-            .arg("-o")
-            .arg(root.join("cluster.agekey"))
-            .stderr(Stdio::null()));
-        let key = std::fs::read_to_string(root.join("cluster.agekey")).expect("identity");
-        let recipient = key
-            .lines()
-            .find_map(|l| l.strip_prefix("# public key: "))
-            .expect("recipient")
-            .to_owned();
+        let recipient = crate::common::age_keygen(&root.join("cluster.agekey"));
         let intent = Intent {
             _dir: dir,
             root,
