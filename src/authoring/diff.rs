@@ -126,12 +126,13 @@ pub async fn diff_with_client(
         }
     };
     let plan = vworkspace_core::plan::desired(&verified);
-    let live = match vworkspace_controller::cluster::apply::list_live(&client, &args.trust.cluster)
-        .await
-    {
-        Ok(live) => live,
-        Err(e) => return api_failed(out, "list the live objects", e),
-    };
+    let live =
+        match vworkspace_controller::cluster::apply::list_live(&client, &args.trust.cluster, None)
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => return api_failed(out, "list the live objects", e),
+        };
     let managed = match vworkspace_controller::cluster::namespaces::list_managed(&client).await {
         Ok(m) => m,
         Err(e) => return api_failed(out, "list the managed namespaces", e),

@@ -53,6 +53,13 @@ struct Row {
     run_peak_kib: u64,
     run_rest_kib: u64,
     run_requests: usize,
+    /// HelmRelease Ready -> instance Ready, per sampled instance (sorted).
+    ready_latency: Vec<Duration>,
+    /// The long-running process's no-op pass: its duration (from its log), the RSS it added above
+    /// rest, and its write requests.
+    rest_pass: Option<Duration>,
+    rest_pass_added_kib: u64,
+    rest_pass_writes: usize,
     cluster_bytes: usize,
     inventory_bytes: usize,
 }
@@ -67,11 +74,18 @@ fn secs(d: Duration) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Cluster object | inventory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Ready mirrored (median / max) | no-op pass, long-running | its RSS above rest | its writes | Cluster object | inventory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
+        let latency = match (
+            r.ready_latency.get(r.ready_latency.len() / 2),
+            r.ready_latency.last(),
+        ) {
+            (Some(median), Some(max)) => format!("{} / {}", secs(*median), secs(*max)),
+            _ => "not measured".to_owned(),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B |\n",
             r.instances,
             secs(r.first_apply),
             mib(r.first_apply_peak_kib),
@@ -83,6 +97,10 @@ fn table(rows: &[Row]) -> String {
             mib(r.run_peak_kib),
             mib(r.run_rest_kib),
             r.run_requests,
+            latency,
+            r.rest_pass.map_or("not measured".to_owned(), |d| format!("{} ms", d.as_millis())),
+            mib(r.rest_pass_added_kib),
+            r.rest_pass_writes,
             r.cluster_bytes,
             r.inventory_bytes,
         ));
@@ -286,7 +304,8 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
     if env.shared.thirdparty.is_some() {
         let audit = super::server::Audit::mark(&env.cp.audit_log);
         let mut cmd = operator_cmd(env, &scope.dir);
-        cmd.env("RUST_LOG", "warn");
+        // The pass's own log line carries its duration (the no-op pass below).
+        cmd.env("RUST_LOG", "warn,vworkspace_controller::cluster=info");
         let started = Instant::now();
         let mut run = Proc::spawn(&mut cmd, &scope.dir, "run");
         let pid = run.child.id();
@@ -330,6 +349,9 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         row.children = children;
+        if children.is_some() {
+            row.ready_latency = mirror_readiness(env, &names, instances).await;
+        }
         let resting = Instant::now();
         while resting.elapsed() < rest {
             if let Some((hwm, rss)) = rss_kib(pid) {
@@ -338,6 +360,17 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if children.is_some() {
+            let audit = super::server::Audit::mark(&env.cp.audit_log);
+            let (took, added) = poked_pass(env, &cluster, &run, 1).await;
+            row.rest_pass = took;
+            row.rest_pass_added_kib = added;
+            row.rest_pass_writes = audit.writes_by(OPERATOR_USER).len();
+            repaired_by_a_pass(env, &cluster, &names[0], &run).await;
+        }
+        if let Some((hwm, _)) = rss_kib(pid) {
+            row.run_peak_kib = row.run_peak_kib.max(hwm);
+        }
         run.stop();
         row.run_requests = requests_by_operator(&audit);
     }
@@ -345,6 +378,165 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
     drop(scope);
     eprintln!("{}", table(std::slice::from_ref(&row)));
     row
+}
+
+/// Plays Flux's helm-controller on a sample of HelmReleases (none runs here): marks each `Ready`,
+/// then times until its instance's status says `Ready=True`. Sorted latencies.
+async fn mirror_readiness(env: &Env, namespaces: &[String], instances: usize) -> Vec<Duration> {
+    let sample: Vec<usize> = (0..10).map(|k| k * instances / 10).collect();
+    let (release_resource, _) =
+        resource(&env.admin, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await;
+    let mut marked = Vec::new();
+    for i in sample {
+        let (ns, name) = (&namespaces[i / 10], format!("app-{i:05}"));
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(env.admin.clone(), ns, &release_resource);
+        let status = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "status": {"observedGeneration": 1, "conditions": [{
+                "type": "Ready", "status": "True", "reason": "InstallSucceeded",
+                "message": "Helm install succeeded (played by the scale bench)",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        api.patch_status(
+            &name,
+            &kube::api::PatchParams::apply("vws-scale-bench-flux").force(),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .expect("mark a HelmRelease Ready");
+        marked.push((ns.clone(), name, Instant::now()));
+    }
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !marked.is_empty() && Instant::now() < deadline {
+        let mut waiting = Vec::new();
+        for (ns, name, at) in marked {
+            let instance = super::server::get(
+                &env.admin,
+                super::AI,
+                "ApplicationInstance",
+                Some(&ns),
+                &name,
+            )
+            .await
+            .map(|o| o.data["status"]["conditions"].clone());
+            let ready = instance.and_then(|c| {
+                c.as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")
+                    .map(|c| c["status"] == "True")
+            });
+            if ready == Some(true) {
+                latencies.push(at.elapsed());
+            } else {
+                waiting.push((ns, name, at));
+            }
+        }
+        marked = waiting;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        marked.is_empty(),
+        "Ready mirrored into every sampled instance within 120 s; not: {:?}",
+        marked.iter().map(|m| &m.1).collect::<Vec<_>>()
+    );
+    latencies.sort();
+    latencies
+}
+
+/// How many passes of the long-running `run` have logged their end so far, with the last one's
+/// duration.
+fn passes_logged(run: &Proc) -> (usize, Option<Duration>) {
+    let log = run.stderr();
+    let ends: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("pass succeeded"))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = ends
+        .last()
+        .and_then(|e| e["duration_ms"].as_u64())
+        .map(Duration::from_millis);
+    (ends.len(), last)
+}
+
+/// Touches the Cluster (an annotation: its watch triggers a pass) and waits for that pass to log its
+/// end: (its duration, the largest RSS it added above the RSS before it, in KiB).
+async fn poked_pass(env: &Env, cluster: &str, run: &Proc, poke: u32) -> (Option<Duration>, u64) {
+    let pid = run.child.id();
+    let (before, _) = passes_logged(run);
+    let resting = rss_kib(pid).map_or(0, |(_, rss)| rss);
+    super::server::merge_patch(
+        &env.admin,
+        super::OPS,
+        "Cluster",
+        None,
+        cluster,
+        &json!({"metadata": {"annotations": {"bench.vworkspace.io/poke": poke.to_string()}}}),
+    )
+    .await
+    .expect("poke the Cluster");
+    let started = Instant::now();
+    let mut added = 0;
+    while started.elapsed() < Duration::from_secs(300) {
+        if let Some((_, rss)) = rss_kib(pid) {
+            added = added.max(rss.saturating_sub(resting));
+        }
+        let (now, took) = passes_logged(run);
+        if now > before {
+            return (took, added);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no pass of the long-running run after the poke: {}",
+        run.stderr()
+    );
+}
+
+/// A spec changed by hand (break glass, so admission lets it through) is put back by the next pass
+/// of the long-running process, which reads the live objects from its watch.
+async fn repaired_by_a_pass(env: &Env, cluster: &str, namespace: &str, run: &Proc) {
+    let hand = super::server::break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    let name = format!("app-{:05}", 0);
+    super::server::merge_patch(
+        &hand,
+        super::AI,
+        "ApplicationInstance",
+        Some(namespace),
+        &name,
+        &json!({"spec": {"values": {"host": "changed-by-hand.example.org"}}}),
+    )
+    .await
+    .expect("break-glass edit");
+    // The watch must have delivered the edit before the pass reads the store.
+    wait_for("the edit to be visible", 30, || async {
+        let live = super::server::get(
+            &env.admin,
+            super::AI,
+            "ApplicationInstance",
+            Some(namespace),
+            &name,
+        )
+        .await?;
+        (live.data["spec"]["values"]["host"] == "changed-by-hand.example.org").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    poked_pass(env, cluster, run, 2).await;
+    let live = super::server::get(
+        &env.admin,
+        super::AI,
+        "ApplicationInstance",
+        Some(namespace),
+        &name,
+    )
+    .await
+    .expect("the instance");
+    assert_eq!(
+        live.data["spec"]["values"]["host"],
+        json!(format!("{name}.example.org")),
+        "the long-running pass put the declared spec back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,6 +553,15 @@ async fn scale_smoke() {
     assert_eq!(row.noop_writes, 0, "an unchanged pass writes nothing");
     assert!(row.first_apply_writes >= 20, "{row:?}");
     assert!(row.children.is_some(), "every child is created: {row:?}");
+    assert_eq!(row.ready_latency.len(), 10, "Ready mirrored: {row:?}");
+    assert!(
+        row.rest_pass.is_some(),
+        "the long-running pass ran: {row:?}"
+    );
+    assert_eq!(
+        row.rest_pass_writes, 0,
+        "the long-running no-op pass writes nothing"
+    );
     assert!(row.run_peak_kib > 0 && row.cluster_bytes > row.inventory_bytes);
     // The bench's own plumbing: the binary it runs is the one under test.
     assert!(Path::new(BIN).is_file());

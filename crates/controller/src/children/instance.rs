@@ -255,13 +255,20 @@ pub async fn reconcile(
         &api_resource("source.toolkit.fluxcd.io/v1", &source_kind, plural),
         &namespace,
         &source,
+        false,
     )
     .await?;
+    let known_absent = ctx
+        .caches
+        .helm_releases
+        .as_ref()
+        .is_some_and(|w| w.known(&namespace, &name) == super::watches::Known::Absent);
     let (live_release, _) = ensure_dynamic(
         &ctx.client,
         &api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases"),
         &namespace,
         &release,
+        known_absent,
     )
     .await?;
     let ready = flux::helm_release_ready(&live_release).unwrap_or_else(|| {
@@ -290,12 +297,28 @@ pub async fn reconcile(
         now,
     );
     write_status(&ctx, &instance, &status).await?;
-    // No watch on HelmReleases (the operator may only list them per namespace): poll until Ready.
-    Ok(Action::requeue(Duration::from_secs(if is_ready {
-        600
+    Ok(Action::requeue(next_look(
+        is_ready,
+        ctx.caches.helm_releases.is_some(),
+    )))
+}
+
+/// When an applied instance is looked at again. With the per-namespace HelmRelease watches
+/// ([`super::watches`]) a change of `Ready` triggers the reconcile, so only the resync of what is
+/// not watched remains ([`super::RESYNC_WITH_WATCH`], jittered so that 10,000 instances applied
+/// together do not come back together); without them a HelmRelease that is not Ready yet is polled
+/// every [`super::POLL_WITHOUT_WATCH`].
+pub fn next_look(ready: bool, watched: bool) -> Duration {
+    if watched {
+        crate::cluster::retry::jittered(
+            super::RESYNC_WITH_WATCH,
+            crate::cluster::retry::random_jitter(),
+        )
+    } else if ready {
+        super::RESYNC_WITH_WATCH
     } else {
-        30
-    })))
+        super::POLL_WITHOUT_WATCH
+    }
 }
 
 /// Writes `Ready=False` with a refusal `reason`; counts it and records an Event when the instance was
@@ -335,4 +358,23 @@ pub fn error_policy(
 ) -> Action {
     tracing::warn!(reason = error.reason(), error = %error, "ApplicationInstance not reconciled");
     Action::requeue(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_instances_are_resynced_rarely_unwatched_ones_polled_until_ready() {
+        for ready in [true, false] {
+            let next = next_look(ready, true);
+            assert!(
+                next >= super::super::RESYNC_WITH_WATCH.mul_f64(0.9)
+                    && next <= super::super::RESYNC_WITH_WATCH.mul_f64(1.1),
+                "{next:?}"
+            );
+        }
+        assert_eq!(next_look(false, false), super::super::POLL_WITHOUT_WATCH);
+        assert_eq!(next_look(true, false), super::super::RESYNC_WITH_WATCH);
+    }
 }

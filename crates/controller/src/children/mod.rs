@@ -12,6 +12,7 @@ pub mod flux;
 pub mod instance;
 pub mod operation;
 pub mod refusal;
+pub mod watches;
 pub mod webhook_server;
 
 use std::collections::HashMap;
@@ -61,13 +62,34 @@ pub struct Caches {
     pub clusters: Option<Store<Cluster>>,
     /// The namespaces carrying the managed label (a watch with that label selector).
     pub managed_namespaces: Option<Store<Namespace>>,
-    /// Parsed identities per identity Secret: `(name, key)` -> (resourceVersion, identities). One
-    /// entry per Secret a `Cluster` names, replaced when the Secret's resourceVersion moves.
+    /// The per-namespace HelmRelease watches ([`watches`]): readiness is mirrored on their events
+    /// instead of by polling. `None`: poll every [`POLL_WITHOUT_WATCH`].
+    pub helm_releases: Option<watches::HelmReleaseWatches>,
+    /// Parsed identities per identity Secret: `(name, key)` -> (when read, resourceVersion,
+    /// identities). One entry per Secret a `Cluster` names; read again after [`IDENTITY_REREAD`]
+    /// and parsed again only when the Secret's resourceVersion moved.
     identities: Arc<Mutex<IdentityCache>>,
 }
 
-/// `(Secret name, key)` -> (the Secret's resourceVersion, the identities parsed from it).
-type IdentityCache = HashMap<(String, String), (String, Identities)>;
+/// `(Secret name, key)` -> (when it was read, the Secret's resourceVersion, the identities parsed
+/// from it).
+type IdentityCache = HashMap<(String, String), (std::time::Instant, String, Identities)>;
+
+/// How long an identity Secret, once read, is used before it is read again. Every instance of a
+/// Cluster is decrypted with the same Secret: at 10,000 instances reading it for each would be
+/// 10,000 reads of one object in a burst. A rotated identity is picked up within this time (the
+/// `Cluster` pass, which reads the Secret on every pass, already refuses a release the new identity
+/// cannot decrypt).
+pub const IDENTITY_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often an instance whose HelmRelease is not Ready is reconciled again when no HelmRelease
+/// watch runs (tests against a fake API server, which serves no watches on Flux kinds).
+pub const POLL_WITHOUT_WATCH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often every instance is reconciled again while the HelmRelease watches run: drift of the
+/// values Secret and the Flux source (neither is watched; Secrets cannot be, the operator may not
+/// list them) is repaired within this time; the HelmRelease's own changes arrive by watch.
+pub const RESYNC_WITH_WATCH: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Caches {
     /// Caches over the given stores.
@@ -75,6 +97,7 @@ impl Caches {
         Caches {
             clusters: Some(clusters),
             managed_namespaces: Some(managed_namespaces),
+            helm_releases: None,
             identities: Arc::default(),
         }
     }
@@ -114,10 +137,20 @@ impl ChildContext {
     }
 
     /// The age identities a `Cluster` names, read from its Secret (by name; the operator may not
-    /// list Secrets) and parsed only when the Secret's resourceVersion differs from the one parsed
-    /// last.
+    /// list Secrets) at most every [`IDENTITY_REREAD`], and parsed only when the Secret's
+    /// resourceVersion differs from the one parsed last.
     pub async fn identities(&self, reference: &IdentitySecretRef) -> Result<Identities, Error> {
         let key = reference.key_or_default().to_owned();
+        let cache_key = (reference.name.clone(), key.clone());
+        let lock = || match self.caches.identities.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((read, _, parsed)) = lock().get(&cache_key)
+            && read.elapsed() < IDENTITY_REREAD
+        {
+            return Ok(parsed.clone());
+        }
         let source = format!("Secret {}/{} key {key}", self.namespace, reference.name);
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         // Read by name, as the Cluster pass reads it (never listed).
@@ -125,16 +158,13 @@ impl ChildContext {
             "get Secret {}/{}",
             self.namespace, reference.name
         )))?;
+        let read = std::time::Instant::now();
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
-        let cache_key = (reference.name.clone(), key.clone());
-        let lock = || match self.caches.identities.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         if !version.is_empty()
-            && let Some((seen, parsed)) = lock().get(&cache_key)
+            && let Some((at, seen, parsed)) = lock().get_mut(&cache_key)
             && *seen == version
         {
+            *at = read;
             return Ok(parsed.clone());
         }
         let bytes = zeroize::Zeroizing::new(
@@ -149,7 +179,7 @@ impl ChildContext {
         );
         let parsed = crate::cluster::trust::parse_identities(&source, &bytes)?;
         if !version.is_empty() {
-            lock().insert(cache_key, (version, parsed.clone()));
+            lock().insert(cache_key, (read, version, parsed.clone()));
         }
         Ok(parsed)
     }
@@ -284,20 +314,26 @@ pub fn same_object(desired: &Value, live: &Value) -> bool {
 }
 
 /// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
-/// object (after the write, if any) and whether it wrote.
+/// object (after the write, if any) and whether it wrote. `known_absent`: a watch has listed the
+/// namespace and not seen the object, so the read is skipped (were the watch behind, the apply
+/// changes nothing that is already there).
 pub async fn ensure_dynamic(
     client: &Client,
     resource: &ApiResource,
     namespace: &str,
     desired: &Value,
+    known_absent: bool,
 ) -> Result<(Value, bool), Error> {
     let name = desired["metadata"]["name"].as_str().unwrap_or_default();
     let what = format!("{} {namespace}/{name}", resource.kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
-    let live = api
-        .get_opt(name)
-        .await
-        .map_err(kube_error(format!("get {what}")))?;
+    let live = if known_absent {
+        None
+    } else {
+        api.get_opt(name)
+            .await
+            .map_err(kube_error(format!("get {what}")))?
+    };
     if let Some(live) = &live {
         let live = serde_json::to_value(live).unwrap_or(Value::Null);
         if same_object(desired, &live) {

@@ -273,7 +273,8 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
         }
     };
     let resource = api_resource(&child.api_version, &child.kind, &child.plural);
-    let (live, _) = ensure_dynamic(&ctx.client, &resource, &child.namespace, &child.body).await?;
+    let (live, _) =
+        ensure_dynamic(&ctx.client, &resource, &child.namespace, &child.body, false).await?;
     let (phase, reason, message) = engines::phase_of(&child.kind, &live);
     let logs_ref = match engines::pod_selector(&child.kind, &child.name) {
         Some(selector) => latest_pod(&ctx, &child.namespace, &selector).await?,

@@ -3,6 +3,7 @@
 //! to prune. Only this module and its siblings touch the API server; the decisions are made before.
 
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::error::Error;
@@ -94,9 +95,94 @@ pub async fn get_unlisted(
     Ok(live)
 }
 
-/// Lists every ApplicationInstance and Operation that carries this cluster source's label, in all
-/// namespaces (the seed ClusterRole allows `list` on the operator's own kinds).
-pub async fn list_live(client: &Client, cluster: &str) -> Result<Vec<LiveObject>, Error> {
+/// The watched ApplicationInstances and Operations of the long-running process (the reflector stores
+/// of their controllers, kept without `managedFields`).
+#[derive(Clone)]
+pub struct LiveStores {
+    /// Every ApplicationInstance.
+    pub instances: Store<ApplicationInstance>,
+    /// Every Operation.
+    pub operations: Store<Operation>,
+}
+
+impl std::fmt::Debug for LiveStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveStores")
+            .field("instances", &self.instances.len())
+            .field("operations", &self.operations.len())
+            .finish()
+    }
+}
+
+impl LiveStores {
+    /// The objects labelled for `cluster`, when both stores hold their first list; `None` before.
+    pub fn labelled(&self, cluster: &str) -> Option<Vec<LiveObject>> {
+        use futures::FutureExt;
+        let ready = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
+        if !ready(self.instances.wait_until_ready().now_or_never())
+            || !ready(self.operations.wait_until_ready().now_or_never())
+        {
+            return None;
+        }
+        let ours = |meta: &kube::api::ObjectMeta| {
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CLUSTER))
+                .is_some_and(|v| v == cluster)
+        };
+        let [instance_resource, operation_resource] = resources();
+        let mut live = Vec::new();
+        for object in self.instances.state_filter(|o| ours(&o.metadata)) {
+            live.extend(typed_live_object(
+                &instance_resource,
+                &object.metadata,
+                serde_json::to_value(&object.spec),
+            ));
+        }
+        for object in self.operations.state_filter(|o| ours(&o.metadata)) {
+            live.extend(typed_live_object(
+                &operation_resource,
+                &object.metadata,
+                serde_json::to_value(&object.spec),
+            ));
+        }
+        Some(live)
+    }
+}
+
+fn typed_live_object(
+    resource: &ApiResource,
+    metadata: &kube::api::ObjectMeta,
+    spec: serde_json::Result<serde_json::Value>,
+) -> Option<LiveObject> {
+    Some(LiveObject {
+        id: InventoryEntry {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            namespace: metadata.namespace.clone()?,
+            name: metadata.name.clone()?,
+        },
+        labels: metadata.labels.clone().unwrap_or_default(),
+        annotations: metadata.annotations.clone().unwrap_or_default(),
+        // A spec that does not serialize compares as different: the pass applies it again.
+        spec: spec.unwrap_or(serde_json::Value::Null),
+        // Labelled for this source: ours, so no holder is ever named from these.
+        managers: Vec::new(),
+    })
+}
+
+/// Every ApplicationInstance and Operation that carries this cluster source's label, in all
+/// namespaces: from `stores` when the long-running process watches them (a pass that changes
+/// nothing then sends no request for them; an edit by hand reaches the store by the watch), else
+/// listed (the seed ClusterRole allows `list` on the operator's own kinds).
+pub async fn list_live(
+    client: &Client,
+    cluster: &str,
+    stores: Option<&LiveStores>,
+) -> Result<Vec<LiveObject>, Error> {
+    if let Some(live) = stores.and_then(|s| s.labelled(cluster)) {
+        return Ok(live);
+    }
     let params = ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}"));
     let mut live = Vec::new();
     for resource in resources() {
@@ -250,4 +336,69 @@ pub async fn write(
         done.pruned.push(id.clone());
     }
     (done, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn instance(namespace: &str, name: &str, cluster: Option<&str>) -> ApplicationInstance {
+        let mut labels = serde_json::Map::new();
+        if let Some(cluster) = cluster {
+            labels.insert(LABEL_CLUSTER.into(), json!(cluster));
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+            "metadata": {"namespace": namespace, "name": name, "labels": labels,
+                         "annotations": {"a": "1"}},
+            "spec": {"chart": {"repository": "https://charts.example.org/", "name": "c", "version": "1.0.0"},
+                     "values": {"replicas": 2}}
+        }))
+        .expect("an instance")
+    }
+
+    #[test]
+    fn live_objects_come_from_the_stores_once_both_listed_and_only_this_sources() {
+        let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
+        let (operations, mut operation_writer) = reflector::store::<Operation>();
+        let stores = LiveStores {
+            instances,
+            operations,
+        };
+        assert!(stores.labelled("prod").is_none(), "nothing listed yet");
+        instance_writer.apply_watcher_event(&Event::Init);
+        for object in [
+            instance("a", "one", Some("prod")),
+            instance("a", "two", Some("staging")),
+            instance("b", "three", None),
+        ] {
+            instance_writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        instance_writer.apply_watcher_event(&Event::InitDone);
+        assert!(
+            stores.labelled("prod").is_none(),
+            "the Operations are not listed yet: the caller lists instead"
+        );
+        operation_writer.apply_watcher_event(&Event::Init);
+        operation_writer.apply_watcher_event(&Event::InitDone);
+        let live = stores.labelled("prod").expect("both stores listed");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].id.kind, "ApplicationInstance");
+        assert_eq!(
+            (live[0].id.namespace.as_str(), live[0].id.name.as_str()),
+            ("a", "one")
+        );
+        assert_eq!(live[0].spec["values"]["replicas"], json!(2));
+        assert_eq!(live[0].annotations.get("a").map(String::as_str), Some("1"));
+        assert!(live[0].managers.is_empty());
+        // An edit by hand reaches the store by the watch, and so the next pass.
+        let mut edited = instance("a", "one", Some("prod"));
+        edited.spec.values = Some(json!({"replicas": 3}));
+        instance_writer.apply_watcher_event(&Event::Apply(edited));
+        let live = stores.labelled("prod").expect("listed");
+        assert_eq!(live[0].spec["values"]["replicas"], json!(3));
+    }
 }

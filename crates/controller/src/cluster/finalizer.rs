@@ -66,7 +66,7 @@ pub async fn remove(client: &Client, name: &str) -> Result<(), Error> {
 pub async fn deletable(client: &Client, cluster: &Cluster) -> Result<Vec<InventoryEntry>, Error> {
     let managed = namespaces::list_managed(client).await?;
     let managed: std::collections::BTreeSet<String> = managed.into_iter().map(|m| m.name).collect();
-    let live = apply::list_live(client, &cluster.spec.cluster_id).await?;
+    let live = apply::list_live(client, &cluster.spec.cluster_id, None).await?;
     let inventory = cluster
         .status
         .as_ref()

@@ -98,6 +98,9 @@ pub struct Context {
     /// Closed (with a grace) when the process is stopping: a running pass is then cut like at its
     /// deadline, and its status, with what it wrote, recorded. Unfenced by default.
     pub stopping: crate::fence::Fence,
+    /// The watched live objects of the long-running process ([`Context::set_live_stores`]): a pass
+    /// reads the live state from them instead of listing. Unset (`run --once`, tests): listed.
+    live: std::sync::OnceLock<apply::LiveStores>,
     state: Mutex<HashMap<String, SourceState>>,
 }
 
@@ -112,8 +115,14 @@ impl Context {
             declared: Arc::default(),
             fence: crate::fence::Fence::unfenced(),
             stopping: crate::fence::Fence::unfenced(),
+            live: std::sync::OnceLock::new(),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets passes read live objects from these watched stores (once; a second call is ignored).
+    pub fn set_live_stores(&self, stores: apply::LiveStores) {
+        let _ = self.live.set(stores);
     }
 
     /// Drops everything this process keeps about a `Cluster` (its memo with the verified intent,
@@ -343,7 +352,7 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
 
     // Plan against the live cluster, then write.
     let plan = vworkspace_core::plan::desired(&verified);
-    let mut live = match apply::list_live(client, &spec.cluster_id).await {
+    let mut live = match apply::list_live(client, &spec.cluster_id, ctx.live.get()).await {
         Ok(live) => live,
         Err(e) => return fail(report, e),
     };
@@ -638,6 +647,7 @@ async fn finish(
                 commit = report.attempted_commit.as_deref().unwrap_or("none"),
                 applied = report.writes.0,
                 pruned = report.writes.1,
+                duration_ms = started.elapsed().as_millis() as u64,
                 "pass succeeded"
             )
         }

@@ -284,27 +284,51 @@ pub async fn controllers(
     let fence = ctx.fence.clone();
     let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace_changes = reflector(
-        namespace_writer,
+    // Signalled on every change of a managed namespace: the HelmRelease watches follow the set.
+    let namespace_changed = Arc::new(tokio::sync::Notify::new());
+    let namespace_changes = {
+        let changed = namespace_changed.clone();
         watcher(
             namespaces,
             watcher::Config::default().labels(&cluster::namespaces::selector()),
-        ),
-    )
-    .default_backoff()
-    .filter_map(|event| async move {
-        match event {
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
-            _ => None,
-        }
-    });
-    let cluster_controller = Controller::new(
-        Api::<Cluster>::all(client.clone()),
-        watcher::Config::default(),
-    );
+        )
+        .default_backoff()
+        .modify(lean)
+        .reflect(namespace_writer)
+        .filter_map(move |event| {
+            let changed = changed.clone();
+            async move {
+                match event {
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                        changed.notify_one();
+                        Some(())
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        changed.notify_one();
+                        None
+                    }
+                    _ => None,
+                }
+            }
+        })
+    };
+    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()));
     // The Cluster controller's own reflector store, shared with the children (no second watch).
     let cluster_store = cluster_controller.store();
-    let caches = crate::children::Caches::new(cluster_store.clone(), namespace_store.clone());
+    let mut caches = crate::children::Caches::new(cluster_store.clone(), namespace_store.clone());
+    let helm_releases = crate::children::watches::HelmReleaseWatches::default();
+    caches.helm_releases = Some(helm_releases.clone());
+    // Built here so that their stores exist for the Cluster pass (which reads the live objects of
+    // a no-op pass from them instead of listing); they fill once the controllers run.
+    let instance_controller = lean_controller(
+        Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
+    );
+    let operation_controller =
+        lean_controller(Api::<vworkspace_core::crd::Operation>::all(client.clone()));
+    ctx.set_live_stores(cluster::apply::LiveStores {
+        instances: instance_controller.store(),
+        operations: operation_controller.store(),
+    });
     // Deletions, from a metadata-only watch (names only): forget what the process held for them.
     let deletions = {
         let (ctx, caches, store) = (ctx.clone(), caches.clone(), cluster_store.clone());
@@ -344,6 +368,14 @@ pub async fn controllers(
         shared.caches = caches;
         Arc::new(shared)
     };
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let helm_release_watches = helm_releases.run(
+        client.clone(),
+        namespace_store.clone(),
+        namespace_changed,
+        trigger_tx,
+        stopped(stop.clone()),
+    );
     let clusters = cluster_controller
         .reconcile_all_on(namespace_changes)
         .graceful_shutdown_on(stopped(stop.clone()))
@@ -366,22 +398,20 @@ pub async fn controllers(
                 () = ready => {}
                 () = stopped(stop.clone()) => return,
             }
-            Controller::new(
-                Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .with_config(config)
-            .reconcile_all_on(
-                declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
-            )
-            .graceful_shutdown_on(stopped(stop.clone()))
-            .run(
-                fenced(fence.clone(), crate::children::instance::reconcile),
-                crate::children::instance::error_policy,
-                children.clone(),
-            )
-            .for_each(log_result)
-            .await;
+            instance_controller
+                .with_config(config)
+                .reconcile_all_on(
+                    declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+                )
+                .reconcile_on(trigger_rx.take_until(stopped(stop.clone())))
+                .graceful_shutdown_on(stopped(stop.clone()))
+                .run(
+                    fenced(fence.clone(), crate::children::instance::reconcile),
+                    crate::children::instance::error_policy,
+                    children.clone(),
+                )
+                .for_each(log_result)
+                .await;
         }
     };
     let operations = async move {
@@ -393,24 +423,54 @@ pub async fn controllers(
             () = ready => {}
             () = stopped(stop.clone()) => return,
         }
-        Controller::new(
-            Api::<vworkspace_core::crd::Operation>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        )
-        .with_config(config)
-        .reconcile_all_on(
-            declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
-        )
-        .graceful_shutdown_on(stopped(stop))
-        .run(
-            fenced(fence.clone(), crate::children::operation::reconcile),
-            crate::children::operation::error_policy,
-            children,
-        )
-        .for_each(log_result)
-        .await;
+        operation_controller
+            .with_config(config)
+            .reconcile_all_on(
+                declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
+            )
+            .graceful_shutdown_on(stopped(stop))
+            .run(
+                fenced(fence.clone(), crate::children::operation::reconcile),
+                crate::children::operation::error_policy,
+                children,
+            )
+            .for_each(log_result)
+            .await;
     };
-    tokio::join!(clusters, instances, operations, deletions);
+    tokio::join!(
+        clusters,
+        instances,
+        operations,
+        deletions,
+        helm_release_watches
+    );
+}
+
+/// Drops what no reconcile reads from a watched object before it is stored: `managedFields` (which
+/// repeat the shape of the whole object, a third or more of its size). Ownership checks read them
+/// from objects fetched by name ([`cluster::apply::get_unlisted`]), never from a store.
+fn lean<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// A controller over every `K`, its store kept lean ([`lean`]).
+fn lean_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(lean)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(stream, reader)
 }
 
 /// One item each time the declared set's generation moves (polled every [`DECLARED_POLL`]).

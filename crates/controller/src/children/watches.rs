@@ -1,0 +1,392 @@
+//! Watches on the HelmReleases the instance controller makes, one per managed namespace: the
+//! operator's rights on HelmReleases are granted per namespace (the seed's namespace Role), so there
+//! is no cluster-wide watch to take. A HelmRelease whose `Ready` changes (Flux's helm-controller
+//! finished, or failed) triggers a reconcile of its instance, which mirrors it into the instance's
+//! status within the watch's latency instead of a polling interval; one deleted by hand triggers it
+//! too, so it is put back at once.
+//!
+//! What each watch keeps is small: per HelmRelease, a fingerprint of its `Ready` condition (no object
+//! is stored). The same map tells the instance controller that a HelmRelease does not exist yet, so
+//! that its first apply skips the read before it (an apply is idempotent: a stale "absent" costs one
+//! apply that changes nothing, never a missed difference).
+//!
+//! The decisions ([`namespaces_to_change`], [`fingerprint`], [`Namespace::observe`]) are pure and
+//! unit-tested; [`HelmReleaseWatches::run`] does the I/O.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::children::flux::{self, LABEL_INSTANCE};
+use vworkspace_core::crd::ApplicationInstance;
+use vworkspace_core::labels::{LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+
+/// How often the set of watched namespaces is compared with the managed namespaces when no change
+/// of a namespace was signalled (a missed signal costs at most this long).
+pub const RESYNC_NAMESPACES: Duration = Duration::from_secs(10);
+
+/// A fingerprint of a HelmRelease's `Ready` condition (status, reason, message, observed
+/// generation); `None` when it has none yet.
+pub type ReadyFingerprint = Option<u64>;
+
+/// The fingerprint of a HelmRelease's `Ready` condition.
+pub fn fingerprint(helm_release: &serde_json::Value) -> ReadyFingerprint {
+    let ready = flux::helm_release_ready(helm_release)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ready.hash(&mut hasher);
+    helm_release["status"]["observedGeneration"]
+        .as_i64()
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// What one namespace's watch knows.
+#[derive(Debug, Default)]
+pub struct Namespace {
+    /// Whether the watch's first list (or its last relist) completed: until then an absent name
+    /// proves nothing.
+    synced: bool,
+    /// HelmRelease name -> its `Ready` fingerprint.
+    ready: HashMap<String, ReadyFingerprint>,
+    /// Names seen during a relist in progress (the rest are gone once it completes).
+    relisting: Option<HashSet<String>>,
+}
+
+/// One watch event, as [`Namespace::observe`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// A (re)list starts.
+    ListStarted,
+    /// An object of the (re)list.
+    Listed(String, ReadyFingerprint),
+    /// The (re)list completed.
+    ListDone,
+    /// An object was created or changed.
+    Changed(String, ReadyFingerprint),
+    /// An object was deleted.
+    Deleted(String),
+}
+
+impl Namespace {
+    /// Takes one event; returns the names of the HelmReleases whose instance should be reconciled:
+    /// those whose `Ready` changed, and those deleted. A HelmRelease first seen without `Ready`
+    /// (the instance controller just made it) triggers nothing, nor does the first list of a
+    /// namespace (the controller reconciles every instance when it starts).
+    pub fn observe(&mut self, event: Observed) -> Vec<String> {
+        match event {
+            Observed::ListStarted => {
+                self.relisting = Some(HashSet::new());
+                Vec::new()
+            }
+            Observed::Listed(name, ready) => {
+                if let Some(seen) = &mut self.relisting {
+                    seen.insert(name.clone());
+                }
+                let before = self.ready.insert(name.clone(), ready);
+                if self.synced && before.flatten() != ready {
+                    vec![name]
+                } else {
+                    Vec::new()
+                }
+            }
+            Observed::ListDone => {
+                self.synced = true;
+                let Some(seen) = self.relisting.take() else {
+                    return Vec::new();
+                };
+                let gone: Vec<String> = self
+                    .ready
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for name in &gone {
+                    self.ready.remove(name);
+                }
+                gone
+            }
+            Observed::Changed(name, ready) => {
+                let before = self.ready.insert(name.clone(), ready);
+                if before.flatten() != ready {
+                    vec![name]
+                } else {
+                    Vec::new()
+                }
+            }
+            Observed::Deleted(name) => {
+                self.ready.remove(&name);
+                vec![name]
+            }
+        }
+    }
+}
+
+/// Which namespaces to start watching and which to stop: `(start, stop)`.
+pub fn namespaces_to_change(
+    watched: &BTreeSet<String>,
+    managed: &BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    (
+        managed.difference(watched).cloned().collect(),
+        watched.difference(managed).cloned().collect(),
+    )
+}
+
+/// Whether a HelmRelease is known to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Its namespace's watch has not completed a list: unknown.
+    Unknown,
+    /// The watch has listed and not seen it.
+    Absent,
+    /// The watch has seen it.
+    Present,
+}
+
+/// The per-namespace HelmRelease watches, shared by the instance controller (cheap to clone).
+#[derive(Clone, Default)]
+pub struct HelmReleaseWatches {
+    namespaces: Arc<Mutex<HashMap<String, Namespace>>>,
+}
+
+impl std::fmt::Debug for HelmReleaseWatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelmReleaseWatches").finish_non_exhaustive()
+    }
+}
+
+impl HelmReleaseWatches {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Namespace>) -> T) -> T {
+        let mut guard = match self.namespaces.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Whether the HelmRelease `namespace/name` is known to exist.
+    pub fn known(&self, namespace: &str, name: &str) -> Known {
+        self.with(|all| match all.get(namespace) {
+            Some(ns) if ns.synced => {
+                if ns.ready.contains_key(name) {
+                    Known::Present
+                } else {
+                    Known::Absent
+                }
+            }
+            _ => Known::Unknown,
+        })
+    }
+
+    /// How many namespaces are watched.
+    pub fn watched(&self) -> usize {
+        self.with(|all| all.len())
+    }
+
+    /// Keeps one watch per namespace of `managed` (the managed-namespace store) until `stop`
+    /// resolves: started when a namespace becomes managed, stopped when it no longer is. `changed`
+    /// is signalled on every change of a managed namespace (checked every
+    /// [`RESYNC_NAMESPACES`] regardless). Each instance to reconcile is sent to `triggers`.
+    pub async fn run(
+        self,
+        client: Client,
+        managed: Store<k8s_openapi::api::core::v1::Namespace>,
+        changed: Arc<tokio::sync::Notify>,
+        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let resource =
+            super::api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases");
+        let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        tokio::pin!(stop);
+        loop {
+            let names: BTreeSet<String> = managed
+                .state()
+                .iter()
+                .filter(|n| super::carries_managed_label(n))
+                .map(|n| n.name_any())
+                .collect();
+            let watched: BTreeSet<String> = tasks.keys().cloned().collect();
+            let (start, end) = namespaces_to_change(&watched, &names);
+            for namespace in end {
+                if let Some(task) = tasks.remove(&namespace) {
+                    task.abort();
+                }
+                self.with(|all| all.remove(&namespace));
+            }
+            for namespace in start {
+                self.with(|all| all.insert(namespace.clone(), Namespace::default()));
+                let task = tokio::spawn(self.clone().watch(
+                    client.clone(),
+                    resource.clone(),
+                    namespace.clone(),
+                    triggers.clone(),
+                ));
+                tasks.insert(namespace, task);
+            }
+            tokio::select! {
+                () = &mut stop => break,
+                () = changed.notified() => {}
+                () = tokio::time::sleep(RESYNC_NAMESPACES) => {}
+            }
+        }
+        for task in tasks.into_values() {
+            task.abort();
+        }
+    }
+
+    /// One namespace's watch, until aborted (re-established with back-off by kube-runtime).
+    async fn watch(
+        self,
+        client: Client,
+        resource: ApiResource,
+        namespace: String,
+        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
+    ) {
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
+        let config =
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"));
+        let events = watcher(api, config).default_backoff();
+        tokio::pin!(events);
+        while let Some(event) = events.next().await {
+            let observed = match event {
+                Ok(watcher::Event::Init) => Observed::ListStarted,
+                Ok(watcher::Event::InitApply(o)) => {
+                    let (name, ready) = instance_and_ready(&o);
+                    Observed::Listed(name, ready)
+                }
+                Ok(watcher::Event::InitDone) => Observed::ListDone,
+                Ok(watcher::Event::Apply(o)) => {
+                    let (name, ready) = instance_and_ready(&o);
+                    Observed::Changed(name, ready)
+                }
+                Ok(watcher::Event::Delete(o)) => Observed::Deleted(instance_and_ready(&o).0),
+                Err(e) => {
+                    tracing::debug!(namespace = %namespace, error = %e, "HelmRelease watch failed; retrying");
+                    continue;
+                }
+            };
+            let due = self.with(|all| {
+                all.get_mut(&namespace)
+                    .map(|ns| ns.observe(observed))
+                    .unwrap_or_default()
+            });
+            for instance in due {
+                let _ = triggers.unbounded_send(ObjectRef::new(&instance).within(&namespace));
+            }
+        }
+    }
+}
+
+/// The instance a HelmRelease belongs to (its label; the HelmRelease is named like its instance)
+/// and its `Ready` fingerprint.
+fn instance_and_ready(helm_release: &DynamicObject) -> (String, ReadyFingerprint) {
+    let name = helm_release
+        .labels()
+        .get(LABEL_INSTANCE)
+        .cloned()
+        .unwrap_or_else(|| helm_release.name_any());
+    let ready = helm_release
+        .data
+        .get("status")
+        .map(|status| fingerprint(&serde_json::json!({ "status": status })))
+        .unwrap_or(None);
+    (name, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn release(status: &str, reason: &str) -> serde_json::Value {
+        json!({"status": {"observedGeneration": 1, "conditions": [
+            {"type": "Ready", "status": status, "reason": reason, "message": "m"}]}})
+    }
+
+    #[test]
+    fn readiness_is_fingerprinted_by_status_reason_message_and_generation() {
+        assert_eq!(fingerprint(&json!({"status": {}})), None);
+        let progressing = fingerprint(&release("Unknown", "Progressing"));
+        let ready = fingerprint(&release("True", "InstallSucceeded"));
+        assert!(progressing.is_some() && ready.is_some());
+        assert_ne!(progressing, ready);
+        assert_eq!(ready, fingerprint(&release("True", "InstallSucceeded")));
+        let mut later = release("True", "InstallSucceeded");
+        later["status"]["observedGeneration"] = json!(2);
+        assert_ne!(ready, fingerprint(&later), "a new generation reconciled");
+    }
+
+    #[test]
+    fn the_first_list_and_our_own_creates_trigger_nothing_readiness_and_deletes_do() {
+        let mut ns = Namespace::default();
+        assert!(ns.observe(Observed::ListStarted).is_empty());
+        assert!(ns.observe(Observed::Listed("a".into(), Some(1))).is_empty());
+        assert!(ns.observe(Observed::Listed("b".into(), None)).is_empty());
+        assert!(ns.observe(Observed::ListDone).is_empty());
+        assert!(ns.synced);
+        // Our own create: no Ready yet.
+        assert!(ns.observe(Observed::Changed("c".into(), None)).is_empty());
+        // Status written by Flux without a change of Ready: nothing.
+        assert!(
+            ns.observe(Observed::Changed("a".into(), Some(1)))
+                .is_empty()
+        );
+        // Ready changed.
+        assert_eq!(ns.observe(Observed::Changed("c".into(), Some(7))), ["c"]);
+        assert_eq!(ns.observe(Observed::Changed("a".into(), Some(2))), ["a"]);
+        // Deleted by hand: the instance puts it back.
+        assert_eq!(ns.observe(Observed::Deleted("b".into())), ["b"]);
+        assert!(!ns.ready.contains_key("b"));
+    }
+
+    #[test]
+    fn a_relist_reports_what_changed_or_went_while_the_watch_was_down() {
+        let mut ns = Namespace::default();
+        ns.observe(Observed::ListStarted);
+        ns.observe(Observed::Listed("a".into(), Some(1)));
+        ns.observe(Observed::Listed("b".into(), Some(1)));
+        ns.observe(Observed::Listed("c".into(), None));
+        ns.observe(Observed::ListDone);
+        // The watch broke; the relist finds a changed, b unchanged, c gone.
+        ns.observe(Observed::ListStarted);
+        assert_eq!(ns.observe(Observed::Listed("a".into(), Some(2))), ["a"]);
+        assert!(ns.observe(Observed::Listed("b".into(), Some(1))).is_empty());
+        assert_eq!(ns.observe(Observed::ListDone), ["c"]);
+        assert_eq!(ns.ready.len(), 2);
+    }
+
+    #[test]
+    fn known_needs_a_completed_list() {
+        let watches = HelmReleaseWatches::default();
+        assert_eq!(watches.known("ns", "a"), Known::Unknown);
+        watches.with(|all| all.insert("ns".into(), Namespace::default()));
+        assert_eq!(watches.known("ns", "a"), Known::Unknown);
+        watches.with(|all| {
+            let ns = all.get_mut("ns").expect("inserted");
+            ns.observe(Observed::ListStarted);
+            ns.observe(Observed::Listed("a".into(), None));
+            ns.observe(Observed::ListDone);
+        });
+        assert_eq!(watches.known("ns", "a"), Known::Present);
+        assert_eq!(watches.known("ns", "b"), Known::Absent);
+        assert_eq!(watches.watched(), 1);
+    }
+
+    #[test]
+    fn watched_namespaces_follow_the_managed_ones() {
+        let watched: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        let managed: BTreeSet<String> = ["b", "c"].map(String::from).into();
+        assert_eq!(
+            namespaces_to_change(&watched, &managed),
+            (vec!["c".to_owned()], vec!["a".to_owned()])
+        );
+    }
+}
