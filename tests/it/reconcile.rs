@@ -190,26 +190,62 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     assert!(reads.contains(&format!(
         "GET {OPS}/operations gitops.vworkspace.io/cluster=demo"
     )));
+    // Namespaces are made right side by side (apply::WRITE_CONCURRENCY), each one's objects in
+    // order (the bindings name the ServiceAccount); so are the applies. Compared per namespace.
+    let writes = h.writes();
+    let in_namespace = |ns: &str| -> Vec<String> {
+        writes
+            .iter()
+            .filter(|w| w.contains(&format!("/namespaces/{ns}/")))
+            .filter(|w| w.contains("serviceaccounts") || w.contains("rolebindings"))
+            .cloned()
+            .collect()
+    };
+    for ns in ["org-myteam", "org-vault"] {
+        assert_eq!(
+            in_namespace(ns),
+            [
+                format!(
+                    "PATCH /api/v1/namespaces/{ns}/serviceaccounts/vworkspace-operation-runner"
+                ),
+                format!(
+                    "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/vworkspace-app-operator"
+                ),
+                format!(
+                    "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/vworkspace-app-operator-values"
+                ),
+                format!(
+                    "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/vworkspace-operation-runner"
+                ),
+            ]
+        );
+    }
+    assert_eq!(writes.len(), 15, "{writes:?}");
+    // The finalizer, before anything else is written.
+    assert_eq!(writes[0], CLUSTER_PATH_PATCH);
+    assert!(
+        writes[1..9]
+            .iter()
+            .all(|w| w.contains("serviceaccounts") || w.contains("rolebindings")),
+        "{writes:?}"
+    );
+    // The managed namespaces are recorded before anything is applied.
+    assert_eq!(writes[9], format!("PATCH {CLUSTER_PATH}/status"));
+    let mut applies = writes[10..13].to_vec();
+    applies.sort();
     assert_eq!(
-        h.writes(),
+        applies,
         [
-            // The finalizer, before anything else is written.
-            CLUSTER_PATH_PATCH,
-            "PATCH /api/v1/namespaces/org-myteam/serviceaccounts/vworkspace-operation-runner",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-app-operator-values",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-myteam/rolebindings/vworkspace-operation-runner",
-            "PATCH /api/v1/namespaces/org-vault/serviceaccounts/vworkspace-operation-runner",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-app-operator-values",
-            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/org-vault/rolebindings/vworkspace-operation-runner",
-            // The managed namespaces are recorded before anything is applied.
-            &format!("PATCH {CLUSTER_PATH}/status"),
-            &format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
-            &format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
-            &format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
-            &format!("PATCH {CLUSTER_PATH}/status"),
-            "POST /api/v1/namespaces/default/events",
+            format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
+            format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
+        ]
+    );
+    assert_eq!(
+        writes[13..],
+        [
+            format!("PATCH {CLUSTER_PATH}/status"),
+            "POST /api/v1/namespaces/default/events".to_owned(),
         ]
     );
     // What was applied: our labels and annotations, the ciphertext (never plaintext), no status.
@@ -446,7 +482,8 @@ async fn unmanaged_namespaces_are_skipped_and_reported_and_lose_their_bindings()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_end_the_pass_with_the_reason_and_the_next_pass_recovers() {
     let h = harness();
-    // 500 on the second object: the first stays applied, nothing is pruned, status says why.
+    // 500 on one object: the others, written side by side with it, stay applied; nothing is
+    // pruned; the status says why.
     h.api.fault(Method::PATCH, "/operations/nightly", 500);
     assert!(h.pass().await.is_err());
     let (status, reason, message) = h.condition("Applied");
@@ -461,23 +498,23 @@ async fn api_errors_end_the_pass_with_the_reason_and_the_next_pass_recovers() {
         "a partial apply is not an applied release"
     );
     assert_eq!(
-        st.inventory.len(),
-        1,
-        "what was written is owned: {:?}",
         st.inventory
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["nextcloud", "vaultwarden"],
+        "what was written is owned, the refused write is not"
     );
-    // 409 and 429 on the next pass's first write: same outcome, then a clean pass converges.
-    h.api
-        .fault(Method::PATCH, "/applicationinstances/vaultwarden", 429);
+    // 409 and 429 on the next pass's one write left: same outcome, then a clean pass converges.
+    h.api.fault(Method::PATCH, "/operations/nightly", 429);
     assert!(h.pass().await.is_err());
     assert_eq!(h.condition("Applied").1, "ApplyFailed");
-    h.api
-        .fault(Method::PATCH, "/applicationinstances/vaultwarden", 409);
+    h.api.fault(Method::PATCH, "/operations/nightly", 409);
     assert!(h.pass().await.is_err());
     let (_, reason, message) = h.condition("Applied");
     assert_eq!(reason, "ApplyFailed");
     assert!(
-        message.contains("apply ApplicationInstance org-vault/vaultwarden"),
+        message.contains("apply Operation org-myteam/nightly"),
         "{message}"
     );
     h.api.fault(Method::GET, "/configmaps/trust", 500);

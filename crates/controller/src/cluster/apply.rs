@@ -310,32 +310,97 @@ impl Progress {
     }
 }
 
-/// Applies then prunes. Stops at the first refused write and returns what was done before it with
-/// the error, so that the status can say exactly how far the pass got; `progress` records each
-/// write as it goes, for a pass cut at its deadline. Prune runs only when every
-/// apply succeeded: an object is never deleted while its replacement may be missing.
+/// How many writes (applies, then deletes) of one pass are in flight at once. One at a time, a pass
+/// of 10,000 objects waits 10,000 round trips; the API server and etcd take many writes at once.
+/// Kept moderate so that one pass does not starve the API server's other clients (its default
+/// max-mutating-requests-inflight is 200).
+pub const WRITE_CONCURRENCY: usize = 16;
+
+/// Runs `work` in order with at most `limit` running at once (an `async` block does nothing until
+/// first polled, so one not yet started has sent nothing). After the first error no further one is
+/// started; those running are awaited (what they did is done, and must be recorded). Returns the
+/// successes in completion order and the first error.
+///
+/// The work is a list of boxed `Send` futures, not a closure: inside a reconcile future, which
+/// kube-runtime needs to be `Send`, a closure returning `async` blocks that borrow trips the
+/// compiler's higher-ranked `Send` inference.
+pub async fn bounded<'a, T>(
+    work: Vec<futures::future::BoxFuture<'a, Result<T, Error>>>,
+    limit: usize,
+) -> (Vec<T>, Option<Error>) {
+    use futures::StreamExt;
+    let mut work = work.into_iter();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut done = Vec::new();
+    let mut error = None;
+    loop {
+        while error.is_none() && running.len() < limit.max(1) {
+            match work.next() {
+                Some(next) => running.push(next),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(Ok(value)) => done.push(value),
+            Some(Err(e)) => {
+                if error.is_none() {
+                    error = Some(e);
+                }
+            }
+            None => break,
+        }
+    }
+    (done, error)
+}
+
+/// Applies then prunes, [`WRITE_CONCURRENCY`] writes at a time. Stops starting writes at the first
+/// refused one and returns what was done (the writes already in flight included) with the error,
+/// so that the status can say exactly how far the pass got; `progress` records each write as it
+/// goes, for a pass cut at its deadline. Prune runs only when every apply succeeded: an object is
+/// never deleted while its replacement may be missing. The lists in [`Applied`] are in plan order.
 pub async fn write(
     client: &Client,
     changes: &Changes<'_>,
     progress: &Progress,
 ) -> (Applied, Option<Error>) {
     let mut done = Applied::default();
-    for desired in changes.create.iter().chain(&changes.update) {
-        progress.sent(vworkspace_core::plan::diff::identity(desired));
-        if let Err(error) = apply_one(client, desired).await {
-            return (done, Some(error));
-        }
-        done.applied
-            .push(vworkspace_core::plan::diff::identity(desired));
+    let applies: Vec<futures::future::BoxFuture<'_, Result<(usize, InventoryEntry), Error>>> =
+        changes
+            .create
+            .iter()
+            .chain(&changes.update)
+            .enumerate()
+            .map(|(at, desired)| -> futures::future::BoxFuture<'_, _> {
+                Box::pin(async move {
+                    let id = vworkspace_core::plan::diff::identity(desired);
+                    progress.sent(id.clone());
+                    apply_one(client, desired).await.map(|()| (at, id))
+                })
+            })
+            .collect();
+    let (mut applied, error) = bounded(applies, WRITE_CONCURRENCY).await;
+    applied.sort_unstable_by_key(|(at, _)| *at);
+    done.applied = applied.into_iter().map(|(_, id)| id).collect();
+    if error.is_some() {
+        return (done, error);
     }
-    for id in &changes.prune {
-        if let Err(error) = prune_one(client, id).await {
-            return (done, Some(error));
-        }
-        progress.pruned(id.clone());
-        done.pruned.push(id.clone());
-    }
-    (done, None)
+    let prunes: Vec<futures::future::BoxFuture<'_, Result<(usize, InventoryEntry), Error>>> =
+        changes
+            .prune
+            .iter()
+            .enumerate()
+            .map(|(at, id)| -> futures::future::BoxFuture<'_, _> {
+                Box::pin(async move {
+                    prune_one(client, id).await?;
+                    progress.pruned(id.clone());
+                    Ok((at, id.clone()))
+                })
+            })
+            .collect();
+    let (mut pruned, error) = bounded(prunes, WRITE_CONCURRENCY).await;
+    pruned.sort_unstable_by_key(|(at, _)| *at);
+    done.pruned = pruned.into_iter().map(|(_, id)| id).collect();
+    (done, error)
 }
 
 #[cfg(test)]
@@ -358,6 +423,51 @@ mod tests {
                      "values": {"replicas": 2}}
         }))
         .expect("an instance")
+    }
+
+    #[tokio::test]
+    async fn bounded_writes_stop_starting_after_the_first_error_and_keep_what_ran() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let started = std::sync::Mutex::new(Vec::new());
+        let started = &started;
+        let (running, most) = (&running, &most);
+        let work: Vec<futures::future::BoxFuture<'_, Result<usize, Error>>> = (0..100usize)
+            .map(|i| -> futures::future::BoxFuture<'_, _> {
+                Box::pin(async move {
+                    started.lock().expect("lock").push(i);
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    if i == 10 {
+                        Err(Error::NotLeader)
+                    } else {
+                        Ok(i)
+                    }
+                })
+            })
+            .collect();
+        let (done, error) = bounded(work, 4).await;
+        assert!(matches!(error, Some(Error::NotLeader)));
+        assert!(most.load(Ordering::SeqCst) <= 4, "at most 4 at once");
+        let started = started.lock().expect("lock").clone();
+        assert!(
+            started.len() < 16,
+            "no new write after the error: {started:?}"
+        );
+        // Every write that started, but the refused one, is reported done.
+        let mut done = done;
+        done.sort_unstable();
+        let expected: Vec<usize> = started.iter().copied().filter(|i| *i != 10).collect();
+        assert_eq!(done, expected);
+        let work: Vec<futures::future::BoxFuture<'_, Result<usize, Error>>> = (0..50usize)
+            .map(|i| -> futures::future::BoxFuture<'_, _> { Box::pin(async move { Ok(i) }) })
+            .collect();
+        let (all, none) = bounded(work, 16).await;
+        assert!(none.is_none());
+        assert_eq!(all.len(), 50);
     }
 
     #[test]

@@ -90,10 +90,18 @@ pub async fn finalize(client: &Client, cluster: &Cluster) -> Result<usize, Error
     let name = cluster.name_any();
     let mut deleted = 0;
     if cluster.spec.deletion_policy == DeletionPolicy::Delete {
-        for id in deletable(client, cluster).await? {
-            apply::prune_one(client, &id).await?;
-            deleted += 1;
+        let doomed = deletable(client, cluster).await?;
+        let deletes: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = doomed
+            .iter()
+            .map(|id| -> futures::future::BoxFuture<'_, _> {
+                Box::pin(apply::prune_one(client, id))
+            })
+            .collect();
+        let (done, error) = apply::bounded(deletes, apply::WRITE_CONCURRENCY).await;
+        if let Some(error) = error {
+            return Err(error);
         }
+        deleted = done.len();
     }
     remove(client, &name).await?;
     Ok(deleted)

@@ -323,21 +323,35 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
         }
         ctx.with_state(&name, |s| s.namespaces_ensured.remove(&gone));
     }
-    for ns in &managed {
-        let fresh = ctx.with_state(&name, |s| {
-            s.namespaces_ensured
-                .get(&ns.name)
-                .is_some_and(|at| at.elapsed() < RBAC_RECHECK)
-        });
-        if fresh {
-            continue;
+    let stale: Vec<&str> = managed
+        .iter()
+        .map(|ns| ns.name.as_str())
+        .filter(|ns| {
+            !ctx.with_state(&name, |s| {
+                s.namespaces_ensured
+                    .get(*ns)
+                    .is_some_and(|at| at.elapsed() < RBAC_RECHECK)
+            })
+        })
+        .collect();
+    // Namespaces side by side (each one's objects in order: the binding names the ServiceAccount).
+    let ensures: Vec<futures::future::BoxFuture<'_, Result<&str>>> = stale
+        .into_iter()
+        .map(|ns| -> futures::future::BoxFuture<'_, _> {
+            Box::pin(async move {
+                namespaces::ensure(client, ns, apply::FIELD_MANAGER).await?;
+                Ok(ns)
+            })
+        })
+        .collect();
+    let (ensured, error) = apply::bounded(ensures, apply::WRITE_CONCURRENCY).await;
+    ctx.with_state(&name, |s| {
+        for ns in ensured {
+            s.namespaces_ensured.insert(ns.to_owned(), Instant::now());
         }
-        if let Err(e) = namespaces::ensure(client, &ns.name, apply::FIELD_MANAGER).await {
-            return fail(report, e);
-        }
-        ctx.with_state(&name, |s| {
-            s.namespaces_ensured.insert(ns.name.clone(), Instant::now())
-        });
+    });
+    if let Some(e) = error {
+        return fail(report, e);
     }
     report.managed_namespaces = Some(managed.clone());
     if recorded != managed {
