@@ -103,6 +103,10 @@ pub struct LiveStores {
     pub instances: Store<ApplicationInstance>,
     /// Every Operation.
     pub operations: Store<Operation>,
+    /// Moved by the watches on every change a pass reads ([`changes_what_a_pass_reads`]): spec
+    /// (the generation), labels, annotations, deletion, creation, a relist. A status write does not
+    /// move it.
+    pub changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for LiveStores {
@@ -114,7 +118,40 @@ impl std::fmt::Debug for LiveStores {
     }
 }
 
+/// How long a pass of the long-running process waits for the stores' first list before it lists
+/// instead (one list of every object of 10,000 costs more memory than the stores themselves).
+pub const STORES_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a watch event replacing `old` (the stored object, if any) by `new` changes what a pass
+/// reads of it: its spec (seen as `metadata.generation`, which the API server moves on every spec
+/// change and only then), labels, annotations, or its being deleted. A status write changes none.
+pub fn changes_what_a_pass_reads<K: kube::Resource>(old: Option<&K>, new: &K) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let (a, b) = (old.meta(), new.meta());
+    a.generation != b.generation
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.uid != b.uid
+}
+
 impl LiveStores {
+    /// The change counter now ([`LiveStores::changes`]).
+    pub fn version(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits up to `wait` for both stores' first list; whether they hold it.
+    pub async fn ready_within(&self, wait: std::time::Duration) -> bool {
+        let both = async {
+            self.instances.wait_until_ready().await.is_ok()
+                && self.operations.wait_until_ready().await.is_ok()
+        };
+        matches!(tokio::time::timeout(wait, both).await, Ok(true))
+    }
+
     /// The objects labelled for `cluster`, when both stores hold their first list; `None` before.
     pub fn labelled(&self, cluster: &str) -> Option<Vec<LiveObject>> {
         use futures::FutureExt;
@@ -180,7 +217,10 @@ pub async fn list_live(
     cluster: &str,
     stores: Option<&LiveStores>,
 ) -> Result<Vec<LiveObject>, Error> {
-    if let Some(live) = stores.and_then(|s| s.labelled(cluster)) {
+    if let Some(stores) = stores
+        && stores.ready_within(STORES_READY_WAIT).await
+        && let Some(live) = stores.labelled(cluster)
+    {
         return Ok(live);
     }
     let params = ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}"));
@@ -471,12 +511,35 @@ mod tests {
     }
 
     #[test]
+    fn what_a_pass_reads_is_spec_labels_annotations_and_existence_never_status() {
+        let old = instance("a", "one", Some("prod"));
+        assert!(changes_what_a_pass_reads(None, &old), "new");
+        let mut status_only = old.clone();
+        status_only.status = Some(Default::default());
+        status_only.metadata.resource_version = Some("9".into());
+        assert!(!changes_what_a_pass_reads(Some(&old), &status_only));
+        let mut spec = old.clone();
+        spec.metadata.generation = Some(2);
+        assert!(changes_what_a_pass_reads(Some(&old), &spec));
+        let mut relabelled = old.clone();
+        relabelled.metadata.labels = None;
+        assert!(changes_what_a_pass_reads(Some(&old), &relabelled));
+        let mut annotated = old.clone();
+        annotated.metadata.annotations = None;
+        assert!(changes_what_a_pass_reads(Some(&old), &annotated));
+        let mut recreated = old.clone();
+        recreated.metadata.uid = Some("other".into());
+        assert!(changes_what_a_pass_reads(Some(&old), &recreated));
+    }
+
+    #[test]
     fn live_objects_come_from_the_stores_once_both_listed_and_only_this_sources() {
         let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
         let (operations, mut operation_writer) = reflector::store::<Operation>();
         let stores = LiveStores {
             instances,
             operations,
+            changes: Default::default(),
         };
         assert!(stores.labelled("prod").is_none(), "nothing listed yet");
         instance_writer.apply_watcher_event(&Event::Init);

@@ -76,6 +76,46 @@ struct SourceState {
     namespaces_ensured: HashMap<String, Instant>,
     /// The release serial whose coming expiry this process already warned about (one Event each).
     expiry_warned: Option<u64>,
+    /// The last pass that found nothing to write, for [`unchanged_since`].
+    unchanged: Option<UnchangedPass>,
+}
+
+/// A pass that found the live objects already as its verified release declares them: what it
+/// read and what it reported. The next pass with the same verdict (the same `Arc`, from the memo),
+/// the same managed namespaces and no change to the watched live objects since it read them
+/// reports the same without planning, diffing or reading the objects again.
+#[derive(Debug, Clone)]
+struct UnchangedPass<V = VerifiedIntent> {
+    verdict: Arc<V>,
+    managed: Vec<vworkspace_core::crd::ManagedNamespace>,
+    live_version: u64,
+    inventory: Vec<vworkspace_core::crd::InventoryEntry>,
+    apply: StepOutcome,
+    applied: Option<AppliedSource>,
+}
+
+/// The report of the remembered unchanged pass, when it still holds ([`UnchangedPass`]).
+fn unchanged_since<V>(
+    last: Option<&UnchangedPass<V>>,
+    verdict: &Arc<V>,
+    managed: &[vworkspace_core::crd::ManagedNamespace],
+    live_version: Option<u64>,
+) -> Option<(
+    Vec<vworkspace_core::crd::InventoryEntry>,
+    StepOutcome,
+    Option<AppliedSource>,
+)> {
+    let last = last?;
+    (Arc::ptr_eq(&last.verdict, verdict)
+        && last.managed == managed
+        && Some(last.live_version) == live_version)
+        .then(|| {
+            (
+                last.inventory.clone(),
+                last.apply.clone(),
+                last.applied.clone(),
+            )
+        })
 }
 
 /// Shared by every reconcile: the client, the settings, the metrics and per-source memory.
@@ -364,6 +404,20 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
         }
     }
 
+    // Nothing changed since a pass found nothing to write: the same report, no plan, no reads.
+    let live_version = ctx.live.get().map(apply::LiveStores::version);
+    let last = ctx.with_state(&name, |s| s.unchanged.take());
+    if let Some((inventory, apply, applied)) =
+        unchanged_since(last.as_ref(), &verified, &managed, live_version)
+    {
+        ctx.with_state(&name, |s| s.unchanged = last);
+        report.inventory = Some(inventory);
+        report.apply = apply;
+        report.applied = applied;
+        return report;
+    }
+    drop(last);
+
     // Plan against the live cluster, then write.
     let plan = vworkspace_core::plan::desired(&verified);
     let mut live = match apply::list_live(client, &spec.cluster_id, ctx.live.get()).await {
@@ -434,6 +488,20 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
                 digest: verified.release().digest().to_owned(),
                 signer: format!("{} ({})", signer.principal, signer.fingerprint),
             });
+            if changes.is_noop()
+                && let Some(live_version) = live_version
+            {
+                // Read before the live objects were: any change since moves the counter.
+                let remembered = UnchangedPass {
+                    verdict: verified.clone(),
+                    managed: managed.clone(),
+                    live_version,
+                    inventory: report.inventory.clone().unwrap_or_default(),
+                    apply: report.apply.clone(),
+                    applied: report.applied.clone(),
+                };
+                ctx.with_state(&name, |s| s.unchanged = Some(remembered));
+            }
         }
         Some(e) => {
             // What was written stays owned (it carries our labels); what was pruned is gone. The
@@ -766,4 +834,35 @@ pub fn retry_after(cluster: &Cluster, error: &Error, ctx: &Context) -> Duration 
 #[tracing::instrument(skip_all, fields(cluster = %cluster.name_any()))]
 pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(retry_after(&cluster, error, &ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_pass_is_reused_only_for_the_same_verdict_namespaces_and_live_objects() {
+        let verdict = Arc::new(1u8);
+        let managed = vec![vworkspace_core::crd::ManagedNamespace {
+            name: "org-a".into(),
+            allowed_operation_templates: vec![],
+        }];
+        let last = UnchangedPass {
+            verdict: verdict.clone(),
+            managed: managed.clone(),
+            live_version: 7,
+            inventory: vec![],
+            apply: StepOutcome::Succeeded,
+            applied: None,
+        };
+        assert!(unchanged_since(Some(&last), &verdict, &managed, Some(7)).is_some());
+        assert!(unchanged_since(None, &verdict, &managed, Some(7)).is_none());
+        // A new verdict (another commit, other trust inputs), even an equal one.
+        assert!(unchanged_since(Some(&last), &Arc::new(1u8), &managed, Some(7)).is_none());
+        assert!(unchanged_since(Some(&last), &verdict, &[], Some(7)).is_none());
+        // A live object changed (or was edited by hand) since the pass read them.
+        assert!(unchanged_since(Some(&last), &verdict, &managed, Some(8)).is_none());
+        // No watched stores (`run --once`): always a full pass.
+        assert!(unchanged_since(Some(&last), &verdict, &managed, None).is_none());
+    }
 }

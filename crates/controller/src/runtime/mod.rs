@@ -312,7 +312,7 @@ pub async fn controllers(
             }
         })
     };
-    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()));
+    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()), None);
     // The Cluster controller's own reflector store, shared with the children (no second watch).
     let cluster_store = cluster_controller.store();
     let mut caches = crate::children::Caches::new(cluster_store.clone(), namespace_store.clone());
@@ -320,14 +320,19 @@ pub async fn controllers(
     caches.helm_releases = Some(helm_releases.clone());
     // Built here so that their stores exist for the Cluster pass (which reads the live objects of
     // a no-op pass from them instead of listing); they fill once the controllers run.
+    let live_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let instance_controller = lean_controller(
         Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
+        Some(live_changes.clone()),
     );
-    let operation_controller =
-        lean_controller(Api::<vworkspace_core::crd::Operation>::all(client.clone()));
+    let operation_controller = lean_controller(
+        Api::<vworkspace_core::crd::Operation>::all(client.clone()),
+        Some(live_changes.clone()),
+    );
     ctx.set_live_stores(cluster::apply::LiveStores {
         instances: instance_controller.store(),
         operations: operation_controller.store(),
+        changes: live_changes,
     });
     // Deletions, from a metadata-only watch (names only): forget what the process held for them.
     let deletions = {
@@ -453,8 +458,13 @@ fn lean<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// A controller over every `K`, its store kept lean ([`lean`]).
-fn lean_controller<K>(api: Api<K>) -> Controller<K>
+/// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
+/// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
+/// judged against the stored object before the event replaces it) moves the counter.
+fn lean_controller<K>(
+    api: Api<K>,
+    changes: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Controller<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -464,10 +474,29 @@ where
         + Sync
         + 'static,
 {
+    use futures::TryStreamExt;
     let (reader, writer) = reflector::store::<K>();
+    let before = reader.clone();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(lean)
+        .map_ok(move |mut event| {
+            let moved = match &mut event {
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    lean(object);
+                    let old = before.get(&reflector::ObjectRef::from_obj(object));
+                    cluster::apply::changes_what_a_pass_reads(old.as_deref(), object)
+                }
+                watcher::Event::Delete(object) => {
+                    lean(object);
+                    true
+                }
+                watcher::Event::Init | watcher::Event::InitDone => true,
+            };
+            if moved && let Some(counter) = &changes {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            event
+        })
         .reflect(writer)
         .applied_objects();
     Controller::for_stream(stream, reader)
