@@ -298,10 +298,11 @@ pub fn verify_commit_id(
     let tree = commit
         .read_cluster_tree(repo, &config.cluster, &config.limits)
         .map_err(|e| fail(Error::Tree(e)))?;
-    let release = release::verify(commit, tree, &config.release, config.now, &config.limits)
+    let mut release = release::verify(commit, tree, &config.release, config.now, &config.limits)
         .map_err(|e| fail(e.into()))?;
-    let intent =
-        crate::intent::parse_tree(release.tree(), &config.limits).map_err(|e| fail(e.into()))?;
+    let tree = release.take_tree();
+    let intent = crate::intent::parse_tree(&tree, &config.limits).map_err(|e| fail(e.into()))?;
+    drop(tree);
     let mut notes: Vec<String> = release
         .ignored_signatures()
         .iter()

@@ -226,6 +226,28 @@ fn timed_once(cmd: &mut Command, dir: &Path, tag: &str) -> (bool, Duration, u64,
     (status.success(), started.elapsed(), peak, proc)
 }
 
+/// `cmd` run under the program of `VWS_SCALE_RUN_WRAPPER` when it is set (say `heaptrack -o
+/// /tmp/run`, to see what holds the long-running process's memory), else `cmd` itself. The RSS then
+/// measured is the wrapper's child's only when the wrapper `exec`s it.
+fn wrapped(cmd: Command) -> Command {
+    let Ok(wrapper) = std::env::var("VWS_SCALE_RUN_WRAPPER") else {
+        return cmd;
+    };
+    let mut words = wrapper.split_whitespace();
+    let Some(program) = words.next() else {
+        return cmd;
+    };
+    let mut out = Command::new(program);
+    out.args(words).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => out.env(key, value),
+            None => out.env_remove(key),
+        };
+    }
+    out
+}
+
 /// How many objects of a kind live in the namespaces of this run (metadata-only list, as the admin).
 async fn count(admin: &Client, api_version: &str, kind: &str, prefix: &str) -> usize {
     let (resource, _) = resource(admin, api_version, kind).await;
@@ -305,7 +327,7 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
 
     if env.shared.thirdparty.is_some() {
         let audit = super::server::Audit::mark(&env.cp.audit_log);
-        let mut cmd = operator_cmd(env, &scope.dir);
+        let mut cmd = wrapped(operator_cmd(env, &scope.dir));
         // The pass's own log line carries its duration (the no-op pass below).
         cmd.env("RUST_LOG", "warn,vworkspace_controller::cluster=info");
         let started = Instant::now();

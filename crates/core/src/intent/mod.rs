@@ -31,8 +31,9 @@ pub struct Item<T> {
     /// `metadata.name`.
     pub name: String,
     /// The typed object, `metadata.namespace` set: what is applied. (Only this representation is
-    /// kept: the parsed YAML is dropped once typed, which keeps a pass's memory to one copy.)
-    pub resource: T,
+    /// kept: the parsed YAML is dropped once typed, which keeps a pass's memory to one copy; it is
+    /// shared, not copied, with the declared set the child controllers read.)
+    pub resource: std::sync::Arc<T>,
 }
 
 /// Every object of a cluster directory.
@@ -355,7 +356,7 @@ fn item<T: serde::de::DeserializeOwned>(
         source_path: path.to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
-        resource,
+        resource: std::sync::Arc::new(resource),
     })
 }
 

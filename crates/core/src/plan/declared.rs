@@ -17,17 +17,17 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{ApplicationInstance, ClusterSpec, Decryption, InventoryEntry, Operation};
-use crate::plan::{DesiredResource, Plan};
+use crate::plan::{DeclaredResource, Plan};
 
 pub use crate::reasons::{NOT_DECLARED, SPEC_DIFFERS, WAITING_FOR_RELEASE};
 
-/// One declared object: the object the plan applied (ciphertext values included) and its spec.
+/// One declared object: the object the plan applied (ciphertext values included) and the digest
+/// of its spec. Its spec as JSON, what a live spec is compared with, is made when a judgement needs
+/// it rather than kept: at 10,000 instances a second copy of every spec costs tens of MiB.
 #[derive(Debug, Clone)]
 pub struct DeclaredObject<T> {
     /// The whole declared object, as the plan built it.
     pub object: Arc<T>,
-    /// Its `spec` as JSON (what a live spec is compared with).
-    pub spec: Value,
     /// `sha256:<hex>` of the spec's JSON (shown in messages).
     pub digest: String,
 }
@@ -155,25 +155,25 @@ impl DeclaredSet {
                 continue;
             }
             let key = (desired.namespace.clone(), desired.name.clone());
-            match &desired.resource {
-                DesiredResource::ApplicationInstance(object) => {
-                    let (spec, digest) = spec_value(&object.spec);
+            // The intent's own object (shared with the pass memo), not a copy: its spec is the
+            // plan's; only the stamped metadata differs, which the children do not read.
+            match &desired.declared {
+                DeclaredResource::ApplicationInstance(object) => {
+                    let digest = spec_value(&object.spec).1;
                     instances.insert(
                         key,
                         DeclaredObject {
-                            object: Arc::new(object.clone()),
-                            spec,
+                            object: object.clone(),
                             digest,
                         },
                     );
                 }
-                DesiredResource::Operation(object) => {
-                    let (spec, digest) = spec_value(&object.spec);
+                DeclaredResource::Operation(object) => {
+                    let digest = spec_value(&object.spec).1;
                     operations.insert(
                         key,
                         DeclaredObject {
-                            object: Arc::new(object.clone()),
-                            spec,
+                            object: object.clone(),
                             digest,
                         },
                     );
@@ -251,9 +251,13 @@ impl DeclaredSet {
         let namespace = live.metadata.namespace.as_deref().unwrap_or_default();
         let name = live.metadata.name.as_deref().unwrap_or_default();
         let live_spec = spec_value(&live.spec).0;
-        self.judge(label, clusters, &live_spec, |r| {
-            r.instance(namespace, name).cloned()
-        })
+        self.judge(
+            label,
+            clusters,
+            &live_spec,
+            |r| r.instance(namespace, name).cloned(),
+            |o| spec_value(&o.spec).0,
+        )
     }
 
     /// Judges a live Operation (see [`DeclaredSet::judge_instance`]).
@@ -266,9 +270,13 @@ impl DeclaredSet {
         let namespace = live.metadata.namespace.as_deref().unwrap_or_default();
         let name = live.metadata.name.as_deref().unwrap_or_default();
         let live_spec = spec_value(&live.spec).0;
-        self.judge(label, clusters, &live_spec, |r| {
-            r.operation(namespace, name).cloned()
-        })
+        self.judge(
+            label,
+            clusters,
+            &live_spec,
+            |r| r.operation(namespace, name).cloned(),
+            |o| spec_value(&o.spec).0,
+        )
     }
 
     fn judge<T>(
@@ -277,6 +285,7 @@ impl DeclaredSet {
         clusters: &[String],
         live_spec: &Value,
         pick: impl Fn(&DeclaredRelease) -> Option<DeclaredObject<T>>,
+        spec_of: impl Fn(&T) -> Value,
     ) -> Verdict<T> {
         let guard = match self.releases.read() {
             Ok(guard) => guard,
@@ -291,7 +300,7 @@ impl DeclaredSet {
                 && let Some(declared) = pick(release)
             {
                 // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
-                let altered = !crate::plan::diff::same_value(&declared.spec, live_spec);
+                let altered = !crate::plan::diff::same_value(&spec_of(&declared.object), live_spec);
                 return Verdict::Declared {
                     release: release.clone(),
                     declared,
@@ -358,7 +367,7 @@ pub fn spec_differs_message(kind: &str, release: &DeclaredRelease, digest: &str)
 mod tests {
     use super::*;
     use crate::crd::ApplicationInstanceSpec;
-    use crate::plan::DesiredObject;
+    use crate::plan::{DesiredObject, DesiredResource};
 
     fn cluster_spec(id: &str) -> ClusterSpec {
         serde_json::from_value(serde_json::json!({
@@ -391,6 +400,7 @@ mod tests {
                     namespace: ai.metadata.namespace.clone().unwrap_or_default(),
                     name: ai.metadata.name.clone().unwrap_or_default(),
                     resource: DesiredResource::ApplicationInstance(ai.clone()),
+                    declared: DeclaredResource::ApplicationInstance(Arc::new(ai.clone())),
                 })
                 .collect(),
         )

@@ -360,6 +360,9 @@ mod tests {
             kind: "Operation".into(),
             namespace: ns.into(),
             name: name.into(),
+            declared: crate::plan::DeclaredResource::Operation(std::sync::Arc::new(
+                resource.clone(),
+            )),
             resource: DesiredResource::Operation(resource),
         }
     }
@@ -647,6 +650,9 @@ mod tests {
             kind: "ApplicationInstance".into(),
             namespace: "org-a".into(),
             name: "wiki".into(),
+            declared: crate::plan::DeclaredResource::ApplicationInstance(std::sync::Arc::new(
+                resource.clone(),
+            )),
             resource: DesiredResource::ApplicationInstance(resource),
         };
         let plan = Plan::from_objects(vec![desired.clone()]);

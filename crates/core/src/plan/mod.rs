@@ -27,6 +27,17 @@ pub enum DesiredResource {
     Operation(Operation),
 }
 
+/// The declared object as the verified intent holds it, before the plan stamps its labels and
+/// annotations: shared with the intent (one `Arc`), it is what the declared set keeps
+/// ([`crate::plan::declared`]), so that a long-running process holds the estate once for both.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeclaredResource {
+    /// An ApplicationInstance.
+    ApplicationInstance(std::sync::Arc<ApplicationInstance>),
+    /// An Operation.
+    Operation(std::sync::Arc<Operation>),
+}
+
 /// One object to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredObject {
@@ -40,6 +51,8 @@ pub struct DesiredObject {
     pub name: String,
     /// The whole object, labels and annotations included. Encrypted values stay ciphertext here.
     pub resource: DesiredResource,
+    /// The same object as the verified intent declares it (its spec is the same).
+    pub declared: DeclaredResource,
 }
 
 /// The objects a pass would apply, in a stable order (namespace, kind, name). Only [`desired`] builds
@@ -71,7 +84,7 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
     };
     let intent = verified.intent();
     let instances = intent.application_instances.iter().map(|item| {
-        let mut resource = item.resource.clone();
+        let mut resource = (*item.resource).clone();
         stamp(&mut resource.metadata, &item.namespace, &item.source_path);
         DesiredObject {
             api_version: crate::intent::APPLICATION_INSTANCE_API_VERSION.to_owned(),
@@ -79,10 +92,11 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
             namespace: item.namespace.clone(),
             name: item.name.clone(),
             resource: DesiredResource::ApplicationInstance(resource),
+            declared: DeclaredResource::ApplicationInstance(item.resource.clone()),
         }
     });
     let operations = intent.operations.iter().map(|item| {
-        let mut resource = item.resource.clone();
+        let mut resource = (*item.resource).clone();
         stamp(&mut resource.metadata, &item.namespace, &item.source_path);
         DesiredObject {
             api_version: crate::intent::OPERATION_API_VERSION.to_owned(),
@@ -90,6 +104,7 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
             namespace: item.namespace.clone(),
             name: item.name.clone(),
             resource: DesiredResource::Operation(resource),
+            declared: DeclaredResource::Operation(item.resource.clone()),
         }
     });
     let mut objects: Vec<DesiredObject> = instances.chain(operations).collect();

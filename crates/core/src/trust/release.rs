@@ -249,9 +249,23 @@ impl VerifiedRelease {
     pub fn commit(&self) -> &VerifiedCommit {
         &self.commit
     }
-    /// The cluster directory, every file of which the manifest vouches for.
+    /// The cluster directory, every file of which the manifest vouches for. Empty in the release
+    /// of a [`crate::pipeline::VerifiedIntent`]: the pass took the files to parse them
+    /// ([`VerifiedRelease::take_tree`]).
     pub fn tree(&self) -> &ClusterTree {
         &self.tree
+    }
+
+    /// Takes the cluster directory's files out (leaving the tree empty, stamped with the same
+    /// commit): the pass parses them once into the intent, and a remembered verdict would otherwise
+    /// keep every file's bytes besides the objects made from them.
+    pub(crate) fn take_tree(&mut self) -> ClusterTree {
+        let empty = ClusterTree {
+            cluster: self.tree.cluster.clone(),
+            commit: self.tree.commit.clone(),
+            entries: Default::default(),
+        };
+        std::mem::replace(&mut self.tree, empty)
     }
     /// The manifest.
     pub fn manifest(&self) -> &ReleaseManifest {
