@@ -404,8 +404,15 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
         }
     }
 
-    // Nothing changed since a pass found nothing to write: the same report, no plan, no reads.
-    let live_version = ctx.live.get().map(apply::LiveStores::version);
+    // Nothing changed since a pass found nothing to write: the same report, no plan, no reads. The
+    // counter is read once the stores hold their first list (the list itself moves it), before
+    // the objects are.
+    let live_version = match ctx.live.get() {
+        Some(stores) if stores.ready_within(apply::STORES_READY_WAIT).await => {
+            Some(stores.version())
+        }
+        _ => None,
+    };
     let last = ctx.with_state(&name, |s| s.unchanged.take());
     if let Some((inventory, apply, applied)) =
         unchanged_since(last.as_ref(), &verified, &managed, live_version)
