@@ -2215,11 +2215,12 @@ async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
     })
     .await;
 
-    // A release with many instances (applied one after the other: a long pass), and the Cluster
-    // touched so that the leader starts it now.
-    let total = 60;
+    // A release with many instances (applied 16 at a time, apply::WRITE_CONCURRENCY: 400 make a
+    // pass long enough to be paused mid-way), and the Cluster touched so that the leader starts it
+    // now.
+    let total = 400;
     for i in 0..total {
-        intent.add_instance(ns, &format!("app-{i:02}"), "x");
+        intent.add_instance(ns, &format!("app-{i:03}"), "x");
     }
     intent.release(&[]);
     intent.commit("release 2: many instances");
@@ -2273,7 +2274,7 @@ async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
                 AI,
                 "ApplicationInstance",
                 ns,
-                &format!("app-{i:02}"),
+                &format!("app-{i:03}"),
             )
             .await
             {
@@ -2347,7 +2348,7 @@ async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
             AI,
             "ApplicationInstance",
             ns,
-            &format!("app-{i:02}"),
+            &format!("app-{i:03}"),
         )
         .await
         {
