@@ -185,11 +185,6 @@ impl HelmReleaseWatches {
         })
     }
 
-    /// How many namespaces are watched.
-    pub fn watched(&self) -> usize {
-        self.with(|all| all.len())
-    }
-
     /// Keeps one watch per namespace of `managed` (the managed-namespace store) until `stop`
     /// resolves: started when a namespace becomes managed, stopped when it no longer is. `changed`
     /// is signalled on every change of a managed namespace (checked every
@@ -293,12 +288,8 @@ fn instance_and_ready(helm_release: &DynamicObject) -> (String, ReadyFingerprint
         .get(LABEL_INSTANCE)
         .cloned()
         .unwrap_or_else(|| helm_release.name_any());
-    let ready = helm_release
-        .data
-        .get("status")
-        .map(|status| fingerprint(&serde_json::json!({ "status": status })))
-        .unwrap_or(None);
-    (name, ready)
+    // `data` holds every top-level field but the metadata, `status` included: read in place.
+    (name, fingerprint(&helm_release.data))
 }
 
 #[cfg(test)]
@@ -322,6 +313,25 @@ mod tests {
         let mut later = release("True", "InstallSucceeded");
         later["status"]["observedGeneration"] = json!(2);
         assert_ne!(ready, fingerprint(&later), "a new generation reconciled");
+    }
+
+    #[test]
+    fn a_watched_helm_release_names_its_instance_and_its_readiness() {
+        let mut object = release("True", "InstallSucceeded");
+        object["apiVersion"] = json!("helm.toolkit.fluxcd.io/v2");
+        object["kind"] = json!("HelmRelease");
+        object["metadata"] =
+            json!({"name": "hr", "namespace": "ns", "labels": {LABEL_INSTANCE: "app"}});
+        let watched: DynamicObject = serde_json::from_value(object.clone()).expect("object");
+        assert_eq!(
+            instance_and_ready(&watched),
+            ("app".to_owned(), fingerprint(&object))
+        );
+        assert!(instance_and_ready(&watched).1.is_some());
+        object["metadata"]["labels"] = json!({});
+        object.as_object_mut().map(|o| o.remove("status"));
+        let unlabelled: DynamicObject = serde_json::from_value(object).expect("object");
+        assert_eq!(instance_and_ready(&unlabelled), ("hr".to_owned(), None));
     }
 
     #[test]
@@ -377,7 +387,6 @@ mod tests {
         });
         assert_eq!(watches.known("ns", "a"), Known::Present);
         assert_eq!(watches.known("ns", "b"), Known::Absent);
-        assert_eq!(watches.watched(), 1);
     }
 
     #[test]
