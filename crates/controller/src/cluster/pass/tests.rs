@@ -465,11 +465,15 @@ fn an_unchanged_pass_is_reused_only_for_the_same_verdict_namespaces_and_live_obj
 fn ours(id: &InventoryEntry) -> vworkspace_core::plan::diff::LiveObject {
     vworkspace_core::plan::diff::LiveObject {
         id: id.clone(),
-        labels: [(
-            vworkspace_core::plan::LABEL_CLUSTER.to_owned(),
-            "prod".to_owned(),
-        )]
+        labels: [
+            (vworkspace_core::plan::LABEL_CLUSTER, "prod"),
+            (
+                vworkspace_core::plan::LABEL_MANAGED_BY,
+                vworkspace_core::plan::MANAGED_BY,
+            ),
+        ]
         .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
         annotations: Default::default(),
         spec: Value::Null,
