@@ -208,7 +208,7 @@ async fn a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_ca
     .expect("the Lease, held by another");
 
     let audit = Audit::mark(&env.cp.audit_log);
-    let mut cmd = operator_cmd(&env, &scope.dir);
+    let mut cmd = operator_cmd(env, &scope.dir);
     cmd.args([
         "--leader-election",
         "--webhook-cert-secret",

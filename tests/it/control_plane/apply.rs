@@ -14,7 +14,7 @@ async fn first_apply_then_an_unchanged_pass_sends_no_write() {
             let head = intent.commit("release 1");
 
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "first pass: {out}\n{err}");
             let writes = audit.writes_by(OPERATOR_USER);
             println!("first pass: {} writes: {writes:#?}", writes.len());
@@ -72,7 +72,7 @@ async fn first_apply_then_an_unchanged_pass_sends_no_write() {
             }
 
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "second pass: {out}\n{err}");
             assert_eq!(
                 audit.writes_by(OPERATOR_USER),
@@ -91,7 +91,7 @@ async fn a_refused_commit_changes_nothing() {
             intent.add_instance("cp-refused-a", "nextcloud", "one");
             intent.release(&[]);
             let head = intent.commit("release 1");
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "first pass: {out}\n{err}");
             let before = get(
                 &env.admin,
@@ -108,7 +108,7 @@ async fn a_refused_commit_changes_nothing() {
             intent.release(&[]);
             intent.commit_signed_by_rogue("release 2, signed by an untrusted key");
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, _) = scope.once(&env);
+            let (ok, out, _) = scope.once(env);
             assert!(!ok, "the pass must fail: {out}");
             let writes = audit.writes_by(OPERATOR_USER);
             assert_eq!(
@@ -159,7 +159,7 @@ async fn prune_then_a_rollback_is_refused() {
             intent.add_instance("cp-prune-a", "wiki", "two");
             intent.release(&[]);
             let first = intent.commit("release 1");
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "first pass: {out}\n{err}");
             assert!(exists(&env.admin, AI, "ApplicationInstance", "cp-prune-a", "wiki").await);
 
@@ -167,7 +167,7 @@ async fn prune_then_a_rollback_is_refused() {
             intent.release(&[]);
             let head2 = intent.commit("release 2: wiki removed");
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "prune pass: {out}\n{err}");
             let writes = audit.writes_by(OPERATOR_USER);
             assert!(
@@ -196,7 +196,7 @@ async fn prune_then_a_rollback_is_refused() {
             intent.git(&["checkout", &first, "--", "clusters/cp-prune"]);
             intent.commit("release 1 again");
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, _) = scope.once(&env);
+            let (ok, out, _) = scope.once(env);
             assert!(!ok, "a rollback must fail: {out}");
             let writes = audit.writes_by(OPERATOR_USER);
             assert_eq!(object_writes(&writes), Vec::<String>::new(), "{writes:?}");
@@ -216,7 +216,7 @@ async fn prune_then_a_rollback_is_refused() {
             intent.remove_instance("cp-prune-a", "nextcloud");
             intent.release(&["--serial", "3"]);
             intent.commit("release 3: nothing declared");
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "empty release: {out}\n{err}");
             assert!(
                 !exists(
@@ -254,7 +254,7 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() 
     );
     intent.release(&[]);
     intent.commit("release 1");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "first pass: {out}\n{err}");
     let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "counter")
         .await
@@ -265,7 +265,7 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() 
     assert_eq!(values["big"].as_u64(), Some(9007199254740993), "{values}");
 
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "second pass: {out}\n{err}");
     assert_eq!(
         audit.writes_by(OPERATOR_USER),
@@ -286,7 +286,7 @@ async fn a_field_added_by_another_writer_is_undone_once_not_reapplied_on_every_p
             intent.add_instance(ns, "nextcloud", "one");
             intent.release(&[]);
             intent.commit("release 1");
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "first pass: {out}\n{err}");
             let break_glass = break_glass_client(&env.admin, &env.cp.kubeconfig).await;
             merge_patch(
@@ -299,10 +299,10 @@ async fn a_field_added_by_another_writer_is_undone_once_not_reapplied_on_every_p
             )
             .await
             .expect("break glass");
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "the pass that repairs it: {out}\n{err}");
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "the next pass: {out}\n{err}");
             let live = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
                 .await

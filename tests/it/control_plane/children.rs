@@ -38,7 +38,7 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
                    "data": {"image": "registry.example.org/tools/pg:16", "command": "[\"/bin/pg-dump\",\"--all\"]"}}),
         )
         .await;
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "first pass: {out}\n{err}");
     let ai = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
         .await
@@ -46,7 +46,7 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
     let ai_uid = ai.metadata.uid.clone().expect("uid");
 
     // The children controllers, briefly (no leader election: only this replica).
-    let mut controllers = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "run");
+    let mut controllers = Proc::spawn(&mut operator_cmd(env, &scope.dir), &scope.dir, "run");
     let children = [
         ("helm.toolkit.fluxcd.io/v2", "HelmRelease", "nextcloud"),
         ("source.toolkit.fluxcd.io/v1", "HelmRepository", "nextcloud"),
@@ -146,7 +146,7 @@ async fn children_are_valid_under_the_thirdparty_crds_and_collected_after_prune(
     }
     intent.release(&[]);
     intent.commit("release 2: nextcloud removed");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "prune pass: {out}\n{err}");
     assert!(!exists(&env.admin, AI, "ApplicationInstance", ns, "nextcloud").await);
     let owned: Vec<(&str, &str, String)> = children
@@ -186,7 +186,7 @@ async fn an_instance_written_through_the_api_is_not_materialized() {
     intent.add_instance(ns, "nextcloud", "declared");
     intent.release(&[]);
     intent.commit("release 1");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "first pass: {out}\n{err}");
 
     // The admission policy refuses an API writer outright (the admin here) ...
@@ -211,7 +211,7 @@ async fn an_instance_written_through_the_api_is_not_materialized() {
     apply(&break_glass, &intruder)
         .await
         .expect("break glass passes the admission policy");
-    let mut controllers = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "run");
+    let mut controllers = Proc::spawn(&mut operator_cmd(env, &scope.dir), &scope.dir, "run");
     // The declared instance's children prove the controllers ran.
     let admin = env.admin.clone();
     wait_for("the declared instance's HelmRelease", 60, || {

@@ -45,7 +45,7 @@ async fn deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalize
             .await
             .expect("a foreign finalizer");
 
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "first pass: {out}\n{err}");
             let finalizers = cluster_finalizers(&env.admin, &scope.name)
                 .await
@@ -70,7 +70,7 @@ async fn deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalize
             // deletes nothing.
             delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "finalizing pass: {out}\n{err}");
             let writes = audit.writes_by(OPERATOR_USER);
             assert!(
@@ -111,7 +111,7 @@ async fn deleting_a_cluster_orphans_what_it_applied_and_keeps_a_foreign_finalize
             }
             // A pass with the Cluster gone touches nothing of it.
             let audit = Audit::mark(&env.cp.audit_log);
-            let (ok, out, err) = scope.once(&env);
+            let (ok, out, err) = scope.once(env);
             assert!(ok, "a pass without Clusters: {out}\n{err}");
             assert_eq!(
                 operator_writes_to(&audit, ns),
@@ -142,7 +142,7 @@ async fn deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory() {
     )
     .await
     .expect("deletionPolicy: Delete");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "first pass: {out}\n{err}");
     let cluster = scope.cluster(&env.admin).await;
     let inventory = inventory_names(&cluster);
@@ -171,7 +171,7 @@ async fn deleting_a_cluster_with_deletion_policy_delete_prunes_its_inventory() {
 
     delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "finalizing pass: {out}\n{err}");
     wait_cluster_gone(&env.admin, &scope.name).await;
     let writes = audit.writes_by(OPERATOR_USER);
@@ -213,7 +213,7 @@ async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
     intent.add_instance(ns, "nextcloud", "one");
     intent.release(&[]);
     intent.commit("release 1");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "first pass: {out}\n{err}");
     assert_eq!(
         scope.cluster(&env.admin).await["status"]["lastAppliedSerial"],
@@ -227,7 +227,7 @@ async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
     intent.commit("release 2: wiki");
     let mut spec = scope.cluster(&env.admin).await["spec"].clone();
     delete(&env.admin, OPS, "Cluster", None, &scope.name).await;
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "finalizing pass: {out}\n{err}");
     wait_cluster_gone(&env.admin, &scope.name).await;
     spec["release"]["minSerial"] = json!(5);
@@ -239,7 +239,7 @@ async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
     .expect("the Cluster re-created with spec.release.minSerial 5");
 
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, _) = scope.once(&env);
+    let (ok, out, _) = scope.once(env);
     assert!(!ok, "a release below the floor is refused: {out}");
     let writes = audit.writes_by(OPERATOR_USER);
     let cluster_path = format!("/clusters/{}", scope.name);
@@ -278,7 +278,7 @@ async fn a_cluster_recreated_with_min_serial_above_the_release_is_refused() {
     // A release at the floor applies: the floor, not something else, was the refusal.
     intent.release(&["--serial", "5"]);
     intent.commit("release 5");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "a release at the floor: {out}\n{err}");
     assert!(exists(&env.admin, AI, "ApplicationInstance", ns, "wiki").await);
     assert_eq!(

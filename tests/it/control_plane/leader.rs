@@ -29,7 +29,7 @@ async fn two_replicas_with_leader_election_one_reconciles() {
             for name in ["replica-a", "replica-b"] {
                 let dir = scope.dir.join(name);
                 std::fs::create_dir_all(&dir).expect("mkdir");
-                let mut cmd = operator_cmd(&env, &dir);
+                let mut cmd = operator_cmd(env, &dir);
                 cmd.arg("--leader-election").env("POD_NAME", name);
                 replicas.push((name, Proc::spawn(&mut cmd, &dir, name)));
             }
@@ -126,7 +126,7 @@ async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
     .await;
     let dir = scope.dir.join("leader");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let mut cmd = operator_cmd(&env, &dir);
+    let mut cmd = operator_cmd(env, &dir);
     cmd.arg("--leader-election").env("POD_NAME", "replica-a");
     let mut leader = Proc::spawn(&mut cmd, &dir, "leader");
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =

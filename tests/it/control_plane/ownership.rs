@@ -30,7 +30,7 @@ async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
     let foreign_version = foreign.metadata.resource_version.clone();
 
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, _) = scope.once(&env);
+    let (ok, out, _) = scope.once(env);
     assert!(!ok, "a pass with a conflict is not Ready: {out}");
     let (status, reason, message) = scope.condition(&env.admin, "Applied").await;
     assert_eq!(
@@ -80,7 +80,7 @@ async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
     intent.release(&[]);
     intent.commit("release 2: nextcloud no longer declared");
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "without the conflicting declaration: {out}\n{err}");
     assert_eq!(
         operator_writes_to(&audit, "/applicationinstances/nextcloud"),
@@ -106,7 +106,7 @@ async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
     .await
     .expect("the adoption annotation");
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "adopted: {out}\n{err}");
     assert!(
         !operator_writes_to(&audit, "/applicationinstances/nextcloud").is_empty(),
@@ -135,7 +135,7 @@ async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
     );
     // Taken over for good: the next pass sends nothing.
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "after adoption: {out}\n{err}");
     assert_eq!(
         audit.writes_by(OPERATOR_USER),
@@ -169,14 +169,14 @@ async fn an_adopted_object_with_a_field_the_release_does_not_declare_is_not_rewr
     )
     .await
     .expect("break glass");
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "adopted: {out}\n{err}");
     let adopted = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
         .await
         .expect("adopted");
     assert_eq!(adopted.data["spec"]["chart"]["version"], "6.6.4");
     let audit = Audit::mark(&env.cp.audit_log);
-    let (ok, out, err) = scope.once(&env);
+    let (ok, out, err) = scope.once(env);
     assert!(ok, "after adoption: {out}\n{err}");
     let after = get(&env.admin, AI, "ApplicationInstance", Some(ns), "nextcloud")
         .await

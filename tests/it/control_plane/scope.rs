@@ -358,7 +358,8 @@ pub fn inventory_names(cluster: &Value) -> Vec<String> {
 #[test]
 fn test_name_is_the_function_it_is_written_in() {
     assert_eq!(test_name!(), "test_name_is_the_function_it_is_written_in");
-    let in_async_closure = futures::executor::block_on((async || test_name!())());
+    let body = async || test_name!();
+    let in_async_closure = futures::executor::block_on(body());
     assert_eq!(
         in_async_closure,
         "test_name_is_the_function_it_is_written_in"
