@@ -13,6 +13,7 @@
 //! Cluster), so they run one at a time (a lock); each uses its own cluster id and namespaces and
 //! deletes what it created, also when it fails.
 
+mod admission;
 mod fixture;
 mod scale;
 mod server;
