@@ -714,10 +714,13 @@ async fn the_api_server_admits_a_replicas_writes_only_while_it_holds_the_lease()
     let unbound = client_from(&env.shared.operator_kubeconfig).await;
 
     hold_lease(&env.admin, "replica-a").await;
-    wait_for("the fence to admit the holder", 30, || async {
-        dry_run_binding(&a, ns).await.ok()
+    // The API server's policy sees a new Lease a moment after it is written (until then there is
+    // none, and without one the fence admits).
+    wait_for("the fence to see the Lease", 30, || async {
+        dry_run_binding(&b, ns).await.err()
     })
     .await;
+    dry_run_binding(&a, ns).await.expect("the holder writes");
     let message = refused_by(
         dry_run_binding(&b, ns).await,
         FENCE_POLICY,
@@ -766,7 +769,7 @@ async fn the_api_server_admits_a_replicas_writes_only_while_it_holds_the_lease()
         .await
         .expect("the Lease taken over");
     wait_for("the fence to follow the Lease", 30, || async {
-        dry_run_binding(&b, ns).await.ok()
+        dry_run_binding(&a, ns).await.err()
     })
     .await;
     refused_by(
@@ -774,6 +777,9 @@ async fn the_api_server_admits_a_replicas_writes_only_while_it_holds_the_lease()
         FENCE_POLICY,
         "replica-a after the takeover",
     );
+    dry_run_binding(&b, ns)
+        .await
+        .expect("the new holder writes");
 
     // No Lease (deleted; the elector makes it before its first write): admitted, as it must be for
     // everyone else (the API server looks the Lease up before the match conditions).
