@@ -30,6 +30,7 @@ mod deletion;
 mod install;
 mod leader;
 mod ownership;
+mod policies;
 
 // What the test files use, by `super::…` or `use super::*` (a new test file finds the same names).
 use std::path::{Path, PathBuf};

@@ -454,13 +454,14 @@ fn admission_policy_keeps_managed_namespaces_from_git() {
         operator.as_str(),
         "system:serviceaccount:kube-system:namespace-controller",
         "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:kube-controller-manager",
         "vworkspace:break-glass",
     ] {
         assert!(conditions.contains(exempt), "{exempt} not exempt");
     }
-    // Nothing in deploy/ puts anyone in the break-glass group.
+    // Nothing in deploy/ puts anyone in the break-glass group (the policies only name it).
     for (file, doc) in &docs {
-        if file != "admission-policy.yaml" {
+        if doc["kind"] != "ValidatingAdmissionPolicy" {
             assert!(
                 !doc.to_string().contains("vworkspace:break-glass"),
                 "{file} grants break-glass"
@@ -711,5 +712,216 @@ fn the_image_is_static_and_runs_as_the_deployments_user() {
     assert!(
         ignore.lines().any(|l| l == "target/"),
         "the build context leaves target/ out"
+    );
+}
+
+const OPERATOR: &str = "system:serviceaccount:vworkspace-system:vworkspace-app-operator";
+
+/// A policy of deploy/, fail-closed, with its binding denying.
+fn denying_policy<'a>(docs: &'a [(String, Value)], name: &str) -> &'a Value {
+    let policy = named(docs, "ValidatingAdmissionPolicy", name);
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
+    let binding = named(docs, "ValidatingAdmissionPolicyBinding", name);
+    assert_eq!(binding["spec"]["policyName"], name);
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    &policy["spec"]
+}
+
+#[test]
+fn the_operator_may_change_only_the_ca_bundle_of_its_webhook_configuration() {
+    let docs = documents();
+    let spec = denying_policy(&docs, "vworkspace-app-operator-webhook-ca-only");
+    let rule = &spec["matchConstraints"]["resourceRules"][0];
+    assert!(strings(&rule["resources"]).contains(&"validatingwebhookconfigurations".to_owned()));
+    assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
+    assert!(spec["matchConditions"].to_string().contains(OPERATOR));
+    let validations = spec["validations"].to_string();
+    for needle in [
+        "request.operation == 'UPDATE'",
+        "request.name == 'vworkspace-app-operator'",
+        "k != 'caBundle'",
+        "k != 'clientConfig'",
+        "oldObject.webhooks[i]",
+        "object.metadata.?labels == oldObject.metadata.?labels",
+    ] {
+        assert!(validations.contains(needle), "{needle}");
+    }
+    // RBAC names the object too: get and update of that one configuration, nothing else.
+    let gitops = named(&docs, "ClusterRole", "vworkspace-app-operator-gitops");
+    let rules: Vec<&Value> = gitops["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| strings(&r["apiGroups"]) == ["admissionregistration.k8s.io"])
+        .collect();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        strings(&rules[0]["resourceNames"]),
+        ["vworkspace-app-operator"]
+    );
+    assert_eq!(strings(&rules[0]["verbs"]), ["get", "update"]);
+}
+
+#[test]
+fn only_the_operator_and_break_glass_write_cluster_status() {
+    let docs = documents();
+    let spec = denying_policy(&docs, "vworkspace-cluster-status-from-operator");
+    let rule = &spec["matchConstraints"]["resourceRules"][0];
+    assert_eq!(strings(&rule["apiGroups"]), ["ops.vworkspace.io"]);
+    assert_eq!(strings(&rule["resources"]), ["clusters/status"]);
+    let conditions = spec["matchConditions"].to_string();
+    assert!(conditions.contains(OPERATOR));
+    assert!(conditions.contains("vworkspace:break-glass"));
+    assert_eq!(spec["validations"][0]["expression"], "false");
+}
+
+#[test]
+fn the_children_the_operator_writes_are_its_alone_in_managed_namespaces() {
+    let docs = documents();
+    let spec = denying_policy(&docs, "vworkspace-children-from-operator");
+    let managed = |selector: &Value| {
+        assert_eq!(
+            selector["matchLabels"]["app.vworkspace.io/managed-by"], "vworkspace",
+            "{selector}"
+        );
+    };
+    managed(&spec["matchConstraints"]["namespaceSelector"]);
+    managed(&spec["matchConstraints"]["objectSelector"]);
+    let rules = spec["matchConstraints"]["resourceRules"]
+        .as_array()
+        .expect("rules");
+    // Every kind the operator writes in a managed namespace (crates/controller/src/children).
+    for (group, resource) in [
+        ("helm.toolkit.fluxcd.io", "helmreleases"),
+        ("source.toolkit.fluxcd.io", "helmrepositories"),
+        ("source.toolkit.fluxcd.io", "ocirepositories"),
+        ("", "secrets"),
+        ("batch", "jobs"),
+        ("argoproj.io", "workflows"),
+        ("snapshot.storage.k8s.io", "volumesnapshots"),
+    ] {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                strings(&r["apiGroups"]) == [group]
+                    && strings(&r["resources"]).contains(&resource.to_owned())
+            })
+            .unwrap_or_else(|| panic!("{group}/{resource} not protected"));
+        assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
+        // The main resource only: controllers write status through the subresource.
+        assert!(!strings(&rule["resources"]).iter().any(|r| r.contains('/')));
+    }
+    let conditions = spec["matchConditions"].to_string();
+    for exempt in [
+        OPERATOR,
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:kube-controller-manager",
+        "vworkspace:break-glass",
+    ] {
+        assert!(conditions.contains(exempt), "{exempt} not exempt");
+    }
+    let owned = spec["variables"][0]["expression"].as_str().expect("owned");
+    for needle in [
+        "request.operation == 'UPDATE'",
+        "object.?spec == oldObject.?spec",
+        "object.?data == oldObject.?data",
+        "apps.vworkspace.io/spec-digest",
+        "ownerReferences",
+    ] {
+        assert!(owned.contains(needle), "{needle}");
+    }
+    // Velero's objects, in Velero's namespace: the operator and Velero's own ServiceAccounts.
+    let velero = denying_policy(&docs, "vworkspace-velero-children-from-operator");
+    managed(&velero["matchConstraints"]["objectSelector"]);
+    let rule = &velero["matchConstraints"]["resourceRules"][0];
+    assert_eq!(strings(&rule["apiGroups"]), ["velero.io"]);
+    assert_eq!(strings(&rule["resources"]), ["backups", "restores"]);
+}
+
+#[test]
+fn the_leader_fence_admits_the_operators_pod_writes_only_from_the_lease_holder() {
+    let docs = documents();
+    let spec = denying_policy(&docs, "vworkspace-app-operator-leader-fence");
+    assert_eq!(spec["paramKind"]["apiVersion"], "coordination.k8s.io/v1");
+    assert_eq!(spec["paramKind"]["kind"], "Lease");
+    let binding = named(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "vworkspace-app-operator-leader-fence",
+    );
+    let param = &binding["spec"]["paramRef"];
+    // The Lease the elector holds (runtime/leader.rs), in the Deployment's namespace.
+    assert_eq!(
+        param["name"],
+        vworkspace_controller::runtime::leader::LEASE_NAME
+    );
+    assert_eq!(param["namespace"], "vworkspace-system");
+    // Allow: the API server resolves the Lease before the match conditions, so Deny would refuse
+    // these kinds to everyone whenever the Lease is missing.
+    assert_eq!(param["parameterNotFoundAction"], "Allow");
+    // Named kinds (what a trouble with the Lease could hold up), never a wildcard; every kind the
+    // operator writes among them.
+    let rules = spec["matchConstraints"]["resourceRules"]
+        .as_array()
+        .expect("rules");
+    let fenced: Vec<String> = rules
+        .iter()
+        .flat_map(|r| strings(&r["resources"]))
+        .collect();
+    assert!(!fenced.iter().any(|r| r.contains('*')), "{fenced:?}");
+    assert!(
+        rules
+            .iter()
+            .all(|r| !strings(&r["apiGroups"]).contains(&"*".to_owned()))
+    );
+    for kind in [
+        "applicationinstances",
+        "applicationinstances/status",
+        "operations/status",
+        "clusters",
+        "clusters/status",
+        "rolebindings",
+        "secrets",
+        "serviceaccounts",
+        "helmreleases",
+        "helmrepositories",
+        "jobs",
+        "workflows",
+        "volumesnapshots",
+        "backups",
+        "restores",
+    ] {
+        assert!(fenced.contains(&kind.to_owned()), "{kind} not fenced");
+    }
+    let conditions = spec["matchConditions"].to_string();
+    for needle in [
+        OPERATOR,
+        "authentication.kubernetes.io/pod-name",
+        "coordination.k8s.io",
+        "vworkspace-app-operator-webhook-tls",
+        "validatingwebhookconfigurations",
+    ] {
+        assert!(conditions.contains(needle), "{needle}");
+    }
+    assert!(
+        spec["validations"][0]["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("params.spec.holderIdentity ==")
+                && e.contains("request.userInfo.extra['authentication.kubernetes.io/pod-name']"))
+    );
+    // The holder identity is the pod name: the Deployment elects with POD_NAME = metadata.name.
+    let deployment = named(&docs, "Deployment", "vworkspace-app-operator");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(strings(&container["args"]).contains(&"--leader-election".to_owned()));
+    let pod_name = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "POD_NAME")
+        .expect("POD_NAME");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
     );
 }

@@ -141,9 +141,9 @@ const WEBHOOK_SECRET: &str = "vworkspace-app-operator-webhook-tls";
 /// Puts back the shared webhook configuration and removes the standby Lease and the certificate
 /// Secret of [`a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it`], also
 /// when it fails.
-struct RestoreWebhook {
-    kubeconfig: PathBuf,
-    shared: Value,
+pub(super) struct RestoreWebhook {
+    pub(super) kubeconfig: PathBuf,
+    pub(super) shared: Value,
 }
 
 impl Drop for RestoreWebhook {

@@ -89,7 +89,7 @@ async fn two_replicas_with_leader_election_one_reconciles() {
 }
 
 /// Sends `sig` (`-STOP`, `-CONT`) to a process's whole group.
-fn signal_group(p: &Proc, sig: &str) {
+pub(super) fn signal_group(p: &Proc, sig: &str) {
     let status = Command::new("kill")
         .args([sig, "--", &format!("-{}", p.child.id())])
         .status()
@@ -98,7 +98,7 @@ fn signal_group(p: &Proc, sig: &str) {
 }
 
 /// The time the API server received an audit event's request.
-fn received(event: &Value) -> jiff::Timestamp {
+pub(super) fn received(event: &Value) -> jiff::Timestamp {
     event["requestReceivedTimestamp"]
         .as_str()
         .and_then(|t| t.parse().ok())

@@ -229,7 +229,7 @@ pub async fn delete(client: &Client, api_version: &str, kind: &str, ns: Option<&
 }
 
 /// The server and CA of an admin kubeconfig written by scripts/control-plane.sh.
-fn server_and_ca(kubeconfig: &Path) -> (String, String) {
+pub fn server_and_ca(kubeconfig: &Path) -> (String, String) {
     let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
     let cluster = kc.clusters[0].cluster.clone().expect("cluster");
     (

@@ -473,8 +473,32 @@ pub async fn round(client: &Client, options: &CertOptions) -> Result<Option<Mate
     Ok(Some(material))
 }
 
-/// Sets `caBundle` on every webhook of the named configuration (an update carrying the
-/// resourceVersion read; nothing is sent when it is already set).
+/// What the webhook may trust of `bundle` (the Secret's `ca.crt`): its first certificate, the
+/// operator's current CA ([`plan`] keeps it only when it matches `ca.key`, or made it), and the older
+/// ones only while `trusted` (the webhook's caBundle now) holds them too: a CA the operator set
+/// itself before it was replaced. Whatever else sits in `ca.crt` (a certificate someone added to the
+/// Secret) never reaches the caBundle.
+pub fn own_ca_bundle(bundle: &str, trusted: Option<&[u8]>) -> String {
+    let all = parse_pems(bundle);
+    let trusted = trusted
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .map(parse_pems)
+        .unwrap_or_default();
+    let own: Vec<&Vec<u8>> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, der)| *i == 0 || trusted.contains(der))
+        .map(|(_, der)| der)
+        .collect();
+    if own.len() == all.len() {
+        bundle.to_owned()
+    } else {
+        own.into_iter().map(|der| to_pem(der)).collect()
+    }
+}
+
+/// Sets `caBundle` on every webhook of the named configuration to [`own_ca_bundle`] of `bundle` (an
+/// update carrying the resourceVersion read; nothing is sent when it is already set).
 pub async fn set_ca_bundle(client: &Client, name: &str, bundle: &str) -> Result<(), CertError> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let mut config = api
@@ -484,11 +508,16 @@ pub async fn set_ca_bundle(client: &Client, name: &str, bundle: &str) -> Result<
             "get ValidatingWebhookConfiguration {name}"
         )))?
         .ok_or_else(|| CertError::NoWebhookConfiguration(name.to_owned()))?;
-    let wanted = ByteString(bundle.as_bytes().to_vec());
     let mut changed = false;
     for hook in config.webhooks.iter_mut().flatten() {
+        let current = hook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| b.0.as_slice());
+        let wanted = ByteString(own_ca_bundle(bundle, current).into_bytes());
         if hook.client_config.ca_bundle.as_ref() != Some(&wanted) {
-            hook.client_config.ca_bundle = Some(wanted.clone());
+            hook.client_config.ca_bundle = Some(wanted);
             changed = true;
         }
     }
@@ -640,6 +669,39 @@ mod tests {
         stale.cert = "garbage".into();
         let (next, _) = written(plan(Some(&stale), &names(), past_old).expect("plan"));
         assert_eq!(parse_pems(&next.ca_bundle).len(), 1);
+    }
+
+    #[test]
+    fn the_ca_bundle_holds_the_operators_own_cas_not_what_else_sits_in_the_secret() {
+        let (m, _) = written(plan(None, &names(), NOW).expect("plan"));
+        let (foreign, _) = new_ca(NOW).expect("a CA someone else made");
+        // Someone appends their CA to the Secret's ca.crt: a fresh configuration trusts ours only.
+        let tampered = format!("{}{foreign}", m.ca_bundle);
+        assert_eq!(own_ca_bundle(&tampered, None), pem_first(&m.ca_bundle));
+        assert_eq!(
+            own_ca_bundle(&tampered, Some(m.ca_bundle.as_bytes())),
+            pem_first(&m.ca_bundle),
+            "not added to a configuration that trusts our CA"
+        );
+        // Our CA renewed: the old one stays while the configuration trusts it (we set it there) ...
+        let due = NOW + secs(CA_VALIDITY) - secs(CA_RENEW_BEFORE) + DAY;
+        let (renewed, _) = written(plan(Some(&m), &names(), due).expect("plan"));
+        assert_eq!(parse_pems(&renewed.ca_bundle).len(), 2);
+        assert_eq!(
+            own_ca_bundle(&renewed.ca_bundle, Some(m.ca_bundle.as_bytes())),
+            renewed.ca_bundle
+        );
+        // ... and once set, the bundle is stable (nothing more to write).
+        assert_eq!(
+            own_ca_bundle(&renewed.ca_bundle, Some(renewed.ca_bundle.as_bytes())),
+            renewed.ca_bundle
+        );
+        // A foreign CA slipped in behind the old one is dropped, the old one kept.
+        let slipped = format!("{}{foreign}", renewed.ca_bundle);
+        assert_eq!(
+            parse_pems(&own_ca_bundle(&slipped, Some(renewed.ca_bundle.as_bytes()))),
+            parse_pems(&renewed.ca_bundle)
+        );
     }
 
     #[test]
