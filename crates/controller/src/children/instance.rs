@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::declared::{self, DeclaredRelease, Verdict};
-use super::{ChildContext, api_resource, ensure_dynamic, kube_error};
+use super::{ChildContext, api_resource, ensure_dynamic, kube_error, rollout};
 use crate::children::flux::{self, VALUES_KEY};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
@@ -72,12 +72,12 @@ async fn write_status(
 }
 
 /// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
-/// by name only.
+/// by name only. Returns the Secret's `resourceVersion` (what [`rollout::values_request`] names).
 async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
     let what = format!("Secret {namespace}/{name}");
@@ -99,16 +99,22 @@ async fn ensure_values_secret(
                     .map(|b| b.0.as_slice())
                     == Some(yaml)
                     && l.metadata.owner_references == desired.metadata.owner_references
+                    && l.metadata.labels.as_ref().is_some_and(|have| {
+                        desired.labels().iter().all(|(k, v)| have.get(k) == Some(v))
+                    })
             });
-            if !same {
-                api.patch(
+            if same {
+                return Ok(live.and_then(|l| l.metadata.resource_version));
+            }
+            let written = api
+                .patch(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&desired),
                 )
                 .await
                 .map_err(kube_error(format!("apply {what}")))?;
-            }
+            return Ok(written.metadata.resource_version);
         }
         None => {
             // Only ever delete our own Secret (labelled for this instance).
@@ -122,7 +128,7 @@ async fn ensure_values_secret(
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Reconciles one instance.
@@ -162,6 +168,17 @@ pub async fn reconcile(
     let label = instance.labels().get(LABEL_CLUSTER).map(String::as_str);
     let (declaring, declared_object, altered) =
         match ctx.declared.judge_instance(&instance, label, &all) {
+            Verdict::Declared {
+                release, altered, ..
+            } if altered
+                && rollout::applied_by_newer_release(
+                    instance.metadata.annotations.as_ref(),
+                    release.serial,
+                ) =>
+            {
+                // Applied by a pass that has not published its release yet: judged once it has.
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
             Verdict::Declared {
                 release,
                 declared,
@@ -238,18 +255,27 @@ pub async fn reconcile(
         object: format!("ApplicationInstance {namespace}/{name}"),
         source: e.into(),
     };
-    let (plural, source) = flux::source(&instance).map_err(invalid)?;
-    let release =
+    let (plural, mut source) = flux::source(&instance).map_err(invalid)?;
+    let chart = &instance.spec.chart;
+    rollout::request(
+        &mut source,
+        Some(&rollout::chart_request(&chart.name, &chart.version)),
+    );
+    let mut release =
         flux::helm_release(&instance, &split.inline, split.secret.is_some()).map_err(invalid)?;
     let source_kind = source["kind"].as_str().unwrap_or_default().to_owned();
     // The values Secret first: the HelmRelease that reads it must never see it missing.
-    ensure_values_secret(
+    let values_version = ensure_values_secret(
         &ctx,
         &instance,
         split.secret.as_deref().map(|v| v.as_slice()),
     )
     .await?;
     drop(split);
+    rollout::request(
+        &mut release,
+        rollout::values_request(values_version.as_deref()).as_deref(),
+    );
     ensure_dynamic(
         &ctx.client,
         &api_resource("source.toolkit.fluxcd.io/v1", &source_kind, plural),
@@ -271,7 +297,7 @@ pub async fn reconcile(
         known_absent,
     )
     .await?;
-    let ready = flux::helm_release_ready(&live_release).unwrap_or_else(|| {
+    let ready = rollout::ready_for_current_generation(&live_release).unwrap_or_else(|| {
         (
             "Unknown".into(),
             WAITING.into(),

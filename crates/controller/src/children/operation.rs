@@ -149,6 +149,17 @@ pub async fn reconcile(op: Arc<Operation>, ctx: Arc<ChildContext>) -> Result<Act
     let label = op.labels().get(LABEL_CLUSTER).map(String::as_str);
     let op = match ctx.declared.judge_operation(&op, label, &cluster_ids) {
         Verdict::Declared {
+            release, altered, ..
+        } if altered
+            && super::rollout::applied_by_newer_release(
+                op.metadata.annotations.as_ref(),
+                release.serial,
+            ) =>
+        {
+            // Applied by a pass that has not published its release yet: judged once it has.
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        Verdict::Declared {
             release,
             declared: declared_object,
             altered,
