@@ -86,7 +86,10 @@ copy_crds() {
   # kwok's own "fast" stages (a node that becomes Ready, pods that run, Job pods that complete).
   mkdir -p "$OUT/kwok-stages"
   dir="$(cd "$ROOT/tests/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
-  cp "$dir"/kustomize/stage/node/fast/*.yaml "$dir"/kustomize/stage/pod/fast/*.yaml "$OUT/kwok-stages/"
+  local stage
+  for stage in "$dir"/kustomize/stage/node/fast/*.yaml "$dir"/kustomize/stage/pod/fast/*.yaml; do
+    [ "$(basename "$stage")" = kustomization.yaml ] || cp -f "$stage" "$OUT/kwok-stages/"
+  done
   rm -f "$OUT"/kwok-stages/kustomization.yaml
   chmod u+w "$OUT"/kwok-stages/*.yaml
 }

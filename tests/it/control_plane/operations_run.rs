@@ -233,9 +233,10 @@ async fn child_of(
     ns: &str,
     operation: &str,
 ) -> String {
-    let op = object(client, OPS, "Operation", ns, operation)
-        .await
-        .unwrap_or_else(|| panic!("Operation {operation}"));
+    let op = wait_for(&format!("Operation {operation} applied"), 90, || {
+        object(client, OPS, "Operation", ns, operation)
+    })
+    .await;
     let uid = op["metadata"]["uid"].as_str().expect("uid").to_owned();
     let api = dynamic_api(client, api_version, kind, Some(ns)).await;
     wait_for(&format!("the {kind} of {operation}"), 90, || async {
