@@ -501,3 +501,107 @@ async fn the_real_flux_installs_upgrades_rotates_and_uninstalls_a_declared_chart
         charts.served()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_flux_installs_a_chart_from_an_oci_registry_and_uninstalls_it() {
+    let test = "the_real_flux_installs_a_chart_from_an_oci_registry_and_uninstalls_it";
+    let Some(env) = env(test).await else {
+        return;
+    };
+    let Some(bin) = flux_bin(test) else {
+        return;
+    };
+    install_flux_crds(&env.admin, &bin).await;
+    let ns = "cp-delivery-oci";
+    let name = "cache";
+    let intent = Intent::new("cp-delivery-oci");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let charts = ChartServer::start(&scope.dir).await;
+    charts.publish("demo", "0.1.0");
+    charts.publish("demo", "0.2.0");
+    let registry = charts.oci_url();
+    declare_app(
+        &intent,
+        ns,
+        name,
+        (&registry, "demo", "0.1.0"),
+        "oci.example.org",
+        "pw-oci",
+    );
+    intent.release(&[]);
+    intent.commit("release 1: cache from OCI");
+    let _leftovers = FluxLeftovers {
+        kubeconfig: env.cp.kubeconfig.clone(),
+        ns: ns.to_owned(),
+    };
+    let _webhook = super::webhook_replica(&env, &scope.dir).await;
+    let flux = Flux::start(&env, &bin, &scope.dir, &charts.ca);
+    let operator = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "operator");
+
+    let data = rendered(&env.admin, ns, name, "install from OCI", &flux, |d| {
+        d["password"] == "pw-oci"
+    })
+    .await;
+    assert_eq!(data["host"], "oci.example.org");
+    // From an OCIRepository, Flux appends the artifact's digest as build metadata: 0.1.0+<digest>.
+    let version = data["chartVersion"].as_str().unwrap_or_default();
+    assert!(version.starts_with("0.1.0+"), "{data}");
+    let source = object(&env.admin, SOURCE, "OCIRepository", ns, name)
+        .await
+        .expect("OCIRepository");
+    assert_eq!(
+        ready_of(&source).map(|r| r.0).as_deref(),
+        Some("True"),
+        "{source}"
+    );
+    instance_ready(&env.admin, ns, name, &flux, &operator).await;
+
+    // A new version is a new tag: the OCIRepository's spec moves, the chart follows.
+    declare_app(
+        &intent,
+        ns,
+        name,
+        (&registry, "demo", "0.2.0"),
+        "oci.example.org",
+        "pw-oci",
+    );
+    release_and_pass(&env, &intent, "release 2: 0.2.0").await;
+    rendered(&env.admin, ns, name, "OCI upgrade", &flux, |d| {
+        d["chartVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("0.2.0+"))
+    })
+    .await;
+    instance_ready(&env.admin, ns, name, &flux, &operator).await;
+    assert!(
+        charts
+            .served()
+            .iter()
+            .any(|p| p.ends_with(" /v2/charts/demo/manifests/0.2.0")),
+        "{:?}",
+        charts.served()
+    );
+
+    intent.remove(&format!(
+        "clusters/{}/namespaces/{ns}/applicationinstances/{name}.yaml",
+        intent.cluster
+    ));
+    release_and_pass(&env, &intent, "release 3: cache removed").await;
+    for (api_version, kind, object_name) in [
+        (HR, "HelmRelease", name.to_owned()),
+        ("v1", "ConfigMap", format!("{name}-rendered")),
+    ] {
+        let admin = env.admin.clone();
+        let object_name = &object_name;
+        wait_for(&format!("{kind} {ns}/{object_name} gone"), 120, || {
+            let admin = admin.clone();
+            async move {
+                get(&admin, api_version, kind, Some(ns), object_name)
+                    .await
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}

@@ -263,8 +263,8 @@ async fn phase_becomes(client: &Client, ns: &str, operation: &str, phase: &str) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workflow_and_snapshot_operations_mirror_the_status_their_controllers_write() {
-    let test = "workflow_and_snapshot_operations_mirror_the_status_their_controllers_write";
+async fn velero_argo_and_snapshot_operations_mirror_the_status_their_controllers_write() {
+    let test = "velero_argo_and_snapshot_operations_mirror_the_status_their_controllers_write";
     let Some(env) = env(test).await else {
         return;
     };
@@ -287,9 +287,10 @@ async fn workflow_and_snapshot_operations_mirror_the_status_their_controllers_wr
         "maintenance",
         "  type: Workflow\n  template: maintenance\n  parameters:\n    mode: quick\n",
     );
+    intent.add_backup(ns, "nightly", "app");
     intent.release(&[]);
     intent.commit("release 1");
-    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let mut scope = Scope::new(&env, &intent, &[ns]).await;
     let _webhook = super::webhook_replica(&env, &scope.dir).await;
     let _operator = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "operator");
     let admin = &env.admin;
@@ -318,6 +319,42 @@ async fn workflow_and_snapshot_operations_mirror_the_status_their_controllers_wr
             .contains("vacuum"),
         "{op}"
     );
+
+    // Velero: InProgress, then Completed (the Backup lives in Velero's namespace, found by the
+    // operation's labels).
+    let backups = dynamic_api(admin, "velero.io/v1", "Backup", Some("velero")).await;
+    let selector =
+        format!("ops.vworkspace.io/operation-namespace={ns},ops.vworkspace.io/operation=nightly");
+    let backup = wait_for("the Velero Backup of nightly", 90, || async {
+        let list = backups
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|b| b.metadata.name)
+    })
+    .await;
+    scope.also_delete("velero.io/v1", "Backup", Some("velero"), &backup);
+    write_child_status(
+        admin,
+        "velero.io/v1",
+        "Backup",
+        "velero",
+        &backup,
+        json!({"phase": "InProgress", "startTimestamp": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+    phase_becomes(admin, ns, "nightly", "Running").await;
+    write_child_status(
+        admin,
+        "velero.io/v1",
+        "Backup",
+        "velero",
+        &backup,
+        json!({"phase": "Completed", "completionTimestamp": "2026-01-01T00:05:00Z"}),
+    )
+    .await;
+    let op = phase_becomes(admin, ns, "nightly", "Succeeded").await;
+    assert_eq!(op["status"]["reason"], "Completed", "{op}");
 
     // external-snapshotter: readyToUse false (in progress), then true.
     let snapshot = child_of(
