@@ -5,7 +5,8 @@
 # RBAC, the admission plugins (ValidatingAdmissionPolicy and the webhooks), a ServiceAccount issuer
 # and signing key (TokenRequest works) and an audit log.
 #
-#   scripts/control-plane.sh build   build (or reuse) target/control-plane/bin/{etcd,kube-apiserver,kube-controller-manager}
+#   scripts/control-plane.sh build   build (or reuse) target/control-plane/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler}
+#                                    (kube-scheduler is not started here: the tests that run pods on a kwok node start it)
 #   scripts/control-plane.sh start   build, start, wait for /readyz; the last line is KUBECONFIG=<admin kubeconfig>
 #   scripts/control-plane.sh env     the running one's variables (KUBECONFIG, VWS_CONTROL_PLANE_AUDIT_LOG, ...)
 #   scripts/control-plane.sh stop    stop exactly the processes `start` started (by their process group) and delete its data
@@ -60,7 +61,8 @@ build() {
   local digest
   digest="$(source_digest)"
   if [ -f "$BIN/.digest" ] && [ "$(cat "$BIN/.digest")" = "$digest" ] &&
-    [ -x "$BIN/etcd" ] && [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; then
+    [ -x "$BIN/etcd" ] && [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] &&
+    [ -x "$BIN/kube-scheduler" ]; then
     return 0
   fi
   mkdir -p "$BIN"
@@ -71,9 +73,9 @@ build() {
     echo "control-plane: cannot download the Go modules (is the Go module proxy reachable? $(go env GOPROXY)); see $OUT/download.log; the real-server tests are skipped" >&2
     exit 4
   fi
-  say "building etcd, kube-apiserver, kube-controller-manager from Go modules (the first build takes many minutes)"
+  say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler from Go modules (the first build takes many minutes)"
   local start=$SECONDS
-  if ! (cd "$SRC" && go build "${GO_BUILD_FLAGS[@]}" -o "$BIN/" ./etcd ./kube-apiserver ./kube-controller-manager) >"$OUT/build.log" 2>&1; then
+  if ! (cd "$SRC" && go build "${GO_BUILD_FLAGS[@]}" -o "$BIN/" ./etcd ./kube-apiserver ./kube-controller-manager ./kube-scheduler) >"$OUT/build.log" 2>&1; then
     echo "control-plane: the Go build failed; see $OUT/build.log" >&2
     tail -20 "$OUT/build.log" >&2
     exit 6

@@ -72,6 +72,29 @@ if [ -z "${VWS_TEST_KUBECONFIG:-}" ]; then
   rm -f "$cp_err.env"
 fi
 
+# The consumers of what the operator writes (tests/it/control_plane/delivery.rs, operations_run.rs):
+# Flux source-controller and helm-controller, and kwok, built from Go modules on first use (cached
+# under target/flux/), started and stopped by the tests themselves. Without Go 1.26 or the module
+# proxy those tests are skipped with the script's one-line reason; a failed build fails the run.
+if [ -z "${VWS_TEST_FLUX_BIN:-}" ]; then
+  set +e
+  flux_out="$(./scripts/flux.sh build 2>"$cp_err")"
+  rc=$?
+  set -e
+  cat "$cp_err" >&2
+  if [ "$rc" -eq 0 ]; then
+    VWS_TEST_FLUX_BIN="$(echo "$flux_out" | sed -n 's/^VWS_TEST_FLUX_BIN=//p')"
+    export VWS_TEST_FLUX_BIN
+  elif [ "$rc" -eq 3 ] || [ "$rc" -eq 4 ]; then
+    VWS_TEST_FLUX_SKIP="$(grep '^flux:' "$cp_err" | tail -1)"
+    export VWS_TEST_FLUX_SKIP
+    echo "Flux and kwok tests will be skipped: $VWS_TEST_FLUX_SKIP"
+  else
+    echo "scripts/flux.sh build failed (exit $rc)" >&2
+    exit 1
+  fi
+fi
+
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 # Stopped before the summary, so that the closing line stays the last one.
 if [ -n "$cp_started" ]; then

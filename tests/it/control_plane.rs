@@ -13,7 +13,11 @@
 //! Cluster), so they run one at a time (a lock); each uses its own cluster id and namespaces and
 //! deletes what it created, also when it fails.
 
+mod chart_server;
+mod delivery;
+mod delivery_bench;
 mod fixture;
+mod operations_run;
 mod scale;
 mod server;
 

@@ -246,9 +246,32 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     assert_eq!(status["conditions"][0]["reason"], "WaitingForHelmRelease");
     assert_eq!(status["observedGeneration"], 2);
 
-    // Flux reports Ready: the instance mirrors it, and nothing else is written.
+    // The HelmRelease asks helm-controller to reconcile for this values Secret write; the Secret
+    // carries Flux's watch label; the source asks for the declared chart.
+    let requested = release["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].clone();
+    assert_eq!(
+        requested,
+        format!(
+            "values/{}",
+            secret["metadata"]["resourceVersion"].as_str().expect("rv")
+        )
+    );
+    assert_eq!(
+        secret["metadata"]["labels"]["reconcile.fluxcd.io/watch"],
+        "Enabled"
+    );
+    assert_eq!(
+        api.get(HELM_REPOSITORY).expect("source")["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"],
+        "chart/nextcloud@6.6.4"
+    );
+
+    // Flux reports Ready for this generation and request: the instance mirrors it, and nothing else
+    // is written.
     let mut ready = api.get(HELM_RELEASE).expect("helmrelease");
-    ready["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "reason": "InstallSucceeded", "message": "Helm install succeeded for release org-myteam/nextcloud.v1"}]});
+    ready["metadata"]["generation"] = json!(1);
+    ready["status"] = json!({"observedGeneration": 1, "lastHandledReconcileAt": requested,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "InstallSucceeded", "observedGeneration": 1,
+                        "message": "Helm install succeeded for release org-myteam/nextcloud.v1"}]});
     api.put(HELM_RELEASE, ready);
     api.clear();
     children::instance::reconcile(instance(&api), ctx.clone())
@@ -270,7 +293,9 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
         "no write when nothing changed"
     );
 
-    // A new encrypted value (same plaintext path, new ciphertext and a new secret): only the Secret.
+    // A new encrypted value (same plaintext path, new ciphertext and a new secret): the Secret, and
+    // the HelmRelease's reconcile request for the new Secret (its spec is unchanged); the instance
+    // is not Ready until helm-controller has handled that request.
     let mut ai = api.get(NEXTCLOUD).expect("instance");
     ai["spec"]["values"]["api"]["token"] = json!(age(&keys, "token-PLAINTEXT-MARKER-3"));
     api.put(NEXTCLOUD, ai);
@@ -279,8 +304,24 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     children::instance::reconcile(instance(&api), ctx.clone())
         .await
         .expect("reconciled");
-    assert_eq!(writes(&api), [format!("PATCH {SECRET}")]);
+    assert_eq!(
+        writes(&api),
+        [
+            format!("PATCH {SECRET}"),
+            format!("PATCH {HELM_RELEASE}"),
+            format!("PATCH {NEXTCLOUD}/status")
+        ]
+    );
     assert_no_plaintext_outside_the_values_secret(&api);
+    let rotated = api.get(SECRET).expect("secret")["metadata"]["resourceVersion"].clone();
+    let release = api.get(HELM_RELEASE).expect("helmrelease");
+    assert_eq!(
+        release["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"],
+        format!("values/{}", rotated.as_str().expect("rv"))
+    );
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
+    assert_eq!(status["conditions"][0]["status"], "Unknown", "{status}");
+    assert_eq!(status["conditions"][0]["reason"], "Progressing", "{status}");
 
     // No encrypted values left: the Secret goes, and the HelmRelease stops reading it.
     let mut ai = api.get(NEXTCLOUD).expect("instance");
@@ -620,5 +661,113 @@ async fn a_refused_template_runs_once_it_is_allowed() {
     assert_eq!(
         operation(&api, &path).status.clone().and_then(|s| s.phase),
         Some(OperationPhase::Pending)
+    );
+}
+
+/// Ready is mirrored for the HelmRelease's current generation only: after an upgrade (generation 2)
+/// that helm-controller has not reconciled (observed 1, still `InstallSucceeded`), the instance is
+/// `Unknown`/`Progressing`, and `Ready` once helm-controller reports generation 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_mirrored_only_for_the_helm_release_generation_installed() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    put_instance(&api, json!({"nextcloud": {"host": "cloud.example.org"}}));
+    declare_live(&keys, &api, &ctx);
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    let mut upgraded = api.get(HELM_RELEASE).expect("helmrelease");
+    upgraded["metadata"]["generation"] = json!(2);
+    upgraded["status"] = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True",
+        "reason": "InstallSucceeded", "observedGeneration": 1, "message": "Helm install succeeded"}]});
+    api.put(HELM_RELEASE, upgraded.clone());
+    children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    let condition = api.get(NEXTCLOUD).expect("instance")["status"]["conditions"][0].clone();
+    assert_eq!(condition["status"], "Unknown", "{condition}");
+    assert_eq!(condition["reason"], "Progressing", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("generation 2"),
+        "{condition}"
+    );
+    upgraded["status"] = json!({"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True",
+        "reason": "UpgradeSucceeded", "observedGeneration": 2, "message": "Helm upgrade succeeded"}]});
+    api.put(HELM_RELEASE, upgraded);
+    children::instance::reconcile(instance(&api), ctx)
+        .await
+        .expect("reconciled");
+    let condition = api.get(NEXTCLOUD).expect("instance")["status"]["conditions"][0].clone();
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert_eq!(condition["reason"], "UpgradeSucceeded", "{condition}");
+}
+
+/// A Cluster pass applies, then publishes: an instance applied by a release newer than the one
+/// published is not refused (no status, no Event) but looked at again shortly; the same altered
+/// spec without a newer serial is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_applied_by_a_release_not_yet_published_is_not_refused() {
+    let keys = keys();
+    let (api, ctx) = setup(&keys);
+    put_instance(&api, json!({"nextcloud": {"host": "cloud.example.org"}}));
+    declare_live(&keys, &api, &ctx);
+    // The pass applied release N+1's spec; the set still holds release N.
+    let mut ai = api.get(NEXTCLOUD).expect("instance");
+    ai["spec"]["values"]["nextcloud"]["host"] = json!("new.example.org");
+    ai["metadata"]["annotations"] = json!({"gitops.vworkspace.io/release-serial": "999999"});
+    api.put(NEXTCLOUD, ai.clone());
+    api.clear();
+    let action = children::instance::reconcile(instance(&api), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(writes(&api), Vec::<String>::new(), "no refusal, no Event");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(2))
+    );
+    // Not newer than the published release: a spec the release does not declare is refused.
+    ai["metadata"]["annotations"] = json!({"gitops.vworkspace.io/release-serial": "1"});
+    api.put(NEXTCLOUD, ai);
+    api.clear();
+    children::instance::reconcile(instance(&api), ctx)
+        .await
+        .expect("reconciled");
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
+    assert_eq!(
+        status["conditions"][0]["reason"], "SpecDiffersFromRelease",
+        "{status}"
+    );
+}
+
+/// A newly managed namespace answers 403 until the pass has made its RoleBinding: the HelmRelease
+/// watch probes and waits (quietly) instead of starting a watcher that warns on every 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helm_release_watch_starts_only_once_its_namespace_may_be_read() {
+    let api = Arc::new(FakeApi::default());
+    api.fault(Method::GET, "/helmreleases", 403);
+    api.fault(Method::GET, "/helmreleases", 403);
+    let resource =
+        children::api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases");
+    let releases: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(api.client(), "org-myteam", &resource);
+    let forbidden =
+        children::watches::wait_for_access(&releases, "app.vworkspace.io/managed-by=vworkspace")
+            .await;
+    assert_eq!(forbidden, 2);
+    let probes: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/helmreleases"))
+        .map(|r| format!("{} {}", r.line(), r.query))
+        .collect();
+    assert_eq!(probes.len(), 3, "{probes:?}");
+    assert!(
+        probes
+            .iter()
+            .all(|p| p.contains("limit=1") && !p.contains("watch")),
+        "{probes:?}"
     );
 }

@@ -96,6 +96,17 @@ fn labels(instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The values Secret's labels: ours, and Flux's watch label, so that helm-controller reconciles the
+/// HelmRelease that reads it as soon as it changes (its default `--watch-configs-label-selector`).
+fn values_secret_labels(instance: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(instance);
+    labels.insert(
+        super::rollout::LABEL_WATCH.to_owned(),
+        super::rollout::WATCH_ENABLED.to_owned(),
+    );
+    labels
+}
+
 fn metadata(id: &Identity<'_>) -> Value {
     json!({
         "name": id.name,
@@ -329,7 +340,7 @@ pub fn values_secret(instance: &ApplicationInstance, yaml: &[u8]) -> Result<Secr
         metadata: ObjectMeta {
             name: Some(values_secret_name(id.name)),
             namespace: Some(id.namespace.to_owned()),
-            labels: Some(labels(id.name)),
+            labels: Some(values_secret_labels(id.name)),
             owner_references: Some(vec![owner_reference(
                 vworkspace_core::intent::APPLICATION_INSTANCE_API_VERSION,
                 "ApplicationInstance",

@@ -12,6 +12,7 @@ pub mod flux;
 pub mod instance;
 pub mod operation;
 pub mod refusal;
+pub mod rollout;
 pub mod watches;
 pub mod webhook_server;
 
@@ -313,13 +314,20 @@ pub fn same_object(desired: &Value, live: &Value) -> bool {
             want.iter()
                 .all(|(k, v)| live["metadata"]["labels"].get(k) == Some(v))
         });
+    // Annotations we declare (Flux's reconcile requests) count like labels; others' do not.
+    let annotations_ok = desired["metadata"]["annotations"]
+        .as_object()
+        .is_none_or(|want| {
+            want.iter()
+                .all(|(k, v)| live["metadata"]["annotations"].get(k) == Some(v))
+        });
     let owners_ok = desired["metadata"]["ownerReferences"].is_null()
         || desired["metadata"]["ownerReferences"] == live["metadata"]["ownerReferences"];
     let spec_ok = desired["spec"] == live["spec"]
         || (live["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST].as_str()
             == Some(spec_digest(&desired["spec"]).as_str())
             && contains(&desired["spec"], &live["spec"]));
-    labels_ok && owners_ok && spec_ok
+    labels_ok && annotations_ok && owners_ok && spec_ok
 }
 
 /// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
@@ -379,6 +387,11 @@ mod tests {
         assert!(!same_object(&desired, &drifted));
         let relabelled = json!({"metadata": {"labels": {}}, "spec": {"x": 1}});
         assert!(!same_object(&desired, &relabelled));
+        // A reconcile request we declare is a change until the live object carries it.
+        let requested = json!({"metadata": {"labels": {"a": "1"}, "annotations": {"r": "2"}}, "spec": {"x": 1}});
+        assert!(!same_object(&requested, &live));
+        let handled = json!({"metadata": {"labels": {"a": "1"}, "annotations": {"r": "2", "o": "3"}}, "spec": {"x": 1}});
+        assert!(same_object(&requested, &handled));
         // Defaulted by the server: the same when applied with this spec's digest, not otherwise.
         let digest = spec_digest(&desired["spec"]);
         let defaulted = json!({"metadata": {"labels": {"a": "1"}, "annotations": {ANNOTATION_SPEC_DIGEST: digest}},

@@ -36,15 +36,69 @@ pub const RESYNC_NAMESPACES: Duration = Duration::from_secs(10);
 /// generation); `None` when it has none yet.
 pub type ReadyFingerprint = Option<u64>;
 
-/// The fingerprint of a HelmRelease's `Ready` condition.
+/// The fingerprint of a HelmRelease's `Ready` condition, with what the instance's readiness also
+/// reads ([`super::rollout::ready_for_current_generation`]): the generations observed and the
+/// reconcile request handled.
 pub fn fingerprint(helm_release: &serde_json::Value) -> ReadyFingerprint {
     let ready = flux::helm_release_ready(helm_release)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     ready.hash(&mut hasher);
-    helm_release["status"]["observedGeneration"]
-        .as_i64()
+    let status = &helm_release["status"];
+    status["observedGeneration"].as_i64().hash(&mut hasher);
+    status["lastHandledReconcileAt"].as_str().hash(&mut hasher);
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["observedGeneration"].as_i64())
         .hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// What a first read of a namespace's HelmReleases says about the operator's right to watch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The read succeeded: the watch can start.
+    Granted,
+    /// Forbidden: the Cluster pass labels a namespace before it binds the operator's Role there,
+    /// so a new managed namespace answers 403 for a moment. Not an error: ask again shortly.
+    NotYet,
+    /// Anything else: the watch starts and retries with its own back-off.
+    Other,
+}
+
+/// Classifies the answer to the access probe.
+pub fn access_of<T>(answer: &Result<T, kube::Error>) -> Access {
+    match answer {
+        Ok(_) => Access::Granted,
+        Err(kube::Error::Api(status)) if status.code == 403 => Access::NotYet,
+        Err(_) => Access::Other,
+    }
+}
+
+/// The longest wait between two access probes of one namespace.
+pub const ACCESS_PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until the HelmReleases of `api`'s namespace may be listed (one `limit=1` metadata list per
+/// probe, 100 ms doubling to [`ACCESS_PROBE_MAX`]), so that a watch started on a namespace whose
+/// RoleBinding the pass has not made yet does not log a 403 (kube-runtime warns on a forbidden
+/// list). Returns the number of probes answered 403.
+pub async fn wait_for_access(api: &Api<DynamicObject>, selector: &str) -> u32 {
+    let params = kube::api::ListParams::default().labels(selector).limit(1);
+    let mut delay = Duration::from_millis(100);
+    let mut forbidden = 0;
+    loop {
+        let answer = api.list_metadata(&params).await;
+        if access_of(&answer) != Access::NotYet {
+            return forbidden;
+        }
+        forbidden += 1;
+        tracing::debug!(
+            forbidden,
+            "HelmReleases not readable yet (the namespace's RoleBinding comes next); waiting"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(ACCESS_PROBE_MAX);
+    }
 }
 
 /// What one namespace's watch knows.
@@ -246,8 +300,9 @@ impl HelmReleaseWatches {
         triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
     ) {
         let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
-        let config =
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"));
+        let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+        wait_for_access(&api, &selector).await;
+        let config = watcher::Config::default().labels(&selector);
         let events = watcher(api, config).default_backoff();
         tokio::pin!(events);
         while let Some(event) = events.next().await {
@@ -371,6 +426,33 @@ mod tests {
         assert!(ns.observe(Observed::Listed("b".into(), Some(1))).is_empty());
         assert_eq!(ns.observe(Observed::ListDone), ["c"]);
         assert_eq!(ns.ready.len(), 2);
+    }
+
+    #[test]
+    fn a_forbidden_probe_means_not_yet_anything_else_starts_the_watch() {
+        let status = |code, reason| {
+            kube::Error::Api(
+                kube::core::Status::failure("fake", reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let forbidden = status(403, "Forbidden");
+        let gone = status(404, "NotFound");
+        assert_eq!(access_of::<()>(&Ok(())), Access::Granted);
+        assert_eq!(access_of::<()>(&Err(forbidden)), Access::NotYet);
+        assert_eq!(access_of::<()>(&Err(gone)), Access::Other);
+    }
+
+    #[test]
+    fn a_handled_request_or_a_generation_observed_moves_the_fingerprint() {
+        let ready = release("True", "UpgradeSucceeded");
+        let mut handled = ready.clone();
+        handled["status"]["lastHandledReconcileAt"] = json!("values/9");
+        assert_ne!(fingerprint(&ready), fingerprint(&handled));
+        let mut condition = ready.clone();
+        condition["status"]["conditions"][0]["observedGeneration"] = json!(2);
+        assert_ne!(fingerprint(&ready), fingerprint(&condition));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{Children, Flow, InstanceState, Judged, Step, instance_status, refuse, write_status};
 use crate::children::declared::{self, Verdict};
-use crate::children::{ChildContext, api_resource, ensure_dynamic, flux};
+use crate::children::{ChildContext, api_resource, ensure_dynamic, flux, rollout};
 use crate::error::Error;
 use vworkspace_core::crd::ApplicationInstance;
 use vworkspace_core::plan::LABEL_CLUSTER;
@@ -76,6 +76,17 @@ pub(super) async fn judge_declared(
         .collect();
     let label = instance.labels().get(LABEL_CLUSTER).map(String::as_str);
     match ctx.declared.judge_instance(instance, label, &all) {
+        Verdict::Declared {
+            release, altered, ..
+        } if altered
+            && rollout::applied_by_newer_release(
+                instance.metadata.annotations.as_ref(),
+                release.serial,
+            ) =>
+        {
+            // Applied by a pass that has not published its release yet: judged once it has.
+            Ok(Flow::Done(Action::requeue(Duration::from_secs(2))))
+        }
         Verdict::Declared {
             release,
             declared,
@@ -188,7 +199,12 @@ pub(super) async fn build_children(
         .values
         .as_ref()
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
-    let (source_plural, source) = flux::source(instance).map_err(invalid(instance))?;
+    let (source_plural, mut source) = flux::source(instance).map_err(invalid(instance))?;
+    let chart = &instance.spec.chart;
+    rollout::request(
+        &mut source,
+        Some(&rollout::chart_request(&chart.name, &chart.version)),
+    );
     let helm_release = flux::helm_release(instance, &values.inline, values.secret.is_some())
         .map_err(invalid(instance))?;
     state.children = Some(Children {
@@ -212,7 +228,16 @@ pub(super) async fn ensure_values_secret(
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
     let instance = &judged(state)?.effective;
     let secret = values.secret.as_deref().map(|v| v.as_slice());
-    super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    let written = super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    // The HelmRelease asks helm-controller to reconcile for this Secret write (its spec may not move).
+    let children = state
+        .children
+        .as_mut()
+        .ok_or_else(|| out_of_order(Step::BuildChildren))?;
+    rollout::request(
+        &mut children.helm_release,
+        rollout::values_request(written.as_deref()).as_deref(),
+    );
     Ok(Flow::Next)
 }
 
@@ -268,12 +293,14 @@ pub(super) async fn ensure_helm_release(
         known_absent,
     )
     .await?;
-    state.ready = Some(flux::helm_release_ready(&live).unwrap_or_else(|| {
-        (
-            "Unknown".into(),
-            WAITING_FOR_HELM_RELEASE.into(),
-            "the HelmRelease has not reported yet".into(),
-        )
-    }));
+    state.ready = Some(
+        rollout::ready_for_current_generation(&live).unwrap_or_else(|| {
+            (
+                "Unknown".into(),
+                WAITING_FOR_HELM_RELEASE.into(),
+                "the HelmRelease has not reported yet".into(),
+            )
+        }),
+    );
     Ok(Flow::Next)
 }

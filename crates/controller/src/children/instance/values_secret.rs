@@ -11,12 +11,13 @@ use crate::error::Error;
 use vworkspace_core::crd::ApplicationInstance;
 
 /// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
-/// by name only.
+/// by name only. Returns the Secret's `resourceVersion` (what
+/// [`crate::children::rollout::values_request`] names), `None` without a Secret.
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
     let what = format!("Secret {namespace}/{name}");
@@ -38,16 +39,22 @@ pub(super) async fn ensure_values_secret(
                     .map(|b| b.0.as_slice())
                     == Some(yaml)
                     && l.metadata.owner_references == desired.metadata.owner_references
+                    && l.metadata.labels.as_ref().is_some_and(|have| {
+                        desired.labels().iter().all(|(k, v)| have.get(k) == Some(v))
+                    })
             });
-            if !same {
-                api.patch(
+            if same {
+                return Ok(live.and_then(|l| l.metadata.resource_version));
+            }
+            let written = api
+                .patch(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&desired),
                 )
                 .await
                 .map_err(kube_error(format!("apply {what}")))?;
-            }
+            return Ok(written.metadata.resource_version);
         }
         None => {
             // Only ever delete our own Secret (labelled for this instance).
@@ -61,5 +68,5 @@ pub(super) async fn ensure_values_secret(
             }
         }
     }
-    Ok(())
+    Ok(None)
 }

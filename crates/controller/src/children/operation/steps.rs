@@ -115,6 +115,17 @@ pub(super) async fn judge_declared(
     let run_id = engines::run_id(op);
     match ctx.declared.judge_operation(op, label, &cluster_ids) {
         Verdict::Declared {
+            release, altered, ..
+        } if altered
+            && crate::children::rollout::applied_by_newer_release(
+                op.metadata.annotations.as_ref(),
+                release.serial,
+            ) =>
+        {
+            // Applied by a pass that has not published its release yet: judged once it has.
+            Ok(Flow::Done(Action::requeue(Duration::from_secs(2))))
+        }
+        Verdict::Declared {
             release,
             declared,
             altered,
