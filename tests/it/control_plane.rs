@@ -14,6 +14,7 @@
 //! deletes what it created, also when it fails.
 
 mod fixture;
+mod forge;
 mod scale;
 mod server;
 

@@ -142,6 +142,8 @@ pub struct Context {
     /// reads the live state from them instead of listing. Unset (`run --once`, tests): listed.
     live: std::sync::OnceLock<apply::LiveStores>,
     state: Mutex<HashMap<String, SourceState>>,
+    /// Where finished passes queue their commit status ([`crate::commit_status`]); unset: none sent.
+    pub commit_status: std::sync::OnceLock<crate::commit_status::Sender>,
 }
 
 impl Context {
@@ -157,6 +159,7 @@ impl Context {
             stopping: crate::fence::Fence::unfenced(),
             live: std::sync::OnceLock::new(),
             state: Mutex::new(HashMap::new()),
+            commit_status: std::sync::OnceLock::new(),
         }
     }
 
@@ -720,7 +723,9 @@ async fn finish(
     let name = cluster.name_any();
     let now = (ctx.clock)();
     let previous = cluster.status.as_ref();
-    let next = status::next_status(previous, &report, cluster.metadata.generation, now);
+    let mut next = status::next_status(previous, &report, cluster.metadata.generation, now);
+    // A pass started by `reconcile` or a push receiver says it handled that request (Flux's rule).
+    next.last_handled_reconcile_at = cluster.reconcile_requested_at().map(str::to_owned);
     let failure = report.failure();
     match failure {
         Some(reason) => {
@@ -773,6 +778,12 @@ async fn finish(
                 Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot record an Event"),
             }
         }
+    }
+    if let (Some(sender), Some(update)) = (
+        ctx.commit_status.get(),
+        crate::commit_status::update_for(cluster, &report),
+    ) {
+        sender.submit(update);
     }
     ctx.metrics
         .record_pass(started.elapsed().as_secs_f64(), failure);

@@ -49,6 +49,8 @@ pub struct RunOptions {
     /// ([`certs`]: its own CA in a Secret, the caBundle set on its webhook configuration); no such
     /// webhook when `None`.
     pub webhook_self_managed: Option<(SocketAddr, certs::CertOptions)>,
+    /// Where the push receiver listens, with its token ([`crate::receiver`]); off when `None`.
+    pub receiver: Option<(SocketAddr, vworkspace_core::secrets::SecretValue)>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -124,6 +126,16 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         ctx.fence = crate::fence::Fence::leased();
     }
     let ctx = Arc::new(ctx);
+    match crate::commit_status::Sender::spawn(
+        client.clone(),
+        options.namespace.clone(),
+        metrics.clone(),
+    ) {
+        Ok(sender) => {
+            let _ = ctx.commit_status.set(sender);
+        }
+        Err(problem) => tracing::warn!(%problem, "commit statuses disabled"),
+    }
     if options.once {
         return once(ctx).await;
     }
@@ -157,6 +169,9 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     }
     if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
         start_webhook_self_managed(client.clone(), addr, cert_options).await?;
+    }
+    if let Some((addr, token)) = options.receiver.clone() {
+        crate::receiver::start(addr, token, client.clone(), metrics.clone()).await?;
     }
     ready.store(true, Ordering::Relaxed);
 
