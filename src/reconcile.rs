@@ -42,6 +42,8 @@ pub fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<ExitCode, 
         .enable_all()
         .build()
         .map_err(io_error)?;
+    // Two rustls providers are compiled in (kube's ring, reqwest's own): choose one, as `run` does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     runtime.block_on(async {
         let client = Client::try_default().await.map_err(|e| {
             CliError::Io(format!(

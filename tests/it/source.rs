@@ -671,11 +671,21 @@ fn corrupt_cache_is_rebuilt() {
     let cache = up.fixture.root.join("cache");
     let first = source::fetch(&up.file_url(), &main_branch(), &cache, &options()).expect("clone");
     let repo_dir = source::cache_path(&cache, &up.file_url());
-    // Truncate every pack: the cache's objects are gone.
-    for entry in std::fs::read_dir(repo_dir.join("objects/pack")).expect("packs") {
-        let path = entry.expect("entry").path();
-        std::fs::write(&path, b"").expect("truncate");
+    // Truncate every object file, packed or loose (file:// copies loose objects): the objects are gone.
+    let mut dirs = vec![repo_dir.join("objects")];
+    let mut truncated = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("objects") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                std::fs::write(&path, b"").expect("truncate");
+                truncated += 1;
+            }
+        }
     }
+    assert!(truncated > 0, "the cache held objects");
     second_release(&up);
     let rebuilt =
         source::fetch(&up.file_url(), &main_branch(), &cache, &options()).expect("rebuilt");

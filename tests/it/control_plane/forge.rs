@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::fixture::{BIN, Intent};
 use super::server::*;
-use super::{OPS, Scope, env, operator_cmd};
+use super::{OPS, Scope, env, operator_cmd, webhook_replica};
 
 const TOKEN: &str = "real-server-receiver-token-0123456789";
 
@@ -43,6 +43,8 @@ async fn reconcile_now_and_a_signed_push_start_a_pass_on_the_real_server() {
     intent.release(&[]);
     intent.commit("release 1");
     let scope = Scope::new(&env, &intent, &["cp-forge-a"]).await;
+    // The admission webhook (fail closed on managed namespaces) must answer for the pass to write.
+    let _webhook = webhook_replica(&env, &scope.dir).await;
     let token_file = scope.dir.join("receiver-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
     let port = free_port();
@@ -85,10 +87,20 @@ async fn reconcile_now_and_a_signed_push_start_a_pass_on_the_real_server() {
         text.contains(&format!("commit {head} (release serial 1)")),
         "{text}"
     );
-    let cluster = scope.cluster(&env.admin).await;
-    let requested = cluster["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].clone();
-    assert!(requested.is_string(), "{cluster}");
-    assert_eq!(cluster["status"]["lastHandledReconcileAt"], requested);
+    let object = get(&env.admin, OPS, "Cluster", None, "cp-forge")
+        .await
+        .expect("cluster");
+    let requested = object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("reconcile.fluxcd.io/requestedAt"))
+        .cloned()
+        .expect("the annotation reconcile set");
+    assert_eq!(
+        object.data["status"]["lastHandledReconcileAt"],
+        json!(requested)
+    );
 
     // A new signed release, then a signed push to the receiver: applied well before the 5 min
     // interval, with no other trigger.

@@ -21,6 +21,10 @@ use super::SourceError;
 use super::known_hosts::{HostKeyRefused, KnownHosts};
 use vworkspace_core::secrets::SecretValue;
 
+/// How long after the fetch's time limit the session gives up by itself (the fetch's watchdog has
+/// reported the timeout by then).
+const SESSION_SLACK: Duration = Duration::from_secs(1);
+
 /// The most of the server's stderr kept to explain a failure.
 const STDERR_LIMIT: usize = 4096;
 
@@ -321,7 +325,9 @@ pub fn connect(
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the SSH client: {e}")))?;
-    let deadline = Instant::now() + timeout;
+    // A little after the fetch's own watchdog, which reports the timeout: the session then ends on
+    // its own instead of being left behind.
+    let deadline = Instant::now() + timeout + SESSION_SLACK;
     let refused = Arc::new(Mutex::new(None));
     let opened = runtime.block_on(async {
         tokio::time::timeout_at(deadline, open_channel(target, credentials, refused.clone())).await
