@@ -285,11 +285,9 @@ impl Copier<'_> {
         for (mode, id) in entries {
             if mode.is_tree() {
                 self.copy_tree(id, depth + 1)?;
-            } else if mode.is_blob() || mode.is_link() {
-                if !self.present(id) {
-                    let (kind, blob) = self.read(id)?;
-                    self.write(id, kind, &blob)?;
-                }
+            } else if (mode.is_blob() || mode.is_link()) && !self.present(id) {
+                let (kind, blob) = self.read(id)?;
+                self.write(id, kind, &blob)?;
             }
         }
         self.write(tree, gix::objs::Kind::Tree, &data)
