@@ -20,5 +20,7 @@ pub mod receiver;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};
