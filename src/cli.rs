@@ -74,6 +74,9 @@ pub enum Command {
     /// rights, the webhook, each Cluster's trust inputs and Git source. One line a check; exit 1
     /// when something needed is missing.
     Check(crate::check::CheckArgs),
+    /// Ask the operator for a pass of a Cluster now (annotation `reconcile.fluxcd.io/requestedAt`,
+    /// like `flux reconcile`); with --wait, wait for it and exit 0 only when it succeeded.
+    Reconcile(crate::reconcile::ReconcileArgs),
     /// Print a shell completion script: `source <(vworkspace-operator completion bash)`.
     Completion(CompletionArgs),
 }
@@ -137,6 +140,14 @@ pub struct RunArgs {
     /// Address of the admission webhook (HTTPS).
     #[arg(long, default_value = "0.0.0.0:9443")]
     pub webhook_addr: std::net::SocketAddr,
+    /// Serve the push receiver (forge webhooks that start a pass now) on this address; off unless
+    /// given. Needs --receiver-token-file.
+    #[arg(long, requires = "receiver_token_file")]
+    pub receiver_addr: Option<std::net::SocketAddr>,
+    /// The receiver's shared secret (a mounted Secret's key): the forges' webhook secret, and what
+    /// the path `/hook/<sha256>` is derived from (at least 20 bytes).
+    #[arg(long, requires = "receiver_addr")]
+    pub receiver_token_file: Option<PathBuf>,
 }
 
 /// `crdgen` arguments.
@@ -175,6 +186,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         Command::Demo(args) => crate::authoring::demo::run(args.keep.as_deref(), out),
         Command::Run(args) => run_operator(&args),
         Command::Check(args) => crate::check::check(&args, out),
+        Command::Reconcile(args) => crate::reconcile::reconcile(&args, out),
         Command::Completion(args) => {
             clap_complete::generate(
                 args.shell,
@@ -199,7 +211,36 @@ impl Write for WriteAdapter<'_> {
     }
 }
 
+/// The receiver's address and token, read from `--receiver-token-file` (one trailing newline,
+/// as `kubectl create secret --from-file` keeps it, is not part of the token).
+fn receiver_option(
+    args: &RunArgs,
+) -> Result<Option<(std::net::SocketAddr, vworkspace_core::secrets::SecretValue)>, CliError> {
+    let (Some(addr), Some(path)) = (args.receiver_addr, &args.receiver_token_file) else {
+        return Ok(None);
+    };
+    let mut token =
+        zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+            CliError::Usage(format!("--receiver-token-file {}: {e}", path.display()))
+        })?);
+    while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        token.pop();
+    }
+    if token.len() < vworkspace_controller::receiver::MIN_TOKEN_LEN {
+        return Err(CliError::Usage(format!(
+            "--receiver-token-file {}: the token must be at least {} bytes",
+            path.display(),
+            vworkspace_controller::receiver::MIN_TOKEN_LEN
+        )));
+    }
+    Ok(Some((
+        addr,
+        vworkspace_core::secrets::SecretValue::new(token.to_vec()),
+    )))
+}
+
 fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let receiver = receiver_option(args)?;
     let options = vworkspace_controller::runtime::RunOptions {
         namespace: args.namespace.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -231,6 +272,7 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
                 },
             )
         }),
+        receiver,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,7 +30,7 @@ pub enum OutputFormat {
 #[derive(Debug, Args)]
 pub struct TrustArgs {
     /// The repository: a path inside a work tree (git's upward discovery finds its root) or a bare
-    /// repository, or a file://, git://, http:// or https:// URL (fetched into --cache-dir).
+    /// repository, or a file://, git://, http://, https:// or ssh:// URL (fetched into --cache-dir).
     #[arg(long, default_value = ".")]
     pub repo: String,
     /// Where fetched repositories are cached between runs (default: a temporary directory, so every
@@ -44,6 +44,17 @@ pub struct TrustArgs {
     /// Extra CA certificates (PEM) to trust for an https URL.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// The deploy key for an ssh:// URL: an OpenSSH ed25519 private key file (the Secret's
+    /// `identity`).
+    #[arg(long, requires = "known_hosts", conflicts_with = "auth_file")]
+    pub ssh_key: Option<PathBuf>,
+    /// The host keys an ssh:// server may present, in known_hosts format (the Secret's
+    /// `known_hosts`); any other key is refused and nothing is fetched.
+    #[arg(long, requires = "ssh_key")]
+    pub known_hosts: Option<PathBuf>,
+    /// A file holding the passphrase of an encrypted --ssh-key (the Secret's `password`).
+    #[arg(long, requires = "ssh_key")]
+    pub ssh_key_passphrase_file: Option<PathBuf>,
     /// Time limit of the whole fetch: a duration such as 120s or 2m (a bare number is seconds).
     #[arg(long, value_parser = duration::seconds_flag, default_value = "120s")]
     pub fetch_timeout: std::time::Duration,
@@ -96,7 +107,7 @@ pub struct TrustArgs {
     /// Check the working tree as it is, before anything is committed or signed: every check that
     /// needs no key (layout, names, kinds, schema, literal credentials, the form of encrypted
     /// values). For pre-commit hooks; signatures, history and decryption are not checked.
-    #[arg(long, conflicts_with_all = ["identity", "last_commit", "last_serial", "require_bound_values", "allow_history_rewrite", "cache_dir", "auth_file", "ca_file"])]
+    #[arg(long, conflicts_with_all = ["identity", "last_commit", "last_serial", "require_bound_values", "allow_history_rewrite", "cache_dir", "auth_file", "ca_file", "ssh_key"])]
     pub worktree: bool,
     /// Warn (still exit 0) when the release expires within this duration, e.g. 7d.
     #[arg(long, value_parser = duration::duration_flag)]
@@ -324,13 +335,14 @@ pub fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, Cl
         let repo = LocalRepository::open(&root).map_err(usage)?;
         return Ok(Ok((repo, reference, None)));
     }
-    let auth = match &args.auth_file {
-        Some(path) => vworkspace_controller::source::Auth::parse(
+    let auth = match (&args.auth_file, &args.ssh_key) {
+        (Some(path), _) => vworkspace_controller::source::Auth::parse(
             &read_text(path, "--auth-file")?,
             &path.display().to_string(),
         )
         .map_err(usage)?,
-        None => vworkspace_controller::source::Auth::None,
+        (None, Some(key)) => ssh_auth(args, key)?,
+        (None, None) => vworkspace_controller::source::Auth::None,
     };
     let options = vworkspace_controller::source::FetchOptions {
         auth,
@@ -353,6 +365,31 @@ pub fn open_source(args: &TrustArgs) -> Result<Result<OpenedSource, Refusal>, Cl
             Refusal::from(&vworkspace_controller::Error::Source(e)).one_line()
         )),
     }
+}
+
+/// `--ssh-key`, `--known-hosts` and `--ssh-key-passphrase-file` as the Secret's `identity`,
+/// `known_hosts` and `password`.
+fn ssh_auth(args: &TrustArgs, key: &Path) -> Result<vworkspace_controller::source::Auth, CliError> {
+    let identity = zeroize::Zeroizing::new(read_text(key, "--ssh-key")?);
+    let known_hosts = match &args.known_hosts {
+        Some(path) => read_text(path, "--known-hosts")?,
+        None => return Err(usage("--ssh-key needs --known-hosts")),
+    };
+    let passphrase = match &args.ssh_key_passphrase_file {
+        Some(path) => Some(zeroize::Zeroizing::new(read_text(
+            path,
+            "--ssh-key-passphrase-file",
+        )?)),
+        None => None,
+    };
+    let mut fields: Vec<(&str, &[u8])> = vec![
+        ("identity", identity.as_bytes()),
+        ("known_hosts", known_hosts.as_bytes()),
+    ];
+    if let Some(passphrase) = &passphrase {
+        fields.push(("password", passphrase.trim_end_matches('\n').as_bytes()));
+    }
+    vworkspace_controller::source::Auth::from_fields("--ssh-key", fields).map_err(usage)
 }
 
 /// Runs the pass for `verify` and `plan`.

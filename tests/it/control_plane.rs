@@ -18,6 +18,7 @@ mod delivery;
 mod delivery_bench;
 mod fixture;
 mod operations_run;
+mod forge;
 mod scale;
 mod server;
 

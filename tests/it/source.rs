@@ -14,7 +14,7 @@ use crate::common::*;
 use vworkspace_controller::source::{self, Auth, FetchOptions, SourceError};
 use vworkspace_core::repository::GitRef;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -22,7 +22,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(port: u16) -> bool {
+pub(crate) fn wait_for(port: u16) -> bool {
     (0..100).any(|_| {
         let up = TcpStream::connect(("127.0.0.1", port)).is_ok();
         if !up {
@@ -33,13 +33,13 @@ fn wait_for(port: u16) -> bool {
 }
 
 /// The fixture's repository published as a bare repository under `root/served/intent.git`.
-struct Upstream {
-    fixture: Fixture,
-    served: PathBuf,
+pub(crate) struct Upstream {
+    pub(crate) fixture: Fixture,
+    pub(crate) served: PathBuf,
 }
 
 impl Upstream {
-    fn new() -> Upstream {
+    pub(crate) fn new() -> Upstream {
         let fixture = fixture();
         let served = fixture.root.join("served");
         std::fs::create_dir_all(&served).expect("mkdir");
@@ -57,7 +57,7 @@ impl Upstream {
         Upstream { fixture, served }
     }
 
-    fn push(&self, force: bool) {
+    pub(crate) fn push(&self, force: bool) {
         let mut args = vec!["push", "-q", "origin", "main"];
         if force {
             args.push("--force");
@@ -65,11 +65,11 @@ impl Upstream {
         self.fixture.git(&args);
     }
 
-    fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         self.fixture.git(&["rev-parse", "HEAD"])
     }
 
-    fn file_url(&self) -> String {
+    pub(crate) fn file_url(&self) -> String {
         format!("file://{}", self.served.join("intent.git").display())
     }
 }
@@ -345,19 +345,19 @@ fn serve<S: Read + Write>(
     }
 }
 
-fn options() -> FetchOptions {
+pub(crate) fn options() -> FetchOptions {
     FetchOptions {
         timeout: Duration::from_secs(60),
         ..FetchOptions::default()
     }
 }
 
-fn main_branch() -> GitRef {
+pub(crate) fn main_branch() -> GitRef {
     GitRef::Branch("main".into())
 }
 
 /// Adds a signed release 2 to the fixture and pushes it; returns the new head.
-fn second_release(up: &Upstream) -> String {
+pub(crate) fn second_release(up: &Upstream) -> String {
     up.fixture.write(
         "clusters/demo/namespaces/org-myteam/operations/weekly.yaml",
         &BACKUP.replace("nightly", "weekly"),
@@ -671,11 +671,21 @@ fn corrupt_cache_is_rebuilt() {
     let cache = up.fixture.root.join("cache");
     let first = source::fetch(&up.file_url(), &main_branch(), &cache, &options()).expect("clone");
     let repo_dir = source::cache_path(&cache, &up.file_url());
-    // Truncate every pack: the cache's objects are gone.
-    for entry in std::fs::read_dir(repo_dir.join("objects/pack")).expect("packs") {
-        let path = entry.expect("entry").path();
-        std::fs::write(&path, b"").expect("truncate");
+    // Truncate every object file, packed or loose (file:// copies loose objects): the objects are gone.
+    let mut dirs = vec![repo_dir.join("objects")];
+    let mut truncated = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("objects") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                std::fs::write(&path, b"").expect("truncate");
+                truncated += 1;
+            }
+        }
     }
+    assert!(truncated > 0, "the cache held objects");
     second_release(&up);
     let rebuilt =
         source::fetch(&up.file_url(), &main_branch(), &cache, &options()).expect("rebuilt");
@@ -704,7 +714,19 @@ fn size_limits_refuse_large_packs() {
 }
 
 /// `verify` over a URL, with the history flags.
-fn verify_url(up: &Upstream, url: &str, cache: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn verify_url(
+    up: &Upstream,
+    url: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    verify_url_cmd(up, url, cache, extra)
+        .output()
+        .expect("verify runs")
+}
+
+/// The `verify` command line of [`verify_url`].
+pub(crate) fn verify_url_cmd(up: &Upstream, url: &str, cache: &Path, extra: &[&str]) -> Command {
     let cmd = up.fixture.verify_cmd("verify", "demo", &[]);
     let args: Vec<String> = cmd
         .get_args()
@@ -725,7 +747,7 @@ fn verify_url(up: &Upstream, url: &str, cache: &Path, extra: &[&str]) -> std::pr
         .arg(cache)
         .args(["--ref", "main"])
         .args(extra);
-    fixed.output().expect("verify runs")
+    fixed
 }
 
 #[test]

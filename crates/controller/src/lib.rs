@@ -12,9 +12,11 @@
 
 pub mod children;
 pub mod cluster;
+pub mod commit_status;
 pub mod error;
 pub mod fence;
 pub mod metrics;
+pub mod receiver;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;

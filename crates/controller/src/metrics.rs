@@ -43,6 +43,16 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// The labels of a push receiver request: the forge its headers name and what became of it (both
+/// fixed sets: `github`/`gitlab`/`gitea`/`generic`; `triggered`, `ignored`, `bad_signature`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabel {
+    /// The forge.
+    pub forge: &'static str,
+    /// The outcome.
+    pub outcome: &'static str,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -64,6 +74,10 @@ pub struct Metrics {
     pub refused: Family<RefusalLabel, Counter>,
     /// Unix time at which each Cluster's last verified release expires (alert well before it).
     pub release_expiry: Family<ClusterLabel, Gauge<f64, AtomicU64>>,
+    /// Requests to the push receiver, by forge and outcome.
+    pub receiver_requests: Family<ReceiverLabel, Counter>,
+    /// Commit statuses sent to forges, by outcome (`sent`, `failed`, `dropped`).
+    pub commit_statuses: Family<ResultLabel, Counter>,
 }
 
 fn pass_histogram() -> Histogram {
@@ -86,6 +100,8 @@ impl Default for Metrics {
             leader: Gauge::default(),
             refused: Family::default(),
             release_expiry: Family::default(),
+            receiver_requests: Family::default(),
+            commit_statuses: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,6 +143,16 @@ impl Default for Metrics {
             "release_expiry_timestamp_seconds",
             "Unix time at which the Cluster's last verified release expires; after it every pass is refused",
             metrics.release_expiry.clone(),
+        );
+        registry.register(
+            "receiver_requests",
+            "Requests to the push receiver, by forge and outcome (triggered, ignored, bad_signature, unknown_repository, too_large, rate_limited, ...)",
+            metrics.receiver_requests.clone(),
+        );
+        registry.register(
+            "commit_statuses",
+            "Commit statuses sent to the forge, by result (sent, failed after retries, dropped when the queue was full)",
+            metrics.commit_statuses.clone(),
         );
         Metrics {
             registry,

@@ -107,6 +107,8 @@ pub struct Context {
     /// reads the live state from them instead of listing. Unset (`run --once`, tests): listed.
     live: std::sync::OnceLock<apply::LiveStores>,
     state: Mutex<HashMap<String, SourceState>>,
+    /// Where finished passes queue their commit status ([`crate::commit_status`]); unset: none sent.
+    pub commit_status: std::sync::OnceLock<crate::commit_status::Sender>,
 }
 
 impl Context {
@@ -122,6 +124,7 @@ impl Context {
             stopping: crate::fence::Fence::unfenced(),
             live: std::sync::OnceLock::new(),
             state: Mutex::new(HashMap::new()),
+            commit_status: std::sync::OnceLock::new(),
         }
     }
 

@@ -49,7 +49,9 @@ pub(super) async fn summarize_and_patch(
     let name = cluster.name_any();
     let now = (ctx.clock)();
     let previous = cluster.status.as_ref();
-    let next = status::next_status(previous, &report, cluster.metadata.generation, now);
+    let mut next = status::next_status(previous, &report, cluster.metadata.generation, now);
+    // A pass started by `reconcile` or a push receiver says it handled that request (Flux's rule).
+    next.last_handled_reconcile_at = cluster.reconcile_requested_at().map(str::to_owned);
     log_outcome(&report, started);
     if previous != Some(&next) {
         write_status(&ctx.client, &name, &next).await?;
@@ -62,6 +64,12 @@ pub(super) async fn summarize_and_patch(
         }
     }
     warn_expiry(cluster, ctx, &report, now).await;
+    if let (Some(sender), Some(update)) = (
+        ctx.commit_status.get(),
+        crate::commit_status::update_for(cluster, &report),
+    ) {
+        sender.submit(update);
+    }
     let failure = report.failure();
     ctx.metrics
         .record_pass(started.elapsed().as_secs_f64(), failure);

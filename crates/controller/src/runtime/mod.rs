@@ -50,6 +50,8 @@ pub struct RunOptions {
     /// ([`certs`]: its own CA in a Secret, the caBundle set on its webhook configuration); no such
     /// webhook when `None`.
     pub webhook_self_managed: Option<(SocketAddr, certs::CertOptions)>,
+    /// Where the push receiver listens, with its token ([`crate::receiver`]); off when `None`.
+    pub receiver: Option<(SocketAddr, vworkspace_core::secrets::SecretValue)>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -117,6 +119,16 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     })?;
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(context(&options, client.clone(), metrics.clone()));
+    match crate::commit_status::Sender::spawn(
+        client.clone(),
+        options.namespace.clone(),
+        metrics.clone(),
+    ) {
+        Ok(sender) => {
+            let _ = ctx.commit_status.set(sender);
+        }
+        Err(problem) => tracing::warn!(%problem, "commit statuses disabled"),
+    }
     if options.once {
         return once(ctx).await;
     }
@@ -133,6 +145,9 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     }
     if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
         webhook::start_webhook_self_managed(client.clone(), addr, cert_options).await?;
+    }
+    if let Some((addr, token)) = options.receiver.clone() {
+        crate::receiver::start(addr, token, client.clone(), metrics.clone()).await?;
     }
     ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop_rx) = stop_on_signal();

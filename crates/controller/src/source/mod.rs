@@ -9,6 +9,10 @@
 //! on the pack being received (enforced while it arrives) and an object limit (checked when the pack
 //! is indexed). Credentials never appear in errors: URLs are shown without userinfo.
 
+pub mod known_hosts;
+mod local;
+pub mod ssh;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +38,8 @@ pub enum Auth {
     },
     /// `Authorization: Bearer <token>`.
     Bearer(SecretValue),
+    /// An SSH deploy key and the pinned host keys (`ssh://` only).
+    Ssh(ssh::SshCredentials),
 }
 
 impl std::fmt::Debug for Auth {
@@ -42,18 +48,26 @@ impl std::fmt::Debug for Auth {
             Auth::None => f.write_str("None"),
             Auth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
             Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::Ssh(credentials) => write!(f, "Ssh({credentials:?})"),
         }
     }
 }
 
 impl Auth {
-    /// The keys an auth Secret may hold.
-    pub const KEYS: [&'static str; 3] = ["username", "password", "bearerToken"];
+    /// The keys an auth Secret may hold (Flux's names).
+    pub const KEYS: [&'static str; 5] = [
+        "username",
+        "password",
+        "bearerToken",
+        "identity",
+        "known_hosts",
+    ];
 
-    /// Builds credentials from the auth Secret's keys as the API returns them (`username` +
-    /// `password`, or `bearerToken` alone), each value UTF-8 on one line. `source` names the Secret
-    /// in errors; a value never appears in one. Keys other than [`Auth::KEYS`] are the caller's
-    /// (e.g. `ca.crt`).
+    /// Builds credentials from the auth Secret's keys as the API returns them: `username` +
+    /// `password`, or `bearerToken` alone (each UTF-8 on one line), or `identity` (an OpenSSH ed25519
+    /// private key) + `known_hosts`, with `password` as the key's passphrase when it is encrypted.
+    /// `source` names the Secret in errors; a value never appears in one. Keys other than
+    /// [`Auth::KEYS`] are the caller's (e.g. `ca.crt`).
     pub fn from_fields<'a>(
         source: &str,
         fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -61,11 +75,26 @@ impl Auth {
         let mut username = None;
         let mut password = None;
         let mut bearer = None;
+        let mut identity = None;
+        let mut known_hosts = None;
         for (key, value) in fields {
             let config = |problem: &str| SourceError::Config {
                 message: format!("{source} key {key}: {problem}"),
             };
             let text = std::str::from_utf8(value).map_err(|_| config("not UTF-8 text"))?;
+            match key {
+                "identity" => {
+                    identity = Some(SecretValue::new(value.to_vec()));
+                    continue;
+                }
+                "known_hosts" => {
+                    known_hosts = Some(text.to_owned());
+                    continue;
+                }
+                _ => {}
+            }
+            // A trailing newline (what `kubectl create secret --from-file` keeps) is not part of it.
+            let text = text.strip_suffix('\n').unwrap_or(text);
             if text.contains('\n') {
                 return Err(config("must be a single line"));
             }
@@ -73,7 +102,27 @@ impl Auth {
                 "username" => username = Some(text.to_owned()),
                 "password" => password = Some(SecretValue::new(text.as_bytes().to_vec())),
                 "bearerToken" => bearer = Some(SecretValue::new(text.as_bytes().to_vec())),
-                _ => return Err(config("unknown key (username, password, bearerToken)")),
+                _ => {
+                    return Err(config(
+                        "unknown key (username, password, bearerToken, identity, known_hosts)",
+                    ));
+                }
+            }
+        }
+        match (identity, known_hosts) {
+            (Some(identity), Some(known_hosts)) if username.is_none() && bearer.is_none() => {
+                let credentials =
+                    ssh::SshCredentials::new(source, &identity, password.as_ref(), &known_hosts)?;
+                return Ok(Auth::Ssh(credentials));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(SourceError::Config {
+                    message: format!(
+                        "{source}: an SSH source needs identity and known_hosts together (password \
+                         only for an encrypted identity), without username or bearerToken"
+                    ),
+                });
             }
         }
         match (username, password, bearer) {
@@ -192,6 +241,14 @@ pub enum SourceError {
         /// The limit.
         limit: u64,
     },
+    /// The SSH server presented a host key that `known_hosts` does not pin (or revokes).
+    #[error("fetching {url}: {refused}")]
+    HostKey {
+        /// The URL, redacted.
+        url: String,
+        /// The host and both fingerprints.
+        refused: known_hosts::HostKeyRefused,
+    },
     /// The cache could not be created, locked or read.
     #[error("cache {path}: {message}")]
     Cache {
@@ -238,7 +295,7 @@ fn redact_message(message: &str, url: &str) -> String {
 
 /// Whether `text` names a remote (rather than a local path).
 pub fn is_url(text: &str) -> bool {
-    ["file://", "git://", "http://", "https://"]
+    ["file://", "git://", "http://", "https://", "ssh://"]
         .iter()
         .any(|s| text.starts_with(s))
 }
@@ -286,23 +343,7 @@ pub fn fetch(
     cache_root: &Path,
     options: &FetchOptions,
 ) -> Result<Fetched, SourceError> {
-    if !is_url(url) {
-        return Err(SourceError::Config {
-            message: format!(
-                "{}: not a file://, git://, http:// or https:// URL",
-                redact_url(url)
-            ),
-        });
-    }
-    if !matches!(options.auth, Auth::None) && !url.starts_with("https://") {
-        // A password or token sent in clear text is a password or token given away.
-        return Err(SourceError::Config {
-            message: format!(
-                "{}: credentials are only ever sent over https://",
-                redact_url(url)
-            ),
-        });
-    }
+    check_scheme(url, &options.auth)?;
     let path = cache_path(cache_root, url);
     let cache_error = |message: String| SourceError::Cache {
         path: path.clone(),
@@ -316,7 +357,13 @@ pub fn fetch(
         .try_lock()
         .map_err(|_| cache_error("another fetch is still using this cache".into()))?;
 
-    let existed = path.join("HEAD").exists();
+    let mut existed = path.join("HEAD").exists();
+    if existed && !cache_is_sound(&path) {
+        // A copy that trusts what the cache holds must not build on a broken one.
+        tracing::warn!(cache = %path.display(), "cache is corrupt; rebuilding it");
+        std::fs::remove_dir_all(&path).map_err(|e| cache_error(e.to_string()))?;
+        existed = false;
+    }
     let first = fetch_into(&path, url, reference, options, existed);
     let result = match first {
         Ok(fetched) => Ok(fetched),
@@ -330,6 +377,35 @@ pub fn fetch(
     };
     drop(lock_file);
     result
+}
+
+/// Refuses a URL the fetcher cannot serve, or credentials that do not fit its scheme.
+fn check_scheme(url: &str, auth: &Auth) -> Result<(), SourceError> {
+    let config = |problem: &str| SourceError::Config {
+        message: format!("{}: {problem}", redact_url(url)),
+    };
+    if !is_url(url) {
+        return Err(config(
+            "not a file://, git://, http://, https:// or ssh:// URL",
+        ));
+    }
+    let ssh = url.starts_with("ssh://");
+    match auth {
+        Auth::Ssh(_) if !ssh => Err(config(
+            "an SSH key and known_hosts are only for ssh:// URLs",
+        )),
+        Auth::Ssh(_) => ssh::SshTarget::parse(url)
+            .map(|_| ())
+            .map_err(|m| SourceError::Config { message: m }),
+        _ if ssh => Err(config(
+            "an ssh:// source needs a deploy key and known_hosts (--ssh-key and --known-hosts, or the Secret's identity and known_hosts)",
+        )),
+        // A password or token sent in clear text is a password or token given away.
+        Auth::Basic { .. } | Auth::Bearer(_) if !url.starts_with("https://") => {
+            Err(config("credentials are only ever sent over https://"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Moves a cache whose fetch could not be stopped out of the way and deletes it. The stalled worker
@@ -544,8 +620,18 @@ fn run_fetch(
         url: redacted.clone(),
         message: redact_message(&format!("{e:#}"), url),
     };
-    let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| fail(&e))?;
     let (specs, _) = refspecs(reference);
+    if let Some(source) = url.strip_prefix("file://") {
+        return local::copy(
+            Path::new(source),
+            path,
+            &specs,
+            options,
+            interrupt,
+            &redacted,
+        );
+    }
+    let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| fail(&e))?;
     let remote = repo
         .remote_at(url)
         .map_err(|e| fail(&e))?
@@ -554,6 +640,12 @@ fn run_fetch(
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| fail(&e))?;
+    if let Auth::Ssh(credentials) = &options.auth {
+        let target = ssh::SshTarget::parse(url).map_err(|m| SourceError::Config { message: m })?;
+        let transport = ssh::connect(&target, credentials, options.timeout, &redacted)?;
+        let connection = remote.to_connection_with_transport(transport);
+        return receive(connection, interrupt).map_err(|e| fail(&e));
+    }
     let mut connection = remote
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| fail(&e))?;
@@ -575,11 +667,22 @@ fn run_fetch(
         // No stored or prompted credentials, ever: the Secret is the only source.
         _ => Ok(None),
     });
+    receive(connection, interrupt).map_err(|e| fail(&e))
+}
+
+/// Negotiates and receives the pack over an open connection: (pack bytes, objects).
+fn receive<T>(
+    connection: gix::remote::Connection<'_, '_, '_, T>,
+    interrupt: &AtomicBool,
+) -> Result<(u64, u64), String>
+where
+    T: gix::protocol::transport::client::blocking_io::Transport,
+{
     let outcome = connection
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|e| fail(&e))?
+        .map_err(|e| format!("{e:#}"))?
         .receive(gix::progress::Discard, interrupt)
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| format!("{e:#}"))?;
     match outcome.status {
         gix::remote::fetch::Status::Change {
             write_pack_bundle, ..

@@ -57,6 +57,41 @@ pub struct ClusterSpec {
     /// `Delete` prunes its inventory first.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Report each pass to the forge as a commit status on the commit it applied or refused
+    /// (context `vworkspace/<clusterId>`). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_status: Option<CommitStatusSpec>,
+}
+
+/// Where and how commit statuses are sent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommitStatusSpec {
+    /// The forge's API.
+    pub provider: ForgeProvider,
+    /// The API base URL (`https://api.github.com`, `https://gitlab.example.org/api/v4`,
+    /// `https://gitea.example.org/api/v1`). Default: derived from the source URL's host (GitHub:
+    /// `https://api.github.com`; GitLab `https://<host>/api/v4`; Gitea `https://<host>/api/v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The repository on the forge (`owner/name`, GitLab's `group/subgroup/project`). Default: the
+    /// source URL's path without `.git`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// A Secret in `vworkspace-system` whose key `token` is an API token allowed to set commit
+    /// statuses (GitHub `repo:status`, GitLab `api`, Gitea `write:repository`).
+    pub secret_ref: LocalSecretRef,
+}
+
+/// The commit status API spoken.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ForgeProvider {
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`, `Authorization: Bearer`.
+    GitHub,
+    /// `POST /projects/{id}/statuses/{sha}`, `PRIVATE-TOKEN`.
+    GitLab,
+    /// Gitea or Forgejo: `POST /repos/{owner}/{repo}/statuses/{sha}`, `Authorization: token`.
+    Gitea,
 }
 
 /// What deleting a `Cluster` does to the objects it applied.
@@ -75,7 +110,7 @@ pub enum DeletionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitSource {
-    /// `https://`, `http://`, `git://` or `file://` URL.
+    /// `https://`, `http://`, `ssh://`, `git://` or `file://` URL.
     pub url: String,
     /// What to follow.
     #[serde(rename = "ref")]
@@ -84,7 +119,9 @@ pub struct GitSource {
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub interval: String,
-    /// A Secret in `vworkspace-system` with `username`/`password` or `bearerToken`, and optionally `ca.crt`.
+    /// A Secret in `vworkspace-system` with Flux's keys: `username`/`password` or `bearerToken` (and
+    /// optionally `ca.crt`) for https; `identity` (an OpenSSH ed25519 deploy key), `known_hosts` (the
+    /// pinned host keys) and, for an encrypted key, `password` for ssh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalSecretRef>,
 }
@@ -347,6 +384,30 @@ pub struct ClusterStatus {
     /// The generation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the `reconcile.fluxcd.io/requestedAt` annotation the last finished pass saw
+    /// (Flux's convention): `reconcile --wait` waits for it to equal the value it set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// The annotation that asks for a pass now (Flux's name; `reconcile` and the push receivers set it
+/// to the current time). A pass records the value it saw in `status.lastHandledReconcileAt`.
+pub const RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+
+/// Longest `reconcile.fluxcd.io/requestedAt` value copied into the status (Flux writes RFC 3339
+/// times); a longer one is not recorded.
+pub const MAX_RECONCILE_REQUEST_LEN: usize = 64;
+
+impl Cluster {
+    /// The `reconcile.fluxcd.io/requestedAt` value to record as handled, if any (bounded).
+    pub fn reconcile_requested_at(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(RECONCILE_REQUESTED_AT)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_RECONCILE_REQUEST_LEN)
+    }
 }
 
 #[cfg(test)]
