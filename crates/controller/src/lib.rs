@@ -13,6 +13,7 @@
 pub mod children;
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod fence;
 pub mod metrics;
 pub mod runtime;

@@ -31,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -47,9 +46,6 @@ use vworkspace_core::reasons as reason;
 
 /// How long a namespace's RBAC, once checked, is trusted before it is read again.
 pub const RBAC_RECHECK: Duration = Duration::from_secs(3600);
-
-/// The component name in Events.
-pub const COMPONENT: &str = "vworkspace-operator";
 
 /// How the reconciler runs: where its inputs and cache live, and its limits.
 #[derive(Debug, Clone)]
@@ -107,6 +103,8 @@ pub struct Context {
     /// reads the live state from them instead of listing. Unset (`run --once`, tests): listed.
     live: std::sync::OnceLock<apply::LiveStores>,
     state: Mutex<HashMap<String, SourceState>>,
+    /// Writes the passes' Events ([`crate::events`]).
+    events: crate::events::EventWriter,
 }
 
 impl Context {
@@ -122,6 +120,7 @@ impl Context {
             stopping: crate::fence::Fence::unfenced(),
             live: std::sync::OnceLock::new(),
             state: Mutex::new(HashMap::new()),
+            events: crate::events::EventWriter::default(),
         }
     }
 
@@ -173,17 +172,6 @@ impl Context {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(guard.entry(cluster.to_owned()).or_default())
-    }
-}
-
-fn reference_of(cluster: &Cluster) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(Cluster::api_version(&()).into_owned()),
-        kind: Some(Cluster::kind(&()).into_owned()),
-        name: Some(cluster.name_any()),
-        uid: cluster.metadata.uid.clone(),
-        resource_version: cluster.metadata.resource_version.clone(),
-        ..ObjectReference::default()
     }
 }
 
