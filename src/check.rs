@@ -136,91 +136,67 @@ type Right = (
 );
 
 fn rights(args: &CheckArgs) -> Vec<Right> {
-    let ns = || Some(args.namespace.clone());
+    const OPS: &str = "ops.vworkspace.io";
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    let any = |verb, group, resource| (verb, group, resource, None, None, true);
+    let here = |verb, group, resource| {
+        (
+            verb,
+            group,
+            resource,
+            Some(args.namespace.clone()),
+            None,
+            true,
+        )
+    };
+    let named = |verb, group, resource, name: &str| {
+        (verb, group, resource, None, Some(name.to_owned()), true)
+    };
     let mut rights: Vec<Right> = Vec::new();
     for resource in ["clusters", "operations"] {
         for verb in ["list", "watch", "patch"] {
-            rights.push((verb, "ops.vworkspace.io", resource, None, None, true));
+            rights.push(any(verb, OPS, resource));
         }
     }
-    rights.push((
-        "patch",
-        "ops.vworkspace.io",
-        "clusters/status",
-        None,
-        None,
-        true,
-    ));
+    rights.push(any("patch", OPS, "clusters/status"));
     for verb in ["list", "watch", "create", "patch", "delete"] {
-        rights.push((
-            verb,
-            "apps.vworkspace.io",
-            "applicationinstances",
-            None,
-            None,
-            true,
-        ));
+        rights.push(any(verb, "apps.vworkspace.io", "applicationinstances"));
     }
-    rights.push((
+    rights.push(any(
         "get",
         "apiextensions.k8s.io",
         "customresourcedefinitions",
-        None,
-        None,
-        true,
     ));
-    rights.push(("watch", "", "namespaces", None, None, true));
-    rights.push(("create", "", "events", ns(), None, true));
+    rights.push(any("watch", "", "namespaces"));
+    rights.push(here("create", "", "events"));
     for verb in ["get", "create", "update"] {
-        rights.push((verb, "coordination.k8s.io", "leases", ns(), None, true));
+        rights.push(here(verb, "coordination.k8s.io", "leases"));
     }
-    rights.push(("get", "", "secrets", ns(), None, true));
-    rights.push(("get", "", "configmaps", ns(), None, true));
-    rights.push(("create", "", "secrets", ns(), None, true));
-    rights.push((
-        "update",
-        "",
-        "secrets",
-        ns(),
-        Some(args.webhook_cert_secret.clone()),
-        true,
-    ));
+    rights.push(here("get", "", "secrets"));
+    rights.push(here("get", "", "configmaps"));
+    rights.push(here("create", "", "secrets"));
+    let mut cert_secret = here("update", "", "secrets");
+    cert_secret.4 = Some(args.webhook_cert_secret.clone());
+    rights.push(cert_secret);
     for verb in ["get", "update"] {
-        rights.push((
+        rights.push(named(
             verb,
             "admissionregistration.k8s.io",
             "validatingwebhookconfigurations",
-            None,
-            Some(args.webhook_configuration.clone()),
-            true,
+            &args.webhook_configuration,
         ));
     }
-    rights.push((
-        "create",
-        "rbac.authorization.k8s.io",
-        "rolebindings",
-        None,
-        None,
-        true,
-    ));
-    rights.push((
+    rights.push(any("create", RBAC, "rolebindings"));
+    rights.push(named(
         "bind",
-        "rbac.authorization.k8s.io",
+        RBAC,
         "clusterroles",
-        None,
-        Some("vworkspace-app-operator-namespace".into()),
-        true,
+        "vworkspace-app-operator-namespace",
     ));
-    rights.push(("create", "", "serviceaccounts", None, None, true));
+    rights.push(any("create", "", "serviceaccounts"));
     // Optional: Velero's Role (the Velero component).
-    rights.push((
-        "create",
-        "velero.io",
-        "backups",
-        Some(args.velero_namespace.clone()),
-        None,
-        false,
-    ));
+    let velero = Some(args.velero_namespace.clone());
+    rights.push(("create", "velero.io", "backups", velero, None, false));
     rights
 }
 
@@ -265,8 +241,37 @@ pub async fn check_with_client(
 ) -> Result<ExitCode, CliError> {
     let mut report = Report { out, failed: false };
     let r = &mut report;
+    if !api_server(&client, r).await? {
+        return Ok(1);
+    }
+    crds(&client, r).await?;
+    if args.pre {
+        return Ok(if report.failed { 1 } else { 0 });
+    }
+    operator_rights(args, &client, r).await?;
+    webhook(args, &client, r).await?;
+    // Each Cluster: trust inputs and Git source.
+    let clusters: Api<Cluster> = Api::all(client.clone());
+    match clusters.list(&ListParams::default()).await {
+        Ok(list) if list.items.is_empty() => {
+            r.line(
+                Outcome::Ok,
+                "Clusters",
+                "none yet (docs/operating.md, first hour)",
+            )?;
+        }
+        Ok(list) => {
+            for cluster in list.items {
+                cluster_checks(args, &client, &cluster, r).await?;
+            }
+        }
+        Err(e) => r.line(Outcome::Fail, "Clusters", &format!("cannot list: {e}"))?,
+    }
+    Ok(if report.failed { 1 } else { 0 })
+}
 
-    // The API server and its version.
+/// The API server and its version; false when it cannot be reached (nothing else is checked).
+async fn api_server(client: &Client, r: &mut Report<'_>) -> Result<bool, CliError> {
     match client.apiserver_version().await {
         Ok(info) => {
             let minor = minor_version(&info.minor);
@@ -280,14 +285,16 @@ pub async fn check_with_client(
                 "Kubernetes version",
                 &format!("{} (needs 1.{MIN_MINOR} or newer)", info.git_version),
             )?;
+            Ok(true)
         }
         Err(e) => {
             r.line(Outcome::Fail, "API server", &format!("unreachable: {e}"))?;
-            return Ok(1);
+            Ok(false)
         }
     }
+}
 
-    // CRDs.
+async fn crds(client: &Client, r: &mut Report<'_>) -> Result<(), CliError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (name, without) in CRDS {
         let (outcome, detail) = match crds.get_opt(name).await {
@@ -300,47 +307,66 @@ pub async fn check_with_client(
         };
         r.line(outcome, &format!("CRD {name}"), &detail)?;
     }
-    if args.pre {
-        return Ok(if report.failed { 1 } else { 0 });
-    }
+    Ok(())
+}
 
-    // Rights.
+/// The access review of one right.
+fn review_of(right: &Right) -> SelfSubjectAccessReview {
+    let (verb, group, resource, namespace, name, _) = right;
+    SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some((*verb).into()),
+                group: Some((*group).into()),
+                resource: Some(resource.split('/').next().unwrap_or(resource).into()),
+                subresource: resource.split_once('/').map(|(_, s)| s.to_owned()),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    }
+}
+
+/// One right in words: `get secrets in vworkspace-system`.
+fn described(right: &Right) -> String {
+    let (verb, group, resource, namespace, name, _) = right;
+    format!(
+        "{verb} {resource}{}{}{}",
+        if group.is_empty() { "" } else { "." },
+        group,
+        match (namespace, name) {
+            (Some(ns), Some(n)) => format!(" {ns}/{n}"),
+            (Some(ns), None) => format!(" in {ns}"),
+            (None, Some(n)) => format!(" {n}"),
+            (None, None) => String::new(),
+        }
+    )
+}
+
+/// Asks the API server, one access review per right, whether the caller may make every kind of
+/// request the operator makes.
+async fn operator_rights(
+    args: &CheckArgs,
+    client: &Client,
+    r: &mut Report<'_>,
+) -> Result<(), CliError> {
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let who = args.as_user.as_deref().unwrap_or("you");
     let mut missing = Vec::new();
     let mut missing_optional = Vec::new();
     let mut checked = 0;
-    for (verb, group, resource, namespace, name, needed) in rights(args) {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(verb.into()),
-                    group: Some(group.into()),
-                    resource: Some(resource.split('/').next().unwrap_or(resource).into()),
-                    subresource: resource.split_once('/').map(|(_, s)| s.to_owned()),
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let described = format!(
-            "{verb} {resource}{}{}{}",
-            if group.is_empty() { "" } else { "." },
-            group,
-            match (&namespace, &name) {
-                (Some(ns), Some(n)) => format!(" {ns}/{n}"),
-                (Some(ns), None) => format!(" in {ns}"),
-                (None, Some(n)) => format!(" {n}"),
-                (None, None) => String::new(),
-            }
-        );
+    for right in rights(args) {
+        let described = described(&right);
         checked += 1;
-        match reviews.create(&PostParams::default(), &review).await {
+        match reviews
+            .create(&PostParams::default(), &review_of(&right))
+            .await
+        {
             Ok(answer) if answer.status.as_ref().is_some_and(|s| s.allowed) => {}
-            Ok(_) if needed => missing.push(described),
+            Ok(_) if right.5 => missing.push(described),
             Ok(_) => missing_optional.push(described),
             Err(e) => missing.push(format!("{described} (cannot ask: {e})")),
         }
@@ -371,28 +397,7 @@ pub async fn check_with_client(
             ),
         )?;
     }
-
-    // The webhook.
-    webhook(args, &client, r).await?;
-
-    // Each Cluster: trust inputs and Git source.
-    let clusters: Api<Cluster> = Api::all(client.clone());
-    match clusters.list(&ListParams::default()).await {
-        Ok(list) if list.items.is_empty() => {
-            r.line(
-                Outcome::Ok,
-                "Clusters",
-                "none yet (docs/operating.md, first hour)",
-            )?;
-        }
-        Ok(list) => {
-            for cluster in list.items {
-                cluster_checks(args, &client, &cluster, r).await?;
-            }
-        }
-        Err(e) => r.line(Outcome::Fail, "Clusters", &format!("cannot list: {e}"))?,
-    }
-    Ok(if report.failed { 1 } else { 0 })
+    Ok(())
 }
 
 async fn webhook(args: &CheckArgs, client: &Client, r: &mut Report<'_>) -> Result<(), CliError> {
@@ -410,39 +415,23 @@ async fn webhook(args: &CheckArgs, client: &Client, r: &mut Report<'_>) -> Resul
         Err(e) => return r.line(Outcome::Fail, &what, &format!("cannot read: {e}")),
     };
     let hooks = config.webhooks.unwrap_or_default();
-    if hooks.is_empty()
-        || hooks.iter().any(|h| {
+    let Some(first) = hooks.first().filter(|_| {
+        hooks.iter().all(|h| {
             h.client_config
                 .ca_bundle
                 .as_ref()
-                .is_none_or(|b| b.0.is_empty())
+                .is_some_and(|b| !b.0.is_empty())
         })
-    {
+    }) else {
         return r.line(
             Outcome::Fail,
             &what,
             "no caBundle yet: the operator writes it when it starts (is it running? kubectl -n vworkspace-system logs deploy/vworkspace-app-operator)",
         );
-    }
+    };
     // Answering through the API server: a dry run of what it must deny, in a managed namespace.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let managed = namespaces
-        .list(
-            &ListParams::default()
-                .labels("app.vworkspace.io/managed-by=vworkspace")
-                .limit(50),
-        )
-        .await;
-    let namespace = match managed {
-        // A namespace being deleted refuses every create before any webhook is asked.
-        Ok(list) => list
-            .items
-            .into_iter()
-            .find(|n| {
-                n.metadata.deletion_timestamp.is_none()
-                    && n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
-            })
-            .and_then(|n| n.metadata.name),
+    let namespace = match probe_namespace(client).await {
+        Ok(namespace) => namespace,
         Err(e) => {
             return r.line(
                 Outcome::Fail,
@@ -458,6 +447,39 @@ async fn webhook(args: &CheckArgs, client: &Client, r: &mut Report<'_>) -> Resul
             "caBundle set; not probed: no managed namespace yet",
         );
     };
+    probe_webhook(args, client, &first.name, &namespace, &what, r).await
+}
+
+/// A managed namespace to probe in; a namespace being deleted refuses every create before any
+/// webhook is asked.
+async fn probe_namespace(client: &Client) -> Result<Option<String>, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let list = namespaces
+        .list(
+            &ListParams::default()
+                .labels("app.vworkspace.io/managed-by=vworkspace")
+                .limit(50),
+        )
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .find(|n| {
+            n.metadata.deletion_timestamp.is_none()
+                && n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+        })
+        .and_then(|n| n.metadata.name))
+}
+
+/// A dry-run create of what the webhook `hook` must deny (a literal credential in values).
+async fn probe_webhook(
+    args: &CheckArgs,
+    client: &Client,
+    hook: &str,
+    namespace: &str,
+    what: &str,
+    r: &mut Report<'_>,
+) -> Result<(), CliError> {
     let probe: vworkspace_core::crd::ApplicationInstance = serde_json::from_value(serde_json::json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
         "metadata": {"name": "vworkspace-check-probe", "namespace": namespace},
@@ -466,26 +488,26 @@ async fn webhook(args: &CheckArgs, client: &Client, r: &mut Report<'_>) -> Resul
     }))
     .map_err(|e| CliError::Io(format!("the webhook probe: {e}")))?;
     let api: Api<vworkspace_core::crd::ApplicationInstance> =
-        Api::namespaced(client.clone(), &namespace);
+        Api::namespaced(client.clone(), namespace);
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
     match api.create(&dry_run, &probe).await {
-        Err(e) if e.to_string().contains(hooks[0].name.as_str()) && !e.to_string().contains("failed calling webhook") => r.line(
+        Err(e) if e.to_string().contains(hook) && !e.to_string().contains("failed calling webhook") => r.line(
             Outcome::Ok,
-            &what,
+            what,
             &format!("answers through the API server (denied a dry-run probe in {namespace})"),
         ),
         Err(e) if e.to_string().contains("vworkspace-managed-from-git") => r.line(
             Outcome::Warn,
-            &what,
+            what,
             &format!("caBundle set; not probed: the admission policy refuses you first in {namespace} (check with --as system:serviceaccount:{}:vworkspace-app-operator)", args.namespace),
         ),
-        Err(e) => r.line(Outcome::Fail, &what, &format!("not answering: {e}")),
+        Err(e) => r.line(Outcome::Fail, what, &format!("not answering: {e}")),
         Ok(_) => r.line(
             Outcome::Fail,
-            &what,
+            what,
             &format!("admitted a dry-run literal credential in {namespace}: the webhook is not in force"),
         ),
     }

@@ -141,128 +141,193 @@ pub fn read_cluster_index(
     cluster: &str,
     limits: &Limits,
 ) -> Result<Option<ClusterTree>, CheckoutError> {
-    let git = |args: &[&str]| -> Result<std::process::Output, CheckoutError> {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| io(root, e))
+    let index = IndexReader {
+        root,
+        prefix: format!("clusters/{cluster}/"),
+        limits,
     };
-    let inside = git(&["rev-parse", "--is-inside-work-tree"])?;
+    let inside = index.git(&["rev-parse", "--is-inside-work-tree"])?;
     if !inside.status.success() || inside.stdout.trim_ascii() != b"true" {
         return Ok(None);
     }
-    let prefix = format!("clusters/{cluster}/");
-    let limit = |message: String| CheckoutError::Limit {
-        path: root.join(&prefix),
-        message,
-    };
-    let failed = |what: &str, out: &std::process::Output| {
-        limit(format!(
+    // Work tree and index must agree: `release` hashes the index, the author commits the work tree.
+    index.check_work_tree()?;
+    let staged = index.staged()?;
+    let contents = index.blobs(&staged)?;
+    let mut entries = BTreeMap::new();
+    for file in staged {
+        let entry = index.entry(&file, &contents)?;
+        entries.insert(file.relative, entry);
+    }
+    Ok(Some(ClusterTree::from_entries(cluster, entries)))
+}
+
+/// One file of the index under the cluster directory: its path below it, mode and blob id.
+struct Staged {
+    relative: String,
+    mode: String,
+    id: String,
+}
+
+/// Reads one cluster directory of a work tree's index with `git`.
+struct IndexReader<'a> {
+    root: &'a Path,
+    /// `clusters/<cluster>/`.
+    prefix: String,
+    limits: &'a Limits,
+}
+
+impl IndexReader<'_> {
+    fn git(&self, args: &[&str]) -> Result<std::process::Output, CheckoutError> {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(self.root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| io(self.root, e))
+    }
+
+    fn limit(&self, message: String) -> CheckoutError {
+        CheckoutError::Limit {
+            path: self.root.join(&self.prefix),
+            message,
+        }
+    }
+
+    fn failed(&self, what: &str, out: &std::process::Output) -> CheckoutError {
+        self.limit(format!(
             "git {what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    };
-    let is_release_output = |path: &str| {
+    }
+
+    /// What `release` itself writes: the manifest and the signatures.
+    fn is_release_output(&self, path: &str) -> bool {
+        let prefix = &self.prefix;
         path == format!("{prefix}{}", vworkspace_core::layout::MANIFEST_FILE)
             || path.starts_with(&format!(
                 "{prefix}{}",
                 vworkspace_core::layout::SIGNATURES_DIR
             ))
-    };
-    // Work tree and index must agree: `release` hashes the index, the author commits the work tree.
-    let status = git(&[
-        "status",
-        "--porcelain=v1",
-        "-z",
-        "--untracked-files=all",
-        "--",
-        &prefix,
-    ])?;
-    if !status.status.success() {
-        return Err(failed("status", &status));
     }
-    let mut problems = Vec::new();
-    let mut records = status.stdout.split(|b| *b == 0);
-    while let Some(record) = records.next() {
-        let (Some(code), Some(path)) = (record.get(..2), record.get(3..)) else {
-            continue;
-        };
-        // A rename or copy (`R`/`C` in either column) is followed by its source path as a field
-        // of its own: it is not a record.
-        if code.iter().any(|c| matches!(c, b'R' | b'C')) {
-            records.next();
+
+    /// Refuses untracked files and changes not staged under the cluster directory.
+    fn check_work_tree(&self) -> Result<(), CheckoutError> {
+        let status = self.git(&[
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--",
+            &self.prefix,
+        ])?;
+        if !status.status.success() {
+            return Err(self.failed("status", &status));
         }
-        let path = String::from_utf8_lossy(path);
-        if is_release_output(&path) {
-            continue;
+        let mut problems = Vec::new();
+        let mut records = status.stdout.split(|b| *b == 0);
+        while let Some(record) = records.next() {
+            let (Some(code), Some(path)) = (record.get(..2), record.get(3..)) else {
+                continue;
+            };
+            // A rename or copy (`R`/`C` in either column) is followed by its source path as a field
+            // of its own: it is not a record.
+            if code.iter().any(|c| matches!(c, b'R' | b'C')) {
+                records.next();
+            }
+            let path = String::from_utf8_lossy(path);
+            if self.is_release_output(&path) {
+                continue;
+            }
+            match code {
+                b"??" => problems.push(format!("{path}: untracked; `git add` it or remove it")),
+                [_, b' '] => {}
+                _ => problems.push(format!(
+                    "{path}: changed in the work tree but not staged; `git add` it (release hashes what git will commit)"
+                )),
+            }
         }
-        match code {
-            b"??" => problems.push(format!("{path}: untracked; `git add` it or remove it")),
-            [_, b' '] => {}
-            _ => problems.push(format!(
-                "{path}: changed in the work tree but not staged; `git add` it (release hashes what git will commit)"
-            )),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(limit(format!(
-            "the work tree differs from the index:\n{}",
-            problems.join("\n")
-        )));
-    }
-    let listing = git(&["ls-files", "--stage", "-z", "--", &prefix])?;
-    if !listing.status.success() {
-        return Err(failed("ls-files", &listing));
-    }
-    let mut staged = Vec::new();
-    for record in listing.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        let text = std::str::from_utf8(record).map_err(|_| CheckoutError::NonUtf8Path {
-            path: root.join(String::from_utf8_lossy(record).as_ref()),
-        })?;
-        let (meta, path) = text
-            .split_once('\t')
-            .ok_or_else(|| limit(format!("unexpected git ls-files output {text:?}")))?;
-        let fields: Vec<&str> = meta.split(' ').collect();
-        let [mode, id, stage] = fields[..] else {
-            return Err(limit(format!("unexpected git ls-files output {text:?}")));
-        };
-        if stage != "0" {
-            return Err(limit(format!("{path}: unresolved merge conflict")));
-        }
-        let relative = path.strip_prefix(&prefix).unwrap_or(path).to_owned();
-        if relative.matches('/').count() > limits.max_tree_depth {
-            return Err(limit(format!(
-                "{path}: nested deeper than {} directories",
-                limits.max_tree_depth
-            )));
-        }
-        staged.push((relative, mode.to_owned(), id.to_owned()));
-        if staged.len() > limits.max_files {
-            return Err(limit(format!("more than {} files", limits.max_files)));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(self.limit(format!(
+                "the work tree differs from the index:\n{}",
+                problems.join("\n")
+            )))
         }
     }
-    // The blobs, in one `git cat-file --batch`.
-    let blob_ids: Vec<&str> = staged
-        .iter()
-        .filter(|(_, mode, _)| mode == "100644" || mode == "100755")
-        .map(|(_, _, id)| id.as_str())
-        .collect();
-    let mut contents = std::collections::HashMap::new();
-    if !blob_ids.is_empty() {
+
+    /// The staged files under the cluster directory, within the depth and count limits; refuses a
+    /// conflict.
+    fn staged(&self) -> Result<Vec<Staged>, CheckoutError> {
+        let listing = self.git(&["ls-files", "--stage", "-z", "--", &self.prefix])?;
+        if !listing.status.success() {
+            return Err(self.failed("ls-files", &listing));
+        }
+        let mut staged = Vec::new();
+        for record in listing.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            let text = std::str::from_utf8(record).map_err(|_| CheckoutError::NonUtf8Path {
+                path: self.root.join(String::from_utf8_lossy(record).as_ref()),
+            })?;
+            let unexpected = || self.limit(format!("unexpected git ls-files output {text:?}"));
+            let (meta, path) = text.split_once('\t').ok_or_else(unexpected)?;
+            let fields: Vec<&str> = meta.split(' ').collect();
+            let [mode, id, stage] = fields[..] else {
+                return Err(unexpected());
+            };
+            if stage != "0" {
+                return Err(self.limit(format!("{path}: unresolved merge conflict")));
+            }
+            let relative = path.strip_prefix(&self.prefix).unwrap_or(path).to_owned();
+            if relative.matches('/').count() > self.limits.max_tree_depth {
+                return Err(self.limit(format!(
+                    "{path}: nested deeper than {} directories",
+                    self.limits.max_tree_depth
+                )));
+            }
+            staged.push(Staged {
+                relative,
+                mode: mode.to_owned(),
+                id: id.to_owned(),
+            });
+            if staged.len() > self.limits.max_files {
+                return Err(self.limit(format!("more than {} files", self.limits.max_files)));
+            }
+        }
+        Ok(staged)
+    }
+
+    /// The blobs of the regular files, by id, in one `git cat-file --batch`.
+    fn blobs(
+        &self,
+        staged: &[Staged],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, CheckoutError> {
+        let blob_ids: Vec<&str> = staged
+            .iter()
+            .filter(|s| s.mode == "100644" || s.mode == "100755")
+            .map(|s| s.id.as_str())
+            .collect();
+        if blob_ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let out = self.cat_file(&blob_ids)?;
+        self.split_batch(&blob_ids, &out)
+    }
+
+    /// `git cat-file --batch` over `ids`: its whole output.
+    fn cat_file(&self, ids: &[&str]) -> Result<Vec<u8>, CheckoutError> {
         use std::io::Write as _;
         let mut child = std::process::Command::new("git")
             .arg("-C")
-            .arg(root)
+            .arg(self.root)
             .args(["cat-file", "--batch"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| io(root, e))?;
-        let input = blob_ids.join("\n") + "\n";
+            .map_err(|e| io(self.root, e))?;
+        let input = ids.join("\n") + "\n";
         // Written from another thread while this one reads: git answers as it reads, and once its
         // output fills the pipe it stops reading, so writing everything first would never end.
         let stdin = child.stdin.take();
@@ -272,62 +337,76 @@ pub fn read_cluster_index(
             let out = child.wait_with_output();
             (writer.join(), out)
         });
-        let out = out.map_err(|e| io(root, e))?;
+        let out = out.map_err(|e| io(self.root, e))?;
         if !out.status.success() || !matches!(written, Ok(Some(Ok(())))) {
-            return Err(failed("cat-file", &out));
+            return Err(self.failed("cat-file", &out));
         }
-        let mut rest = &out.stdout[..];
+        Ok(out.stdout)
+    }
+
+    /// The blobs of a `git cat-file --batch` output, within the total size limit.
+    fn split_batch(
+        &self,
+        ids: &[&str],
+        out: &[u8],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, CheckoutError> {
+        let mut contents = std::collections::HashMap::new();
+        let mut rest = out;
         let mut total = 0u64;
-        for id in &blob_ids {
+        for id in ids {
             let newline = rest
                 .iter()
                 .position(|b| *b == b'\n')
-                .ok_or_else(|| limit("truncated git cat-file output".into()))?;
+                .ok_or_else(|| self.limit("truncated git cat-file output".into()))?;
             let header = String::from_utf8_lossy(&rest[..newline]).into_owned();
             let size: usize = header
                 .strip_prefix(&format!("{id} blob "))
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| limit(format!("unexpected git cat-file output {header:?}")))?;
+                .ok_or_else(|| self.limit(format!("unexpected git cat-file output {header:?}")))?;
             let body = rest
                 .get(newline + 1..newline + 1 + size)
-                .ok_or_else(|| limit("truncated git cat-file output".into()))?;
+                .ok_or_else(|| self.limit("truncated git cat-file output".into()))?;
             total += size as u64;
-            if total > limits.max_total_bytes {
-                return Err(limit(format!(
+            if total > self.limits.max_total_bytes {
+                return Err(self.limit(format!(
                     "more than {} bytes in all",
-                    limits.max_total_bytes
+                    self.limits.max_total_bytes
                 )));
             }
             contents.insert(id.to_string(), body.to_vec());
             rest = rest.get(newline + 2 + size..).unwrap_or_default();
         }
+        Ok(contents)
     }
-    let mut entries = BTreeMap::new();
-    for (relative, mode, id) in staged {
-        let entry = match mode.as_str() {
+
+    /// The tree entry of a staged file, its size within the limit.
+    fn entry(
+        &self,
+        file: &Staged,
+        contents: &std::collections::HashMap<String, Vec<u8>>,
+    ) -> Result<TreeEntry, CheckoutError> {
+        let (relative, id) = (&file.relative, &file.id);
+        Ok(match file.mode.as_str() {
             "120000" => TreeEntry::Symlink,
             "160000" => TreeEntry::Submodule,
             _ => {
                 // Two files with the same contents share one blob: look it up, never take it.
-                let bytes = contents
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| limit(format!("{prefix}{relative}: blob {id} not read")))?;
+                let bytes = contents.get(id).cloned().ok_or_else(|| {
+                    self.limit(format!("{}{relative}: blob {id} not read", self.prefix))
+                })?;
                 let max = if relative == vworkspace_core::layout::MANIFEST_FILE {
-                    limits.max_manifest_bytes
+                    self.limits.max_manifest_bytes
                 } else {
-                    limits.max_file_bytes
+                    self.limits.max_file_bytes
                 };
                 if bytes.len() as u64 > max {
                     return Err(CheckoutError::Limit {
-                        path: root.join(&prefix).join(&relative),
+                        path: self.root.join(&self.prefix).join(relative),
                         message: format!("{} bytes, over the limit of {max}", bytes.len()),
                     });
                 }
                 TreeEntry::File(bytes)
             }
-        };
-        entries.insert(relative, entry);
+        })
     }
-    Ok(Some(ClusterTree::from_entries(cluster, entries)))
 }

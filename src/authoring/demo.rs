@@ -241,30 +241,66 @@ impl DemoRepo {
 pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let temp;
     let root = match keep {
-        Some(dir) => {
-            // Never mix the demo into someone's files (or over a previous run's keys).
-            if let Ok(mut entries) = std::fs::read_dir(dir)
-                && entries.next().is_some()
-            {
-                return Err(CliError::Usage(format!(
-                    "--keep {}: the directory is not empty; give a new or empty directory",
-                    dir.display()
-                )));
-            }
-            std::fs::create_dir_all(dir).map_err(fail)?;
-            std::fs::canonicalize(dir).map_err(fail)?
-        }
+        Some(dir) => kept_root(dir)?,
         None => {
             temp = tempfile::tempdir().map_err(fail)?;
             temp.path().to_owned()
         }
     };
-    let say = |out: &mut dyn Write, line: &str| writeln!(out, "{line}").map_err(fail);
+    let mut demo = set_up(&root, out)?;
+    let (repo, first) = first_release(&mut demo, out)?;
+    let refused_tamper = tampered_commit(&demo, &repo, &first, out)?;
+    let (second, refused_rollback) = rolled_back_release(&mut demo, &repo, &first, out)?;
+    say(
+        out,
+        "== 7. the same old commit, now judged against the last applied commit as well",
+    )?;
+    demo.config.history.last_commit = Some(second);
+    let refused_history = expect_refusal(&repo, &first, &demo.config, out)?;
+
+    let ok = refused_tamper == vworkspace_core::reasons::COMMIT_SIGNATURE_INVALID
+        && refused_rollback == vworkspace_core::reasons::RELEASE_INVALID
+        && refused_history == vworkspace_core::reasons::HISTORY_INVALID;
+    say(
+        out,
+        if ok {
+            "== demo passed: verified intent planned; tampering and rollback refused"
+        } else {
+            "== demo FAILED"
+        },
+    )?;
+    if keep.is_some() {
+        say_kept(&root, out)?;
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn say(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
+    writeln!(out, "{line}").map_err(fail)
+}
+
+/// The `--keep` directory, new or empty: the demo never mixes into someone's files (or over a
+/// previous run's keys).
+fn kept_root(dir: &Path) -> Result<PathBuf, CliError> {
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(CliError::Usage(format!(
+            "--keep {}: the directory is not empty; give a new or empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    std::fs::canonicalize(dir).map_err(fail)
+}
+
+/// Steps 1 and 2: throwaway keys under `root/keys`, the intent repository under `root/intent`,
+/// the trust inputs under `root/trust`.
+fn set_up(root: &Path, out: &mut dyn Write) -> Result<DemoRepo, CliError> {
     let dir = root.join("intent");
     let keys = root.join("keys");
     std::fs::create_dir_all(&dir).map_err(fail)?;
     std::fs::create_dir_all(&keys).map_err(fail)?;
-
     say(
         out,
         "== 1. throwaway keys: a commit signer, two release keys (2-of-2), a cluster age identity",
@@ -280,37 +316,13 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(fail)?;
         write_private(&keys.join(name), private.as_bytes())?;
     }
-    let (identity, recipient) = vworkspace_core::secrets::generate();
-    write_private(
-        &keys.join("cluster.agekey"),
-        format!(
-            "# public key: {recipient}\n{}\n",
-            identity.expose_str().unwrap_or_default()
-        )
-        .as_bytes(),
-    )?;
-    let identities = Identities::parse(identity.expose_str().unwrap_or_default(), "demo identity")
-        .map_err(fail)?;
+    let (identities, recipient) = cluster_identity(&keys)?;
     say(out, &format!("   cluster recipient {recipient}"))?;
-
     say(
         out,
         "== 2. intent repository from examples/repo-layout, values re-encrypted and bound to where they are used",
     )?;
-    let example = Identities::parse(
-        EXAMPLE_IDENTITY,
-        "examples/repo-layout/DEMO-ONLY-age-identity.txt",
-    )
-    .map_err(fail)?;
-    git(&dir, &["init", "-q"], None)?;
-    for (file, text) in EXAMPLE_FILES {
-        let path = dir.join(file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(fail)?;
-        }
-        std::fs::write(&path, reencrypt(file, text, &example, &recipient)?).map_err(fail)?;
-    }
-
+    write_example(&dir, &recipient)?;
     let commit_text = signer_line("odoo@demo", "git", &committer)?;
     let release_text = signer_line("odoo-release", "vworkspace-release", &odoo)?
         + &signer_line("platform-engineer", "vworkspace-release", &engineer)?;
@@ -323,7 +335,7 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         AllowedSigners::parse(&commit_text, "demo commit signers").map_err(fail)?;
     let release_signers =
         AllowedSigners::parse(&release_text, "demo release signers").map_err(fail)?;
-    let mut demo = DemoRepo {
+    Ok(DemoRepo {
         dir,
         keys,
         committer,
@@ -335,8 +347,49 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         )
         .identities(Some(identities))
         .build(),
-    };
+    })
+}
 
+/// A new cluster age identity, written to `keys/cluster.agekey`; its recipient.
+fn cluster_identity(keys: &Path) -> Result<(Identities, String), CliError> {
+    let (identity, recipient) = vworkspace_core::secrets::generate();
+    write_private(
+        &keys.join("cluster.agekey"),
+        format!(
+            "# public key: {recipient}\n{}\n",
+            identity.expose_str().unwrap_or_default()
+        )
+        .as_bytes(),
+    )?;
+    let identities = Identities::parse(identity.expose_str().unwrap_or_default(), "demo identity")
+        .map_err(fail)?;
+    Ok((identities, recipient))
+}
+
+/// A new repository in `dir` with the example's files, their values re-encrypted to `recipient`.
+fn write_example(dir: &Path, recipient: &str) -> Result<(), CliError> {
+    let example = Identities::parse(
+        EXAMPLE_IDENTITY,
+        "examples/repo-layout/DEMO-ONLY-age-identity.txt",
+    )
+    .map_err(fail)?;
+    git(dir, &["init", "-q"], None)?;
+    for (file, text) in EXAMPLE_FILES {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(fail)?;
+        }
+        std::fs::write(&path, reencrypt(file, text, &example, recipient)?).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Steps 3 and 4: release serial 1, signed twice, committed; verified and planned. The repository
+/// and the first commit.
+fn first_release(
+    demo: &mut DemoRepo,
+    out: &mut dyn Write,
+) -> Result<(LocalRepository, String), CliError> {
     say(
         out,
         "== 3. release serial 1, signed by Odoo and by a platform engineer; signed commit",
@@ -358,12 +411,21 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     let plan = vworkspace_core::plan::desired(&verified);
     out.write_all(plan.to_yaml().as_bytes()).map_err(fail)?;
     demo.config.release.last_applied = Some(verified.release().applied());
+    Ok((repo, first))
+}
 
+/// Step 5: the signed commit's signature copied onto another tree; the refusal's reason.
+fn tampered_commit(
+    demo: &DemoRepo,
+    repo: &LocalRepository,
+    first: &str,
+    out: &mut dyn Write,
+) -> Result<&'static str, CliError> {
     say(
         out,
         "== 5. a tampered commit: the signed commit's signature copied onto another tree",
     )?;
-    let good = repo.read_commit(&first).map_err(fail)?;
+    let good = repo.read_commit(first).map_err(fail)?;
     let path = demo.dir.join(EXAMPLE_FILES[0].0);
     let text = std::fs::read_to_string(&path).map_err(fail)?;
     std::fs::write(&path, text.replace("6.6.4", "6.6.5")).map_err(fail)?;
@@ -379,8 +441,17 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         &["hash-object", "-t", "commit", "-w", "--stdin"],
         Some(raw.as_bytes()),
     )?;
-    let refused_tamper = expect_refusal(&repo, &tampered, &demo.config, out)?;
+    expect_refusal(repo, &tampered, &demo.config, out)
+}
 
+/// Step 6: release serial 2 applied, then the first commit served again; the second commit and the
+/// refusal's reason.
+fn rolled_back_release(
+    demo: &mut DemoRepo,
+    repo: &LocalRepository,
+    first: &str,
+    out: &mut dyn Write,
+) -> Result<(String, &'static str), CliError> {
     say(
         out,
         "== 6. release serial 2 (nextcloud 6.6.5) is applied; then the old serial 1 is served again",
@@ -388,7 +459,7 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
     demo.release("odoo-release", false, out)?;
     demo.release("platform-engineer", true, out)?;
     let second = demo.commit_all("Release 2: nextcloud 6.6.5")?;
-    let verified = pipeline::verify_commit_id(&repo, &second, &demo.config).map_err(fail)?;
+    let verified = pipeline::verify_commit_id(repo, &second, &demo.config).map_err(fail)?;
     say(
         out,
         &format!(
@@ -400,44 +471,27 @@ pub fn run(keep: Option<&Path>, out: &mut dyn Write) -> Result<ExitCode, CliErro
         serial: verified.release().serial(),
         digest: Some(verified.release().digest().to_owned()),
     });
-    let refused_rollback = expect_refusal(&repo, &first, &demo.config, out)?;
+    let refused = expect_refusal(repo, first, &demo.config, out)?;
+    Ok((second, refused))
+}
 
+/// Where `--keep` left everything, and the command to verify it again.
+fn say_kept(root: &Path, out: &mut dyn Write) -> Result<(), CliError> {
     say(
         out,
-        "== 7. the same old commit, now judged against the last applied commit as well",
+        &format!(
+            "   kept in {}: intent/ (the repository), keys/ (mode 0600), trust/ (the signer files)",
+            root.display()
+        ),
     )?;
-    demo.config.history.last_commit = Some(second);
-    let refused_history = expect_refusal(&repo, &first, &demo.config, out)?;
-
-    let ok = refused_tamper == vworkspace_core::reasons::COMMIT_SIGNATURE_INVALID
-        && refused_rollback == vworkspace_core::reasons::RELEASE_INVALID
-        && refused_history == vworkspace_core::reasons::HISTORY_INVALID;
+    say(out, "   verify it again with:")?;
     say(
         out,
-        if ok {
-            "== demo passed: verified intent planned; tampering and rollback refused"
-        } else {
-            "== demo FAILED"
-        },
-    )?;
-    if keep.is_some() {
-        say(
-            out,
-            &format!(
-                "   kept in {}: intent/ (the repository), keys/ (mode 0600), trust/ (the signer files)",
-                root.display()
-            ),
-        )?;
-        say(out, "   verify it again with:")?;
-        say(
-            out,
-            &format!(
-                "   vworkspace-operator verify --repo {r}/intent --cluster demo --allowed-signers {r}/trust/commit_signers --release-signers {r}/trust/release_signers --threshold 2 --identity {r}/keys/cluster.agekey --require-bound-values",
-                r = root.display()
-            ),
-        )?;
-    }
-    Ok(if ok { 0 } else { 1 })
+        &format!(
+            "   vworkspace-operator verify --repo {r}/intent --cluster demo --allowed-signers {r}/trust/commit_signers --release-signers {r}/trust/release_signers --threshold 2 --identity {r}/keys/cluster.agekey --require-bound-values",
+            r = root.display()
+        ),
+    )
 }
 
 fn expect_refusal(

@@ -80,50 +80,18 @@ pub async fn diff_with_client(
     client: Client,
     out: &mut dyn Write,
 ) -> Result<ExitCode, CliError> {
-    let json = args.trust.output == OutputFormat::Json;
     let (object, config) = match &args.trust.from_cluster {
         Some(name) => match super::inputs::cluster_config(&client, &args.trust, name).await {
             Ok((object, config)) => (Some(object), config),
             Err(e) => return api_failed(out, "--from-cluster", e),
         },
-        None => {
-            // The Cluster whose clusterId is --cluster, if the caller may read it: its inventory
-            // says what this source created, so what a pass would prune.
-            let clusters: Api<Cluster> = Api::all(client.clone());
-            let object = clusters
-                .list(&Default::default())
-                .await
-                .ok()
-                .and_then(|list| {
-                    list.items
-                        .into_iter()
-                        .find(|c| c.spec.cluster_id == args.trust.cluster)
-                });
-            (object, super::inputs::trust_config(&args.trust)?)
-        }
+        None => (
+            readable_cluster(&client, &args.trust.cluster).await,
+            super::inputs::trust_config(&args.trust)?,
+        ),
     };
-    let verified = match super::inputs::open_source(&args.trust)? {
-        Ok((repo, reference, _temp)) => {
-            vworkspace_core::pipeline::verify_ref(&repo, &reference, &config)
-                .map_err(|e| Refusal::from(&e).with_hints(&args.trust.cluster))
-        }
-        Err(refused) => Err(refused),
-    };
-    let verified = match verified {
-        Ok(v) => v,
-        Err(refused) => {
-            if json {
-                let text = serde_json::to_string_pretty(&report::refusal_json(
-                    &refused,
-                    &args.trust.cluster,
-                ))
-                .map_err(|e| CliError::Io(e.to_string()))?;
-                writeln!(out, "{text}").map_err(io_error)?;
-            } else {
-                report::report_refusal(&refused, out).map_err(io_error)?;
-            }
-            return Ok(EXIT_ERROR);
-        }
+    let Some(verified) = verify_or_report(args, &config, out)? else {
+        return Ok(EXIT_ERROR);
     };
     let plan = vworkspace_core::plan::desired(&verified);
     let live =
@@ -145,7 +113,76 @@ pub async fn diff_with_client(
         .unwrap_or_default();
     let changes =
         vworkspace_core::plan::diff::diff(&plan, &live, &inventory, &managed, &args.trust.cluster);
-    let updates: Vec<(&DesiredObject, Vec<FieldChange>)> = changes
+    let updates = updates(&changes, &live);
+    let changed =
+        !changes.create.is_empty() || !changes.update.is_empty() || !changes.prune.is_empty();
+    let shown = Shown {
+        cluster: &args.trust.cluster,
+        verified: &verified,
+        changes: &changes,
+        updates: &updates,
+        changed,
+    };
+    if args.trust.output == OutputFormat::Json {
+        shown.json(out)?;
+    } else {
+        shown.text(out)?;
+    }
+    Ok(if changed { 1 } else { 0 })
+}
+
+/// The Cluster whose clusterId is `cluster`, if the caller may read it: its inventory says what
+/// this source created, so what a pass would prune.
+async fn readable_cluster(client: &Client, cluster: &str) -> Option<Cluster> {
+    let clusters: Api<Cluster> = Api::all(client.clone());
+    clusters
+        .list(&Default::default())
+        .await
+        .ok()
+        .and_then(|list| {
+            list.items
+                .into_iter()
+                .find(|c| c.spec.cluster_id == cluster)
+        })
+}
+
+/// The verified intent of the source `args` names, or `None` once the refusal is reported.
+fn verify_or_report(
+    args: &DiffArgs,
+    config: &vworkspace_core::pipeline::TrustConfig,
+    out: &mut dyn Write,
+) -> Result<Option<vworkspace_core::pipeline::VerifiedIntent>, CliError> {
+    let verified = match super::inputs::open_source(&args.trust)? {
+        Ok((repo, reference, _temp)) => {
+            vworkspace_core::pipeline::verify_ref(&repo, &reference, config)
+                .map_err(|e| Refusal::from(&e).with_hints(&args.trust.cluster))
+        }
+        Err(refused) => Err(refused),
+    };
+    match verified {
+        Ok(v) => Ok(Some(v)),
+        Err(refused) => {
+            if args.trust.output == OutputFormat::Json {
+                let text = serde_json::to_string_pretty(&report::refusal_json(
+                    &refused,
+                    &args.trust.cluster,
+                ))
+                .map_err(|e| CliError::Io(e.to_string()))?;
+                writeln!(out, "{text}").map_err(io_error)?;
+            } else {
+                report::report_refusal(&refused, out).map_err(io_error)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Each object to update with the fields that change.
+fn updates<'p>(
+    changes: &vworkspace_core::plan::diff::Changes<'p>,
+    live: &[LiveObject],
+) -> Vec<(&'p DesiredObject, Vec<FieldChange>)> {
+    changes
         .update
         .iter()
         .map(|desired| {
@@ -157,34 +194,69 @@ pub async fn diff_with_client(
                 .unwrap_or_default();
             (*desired, fields)
         })
-        .collect();
-    let name = |id: &InventoryEntry| format!("{} {}/{}", id.kind, id.namespace, id.name);
-    let skip_why = |s: &Skip| match s {
+        .collect()
+}
+
+fn name(id: &InventoryEntry) -> String {
+    format!("{} {}/{}", id.kind, id.namespace, id.name)
+}
+
+fn desired_name(desired: &DesiredObject) -> String {
+    name(&vworkspace_core::plan::diff::identity(desired))
+}
+
+fn skip_why(skip: &Skip) -> String {
+    match skip {
         Skip::UnmanagedNamespace => {
             "its namespace lacks the label app.vworkspace.io/managed-by=vworkspace: not applied"
                 .to_owned()
         }
         _ => "not applied".to_owned(),
-    };
-    let keep_why = |k: &Keep| match k {
+    }
+}
+
+fn keep_why(keep: &Keep) -> &'static str {
+    match keep {
         Keep::NotLabelled => "not declared, not created by this source: left alone",
         Keep::NotInInventory => "not declared, not in this source's inventory: left alone",
         Keep::UnmanagedNamespace => "its namespace is no longer managed: left alone",
         _ => "left alone",
-    };
-    let changed =
-        !changes.create.is_empty() || !changes.update.is_empty() || !changes.prune.is_empty();
-    if json {
+    }
+}
+
+/// A field change as one line of the text output, `None` when nothing is shown.
+fn field_line(f: &FieldChange) -> Option<String> {
+    Some(match (&f.from, &f.to) {
+        (Some(a), Some(b)) if a == b => format!("          ~ {}: {a} (changed)", f.path),
+        (Some(a), Some(b)) => format!("          ~ {}: {a} -> {b}", f.path),
+        (None, Some(b)) => format!("          + {}: {b}", f.path),
+        (Some(a), None) => format!("          - {}: {a}", f.path),
+        (None, None) => return None,
+    })
+}
+
+/// What `diff` shows.
+struct Shown<'a, 'p> {
+    cluster: &'a str,
+    verified: &'a vworkspace_core::pipeline::VerifiedIntent,
+    changes: &'a vworkspace_core::plan::diff::Changes<'p>,
+    updates: &'a [(&'p DesiredObject, Vec<FieldChange>)],
+    changed: bool,
+}
+
+impl Shown<'_, '_> {
+    fn json(&self, out: &mut dyn Write) -> Result<(), CliError> {
+        let changes = self.changes;
         let doc = serde_json::json!({
             "apiVersion": report::JSON_API_VERSION,
             "kind": "DiffResult",
-            "cluster": args.trust.cluster,
-            "commit": verified.commit().id(),
-            "serial": verified.release().serial(),
-            "changed": changed,
-            "create": changes.create.iter().map(|d| name(&vworkspace_core::plan::diff::identity(d))).collect::<Vec<_>>(),
-            "update": updates.iter().map(|(d, fields)| serde_json::json!({
-                "object": name(&vworkspace_core::plan::diff::identity(d)),
+            "cluster": self.cluster,
+            "commit": self.verified.commit().id(),
+            "serial": self.verified.release().serial(),
+            "changed": self.changed,
+            "create": changes.create.iter().map(|d| desired_name(d)).collect::<Vec<_>>(),
+            "update": self.updates.iter().map(|(d, fields)| serde_json::json!({
+                "object": desired_name(d),
                 "fields": fields.iter().map(|f| serde_json::json!({"path": f.path, "from": f.from, "to": f.to})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "prune": changes.prune.iter().map(name).collect::<Vec<_>>(),
@@ -193,59 +265,39 @@ pub async fn diff_with_client(
             "kept": changes.kept.iter().map(|(id, why)| serde_json::json!({"object": name(id), "why": keep_why(why)})).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Io(e.to_string()))?;
-        writeln!(out, "{text}").map_err(io_error)?;
-    } else {
-        let w = |out: &mut dyn Write, line: String| writeln!(out, "{line}").map_err(io_error);
+        writeln!(out, "{text}").map_err(io_error)
+    }
+
+    fn text(&self, out: &mut dyn Write) -> Result<(), CliError> {
+        let changes = self.changes;
+        let mut lines = Vec::new();
         for d in &changes.create {
-            w(
-                out,
-                format!(
-                    "create    {}",
-                    name(&vworkspace_core::plan::diff::identity(d))
-                ),
-            )?;
+            lines.push(format!("create    {}", desired_name(d)));
         }
-        for (d, fields) in &updates {
-            w(
-                out,
-                format!(
-                    "update    {}",
-                    name(&vworkspace_core::plan::diff::identity(d))
-                ),
-            )?;
-            for f in fields {
-                let line = match (&f.from, &f.to) {
-                    (Some(a), Some(b)) if a == b => {
-                        format!("          ~ {}: {a} (changed)", f.path)
-                    }
-                    (Some(a), Some(b)) => format!("          ~ {}: {a} -> {b}", f.path),
-                    (None, Some(b)) => format!("          + {}: {b}", f.path),
-                    (Some(a), None) => format!("          - {}: {a}", f.path),
-                    (None, None) => continue,
-                };
-                w(out, line)?;
-            }
+        for (d, fields) in self.updates {
+            lines.push(format!("update    {}", desired_name(d)));
+            lines.extend(fields.iter().filter_map(field_line));
         }
         for id in &changes.prune {
-            w(out, format!("prune     {}", name(id)))?;
+            lines.push(format!("prune     {}", name(id)));
         }
         for (id, why) in &changes.skipped {
-            w(out, format!("skipped   {}: {}", name(id), skip_why(why)))?;
+            lines.push(format!("skipped   {}: {}", name(id), skip_why(why)));
         }
         for (id, why) in &changes.kept {
-            w(out, format!("kept      {}: {}", name(id), keep_why(why)))?;
+            lines.push(format!("kept      {}: {}", name(id), keep_why(why)));
         }
-        w(
-            out,
-            format!(
-                "unchanged {} object(s); commit {}, release serial {}",
-                changes.unchanged.len(),
-                verified.commit().id(),
-                verified.release().serial()
-            ),
-        )?;
+        lines.push(format!(
+            "unchanged {} object(s); commit {}, release serial {}",
+            changes.unchanged.len(),
+            self.verified.commit().id(),
+            self.verified.release().serial()
+        ));
+        for line in lines {
+            writeln!(out, "{line}").map_err(io_error)?;
+        }
+        Ok(())
     }
-    Ok(if changed { 1 } else { 0 })
 }
 
 /// A JSON value as one line, every encrypted value replaced by `<redacted>`.

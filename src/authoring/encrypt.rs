@@ -282,76 +282,104 @@ fn set_block_scalar(text: &str, segments: &[&str], armored: &str) -> Result<Stri
                     .into(),
             );
         }
-        let child_indent = lines[start..end]
-            .iter()
-            .find(|l| !is_blank_or_comment(l) && !l.trim_start().starts_with("---"))
-            .map(|l| indent_of(l));
-        let mut found = None;
-        if let Some(ci) = child_indent {
-            for (i, line) in lines.iter().enumerate().take(end).skip(start) {
-                if is_blank_or_comment(line) || indent_of(line) != ci {
-                    continue;
-                }
-                if let Some((key, _)) = split_key(line)
-                    && key == *segment
-                {
-                    found = Some((i, ci));
-                    break;
-                }
-            }
+        let (child_indent, found) = find_key(&lines[..end], start, segment);
+        let Some((i, indent)) = found else {
+            // Create the rest of the path at the end of this block.
+            let indent = child_indent
+                .filter(|ci| parent_indent.is_none_or(|p| *ci > p))
+                .unwrap_or_else(|| parent_indent.map_or(0, |p| p + 2));
+            return Ok(append_path(
+                &lines,
+                end,
+                indent,
+                &segments[depth..],
+                armored,
+                text,
+            ));
+        };
+        let (_, rest) = split_key(lines[i]).ok_or("unreadable line")?;
+        let rest = rest.trim();
+        if depth + 1 == segments.len() {
+            return replace_leaf(&lines, (i, indent), rest, segment, armored, text);
         }
-        match found {
-            Some((i, indent)) => {
-                let (_, rest) = split_key(lines[i]).ok_or("unreadable line")?;
-                let rest = rest.trim();
-                let is_leaf = depth + 1 == segments.len();
-                if is_leaf {
-                    let value_end = block_end(&lines, i, indent);
-                    if !(rest.is_empty()
-                        || rest.starts_with('|')
-                        || rest.starts_with('>')
-                        || !rest.starts_with(['{', '[', '&', '*']))
-                    {
-                        return Err(
-                            "the value is in flow style or an anchor; edit it by hand".into()
-                        );
-                    }
-                    if rest.is_empty() && value_end > i + 1 {
-                        return Err("holds a mapping or a list, not a value".into());
-                    }
-                    let mut out: Vec<String> = lines[..i].iter().map(|s| (*s).to_owned()).collect();
-                    out.extend(block_lines(lines[i], indent, segment, armored));
-                    out.extend(lines[value_end..].iter().map(|s| (*s).to_owned()));
-                    return Ok(join(out, text));
-                }
-                if !(rest.is_empty() || rest.starts_with('#')) {
-                    return Err(format!("{segment} holds a value, not a mapping"));
-                }
-                start = i + 1;
-                end = block_end(&lines, i, indent);
-                parent_indent = Some(indent);
-            }
-            None => {
-                // Create the rest of the path at the end of this block.
-                let indent = child_indent
-                    .filter(|ci| parent_indent.is_none_or(|p| *ci > p))
-                    .unwrap_or_else(|| parent_indent.map_or(0, |p| p + 2));
-                let mut out: Vec<String> = lines[..end].iter().map(|s| (*s).to_owned()).collect();
-                let mut level = indent;
-                for (k, seg) in segments[depth..].iter().enumerate() {
-                    if depth + k + 1 == segments.len() {
-                        out.extend(block_lines("", level, seg, armored));
-                    } else {
-                        out.push(format!("{}{seg}:", " ".repeat(level)));
-                        level += 2;
-                    }
-                }
-                out.extend(lines[end..].iter().map(|s| (*s).to_owned()));
-                return Ok(join(out, text));
-            }
+        if !(rest.is_empty() || rest.starts_with('#')) {
+            return Err(format!("{segment} holds a value, not a mapping"));
         }
+        start = i + 1;
+        end = block_end(&lines, i, indent);
+        parent_indent = Some(indent);
     }
     Err("empty path".into())
+}
+
+/// In the block `lines[start..]`: the indent of its children and the line and indent of the child
+/// `key`, if there is one.
+fn find_key(lines: &[&str], start: usize, key: &str) -> (Option<usize>, Option<(usize, usize)>) {
+    let child_indent = lines[start..]
+        .iter()
+        .find(|l| !is_blank_or_comment(l) && !l.trim_start().starts_with("---"))
+        .map(|l| indent_of(l));
+    let found = child_indent.and_then(|ci| {
+        lines
+            .iter()
+            .enumerate()
+            .skip(start)
+            .filter(|(_, line)| !is_blank_or_comment(line) && indent_of(line) == ci)
+            .find(|(_, line)| split_key(line).is_some_and(|(k, _)| k == key))
+            .map(|(i, _)| (i, ci))
+    });
+    (child_indent, found)
+}
+
+/// The text with the value of the key on line `i` (its `rest` after the colon) replaced by the
+/// block scalar.
+fn replace_leaf(
+    lines: &[&str],
+    (i, indent): (usize, usize),
+    rest: &str,
+    segment: &str,
+    armored: &str,
+    text: &str,
+) -> Result<String, String> {
+    let value_end = block_end(lines, i, indent);
+    if !(rest.is_empty()
+        || rest.starts_with('|')
+        || rest.starts_with('>')
+        || !rest.starts_with(['{', '[', '&', '*']))
+    {
+        return Err("the value is in flow style or an anchor; edit it by hand".into());
+    }
+    if rest.is_empty() && value_end > i + 1 {
+        return Err("holds a mapping or a list, not a value".into());
+    }
+    let mut out: Vec<String> = lines[..i].iter().map(|s| (*s).to_owned()).collect();
+    out.extend(block_lines(lines[i], indent, segment, armored));
+    out.extend(lines[value_end..].iter().map(|s| (*s).to_owned()));
+    Ok(join(out, text))
+}
+
+/// The text with the mappings `segments` (the last one holding the block scalar) inserted at line
+/// `end`, the first at `indent`.
+fn append_path(
+    lines: &[&str],
+    end: usize,
+    indent: usize,
+    segments: &[&str],
+    armored: &str,
+    text: &str,
+) -> String {
+    let mut out: Vec<String> = lines[..end].iter().map(|s| (*s).to_owned()).collect();
+    let mut level = indent;
+    for (k, seg) in segments.iter().enumerate() {
+        if k + 1 == segments.len() {
+            out.extend(block_lines("", level, seg, armored));
+        } else {
+            out.push(format!("{}{seg}:", " ".repeat(level)));
+            level += 2;
+        }
+    }
+    out.extend(lines[end..].iter().map(|s| (*s).to_owned()));
+    join(out, text)
 }
 
 fn block_lines(original: &str, indent: usize, key: &str, armored: &str) -> Vec<String> {
@@ -467,79 +495,19 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode, 
     let root = super::inputs::discover(&args.repo);
     let limits = Limits::default();
     let tree = super::release::read_worktree(&root, &args.cluster, &limits)?;
-    let mut edits: Vec<(PathBuf, String, String, usize)> = Vec::new();
+    let rotation = Rotation {
+        args,
+        identities: &identities,
+        limits: &limits,
+    };
+    let mut edits: Vec<Edit> = Vec::new();
     let mut problems = Vec::new();
     for (relative, entry) in tree.entries() {
-        let vworkspace_core::repository::TreeEntry::File(bytes) = entry else {
-            continue;
-        };
-        let parts: Vec<&str> = relative.split('/').collect();
-        let ["namespaces", namespace, "applicationinstances", file] = parts.as_slice() else {
-            continue;
-        };
-        let Some(instance) = file.strip_suffix(".yaml") else {
-            continue;
-        };
-        let shown = format!("clusters/{}/{relative}", args.cluster);
-        let object = match vworkspace_core::yaml::parse_document(bytes, &shown, &limits) {
-            Ok(object) => object,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        let Some(values) = object.pointer("/spec/values") else {
-            continue;
-        };
-        let mut leaves = Vec::new();
-        vworkspace_core::secrets::for_each_armored(values, &mut |p, a| {
-            leaves.push((p.to_owned(), a.to_owned()))
-        });
-        if leaves.is_empty() {
-            continue;
+        if let vworkspace_core::repository::TreeEntry::File(bytes) = entry
+            && let Some(edit) = rotation.file(&root, relative, bytes, &mut problems)?
+        {
+            edits.push(edit);
         }
-        let mut text = String::from_utf8_lossy(bytes).into_owned();
-        for (path, armored) in &leaves {
-            let here = Binding {
-                cluster: args.cluster.clone(),
-                namespace: (*namespace).to_owned(),
-                instance: instance.to_owned(),
-                path: path.clone(),
-            };
-            let (binding, value) =
-                match vworkspace_core::secrets::decrypt(armored, &identities, &limits) {
-                    Ok(opened) => opened,
-                    Err(e) => {
-                        problems.push(format!("{shown}: spec.values.{path}: {e}"));
-                        continue;
-                    }
-                };
-            let binding = match binding {
-                Some(b) if b != here => {
-                    problems.push(format!(
-                        "{shown}: spec.values.{path}: bound to another place ({}/{}/{} {}); verify refuses it here, so it is not re-encrypted: encrypt the right value with --in-place",
-                        b.cluster, b.namespace, b.instance, b.path
-                    ));
-                    continue;
-                }
-                Some(b) => Some(b),
-                None if args.bind => Some(here),
-                None => None,
-            };
-            let fresh = vworkspace_core::secrets::encrypt(
-                value.expose(),
-                &args.recipient,
-                binding.as_ref(),
-            )
-            .map_err(usage)?;
-            let mut segments = vec!["spec", "values"];
-            segments.extend(path.split('.'));
-            match set_block_scalar(&text, &segments, &fresh) {
-                Ok(edited) => text = edited,
-                Err(why) => problems.push(format!("{shown}: spec.values.{path}: {why}")),
-            }
-        }
-        edits.push((root.join(&shown), shown, text, leaves.len()));
     }
     if !problems.is_empty() {
         for p in &problems {
@@ -549,25 +517,17 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode, 
         return Ok(1);
     }
     // Every edited file must read back with every value re-encrypted, before any file is replaced.
-    for (_, shown, text, count) in &edits {
-        let object = vworkspace_core::yaml::parse_document(text.as_bytes(), shown, &limits)
-            .map_err(|e| {
-                usage(format!(
-                    "{shown}: the edited file does not parse ({e}); nothing written"
-                ))
-            })?;
-        let mut seen = 0usize;
-        if let Some(values) = object.pointer("/spec/values") {
-            vworkspace_core::secrets::for_each_armored(values, &mut |_, _| seen += 1);
-        }
-        if seen != *count {
-            return Err(usage(format!(
-                "{shown}: could not re-encrypt every value in place; nothing written"
-            )));
-        }
+    for edit in &edits {
+        edit.check(&limits)?;
     }
     let mut total = 0usize;
-    for (path, shown, text, count) in &edits {
+    for Edit {
+        path,
+        shown,
+        text,
+        count,
+    } in &edits
+    {
         let tmp = path.with_extension("yaml.vworkspace-tmp");
         std::fs::write(&tmp, text).map_err(io_error)?;
         std::fs::rename(&tmp, path).map_err(io_error)?;
@@ -583,4 +543,132 @@ pub fn reencrypt(args: &ReencryptArgs, out: &mut dyn Write) -> Result<ExitCode, 
     )
     .map_err(io_error)?;
     Ok(0)
+}
+
+/// One instance file with its values re-encrypted: where, as shown, its new text, how many values.
+struct Edit {
+    path: PathBuf,
+    shown: String,
+    text: String,
+    count: usize,
+}
+
+impl Edit {
+    /// The edited text parses and holds as many encrypted values as it did.
+    fn check(&self, limits: &Limits) -> Result<(), CliError> {
+        let shown = &self.shown;
+        let object = vworkspace_core::yaml::parse_document(self.text.as_bytes(), shown, limits)
+            .map_err(|e| {
+                usage(format!(
+                    "{shown}: the edited file does not parse ({e}); nothing written"
+                ))
+            })?;
+        let mut seen = 0usize;
+        if let Some(values) = object.pointer("/spec/values") {
+            vworkspace_core::secrets::for_each_armored(values, &mut |_, _| seen += 1);
+        }
+        if seen != self.count {
+            return Err(usage(format!(
+                "{shown}: could not re-encrypt every value in place; nothing written"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One `reencrypt` run: the old identities, the new recipient, the limits.
+struct Rotation<'a> {
+    args: &'a ReencryptArgs,
+    identities: &'a vworkspace_core::secrets::Identities,
+    limits: &'a Limits,
+}
+
+impl Rotation<'_> {
+    /// The edit of the file `relative` (an ApplicationInstance with encrypted values), or `None`;
+    /// what cannot be re-encrypted goes to `problems`.
+    fn file(
+        &self,
+        root: &std::path::Path,
+        relative: &str,
+        bytes: &[u8],
+        problems: &mut Vec<String>,
+    ) -> Result<Option<Edit>, CliError> {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let ["namespaces", namespace, "applicationinstances", file] = parts.as_slice() else {
+            return Ok(None);
+        };
+        let Some(instance) = file.strip_suffix(".yaml") else {
+            return Ok(None);
+        };
+        let shown = format!("clusters/{}/{relative}", self.args.cluster);
+        let object = match vworkspace_core::yaml::parse_document(bytes, &shown, self.limits) {
+            Ok(object) => object,
+            Err(e) => {
+                problems.push(e.to_string());
+                return Ok(None);
+            }
+        };
+        let Some(values) = object.pointer("/spec/values") else {
+            return Ok(None);
+        };
+        let mut leaves = Vec::new();
+        vworkspace_core::secrets::for_each_armored(values, &mut |p, a| {
+            leaves.push((p.to_owned(), a.to_owned()))
+        });
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        for (path, armored) in &leaves {
+            let here = Binding {
+                cluster: self.args.cluster.clone(),
+                namespace: (*namespace).to_owned(),
+                instance: instance.to_owned(),
+                path: path.clone(),
+            };
+            let fresh = match self.value(armored, here)? {
+                Ok(fresh) => fresh,
+                Err(why) => {
+                    problems.push(format!("{shown}: spec.values.{path}: {why}"));
+                    continue;
+                }
+            };
+            let mut segments = vec!["spec", "values"];
+            segments.extend(path.split('.'));
+            match set_block_scalar(&text, &segments, &fresh) {
+                Ok(edited) => text = edited,
+                Err(why) => problems.push(format!("{shown}: spec.values.{path}: {why}")),
+            }
+        }
+        Ok(Some(Edit {
+            path: root.join(&shown),
+            shown,
+            text,
+            count: leaves.len(),
+        }))
+    }
+
+    /// One value opened and encrypted to the new recipient with its binding (or, with `--bind`,
+    /// bound to `here`); why not, when it cannot be.
+    fn value(&self, armored: &str, here: Binding) -> Result<Result<String, String>, CliError> {
+        let (binding, value) =
+            match vworkspace_core::secrets::decrypt(armored, self.identities, self.limits) {
+                Ok(opened) => opened,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+        let binding = match binding {
+            Some(b) if b != here => {
+                return Ok(Err(format!(
+                    "bound to another place ({}/{}/{} {}); verify refuses it here, so it is not re-encrypted: encrypt the right value with --in-place",
+                    b.cluster, b.namespace, b.instance, b.path
+                )));
+            }
+            Some(b) => Some(b),
+            None if self.args.bind => Some(here),
+            None => None,
+        };
+        vworkspace_core::secrets::encrypt(value.expose(), &self.args.recipient, binding.as_ref())
+            .map(Ok)
+            .map_err(usage)
+    }
 }

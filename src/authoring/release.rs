@@ -356,127 +356,141 @@ fn valid_signatures(tree: &ClusterTree, manifest: &[u8]) -> Vec<(String, String)
 /// the files the manifest will list; a refusal (exit 1) leaves the directory untouched.
 pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let key = read_signer(&args.key, None)?;
-    let name = signature_name(&key, args.name.as_deref())?;
-    let expires_in = parse_duration(&args.expires)?;
-    let root = super::inputs::discover(&args.repo);
-    let cluster = &args.cluster;
-    let dir = root.join("clusters").join(cluster);
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest_rel = format!("clusters/{cluster}/{MANIFEST_FILE}");
-    let sigs_dir = dir.join(SIGNATURES_DIR.trim_end_matches('/'));
-    let limits = Limits::default();
-    let my_fingerprint = key
-        .public_key()
-        .fingerprint(ssh_key::HashAlg::Sha256)
-        .to_string();
-
-    let tree = read_for_release(&root, cluster, &limits)?;
+    let at = Releasing::new(args, &key)?;
+    let tree = read_for_release(&at.root, &args.cluster, &at.limits)?;
     // The same key-free checks as verify, on exactly what is about to be hashed and signed.
     if !args.unchecked
-        && let Err(refused) = vworkspace_core::pipeline::check_unsigned(&tree, &limits)
+        && let Err(refused) = vworkspace_core::pipeline::check_unsigned(&tree, &at.limits)
     {
         let refusal = super::report::Refusal::from(&refused);
-        super::report::report_refusal(&refusal, out).map_err(|e| io(&manifest_path, e))?;
+        super::report::report_refusal(&refusal, out).map_err(|e| io(&at.manifest_path, e))?;
         writeln!(
             out,
             "nothing was written or signed: fix the files above, then run release again"
         )
-        .map_err(|e| io(&manifest_path, e))?;
+        .map_err(|e| io(&at.manifest_path, e))?;
         return Ok(1);
     }
-
     let manifest_bytes = if args.sign_only {
+        at.signed_manifest(&tree)?
+    } else {
+        at.new_manifest(&tree, out)?
+    };
+    let armored = key.sign(&manifest_bytes, SIGNATURE_NAMESPACE)?;
+    std::fs::create_dir_all(&at.sigs_dir).map_err(|e| io(&at.sigs_dir, e))?;
+    let name = &at.name;
+    let sig_path = at.sigs_dir.join(format!("{name}.sig"));
+    std::fs::write(&sig_path, armored).map_err(|e| io(&sig_path, e))?;
+    let (cluster, manifest_rel) = (&args.cluster, &at.manifest_rel);
+    writeln!(
+        out,
+        "signed {manifest_rel} as clusters/{cluster}/{SIGNATURES_DIR}{name}.sig ({})",
+        at.my_fingerprint
+    )
+    .map_err(|e| io(&sig_path, e))?;
+    Ok(0)
+}
+
+/// One run of `release`: where its files are, who signs.
+struct Releasing<'a> {
+    args: &'a ReleaseArgs,
+    /// The signature's file name (without `.sig`).
+    name: String,
+    expires_in: jiff::SignedDuration,
+    root: PathBuf,
+    manifest_path: PathBuf,
+    /// `clusters/<id>/release.yaml`.
+    manifest_rel: String,
+    sigs_dir: PathBuf,
+    limits: Limits,
+    my_fingerprint: String,
+}
+
+impl<'a> Releasing<'a> {
+    fn new(args: &'a ReleaseArgs, key: &SigningKey) -> Result<Self, CliError> {
+        let name = signature_name(key, args.name.as_deref())?;
+        let expires_in = parse_duration(&args.expires)?;
+        let root = super::inputs::discover(&args.repo);
+        let cluster = &args.cluster;
+        let dir = root.join("clusters").join(cluster);
+        Ok(Releasing {
+            args,
+            name,
+            expires_in,
+            manifest_path: dir.join(MANIFEST_FILE),
+            manifest_rel: format!("clusters/{cluster}/{MANIFEST_FILE}"),
+            sigs_dir: dir.join(SIGNATURES_DIR.trim_end_matches('/')),
+            root,
+            limits: Limits::default(),
+            my_fingerprint: key
+                .public_key()
+                .fingerprint(ssh_key::HashAlg::Sha256)
+                .to_string(),
+        })
+    }
+
+    /// `--sign-only`: the manifest as it is, refused when it no longer matches the files.
+    fn signed_manifest(&self, tree: &ClusterTree) -> Result<Vec<u8>, CliError> {
         let bytes = match tree.entries().get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => bytes.clone(),
             _ => {
                 return Err(usage(format!(
-                    "{manifest_rel} does not exist: run release without --sign-only first"
+                    "{} does not exist: run release without --sign-only first",
+                    self.manifest_rel
                 )));
             }
         };
         // A co-signature over a manifest that no longer matches the files would be refused.
-        if let Some(stale) = stale_release(&tree, &limits) {
+        if let Some(stale) = stale_release(tree, &self.limits) {
             return Err(usage(format!(
                 "{stale} (co-signing it would sign a release the operator refuses)"
             )));
         }
-        bytes
-    } else {
+        Ok(bytes)
+    }
+
+    /// A new manifest (next serial, expiry, parent) written over the old one, whose signatures
+    /// are removed; its bytes.
+    fn new_manifest(&self, tree: &ClusterTree, out: &mut dyn Write) -> Result<Vec<u8>, CliError> {
         let current = match tree.entries().get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => Some((
-                release::parse_manifest(bytes, cluster, &limits).map_err(|e| {
+                release::parse_manifest(bytes, &self.args.cluster, &self.limits).map_err(|e| {
                     usage(format!(
-                        "{e} (fix or delete {manifest_rel}, then run release again)"
+                        "{e} (fix or delete {}, then run release again)",
+                        self.manifest_rel
                     ))
                 })?,
                 bytes.clone(),
             )),
             _ => None,
         };
-        // A co-signer who forgot --sign-only would replace the release and drop the others'
-        // signatures: stop unless the files changed, or --force says so.
-        if let Some((manifest, bytes)) = &current
-            && !args.force
-            && stale_release(&tree, &limits).is_none()
-        {
-            let others: Vec<String> = valid_signatures(&tree, bytes)
-                .into_iter()
-                .filter(|(_, fp)| *fp != my_fingerprint)
-                .map(|(file, fp)| format!("clusters/{cluster}/{file} ({fp})"))
-                .collect();
-            if !others.is_empty() {
-                return Err(usage(format!(
-                    "{manifest_rel} (serial {}) already lists exactly these files and is signed by {}; to co-sign it run `vworkspace-operator release --cluster {cluster} --key {} --sign-only`; to replace it anyway (a new serial, their signatures removed) add --force",
-                    manifest.serial,
-                    others.join(", "),
-                    args.key.display()
-                )));
-            }
+        if let Some((manifest, bytes)) = &current {
+            self.refuse_replacing_cosigned(tree, manifest.serial, bytes)?;
         }
-        let current_serial = current.as_ref().map(|(m, _)| m.serial);
-        let serial = match (args.serial, current_serial) {
-            (Some(s), Some(c)) if s <= c => {
-                return Err(usage(format!(
-                    "--serial {s} must be greater than the current serial {c}"
-                )));
-            }
-            (Some(s), _) => s,
-            (None, Some(c)) => c.checked_add(1).ok_or_else(|| usage("serial overflow"))?,
-            (None, None) => 1,
-        };
+        let serial = self.next_serial(current.as_ref().map(|(m, _)| m.serial))?;
         let expires = jiff::Timestamp::now()
-            .checked_add(expires_in)
+            .checked_add(self.expires_in)
             .and_then(|t| t.round(jiff::Unit::Second))
             .map_err(|e| usage(format!("--expires: {e}")))?;
-        let parent = vworkspace_core::repository::LocalRepository::open(&root)
+        let parent = vworkspace_core::repository::LocalRepository::open(&self.root)
             .and_then(|repo| {
                 repo.resolve(&vworkspace_core::repository::GitRef::Revision(
                     "HEAD".into(),
                 ))
             })
             .ok();
-        let manifest = release::build_manifest(&tree, serial, expires, parent).map_err(usage)?;
+        let manifest = release::build_manifest(tree, serial, expires, parent).map_err(usage)?;
         let text = release::render_manifest(&manifest);
-        std::fs::write(&manifest_path, &text).map_err(|e| io(&manifest_path, e))?;
-        // Old signatures are over the old manifest: they can only fail now. Say which went.
-        let mut removed = Vec::new();
-        if sigs_dir.is_dir() {
-            for entry in std::fs::read_dir(&sigs_dir).map_err(|e| io(&sigs_dir, e))? {
-                let path = entry.map_err(|e| io(&sigs_dir, e))?.path();
-                if path.extension().is_some_and(|e| e == "sig") {
-                    std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
-                    if path.file_name() != Some(std::ffi::OsStr::new(&format!("{name}.sig"))) {
-                        removed.push(path);
-                    }
-                }
-            }
-        }
+        std::fs::write(&self.manifest_path, &text).map_err(|e| io(&self.manifest_path, e))?;
+        let removed = self.remove_old_signatures()?;
         writeln!(
             out,
-            "wrote {manifest_rel} (serial {serial}, expires {expires}, {} files)",
+            "wrote {} (serial {serial}, expires {expires}, {} files)",
+            self.manifest_rel,
             manifest.files.len()
         )
-        .map_err(|e| io(&manifest_path, e))?;
+        .map_err(|e| io(&self.manifest_path, e))?;
+        let cluster = &self.args.cluster;
         for path in removed {
             let file = path
                 .file_name()
@@ -488,16 +502,66 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
             )
             .map_err(|e| io(&path, e))?;
         }
-        text.into_bytes()
-    };
-    let armored = key.sign(&manifest_bytes, SIGNATURE_NAMESPACE)?;
-    std::fs::create_dir_all(&sigs_dir).map_err(|e| io(&sigs_dir, e))?;
-    let sig_path = sigs_dir.join(format!("{name}.sig"));
-    std::fs::write(&sig_path, armored).map_err(|e| io(&sig_path, e))?;
-    writeln!(
-        out,
-        "signed {manifest_rel} as clusters/{cluster}/{SIGNATURES_DIR}{name}.sig ({my_fingerprint})"
-    )
-    .map_err(|e| io(&sig_path, e))?;
-    Ok(0)
+        Ok(text.into_bytes())
+    }
+
+    /// A co-signer who forgot --sign-only would replace the release and drop the others'
+    /// signatures: stopped unless the files changed, or --force says so.
+    fn refuse_replacing_cosigned(
+        &self,
+        tree: &ClusterTree,
+        serial: u64,
+        bytes: &[u8],
+    ) -> Result<(), CliError> {
+        if self.args.force || stale_release(tree, &self.limits).is_some() {
+            return Ok(());
+        }
+        let cluster = &self.args.cluster;
+        let others: Vec<String> = valid_signatures(tree, bytes)
+            .into_iter()
+            .filter(|(_, fp)| *fp != self.my_fingerprint)
+            .map(|(file, fp)| format!("clusters/{cluster}/{file} ({fp})"))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "{} (serial {serial}) already lists exactly these files and is signed by {}; to co-sign it run `vworkspace-operator release --cluster {cluster} --key {} --sign-only`; to replace it anyway (a new serial, their signatures removed) add --force",
+            self.manifest_rel,
+            others.join(", "),
+            self.args.key.display()
+        )))
+    }
+
+    /// `--serial`, which must exceed the current one, or the current one plus one, or 1.
+    fn next_serial(&self, current: Option<u64>) -> Result<u64, CliError> {
+        match (self.args.serial, current) {
+            (Some(s), Some(c)) if s <= c => Err(usage(format!(
+                "--serial {s} must be greater than the current serial {c}"
+            ))),
+            (Some(s), _) => Ok(s),
+            (None, Some(c)) => c.checked_add(1).ok_or_else(|| usage("serial overflow")),
+            (None, None) => Ok(1),
+        }
+    }
+
+    /// Removes every signature (they are over the old manifest: they can only fail now); the
+    /// others' files, to say which went.
+    fn remove_old_signatures(&self) -> Result<Vec<PathBuf>, CliError> {
+        let mut removed = Vec::new();
+        if !self.sigs_dir.is_dir() {
+            return Ok(removed);
+        }
+        let own = format!("{}.sig", self.name);
+        for entry in std::fs::read_dir(&self.sigs_dir).map_err(|e| io(&self.sigs_dir, e))? {
+            let path = entry.map_err(|e| io(&self.sigs_dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "sig") {
+                std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                if path.file_name() != Some(std::ffi::OsStr::new(&own)) {
+                    removed.push(path);
+                }
+            }
+        }
+        Ok(removed)
+    }
 }

@@ -14,6 +14,7 @@ pub mod children;
 pub mod cluster;
 pub mod commit_status;
 pub mod error;
+pub mod events;
 pub mod fence;
 pub mod metrics;
 pub mod receiver;

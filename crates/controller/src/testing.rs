@@ -104,7 +104,7 @@ impl FakeApi {
         let routes = lock(&self.routes);
         match routes
             .iter()
-            .find(|r| &r.method == method && r.path == path)
+            .find(|r| r.method == *method && r.path == path)
         {
             Some(route) => (route.status, route.body.clone()),
             None if method == Method::GET => (404, status_body(404, "NotFound")),

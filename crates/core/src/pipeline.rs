@@ -395,19 +395,7 @@ fn check_values(
         })
         .collect();
     // The budget on values is per release: count them all before decrypting any.
-    let mut total = 0usize;
-    for (_, values) in &instances {
-        secrets::for_each_armored(values, &mut |_, _| total += 1);
-    }
-    if total > config.limits.max_secret_values {
-        return Err(vec![ValueError {
-            cluster: config.cluster.to_owned(),
-            namespace: String::new(),
-            instance: String::new(),
-            path: String::new(),
-            kind: secrets::ValueErrorKind::TooManyValues(config.limits.max_secret_values),
-        }]);
-    }
+    check_budget(&instances, config)?;
     // Each instance's values are independent: decrypt on every core, report in intent order.
     let outcomes = crate::parallel::map(&instances, |(item, values)| {
         let at = secrets::ValueContext {
@@ -424,27 +412,7 @@ fn check_values(
             None => secrets::check_values_form(values, &at, config.limits).map(|n| (n, Vec::new())),
         }
     });
-    let mut findings = Vec::new();
-    // Literal credentials: the same rule as the admission webhook, so that CI refuses the commit
-    // instead of the webhook refusing the apply halfway through a pass.
-    for (item, values) in &instances {
-        let error = |path: String, kind| ValueError {
-            cluster: config.cluster.to_owned(),
-            namespace: item.namespace.clone(),
-            instance: item.name.clone(),
-            path,
-            kind,
-        };
-        match crate::secrets::values_policy::inline_credentials(values) {
-            Ok(paths) => findings.extend(
-                paths
-                    .into_iter()
-                    .map(|p| error(p, secrets::ValueErrorKind::LiteralCredential)),
-            ),
-            // Unchecked is refused, as the webhook refuses it.
-            Err(_) => findings.push(error(String::new(), secrets::ValueErrorKind::TooDeep)),
-        }
-    }
+    let mut findings = literal_credentials(&instances, config);
     let mut count = 0usize;
     for ((item, _), outcome) in instances.iter().zip(outcomes) {
         match outcome {
@@ -465,4 +433,56 @@ fn check_values(
     } else {
         Err(findings)
     }
+}
+
+/// The ApplicationInstances with values, and their values.
+type WithValues<'i> = [(
+    &'i crate::intent::Item<crate::crd::ApplicationInstance>,
+    &'i serde_json::Value,
+)];
+
+/// Refuses a release with more encrypted values than the limit, before any is decrypted.
+fn check_budget(
+    instances: &WithValues<'_>,
+    config: &ValuesInputs<'_>,
+) -> Result<(), Vec<ValueError>> {
+    let mut total = 0usize;
+    for (_, values) in instances {
+        secrets::for_each_armored(values, &mut |_, _| total += 1);
+    }
+    if total > config.limits.max_secret_values {
+        return Err(vec![ValueError {
+            cluster: config.cluster.to_owned(),
+            namespace: String::new(),
+            instance: String::new(),
+            path: String::new(),
+            kind: secrets::ValueErrorKind::TooManyValues(config.limits.max_secret_values),
+        }]);
+    }
+    Ok(())
+}
+
+/// Literal credentials: the same rule as the admission webhook, so that CI refuses the commit
+/// instead of the webhook refusing the apply halfway through a pass.
+fn literal_credentials(instances: &WithValues<'_>, config: &ValuesInputs<'_>) -> Vec<ValueError> {
+    let mut findings = Vec::new();
+    for (item, values) in instances {
+        let error = |path: String, kind| ValueError {
+            cluster: config.cluster.to_owned(),
+            namespace: item.namespace.clone(),
+            instance: item.name.clone(),
+            path,
+            kind,
+        };
+        match crate::secrets::values_policy::inline_credentials(values) {
+            Ok(paths) => findings.extend(
+                paths
+                    .into_iter()
+                    .map(|p| error(p, secrets::ValueErrorKind::LiteralCredential)),
+            ),
+            // Unchecked is refused, as the webhook refuses it.
+            Err(_) => findings.push(error(String::new(), secrets::ValueErrorKind::TooDeep)),
+        }
+    }
+    findings
 }

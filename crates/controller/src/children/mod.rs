@@ -79,6 +79,8 @@ pub struct Caches {
     /// identities). One entry per Secret a `Cluster` names; read again after [`IDENTITY_REREAD`]
     /// and parsed again only when the Secret's resourceVersion moved.
     identities: Arc<Mutex<IdentityCache>>,
+    /// The Events written lately, for aggregation ([`crate::events`]): shared by both controllers.
+    pub(crate) events: Arc<crate::events::EventWriter>,
 }
 
 /// `(Secret name, key)` -> (when it was read, the Secret's resourceVersion, the identities parsed
@@ -109,6 +111,7 @@ impl Caches {
             managed_namespaces: Some(managed_namespaces),
             helm_releases: None,
             identities: Arc::default(),
+            events: Arc::default(),
         }
     }
 

@@ -31,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -47,9 +46,6 @@ use vworkspace_core::reasons as reason;
 
 /// How long a namespace's RBAC, once checked, is trusted before it is read again.
 pub const RBAC_RECHECK: Duration = Duration::from_secs(3600);
-
-/// The component name in Events.
-pub const COMPONENT: &str = "vworkspace-operator";
 
 /// How the reconciler runs: where its inputs and cache live, and its limits.
 #[derive(Debug, Clone)]
@@ -109,6 +105,8 @@ pub struct Context {
     state: Mutex<HashMap<String, SourceState>>,
     /// Where finished passes queue their commit status ([`crate::commit_status`]); unset: none sent.
     pub commit_status: std::sync::OnceLock<crate::commit_status::Sender>,
+    /// Writes the passes' Events ([`crate::events`]).
+    events: crate::events::EventWriter,
 }
 
 impl Context {
@@ -125,6 +123,7 @@ impl Context {
             live: std::sync::OnceLock::new(),
             state: Mutex::new(HashMap::new()),
             commit_status: std::sync::OnceLock::new(),
+            events: crate::events::EventWriter::default(),
         }
     }
 
@@ -176,17 +175,6 @@ impl Context {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(guard.entry(cluster.to_owned()).or_default())
-    }
-}
-
-fn reference_of(cluster: &Cluster) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(Cluster::api_version(&()).into_owned()),
-        kind: Some(Cluster::kind(&()).into_owned()),
-        name: Some(cluster.name_any()),
-        uid: cluster.metadata.uid.clone(),
-        resource_version: cluster.metadata.resource_version.clone(),
-        ..ObjectReference::default()
     }
 }
 

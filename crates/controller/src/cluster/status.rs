@@ -1,16 +1,15 @@
 //! The `Cluster` status a pass leaves, and the Event it emits: pure functions of the previous status
 //! and what the pass found. A pass that changes nothing leaves the status equal to the previous one,
-//! so the reconciler writes nothing (see [`next_status`] and [`event_for`]).
+//! so the reconciler writes nothing (see [`next_status`] and [`note_for`]); the Events are written by
+//! [`crate::events`].
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::events::{Note, Severity, clip};
 
 use crate::cluster::conditions::{self, READY, StepOutcome};
 use vworkspace_core::crd::{ClusterStatus, InventoryEntry, ManagedNamespace};
-
-/// Condition and Event messages are cut to this many bytes (the API server takes 32 KiB for a
-/// condition; a refusal of thousands of files is cut, and `verify` on the same commit lists them all).
-pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// The release a successful pass applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,22 +87,6 @@ impl PassReport {
     }
 }
 
-/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary, saying so.
-pub fn clip(message: String) -> String {
-    if message.len() <= MAX_MESSAGE_BYTES {
-        return message;
-    }
-    let mut end = MAX_MESSAGE_BYTES - 40;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!(
-        "{} ... ({} bytes cut)",
-        &message[..end],
-        message.len() - end
-    )
-}
-
 /// The status after a pass. Only a fully successful pass moves `lastApplied*`; everything else keeps
 /// what the last good pass recorded, which is what the next pass's rollback checks start from.
 pub fn next_status(
@@ -159,55 +142,38 @@ pub const EXPIRY_WARNING: jiff::SignedDuration = jiff::SignedDuration::from_hour
 
 /// The Event `ReleaseExpiringSoon`, when the verified release expires within [`EXPIRY_WARNING`] of
 /// `now`: once it expires the operator refuses it and the cluster stays frozen on the last one.
-pub fn expiry_event(
+pub fn expiry_note(
     report: &PassReport,
     cluster_id: &str,
-    involved: ObjectReference,
+    regarding: ObjectReference,
     now: jiff::Timestamp,
-) -> Option<Event> {
+) -> Option<Note> {
     let (serial, expires) = report.release_expires?;
     let left = expires.duration_since(now);
     if left > EXPIRY_WARNING {
         return None;
     }
-    let name = involved.name.clone().unwrap_or_default();
-    Some(Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: Some(EVENT_NAMESPACE.to_owned()),
-            ..ObjectMeta::default()
-        },
-        involved_object: involved,
-        reason: Some(REASON_RELEASE_EXPIRING.to_owned()),
-        message: Some(format!(
+    Some(Note {
+        regarding,
+        severity: Severity::Warning,
+        reason: vworkspace_core::reasons::RELEASE_EXPIRING_SOON.to_owned(),
+        message: format!(
             "clusters/{cluster_id}/release.yaml (serial {serial}) expires at {expires}, in {}h; after that every pass is refused: publish a fresh release (vworkspace-operator release --cluster {cluster_id} --key <release key>), co-sign, commit",
             left.as_secs().max(0) / 3600
-        )),
-        type_: Some("Warning".to_owned()),
-        source: Some(EventSource {
-            component: Some(crate::cluster::COMPONENT.to_owned()),
-            host: None,
-        }),
-        reporting_component: Some(crate::cluster::COMPONENT.to_owned()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        count: Some(1),
-        ..Event::default()
+        ),
     })
 }
 
-pub use vworkspace_core::reasons::RELEASE_EXPIRING_SOON as REASON_RELEASE_EXPIRING;
-
 /// The Event of a pass, if it deserves one: when `Ready` changed (status, reason or message) or the
 /// pass wrote objects. A pass that keeps failing for the same reason, or that finds nothing to do,
-/// emits nothing. The Event's reason is the `Ready` condition's reason.
-pub fn event_for(
+/// emits nothing. The Event's reason is the `Ready` condition's reason (one of
+/// [`vworkspace_core::reasons`], as every step outcome's).
+pub fn note_for(
     previous: Option<&ClusterStatus>,
     next: &ClusterStatus,
     report: &PassReport,
-    involved: ObjectReference,
-    now: jiff::Timestamp,
-) -> Option<Event> {
+    regarding: ObjectReference,
+) -> Option<Note> {
     let now_ready = ready(&next.conditions)?;
     let before = previous.and_then(|p| ready(&p.conditions));
     let changed = before.is_none_or(|b| {
@@ -219,50 +185,26 @@ pub fn event_for(
         return None;
     }
     let message = if applied + pruned > 0 {
-        clip(format!(
-            "{}; {applied} applied, {pruned} pruned",
-            now_ready.message
-        ))
+        format!("{}; {applied} applied, {pruned} pruned", now_ready.message)
     } else {
         now_ready.message.clone()
     };
-    let name = involved.name.clone().unwrap_or_default();
-    Some(Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
-            namespace: Some(EVENT_NAMESPACE.to_owned()),
-            ..ObjectMeta::default()
+    Some(Note {
+        regarding,
+        severity: if now_ready.status == "True" {
+            Severity::Normal
+        } else {
+            Severity::Warning
         },
-        involved_object: involved,
-        reason: Some(now_ready.reason.clone()),
-        message: Some(message),
-        type_: Some(
-            if now_ready.status == "True" {
-                "Normal"
-            } else {
-                "Warning"
-            }
-            .to_owned(),
-        ),
-        source: Some(EventSource {
-            component: Some(crate::cluster::COMPONENT.to_owned()),
-            host: None,
-        }),
-        reporting_component: Some(crate::cluster::COMPONENT.to_owned()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        count: Some(1),
-        ..Event::default()
+        reason: now_ready.reason.clone(),
+        message,
     })
 }
-
-/// Events about a cluster-scoped `Cluster` are recorded in `default`, as the API server does for
-/// cluster-scoped objects.
-pub const EVENT_NAMESPACE: &str = "default";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::MAX_MESSAGE_BYTES;
     use vworkspace_core::reasons as reason;
 
     fn success() -> PassReport {
@@ -297,15 +239,10 @@ mod tests {
         let first = next_status(None, &success(), Some(3), t0);
         assert_eq!(first.last_applied_serial, Some(4));
         assert_eq!(first.last_applied_commit.as_deref(), Some("c1"));
-        let event = event_for(None, &first, &success(), reference(), t0).expect("event");
-        assert_eq!(event.reason.as_deref(), Some("Succeeded"));
-        assert_eq!(event.type_.as_deref(), Some("Normal"));
-        assert!(
-            event
-                .message
-                .as_deref()
-                .is_some_and(|m| m.ends_with("2 applied, 1 pruned"))
-        );
+        let event = note_for(None, &first, &success(), reference()).expect("event");
+        assert_eq!(event.reason, "Succeeded");
+        assert_eq!(event.severity, Severity::Normal);
+        assert!(event.message.ends_with("2 applied, 1 pruned"));
 
         let quiet = PassReport {
             writes: (0, 0),
@@ -317,7 +254,7 @@ mod tests {
             second, first,
             "an unchanged pass leaves the status as it was"
         );
-        assert!(event_for(Some(&first), &second, &quiet, reference(), t1).is_none());
+        assert!(note_for(Some(&first), &second, &quiet, reference()).is_none());
     }
 
     #[test]
@@ -343,13 +280,13 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "ReleaseInvalid")
         );
-        let event = event_for(Some(&good), &bad, &refused, reference(), t0).expect("event");
-        assert_eq!(event.type_.as_deref(), Some("Warning"));
-        assert_eq!(event.reason.as_deref(), Some("ReleaseInvalid"));
+        let event = note_for(Some(&good), &bad, &refused, reference()).expect("event");
+        assert_eq!(event.severity, Severity::Warning);
+        assert_eq!(event.reason, "ReleaseInvalid");
         // The same refusal again: no new status, no new Event.
         let again = next_status(Some(&bad), &refused, Some(1), t0);
         assert_eq!(again, bad);
-        assert!(event_for(Some(&bad), &again, &refused, reference(), t0).is_none());
+        assert!(note_for(Some(&bad), &again, &refused, reference()).is_none());
     }
 
     #[test]

@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Event;
-use kube::api::PostParams;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
 
 use super::status::{self, PassReport};
-use super::{Context, reference_of, retry, write_status};
+use super::{Context, retry, write_status};
 use crate::error::{Error, Result};
+use crate::events::reference;
 use vworkspace_core::crd::Cluster;
 
 fn log_outcome(report: &PassReport, started: Instant) {
@@ -56,12 +55,9 @@ pub(super) async fn summarize_and_patch(
     if previous != Some(&next) {
         write_status(&ctx.client, &name, &next).await?;
     }
-    if let Some(event) = status::event_for(previous, &next, &report, reference_of(cluster), now) {
-        // An Event is best effort: losing one must not fail a pass that already wrote its status.
-        let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(error = %e, "cannot record an Event");
-        }
+    if let Some(note) = status::note_for(previous, &next, &report, reference(cluster)) {
+        // Best effort: losing an Event must not fail a pass that already wrote its status.
+        ctx.events.write(&ctx.client, note, now).await;
     }
     warn_expiry(cluster, ctx, &report, now).await;
     if let (Some(sender), Some(update)) = (
@@ -103,14 +99,11 @@ async fn warn_expiry(cluster: &Cluster, ctx: &Context, report: &PassReport, now:
     if warned {
         return;
     }
-    let Some(event) =
-        status::expiry_event(report, &cluster.spec.cluster_id, reference_of(cluster), now)
+    let Some(note) = status::expiry_note(report, &cluster.spec.cluster_id, reference(cluster), now)
     else {
         return;
     };
-    let api: Api<Event> = Api::namespaced(ctx.client.clone(), status::EVENT_NAMESPACE);
-    match api.create(&PostParams::default(), &event).await {
-        Ok(_) => ctx.with_state(&name, |s| s.expiry_warned = Some(serial)),
-        Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot record an Event"),
+    if ctx.events.write(&ctx.client, note, now).await {
+        ctx.with_state(&name, |s| s.expiry_warned = Some(serial));
     }
 }

@@ -239,56 +239,12 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
         message,
     };
     let (principals_token, rest) = next_token(text).ok_or_else(|| syntax("empty entry".into()))?;
-    let principals_token = unquote(principals_token).map_err(syntax)?;
-    let principals: Vec<String> = principals_token.split(',').map(str::to_owned).collect();
-    if principals.iter().any(|p| p.is_empty()) {
-        return Err(syntax("empty principal".into()));
-    }
-    if let Some(p) = principals.iter().find(|p| p.contains(['*', '?', '!'])) {
-        return Err(syntax(format!(
-            "principal {p:?}: patterns are not supported, list principals exactly"
-        )));
-    }
+    let principals = parse_principals(principals_token).map_err(syntax)?;
     let (mut token, mut rest) =
         next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
-    let mut namespaces = None;
-    let mut valid_after = None;
-    let mut valid_before = None;
+    let mut options = LineOptions::default();
     if !is_key_type(token) {
-        let mut seen: Vec<String> = Vec::new();
-        for option in split_options(token) {
-            let (name, value) = match option.split_once('=') {
-                Some((n, v)) => (n, Some(quoted(n, v).map_err(syntax)?)),
-                None => (option, None),
-            };
-            // OpenSSH refuses the line ("multiple \"valid-before\" clauses"); keeping the last one
-            // would ignore a `valid-before` an owner put in front to revoke a key.
-            let lowered = name.to_ascii_lowercase();
-            if seen.contains(&lowered) {
-                return Err(syntax(format!(
-                    "option {lowered} appears more than once; OpenSSH and git refuse such a line"
-                )));
-            }
-            seen.push(lowered);
-            match (name.to_ascii_lowercase().as_str(), value) {
-                ("cert-authority", None) => {
-                    return Err(SignersError::CertAuthority {
-                        source_name: source.to_owned(),
-                        line,
-                    });
-                }
-                ("namespaces", Some(v)) => {
-                    let list: Vec<String> = v.split(',').map(str::to_owned).collect();
-                    if list.iter().any(|n| n.is_empty()) {
-                        return Err(syntax("namespaces= holds an empty namespace".into()));
-                    }
-                    namespaces = Some(list);
-                }
-                ("valid-after", Some(v)) => valid_after = Some(parse_time(&v).map_err(syntax)?),
-                ("valid-before", Some(v)) => valid_before = Some(parse_time(&v).map_err(syntax)?),
-                _ => return Err(syntax(format!("unknown or malformed option {option:?}"))),
-            }
-        }
+        options = parse_options(token, source, line)?;
         (token, rest) =
             next_token(rest).ok_or_else(|| syntax("missing key type and key".into()))?;
     }
@@ -300,23 +256,93 @@ fn parse_line(text: &str, source: &str, line: usize) -> Result<SignerEntry, Sign
             "certificates are not supported; list the signing key".into(),
         ));
     }
-    let (blob, comment) = next_token(rest).ok_or_else(|| syntax("missing base64 key".into()))?;
+    let (blob, _comment) = next_token(rest).ok_or_else(|| syntax("missing base64 key".into()))?;
     let key = PublicKey::from_openssh(&format!("{token} {blob}"))
         .map_err(|e| syntax(format!("cannot read the {token} key: {e}")))?;
-    let _ = comment;
-    if let (Some(after), Some(before)) = (valid_after, valid_before)
+    if let (Some(after), Some(before)) = (options.valid_after, options.valid_before)
         && after >= before
     {
         return Err(syntax("valid-after is not before valid-before".into()));
     }
     Ok(SignerEntry {
         principals,
-        namespaces,
-        valid_after,
-        valid_before,
+        namespaces: options.namespaces,
+        valid_after: options.valid_after,
+        valid_before: options.valid_before,
         key,
         line,
     })
+}
+
+/// The principals of a line: exact names, no patterns.
+fn parse_principals(token: &str) -> Result<Vec<String>, String> {
+    let token = unquote(token)?;
+    let principals: Vec<String> = token.split(',').map(str::to_owned).collect();
+    if principals.iter().any(|p| p.is_empty()) {
+        return Err("empty principal".into());
+    }
+    if let Some(p) = principals.iter().find(|p| p.contains(['*', '?', '!'])) {
+        return Err(format!(
+            "principal {p:?}: patterns are not supported, list principals exactly"
+        ));
+    }
+    Ok(principals)
+}
+
+/// The options of a line.
+#[derive(Default)]
+struct LineOptions {
+    namespaces: Option<Vec<String>>,
+    valid_after: Option<jiff::Timestamp>,
+    valid_before: Option<jiff::Timestamp>,
+}
+
+/// Parses the options token: `namespaces=`, `valid-after=`, `valid-before=`, each at most once;
+/// `cert-authority` and anything else are refused.
+fn parse_options(token: &str, source: &str, line: usize) -> Result<LineOptions, SignersError> {
+    let syntax = |message: String| SignersError::Syntax {
+        source_name: source.to_owned(),
+        line,
+        message,
+    };
+    let mut options = LineOptions::default();
+    let mut seen: Vec<String> = Vec::new();
+    for option in split_options(token) {
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n, Some(quoted(n, v).map_err(syntax)?)),
+            None => (option, None),
+        };
+        // OpenSSH refuses the line ("multiple \"valid-before\" clauses"); keeping the last one
+        // would ignore a `valid-before` an owner put in front to revoke a key.
+        let lowered = name.to_ascii_lowercase();
+        if seen.contains(&lowered) {
+            return Err(syntax(format!(
+                "option {lowered} appears more than once; OpenSSH and git refuse such a line"
+            )));
+        }
+        seen.push(lowered);
+        match (name.to_ascii_lowercase().as_str(), value) {
+            ("cert-authority", None) => {
+                return Err(SignersError::CertAuthority {
+                    source_name: source.to_owned(),
+                    line,
+                });
+            }
+            ("namespaces", Some(v)) => {
+                let list: Vec<String> = v.split(',').map(str::to_owned).collect();
+                if list.iter().any(|n| n.is_empty()) {
+                    return Err(syntax("namespaces= holds an empty namespace".into()));
+                }
+                options.namespaces = Some(list);
+            }
+            ("valid-after", Some(v)) => options.valid_after = Some(parse_time(&v).map_err(syntax)?),
+            ("valid-before", Some(v)) => {
+                options.valid_before = Some(parse_time(&v).map_err(syntax)?)
+            }
+            _ => return Err(syntax(format!("unknown or malformed option {option:?}"))),
+        }
+    }
+    Ok(options)
 }
 
 #[cfg(test)]

@@ -50,9 +50,9 @@ pub(super) fn stale<'m>(
         .iter()
         .map(|ns| ns.name.as_str())
         .filter(|ns| {
-            !ensured
+            ensured
                 .get(*ns)
-                .is_some_and(|at| now.saturating_duration_since(*at) < RBAC_RECHECK)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= RBAC_RECHECK)
         })
         .collect()
 }

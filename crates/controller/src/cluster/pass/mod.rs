@@ -28,7 +28,7 @@ use vworkspace_core::plan::diff::LiveObject;
 use super::Context;
 use super::apply;
 use super::conditions::StepOutcome;
-use super::status::{self, PassReport};
+use super::status::PassReport;
 use crate::error::Error;
 
 pub(crate) use cut::{Cut, deadline_report};
@@ -155,7 +155,7 @@ fn out_of_order(missing: Step) -> StepResult {
 pub(crate) fn failed(error: &Error) -> StepOutcome {
     StepOutcome::Failed {
         reason: error.reason(),
-        message: status::clip(error.findings().join("; ")),
+        message: crate::events::clip(error.findings().join("; ")),
     }
 }
 

@@ -11,7 +11,7 @@ use vworkspace_core::reasons as reason;
 
 use super::{PassState, StepResult, failed};
 use crate::cluster::conditions::StepOutcome;
-use crate::cluster::status::{self, AppliedSource};
+use crate::cluster::status::AppliedSource;
 use crate::cluster::{Context, apply};
 
 /// A pass that found the live objects already as its verified release declares them: what it
@@ -185,7 +185,7 @@ pub(super) async fn write(
             None => StepOutcome::Succeeded,
             Some((reason, message)) => StepOutcome::Failed {
                 reason,
-                message: status::clip(message),
+                message: crate::events::clip(message),
             },
         },
         not_applied: changes
