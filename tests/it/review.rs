@@ -249,8 +249,13 @@ fn added_changed_removed_and_a_rotated_value() {
         serde_json::from_slice(&review(&f, "pr-changes", &["-o", "json"]).stdout).expect("json");
     assert_eq!(json["result"], "ready");
     let cluster = &json["clusters"][0];
+    // Namespace, kind, name order.
     assert_eq!(
         cluster["create"][0]["object"],
+        "Operation org-myteam/weekly"
+    );
+    assert_eq!(
+        cluster["create"][1]["object"],
         "ApplicationInstance org-wiki/wiki"
     );
     assert_eq!(
@@ -310,9 +315,9 @@ fn refused_head_exits_3_with_annotations_on_the_line() {
     );
     assert_eq!(code, 3);
     let github = stdout(&review(&f, "pr-refused", &["-o", "github"]));
-    // The literal sits on line 13 of nextcloud.yaml (after `host:`, `admin:`).
+    // The literal sits on line 14 of nextcloud.yaml (`password:` under `admin:`).
     assert!(
-        github.contains("::error file=clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml,line=13,"),
+        github.contains("::error file=clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml,line=14,"),
         "{github}"
     );
 }

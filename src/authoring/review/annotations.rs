@@ -41,7 +41,7 @@ fn github_line(f: &Finding) -> String {
         "::{} {}::{}",
         github_level(f.level),
         properties.join(","),
-        escape_data(&f.message)
+        escape_data(f.short_message())
     )
 }
 
@@ -70,20 +70,21 @@ fn gitlab_severity(level: Level) -> &'static str {
     }
 }
 
-/// `-o gitlab`: GitLab's code-quality report, one issue a finding. The fingerprint is the SHA-256 of
-/// the finding, so the same finding keeps its identity from pipeline to pipeline.
+/// `-o gitlab`: GitLab's code-quality report, one issue a finding. The fingerprint is the SHA-256
+/// of the finding's title, file, line and rank among findings of that title and place, not of its
+/// message (which may hold a digest): the same finding keeps its identity from pipeline to pipeline.
 pub fn gitlab(review: &Review) -> String {
+    let mut seen: std::collections::BTreeMap<(String, String, Option<u64>), usize> =
+        Default::default();
     let issues: Vec<serde_json::Value> = review
         .findings
         .iter()
         .map(|f| {
-            let identity = format!(
-                "{}\0{}\0{}\0{}",
-                f.level.as_str(),
-                f.title,
-                f.file,
-                f.message
-            );
+            let rank = seen
+                .entry((f.title.clone(), f.file.clone(), f.line))
+                .or_default();
+            *rank += 1;
+            let identity = format!("{}\0{}\0{:?}\0{rank}", f.title, f.file, f.line);
             let fingerprint = vworkspace_core::trust::release::sha256_digest(identity.as_bytes());
             json!({
                 "description": f.message,

@@ -49,9 +49,13 @@ fn summary(review: &Review) -> String {
     } else {
         ("✅", "ready to merge".to_owned())
     };
+    let counted = if review.refused() {
+        "the head is refused: what it would change is shown once it passes".to_owned()
+    } else {
+        counts(review)
+    };
     format!(
-        "### {icon} vworkspace review: {verdict}\n\n**{}** · {} cluster(s) · head `{}` against base `{}` (`{}`)",
-        counts(review),
+        "### {icon} vworkspace review: {verdict}\n\n**{counted}** · {} cluster(s) · head `{}` against base `{}` (`{}`)",
         review.clusters.len(),
         short(&review.head.commit),
         cell(&review.base.reference),

@@ -88,6 +88,19 @@ pub struct Finding {
     pub message: String,
 }
 
+impl Finding {
+    /// The message without its leading `<file>: ` (shown apart by the comment and annotations).
+    pub fn short_message(&self) -> &str {
+        if self.file.is_empty() {
+            return &self.message;
+        }
+        self.message
+            .strip_prefix(self.file.as_str())
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&self.message)
+    }
+}
+
 /// One changed trust file.
 #[derive(Debug, Clone)]
 pub struct TrustFileChange {

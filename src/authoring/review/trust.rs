@@ -117,7 +117,8 @@ pub fn findings(
     changes
         .iter()
         .map(|c| Finding {
-            level: Level::Warning,
+            // Blocking: only the base's signers may approve it, and the tool cannot see approvals.
+            level: Level::Blocking,
             title: "Trust files".to_owned(),
             file: c.path.clone(),
             line: (c.status != "removed").then_some(1),
