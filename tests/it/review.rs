@@ -389,3 +389,21 @@ fn shallow_ci_checkout_with_the_base_fetched_reviews_alike() {
         "a shallow checkout reviews alike"
     );
 }
+
+#[test]
+fn with_the_cluster_key_a_copied_value_shows_where_it_is_bound() {
+    let f = base_repo();
+    pr_half_signed(&f);
+    let key = f.path("cluster.agekey");
+    let out = review(
+        &f,
+        "pr-half",
+        &["--identity", key.to_str().expect("utf-8 path")],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("org-vault/vaultwarden spec.values.adminToken.value: <redacted> rotated; same ciphertext as org-myteam/nextcloud spec.values.nextcloud.mail.smtp.password (copied); bound to demo/org-myteam/nextcloud spec.values.nextcloud.mail.smtp.password"),
+        "{text}"
+    );
+    assert!(!text.contains(common::SMTP_PASSWORD), "never the plaintext");
+}

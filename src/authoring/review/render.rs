@@ -92,10 +92,10 @@ pub fn base_line(cluster: &ClusterReview) -> String {
 }
 
 /// Objects of one kind of change.
-pub fn of_change<'a>(
-    diff: &'a IntentDiff,
+pub fn of_change(
+    diff: &IntentDiff,
     want: fn(&ObjectChange) -> bool,
-) -> impl Iterator<Item = &'a vworkspace_core::review::intent_diff::ObjectDiff> {
+) -> impl Iterator<Item = &vworkspace_core::review::intent_diff::ObjectDiff> {
     diff.objects.iter().filter(move |o| want(&o.change))
 }
 
