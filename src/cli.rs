@@ -169,7 +169,15 @@ pub struct DemoArgs {
 
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    match &cli.command {
+        Command::Verify(a) | Command::Plan(a) => crate::authoring::review::check_flags(a, false)?,
+        Command::Diff(a) => crate::authoring::review::check_flags(&a.trust, true)?,
+        _ => {}
+    }
     match cli.command {
+        Command::Diff(args) if args.trust.base.is_some() => {
+            crate::authoring::review::diff_base(&args.trust, out)
+        }
         Command::Verify(args) if args.worktree => verify_worktree(&args, out),
         Command::Verify(args) => verify(&args, out),
         Command::Plan(args) => plan(&args, out),

@@ -24,6 +24,12 @@ pub enum OutputFormat {
     Text,
     /// One JSON document (schema in docs/cli-output.md).
     Json,
+    /// `diff --base` only: a pull-request comment (docs/reviewing.md).
+    Markdown,
+    /// `diff --base` only: GitHub Actions annotations, one `::error file=...,line=...::` a finding.
+    Github,
+    /// `diff --base` only: GitLab's code-quality report (JSON).
+    Gitlab,
 }
 
 /// Inputs shared by `verify` and `plan`.
@@ -73,16 +79,22 @@ pub struct TrustArgs {
     /// The ref to check: a branch, tag or commit (default: HEAD).
     #[arg(long = "ref", default_value = "HEAD")]
     pub git_ref: String,
-    /// This cluster's id (the directory clusters/<id>/).
-    #[arg(long)]
+    /// This cluster's id (the directory clusters/<id>/); with `diff --base`, omit it to review every
+    /// cluster.
+    #[arg(
+        long,
+        required_unless_present = "base",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub cluster: String,
     /// Trusted commit signers, git's allowed_signers format. In a pull request's CI take it from the
     /// base branch or the cluster, never from the checkout under review (docs/signatures.md).
-    #[arg(long, required_unless_present_any = ["worktree", "from_cluster"])]
+    #[arg(long, required_unless_present_any = ["worktree", "from_cluster", "base"])]
     pub allowed_signers: Option<PathBuf>,
     /// Trusted release keys, allowed_signers format with namespaces="vworkspace-release"; from the
     /// base branch or the cluster, like --allowed-signers.
-    #[arg(long, required_unless_present_any = ["worktree", "from_cluster"])]
+    #[arg(long, required_unless_present_any = ["worktree", "from_cluster", "base"])]
     pub release_signers: Option<PathBuf>,
     /// How many distinct trusted release keys must sign.
     #[arg(long, default_value_t = 1)]
@@ -120,6 +132,11 @@ pub struct TrustArgs {
     /// kubeconfig, instead of from flags: judge as the operator will.
     #[arg(long, conflicts_with_all = ["allowed_signers", "release_signers", "threshold", "identity", "last_serial", "last_commit", "require_bound_values", "worktree"])]
     pub from_cluster: Option<String>,
+    /// `diff` only: review without the cluster, this base ref (`origin/main`) against `--ref`, judged
+    /// with the base's trust files (or the flags), never the head's; without `--cluster`, every
+    /// cluster. `-o markdown|github|gitlab|json` for CI (docs/reviewing.md).
+    #[arg(long, conflicts_with_all = ["from_cluster", "worktree"])]
+    pub base: Option<String>,
     /// Where the operator's ConfigMaps and Secrets live (for --from-cluster).
     #[arg(long, default_value = vworkspace_controller::cluster::rbac::OPERATOR_NAMESPACE)]
     pub operator_namespace: String,

@@ -12,6 +12,7 @@ pub mod keygen;
 pub mod recipient;
 pub mod release;
 pub mod report;
+pub mod review;
 
 /// The outcome of a command: the process exit code.
 pub type ExitCode = u8;

@@ -19,6 +19,8 @@ mod layers;
 mod materialize;
 mod pipeline;
 mod reconcile;
+mod review;
+mod review_ci;
 mod robustness;
 mod secrets;
 mod signatures;

@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod reasons;
 pub mod repository;
+pub mod review;
 pub mod secrets;
 pub mod trust;
 pub mod yaml;

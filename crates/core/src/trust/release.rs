@@ -571,7 +571,7 @@ fn verify_signatures(
     Ok((signers, ignored))
 }
 
-fn check_files(
+pub(crate) fn check_files(
     tree: &ClusterTree,
     manifest: &ReleaseManifest,
     cluster: &str,
