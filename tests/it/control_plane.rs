@@ -13,7 +13,9 @@
 //! Cluster), so they run one at a time (a lock); each uses its own cluster id and namespaces and
 //! deletes what it created, also when it fails.
 
+mod faults;
 mod fixture;
+mod monitoring;
 mod scale;
 mod server;
 

@@ -16,6 +16,7 @@ mod differentials;
 mod intent;
 mod layers;
 mod materialize;
+mod monitoring;
 mod pipeline;
 mod reconcile;
 mod robustness;

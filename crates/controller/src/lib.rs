@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod error;
 pub mod fence;
 pub mod metrics;
+pub mod observed;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;

@@ -312,7 +312,10 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
     // Published even when verification fails: a new Cluster's authors need the recipient first.
     let recipients = trust.config.identities.as_ref().map(|i| i.recipients());
     progress.set_fetching(true);
+    let fetch_started = Instant::now();
     let verified = fetch_and_verify(ctx, &name, spec, trust).await;
+    let fetch_seconds = fetch_started.elapsed().as_secs_f64();
+    ctx.metrics.fetch_duration.observe(fetch_seconds);
     progress.set_fetching(false);
     let verified = match verified {
         Ok(verified) => verified,

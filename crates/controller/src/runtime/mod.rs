@@ -3,6 +3,7 @@
 //! `Cluster` controller until SIGTERM or Ctrl-C. `--once` instead reconciles every `Cluster` one time and
 //! reports whether all passed.
 
+pub mod cert_expiry;
 pub mod certs;
 pub mod leader;
 pub mod probes;
@@ -153,10 +154,10 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             source,
         })?;
     if let Some((addr, cert_dir)) = options.webhook.clone() {
-        start_webhook(client.clone(), addr, cert_dir).await?;
+        start_webhook(client.clone(), addr, cert_dir, metrics.clone()).await?;
     }
     if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
-        start_webhook_self_managed(client.clone(), addr, cert_options).await?;
+        start_webhook_self_managed(client.clone(), addr, cert_options, metrics.clone()).await?;
     }
     ready.store(true, Ordering::Relaxed);
 
@@ -175,6 +176,10 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    if !options.leader_election {
+        // Without leader election this process is the active one.
+        metrics.leader.set(1);
+    }
     if options.leader_election {
         let me = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
@@ -329,6 +334,11 @@ pub async fn controllers(
         Api::<vworkspace_core::crd::Operation>::all(client.clone()),
         Some(live_changes.clone()),
     );
+    ctx.metrics.observed.watch(crate::observed::ObservedStores {
+        clusters: cluster_store.clone(),
+        instances: instance_controller.store(),
+        operations: operation_controller.store(),
+    });
     ctx.set_live_stores(cluster::apply::LiveStores {
         instances: instance_controller.store(),
         operations: operation_controller.store(),
@@ -385,6 +395,7 @@ pub async fn controllers(
         .reconcile_all_on(namespace_changes)
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
+        .inspect(counted(ctx.metrics.clone(), "Cluster"))
         .for_each(log_result);
     let config = controller::Config::default().concurrency(CHILD_CONCURRENCY);
     let instances = {
@@ -415,6 +426,7 @@ pub async fn controllers(
                     crate::children::instance::error_policy,
                     children.clone(),
                 )
+                .inspect(counted(children.metrics.clone(), "ApplicationInstance"))
                 .for_each(log_result)
                 .await;
         }
@@ -437,8 +449,9 @@ pub async fn controllers(
             .run(
                 fenced(fence.clone(), crate::children::operation::reconcile),
                 crate::children::operation::error_policy,
-                children,
+                children.clone(),
             )
+            .inspect(counted(children.metrics.clone(), "Operation"))
             .for_each(log_result)
             .await;
     };
@@ -541,6 +554,18 @@ where
     }
 }
 
+/// Counts the watch errors among a controller's results ([`Metrics::count_watch_error`]).
+fn counted<T, R, W>(
+    metrics: Arc<Metrics>,
+    watch: &'static str,
+) -> impl Fn(&Result<T, controller::Error<R, W>>)
+where
+    R: std::error::Error + 'static,
+    W: std::error::Error + 'static,
+{
+    move |result| metrics.count_watch_error(watch, result)
+}
+
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "reconcile ended with an error");
@@ -549,11 +574,18 @@ async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
 
 /// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
 /// current from a watch on `Cluster`s.
-async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
+async fn start_webhook(
+    client: Client,
+    addr: SocketAddr,
+    cert_dir: PathBuf,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
     use crate::children::webhook_server::ReloadingCertificate;
     let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
         .map_err(|e| Error::Webhook(e.into()))?;
-    let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
+    let certificate = Arc::new(certificate);
+    tokio::spawn(cert_expiry::export(certificate.clone(), metrics));
+    let config = crate::children::webhook_server::tls_config(certificate)
         .map_err(|e| Error::Webhook(e.into()))?;
     serve_webhook(client, addr, config).await
 }
@@ -569,8 +601,10 @@ async fn start_webhook_self_managed(
     client: Client,
     addr: SocketAddr,
     options: certs::CertOptions,
+    metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     let serving = Arc::new(certs::ServingCertificate::default());
+    tokio::spawn(cert_expiry::export(serving.clone(), metrics));
     tokio::spawn(certs::keep_current(
         client.clone(),
         options,
