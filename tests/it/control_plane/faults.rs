@@ -79,14 +79,15 @@ async fn until_mid_pass(audit: &Audit) -> usize {
     .await
 }
 
-/// The Cluster's inventory entries of `kind` in `ns`, by name.
+/// The Cluster's inventory entries of `kind` in `ns`, by name (`status.compactInventory`, decoded).
 fn inventory(cluster: &Value, kind: &str, ns: &str) -> Vec<String> {
-    let mut names: Vec<String> = cluster["status"]["inventory"]
-        .as_array()
+    let status: vworkspace_core::crd::ClusterStatus =
+        serde_json::from_value(cluster["status"].clone()).expect("a Cluster status");
+    let mut names: Vec<String> = status
+        .inventory
         .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == kind && e["namespace"] == ns)
-        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .filter(|e| e.kind == kind && e.namespace == ns)
+        .map(|e| e.name)
         .collect();
     names.sort();
     names
@@ -325,7 +326,17 @@ async fn the_git_server_gone_past_the_interval_changes_nothing_then_converges() 
         (status.as_str(), reason.as_str()),
         ("False", vworkspace_core::reasons::FETCH_FAILED)
     );
-    let writes = object_writes(&audit.writes_by(OPERATOR_USER));
+    // What a pass applies or prunes (the child controllers keep materializing release 1's instances
+    // meanwhile: their HelmReleases and values Secrets are not the pass's).
+    let writes: Vec<String> = object_writes(&audit.writes_by(OPERATOR_USER))
+        .into_iter()
+        .filter(|w| {
+            w.starts_with("delete ")
+                || w.contains("/applicationinstances/")
+                || w.contains("/operations/")
+                || w.contains("/rolebindings/")
+        })
+        .collect();
     assert_eq!(
         writes,
         Vec::<String>::new(),

@@ -1,7 +1,8 @@
 //! The `/metrics` of a running operator on the real control plane: every metric that
 //! deploy/components/monitoring's alert rules and dashboard name is there, and the per-Cluster
 //! series carry what the Cluster's status says (Ready, the applied serial, the release expiry), the
-//! webhook certificate's expiry is the served certificate's, and this process leads.
+//! webhook certificate's expiry is the served certificate's, and this process leads; `kubectl events`
+//! shows the pass's apply summary on the Cluster.
 
 use super::*;
 
@@ -49,12 +50,18 @@ async fn a_running_operator_exports_every_metric_the_alerts_and_the_dashboard_na
         .env("RUST_LOG", "info");
     let mut operator = Proc::spawn(&mut cmd, &scope.dir, "run");
     let ready = format!("vworkspace_cluster_ready{{cluster=\"{}\"}}", scope.name);
+    // The expiry is set once the pass's status and Event are written: wait for both, or a scrape
+    // could fall between them.
+    let expiry = format!(
+        "vworkspace_release_expiry_timestamp_seconds{{cluster=\"{}\"}}",
+        scope.name
+    );
     let text = wait_for("the Cluster Ready in /metrics", 120, || {
-        let ready = ready.clone();
+        let (ready, expiry) = (ready.clone(), expiry.clone());
         async move {
             scrape(metrics_port)
                 .await
-                .filter(|t| value(t, &ready) == Some(1.0))
+                .filter(|t| value(t, &ready) == Some(1.0) && value(t, &expiry).is_some())
         }
     })
     .await;
@@ -70,11 +77,7 @@ async fn a_running_operator_exports_every_metric_the_alerts_and_the_dashboard_na
         "{text}"
     );
     let now = jiff::Timestamp::now().as_second() as f64;
-    let expiry = value(
-        &text,
-        &format!("vworkspace_release_expiry_timestamp_seconds{label}"),
-    );
-    assert!(expiry.is_some_and(|e| e > now), "{text}");
+    assert!(value(&text, &expiry).is_some_and(|e| e > now), "{text}");
     let certificate = value(
         &text,
         "vworkspace_webhook_certificate_expiry_timestamp_seconds",
@@ -99,4 +102,24 @@ async fn a_running_operator_exports_every_metric_the_alerts_and_the_dashboard_na
         })
         .sum();
     assert!(instances >= 1.0, "the declared instance is counted: {text}");
+
+    // The pass's apply summary, as `kubectl events` shows it (an Event on the Cluster, in default).
+    let events = Command::new("kubectl")
+        .args(["events", "-n", "default", "--for"])
+        .arg(format!("cluster.ops.vworkspace.io/{}", scope.name))
+        .env("KUBECONFIG", &env.cp.kubeconfig)
+        .output()
+        .expect("kubectl events");
+    let shown = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.status.success(),
+        "{}",
+        String::from_utf8_lossy(&events.stderr)
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("Normal") && l.contains(" applied, 0 pruned")),
+        "kubectl events shows the apply summary: {shown}"
+    );
 }
