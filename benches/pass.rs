@@ -12,29 +12,32 @@
 //! `--bench` (as `cargo test --all-targets` runs it) a small size runs once.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vworkspace_core::pipeline::{self, PassMemo, TrustConfig};
 use vworkspace_core::repository::{GitRef, LocalRepository};
-use vworkspace_core::secrets::{self, Binding, Identities};
+use vworkspace_core::secrets::{self, Identities};
 use vworkspace_core::trust::signers::AllowedSigners;
+use vworkspace_testkit::{IntentRepo, ReleaseFrom, Scale};
 
-#[derive(Clone, Copy)]
-struct Scale {
-    namespaces: usize,
-    instances: usize,
-    operations: usize,
-    values: usize,
+const BIN: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+
+/// The generated repository of cluster `bench` (vworkspace-testkit: keys from `ssh-keygen`, values
+/// bound to their place, a commit signed by `git commit -S`, a release by our `release` co-signed by
+/// `ssh-keygen -Y sign`), and the trust inputs read back from its files.
+struct Generated {
+    intent: IntentRepo,
+    config: TrustConfig,
 }
 
-struct Generated {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    config: TrustConfig,
-    plaintexts_armored: Vec<String>,
+impl std::ops::Deref for Generated {
+    type Target = IntentRepo;
+
+    fn deref(&self) -> &IntentRepo {
+        &self.intent
+    }
 }
 
 fn cmd(dir: &Path, program: &str, args: &[&str]) -> Command {
@@ -54,140 +57,13 @@ fn ok(mut c: Command) {
     assert!(status.success(), "{c:?}");
 }
 
-fn keygen(root: &Path, name: &str) -> String {
-    ok(cmd(
-        root,
-        "ssh-keygen",
-        &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", name],
-    ));
-    std::fs::read_to_string(root.join(format!("{name}.pub")))
-        .expect("pub")
-        .trim()
-        .to_owned()
-}
-
 fn generate(scale: Scale) -> Generated {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().to_owned();
-    let repo = root.join("repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
-    let committer = keygen(&root, "committer");
-    let odoo = keygen(&root, "odoo");
-    let alice = keygen(&root, "alice");
-    let (identity, recipient) = secrets::generate();
-
-    let mut armored = Vec::new();
-    for i in 0..scale.instances {
-        let ns = format!("ns-{:04}", i % scale.namespaces);
-        let name = format!("app-{i:05}");
-        let mut values = format!("    host: {name}.example.org\n    replicas: 2\n");
-        if i < scale.values {
-            let value = secrets::encrypt(
-                format!("secret-{i}").as_bytes(),
-                &recipient,
-                Some(&Binding {
-                    cluster: "bench".into(),
-                    namespace: ns.clone(),
-                    instance: name.clone(),
-                    path: "smtp.password".into(),
-                }),
-            )
-            .expect("encrypt");
-            let indented: String = value.lines().map(|l| format!("        {l}\n")).collect();
-            values.push_str(&format!("    smtp:\n      password: |\n{indented}"));
-            armored.push(value);
-        }
-        let path = repo.join(format!(
-            "clusters/bench/namespaces/{ns}/applicationinstances/{name}.yaml"
-        ));
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(
-            &path,
-            format!("apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: {name}\n  labels:\n    tier: web\nspec:\n  chart:\n    repository: https://charts.example.org\n    name: app\n    version: 1.2.{i}\n  values:\n{values}"),
-        )
-        .expect("write");
-    }
-    for i in 0..scale.operations {
-        let ns = format!("ns-{:04}", i % scale.namespaces);
-        let name = format!("backup-{i:05}");
-        let path = repo.join(format!(
-            "clusters/bench/namespaces/{ns}/operations/{name}.yaml"
-        ));
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, format!("apiVersion: ops.vworkspace.io/v1alpha1\nkind: Operation\nmetadata:\n  name: {name}\nspec:\n  type: Backup\n  template: velero-namespace-backup\n  parameters:\n    ttl: 720h\n")).expect("write");
-    }
-    // Release: ours writes and signs; ssh-keygen co-signs.
-    let args = vworkspace_operator::authoring::release::ReleaseArgs {
-        repo: repo.clone(),
-        cluster: "bench".into(),
-        key: root.join("odoo"),
-        expires: "30d".into(),
-        serial: None,
-        name: None,
-        sign_only: false,
-        force: false,
-        unchecked: false,
-    };
-    vworkspace_operator::authoring::release::release(&args, &mut std::io::sink()).expect("release");
-    ok(cmd(
-        &root,
-        "ssh-keygen",
-        &[
-            "-q",
-            "-Y",
-            "sign",
-            "-n",
-            "vworkspace-release",
-            "-f",
-            "alice",
-            "repo/clusters/bench/release.yaml",
-        ],
-    ));
-    std::fs::rename(
-        repo.join("clusters/bench/release.yaml.sig"),
-        repo.join("clusters/bench/release.sigs/alice.sig"),
-    )
-    .expect("mv");
-    let git = |args: &[&str]| {
-        let mut all = vec![
-            "-c",
-            "user.name=Odoo",
-            "-c",
-            "user.email=odoo@example.org",
-            "-c",
-            "gpg.format=ssh",
-            "-c",
-            "user.signingkey=../committer",
-        ];
-        all.extend_from_slice(args);
-        ok(cmd(&repo, "git", &all));
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-S", "-m", "bench release"]);
-    std::fs::write(
-        root.join("commit_signers"),
-        format!("odoo@example.org namespaces=\"git\" {committer}\n"),
-    )
-    .expect("write");
-    std::fs::write(
-        root.join("release_signers"),
-        format!("odoo namespaces=\"vworkspace-release\" {odoo}\nalice namespaces=\"vworkspace-release\" {alice}\n"),
-    )
-    .expect("write");
-    std::fs::write(
-        root.join("identity"),
-        format!("{}\n", identity.expose_str().expect("utf8")),
-    )
-    .expect("write");
-    let config = trust_config(&root);
-    Generated {
-        _dir: dir,
-        root,
-        repo,
-        config,
-        plaintexts_armored: armored,
-    }
+    let intent = IntentRepo::builder(BIN, "bench")
+        .release_from(ReleaseFrom::WorkTree)
+        .generated(scale)
+        .build();
+    let config = trust_config(&intent.root);
+    Generated { intent, config }
 }
 
 /// The cluster-side inputs of the generated repository, read back from the files `generate` wrote.
@@ -196,7 +72,7 @@ fn trust_config(root: &Path) -> TrustConfig {
         AllowedSigners::parse(&std::fs::read_to_string(root.join(f)).expect("read"), f)
             .expect("signers")
     };
-    let identity = std::fs::read_to_string(root.join("identity")).expect("identity");
+    let identity = std::fs::read_to_string(root.join("cluster.agekey")).expect("identity");
     TrustConfig::builder(
         "bench",
         signers("commit_signers"),
@@ -204,7 +80,7 @@ fn trust_config(root: &Path) -> TrustConfig {
         std::num::NonZeroUsize::MIN.saturating_add(1),
     )
     .identities(Some(
-        Identities::parse(&identity, "identity").expect("identity"),
+        Identities::parse(&identity, "cluster.agekey").expect("identity"),
     ))
     .build()
 }
@@ -276,12 +152,7 @@ fn stock(g: &Generated, head: &str) -> Duration {
         ],
     );
     ok(std::mem::replace(&mut c, Command::new("true")));
-    for (signer, file) in [("odoo", "odoo-release.sig"), ("alice", "alice.sig")] {
-        let file = if signer == "odoo" {
-            "odoo.sig".to_owned()
-        } else {
-            file.to_owned()
-        };
+    for (signer, file) in [("odoo", "odoo-release.sig"), ("alice", "engineer.sig")] {
         let mut verify = cmd(
             &g.repo,
             "ssh-keygen",
@@ -326,8 +197,8 @@ fn stock(g: &Generated, head: &str) -> Duration {
         .write_all(checklist.as_bytes())
         .expect("write");
     assert!(child.wait().expect("wait").success());
-    for armored in &g.plaintexts_armored {
-        let mut age = cmd(&g.root, "age", &["-d", "-i", "identity"]);
+    for armored in g.generated_values() {
+        let mut age = cmd(&g.root, "age", &["-d", "-i", "cluster.agekey"]);
         age.stdin(Stdio::piped());
         let mut child = age.spawn().expect("age");
         child

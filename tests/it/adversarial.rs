@@ -224,7 +224,7 @@ fn release_with(f: &Fixture, rel: &str, contents: &[u8]) -> String {
     let path = f.repo.join(rel);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, contents).expect("write");
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("hostile release")
 }
 
@@ -695,7 +695,7 @@ fn replayed_older_serial() {
         "clusters/demo/namespaces/org-myteam/operations/weekly.yaml",
         &BACKUP.replace("nightly", "weekly"),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     let second = f.commit("release 2");
     // The server replays release 1 (validly signed, not expired) after release 2 was applied.
     match release_refusal(refusal(&f, &["--ref", &first, "--last-serial", "2"])) {
@@ -834,12 +834,12 @@ fn value_encrypted_to_another_cluster() {
 fn value_bound_to_another_cluster() {
     let f = fixture();
     // Encrypted to this cluster's recipient, but sealed for cluster prod.
-    let armored = f.bound_encrypt(
+    let armored = f.bound_encrypt_for(
+        "prod",
         SMTP_PASSWORD,
         "org-myteam",
         "nextcloud",
         "nextcloud.mail.smtp.password",
-        "prod",
     );
     release_with(
         &f,

@@ -226,7 +226,7 @@ nothing was written or signed: fix the files above, then run release again\n"
         Some(SMTP_PASSWORD.as_bytes()),
     );
     assert_eq!(enc.status.code(), Some(0), "{}", stderr(&enc));
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("encrypted");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -328,7 +328,7 @@ fn a_bound_value_moved_to_another_instance_is_refused_naming_the_file() {
         "clusters/demo/namespaces/org-myteam/applicationinstances/thief.yaml",
         &text.replace("name: nextcloud\nspec", "name: thief\nspec"),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("copy a value");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
@@ -422,7 +422,7 @@ fn encrypt_in_place_keeps_the_file_and_binds_from_its_place() {
         edited.contains("          user: |\n            -----BEGIN AGE ENCRYPTED FILE-----\n"),
         "{edited}"
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("a bound user");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -719,7 +719,7 @@ re-encrypted 2 value(s) in 2 file(s) to {new_recipient}; next: `vworkspace-opera
         )
     );
     assert_clean(&out);
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("rotate the cluster key");
     // The new key opens every value, and the once-plain value is now bound.
     let new = f.path("new.agekey").display().to_string();
@@ -1083,12 +1083,12 @@ mod against_the_cluster {
 
         // Bump a chart, rotate a secret, drop the backup, add an operation.
         let nc = "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml";
-        let smtp = f.bound_encrypt(
+        let smtp = f.bound_encrypt_for(
+            "demo",
             "hunter2-PLAINTEXT-MARKER-new",
             "org-myteam",
             "nextcloud",
             "nextcloud.mail.smtp.password",
-            "demo",
         );
         f.write(nc, &nextcloud(&smtp).replace("6.6.4", "6.6.5"));
         std::fs::remove_file(
@@ -1102,7 +1102,7 @@ mod against_the_cluster {
                 .replace("name: nightly", "name: weekly")
                 .replace("nextcloud", "vaultwarden"),
         );
-        f.release("demo", &[]);
+        f.release(&[]);
         let head = f.commit("release 2");
         let (code, text) = diff(&api, &f, &["--from-cluster", "demo"]).await;
         assert_eq!(code, 1, "{text}");

@@ -14,6 +14,7 @@ const CRATES: &[(&str, &str)] = &[
     ("vworkspace-core", "crates/core/src"),
     ("vworkspace-controller", "crates/controller/src"),
     ("vworkspace-operator", "src"),
+    ("vworkspace-testkit", "crates/testkit/src"),
 ];
 
 fn root() -> PathBuf {

@@ -20,9 +20,9 @@ use vworkspace_core::crd::{ApplicationInstance, Operation, OperationPhase};
 
 const PLAINTEXT_SMTP: &str = "smtp-PLAINTEXT-MARKER-1";
 const PLAINTEXT_TOKEN: &str = "token-PLAINTEXT-MARKER-2";
-const AI: &str =
+const NEXTCLOUD: &str =
     "/apis/apps.vworkspace.io/v1alpha1/namespaces/org-myteam/applicationinstances/nextcloud";
-const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1/namespaces/org-myteam/operations";
+const MYTEAM_OPERATIONS: &str = "/apis/ops.vworkspace.io/v1alpha1/namespaces/org-myteam/operations";
 const SECRET: &str = "/api/v1/namespaces/org-myteam/secrets/nextcloud-values";
 const HELM_RELEASE: &str =
     "/apis/helm.toolkit.fluxcd.io/v2/namespaces/org-myteam/helmreleases/nextcloud";
@@ -129,7 +129,7 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
 
 fn put_instance(api: &FakeApi, values: Value) {
     api.put(
-        AI,
+        NEXTCLOUD,
         json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
                "metadata": {"name": "nextcloud", "namespace": "org-myteam", "uid": "ai-uid", "generation": 2,
                             "labels": {"app.vworkspace.io/managed-by": "vworkspace", "gitops.vworkspace.io/cluster": "demo"}},
@@ -139,7 +139,7 @@ fn put_instance(api: &FakeApi, values: Value) {
 }
 
 fn instance(api: &FakeApi) -> Arc<ApplicationInstance> {
-    Arc::new(serde_json::from_value(api.get(AI).expect("instance")).expect("typed"))
+    Arc::new(serde_json::from_value(api.get(NEXTCLOUD).expect("instance")).expect("typed"))
 }
 
 fn writes(api: &FakeApi) -> Vec<String> {
@@ -222,7 +222,7 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
             format!("PATCH {HELM_REPOSITORY}"),
             format!("GET {HELM_RELEASE}"),
             format!("PATCH {HELM_RELEASE}"),
-            format!("PATCH {AI}/status"),
+            format!("PATCH {NEXTCLOUD}/status"),
         ]
     );
     // The Secret holds exactly the decrypted leaves, as a sparse tree.
@@ -242,7 +242,7 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
         json!({"nextcloud": {"host": "cloud.example.org", "mail": {"smtp": {}}}, "api": {}})
     );
     assert_eq!(release["spec"]["valuesFrom"][0]["name"], "nextcloud-values");
-    let status = api.get(AI).expect("instance")["status"].clone();
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
     assert_eq!(status["conditions"][0]["reason"], "WaitingForHelmRelease");
     assert_eq!(status["observedGeneration"], 2);
 
@@ -254,8 +254,8 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     children::instance::reconcile(instance(&api), ctx.clone())
         .await
         .expect("reconciled");
-    assert_eq!(writes(&api), [format!("PATCH {AI}/status")]);
-    let status = api.get(AI).expect("instance")["status"].clone();
+    assert_eq!(writes(&api), [format!("PATCH {NEXTCLOUD}/status")]);
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
     assert_eq!(status["conditions"][0]["status"], "True");
     assert_eq!(status["conditions"][0]["reason"], "InstallSucceeded");
 
@@ -271,9 +271,9 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     );
 
     // A new encrypted value (same plaintext path, new ciphertext and a new secret): only the Secret.
-    let mut ai = api.get(AI).expect("instance");
+    let mut ai = api.get(NEXTCLOUD).expect("instance");
     ai["spec"]["values"]["api"]["token"] = json!(age(&keys, "token-PLAINTEXT-MARKER-3"));
-    api.put(AI, ai);
+    api.put(NEXTCLOUD, ai);
     declare_live(&keys, &api, &ctx);
     api.clear();
     children::instance::reconcile(instance(&api), ctx.clone())
@@ -283,9 +283,9 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
     assert_no_plaintext_outside_the_values_secret(&api);
 
     // No encrypted values left: the Secret goes, and the HelmRelease stops reading it.
-    let mut ai = api.get(AI).expect("instance");
+    let mut ai = api.get(NEXTCLOUD).expect("instance");
     ai["spec"]["values"] = json!({"nextcloud": {"host": "cloud.example.org"}});
-    api.put(AI, ai);
+    api.put(NEXTCLOUD, ai);
     declare_live(&keys, &api, &ctx);
     api.clear();
     children::instance::reconcile(instance(&api), ctx)
@@ -326,7 +326,7 @@ async fn a_value_for_another_instance_is_refused_and_nothing_is_written() {
             .expect("cluster"),
     )
     .expect("Cluster");
-    let objects = [api.get(AI).expect("instance")];
+    let objects = [api.get(NEXTCLOUD).expect("instance")];
     let refused =
         crate::support::declare::try_declare(&keys.fixture, &objects, &cluster.spec, &ctx.declared)
             .expect_err("a value bound elsewhere does not verify");
@@ -343,7 +343,7 @@ async fn a_value_for_another_instance_is_refused_and_nothing_is_written() {
     assert_eq!(
         writes(&api),
         [
-            format!("PATCH {AI}/status"),
+            format!("PATCH {NEXTCLOUD}/status"),
             "POST /api/v1/namespaces/org-myteam/events".to_owned()
         ]
     );
@@ -351,7 +351,7 @@ async fn a_value_for_another_instance_is_refused_and_nothing_is_written() {
         !api.requests().iter().any(|r| r.path.contains("/secrets/")),
         "not even the identity is read"
     );
-    let status = api.get(AI).expect("instance")["status"].clone();
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
     assert_eq!(status["conditions"][0]["status"], "False");
     assert_eq!(status["conditions"][0]["reason"], "NotDeclaredInRelease");
     assert_no_plaintext_outside_the_values_secret(&api);
@@ -379,7 +379,7 @@ async fn an_instance_in_an_unmanaged_namespace_is_left_alone() {
 }
 
 fn put_operation(api: &FakeApi, name: &str, spec: Value) -> String {
-    let path = format!("{OPS}/{name}");
+    let path = format!("{MYTEAM_OPERATIONS}/{name}");
     api.put(
         &path,
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",

@@ -201,18 +201,18 @@ fn threshold_counts_distinct_keys() {
 #[test]
 fn value_for_another_cluster_is_refused() {
     let f = fixture();
-    let smtp = f.bound_encrypt(
+    let smtp = f.bound_encrypt_for(
+        "prod",
         SMTP_PASSWORD,
         "org-myteam",
         "nextcloud",
         "nextcloud.mail.smtp.password",
-        "prod",
     );
     f.write(
         "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml",
         &nextcloud(&smtp),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("release 2 with a value bound to prod");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1));
@@ -269,7 +269,7 @@ fn second_release_increments_serial_and_passes_after_first() {
         "clusters/demo/namespaces/org-myteam/operations/weekly.yaml",
         &BACKUP.replace("nightly", "weekly"),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("release 2");
     let manifest =
         std::fs::read_to_string(f.repo.join("clusters/demo/release.yaml")).expect("manifest");
@@ -350,7 +350,7 @@ fn a_literal_credential_in_values_is_refused_before_the_webhook_would() {
         "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml",
         &nextcloud("hunter2-PLAINTEXT-MARKER-literal"),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("a literal password");
     let out = f.verify(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

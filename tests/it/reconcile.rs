@@ -10,153 +10,13 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 use crate::support::fake_api::*;
+pub(crate) use crate::support::harness::{
+    CLUSTER_PATH, CLUSTER_PATH_PATCH, assert_request_discipline, harness, namespace,
+};
 use crate::support::rbac_check::assert_allowed_by_deploy;
-use vworkspace_controller::cluster::{self, Context, Settings};
+use crate::support::{AI_PATH, OPS_PATH};
+use vworkspace_controller::cluster::{self, Context};
 use vworkspace_controller::metrics::Metrics;
-use vworkspace_core::crd::{Cluster, ClusterStatus};
-
-const FIELD_MANAGER: &str = "vworkspace-gitops";
-
-pub(crate) struct Harness {
-    pub(crate) fixture: Fixture,
-    pub(crate) api: Arc<FakeApi>,
-    pub(crate) ctx: Arc<Context>,
-    _cache: tempfile::TempDir,
-}
-
-pub(crate) const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
-const CLUSTER_PATH_PATCH: &str = "PATCH /apis/ops.vworkspace.io/v1alpha1/clusters/demo";
-
-pub(crate) fn namespace(name: &str, managed: bool) -> Value {
-    let labels = if managed {
-        json!({"app.vworkspace.io/managed-by": "vworkspace"})
-    } else {
-        json!({})
-    };
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
-}
-
-pub(crate) fn harness() -> Harness {
-    let fixture = fixture();
-    let api = Arc::new(FakeApi::default());
-    crate::support::seed_trust_inputs(&api, &fixture);
-    for (name, managed) in [
-        ("org-myteam", true),
-        ("org-vault", true),
-        ("kube-system", false),
-    ] {
-        api.put(
-            &format!("/api/v1/namespaces/{name}"),
-            namespace(name, managed),
-        );
-    }
-    api.put(
-        CLUSTER_PATH,
-        json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Cluster",
-               "metadata": {"name": "demo", "uid": "0f5a-uid", "generation": 1, "resourceVersion": "1"},
-               "spec": {
-                 "clusterId": "demo",
-                 "source": {"url": format!("file://{}", fixture.repo.display()), "ref": {"branch": "main"}, "interval": "5m"},
-                 "commitSigners": {"configMapRef": {"name": "trust", "key": "commit_signers"}},
-                 "release": {"signersConfigMapRef": {"name": "trust", "key": "release_signers"}, "threshold": 2},
-                 "decryption": {"identitySecretRef": {"name": "cluster-age"}},
-                 // The fixture's vaultwarden token is a stock `age -a` value (interop).
-                 "policy": {"requireBoundValues": false}
-               }}),
-    );
-    let cache = tempfile::tempdir().expect("cache");
-    let settings = Settings {
-        namespace: "vworkspace-system".into(),
-        cache_dir: cache.path().to_owned(),
-        fetch: Default::default(),
-        limits: Default::default(),
-        pass_timeout: std::time::Duration::from_secs(60),
-    };
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        settings,
-        Arc::new(Metrics::default()),
-    ));
-    Harness {
-        fixture,
-        api,
-        ctx,
-        _cache: cache,
-    }
-}
-
-impl Harness {
-    pub(crate) fn cluster(&self) -> Cluster {
-        serde_json::from_value(self.api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster")
-    }
-
-    pub(crate) fn status(&self) -> ClusterStatus {
-        self.cluster().status.expect("status written")
-    }
-
-    pub(crate) fn condition(&self, type_: &str) -> (String, String, String) {
-        let status = self.status();
-        let c = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .expect("condition");
-        (c.status.clone(), c.reason.clone(), c.message.clone())
-    }
-
-    pub(crate) async fn pass(&self) -> Result<(), vworkspace_controller::Error> {
-        self.api.clear();
-        cluster::reconcile(Arc::new(self.cluster()), self.ctx.clone())
-            .await
-            .map(drop)
-    }
-
-    pub(crate) fn writes(&self) -> Vec<String> {
-        self.api
-            .requests()
-            .iter()
-            .filter(|r| r.is_write())
-            .map(Recorded::line)
-            .collect()
-    }
-}
-
-/// The invariants of every pass: Secrets only ever read by name; every write is a server-side apply
-/// with our field manager and force, or a delete, a status write or an Event.
-pub(crate) fn assert_request_discipline(requests: &[Recorded]) {
-    for r in requests {
-        if r.path.contains("/secrets") {
-            assert_eq!(r.method, Method::GET, "Secrets are only read: {}", r.line());
-            let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
-            assert_eq!(
-                segments.len(),
-                6,
-                "a Secret is read by name, never listed: {}",
-                r.line()
-            );
-            assert!(!r.query.contains("watch"), "no watch on Secrets");
-        }
-        if r.method == Method::PATCH {
-            assert_eq!(
-                r.content_type,
-                "application/apply-patch+yaml",
-                "{}",
-                r.line()
-            );
-            assert_eq!(
-                query_param(&r.query, "fieldManager").as_deref(),
-                Some(FIELD_MANAGER),
-                "{}",
-                r.line()
-            );
-            assert_eq!(query_param(&r.query, "force").as_deref(), Some("true"));
-        }
-        assert_ne!(r.method, Method::PUT, "no replace: {}", r.line());
-    }
-}
-
-pub(crate) const AI: &str = "/apis/apps.vworkspace.io/v1alpha1";
-pub(crate) const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
@@ -185,10 +45,10 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         ]
     );
     assert!(reads.contains(&format!(
-        "GET {AI}/applicationinstances gitops.vworkspace.io/cluster=demo"
+        "GET {AI_PATH}/applicationinstances gitops.vworkspace.io/cluster=demo"
     )));
     assert!(reads.contains(&format!(
-        "GET {OPS}/operations gitops.vworkspace.io/cluster=demo"
+        "GET {OPS_PATH}/operations gitops.vworkspace.io/cluster=demo"
     )));
     // Namespaces are made right side by side (apply::WRITE_CONCURRENCY), each one's objects in
     // order (the bindings name the ServiceAccount); so are the applies. Compared per namespace.
@@ -236,9 +96,9 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     assert_eq!(
         applies,
         [
-            format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
-            format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
-            format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("PATCH {AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            format!("PATCH {AI_PATH}/namespaces/org-vault/applicationinstances/vaultwarden"),
+            format!("PATCH {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
         ]
     );
     assert_eq!(
@@ -252,7 +112,7 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     let applied = h
         .api
         .get(&format!(
-            "{AI}/namespaces/org-myteam/applicationinstances/nextcloud"
+            "{AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud"
         ))
         .expect("applied");
     assert_eq!(
@@ -325,8 +185,8 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
             "GET /api/v1/namespaces/vworkspace-system/configmaps/trust".to_owned(),
             "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
             "GET /api/v1/namespaces".to_owned(),
-            format!("GET {AI}/applicationinstances"),
-            format!("GET {OPS}/operations"),
+            format!("GET {AI_PATH}/applicationinstances"),
+            format!("GET {OPS_PATH}/operations"),
         ]
     );
 }
@@ -388,14 +248,14 @@ async fn prune_deletes_only_labelled_objects_of_the_inventory() {
     h.pass().await.expect("first pass");
     // Someone else's Operation with our labels but another cluster's id, and one without labels.
     h.api.put(
-        &format!("{OPS}/namespaces/org-myteam/operations/foreign"),
+        &format!("{OPS_PATH}/namespaces/org-myteam/operations/foreign"),
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
                "metadata": {"name": "foreign", "namespace": "org-myteam",
                             "labels": {"app.vworkspace.io/managed-by": "vworkspace", "gitops.vworkspace.io/cluster": "other"}},
                "spec": {"type": "Backup", "template": "t", "target": {"applicationInstance": "x"}}}),
     );
     h.api.put(
-        &format!("{OPS}/namespaces/org-myteam/operations/handmade"),
+        &format!("{OPS_PATH}/namespaces/org-myteam/operations/handmade"),
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
                "metadata": {"name": "handmade", "namespace": "org-myteam"},
                "spec": {"type": "Backup", "template": "t", "target": {"applicationInstance": "x"}}}),
@@ -406,26 +266,30 @@ async fn prune_deletes_only_labelled_objects_of_the_inventory() {
             .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
     )
     .expect("remove");
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2: nightly backup retired");
     h.pass().await.expect("second pass");
     assert_request_discipline(&h.api.requests());
     assert_eq!(
         h.writes(),
         [
-            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("DELETE {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
             format!("PATCH {CLUSTER_PATH}/status"),
             "POST /api/v1/namespaces/default/events".to_owned(),
         ]
     );
     assert!(
         h.api
-            .get(&format!("{OPS}/namespaces/org-myteam/operations/foreign"))
+            .get(&format!(
+                "{OPS_PATH}/namespaces/org-myteam/operations/foreign"
+            ))
             .is_some()
     );
     assert!(
         h.api
-            .get(&format!("{OPS}/namespaces/org-myteam/operations/handmade"))
+            .get(&format!(
+                "{OPS_PATH}/namespaces/org-myteam/operations/handmade"
+            ))
             .is_some()
     );
     let status = h.status();
@@ -598,7 +462,7 @@ async fn every_request_is_allowed_by_deploy_rbac() {
             .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
     )
     .expect("remove");
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2");
     h.pass().await.expect("second pass");
     requests.extend(h.api.requests());
@@ -641,7 +505,7 @@ async fn a_pass_stopped_between_apply_and_prune_is_finished_by_the_next() {
         &nextcloud(&h.fixture.age_encrypt("wiki-PLAINTEXT-MARKER"))
             .replace("name: nextcloud", "name: wiki"),
     );
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2: wiki in, nightly out");
     // The prune fails (as if the operator died after applying): the stale object stays owned.
     h.api.fault(Method::DELETE, "/operations/nightly", 500);
@@ -666,7 +530,7 @@ async fn a_pass_stopped_between_apply_and_prune_is_finished_by_the_next() {
     assert_eq!(
         h.writes(),
         [
-            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("DELETE {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
             format!("PATCH {CLUSTER_PATH}/status"),
             "POST /api/v1/namespaces/default/events".to_owned(),
         ]

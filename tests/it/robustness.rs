@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::reconcile::{AI, CLUSTER_PATH, OPS, assert_request_discipline, harness};
+use crate::support::harness::{CLUSTER_PATH, Harness, assert_request_discipline, harness};
+use crate::support::{AI_PATH, OPS_PATH};
 use vworkspace_controller::cluster::{self, Context};
 use vworkspace_controller::metrics::Metrics;
 
@@ -27,10 +28,10 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
         "metadata": {"name": "nextcloud", "namespace": "org-myteam",
                      "managedFields": [{"manager": "kubectl-create", "operation": "Update"}]},
         "spec": {"app": "handmade"}});
-    let handmade_path = format!("{AI}/namespaces/org-myteam/applicationinstances/nextcloud");
+    let handmade_path = format!("{AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud");
     h.api.put(&handmade_path, handmade.clone());
     // Another cluster source's object, same name.
-    let foreign_path = format!("{OPS}/namespaces/org-myteam/operations/nightly");
+    let foreign_path = format!("{OPS_PATH}/namespaces/org-myteam/operations/nightly");
     let foreign = json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
         "metadata": {"name": "nightly", "namespace": "org-myteam",
                      "labels": {"app.vworkspace.io/managed-by": "vworkspace", "gitops.vworkspace.io/cluster": "prod"},
@@ -44,7 +45,7 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
     assert_eq!(
         object_writes(&writes),
         [&format!(
-            "PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"
+            "PATCH {AI_PATH}/namespaces/org-vault/applicationinstances/vaultwarden"
         )],
         "only the object that is free is applied"
     );
@@ -118,7 +119,7 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
             .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
     )
     .expect("remove");
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2: nightly retired");
     h.pass().await.expect("no conflict left");
     assert!(
@@ -131,7 +132,7 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
 }
 
 /// A context like the harness's, with another pass deadline and fetch time limit.
-fn impatient(h: &crate::reconcile::Harness, pass: Duration, fetch: Duration) -> Arc<Context> {
+fn impatient(h: &Harness, pass: Duration, fetch: Duration) -> Arc<Context> {
     let mut settings = h.ctx.settings.clone();
     settings.pass_timeout = pass;
     settings.fetch.timeout = fetch;
@@ -161,9 +162,9 @@ async fn what_a_pass_wrote_before_its_deadline_is_in_the_inventory_and_pruned_wh
     assert_eq!(
         object_writes(&h.writes()),
         [
-            &format!("PATCH {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
-            &format!("PATCH {OPS}/namespaces/org-myteam/operations/nightly"),
-            &format!("PATCH {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
+            &format!("PATCH {AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            &format!("PATCH {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
+            &format!("PATCH {AI_PATH}/namespaces/org-vault/applicationinstances/vaultwarden"),
         ]
     );
     let (_, reason, message) = h.condition("Ready");
@@ -190,19 +191,21 @@ async fn what_a_pass_wrote_before_its_deadline_is_in_the_inventory_and_pruned_wh
             .join("clusters/demo/namespaces/org-myteam/operations/nightly.yaml"),
     )
     .expect("remove");
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2: nightly retired");
     h.pass().await.expect("converges");
     assert!(
         h.writes().contains(&format!(
-            "DELETE {OPS}/namespaces/org-myteam/operations/nightly"
+            "DELETE {OPS_PATH}/namespaces/org-myteam/operations/nightly"
         )),
         "{:?}",
         h.writes()
     );
     assert!(
         h.api
-            .get(&format!("{OPS}/namespaces/org-myteam/operations/nightly"))
+            .get(&format!(
+                "{OPS_PATH}/namespaces/org-myteam/operations/nightly"
+            ))
             .is_none()
     );
     let mut names: Vec<String> = h
@@ -254,7 +257,7 @@ async fn a_pinned_min_serial_refuses_a_rollback_after_the_cluster_is_re_created(
         "clusters/demo/namespaces/org-myteam/operations/nightly.yaml",
         &crate::common::BACKUP.replace("velero-namespace-backup", "velero-full-backup"),
     );
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2");
     h.pass().await.expect("release 2");
     assert_eq!(h.status().last_applied_serial, Some(2));
@@ -284,7 +287,9 @@ async fn a_pinned_min_serial_refuses_a_rollback_after_the_cluster_is_re_created(
     assert_eq!(h.status().last_applied_serial, None);
     let nightly = h
         .api
-        .get(&format!("{OPS}/namespaces/org-myteam/operations/nightly"))
+        .get(&format!(
+            "{OPS_PATH}/namespaces/org-myteam/operations/nightly"
+        ))
         .expect("nightly");
     assert_eq!(
         nightly["spec"]["template"], "velero-full-backup",
@@ -348,7 +353,7 @@ async fn a_permanent_refusal_is_stalled_until_the_interval_and_a_transient_failu
     assert!(!h.status().conditions.iter().any(|c| c.type_ == "Stalled"));
 }
 
-fn mark_deleted(h: &crate::reconcile::Harness) {
+fn mark_deleted(h: &Harness) {
     let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
     cluster["metadata"]["deletionTimestamp"] = json!("2026-11-29T00:00:00Z");
     h.api.put(CLUSTER_PATH, cluster);
@@ -396,7 +401,9 @@ async fn deleting_a_cluster_orphans_by_default_and_forgets_it() {
     );
     assert!(h.api.get(CLUSTER_PATH).is_none(), "the Cluster is gone");
     assert_eq!(
-        h.api.list(&format!("{AI}/applicationinstances"), "").len(),
+        h.api
+            .list(&format!("{AI_PATH}/applicationinstances"), "")
+            .len(),
         2,
         "Orphan leaves what it applied"
     );
@@ -414,7 +421,7 @@ async fn deleting_a_cluster_with_policy_delete_prunes_its_inventory_and_nothing_
     cluster["spec"]["deletionPolicy"] = json!("Delete");
     h.api.put(CLUSTER_PATH, cluster);
     h.pass().await.expect("first pass");
-    let handmade = format!("{OPS}/namespaces/org-myteam/operations/handmade");
+    let handmade = format!("{OPS_PATH}/namespaces/org-myteam/operations/handmade");
     h.api.put(
         &handmade,
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
@@ -430,9 +437,9 @@ async fn deleting_a_cluster_with_policy_delete_prunes_its_inventory_and_nothing_
     assert_eq!(
         first_attempt,
         [
-            format!("DELETE {AI}/namespaces/org-myteam/applicationinstances/nextcloud"),
-            format!("DELETE {AI}/namespaces/org-vault/applicationinstances/vaultwarden"),
-            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("DELETE {AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud"),
+            format!("DELETE {AI_PATH}/namespaces/org-vault/applicationinstances/vaultwarden"),
+            format!("DELETE {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
         ]
     );
     assert_eq!(
@@ -444,14 +451,14 @@ async fn deleting_a_cluster_with_policy_delete_prunes_its_inventory_and_nothing_
     assert_eq!(
         h.writes(),
         [
-            format!("DELETE {OPS}/namespaces/org-myteam/operations/nightly"),
+            format!("DELETE {OPS_PATH}/namespaces/org-myteam/operations/nightly"),
             format!("PATCH {CLUSTER_PATH}"),
         ],
         "what is already gone is not deleted again"
     );
     assert!(
         h.api
-            .list(&format!("{AI}/applicationinstances"), "")
+            .list(&format!("{AI_PATH}/applicationinstances"), "")
             .is_empty()
     );
     assert!(h.api.get(CLUSTER_PATH).is_none());
@@ -559,7 +566,7 @@ async fn a_leader_whose_renewals_stall_mid_pass_writes_nothing_after_its_fence()
     assert!(
         h.api
             .get(&format!(
-                "{AI}/namespaces/org-vault/applicationinstances/vaultwarden"
+                "{AI_PATH}/namespaces/org-vault/applicationinstances/vaultwarden"
             ))
             .is_none(),
         "the apply in flight was abandoned"
@@ -737,10 +744,10 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_an_update_on_every_pass(
         "clusters/demo/namespaces/org-myteam/applicationinstances/wiki.yaml",
         "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: wiki\nspec:\n  chart:\n    repository: https://charts.example.org\n    name: wiki\n    version: 1.0.0\n  values:\n    replicas: 1.0\n    quota: 18446744073709551615\n    exact: 9007199254740993\n    unsigned: 12345678901234567890\n",
     );
-    h.fixture.release("demo", &[]);
+    h.fixture.release(&[]);
     h.fixture.commit("release 2: wiki");
     h.pass().await.expect("applied");
-    let path = format!("{AI}/namespaces/org-myteam/applicationinstances/wiki");
+    let path = format!("{AI_PATH}/namespaces/org-myteam/applicationinstances/wiki");
     let sent = h.api.get(&path).expect("wiki");
     assert_eq!(sent["spec"]["values"]["replicas"].to_string(), "1.0");
     // The API server keeps and returns the values as Go re-encodes them.

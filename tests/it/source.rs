@@ -362,7 +362,7 @@ fn second_release(up: &Upstream) -> String {
         "clusters/demo/namespaces/org-myteam/operations/weekly.yaml",
         &BACKUP.replace("nightly", "weekly"),
     );
-    up.fixture.release("demo", &[]);
+    up.fixture.release(&[]);
     up.fixture.commit("release 2");
     up.push(false);
     up.head()

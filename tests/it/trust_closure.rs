@@ -20,8 +20,9 @@ use vworkspace_controller::metrics::{Metrics, RefusalLabel};
 use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation, OperationPhase};
 
 const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
-const AIS: &str = "/apis/apps.vworkspace.io/v1alpha1/namespaces/org-myteam/applicationinstances";
-const OPS: &str = "/apis/ops.vworkspace.io/v1alpha1/namespaces/org-myteam/operations";
+const MYTEAM_INSTANCES: &str =
+    "/apis/apps.vworkspace.io/v1alpha1/namespaces/org-myteam/applicationinstances";
+const MYTEAM_OPERATIONS: &str = "/apis/ops.vworkspace.io/v1alpha1/namespaces/org-myteam/operations";
 const NEXTCLOUD: &str =
     "/apis/apps.vworkspace.io/v1alpha1/namespaces/org-myteam/applicationinstances/nextcloud";
 const VAULTWARDEN: &str =
@@ -221,7 +222,7 @@ async fn a_hand_made_instance_gets_no_secret_source_or_helm_release() {
         ),
         ("unlabelled", json!({})),
     ] {
-        let path = format!("{AIS}/{name}");
+        let path = format!("{MYTEAM_INSTANCES}/{name}");
         h.api.put(
             &path,
             json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
@@ -280,7 +281,7 @@ async fn a_hand_made_instance_gets_no_secret_source_or_helm_release() {
     assert_nowhere(&h.api, ADMIN_TOKEN);
     // The next Cluster pass leaves them alone (not its to prune) and still declares only Git's.
     h.pass().await;
-    assert!(h.api.get(&format!("{AIS}/intruder")).is_some());
+    assert!(h.api.get(&format!("{MYTEAM_INSTANCES}/intruder")).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +289,7 @@ async fn a_hand_made_restore_creates_nothing() {
     let h = harness(interop());
     h.pass().await;
     let children = children(&h.api, &h.ctx);
-    let path = format!("{OPS}/rollback");
+    let path = format!("{MYTEAM_OPERATIONS}/rollback");
     h.api.put(
         &path,
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
@@ -322,7 +323,7 @@ async fn a_hand_made_restore_creates_nothing() {
         .expect("reconciled");
     assert_eq!(h.writes(), Vec::<String>::new());
     // The declared Operation runs, from the declared spec.
-    let nightly = format!("{OPS}/nightly");
+    let nightly = format!("{MYTEAM_OPERATIONS}/nightly");
     h.api.clear();
     children::operation::reconcile(h.operation(&nightly), children)
         .await
@@ -417,7 +418,7 @@ async fn an_altered_declared_operation_runs_nothing_of_the_change() {
     let h = harness(interop());
     h.pass().await;
     let children = children(&h.api, &h.ctx);
-    let nightly = format!("{OPS}/nightly");
+    let nightly = format!("{MYTEAM_OPERATIONS}/nightly");
     let mut altered = h.api.get(&nightly).expect("operation");
     altered["spec"]["type"] = json!("Restore");
     altered["spec"]["parameters"] = json!({"backupName": "org-myteam-old"});
@@ -467,7 +468,7 @@ async fn a_restart_acts_on_nothing_before_the_first_verified_pass() {
     let mut altered = h.api.get(NEXTCLOUD).expect("instance");
     altered["spec"]["values"]["nextcloud"]["mail"]["smtp"]["password"] = json!(token);
     h.api.put(NEXTCLOUD, altered);
-    let restore = format!("{OPS}/restore");
+    let restore = format!("{MYTEAM_OPERATIONS}/restore");
     h.api.put(
         &restore,
         json!({"apiVersion": "ops.vworkspace.io/v1alpha1", "kind": "Operation",
@@ -501,7 +502,7 @@ async fn a_restart_acts_on_nothing_before_the_first_verified_pass() {
         );
         assert_eq!(status["conditions"][0]["status"], "Unknown");
     }
-    for path in [restore.clone(), format!("{OPS}/nightly")] {
+    for path in [restore.clone(), format!("{MYTEAM_OPERATIONS}/nightly")] {
         h.api.clear();
         children::operation::reconcile(h.operation(&path), after.clone())
             .await

@@ -78,6 +78,10 @@ pub enum Error {
     /// written.
     #[error("not the certain leader any more: the reconcile was abandoned")]
     NotLeader,
+    /// A step of a reconcile ran before the step whose output it needs: a defect of the step list,
+    /// reported instead of a panic (each list's unit test keeps it from happening).
+    #[error("internal: the step {0} did not run before the steps that need it")]
+    StepOrder(String),
     /// A reconcile pass ended without applying (its status and Event say why).
     #[error("pass failed: {reason}")]
     PassFailed {
@@ -99,7 +103,8 @@ impl Error {
             | Error::Operation(_)
             | Error::Webhook(_)
             | Error::Io { .. }
-            | Error::Task(_) => reasons::CONFIGURATION_INVALID,
+            | Error::Task(_)
+            | Error::StepOrder(_) => reasons::CONFIGURATION_INVALID,
             Error::NotLeader => reasons::NOT_LEADER,
             Error::PassFailed { reason } => reason,
         }

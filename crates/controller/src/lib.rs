@@ -19,5 +19,7 @@ pub mod observed;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

@@ -47,7 +47,7 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabel {
     /// The watched kind.
-    pub watch: &'static str,
+    pub watch: String,
 }
 
 /// Every metric the operator exports.
@@ -223,7 +223,9 @@ impl Metrics {
             let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
         }
         for watch in WATCHES {
-            let _ = self.watch_errors.get_or_create(&WatchLabel { watch });
+            let _ = self.watch_errors.get_or_create(&WatchLabel {
+                watch: watch.to_owned(),
+            });
         }
     }
 
@@ -251,14 +253,18 @@ impl Metrics {
     /// Counts a failed watch (or controller queue error) of `watch`; a reconcile error is not one.
     pub fn count_watch_error<T, R, W>(
         &self,
-        watch: &'static str,
+        watch: &str,
         result: &Result<T, kube::runtime::controller::Error<R, W>>,
     ) where
         R: std::error::Error + 'static,
         W: std::error::Error + 'static,
     {
         if let Err(kube::runtime::controller::Error::QueueError(_)) = result {
-            self.watch_errors.get_or_create(&WatchLabel { watch }).inc();
+            self.watch_errors
+                .get_or_create(&WatchLabel {
+                    watch: watch.to_owned(),
+                })
+                .inc();
         }
     }
 

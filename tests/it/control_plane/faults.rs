@@ -261,7 +261,11 @@ async fn the_operator_killed_mid_pass_then_restarted_converges_without_a_second_
     let audit = Audit::mark(&env.cp.audit_log);
     let mut first = operator(&env, &scope, "first");
     let before = until_mid_pass(&audit).await;
-    signal_group(&first, "-KILL");
+    let killed = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", first.child.id())])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "SIGKILL to the operator's process group");
     let _ = first.wait_timeout(10).expect("SIGKILL ends it");
     let written = instance_writes(&audit);
     println!("killed after {before} of {TOTAL} instances written ({written} by its end)");

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::json;
-use vworkspace_core::secrets::{self, Binding};
+use vworkspace_testkit::Scale;
 
 use super::fixture::{BIN, Intent};
 use super::server::{OPERATOR_USER, Proc, apply, resource, skipped, wait_for};
-use super::{Env, Scope, env, operator_cmd, webhook_replica};
+use super::{Env, Scope, env, operator_cmd, test_name, webhook_replica};
 
 /// Peak (`VmHWM`) and current (`VmRSS`) resident set of `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -110,79 +110,14 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Writes N instances in N / 10 namespaces (one bound encrypted value each), releases and commits.
-fn generate(intent: &Intent, instances: usize) -> Vec<String> {
-    let namespaces: Vec<String> = (0..instances.div_ceil(10))
-        .map(|i| format!("{}-{i:04}", intent.cluster))
-        .collect();
-    for i in 0..instances {
-        let ns = &namespaces[i / 10];
-        let name = format!("app-{i:05}");
-        let armored = secrets::encrypt(
-            format!("smtp-secret-{i}").as_bytes(),
-            &intent.recipient,
-            Some(&Binding {
-                cluster: intent.cluster.clone(),
-                namespace: ns.clone(),
-                instance: name.clone(),
-                path: "mail.password".into(),
-            }),
-        )
-        .expect("encrypt");
-        let indented: String = armored.lines().map(|l| format!("        {l}\n")).collect();
-        intent.write(
-            &format!(
-                "clusters/{}/namespaces/{ns}/applicationinstances/{name}.yaml",
-                intent.cluster
-            ),
-            &format!(
-                "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: {name}\nspec:\n  chart:\n    repository: https://charts.example.org/\n    name: nextcloud\n    version: 6.6.4\n  values:\n    host: {name}.example.org\n    mail:\n      password: |\n{indented}"
-            ),
-        );
+/// N instances in N / 10 namespaces, one bound encrypted value each.
+fn scale_of(instances: usize) -> Scale {
+    Scale {
+        namespaces: instances.div_ceil(10),
+        instances,
+        operations: 0,
+        values: instances,
     }
-    release_from_work_tree(intent);
-    intent.commit("scale");
-    namespaces
-}
-
-/// The fixture's release (ours, co-signed by `ssh-keygen -Y sign`), written from the work tree with
-/// the repository's `.git` moved aside: `release` reading the index took more than 9 minutes at
-/// 5,000 files on the development machine (1 s at 1,000), a cost of authoring, not of the operator.
-fn release_from_work_tree(intent: &Intent) {
-    let git = intent.repo.join(".git");
-    let aside = intent.root.join("git-aside");
-    std::fs::rename(&git, &aside).expect("move .git aside");
-    let out = Command::new(BIN)
-        .args(["release", "--force", "--repo"])
-        .arg(&intent.repo)
-        .args(["--cluster", &intent.cluster, "--key"])
-        .arg(intent.path("release-odoo"))
-        .output()
-        .expect("release runs");
-    std::fs::rename(&aside, &git).expect("put .git back");
-    assert!(
-        out.status.success(),
-        "release: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest = intent
-        .repo
-        .join(format!("clusters/{}/release.yaml", intent.cluster));
-    let signed = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "vworkspace-release", "-f"])
-        .arg(intent.path("release-engineer"))
-        .arg(&manifest)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(signed.success(), "ssh-keygen -Y sign");
-    std::fs::rename(
-        manifest.with_extension("yaml.sig"),
-        intent.repo.join(format!(
-            "clusters/{}/release.sigs/engineer.sig",
-            intent.cluster
-        )),
-    )
-    .expect("move signature");
 }
 
 /// Creates the managed namespaces, 16 at a time; each is deleted with the scope.
@@ -281,9 +216,9 @@ fn requests_by_operator(audit: &super::server::Audit) -> usize {
 /// child exists.
 async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
     let cluster = format!("scale-{instances}");
-    let intent = Intent::new(&cluster);
     let started = Instant::now();
-    let names = generate(&intent, instances);
+    let intent = Intent::generated(&cluster, scale_of(instances));
+    let names = intent.generated_namespaces().to_vec();
     eprintln!(
         "scale {instances}: intent generated in {}",
         secs(started.elapsed())
@@ -412,7 +347,8 @@ async fn mirror_readiness(env: &Env, namespaces: &[String], instances: usize) ->
         resource(&env.admin, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await;
     let mut marked = Vec::new();
     for i in sample {
-        let (ns, name) = (&namespaces[i / 10], format!("app-{i:05}"));
+        let ns = &namespaces[scale_of(instances).namespace_of(i)];
+        let name = Scale::instance_name(i);
         let api: Api<DynamicObject> =
             Api::namespaced_with(env.admin.clone(), ns, &release_resource);
         let status = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
@@ -521,7 +457,7 @@ async fn poked_pass(env: &Env, cluster: &str, run: &Proc, poke: u32) -> (Option<
 /// of the long-running process, which reads the live objects from its watch.
 async fn repaired_by_a_pass(env: &Env, cluster: &str, namespace: &str, run: &Proc) {
     let hand = super::server::break_glass_client(&env.admin, &env.cp.kubeconfig).await;
-    let name = format!("app-{:05}", 0);
+    let name = Scale::instance_name(0);
     super::server::merge_patch(
         &hand,
         super::AI,
@@ -565,7 +501,7 @@ async fn repaired_by_a_pass(env: &Env, cluster: &str, namespace: &str, run: &Pro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_smoke() {
-    let test = "scale_smoke";
+    let test = test_name!();
     let Some(env) = env(test).await else {
         return;
     };
@@ -596,7 +532,7 @@ async fn scale_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the scale bench: scripts/scale.sh runs it against the real control plane"]
 async fn scale_bench() {
-    let Some(env) = env("scale_bench").await else {
+    let Some(env) = env(test_name!()).await else {
         return;
     };
     let sizes: Vec<usize> = std::env::var("VWS_SCALE_SIZES")

@@ -76,7 +76,7 @@ pub fn try_declare(
         let (path, content) = file_of(object);
         f.write(&path, &content);
     }
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("declare");
     let repo = LocalRepository::open(&f.repo).expect("open");
     let verified = pipeline::verify_ref(

@@ -1,12 +1,24 @@
-//! Test support shared by the modules: the recording fake API server, the RBAC evaluator over deploy/,
-//! and throwaway TLS certificates.
+//! Test support shared by the modules: the recording fake API server and the reconciler's harness
+//! over it, the RBAC evaluator over deploy/, throwaway TLS certificates, and the names of the
+//! operator's API groups.
 #![allow(dead_code)]
 
 pub mod declare;
 pub mod fake_api;
 pub mod go_tools;
+pub mod harness;
 pub mod rbac_check;
 pub mod tls;
+
+/// The API version of the ApplicationInstance group (`apiVersion`, and what the real-server tests
+/// pass to the API).
+pub const AI: &str = "apps.vworkspace.io/v1alpha1";
+/// The API version of the Operation and Cluster group.
+pub const OPS: &str = "ops.vworkspace.io/v1alpha1";
+/// [`AI`]'s path on the API server (`/apis/<AI>`), as the fake API server records requests.
+pub const AI_PATH: &str = "/apis/apps.vworkspace.io/v1alpha1";
+/// [`OPS`]'s path on the API server (`/apis/<OPS>`).
+pub const OPS_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1";
 
 /// Puts the fixture's cluster-side trust inputs where a `Cluster` named by the tests finds them: the
 /// ConfigMap `vworkspace-system/trust` (`commit_signers`, `release_signers`) and the identity Secret

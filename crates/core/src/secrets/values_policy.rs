@@ -1,10 +1,17 @@
-//! The values policy: a credential-named key in `spec.values` must not hold a literal. The same rule
-//! is applied by the pass (so `verify` refuses the commit in CI) and by the admission webhook (so an
-//! API writer cannot slip one in).
+//! The cluster's policies on `spec.values`: [`ValuesPolicy`] (whether values must be bound), and a
+//! credential-named key must not hold a literal. The literal rule is applied by the pass (so `verify`
+//! refuses the commit in CI) and by the admission webhook (so an API writer cannot slip one in).
 
 use serde_json::Value;
 
 use super::is_armored;
+
+/// The cluster's policy for values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValuesPolicy {
+    /// Refuse values that are not bound.
+    pub require_bound: bool,
+}
 
 /// How deep `spec.values` is walked (deeper values are refused: nobody writes Helm values 64 deep).
 pub const MAX_VALUES_DEPTH: usize = 64;
