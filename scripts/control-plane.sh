@@ -10,6 +10,9 @@
 #   scripts/control-plane.sh start   build, start, wait for /readyz; the last line is KUBECONFIG=<admin kubeconfig>
 #   scripts/control-plane.sh env     the running one's variables (KUBECONFIG, VWS_CONTROL_PLANE_AUDIT_LOG, ...)
 #   scripts/control-plane.sh stop    stop exactly the processes `start` started (by their process group) and delete its data
+#   scripts/control-plane.sh restart-apiserver | restart-etcd
+#                                    stop one component of the running one and start it again on the same
+#                                    ports and data (the fault tests, tests/it/control_plane/faults.rs)
 #
 # Exit codes: 0 done; 1 failed; 2 usage; 3 Go 1.26 not found; 4 Go modules cannot be downloaded (no module
 # proxy); 5 already running (start) or not running (env); 6 the build failed. Where it cannot work the
@@ -233,6 +236,110 @@ pki() {
   )
 }
 
+# start_etcd DIR: etcd on DIR's ports and data (kept across a restart), until it reports ready.
+# The previous log is kept as etcd.log.prev.
+start_etcd() {
+  local dir="$1" etcd_port peer_port api_port kcm_port
+  # shellcheck disable=SC1091
+  . "$dir/ports"
+  [ -f "$dir/etcd.log" ] && mv "$dir/etcd.log" "$dir/etcd.log.prev"
+  setsid "$BIN/etcd" -data-dir "$dir/etcd" -client-url "http://127.0.0.1:$etcd_port" \
+    -peer-url "http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 </dev/null &
+  echo $! >"$dir/etcd.pid"
+  # etcd first, on its own: the API server must never reach another instance's etcd (a port taken
+  # between the check and the bind makes ours exit, and that is seen here).
+  local i ready=""
+  for i in $(seq 1 300); do
+    if grep -q "etcd: ready on" "$dir/etcd.log" 2>/dev/null; then
+      ready=1
+      break
+    fi
+    started "$(cat "$dir/etcd.pid")" || {
+      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
+      return 1
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "etcd not ready after 60 s"
+    return 1
+  }
+}
+
+# start_apiserver DIR: kube-apiserver on DIR's ports, certificates and etcd, until /readyz answers.
+start_apiserver() {
+  local dir="$1" etcd_port peer_port api_port kcm_port
+  # shellcheck disable=SC1091
+  . "$dir/ports"
+  [ -f "$dir/kube-apiserver.log" ] && mv "$dir/kube-apiserver.log" "$dir/kube-apiserver.log.prev"
+  local server="https://127.0.0.1:$api_port"
+  setsid "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
+    --client-ca-file="$dir/pki/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,NodeRestriction,PodSecurity,DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$dir/pki/sa.pub" \
+    --service-account-signing-key-file="$dir/pki/sa.key" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=false \
+    --profiling=false \
+    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0 \
+    >"$dir/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$dir/kube-apiserver.pid"
+
+  local i ready="" curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
+  for i in $(seq 1 600); do
+    if "${curl_admin[@]}" "$server/readyz" >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    started "$(cat "$dir/etcd.pid")" || {
+      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
+      return 1
+    }
+    started "$(cat "$dir/kube-apiserver.pid")" || {
+      say "kube-apiserver exited; $(tail -3 "$dir/kube-apiserver.log" | tr '\n' ' ')"
+      return 1
+    }
+    sleep 0.2
+  done
+  [ -n "$ready" ] || {
+    say "kube-apiserver not ready after 120 s"
+    return 1
+  }
+}
+
+# restart NAME: stops one component of the running control plane (TERM, then KILL) and starts it
+# again on the same ports and data: a fault for the tests (kube-apiserver or etcd restarted mid-pass).
+restart() {
+  local dir name="$1"
+  case "$name" in
+    etcd | kube-apiserver) ;;
+    *)
+      echo "usage: scripts/control-plane.sh restart-apiserver|restart-etcd" >&2
+      exit 2
+      ;;
+  esac
+  dir="$(running_dir)" || {
+    echo "control-plane: not running (scripts/control-plane.sh start)" >&2
+    exit 5
+  }
+  local t0=$SECONDS
+  stop_one "$dir" "$name"
+  local rc=0
+  if [ "$name" = etcd ]; then start_etcd "$dir" || rc=$?; else start_apiserver "$dir" || rc=$?; fi
+  if [ "$rc" -ne 0 ]; then
+    say "restart of $name failed; logs in $dir"
+    exit 1
+  fi
+  say "$name restarted in $((SECONDS - t0)) s"
+}
+
 start() {
   if dir="$(running_dir)"; then
     echo "control-plane: already running in $dir (stop it first: scripts/control-plane.sh stop); $(env_of "$dir" | tail -1)" >&2
@@ -281,73 +388,14 @@ rules:
   - level: Metadata
 EOF
 
-  setsid "$BIN/etcd" -data-dir "$dir/etcd" -client-url "http://127.0.0.1:$etcd_port" \
-    -peer-url "http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 </dev/null &
-  echo $! >"$dir/etcd.pid"
-  # etcd first, on its own: the API server must never reach another instance's etcd (a port taken
-  # between the check and the bind makes ours exit, and that is seen here).
-  local i ready=""
-  for i in $(seq 1 300); do
-    if grep -q "etcd: ready on" "$dir/etcd.log" 2>/dev/null; then
-      ready=1
-      break
-    fi
-    started "$(cat "$dir/etcd.pid")" || {
-      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
-      false
-    }
-    sleep 0.2
-  done
-  [ -n "$ready" ] || {
-    say "etcd not ready after 60 s"
-    false
-  }
-
-  setsid "$BIN/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
-    --client-ca-file="$dir/pki/ca.crt" \
-    --authorization-mode=Node,RBAC \
-    --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,NodeRestriction,PodSecurity,DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$dir/pki/sa.pub" \
-    --service-account-signing-key-file="$dir/pki/sa.key" \
-    --api-audiences=https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --allow-privileged=false \
-    --profiling=false \
-    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
-    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0 \
-    >"$dir/kube-apiserver.log" 2>&1 </dev/null &
-  echo $! >"$dir/kube-apiserver.pid"
-
+  printf 'etcd_port=%s\npeer_port=%s\napi_port=%s\nkcm_port=%s\n' "$etcd_port" "$peer_port" "$api_port" "$kcm_port" >"$dir/ports"
+  # The functions return 1 on failure (an ERR trap does not reach into them): stop what was started.
+  start_etcd "$dir" || false
   kubeconfig "$dir/admin.kubeconfig" "$server" "$dir/pki/admin.crt" "$dir/pki/admin.key" "$dir"
   kubeconfig "$dir/kube-controller-manager.kubeconfig" "$server" \
     "$dir/pki/kube-controller-manager.crt" "$dir/pki/kube-controller-manager.key" "$dir"
-
-  local curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
-  ready=""
-  for i in $(seq 1 600); do
-    if "${curl_admin[@]}" "$server/readyz" >/dev/null 2>&1; then
-      ready=1
-      break
-    fi
-    started "$(cat "$dir/etcd.pid")" || {
-      say "etcd exited; $(tail -3 "$dir/etcd.log" | tr '\n' ' ')"
-      false
-    }
-    started "$(cat "$dir/kube-apiserver.pid")" || {
-      say "kube-apiserver exited; $(tail -3 "$dir/kube-apiserver.log" | tr '\n' ' ')"
-      false
-    }
-    sleep 0.2
-  done
-  [ -n "$ready" ] || {
-    say "kube-apiserver not ready after 120 s"
-    false
-  }
-
+  start_apiserver "$dir" || false
+  local i ready="" curl_admin=(curl -sf --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key")
   setsid "$BIN/kube-controller-manager" \
     --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
@@ -406,6 +454,8 @@ case "${1:-}" in
     exit 1
     ;;
   stop) stop ;;
+  restart-apiserver) restart kube-apiserver ;;
+  restart-etcd) restart etcd ;;
   env)
     if dir="$(running_dir)"; then
       env_of "$dir"
@@ -415,7 +465,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: scripts/control-plane.sh build|start|stop|env" >&2
+    echo "usage: scripts/control-plane.sh build|start|stop|env|restart-apiserver|restart-etcd" >&2
     exit 2
     ;;
 esac

@@ -43,6 +43,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Tools the tests compare with or check with, built from Go modules on first use (cached under
+# target/go-tools/ by scripts/go-tools.sh): helm (tests/it/chart.rs renders the chart with it) and
+# promtool (tests/it/monitoring.rs checks and unit-tests the alert rules). Set VWS_HELM/VWS_PROMTOOL
+# to use others. Without Go or the Go module proxy those tests are skipped with the script's one-line
+# reason; a failed build fails the run.
+for tool in helm promtool; do
+  var="VWS_$(echo "$tool" | tr '[:lower:]' '[:upper:]')"
+  [ -z "${!var:-}" ] || continue
+  set +e
+  path="$(./scripts/go-tools.sh build "$tool" 2>"$cp_err")"
+  rc=$?
+  set -e
+  cat "$cp_err" >&2
+  if [ "$rc" -eq 0 ]; then
+    export "$var=$path"
+  elif [ "$rc" -eq 3 ] || [ "$rc" -eq 4 ]; then
+    export "${var}_SKIP=$(grep '^go-tools:' "$cp_err" | tail -1)"
+  else
+    echo "scripts/go-tools.sh build $tool failed (exit $rc)" >&2
+    exit 1
+  fi
+done
+
 # The real-server tests (tests/it/control_plane.rs) need a throwaway control plane: built from Go modules
 # on first use (cached under target/control-plane/), started here, stopped on exit. One already
 # started by hand (scripts/control-plane.sh start) is used as it is. Without Go 1.26 or the Go module

@@ -1,11 +1,12 @@
 //! charts/vworkspace-operator renders the same objects as deploy/. Its templates are generated from
 //! deploy/ by [`templates`] (each edit must match exactly once, so a change in deploy/ that the chart
 //! does not follow fails here): `VWS_WRITE_CHART=1 cargo test --test it chart` writes them, every
-//! other run checks that the files are what the generator makes. When `helm` is available (on PATH,
-//! or `VWS_HELM=<path>`) the chart is also rendered with `helm template` and compared object for
-//! object with `kubectl kustomize` of deploy/ and of both overlays (helm's output passes through
-//! `kubectl kustomize` too, so that both are printed by the same serializer). A helm binary can be
-//! built with Go: `GOBIN=$PWD/target/helm/bin go install helm.sh/helm/v3/cmd/helm@v3.22.0`.
+//! other run checks that the files are what the generator makes. The chart is also rendered with
+//! `helm template` and compared object for object with `kubectl kustomize` of deploy/ and of both
+//! overlays (helm's output passes through `kubectl kustomize` too, so that both are printed by the
+//! same serializer). The helm binary is `VWS_HELM=<path>`, else the one `scripts/go-tools.sh build helm`
+//! built from Go modules (helm.sh/helm/v4 v4.3.2, under target/go-tools/; scripts/test.sh builds it
+//! and sets VWS_HELM), else `helm` on PATH; without any, the test prints a `SKIPPED` line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -139,7 +140,50 @@ pub fn templates() -> Vec<(String, String)> {
             read(cert_manager)
         ),
     ));
+    out.push(("monitoring.yaml".into(), monitoring_template()));
     out
+}
+
+/// Helm would read `{{ $labels.cluster }}` (alert annotations) and `{{cluster}}` (dashboard legends)
+/// as its own actions: they are printed literally.
+fn escape_braces(text: &str) -> String {
+    text.replace("{{", r#"{{ "{{" }}"#)
+}
+
+/// deploy/components/monitoring as one template behind `monitoring.enabled`: the PodMonitor, the
+/// PrometheusRule, and the dashboard ConfigMap its kustomization generates from the JSON file.
+fn monitoring_template() -> String {
+    let dir = "deploy/components/monitoring";
+    let kustomization: Value =
+        serde_saphyr::from_str(&read(&format!("{dir}/kustomization.yaml"))).expect("kustomization");
+    let generator = &kustomization["configMapGenerator"][0];
+    let file = generator["files"][0].as_str().expect("the dashboard file");
+    let labels = generator["options"]["labels"]
+        .as_object()
+        .expect("labels")
+        .iter()
+        .map(|(k, v)| format!("    {k}: {}\n", serde_json::to_string(v).expect("label")))
+        .collect::<String>();
+    let dashboard = read(&format!("{dir}/{file}"))
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect::<String>();
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n{labels}data:\n  {file}: |\n{dashboard}",
+        generator["name"].as_str().expect("name"),
+        generator["namespace"].as_str().expect("namespace"),
+    );
+    let mut documents = Vec::new();
+    for resource in kustomization["resources"].as_array().expect("resources") {
+        let path = format!("{dir}/{}", resource.as_str().expect("resource"));
+        documents.push(escape_braces(&read(&path)));
+    }
+    documents.push(escape_braces(&config_map));
+    format!(
+        "{}{{{{- if .Values.monitoring.enabled }}}}\n{}{{{{- end }}}}\n",
+        header(dir),
+        documents.join("---\n")
+    )
 }
 
 fn template_dir() -> PathBuf {
@@ -195,16 +239,7 @@ fn chart_values_default_to_what_deploy_sets() {
     assert_eq!(values["webhook"]["certificate"], "self");
     assert_eq!(values["velero"]["enabled"], false);
     assert_eq!(values["velero"]["namespace"], "velero");
-}
-
-fn helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("VWS_HELM") {
-        return Some(PathBuf::from(path));
-    }
-    let on_path = std::process::Command::new("helm").arg("version").output();
-    on_path
-        .is_ok_and(|o| o.status.success())
-        .then(|| PathBuf::from("helm"))
+    assert_eq!(values["monitoring"]["enabled"], false);
 }
 
 fn run(command: &mut std::process::Command) -> String {
@@ -239,11 +274,17 @@ fn kustomize(dir: &Path) -> BTreeMap<String, Value> {
 
 #[test]
 fn helm_template_renders_what_kustomize_renders() {
-    let Some(helm) = helm() else {
-        println!(
-            "helm not found (PATH or VWS_HELM): the chart's rendering is not compared; its templates are checked against deploy/ by chart_templates_are_generated_from_deploy"
-        );
-        return;
+    let helm = match crate::support::go_tools::tool("helm") {
+        Ok(helm) => helm,
+        Err(why) => {
+            crate::support::go_tools::skipped(
+                "helm_template_renders_what_kustomize_renders",
+                &format!(
+                    "{why}; the templates are still checked against deploy/ by chart_templates_are_generated_from_deploy"
+                ),
+            );
+            return;
+        }
     };
     let chart = root().join("charts/vworkspace-operator");
     for (sets, kustomization) in [
@@ -253,6 +294,7 @@ fn helm_template_renders_what_kustomize_renders() {
             "overlays/cert-manager",
         ),
         (vec!["velero.enabled=true"], "overlays/velero"),
+        (vec!["monitoring.enabled=true"], "overlays/monitoring"),
     ] {
         let mut cmd = std::process::Command::new(&helm);
         cmd.arg("template").arg("vworkspace-operator").arg(&chart);

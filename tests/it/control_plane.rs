@@ -16,9 +16,11 @@
 mod chart_server;
 mod delivery;
 mod delivery_bench;
+mod faults;
 mod fixture;
-mod operations_run;
 mod forge;
+mod monitoring;
+mod operations_run;
 mod scale;
 mod server;
 

@@ -17,6 +17,7 @@ mod forge;
 mod intent;
 mod layers;
 mod materialize;
+mod monitoring;
 mod pipeline;
 mod reconcile;
 mod review;

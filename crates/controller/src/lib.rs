@@ -18,6 +18,7 @@ pub mod events;
 pub mod fence;
 pub mod metrics;
 pub mod receiver;
+pub mod observed;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;

@@ -53,6 +53,13 @@ pub struct ReceiverLabel {
     pub outcome: &'static str,
 }
 
+/// The `watch` label: which watch failed (`Cluster`, `ApplicationInstance`, `Operation`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    /// The watched kind.
+    pub watch: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -67,7 +74,8 @@ pub struct Metrics {
     pub pruned: Counter,
     /// Passes refused or failed, by reason.
     pub failures: Family<ReasonLabel, Counter>,
-    /// Whether this replica holds the leader Lease (1) or not (0).
+    /// Whether this replica is the active one (1: it holds the leader Lease, or runs without leader
+    /// election) or not (0).
     pub leader: Gauge,
     /// ApplicationInstances and Operations the child controllers refused (not declared by the
     /// verified release, or altered), by reason and kind.
@@ -78,6 +86,15 @@ pub struct Metrics {
     pub receiver_requests: Family<ReceiverLabel, Counter>,
     /// Commit statuses sent to forges, by outcome (`sent`, `failed`, `dropped`).
     pub commit_statuses: Family<ResultLabel, Counter>,
+    /// Duration of fetching and verifying a Cluster's source (the first step of a pass).
+    pub fetch_duration: Histogram,
+    /// Watch (and controller queue) errors, by watched kind: a watch that keeps failing is
+    /// re-established with back-off, and this counter keeps moving.
+    pub watch_errors: Family<WatchLabel, Counter>,
+    /// Unix time at which the webhook's serving certificate expires (0 until one is loaded).
+    pub webhook_certificate_expiry: Gauge<f64, AtomicU64>,
+    /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
+    pub observed: crate::observed::Observed,
 }
 
 fn pass_histogram() -> Histogram {
@@ -102,6 +119,10 @@ impl Default for Metrics {
             release_expiry: Family::default(),
             receiver_requests: Family::default(),
             commit_statuses: Family::default(),
+            fetch_duration: pass_histogram(),
+            watch_errors: Family::default(),
+            webhook_certificate_expiry: Gauge::default(),
+            observed: crate::observed::Observed::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,7 +152,7 @@ impl Default for Metrics {
         );
         registry.register(
             "leader",
-            "1 when this replica holds the leader Lease",
+            "1 when this replica is the active one (holds the leader Lease, or runs without leader election)",
             metrics.leader.clone(),
         );
         registry.register(
@@ -154,6 +175,22 @@ impl Default for Metrics {
             "Commit statuses sent to the forge, by result (sent, failed after retries, dropped when the queue was full)",
             metrics.commit_statuses.clone(),
         );
+            "fetch_duration_seconds",
+            "Duration of fetching and verifying a Cluster's source",
+            metrics.fetch_duration.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Watch and controller queue errors, by watched kind (each is retried with back-off)",
+            metrics.watch_errors.clone(),
+        );
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the admission webhook's serving certificate expires",
+            metrics.webhook_certificate_expiry.clone(),
+        );
+        registry.register_collector(Box::new(metrics.observed.clone()));
+        metrics.initialize_series();
         Metrics {
             registry,
             ..metrics
@@ -161,7 +198,62 @@ impl Default for Metrics {
     }
 }
 
+/// The reasons a pass is refused or fails with ([`vworkspace_core::reasons`]), exported at 0 from the
+/// start: `increase()` in an alert sees the first refusal only if the series existed before it.
+pub const PASS_FAILURE_REASONS: [&str; 13] = {
+    use vworkspace_core::reasons as r;
+    [
+        r::FETCH_FAILED,
+        r::COMMIT_SIGNATURE_INVALID,
+        r::HISTORY_INVALID,
+        r::TREE_INVALID,
+        r::RELEASE_INVALID,
+        r::INTENT_INVALID,
+        r::VALUES_INVALID,
+        r::CONFIGURATION_INVALID,
+        r::API_REQUEST_FAILED,
+        r::OWNERSHIP_CONFLICT,
+        r::NAMESPACE_NOT_MANAGED,
+        r::NOT_LEADER,
+        r::INTERRUPTED,
+    ]
+};
+
+/// The refusals of child objects exported at 0 from the start (as [`PASS_FAILURE_REASONS`]).
+pub const CHILD_REFUSALS: [(&str, &str); 6] = {
+    use vworkspace_core::reasons as r;
+    [
+        (r::NOT_DECLARED, "ApplicationInstance"),
+        (r::SPEC_DIFFERS, "ApplicationInstance"),
+        (r::INLINE_CREDENTIAL, "ApplicationInstance"),
+        (r::NOT_DECLARED, "Operation"),
+        (r::SPEC_DIFFERS, "Operation"),
+        (r::TEMPLATE_NOT_ALLOWED, "Operation"),
+    ]
+};
+
+/// The watches whose errors are counted.
+pub const WATCHES: [&str; 3] = ["Cluster", "ApplicationInstance", "Operation"];
+
 impl Metrics {
+    /// Creates the series of bounded label sets at 0, so that they are exported before the first event.
+    fn initialize_series(&self) {
+        for result in ["success", "failure"] {
+            let _ = self.pass_duration.get_or_create(&ResultLabel { result });
+        }
+        for reason in PASS_FAILURE_REASONS {
+            let _ = self.failures.get_or_create(&ReasonLabel { reason });
+        }
+        for (reason, kind) in CHILD_REFUSALS {
+            let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
+        }
+        for watch in WATCHES {
+            let _ = self.watch_errors.get_or_create(&WatchLabel {
+                watch: watch.to_owned(),
+            });
+        }
+    }
+
     /// Records one finished pass.
     pub fn record_pass(&self, seconds: f64, failure: Option<&'static str>) {
         let result = if failure.is_some() {
@@ -180,6 +272,24 @@ impl Metrics {
                 let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
                 self.last_success.set(now);
             }
+        }
+    }
+
+    /// Counts a failed watch (or controller queue error) of `watch`; a reconcile error is not one.
+    pub fn count_watch_error<T, R, W>(
+        &self,
+        watch: &str,
+        result: &Result<T, kube::runtime::controller::Error<R, W>>,
+    ) where
+        R: std::error::Error + 'static,
+        W: std::error::Error + 'static,
+    {
+        if let Err(kube::runtime::controller::Error::QueueError(_)) = result {
+            self.watch_errors
+                .get_or_create(&WatchLabel {
+                    watch: watch.to_owned(),
+                })
+                .inc();
         }
     }
 
@@ -220,6 +330,13 @@ mod tests {
             "vworkspace_last_success_timestamp_seconds ",
             "vworkspace_leader 0",
             "vworkspace_children_refused_total{reason=\"NotDeclaredInRelease\",kind=\"Operation\"} 1",
+            "vworkspace_fetch_duration_seconds_count 0",
+            "vworkspace_webhook_certificate_expiry_timestamp_seconds 0",
+            "# TYPE vworkspace_watch_errors counter",
+            "# TYPE vworkspace_cluster_ready gauge",
+            "# TYPE vworkspace_cluster_release_serial gauge",
+            "# TYPE vworkspace_application_instances gauge",
+            "# TYPE vworkspace_operations gauge",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

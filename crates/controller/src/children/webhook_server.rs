@@ -119,7 +119,8 @@ impl ReloadingCertificate {
         })
     }
 
-    fn current(&self) -> Arc<CertifiedKey> {
+    /// The pair served now, read again from the files when they changed.
+    pub fn current(&self) -> Arc<CertifiedKey> {
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),

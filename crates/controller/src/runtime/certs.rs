@@ -207,6 +207,11 @@ fn parse(der: &[u8]) -> Option<Parsed> {
     })
 }
 
+/// When the leaf (first) certificate of a served pair expires, in Unix seconds.
+pub fn leaf_not_after(key: &CertifiedKey) -> Option<i64> {
+    key.cert.first().and_then(|c| parse(c)).map(|p| p.not_after)
+}
+
 fn signed_by(child: &[u8], ca: &[u8]) -> bool {
     use x509_parser::prelude::*;
     let (Ok((_, child)), Ok((_, ca))) = (
@@ -383,6 +388,11 @@ impl ServingCertificate {
         if let Ok(mut guard) = self.0.write() {
             *guard = Some(key);
         }
+    }
+
+    /// The pair served now, if one is loaded.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok()?.clone()
     }
 
     /// Whether a certificate is loaded.

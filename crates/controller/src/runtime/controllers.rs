@@ -21,6 +21,7 @@ use super::{CHILD_CONCURRENCY, DECLARED_POLL, stopped};
 use crate::children::{Caches, ChildContext};
 use crate::cluster::{self, Context};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation};
 
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
@@ -46,6 +47,11 @@ pub async fn controllers(
     // The Cluster controller's own reflector store, shared with the children (no second watch).
     let cluster_store = cluster_controller.store();
     let (instance_controller, operation_controller) = live_controllers(&client, &ctx);
+    ctx.metrics.observed.watch(crate::observed::ObservedStores {
+        clusters: cluster_store.clone(),
+        instances: instance_controller.store(),
+        operations: operation_controller.store(),
+    });
     let helm_releases = crate::children::watches::HelmReleaseWatches::default();
     let mut caches = Caches::new(cluster_store.clone(), namespace_store.clone());
     caches.helm_releases = Some(helm_releases.clone());
@@ -67,6 +73,7 @@ pub async fn controllers(
         .reconcile_all_on(namespace_changes)
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
+        .inspect(counted(ctx.metrics.clone(), "Cluster"))
         .for_each(log_result);
     let child = ChildController {
         children,
@@ -247,6 +254,7 @@ impl ChildController {
                 error_policy,
                 self.children.clone(),
             )
+            .inspect(counted(self.children.metrics.clone(), &K::kind(&())))
             .for_each(log_result)
             .await;
     }
@@ -332,6 +340,19 @@ where
         let work = reconcile(object, ctx);
         Box::pin(async move { fence.guard(work).await.unwrap_or(Err(Error::NotLeader)) })
     }
+}
+
+/// Counts the watch errors among a controller's results ([`Metrics::count_watch_error`]).
+fn counted<T, R, W>(
+    metrics: Arc<Metrics>,
+    watch: &str,
+) -> impl Fn(&Result<T, controller::Error<R, W>>) + use<T, R, W>
+where
+    R: std::error::Error + 'static,
+    W: std::error::Error + 'static,
+{
+    let watch = watch.to_owned();
+    move |result| metrics.count_watch_error(&watch, result)
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {

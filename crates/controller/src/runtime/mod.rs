@@ -3,6 +3,7 @@
 //! `Cluster` controller until SIGTERM or Ctrl-C. `--once` instead reconciles every `Cluster` one time and
 //! reports whether all passed.
 
+pub mod cert_expiry;
 pub mod certs;
 mod controllers;
 pub mod leader;
@@ -141,16 +142,21 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             source,
         })?;
     if let Some((addr, cert_dir)) = options.webhook.clone() {
-        webhook::start_webhook(client.clone(), addr, cert_dir).await?;
+        webhook::start_webhook(client.clone(), addr, cert_dir, metrics.clone()).await?;
     }
     if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
-        webhook::start_webhook_self_managed(client.clone(), addr, cert_options).await?;
+        webhook::start_webhook_self_managed(client.clone(), addr, cert_options, metrics.clone())
+            .await?;
     }
     if let Some((addr, token)) = options.receiver.clone() {
         crate::receiver::start(addr, token, client.clone(), metrics.clone()).await?;
     }
     ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop_rx) = stop_on_signal();
+    if !options.leader_election {
+        // Without leader election this process is the active one.
+        metrics.leader.set(1);
+    }
     if options.leader_election && !lead(&options, &client, &ctx, &metrics, &stop_tx).await {
         return Ok(true);
     }

@@ -20,11 +20,14 @@ pub(super) async fn start_webhook(
     client: Client,
     addr: SocketAddr,
     cert_dir: PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), Error> {
     use crate::children::webhook_server::ReloadingCertificate;
     let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
         .map_err(|e| Error::Webhook(e.into()))?;
-    let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
+    let certificate = Arc::new(certificate);
+    tokio::spawn(super::cert_expiry::export(certificate.clone(), metrics));
+    let config = crate::children::webhook_server::tls_config(certificate)
         .map_err(|e| Error::Webhook(e.into()))?;
     serve_webhook(client, addr, config).await
 }
@@ -40,8 +43,10 @@ pub(super) async fn start_webhook_self_managed(
     client: Client,
     addr: SocketAddr,
     options: certs::CertOptions,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), Error> {
     let serving = Arc::new(certs::ServingCertificate::default());
+    tokio::spawn(super::cert_expiry::export(serving.clone(), metrics));
     tokio::spawn(certs::keep_current(
         client.clone(),
         options,

@@ -46,7 +46,10 @@ pub(super) async fn fetch_and_verify(
         return super::out_of_order(super::Step::ReadTrust);
     };
     state.progress.set_fetching(true);
+    let fetch_started = std::time::Instant::now();
     let verified = on_blocking_pool(ctx, &state.name, &cluster.spec, trust).await;
+    let fetch_seconds = fetch_started.elapsed().as_secs_f64();
+    ctx.metrics.fetch_duration.observe(fetch_seconds);
     state.progress.set_fetching(false);
     match verified {
         Ok(verified) => {
