@@ -350,6 +350,42 @@ fn valid_signatures(tree: &ClusterTree, manifest: &[u8]) -> Vec<(String, String)
     found
 }
 
+/// What a co-signer signs, shown before the signature is made: the cluster, serial, expiry, parent
+/// (and whether it is this checkout's HEAD) and every file with its digest.
+fn show_cosigned(
+    manifest: &release::ReleaseManifest,
+    root: &Path,
+    manifest_rel: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let head = vworkspace_core::repository::LocalRepository::open(root)
+        .and_then(|repo| {
+            repo.resolve(&vworkspace_core::repository::GitRef::Revision(
+                "HEAD".into(),
+            ))
+        })
+        .ok()
+        .map(|c| c.to_string());
+    let parent = match (&manifest.parent, &head) {
+        (None, _) => "none recorded".to_owned(),
+        (Some(p), Some(h)) if p == h => format!("{p} (this checkout's HEAD)"),
+        (Some(p), Some(h)) => {
+            format!("{p} (NOT this checkout's HEAD {h}: check what it was made from)")
+        }
+        (Some(p), None) => p.clone(),
+    };
+    writeln!(out, "co-signing {manifest_rel}:")?;
+    writeln!(out, "  cluster: {}", manifest.cluster)?;
+    writeln!(out, "  serial:  {}", manifest.serial)?;
+    writeln!(out, "  expires: {}", manifest.expires)?;
+    writeln!(out, "  parent:  {parent}")?;
+    writeln!(out, "  files:   {}", manifest.files.len())?;
+    for (path, digest) in &manifest.files {
+        writeln!(out, "    {path} {digest}")?;
+    }
+    Ok(())
+}
+
 /// `release`: writes `clusters/<id>/release.yaml` and signs it, or (`--sign-only`) adds a signature.
 ///
 /// Before anything is written or signed, every check `verify` runs without a key runs on exactly
@@ -400,6 +436,12 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
                 "{stale} (co-signing it would sign a release the operator refuses)"
             )));
         }
+        let manifest = release::parse_manifest(&bytes, cluster, &limits).map_err(|e| {
+            usage(format!(
+                "{e} (co-signing it would sign a release the operator refuses)"
+            ))
+        })?;
+        show_cosigned(&manifest, &root, &manifest_rel, out).map_err(|e| io(&manifest_path, e))?;
         bytes
     } else {
         let current = match tree.entries().get(MANIFEST_FILE) {
@@ -441,9 +483,15 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
                 )));
             }
             (Some(s), _) => s,
-            (None, Some(c)) => c.checked_add(1).ok_or_else(|| usage("serial overflow"))?,
+            (None, Some(c)) => c.saturating_add(1),
             (None, None) => 1,
         };
+        if serial > release::MAX_SERIAL {
+            return Err(usage(format!(
+                "serial {serial} is above the highest serial {} (2^53 - 1): the operator refuses it, so that no release can take the last serial there is",
+                release::MAX_SERIAL
+            )));
+        }
         let expires = jiff::Timestamp::now()
             .checked_add(expires_in)
             .and_then(|t| t.round(jiff::Unit::Second))

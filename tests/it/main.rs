@@ -22,5 +22,6 @@ mod robustness;
 mod secrets;
 mod signatures;
 mod source;
+mod status_trust;
 mod trust_closure;
 mod webhook;

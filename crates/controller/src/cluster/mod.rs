@@ -19,6 +19,7 @@ pub mod apply;
 pub mod namespaces;
 pub mod retry;
 pub mod status;
+pub mod status_guard;
 pub mod trust;
 
 use std::collections::{BTreeSet, HashMap};
@@ -298,16 +299,31 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let previous = cluster.status.as_ref();
+    if let Some(refused) = status_guard::unreadable(&name, previous) {
+        return refused;
+    }
     let client = &ctx.client;
     let inputs = match trust::read_inputs(client, &ctx.settings.namespace, spec).await {
         Ok(inputs) => inputs,
         Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
     };
-    let trust =
-        match trust::trust_config(spec, previous, &inputs, (ctx.clock)(), &ctx.settings.limits) {
-            Ok(trust) => trust,
-            Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
-        };
+    // A floor the status lost is taken from this source's live objects, not dropped.
+    let restored = match status_guard::restored_floor(client, spec, previous, ctx.live.get()).await
+    {
+        Ok(restored) => restored,
+        Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
+    };
+    let floor_status = restored.as_ref().or(previous);
+    let trust = match trust::trust_config(
+        spec,
+        floor_status,
+        &inputs,
+        (ctx.clock)(),
+        &ctx.settings.limits,
+    ) {
+        Ok(trust) => trust,
+        Err(e) => return PassReport::refused(e.reason(), e.findings().join("; "), None),
+    };
     drop(inputs);
     // Published even when verification fails: a new Cluster's authors need the recipient first.
     let recipients = trust.config.identities.as_ref().map(|i| i.recipients());
@@ -436,6 +452,11 @@ async fn pass(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -> P
     match apply::get_unlisted(client, &unlisted).await {
         Ok(found) => live.extend(found),
         Err(e) => return fail(report, e),
+    }
+    let serial = verified.release().serial();
+    if let Some(mut refused) = status_guard::floor(spec, serial, &live, &commit) {
+        refused.recipients = report.recipients;
+        return refused;
     }
     let inventory = previous.map(|s| s.inventory.clone()).unwrap_or_default();
     let changes = vworkspace_core::plan::diff::diff(
