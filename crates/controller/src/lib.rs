@@ -18,5 +18,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

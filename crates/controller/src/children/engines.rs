@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::children::flux::owner_reference;
 use crate::cluster::rbac::RUNNER;
-use vworkspace_core::crd::{Operation, OperationPhase, OperationType};
+use vworkspace_core::crd::{Operation, OperationPhase, OperationSpec, OperationType};
 use vworkspace_core::plan::{LABEL_MANAGED_BY, MANAGED_BY};
 
 pub use vworkspace_core::labels::LABEL_OPERATION;
@@ -195,47 +195,58 @@ fn env_name(key: &str) -> String {
     out
 }
 
-/// Builds the child of `operation`. `velero_namespace` is where Velero runs; `job` is the RunCommand
-/// template (read by the caller), required for that type only.
-pub fn child(
-    operation: &Operation,
-    velero_namespace: &str,
-    job: Option<&JobTemplate>,
-) -> Result<Child, OperationError> {
-    let name = operation
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| invalid("metadata.name", "missing"))?;
-    let namespace = operation
-        .metadata
-        .namespace
-        .clone()
-        .ok_or_else(|| invalid("metadata.namespace", "missing"))?;
-    let uid = operation.metadata.uid.clone().unwrap_or_default();
-    let id = run_id(operation);
-    let spec = &operation.spec;
-    let labels = json!({
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_OPERATION_NAMESPACE: namespace,
-        LABEL_OPERATION: name,
-    });
-    // Children in the operation's namespace are owned by it; Velero's live elsewhere (owner
-    // references cannot cross namespaces) and are found by their labels.
-    let owned = json!({
-        "name": id,
-        "namespace": namespace,
-        "labels": labels,
-        "ownerReferences": [owner_reference(
-            vworkspace_core::intent::OPERATION_API_VERSION,
-            "Operation",
-            &name,
-            &uid,
-        )],
-    });
-    let in_velero = json!({"name": velero_name(&namespace, &name, &id), "namespace": velero_namespace, "labels": labels});
-    let param = |key: &str| spec.parameters.get(key).cloned();
-    let child = |api_version: &str, kind: &str, plural: &str, body: Value| Child {
+/// Where an Operation's child goes and how it is labelled: in the Operation's namespace, owned by
+/// it; or in Velero's, found by its labels (owner references cannot cross namespaces).
+struct Placement {
+    namespace: String,
+    labels: Value,
+    owned: Value,
+    in_velero: Value,
+}
+
+impl Placement {
+    fn of(operation: &Operation, velero_namespace: &str) -> Result<Placement, OperationError> {
+        let name = operation
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| invalid("metadata.name", "missing"))?;
+        let namespace = operation
+            .metadata
+            .namespace
+            .clone()
+            .ok_or_else(|| invalid("metadata.namespace", "missing"))?;
+        let uid = operation.metadata.uid.clone().unwrap_or_default();
+        let id = run_id(operation);
+        let labels = json!({
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_OPERATION_NAMESPACE: namespace,
+            LABEL_OPERATION: name,
+        });
+        let owned = json!({
+            "name": id,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(
+                vworkspace_core::intent::OPERATION_API_VERSION,
+                "Operation",
+                &name,
+                &uid,
+            )],
+        });
+        let in_velero = json!({"name": velero_name(&namespace, &name, &id), "namespace": velero_namespace, "labels": labels});
+        Ok(Placement {
+            namespace,
+            labels,
+            owned,
+            in_velero,
+        })
+    }
+}
+
+/// A child of the kind `api_version`/`kind` (`plural`) with `body`.
+fn child_of(api_version: &str, kind: &str, plural: &str, body: Value) -> Child {
+    Child {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
         plural: plural.to_owned(),
@@ -248,208 +259,252 @@ pub fn child(
             .unwrap_or_default()
             .to_owned(),
         body,
-    };
-    Ok(match spec.operation_type {
-        OperationType::Backup => {
-            let mut backup_spec = json!({"includedNamespaces": [namespace]});
-            if let Some(instance) = &spec.target.application_instance {
-                backup_spec["labelSelector"] =
-                    json!({"matchLabels": {"app.kubernetes.io/instance": instance}});
-            }
-            if let Some(ttl) = param("ttl") {
-                backup_spec["ttl"] = json!(ttl);
-            }
-            if let Some(location) = param("storageLocation") {
-                backup_spec["storageLocation"] = json!(location);
-            }
-            child(
-                "velero.io/v1",
-                "Backup",
-                "backups",
-                json!({"apiVersion": "velero.io/v1", "kind": "Backup", "metadata": in_velero, "spec": backup_spec}),
-            )
-        }
-        OperationType::Restore => {
-            let backup =
-                spec.target.backup_name.clone().ok_or_else(|| {
-                    invalid("spec.target.backupName", "a Restore names the backup")
-                })?;
-            child(
-                "velero.io/v1",
-                "Restore",
-                "restores",
-                json!({"apiVersion": "velero.io/v1", "kind": "Restore", "metadata": in_velero,
-                       "spec": {"backupName": backup, "includedNamespaces": [namespace]}}),
-            )
-        }
-        OperationType::Snapshot => {
-            let claim = spec.target.persistent_volume_claim.clone().ok_or_else(|| {
-                invalid(
-                    "spec.target.persistentVolumeClaim",
-                    "a Snapshot names the PVC",
-                )
-            })?;
-            let mut snapshot_spec = json!({"source": {"persistentVolumeClaimName": claim}});
-            if let Some(class) = param("volumeSnapshotClassName") {
-                snapshot_spec["volumeSnapshotClassName"] = json!(class);
-            }
-            child(
-                "snapshot.storage.k8s.io/v1",
-                "VolumeSnapshot",
-                "volumesnapshots",
-                json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": owned, "spec": snapshot_spec}),
-            )
-        }
-        OperationType::RunCommand => {
-            let template = job.ok_or_else(|| {
-                invalid(
-                    "spec.template",
-                    "no RunCommand template ConfigMap of this name",
-                )
-            })?;
-            let env: Vec<Value> = spec
-                .parameters
-                .iter()
-                .map(|(k, v)| json!({"name": env_name(k), "value": v}))
-                .collect();
-            let mut container = json!({
-                "name": "run",
-                "image": template.image,
-                "env": env,
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "runAsNonRoot": true,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-            });
-            if !template.command.is_empty() {
-                container["command"] = json!(template.command);
-            }
-            child(
-                "batch/v1",
-                "Job",
-                "jobs",
-                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": owned, "spec": {
-                    "backoffLimit": 0,
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "serviceAccountName": RUNNER,
-                            "automountServiceAccountToken": false,
-                            "restartPolicy": "Never",
-                            "securityContext": {
-                                "runAsNonRoot": true,
-                                "seccompProfile": {"type": "RuntimeDefault"},
-                            },
-                            "containers": [container],
-                        },
-                    },
-                }}),
-            )
-        }
-        OperationType::Workflow => {
-            let parameters: Vec<Value> = spec
-                .parameters
-                .iter()
-                .map(|(k, v)| json!({"name": k, "value": v}))
-                .collect();
-            child(
-                "argoproj.io/v1alpha1",
-                "Workflow",
-                "workflows",
-                json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": owned, "spec": {
-                    "workflowTemplateRef": {"name": spec.template},
+    }
+}
+
+/// Builds the child of `operation`. `velero_namespace` is where Velero runs; `job` is the RunCommand
+/// template (read by the caller), required for that type only.
+pub fn child(
+    operation: &Operation,
+    velero_namespace: &str,
+    job: Option<&JobTemplate>,
+) -> Result<Child, OperationError> {
+    let at = Placement::of(operation, velero_namespace)?;
+    let spec = &operation.spec;
+    match spec.operation_type {
+        OperationType::Backup => Ok(backup(spec, &at)),
+        OperationType::Restore => restore(spec, &at),
+        OperationType::Snapshot => snapshot(spec, &at),
+        OperationType::RunCommand => run_command(spec, &at, job),
+        OperationType::Workflow => Ok(workflow(spec, &at)),
+    }
+}
+
+fn backup(spec: &OperationSpec, at: &Placement) -> Child {
+    let mut backup_spec = json!({"includedNamespaces": [at.namespace]});
+    if let Some(instance) = &spec.target.application_instance {
+        backup_spec["labelSelector"] =
+            json!({"matchLabels": {"app.kubernetes.io/instance": instance}});
+    }
+    if let Some(ttl) = spec.parameters.get("ttl") {
+        backup_spec["ttl"] = json!(ttl);
+    }
+    if let Some(location) = spec.parameters.get("storageLocation") {
+        backup_spec["storageLocation"] = json!(location);
+    }
+    child_of(
+        "velero.io/v1",
+        "Backup",
+        "backups",
+        json!({"apiVersion": "velero.io/v1", "kind": "Backup", "metadata": at.in_velero, "spec": backup_spec}),
+    )
+}
+
+fn restore(spec: &OperationSpec, at: &Placement) -> Result<Child, OperationError> {
+    let backup = spec
+        .target
+        .backup_name
+        .clone()
+        .ok_or_else(|| invalid("spec.target.backupName", "a Restore names the backup"))?;
+    Ok(child_of(
+        "velero.io/v1",
+        "Restore",
+        "restores",
+        json!({"apiVersion": "velero.io/v1", "kind": "Restore", "metadata": at.in_velero,
+               "spec": {"backupName": backup, "includedNamespaces": [at.namespace]}}),
+    ))
+}
+
+fn snapshot(spec: &OperationSpec, at: &Placement) -> Result<Child, OperationError> {
+    let claim = spec.target.persistent_volume_claim.clone().ok_or_else(|| {
+        invalid(
+            "spec.target.persistentVolumeClaim",
+            "a Snapshot names the PVC",
+        )
+    })?;
+    let mut snapshot_spec = json!({"source": {"persistentVolumeClaimName": claim}});
+    if let Some(class) = spec.parameters.get("volumeSnapshotClassName") {
+        snapshot_spec["volumeSnapshotClassName"] = json!(class);
+    }
+    Ok(child_of(
+        "snapshot.storage.k8s.io/v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": at.owned, "spec": snapshot_spec}),
+    ))
+}
+
+/// The container of a RunCommand Job: the template's image and command, the parameters as
+/// environment, the restricted profile.
+fn run_container(spec: &OperationSpec, template: &JobTemplate) -> Value {
+    let env: Vec<Value> = spec
+        .parameters
+        .iter()
+        .map(|(k, v)| json!({"name": env_name(k), "value": v}))
+        .collect();
+    let mut container = json!({
+        "name": "run",
+        "image": template.image,
+        "env": env,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    });
+    if !template.command.is_empty() {
+        container["command"] = json!(template.command);
+    }
+    container
+}
+
+fn run_command(
+    spec: &OperationSpec,
+    at: &Placement,
+    job: Option<&JobTemplate>,
+) -> Result<Child, OperationError> {
+    let template = job.ok_or_else(|| {
+        invalid(
+            "spec.template",
+            "no RunCommand template ConfigMap of this name",
+        )
+    })?;
+    Ok(child_of(
+        "batch/v1",
+        "Job",
+        "jobs",
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": at.owned, "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": at.labels},
+                "spec": {
                     "serviceAccountName": RUNNER,
-                    "arguments": {"parameters": parameters},
-                }}),
-            )
-        }
-    })
+                    "automountServiceAccountToken": false,
+                    "restartPolicy": "Never",
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [run_container(spec, template)],
+                },
+            },
+        }}),
+    ))
+}
+
+fn workflow(spec: &OperationSpec, at: &Placement) -> Child {
+    let parameters: Vec<Value> = spec
+        .parameters
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    child_of(
+        "argoproj.io/v1alpha1",
+        "Workflow",
+        "workflows",
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": at.owned, "spec": {
+            "workflowTemplateRef": {"name": spec.template},
+            "serviceAccountName": RUNNER,
+            "arguments": {"parameters": parameters},
+        }}),
+    )
+}
+
+/// `(phase, reason, message)` without a message.
+fn phase(phase: OperationPhase, reason: &str) -> (OperationPhase, String, String) {
+    (phase, reason.to_owned(), String::new())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
 }
 
 /// The phase of a run from its child's status: `(phase, reason, message)`.
 pub fn phase_of(kind: &str, child: &Value) -> (OperationPhase, String, String) {
     let status = &child["status"];
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     match kind {
-        "Backup" | "Restore" => match status["phase"].as_str() {
-            Some("Completed") => (OperationPhase::Succeeded, "Completed".into(), String::new()),
-            Some(p @ ("Failed" | "PartiallyFailed" | "FailedValidation")) => (
-                OperationPhase::Failed,
-                p.to_owned(),
-                text(&status["failureReason"]),
-            ),
-            Some(p @ ("InProgress" | "WaitingForPluginOperations" | "Finalizing")) => {
-                (OperationPhase::Running, p.to_owned(), String::new())
-            }
-            _ => (OperationPhase::Pending, "New".into(), String::new()),
-        },
-        "VolumeSnapshot" => {
-            if status["readyToUse"] == Value::Bool(true) {
-                (
-                    OperationPhase::Succeeded,
-                    "ReadyToUse".into(),
-                    String::new(),
-                )
-            } else if !status["error"].is_null() {
-                (
-                    OperationPhase::Failed,
-                    "SnapshotError".into(),
-                    text(&status["error"]["message"]),
-                )
-            } else if status.is_null() {
-                (OperationPhase::Pending, "Created".into(), String::new())
-            } else {
-                (
-                    OperationPhase::Running,
-                    "Snapshotting".into(),
-                    String::new(),
-                )
-            }
+        "Backup" | "Restore" => velero_phase(status),
+        "VolumeSnapshot" => snapshot_phase(status),
+        "Job" => job_phase(status),
+        "Workflow" => workflow_phase(status),
+        _ => phase(OperationPhase::Pending, "Unknown"),
+    }
+}
+
+fn velero_phase(status: &Value) -> (OperationPhase, String, String) {
+    match status["phase"].as_str() {
+        Some("Completed") => phase(OperationPhase::Succeeded, "Completed"),
+        Some(p @ ("Failed" | "PartiallyFailed" | "FailedValidation")) => (
+            OperationPhase::Failed,
+            p.to_owned(),
+            text(&status["failureReason"]),
+        ),
+        Some(p @ ("InProgress" | "WaitingForPluginOperations" | "Finalizing")) => {
+            phase(OperationPhase::Running, p)
         }
-        "Job" => {
-            let condition = |type_: &str| {
-                status["conditions"].as_array().and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c["type"] == type_ && c["status"] == "True")
-                })
-            };
-            if let Some(c) = condition("Complete") {
-                (
-                    OperationPhase::Succeeded,
-                    "Complete".into(),
-                    text(&c["message"]),
-                )
-            } else if let Some(c) = condition("Failed") {
-                (
-                    OperationPhase::Failed,
-                    c["reason"].as_str().unwrap_or("Failed").to_owned(),
-                    text(&c["message"]),
-                )
-            } else if status["active"].as_i64().unwrap_or(0) > 0 {
-                (OperationPhase::Running, "Active".into(), String::new())
-            } else {
-                (OperationPhase::Pending, "Created".into(), String::new())
-            }
-        }
-        "Workflow" => match status["phase"].as_str() {
-            Some("Succeeded") => (
-                OperationPhase::Succeeded,
-                "Succeeded".into(),
-                text(&status["message"]),
-            ),
-            Some(p @ ("Failed" | "Error")) => (
-                OperationPhase::Failed,
-                p.to_owned(),
-                text(&status["message"]),
-            ),
-            Some("Running") => (OperationPhase::Running, "Running".into(), String::new()),
-            _ => (OperationPhase::Pending, "Pending".into(), String::new()),
-        },
-        _ => (OperationPhase::Pending, "Unknown".into(), String::new()),
+        _ => phase(OperationPhase::Pending, "New"),
+    }
+}
+
+fn snapshot_phase(status: &Value) -> (OperationPhase, String, String) {
+    if status["readyToUse"] == Value::Bool(true) {
+        phase(OperationPhase::Succeeded, "ReadyToUse")
+    } else if !status["error"].is_null() {
+        (
+            OperationPhase::Failed,
+            "SnapshotError".into(),
+            text(&status["error"]["message"]),
+        )
+    } else if status.is_null() {
+        phase(OperationPhase::Pending, "Created")
+    } else {
+        phase(OperationPhase::Running, "Snapshotting")
+    }
+}
+
+fn job_phase(status: &Value) -> (OperationPhase, String, String) {
+    let condition = |type_: &str| {
+        status["conditions"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == type_ && c["status"] == "True")
+        })
+    };
+    if let Some(c) = condition("Complete") {
+        (
+            OperationPhase::Succeeded,
+            "Complete".into(),
+            text(&c["message"]),
+        )
+    } else if let Some(c) = condition("Failed") {
+        (
+            OperationPhase::Failed,
+            c["reason"].as_str().unwrap_or("Failed").to_owned(),
+            text(&c["message"]),
+        )
+    } else if status["active"].as_i64().unwrap_or(0) > 0 {
+        phase(OperationPhase::Running, "Active")
+    } else {
+        phase(OperationPhase::Pending, "Created")
+    }
+}
+
+fn workflow_phase(status: &Value) -> (OperationPhase, String, String) {
+    match status["phase"].as_str() {
+        Some("Succeeded") => (
+            OperationPhase::Succeeded,
+            "Succeeded".into(),
+            text(&status["message"]),
+        ),
+        Some(p @ ("Failed" | "Error")) => (
+            OperationPhase::Failed,
+            p.to_owned(),
+            text(&status["message"]),
+        ),
+        Some("Running") => phase(OperationPhase::Running, "Running"),
+        _ => phase(OperationPhase::Pending, "Pending"),
     }
 }
 

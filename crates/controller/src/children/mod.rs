@@ -32,6 +32,15 @@ use vworkspace_core::crd::{Cluster, IdentitySecretRef};
 use vworkspace_core::limits::Limits;
 use vworkspace_core::secrets::Identities;
 
+/// How a step of a child reconcile ended ([`instance::STEPS`], [`operation::STEPS`]).
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next step.
+    Next,
+    /// The reconcile ends here, with this requeue (its status, if any, is written).
+    Done(kube::runtime::controller::Action),
+}
+
 /// What both controllers share.
 #[derive(Clone)]
 pub struct ChildContext {

@@ -16,10 +16,7 @@ pub const READY: &str = "Ready";
 /// or its interval instead of retrying. Its reason and message are `Ready`'s.
 pub const STALLED: &str = "Stalled";
 
-pub use vworkspace_core::reasons::APPLY_FAILED as REASON_APPLY_FAILED;
-pub use vworkspace_core::reasons::APPLY_SUCCEEDED as REASON_APPLY_SUCCEEDED;
-pub use vworkspace_core::reasons::PROGRESSING as REASON_PROGRESSING;
-pub use vworkspace_core::reasons::SOURCE_NOT_VERIFIED as REASON_NOT_APPLIED;
+use vworkspace_core::reasons;
 
 /// What one pass found, step by step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,95 +61,84 @@ pub fn summarize(
     now: jiff::Timestamp,
     previous: &[Condition],
 ) -> Vec<Condition> {
+    let at = |type_: &str, ok: bool, reason: &str, message: &str| {
+        condition(type_, ok, reason, message, generation, now)
+    };
     let source = match verify {
-        StepOutcome::Succeeded => condition(
+        StepOutcome::Succeeded => at(
             SOURCE_VERIFIED,
             true,
-            vworkspace_core::reasons::SUCCEEDED,
+            reasons::SUCCEEDED,
             "commit, release, intent and values verified",
-            generation,
-            now,
         ),
-        StepOutcome::Failed { reason, message } => {
-            condition(SOURCE_VERIFIED, false, reason, message, generation, now)
-        }
-        StepOutcome::NotRun => condition(
+        StepOutcome::Failed { reason, message } => at(SOURCE_VERIFIED, false, reason, message),
+        StepOutcome::NotRun => at(
             SOURCE_VERIFIED,
             false,
-            REASON_PROGRESSING,
+            reasons::PROGRESSING,
             "not verified yet",
-            generation,
-            now,
         ),
     };
     let applied = match (verify, apply) {
-        (StepOutcome::Succeeded, StepOutcome::Succeeded) => condition(
+        (StepOutcome::Succeeded, StepOutcome::Succeeded) => at(
             APPLIED,
             true,
-            REASON_APPLY_SUCCEEDED,
+            reasons::APPLY_SUCCEEDED,
             "applied and pruned",
-            generation,
-            now,
         ),
         (StepOutcome::Succeeded, StepOutcome::Failed { reason, message }) => {
-            condition(APPLIED, false, reason, message, generation, now)
+            at(APPLIED, false, reason, message)
         }
-        (StepOutcome::Succeeded, StepOutcome::NotRun) => condition(
+        (StepOutcome::Succeeded, StepOutcome::NotRun) => {
+            at(APPLIED, false, reasons::PROGRESSING, "not applied yet")
+        }
+        _ => at(
             APPLIED,
             false,
-            REASON_PROGRESSING,
-            "not applied yet",
-            generation,
-            now,
-        ),
-        _ => condition(
-            APPLIED,
-            false,
-            REASON_NOT_APPLIED,
+            reasons::SOURCE_NOT_VERIFIED,
             "nothing applied: the source was not verified; the cluster keeps the last applied release",
-            generation,
-            now,
         ),
     };
-    // Ready is the first failing step's condition, or True when all hold.
-    let ready = [&source, &applied]
-        .into_iter()
-        .find(|c| c.status != "True")
-        .map(|c| condition(READY, false, &c.reason, &c.message, generation, now))
-        .unwrap_or_else(|| {
-            condition(
-                READY,
-                true,
-                vworkspace_core::reasons::SUCCEEDED,
-                "applied the verified release",
-                generation,
-                now,
-            )
-        });
+    let ready = ready(&source, &applied, &at);
     let stalled = (ready.status != "True" && crate::cluster::retry::is_permanent(&ready.reason))
-        .then(|| {
-            condition(
-                STALLED,
-                true,
-                &ready.reason,
-                &ready.message,
-                generation,
-                now,
-            )
-        });
+        .then(|| at(STALLED, true, &ready.reason, &ready.message));
     [source, applied, ready]
         .into_iter()
         .chain(stalled)
-        .map(|mut c| {
-            if let Some(old) = previous
-                .iter()
-                .find(|p| p.type_ == c.type_ && p.status == c.status)
-            {
-                c.last_transition_time = old.last_transition_time.clone();
-            }
-            c
-        })
+        .map(|c| keep_transition(c, previous))
         .collect()
+}
+
+/// `Ready`: the first failing step's condition, or True when all hold.
+fn ready(
+    source: &Condition,
+    applied: &Condition,
+    at: &impl Fn(&str, bool, &str, &str) -> Condition,
+) -> Condition {
+    [source, applied]
+        .into_iter()
+        .find(|c| c.status != "True")
+        .map(|c| at(READY, false, &c.reason, &c.message))
+        .unwrap_or_else(|| {
+            at(
+                READY,
+                true,
+                reasons::SUCCEEDED,
+                "applied the verified release",
+            )
+        })
+}
+
+/// `condition` with the transition time of the previous condition of its type, when its status is
+/// the same.
+fn keep_transition(mut condition: Condition, previous: &[Condition]) -> Condition {
+    if let Some(old) = previous
+        .iter()
+        .find(|p| p.type_ == condition.type_ && p.status == condition.status)
+    {
+        condition.last_transition_time = old.last_transition_time.clone();
+    }
+    condition
 }
 
 #[cfg(test)]
@@ -178,7 +164,7 @@ mod tests {
             &[],
         );
         assert_eq!(find(&cs, READY).status, "True");
-        assert_eq!(find(&cs, APPLIED).reason, REASON_APPLY_SUCCEEDED);
+        assert_eq!(find(&cs, APPLIED).reason, reason::APPLY_SUCCEEDED);
         assert!(cs.iter().all(|c| c.observed_generation == Some(3)));
     }
 
@@ -196,7 +182,7 @@ mod tests {
             &[],
         );
         assert_eq!(find(&cs, SOURCE_VERIFIED).reason, reason::RELEASE_INVALID);
-        assert_eq!(find(&cs, APPLIED).reason, REASON_NOT_APPLIED);
+        assert_eq!(find(&cs, APPLIED).reason, reason::SOURCE_NOT_VERIFIED);
         let ready = find(&cs, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -208,7 +194,7 @@ mod tests {
     #[test]
     fn apply_failure_is_ready_false_with_its_reason() {
         let failed = StepOutcome::Failed {
-            reason: REASON_APPLY_FAILED,
+            reason: reason::APPLY_FAILED,
             message: "409 Conflict".into(),
         };
         let cs = summarize(
@@ -219,7 +205,7 @@ mod tests {
             &[],
         );
         assert_eq!(find(&cs, SOURCE_VERIFIED).status, "True");
-        assert_eq!(find(&cs, READY).reason, REASON_APPLY_FAILED);
+        assert_eq!(find(&cs, READY).reason, reason::APPLY_FAILED);
     }
 
     #[test]

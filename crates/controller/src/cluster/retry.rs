@@ -111,7 +111,7 @@ mod tests {
         for reason in [
             reasons::FETCH_FAILED,
             reasons::API_REQUEST_FAILED,
-            crate::cluster::conditions::REASON_APPLY_FAILED,
+            vworkspace_core::reasons::APPLY_FAILED,
         ] {
             assert!(!is_permanent(reason));
             let after: Vec<Duration> = (1..=8)

@@ -1,26 +1,22 @@
 //! What a pass refuses to start from: a `Cluster` status it cannot read, and a rollback floor the
-//! status lost or lowered ([`vworkspace_core::plan::floor`]). Both fail this Cluster's pass alone, with a
-//! condition and the failure metric; the raw status is never logged or echoed (it is whatever its
-//! last writer put there).
+//! status lost or lowered ([`vworkspace_core::plan::floor`]). Both fail this Cluster's pass alone,
+//! with a condition and the failure metric; the raw status is never logged or echoed (it is whatever
+//! its last writer put there).
 
 use vworkspace_core::crd::{ClusterSpec, ClusterStatus};
 use vworkspace_core::plan::diff::LiveObject;
-use vworkspace_core::reasons;
 
-use super::status::PassReport;
+use crate::error::Error;
 
 /// The refusal of a pass over a Cluster whose `status.compactInventory` did not decode under its
 /// bounds (the status deserializer set [`ClusterStatus::inventory_unreadable`]). Nothing is applied
 /// or pruned until the field is removed: without the inventory, nothing could be pruned safely.
-pub fn unreadable(name: &str, status: Option<&ClusterStatus>) -> Option<PassReport> {
-    let problem = status?.inventory_unreadable.as_ref()?;
-    Some(PassReport::refused(
-        reasons::STATUS_UNREADABLE,
-        format!(
-            "status.compactInventory of Cluster {name} cannot be read ({problem}): nothing is applied or pruned until it is removed; only the operator may write Cluster status (to recover: kubectl patch vwc {name} --subresource=status --type=json -p '[{{\"op\":\"remove\",\"path\":\"/status/compactInventory\"}}]'; the next pass rebuilds it from the declared objects it applies)"
-        ),
-        None,
-    ))
+pub fn unreadable(name: &str, status: Option<&ClusterStatus>) -> Option<Error> {
+    let problem = status?.inventory_unreadable.clone()?;
+    Some(Error::StatusUnreadable {
+        cluster: name.to_owned(),
+        problem,
+    })
 }
 
 /// The status a pass verifies against: when `status` lost its floor, the live objects of this
@@ -31,7 +27,7 @@ pub async fn restored_floor(
     spec: &ClusterSpec,
     status: Option<&ClusterStatus>,
     stores: Option<&super::apply::LiveStores>,
-) -> Result<Option<ClusterStatus>, crate::error::Error> {
+) -> Result<Option<ClusterStatus>, Error> {
     if !vworkspace_core::plan::floor::status_lacks_floor(status) {
         return Ok(None);
     }
@@ -45,16 +41,8 @@ pub async fn restored_floor(
 
 /// The refusal of a verified release that is below the serial this source's live objects carry,
 /// whatever the status says ([`vworkspace_core::plan::floor::check`]).
-pub fn floor(
-    spec: &ClusterSpec,
-    serial: u64,
-    live: &[LiveObject],
-    commit: &str,
-) -> Option<PassReport> {
-    let error = vworkspace_core::plan::floor::check(&spec.cluster_id, serial, live).err()?;
-    Some(PassReport::refused(
-        error.reason(),
-        error.to_string(),
-        Some(commit.to_owned()),
-    ))
+pub fn floor(spec: &ClusterSpec, serial: u64, live: &[LiveObject]) -> Option<Error> {
+    vworkspace_core::plan::floor::check(&spec.cluster_id, serial, live)
+        .err()
+        .map(Error::from)
 }

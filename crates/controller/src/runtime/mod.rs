@@ -4,19 +4,20 @@
 //! reports whether all passed.
 
 pub mod certs;
+mod controllers;
 pub mod leader;
 pub mod probes;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
-use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
+
+pub use controllers::controllers;
 
 use crate::cluster::{self, Context, Settings};
 use crate::error::Error;
@@ -102,6 +103,10 @@ pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
 /// SIGTERM it returns within [`SHUTDOWN_GRACE`] even mid-pass; the caller then shuts its runtime
 /// down with [`SHUTDOWN_RUNTIME_GRACE`] so that a fetch stuck on the blocking pool cannot hold the
 /// process.
+///
+/// In order: connect, (`--once`: one pass each, then return), serve the probes, reach the API
+/// server, start the webhook, report ready, watch for the stop, take the leader Lease, then run the
+/// controllers until the stop (and at most [`SHUTDOWN_GRACE`] after it).
 pub async fn run(options: RunOptions) -> Result<bool, Error> {
     // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
     // default must be chosen, or the first TLS client panics. Already installed is fine.
@@ -111,40 +116,11 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         source,
     })?;
     let metrics = Arc::new(Metrics::default());
-    let settings = Settings {
-        namespace: options.namespace.clone(),
-        cache_dir: options.cache_dir.clone(),
-        fetch: options.fetch.clone(),
-        limits: vworkspace_core::limits::Limits::default(),
-        pass_timeout: cluster::DEFAULT_PASS_TIMEOUT,
-    };
-    let mut ctx = Context::new(client.clone(), settings, metrics.clone());
-    if options.leader_election {
-        // No write until the Lease is held, none once it is no longer certainly held.
-        ctx.fence = crate::fence::Fence::leased();
-    }
-    let ctx = Arc::new(ctx);
+    let ctx = Arc::new(context(&options, client.clone(), metrics.clone()));
     if options.once {
         return once(ctx).await;
     }
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let probes = crate::runtime::probes::Probes {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-    };
-    let mut servers = vec![options.health_addr];
-    if options.metrics_addr != options.health_addr {
-        servers.push(options.metrics_addr);
-    }
-    for addr in servers {
-        let probes = probes.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::runtime::probes::serve(addr, probes).await {
-                tracing::error!(%addr, error = %e, "cannot serve probes");
-            }
-        });
-    }
+    let ready = serve_probes(&options, metrics.clone());
     client
         .apiserver_version()
         .await
@@ -153,56 +129,16 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             source,
         })?;
     if let Some((addr, cert_dir)) = options.webhook.clone() {
-        start_webhook(client.clone(), addr, cert_dir).await?;
+        webhook::start_webhook(client.clone(), addr, cert_dir).await?;
     }
     if let Some((addr, cert_options)) = options.webhook_self_managed.clone() {
-        start_webhook_self_managed(client.clone(), addr, cert_options).await?;
+        webhook::start_webhook_self_managed(client.clone(), addr, cert_options).await?;
     }
     ready.store(true, Ordering::Relaxed);
-
-    // A watch channel, not a Notify: a stop that happens before someone waits is still seen.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        });
+    let (stop_tx, stop_rx) = stop_on_signal();
+    if options.leader_election && !lead(&options, &client, &ctx, &metrics, &stop_tx).await {
+        return Ok(true);
     }
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    if options.leader_election {
-        let me = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| format!("vworkspace-{}", std::process::id()));
-        let elector =
-            crate::runtime::leader::Elector::new(client.clone(), &options.namespace, me.clone());
-        tracing::info!(identity = %me, "waiting for the leader Lease");
-        let timing = crate::runtime::leader::TIMING;
-        if !crate::runtime::leader::acquire(&elector, &ctx.fence, &timing, stopped(stop_rx.clone()))
-            .await
-        {
-            return Ok(true);
-        }
-        metrics.leader.set(1);
-        tracing::info!(identity = %me, "leading");
-        // Renew in the background. The fence stops every write the moment the Lease is no longer
-        // certainly held (running passes are dropped, not finished); then the process stops (the
-        // Deployment restarts it as a follower), as client-go's elector does.
-        let lost = stop_tx.clone();
-        let fence = ctx.fence.clone();
-        let leader_metrics = metrics.clone();
-        tokio::spawn(async move {
-            crate::runtime::leader::keep(&elector, &fence, &timing).await;
-            leader_metrics.leader.set(0);
-            let _ = lost.send(true);
-        });
-    }
-
     let children = Arc::new(crate::children::ChildContext {
         client: client.clone(),
         namespace: options.namespace.clone(),
@@ -213,16 +149,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         metrics: metrics.clone(),
         caches: crate::children::Caches::default(),
     });
-    {
-        // On the stop, running passes get PASS_STOP_GRACE to finish; then they are cut, and record
-        // their status (with what they wrote) before SHUTDOWN_GRACE ends everything.
-        let stopping = ctx.stopping.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            stopped(stop).await;
-            stopping.close_at(std::time::Instant::now() + PASS_STOP_GRACE);
-        });
-    }
+    cut_passes_after_stop(&ctx, stop_rx.clone());
     let running = controllers(client, ctx, children, stop_rx.clone());
     tokio::pin!(running);
     tokio::select! {
@@ -240,6 +167,112 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         }
     }
     Ok(true)
+}
+
+/// The `Cluster` reconciler's context for `options`, fenced by the leader Lease when elected.
+fn context(options: &RunOptions, client: Client, metrics: Arc<Metrics>) -> Context {
+    let settings = Settings {
+        namespace: options.namespace.clone(),
+        cache_dir: options.cache_dir.clone(),
+        fetch: options.fetch.clone(),
+        limits: vworkspace_core::limits::Limits::default(),
+        pass_timeout: cluster::DEFAULT_PASS_TIMEOUT,
+    };
+    let mut ctx = Context::new(client, settings, metrics);
+    if options.leader_election {
+        // No write until the Lease is held, none once it is no longer certainly held.
+        ctx.fence = crate::fence::Fence::leased();
+    }
+    ctx
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` (on one address or two); the returned flag makes
+/// `/readyz` answer ready.
+fn serve_probes(options: &RunOptions, metrics: Arc<Metrics>) -> Arc<AtomicBool> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = crate::runtime::probes::Probes {
+        ready: ready.clone(),
+        metrics,
+    };
+    let mut servers = vec![options.health_addr];
+    if options.metrics_addr != options.health_addr {
+        servers.push(options.metrics_addr);
+    }
+    for addr in servers {
+        let probes = probes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::runtime::probes::serve(addr, probes).await {
+                tracing::error!(%addr, error = %e, "cannot serve probes");
+            }
+        });
+    }
+    ready
+}
+
+/// The stop: turns true on SIGTERM or Ctrl-C (or when the sender is used, as on a lost Lease). A
+/// watch channel, not a Notify: a stop that happens before someone waits is still seen.
+fn stop_on_signal() -> (
+    Arc<tokio::sync::watch::Sender<bool>>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signalled = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = signalled.send(true);
+    });
+    (stop_tx, stop_rx)
+}
+
+/// Resolves once `stop` turned true (or its sender is gone).
+pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Waits for the leader Lease (false: the stop came first), then renews it in the background. The
+/// fence stops every write the moment the Lease is no longer certainly held (running passes are
+/// dropped, not finished); then the process stops (the Deployment restarts it as a follower), as
+/// client-go's elector does.
+async fn lead(
+    options: &RunOptions,
+    client: &Client,
+    ctx: &Context,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<tokio::sync::watch::Sender<bool>>,
+) -> bool {
+    let me = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("vworkspace-{}", std::process::id()));
+    let elector =
+        crate::runtime::leader::Elector::new(client.clone(), &options.namespace, me.clone());
+    tracing::info!(identity = %me, "waiting for the leader Lease");
+    let timing = crate::runtime::leader::TIMING;
+    if !crate::runtime::leader::acquire(&elector, &ctx.fence, &timing, stopped(stop.subscribe()))
+        .await
+    {
+        return false;
+    }
+    metrics.leader.set(1);
+    tracing::info!(identity = %me, "leading");
+    let (lost, fence, leader_metrics) = (stop.clone(), ctx.fence.clone(), metrics.clone());
+    tokio::spawn(async move {
+        crate::runtime::leader::keep(&elector, &fence, &timing).await;
+        leader_metrics.leader.set(0);
+        let _ = lost.send(true);
+    });
+    true
+}
+
+/// On the stop, running passes get [`PASS_STOP_GRACE`] to finish; then they are cut, and record
+/// their status (with what they wrote) before [`SHUTDOWN_GRACE`] ends everything.
+fn cut_passes_after_stop(ctx: &Context, stop: tokio::sync::watch::Receiver<bool>) {
+    let stopping = ctx.stopping.clone();
+    tokio::spawn(async move {
+        stopped(stop).await;
+        stopping.close_at(std::time::Instant::now() + PASS_STOP_GRACE);
+    });
 }
 
 /// How long a running `Cluster` pass may take to finish after SIGTERM before it is cut (its status,
@@ -263,365 +296,3 @@ pub const CHILD_CONCURRENCY: u16 = 16;
 /// How often the child controllers look whether a Cluster pass published a new release (then every
 /// object is reconciled again at once, instead of at its requeue).
 const DECLARED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
-/// reconciles finish first. Watches that fail or drop are re-established with back-off by
-/// kube-runtime; a Cluster is also re-run on any change of a managed namespace.
-///
-/// The `Cluster` controller's reflector store and one on managed namespaces are what the child
-/// controllers read (they replace `children.caches`) instead of the API server; the children start
-/// once both stores hold the first full list. A deleted `Cluster` is forgotten
-/// ([`Context::forget`]), seen by a metadata-only watch.
-pub async fn controllers(
-    client: Client,
-    ctx: Arc<Context>,
-    children: Arc<crate::children::ChildContext>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let fence = ctx.fence.clone();
-    let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    // Signalled on every change of a managed namespace: the HelmRelease watches follow the set.
-    let namespace_changed = Arc::new(tokio::sync::Notify::new());
-    let namespace_changes = {
-        let changed = namespace_changed.clone();
-        watcher(
-            namespaces,
-            watcher::Config::default().labels(&cluster::namespaces::selector()),
-        )
-        .default_backoff()
-        .modify(lean)
-        .reflect(namespace_writer)
-        .filter_map(move |event| {
-            let changed = changed.clone();
-            async move {
-                match event {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                        changed.notify_one();
-                        Some(())
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        changed.notify_one();
-                        None
-                    }
-                    _ => None,
-                }
-            }
-        })
-    };
-    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()), None);
-    // The Cluster controller's own reflector store, shared with the children (no second watch).
-    let cluster_store = cluster_controller.store();
-    let mut caches = crate::children::Caches::new(cluster_store.clone(), namespace_store.clone());
-    let helm_releases = crate::children::watches::HelmReleaseWatches::default();
-    caches.helm_releases = Some(helm_releases.clone());
-    // Built here so that their stores exist for the Cluster pass (which reads the live objects of
-    // a no-op pass from them instead of listing); they fill once the controllers run.
-    let live_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let instance_controller = lean_controller(
-        Api::<vworkspace_core::crd::ApplicationInstance>::all(client.clone()),
-        Some(live_changes.clone()),
-    );
-    let operation_controller = lean_controller(
-        Api::<vworkspace_core::crd::Operation>::all(client.clone()),
-        Some(live_changes.clone()),
-    );
-    ctx.set_live_stores(cluster::apply::LiveStores {
-        instances: instance_controller.store(),
-        operations: operation_controller.store(),
-        changes: live_changes,
-    });
-    // Deletions, from a metadata-only watch (names only): forget what the process held for them.
-    let deletions = {
-        let (ctx, caches, store) = (ctx.clone(), caches.clone(), cluster_store.clone());
-        watcher(
-            Api::<kube::core::PartialObjectMeta<Cluster>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .take_until(stopped(stop.clone()))
-        .for_each(move |event| {
-            if let Ok(watcher::Event::Delete(gone)) = event {
-                let name = gone.name_any();
-                let remaining: Vec<Arc<Cluster>> = store
-                    .state()
-                    .into_iter()
-                    .filter(|c| c.name_any() != name)
-                    .collect();
-                let ids: Vec<String> = remaining
-                    .iter()
-                    .map(|c| c.spec.cluster_id.clone())
-                    .collect();
-                ctx.forget_deleted(&name, &ids);
-                let named: Vec<(String, String)> = remaining
-                    .iter()
-                    .map(|c| {
-                        let secret = &c.spec.decryption.identity_secret_ref;
-                        (secret.name.clone(), secret.key_or_default().to_owned())
-                    })
-                    .collect();
-                caches.retain_identities(&named);
-            }
-            async {}
-        })
-    };
-    let children = {
-        let mut shared = (*children).clone();
-        shared.caches = caches;
-        Arc::new(shared)
-    };
-    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
-    let helm_release_watches = helm_releases.run(
-        client.clone(),
-        namespace_store.clone(),
-        namespace_changed,
-        trigger_tx,
-        stopped(stop.clone()),
-    );
-    let clusters = cluster_controller
-        .reconcile_all_on(namespace_changes)
-        .graceful_shutdown_on(stopped(stop.clone()))
-        .run(cluster::reconcile, cluster::error_policy, ctx.clone())
-        .for_each(log_result);
-    let config = controller::Config::default().concurrency(CHILD_CONCURRENCY);
-    let instances = {
-        let children = children.clone();
-        let stop = stop.clone();
-        let (cluster_store, namespace_store) = (cluster_store.clone(), namespace_store.clone());
-        let config = config.clone();
-        let fence = fence.clone();
-        async move {
-            // Before both stores hold their first list, every namespace would look unmanaged.
-            let ready = async {
-                let _ = cluster_store.wait_until_ready().await;
-                let _ = namespace_store.wait_until_ready().await;
-            };
-            tokio::select! {
-                () = ready => {}
-                () = stopped(stop.clone()) => return,
-            }
-            instance_controller
-                .with_config(config)
-                .reconcile_all_on(
-                    declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
-                )
-                .reconcile_on(trigger_rx.take_until(stopped(stop.clone())))
-                .graceful_shutdown_on(stopped(stop.clone()))
-                .run(
-                    fenced(fence.clone(), crate::children::instance::reconcile),
-                    crate::children::instance::error_policy,
-                    children.clone(),
-                )
-                .for_each(log_result)
-                .await;
-        }
-    };
-    let operations = async move {
-        let ready = async {
-            let _ = cluster_store.wait_until_ready().await;
-            let _ = namespace_store.wait_until_ready().await;
-        };
-        tokio::select! {
-            () = ready => {}
-            () = stopped(stop.clone()) => return,
-        }
-        operation_controller
-            .with_config(config)
-            .reconcile_all_on(
-                declared_changes(children.declared.clone()).take_until(stopped(stop.clone())),
-            )
-            .graceful_shutdown_on(stopped(stop))
-            .run(
-                fenced(fence.clone(), crate::children::operation::reconcile),
-                crate::children::operation::error_policy,
-                children,
-            )
-            .for_each(log_result)
-            .await;
-    };
-    tokio::join!(
-        clusters,
-        instances,
-        operations,
-        deletions,
-        helm_release_watches
-    );
-}
-
-/// Drops what no reconcile reads from a watched object before it is stored: `managedFields` (which
-/// repeat the shape of the whole object, a third or more of its size). Ownership checks read them
-/// from objects fetched by name ([`cluster::apply::get_unlisted`]), never from a store.
-fn lean<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
-/// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
-/// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
-/// judged against the stored object before the event replaces it) moves the counter.
-fn lean_controller<K>(
-    api: Api<K>,
-    changes: Option<Arc<std::sync::atomic::AtomicU64>>,
-) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    use futures::TryStreamExt;
-    let (reader, writer) = reflector::store::<K>();
-    let before = reader.clone();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .map_ok(move |mut event| {
-            let moved = match &mut event {
-                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                    lean(object);
-                    let old = before.get(&reflector::ObjectRef::from_obj(object));
-                    cluster::apply::changes_what_a_pass_reads(old.as_deref(), object)
-                }
-                watcher::Event::Delete(object) => {
-                    lean(object);
-                    true
-                }
-                watcher::Event::Init | watcher::Event::InitDone => true,
-            };
-            if moved && let Some(counter) = &changes {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            event
-        })
-        .reflect(writer)
-        .applied_objects();
-    Controller::for_stream(stream, reader)
-}
-
-/// One item each time the declared set's generation moves (polled every [`DECLARED_POLL`]).
-fn declared_changes(
-    declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
-) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold(declared.generation(), move |seen| {
-        let declared = declared.clone();
-        async move {
-            loop {
-                tokio::time::sleep(DECLARED_POLL).await;
-                let now = declared.generation();
-                if now != seen {
-                    return Some(((), now));
-                }
-            }
-        }
-    })
-}
-
-/// A child reconcile run inside the leader's write fence ([`crate::fence`]): dropped the moment the
-/// Lease is no longer certainly held. (The `Cluster` reconcile fences itself.)
-fn fenced<K, C, F>(
-    fence: crate::fence::Fence,
-    reconcile: impl Fn(Arc<K>, Arc<C>) -> F,
-) -> impl Fn(
-    Arc<K>,
-    Arc<C>,
-) -> futures::future::BoxFuture<'static, Result<kube::runtime::controller::Action, Error>>
-where
-    F: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
-        + Send
-        + 'static,
-{
-    move |object, ctx| {
-        let fence = fence.clone();
-        let work = reconcile(object, ctx);
-        Box::pin(async move { fence.guard(work).await.unwrap_or(Err(Error::NotLeader)) })
-    }
-}
-
-async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "reconcile ended with an error");
-    }
-}
-
-/// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
-/// current from a watch on `Cluster`s.
-async fn start_webhook(client: Client, addr: SocketAddr, cert_dir: PathBuf) -> Result<(), Error> {
-    use crate::children::webhook_server::ReloadingCertificate;
-    let certificate = ReloadingCertificate::new(cert_dir.join("tls.crt"), cert_dir.join("tls.key"))
-        .map_err(|e| Error::Webhook(e.into()))?;
-    let config = crate::children::webhook_server::tls_config(Arc::new(certificate))
-        .map_err(|e| Error::Webhook(e.into()))?;
-    serve_webhook(client, addr, config).await
-}
-
-/// How long a replica waits for its first certificate before it reports ready anyway (the handshakes
-/// fail until then, and the API server applies the webhook's failure policy).
-pub const FIRST_CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Serves the admission webhook with the operator's own certificate ([`certs::keep_current`] on every
-/// replica): waits up to [`FIRST_CERTIFICATE_WAIT`] for the first one, so that a replica reports
-/// ready once it can answer.
-async fn start_webhook_self_managed(
-    client: Client,
-    addr: SocketAddr,
-    options: certs::CertOptions,
-) -> Result<(), Error> {
-    let serving = Arc::new(certs::ServingCertificate::default());
-    tokio::spawn(certs::keep_current(
-        client.clone(),
-        options,
-        serving.clone(),
-    ));
-    let config = crate::children::webhook_server::tls_config(serving.clone())
-        .map_err(|e| Error::Webhook(e.into()))?;
-    serve_webhook(client, addr, config).await?;
-    let started = std::time::Instant::now();
-    while !serving.is_loaded() && started.elapsed() < FIRST_CERTIFICATE_WAIT {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if !serving.is_loaded() {
-        tracing::warn!("no webhook certificate yet; serving without one until it is written");
-    }
-    Ok(())
-}
-
-/// Listens on `addr` and serves the webhook with `config`, the allowed templates kept current from a
-/// watch on `Cluster`s.
-async fn serve_webhook(
-    client: Client,
-    addr: SocketAddr,
-    config: rustls::ServerConfig,
-) -> Result<(), Error> {
-    use crate::children::webhook_server::TemplateIndex;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Io {
-            what: format!("listen on the webhook address {addr}"),
-            source,
-        })?;
-    let index = Arc::new(TemplateIndex::default());
-    let (reader, writer) = kube::runtime::reflector::store::<Cluster>();
-    let updates = index.clone();
-    tokio::spawn(
-        kube::runtime::reflector(
-            writer,
-            watcher(Api::<Cluster>::all(client), watcher::Config::default()),
-        )
-        .default_backoff()
-        .for_each(move |_| {
-            let clusters: Vec<Cluster> = reader.state().iter().map(|c| (**c).clone()).collect();
-            updates.update(&clusters);
-            async {}
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = crate::children::webhook_server::serve(listener, config, index).await {
-            tracing::error!(error = %e, "admission webhook stopped");
-        }
-    });
-    Ok(())
-}

@@ -378,26 +378,90 @@ fn fetch_into(
     existed: bool,
 ) -> Result<Fetched, SourceError> {
     let redacted = redact_url(url);
-    let cache_error = |message: String| SourceError::Cache {
+    if !existed {
+        create_cache(path)?;
+    }
+    let (pack_bytes, objects) = fetch_watched(path, url, reference, options)?;
+    // A pack that arrived faster than the watchdog looked is checked here; either way nothing of an
+    // oversized fetch is kept, or the next fetch would find its refs already moved.
+    if let Some(error) = oversized(&redacted, pack_bytes, objects, options) {
+        std::fs::remove_dir_all(path).map_err(|e| cache_error(path, e.to_string()))?;
+        return Err(error);
+    }
+    let repo = LocalRepository::open(path).map_err(|e| cache_error(path, e.to_string()))?;
+    let (_, local) = refspecs(reference);
+    let commit = repo.resolve(&local).map_err(|_| SourceError::RefNotFound {
+        url: redacted,
+        reference: reference.to_string(),
+    })?;
+    Ok(Fetched {
+        repo,
+        commit,
+        pack_bytes,
+        objects,
+        cloned: !existed,
+    })
+}
+
+fn cache_error(path: &Path, message: String) -> SourceError {
+    SourceError::Cache {
         path: path.to_owned(),
         message,
-    };
-    if !existed {
-        if path.exists() {
-            std::fs::remove_dir_all(path).map_err(|e| cache_error(e.to_string()))?;
-        }
-        gix::ThreadSafeRepository::init_opts(
-            path,
-            gix::create::Kind::Bare,
-            gix::create::Options::default(),
-            gix::open::Options::isolated(),
-        )
-        .map_err(|e| cache_error(format!("cannot create: {e}")))?;
     }
+}
+
+/// A new bare cache at `path` (whatever was there is removed).
+fn create_cache(path: &Path) -> Result<(), SourceError> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|e| cache_error(path, e.to_string()))?;
+    }
+    gix::ThreadSafeRepository::init_opts(
+        path,
+        gix::create::Kind::Bare,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| cache_error(path, format!("cannot create: {e}")))?;
+    Ok(())
+}
+
+/// The error of a fetch that brought more than the limits allow, if it did.
+fn oversized(
+    redacted: &str,
+    pack_bytes: u64,
+    objects: u64,
+    options: &FetchOptions,
+) -> Option<SourceError> {
+    if pack_bytes > options.max_pack_bytes {
+        Some(SourceError::TooLarge {
+            url: redacted.to_owned(),
+            limit: options.max_pack_bytes,
+        })
+    } else if objects > options.max_objects {
+        Some(SourceError::TooManyObjects {
+            url: redacted.to_owned(),
+            count: objects,
+            limit: options.max_objects,
+        })
+    } else {
+        None
+    }
+}
+
+/// Runs [`run_fetch`] on its own thread and watches it: the deadline and the byte limit are
+/// enforced while the pack arrives (by what gix writes under objects/pack). Returns (pack bytes,
+/// objects) received.
+fn fetch_watched(
+    path: &Path,
+    url: &str,
+    reference: &GitRef,
+    options: &FetchOptions,
+) -> Result<(u64, u64), SourceError> {
+    let redacted = redact_url(url);
     let interrupt = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = std::sync::mpsc::channel();
     let worker = {
-        let (path, url, reference, options, interrupt) = (
+        let (cache, url, reference, options, interrupt) = (
             path.to_owned(),
             url.to_owned(),
             reference.clone(),
@@ -407,12 +471,11 @@ fn fetch_into(
         std::thread::Builder::new()
             .name("git-fetch".into())
             .spawn(move || {
-                let result = run_fetch(&path, &url, &reference, &options, &interrupt);
+                let result = run_fetch(&cache, &url, &reference, &options, &interrupt);
                 let _ = sender.send(result);
             })
-            .map_err(|e| cache_error(format!("cannot start the fetch: {e}")))?
+            .map_err(|e| cache_error(path, format!("cannot start the fetch: {e}")))?
     };
-    // The byte limit is enforced while the pack arrives: watch what gix writes under objects/pack.
     let deadline = Instant::now() + options.timeout;
     let pack_dir = path.join("objects/pack");
     let before = dir_size(&pack_dir);
@@ -453,40 +516,7 @@ fn fetch_into(
         }
     };
     let _ = worker.join();
-    let (pack_bytes, objects) = outcome?;
-    // A pack that arrived faster than the watchdog looked is checked here; either way nothing of an
-    // oversized fetch is kept, or the next fetch would find its refs already moved.
-    let oversized = if pack_bytes > options.max_pack_bytes {
-        Some(SourceError::TooLarge {
-            url: redacted.clone(),
-            limit: options.max_pack_bytes,
-        })
-    } else if objects > options.max_objects {
-        Some(SourceError::TooManyObjects {
-            url: redacted.clone(),
-            count: objects,
-            limit: options.max_objects,
-        })
-    } else {
-        None
-    };
-    if let Some(error) = oversized {
-        std::fs::remove_dir_all(path).map_err(|e| cache_error(e.to_string()))?;
-        return Err(error);
-    }
-    let repo = LocalRepository::open(path).map_err(|e| cache_error(e.to_string()))?;
-    let (_, local) = refspecs(reference);
-    let commit = repo.resolve(&local).map_err(|_| SourceError::RefNotFound {
-        url: redacted,
-        reference: reference.to_string(),
-    })?;
-    Ok(Fetched {
-        repo,
-        commit,
-        pack_bytes,
-        objects,
-        cloned: !existed,
-    })
+    outcome
 }
 
 fn dir_size(dir: &Path) -> u64 {

@@ -1,0 +1,279 @@
+//! The steps of an instance's reconcile ([`super::STEPS`]), one function each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use serde_json::Value;
+
+use super::{Children, Flow, InstanceState, Judged, Step, instance_status, refuse, write_status};
+use crate::children::declared::{self, Verdict};
+use crate::children::{ChildContext, api_resource, ensure_dynamic, flux};
+use crate::error::Error;
+use vworkspace_core::crd::ApplicationInstance;
+use vworkspace_core::plan::LABEL_CLUSTER;
+use vworkspace_core::reasons::{VALUES_NOT_DECRYPTED, WAITING_FOR_HELM_RELEASE};
+use vworkspace_core::secrets::{ValueContext, ValuesPolicy};
+
+/// A step ran before the one whose output it needs: a defect of [`super::STEPS`], reported rather
+/// than panicking (the list's test keeps it from happening).
+pub(super) fn out_of_order(missing: Step) -> Error {
+    Error::StepOrder(format!("ApplicationInstance {missing:?}"))
+}
+
+fn judged(state: &InstanceState) -> Result<&Judged, Error> {
+    state
+        .judged
+        .as_ref()
+        .ok_or_else(|| out_of_order(Step::JudgeDeclared))
+}
+
+fn invalid(instance: &ApplicationInstance) -> impl Fn(flux::ChildrenError) -> Error {
+    let object = format!(
+        "ApplicationInstance {}/{}",
+        instance.namespace().unwrap_or_default(),
+        instance.name_any()
+    );
+    move |e| Error::Child {
+        object: object.clone(),
+        source: e.into(),
+    }
+}
+
+/// [`Step::CheckManaged`].
+pub(super) async fn check_managed(
+    ctx: &ChildContext,
+    instance: &ApplicationInstance,
+    _: &mut InstanceState,
+) -> Result<Flow, Error> {
+    if instance.metadata.deletion_timestamp.is_some() {
+        // Children go with their owner (garbage collection).
+        return Ok(Flow::Done(Action::await_change()));
+    }
+    if !ctx
+        .is_managed(&instance.namespace().unwrap_or_default())
+        .await?
+    {
+        // Not ours until the namespace is labelled; look again later.
+        return Ok(Flow::Done(Action::requeue(Duration::from_secs(300))));
+    }
+    Ok(Flow::Next)
+}
+
+/// [`Step::JudgeDeclared`]: only what the verified release declares is acted on, and only as it
+/// declares it.
+pub(super) async fn judge_declared(
+    ctx: &ChildContext,
+    instance: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let all: Vec<String> = ctx
+        .clusters()
+        .await?
+        .iter()
+        .map(|c| c.spec.cluster_id.clone())
+        .collect();
+    let label = instance.labels().get(LABEL_CLUSTER).map(String::as_str);
+    match ctx.declared.judge_instance(instance, label, &all) {
+        Verdict::Declared {
+            release,
+            declared,
+            altered,
+        } => {
+            let mut effective = instance.clone();
+            effective.spec = declared.object.spec.clone();
+            state.judged = Some(Judged {
+                release,
+                declared,
+                altered,
+                effective: Arc::new(effective),
+            });
+            Ok(Flow::Next)
+        }
+        Verdict::Waiting { clusters } => {
+            let status = instance_status(
+                instance.status.as_ref(),
+                (
+                    "Unknown".into(),
+                    declared::WAITING_FOR_RELEASE.into(),
+                    declared::waiting_message(&clusters),
+                ),
+                instance.metadata.generation,
+                None,
+                state.now,
+            );
+            write_status(ctx, instance, &status).await?;
+            Ok(Flow::Done(Action::requeue(Duration::from_secs(15))))
+        }
+        Verdict::NotDeclared { releases } => {
+            let message = declared::not_declared_message("ApplicationInstance", &releases);
+            refuse(ctx, instance, declared::NOT_DECLARED, message, state.now).await?;
+            Ok(Flow::Done(Action::requeue(Duration::from_secs(60))))
+        }
+    }
+}
+
+/// [`Step::DecryptValues`]: the declared values, decrypted with the identity of the declaring
+/// `Cluster`, split into what stays inline and what goes to the Secret; the decrypted set itself is
+/// dropped at once. A value that does not decrypt is `ValuesNotDecrypted` (paths and reasons only:
+/// a `ValueError` never carries plaintext).
+pub(super) async fn decrypt_values(
+    ctx: &ChildContext,
+    _: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let judged = judged(state)?;
+    let instance = &judged.effective;
+    let release = &judged.release;
+    let identities = ctx
+        .identities(&release.decryption.identity_secret_ref)
+        .await?;
+    let at = ValueContext {
+        cluster: release.cluster_id.clone(),
+        namespace: instance.namespace().unwrap_or_default(),
+        instance: instance.name_any(),
+    };
+    let policy = ValuesPolicy {
+        require_bound: release.require_bound_values,
+    };
+    let values = judged
+        .declared
+        .object
+        .spec
+        .values
+        .clone()
+        .unwrap_or(Value::Null);
+    let decrypted = match vworkspace_core::secrets::decrypt_values(
+        &values,
+        &at,
+        &identities,
+        &policy,
+        &ctx.limits,
+    ) {
+        Ok(decrypted) => decrypted,
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let status = instance_status(
+                instance.status.as_ref(),
+                ("False".into(), VALUES_NOT_DECRYPTED.into(), message),
+                instance.metadata.generation,
+                None,
+                state.now,
+            );
+            write_status(ctx, instance, &status).await?;
+            return Ok(Flow::Done(Action::requeue(Duration::from_secs(300))));
+        }
+    };
+    let split =
+        flux::split_values(instance.spec.values.as_ref(), &decrypted).map_err(invalid(instance))?;
+    drop(decrypted);
+    state.values = Some(split);
+    Ok(Flow::Next)
+}
+
+/// [`Step::BuildChildren`]: the Flux source and the HelmRelease, built from the declared spec
+/// (pure; nothing is written if either cannot be built).
+pub(super) async fn build_children(
+    _: &ChildContext,
+    _: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let instance = &judged(state)?.effective;
+    let values = state
+        .values
+        .as_ref()
+        .ok_or_else(|| out_of_order(Step::DecryptValues))?;
+    let (source_plural, source) = flux::source(instance).map_err(invalid(instance))?;
+    let helm_release = flux::helm_release(instance, &values.inline, values.secret.is_some())
+        .map_err(invalid(instance))?;
+    state.children = Some(Children {
+        source_plural,
+        source,
+        helm_release,
+    });
+    Ok(Flow::Next)
+}
+
+/// [`Step::EnsureValuesSecret`]: first, so that the HelmRelease that reads it never sees it missing;
+/// the plaintext is dropped once written.
+pub(super) async fn ensure_values_secret(
+    ctx: &ChildContext,
+    _: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let values = state
+        .values
+        .take()
+        .ok_or_else(|| out_of_order(Step::DecryptValues))?;
+    let instance = &judged(state)?.effective;
+    let secret = values.secret.as_deref().map(|v| v.as_slice());
+    super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    Ok(Flow::Next)
+}
+
+fn children(state: &InstanceState) -> Result<&Children, Error> {
+    state
+        .children
+        .as_ref()
+        .ok_or_else(|| out_of_order(Step::BuildChildren))
+}
+
+/// [`Step::EnsureSource`].
+pub(super) async fn ensure_source(
+    ctx: &ChildContext,
+    _: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let instance = &judged(state)?.effective;
+    let children = children(state)?;
+    let kind = children.source["kind"].as_str().unwrap_or_default();
+    ensure_dynamic(
+        &ctx.client,
+        &api_resource("source.toolkit.fluxcd.io/v1", kind, children.source_plural),
+        &instance.namespace().unwrap_or_default(),
+        &children.source,
+        false,
+    )
+    .await?;
+    Ok(Flow::Next)
+}
+
+/// [`Step::EnsureHelmRelease`]: written without reading it first when the namespace's watch has
+/// listed it absent; its `Ready` is read from what the API server answered.
+pub(super) async fn ensure_helm_release(
+    ctx: &ChildContext,
+    _: &ApplicationInstance,
+    state: &mut InstanceState,
+) -> Result<Flow, Error> {
+    let instance = &judged(state)?.effective;
+    let (namespace, name) = (
+        instance.namespace().unwrap_or_default(),
+        instance.name_any(),
+    );
+    let known_absent = ctx
+        .caches
+        .helm_releases
+        .as_ref()
+        .is_some_and(|w| w.known(&namespace, &name) == crate::children::watches::Known::Absent);
+    let (live, _) = ensure_dynamic(
+        &ctx.client,
+        &api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases"),
+        &namespace,
+        &children(state)?.helm_release,
+        known_absent,
+    )
+    .await?;
+    state.ready = Some(flux::helm_release_ready(&live).unwrap_or_else(|| {
+        (
+            "Unknown".into(),
+            WAITING_FOR_HELM_RELEASE.into(),
+            "the HelmRelease has not reported yet".into(),
+        )
+    }));
+    Ok(Flow::Next)
+}

@@ -1,0 +1,193 @@
+//! The steps that judge the source: trust inputs, fetch and verification, the serial floor. Nothing
+//! here reads or writes the cluster's objects; a refusal ends the pass with `SourceVerified=False`.
+
+use std::sync::Arc;
+
+use vworkspace_core::crd::{Cluster, ClusterSpec, GitSourceRef};
+use vworkspace_core::pipeline::VerifiedIntent;
+use vworkspace_core::repository::GitRef;
+
+use super::{PassState, StepResult};
+use crate::cluster::conditions::StepOutcome;
+use crate::cluster::{Context, status_guard, trust};
+use crate::error::Error;
+
+/// [`super::Step::ReadTrust`].
+pub(super) async fn read_trust(
+    ctx: &Context,
+    cluster: &Cluster,
+    state: &mut PassState<'_>,
+) -> StepResult {
+    let spec = &cluster.spec;
+    if let Some(e) = status_guard::unreadable(&state.name, cluster.status.as_ref()) {
+        return StepResult::Refused(e);
+    }
+    let inputs = match trust::read_inputs(&ctx.client, &ctx.settings.namespace, spec).await {
+        Ok(inputs) => inputs,
+        Err(e) => return StepResult::Refused(e),
+    };
+    // A floor the status lost is taken from this source's live objects, not dropped.
+    let status = cluster.status.as_ref();
+    // A read that fails here is not fatal: the same read in `ReadLive` ends the pass before
+    // anything is written, and the serial floor of the live objects is checked there.
+    let restored =
+        match status_guard::restored_floor(&ctx.client, spec, status, ctx.live.get()).await {
+            Ok(restored) => restored,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the live objects to restore a lost floor");
+                None
+            }
+        };
+    let previous = restored.as_ref().or(status);
+    match trust::trust_config(spec, previous, &inputs, (ctx.clock)(), &ctx.settings.limits) {
+        Ok(trust) => {
+            // Published even when verification fails: a new Cluster's authors need the recipient
+            // first.
+            state.recipients = trust.config.identities.as_ref().map(|i| i.recipients());
+            state.trust = Some(trust);
+            StepResult::Next
+        }
+        Err(e) => StepResult::Refused(e),
+    }
+}
+
+/// [`super::Step::FetchAndVerify`].
+pub(super) async fn fetch_and_verify(
+    ctx: &Context,
+    cluster: &Cluster,
+    state: &mut PassState<'_>,
+) -> StepResult {
+    let Some(trust) = state.trust.take() else {
+        return super::out_of_order(super::Step::ReadTrust);
+    };
+    state.progress.set_fetching(true);
+    let verified = on_blocking_pool(ctx, &state.name, &cluster.spec, trust).await;
+    state.progress.set_fetching(false);
+    match verified {
+        Ok(verified) => {
+            state.attempted_commit = Some(verified.commit().id().to_string());
+            state.verified = Some(verified);
+            StepResult::Next
+        }
+        Err((e, commit)) => {
+            state.attempted_commit = commit;
+            StepResult::Refused(e)
+        }
+    }
+}
+
+/// [`super::Step::CheckSerialFloor`]: the floor the owner pinned in the spec holds even when the
+/// status lost its own (a re-created Cluster, a restored etcd backup). On success the report says
+/// the source is verified.
+pub(super) async fn check_serial_floor(
+    _: &Context,
+    cluster: &Cluster,
+    state: &mut PassState<'_>,
+) -> StepResult {
+    let verified = match state.verified() {
+        Ok(verified) => verified,
+        Err(result) => return result,
+    };
+    let release = verified.release();
+    if let Err(e) = vworkspace_core::trust::release::check_floor(
+        &cluster.spec.cluster_id,
+        release.serial(),
+        cluster.spec.release.min_serial,
+    ) {
+        // As before the pass became steps: this refusal does not publish the recipients.
+        state.recipients = None;
+        return StepResult::Refused(Error::from(e));
+    }
+    state.report = verified_report(state, &verified);
+    StepResult::Next
+}
+
+/// The report of a verified source, before anything is applied.
+fn verified_report(
+    state: &mut PassState<'_>,
+    verified: &VerifiedIntent,
+) -> crate::cluster::status::PassReport {
+    crate::cluster::status::PassReport {
+        verify: StepOutcome::Succeeded,
+        apply: StepOutcome::NotRun,
+        attempted_commit: state.attempted_commit.clone(),
+        applied: None,
+        inventory: None,
+        managed_namespaces: None,
+        writes: (0, 0),
+        recipients: state.recipients.take(),
+        release_expires: Some((verified.release().serial(), verified.release().expires())),
+    }
+}
+
+pub(crate) fn git_ref(reference: &GitSourceRef) -> GitRef {
+    match reference {
+        GitSourceRef::Branch(b) => GitRef::Branch(b.clone()),
+        GitSourceRef::Tag(t) => GitRef::Tag(t.clone()),
+        GitSourceRef::Commit(c) => GitRef::Commit(c.to_ascii_lowercase()),
+    }
+}
+
+/// Writes the CA bundle a `Cluster` names to a file (public material; a file keeps
+/// `FetchOptions` what the CLI uses), on the blocking pool as tokio::fs does: a slow disk must not
+/// hold a runtime worker.
+async fn write_ca_bundle(
+    ctx: &Context,
+    name: &str,
+    bundle: &[u8],
+) -> Result<std::path::PathBuf, Error> {
+    let cache_dir = ctx.settings.cache_dir.clone();
+    let path = cache_dir.join(format!("{name}.ca.pem"));
+    let (file, bundle) = (path.clone(), bundle.to_vec());
+    let written = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&cache_dir).and_then(|()| std::fs::write(&file, bundle))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    written.map_err(|e| Error::Io {
+        what: format!("write the CA bundle of {name} to {}", path.display()),
+        source: e,
+    })?;
+    Ok(path)
+}
+
+/// Fetches and verifies on the blocking pool: the network and the CPU-heavy verification never run
+/// on the async runtime's workers. The error comes with the commit it concerns, when known.
+async fn on_blocking_pool(
+    ctx: &Context,
+    name: &str,
+    spec: &ClusterSpec,
+    trust: trust::SourceTrust,
+) -> Result<Arc<VerifiedIntent>, (Error, Option<String>)> {
+    let url = spec.source.url.clone();
+    let reference = git_ref(&spec.source.git_ref);
+    let cache_dir = ctx.settings.cache_dir.clone();
+    let mut options = ctx.settings.fetch.clone();
+    options.auth = trust.auth.clone();
+    if let Some(ca) = &trust.ca_bundle {
+        options.ca_bundle = Some(
+            write_ca_bundle(ctx, name, ca)
+                .await
+                .map_err(|e| (e, None))?,
+        );
+    }
+    let mut memo = ctx.with_state(name, |s| s.memo.take()).unwrap_or_default();
+    let config = trust.config;
+    let joined = tokio::task::spawn_blocking(move || {
+        let outcome = match crate::source::fetch(&url, &reference, &cache_dir, &options) {
+            Ok(fetched) => memo
+                .verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
+                .map_err(|e| (Error::Pass(*e.error), e.commit)),
+            Err(e) => Err((Error::Source(e), None)),
+        };
+        (memo, outcome)
+    })
+    .await;
+    match joined {
+        Ok((memo, outcome)) => {
+            ctx.with_state(name, |s| s.memo = Some(memo));
+            outcome
+        }
+        Err(e) => Err((Error::Task(e), None)),
+    }
+}

@@ -1,0 +1,341 @@
+//! The three controllers (Cluster, ApplicationInstance, Operation) and the watches they share, run
+//! until a stop. [`controllers`] builds them in order and joins the tasks:
+//!
+//! ```text
+//! managed-namespace watch -> Cluster controller -> live stores (instances, operations)
+//!   -> shared child caches -> Cluster deletions -> HelmRelease watches
+//!   => join: clusters, instances, operations, deletions, HelmRelease watches
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use super::{CHILD_CONCURRENCY, DECLARED_POLL, stopped};
+use crate::children::{Caches, ChildContext};
+use crate::cluster::{self, Context};
+use crate::error::Error;
+use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation};
+
+/// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
+/// reconciles finish first. Watches that fail or drop are re-established with back-off by
+/// kube-runtime; a Cluster is also re-run on any change of a managed namespace.
+///
+/// The `Cluster` controller's reflector store and one on managed namespaces are what the child
+/// controllers read (they replace `children.caches`) instead of the API server; the children start
+/// once both stores hold the first full list. A deleted `Cluster` is forgotten
+/// ([`Context::forget`]), seen by a metadata-only watch.
+pub async fn controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    children: Arc<ChildContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
+    // Signalled on every change of a managed namespace: the HelmRelease watches follow the set.
+    let namespace_changed = Arc::new(tokio::sync::Notify::new());
+    let namespace_changes =
+        managed_namespace_changes(&client, namespace_writer, namespace_changed.clone());
+    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()), None);
+    // The Cluster controller's own reflector store, shared with the children (no second watch).
+    let cluster_store = cluster_controller.store();
+    let (instance_controller, operation_controller) = live_controllers(&client, &ctx);
+    let helm_releases = crate::children::watches::HelmReleaseWatches::default();
+    let mut caches = Caches::new(cluster_store.clone(), namespace_store.clone());
+    caches.helm_releases = Some(helm_releases.clone());
+    let deletions = forget_deleted(&client, &ctx, caches.clone(), cluster_store.clone(), &stop);
+    let children = {
+        let mut shared = (*children).clone();
+        shared.caches = caches;
+        Arc::new(shared)
+    };
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let helm_release_watches = helm_releases.run(
+        client.clone(),
+        namespace_store.clone(),
+        namespace_changed,
+        trigger_tx,
+        stopped(stop.clone()),
+    );
+    let clusters = cluster_controller
+        .reconcile_all_on(namespace_changes)
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(cluster::reconcile, cluster::error_policy, ctx.clone())
+        .for_each(log_result);
+    let child = ChildController {
+        children,
+        stores: (cluster_store, namespace_store),
+        fence: ctx.fence.clone(),
+        stop,
+    };
+    let instances = child.clone().run(
+        instance_controller,
+        trigger_rx,
+        crate::children::instance::reconcile,
+        crate::children::instance::error_policy,
+    );
+    let operations = child.run(
+        operation_controller,
+        futures::stream::empty(),
+        crate::children::operation::reconcile,
+        crate::children::operation::error_policy,
+    );
+    tokio::join!(
+        clusters,
+        instances,
+        operations,
+        deletions,
+        helm_release_watches
+    );
+}
+
+/// The watch on managed namespaces, kept in `writer`'s store; one item (a Cluster re-run) per
+/// change, and `changed` notified on every change and on the first full list.
+fn managed_namespace_changes(
+    client: &Client,
+    writer: reflector::store::Writer<Namespace>,
+    changed: Arc<tokio::sync::Notify>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    watcher(
+        namespaces,
+        watcher::Config::default().labels(&cluster::namespaces::selector()),
+    )
+    .default_backoff()
+    .modify(lean)
+    .reflect(writer)
+    .filter_map(move |event| {
+        let changed = changed.clone();
+        async move {
+            match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    changed.notify_one();
+                    Some(())
+                }
+                Ok(watcher::Event::InitDone) => {
+                    changed.notify_one();
+                    None
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+/// The ApplicationInstance and Operation controllers, built before they run so that their stores
+/// exist for the Cluster pass (which reads the live objects of a no-op pass from them instead of
+/// listing, [`Context::set_live_stores`]); they fill once the controllers run.
+fn live_controllers(
+    client: &Client,
+    ctx: &Context,
+) -> (Controller<ApplicationInstance>, Controller<Operation>) {
+    let live_changes = Arc::new(AtomicU64::new(0));
+    let instances = lean_controller(
+        Api::<ApplicationInstance>::all(client.clone()),
+        Some(live_changes.clone()),
+    );
+    let operations = lean_controller(
+        Api::<Operation>::all(client.clone()),
+        Some(live_changes.clone()),
+    );
+    ctx.set_live_stores(cluster::apply::LiveStores {
+        instances: instances.store(),
+        operations: operations.store(),
+        changes: live_changes,
+    });
+    (instances, operations)
+}
+
+/// Deletions of `Cluster`s, from a metadata-only watch (names only): forgets what the process held
+/// for them (its pass memory, its declared release, the identities no remaining Cluster names).
+fn forget_deleted(
+    client: &Client,
+    ctx: &Arc<Context>,
+    caches: Caches,
+    store: Store<Cluster>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let ctx = ctx.clone();
+    watcher(
+        Api::<kube::core::PartialObjectMeta<Cluster>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .take_until(stopped(stop.clone()))
+    .for_each(move |event| {
+        if let Ok(watcher::Event::Delete(gone)) = event {
+            let name = gone.name_any();
+            let remaining: Vec<Arc<Cluster>> = store
+                .state()
+                .into_iter()
+                .filter(|c| c.name_any() != name)
+                .collect();
+            let ids: Vec<String> = remaining
+                .iter()
+                .map(|c| c.spec.cluster_id.clone())
+                .collect();
+            ctx.forget_deleted(&name, &ids);
+            let named: Vec<(String, String)> = remaining
+                .iter()
+                .map(|c| {
+                    let secret = &c.spec.decryption.identity_secret_ref;
+                    (secret.name.clone(), secret.key_or_default().to_owned())
+                })
+                .collect();
+            caches.retain_identities(&named);
+        }
+        async {}
+    })
+}
+
+/// What the two child controllers share: their context, the stores they wait for, the leader's
+/// fence and the stop.
+#[derive(Clone)]
+struct ChildController {
+    children: Arc<ChildContext>,
+    stores: (Store<Cluster>, Store<Namespace>),
+    fence: crate::fence::Fence,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ChildController {
+    /// Runs `controller` ([`CHILD_CONCURRENCY`] reconciles at once, each fenced) once both stores
+    /// hold their first list (before, every namespace would look unmanaged); every object is
+    /// reconciled again when the declared set moves, and each of `triggers` when it arrives.
+    async fn run<K, F, Fut>(
+        self,
+        controller: Controller<K>,
+        triggers: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+        reconcile: F,
+        error_policy: fn(Arc<K>, &Error, Arc<ChildContext>) -> Action,
+    ) where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        F: Fn(Arc<K>, Arc<ChildContext>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+    {
+        let (clusters, namespaces) = &self.stores;
+        let ready = async {
+            let _ = clusters.wait_until_ready().await;
+            let _ = namespaces.wait_until_ready().await;
+        };
+        tokio::select! {
+            () = ready => {}
+            () = stopped(self.stop.clone()) => return,
+        }
+        let stop = &self.stop;
+        controller
+            .with_config(controller::Config::default().concurrency(CHILD_CONCURRENCY))
+            .reconcile_all_on(
+                declared_changes(self.children.declared.clone()).take_until(stopped(stop.clone())),
+            )
+            .reconcile_on(triggers.take_until(stopped(stop.clone())))
+            .graceful_shutdown_on(stopped(stop.clone()))
+            .run(
+                fenced(self.fence.clone(), reconcile),
+                error_policy,
+                self.children.clone(),
+            )
+            .for_each(log_result)
+            .await;
+    }
+}
+
+/// Drops what no reconcile reads from a watched object before it is stored: `managedFields` (which
+/// repeat the shape of the whole object, a third or more of its size). Ownership checks read them
+/// from objects fetched by name ([`cluster::apply::get_unlisted`]), never from a store.
+fn lean<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
+/// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
+/// judged against the stored object before the event replaces it) moves the counter.
+fn lean_controller<K>(api: Api<K>, changes: Option<Arc<AtomicU64>>) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::TryStreamExt;
+    let (reader, writer) = reflector::store::<K>();
+    let before = reader.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |mut event| {
+            let moved = match &mut event {
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    lean(object);
+                    let old = before.get(&reflector::ObjectRef::from_obj(object));
+                    cluster::apply::changes_what_a_pass_reads(old.as_deref(), object)
+                }
+                watcher::Event::Delete(object) => {
+                    lean(object);
+                    true
+                }
+                watcher::Event::Init | watcher::Event::InitDone => true,
+            };
+            if moved && let Some(counter) = &changes {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            event
+        })
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
+/// One item each time the declared set's generation moves (polled every [`DECLARED_POLL`]).
+fn declared_changes(
+    declared: Arc<vworkspace_core::plan::declared::DeclaredSet>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(declared.generation(), move |seen| {
+        let declared = declared.clone();
+        async move {
+            loop {
+                tokio::time::sleep(DECLARED_POLL).await;
+                let now = declared.generation();
+                if now != seen {
+                    return Some(((), now));
+                }
+            }
+        }
+    })
+}
+
+/// A child reconcile run inside the leader's write fence ([`crate::fence`]): dropped the moment the
+/// Lease is no longer certainly held. (The `Cluster` reconcile fences itself.)
+fn fenced<K, C, F>(
+    fence: crate::fence::Fence,
+    reconcile: impl Fn(Arc<K>, Arc<C>) -> F,
+) -> impl Fn(Arc<K>, Arc<C>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    F: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |object, ctx| {
+        let fence = fence.clone();
+        let work = reconcile(object, ctx);
+        Box::pin(async move { fence.guard(work).await.unwrap_or(Err(Error::NotLeader)) })
+    }
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "reconcile ended with an error");
+    }
+}
