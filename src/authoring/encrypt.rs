@@ -120,6 +120,16 @@ fn read_value() -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
 
 /// The binding a file's place in the layout gives: `clusters/<c>/namespaces/<ns>/applicationinstances/<name>.yaml`.
 fn binding_from_place(file: &Path, path: &str) -> Result<(Binding, String), CliError> {
+    // A link would bind the value to the link's target and replace the link with a file; `release`
+    // and the operator refuse links in the cluster directory anyway (symlink_metadata: never followed).
+    let meta = std::fs::symlink_metadata(file)
+        .map_err(|e| usage(format!("--in-place {}: {e}", file.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(usage(format!(
+            "--in-place {}: a symbolic link; releases refuse links, so edit the file it points to (or replace the link by a file) and run encrypt on that",
+            file.display()
+        )));
+    }
     let absolute = std::fs::canonicalize(file)
         .map_err(|e| usage(format!("--in-place {}: {e}", file.display())))?;
     let root = super::inputs::discover(absolute.parent().unwrap_or(Path::new("/")));

@@ -1,5 +1,6 @@
 //! `recipient --cluster NAME`: the age recipient(s) a Cluster publishes in its status, read with the
-//! caller's kubeconfig (like `kubeseal --fetch-cert`): what `encrypt --recipient` takes.
+//! caller's kubeconfig (like `kubeseal --fetch-cert`): what `encrypt --recipient` takes. Stderr says
+//! where they come from ([`provenance`]); stdout holds only the recipients.
 
 use std::io::Write;
 
@@ -34,6 +35,19 @@ pub fn recipient(args: &RecipientArgs, out: &mut dyn Write) -> Result<ExitCode, 
     })
 }
 
+/// Where the printed recipients come from, for stderr: the Cluster's status, which the operator
+/// derives on every pass from the identity Secret the spec names (never from the status it read
+/// back), and which only the operator may write.
+pub fn provenance(cluster: &Cluster) -> String {
+    let reference = &cluster.spec.decryption.identity_secret_ref;
+    format!(
+        "recipients of Cluster {}: read from its status.recipients, which the operator derives on each pass from Secret {} key {} in its own namespace (spec.decryption.identitySecretRef) and which only the operator may write; when in doubt, ask the key's holder for `age-keygen -y` of it",
+        kube::ResourceExt::name_any(cluster),
+        reference.name,
+        reference.key_or_default()
+    )
+}
+
 /// Prints the recipients `Cluster <name>` publishes, one a line (the first is the current key).
 pub async fn recipient_with_client(
     args: &RecipientArgs,
@@ -45,6 +59,7 @@ pub async fn recipient_with_client(
         .get(&args.cluster)
         .await
         .map_err(|e| CliError::Io(format!("read Cluster {}: {e}", args.cluster)))?;
+    eprintln!("{}", provenance(&cluster));
     let recipients = cluster.status.map(|s| s.recipients).unwrap_or_default();
     if recipients.is_empty() {
         return Err(CliError::Io(format!(

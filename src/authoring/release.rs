@@ -350,6 +350,42 @@ fn valid_signatures(tree: &ClusterTree, manifest: &[u8]) -> Vec<(String, String)
     found
 }
 
+/// What a co-signer signs, shown before the signature is made: the cluster, serial, expiry, parent
+/// (and whether it is this checkout's HEAD) and every file with its digest.
+fn show_cosigned(
+    manifest: &release::ReleaseManifest,
+    root: &Path,
+    manifest_rel: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let head = vworkspace_core::repository::LocalRepository::open(root)
+        .and_then(|repo| {
+            repo.resolve(&vworkspace_core::repository::GitRef::Revision(
+                "HEAD".into(),
+            ))
+        })
+        .ok()
+        .map(|c| c.to_string());
+    let parent = match (&manifest.parent, &head) {
+        (None, _) => "none recorded".to_owned(),
+        (Some(p), Some(h)) if p == h => format!("{p} (this checkout's HEAD)"),
+        (Some(p), Some(h)) => {
+            format!("{p} (NOT this checkout's HEAD {h}: check what it was made from)")
+        }
+        (Some(p), None) => p.clone(),
+    };
+    writeln!(out, "co-signing {manifest_rel}:")?;
+    writeln!(out, "  cluster: {}", manifest.cluster)?;
+    writeln!(out, "  serial:  {}", manifest.serial)?;
+    writeln!(out, "  expires: {}", manifest.expires)?;
+    writeln!(out, "  parent:  {parent}")?;
+    writeln!(out, "  files:   {}", manifest.files.len())?;
+    for (path, digest) in &manifest.files {
+        writeln!(out, "    {path} {digest}")?;
+    }
+    Ok(())
+}
+
 /// `release`: writes `clusters/<id>/release.yaml` and signs it, or (`--sign-only`) adds a signature.
 ///
 /// Before anything is written or signed, every check `verify` runs without a key runs on exactly
@@ -372,7 +408,7 @@ pub fn release(args: &ReleaseArgs, out: &mut dyn Write) -> Result<ExitCode, CliE
         return Ok(1);
     }
     let manifest_bytes = if args.sign_only {
-        at.signed_manifest(&tree)?
+        at.signed_manifest(&tree, out)?
     } else {
         at.new_manifest(&tree, out)?
     };
@@ -430,7 +466,11 @@ impl<'a> Releasing<'a> {
     }
 
     /// `--sign-only`: the manifest as it is, refused when it no longer matches the files.
-    fn signed_manifest(&self, tree: &ClusterTree) -> Result<Vec<u8>, CliError> {
+    fn signed_manifest(
+        &self,
+        tree: &ClusterTree,
+        out: &mut dyn Write,
+    ) -> Result<Vec<u8>, CliError> {
         let bytes = match tree.entries().get(MANIFEST_FILE) {
             Some(TreeEntry::File(bytes)) => bytes.clone(),
             _ => {
@@ -446,6 +486,14 @@ impl<'a> Releasing<'a> {
                 "{stale} (co-signing it would sign a release the operator refuses)"
             )));
         }
+        let manifest =
+            release::parse_manifest(&bytes, &self.args.cluster, &self.limits).map_err(|e| {
+                usage(format!(
+                    "{e} (co-signing it would sign a release the operator refuses)"
+                ))
+            })?;
+        show_cosigned(&manifest, &self.root, &self.manifest_rel, out)
+            .map_err(|e| io(&self.manifest_path, e))?;
         Ok(bytes)
     }
 
@@ -543,6 +591,15 @@ impl<'a> Releasing<'a> {
             (None, Some(c)) => c.checked_add(1).ok_or_else(|| usage("serial overflow")),
             (None, None) => Ok(1),
         }
+        .and_then(|serial| {
+            if serial > release::MAX_SERIAL {
+                return Err(usage(format!(
+                    "serial {serial} is above the highest serial {} (2^53 - 1): the operator refuses it, so that no release can take the last serial there is",
+                    release::MAX_SERIAL
+                )));
+            }
+            Ok(serial)
+        })
     }
 
     /// Removes every signature (they are over the old manifest: they can only fail now); the

@@ -484,6 +484,38 @@ fn encrypt_in_place_keeps_the_file_and_binds_from_its_place() {
 }
 
 #[test]
+fn encrypt_in_place_refuses_a_symlink_and_leaves_it_a_link() {
+    let f = fixture();
+    let target = "clusters/demo/namespaces/org-myteam/applicationinstances/nextcloud.yaml";
+    let link = "clusters/demo/namespaces/org-myteam/applicationinstances/linked.yaml";
+    std::os::unix::fs::symlink("nextcloud.yaml", f.repo.join(link)).expect("symlink");
+    let before = std::fs::read(f.repo.join(target)).expect("read");
+    let out = bin(
+        &[
+            "encrypt",
+            "--recipient",
+            &f.recipient,
+            "--in-place",
+            link,
+            "--path",
+            "nextcloud.mail.smtp.user",
+        ],
+        &f.repo,
+        Some(b"mailer"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: --in-place {link}: a symbolic link; releases refuse links, so edit the file it points to (or replace the link by a file) and run encrypt on that\n"
+        )
+    );
+    let meta = std::fs::symlink_metadata(f.repo.join(link)).expect("link");
+    assert!(meta.file_type().is_symlink(), "still a link");
+    assert_eq!(std::fs::read(f.repo.join(target)).expect("read"), before);
+}
+
+#[test]
 fn a_cosigner_who_forgets_sign_only_is_stopped() {
     let f = fixture();
     let manifest = f.repo.join("clusters/demo/release.yaml");
@@ -518,6 +550,63 @@ fn a_cosigner_who_forgets_sign_only_is_stopped() {
         None,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
+    // What was co-signed is shown before the signature line: serial, expiry, parent, every file.
+    let shown = stdout(&out);
+    let parsed: serde_json::Value =
+        serde_saphyr::from_str(std::str::from_utf8(&before).expect("utf8"))
+            .expect("the manifest is YAML");
+    let signed_at = shown
+        .find("signed clusters/demo/release.yaml as")
+        .expect("signed");
+    let head = &shown[..signed_at];
+    assert!(
+        head.starts_with("co-signing clusters/demo/release.yaml:\n  cluster: demo\n  serial:  1\n"),
+        "{shown}"
+    );
+    assert!(
+        head.contains(&format!(
+            "  expires: {}\n",
+            parsed["expires"].as_str().expect("expires")
+        )),
+        "{shown}"
+    );
+    assert!(head.contains("  parent:  "), "{shown}");
+    let files = parsed["files"].as_object().expect("files");
+    assert!(!files.is_empty());
+    assert!(
+        head.contains(&format!("  files:   {}\n", files.len())),
+        "{shown}"
+    );
+    for (path, digest) in files {
+        assert!(
+            head.contains(&format!(
+                "    {path} {}\n",
+                digest.as_str().expect("digest")
+            )),
+            "{path}: {shown}"
+        );
+    }
+    // The serial has an upper bound (2^53 - 1): no release can take the last serial there is.
+    let out = bin(
+        &[
+            "release",
+            "--cluster",
+            "demo",
+            "--key",
+            &key,
+            "--force",
+            "--serial",
+            "18446744073709551615",
+        ],
+        &f.repo,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: serial 18446744073709551615 is above the highest serial 9007199254740991 (2^53 - 1): the operator refuses it, so that no release can take the last serial there is\n"
+    );
     assert_eq!(std::fs::read(&manifest).expect("manifest"), before);
     let out = bin(
         &["release", "--cluster", "demo", "--key", &key, "--force"],
@@ -932,9 +1021,10 @@ fn a_passphrase_protected_key_signs_through_ssh_agent() {
     let out = cosign(Some(&agent.socket), &key_arg);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with(
-            "signed clusters/demo/release.yaml as clusters/demo/release.sigs/carol.sig (SHA256:"
-        ),
+        stdout(&out).starts_with("co-signing clusters/demo/release.yaml:\n  cluster: demo\n")
+            && stdout(&out).contains(
+                "\nsigned clusters/demo/release.yaml as clusters/demo/release.sigs/carol.sig (SHA256:"
+            ),
         "{}",
         stdout(&out)
     );
@@ -1207,6 +1297,13 @@ mod against_the_cluster {
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             format!("{}\n", f.recipient)
+        );
+        // Stderr says where they come from: the identity Secret, through the operator.
+        let cluster: vworkspace_core::crd::Cluster =
+            serde_json::from_value(api.get(CLUSTER_PATH).expect("cluster")).expect("Cluster");
+        assert_eq!(
+            vworkspace_operator::authoring::recipient::provenance(&cluster),
+            "recipients of Cluster demo: read from its status.recipients, which the operator derives on each pass from Secret cluster-age key identity.agekey in its own namespace (spec.decryption.identitySecretRef) and which only the operator may write; when in doubt, ask the key's holder for `age-keygen -y` of it"
         );
         // The release's expiry, per Cluster, for alerts.
         let exported = metrics.encode();

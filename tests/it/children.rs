@@ -279,6 +279,56 @@ fn an_operation_runs_once_per_spec() {
     assert!(!engines::is_final(Some(OperationPhase::Running)));
 }
 
+/// The Velero Backup of `name` in `namespace` (spec as [`operation`] builds it).
+fn velero_backup(namespace: &str, name: &str, ttl: &str) -> String {
+    let mut op = operation(OperationType::Backup, "t", OperationTarget::default());
+    op.metadata.name = Some(name.to_owned());
+    op.metadata.namespace = Some(namespace.to_owned());
+    op.spec.parameters.insert("ttl".into(), ttl.into());
+    let child = engines::child(&op, "velero", None).expect("backup");
+    assert_eq!(child.namespace, "velero");
+    assert!(child.name.len() <= 63, "{}", child.name);
+    child.name
+}
+
+#[test]
+fn velero_names_are_unique_per_namespace_operation_and_run_at_any_length() {
+    // The first case: `team/a-nightly` and `team-a/nightly` shared one Backup.
+    let a = velero_backup("team", "a-nightly", "720h");
+    let b = velero_backup("team-a", "nightly", "720h");
+    assert_ne!(a, b);
+    // The second: a 48-character namespace cut the run digest off, so a new run found the old
+    // run's Backup (and its `Succeeded`) and no backup was made.
+    let long = "n".repeat(48);
+    let first = velero_backup(&long, "nightly", "720h");
+    let second = velero_backup(&long, "nightly", "24h");
+    assert_ne!(first, second, "a new run is a new Backup");
+    assert_eq!(
+        first,
+        velero_backup(&long, "nightly", "720h"),
+        "one run, one name"
+    );
+    // Longest namespace and name: still distinct per name and run.
+    let ns = "x".repeat(63);
+    let names: std::collections::BTreeSet<String> = [
+        velero_backup(&ns, &"y".repeat(253), "1h"),
+        velero_backup(&ns, &format!("{}z", "y".repeat(252)), "1h"),
+        velero_backup(&ns, &"y".repeat(253), "2h"),
+    ]
+    .into();
+    assert_eq!(names.len(), 3, "{names:?}");
+    // Operations whose long names share the kept prefix never share a run id (and so a child in
+    // their namespace); a name that fits keeps the id it always had.
+    let mut one = operation(OperationType::RunCommand, "t", OperationTarget::default());
+    one.metadata.name = Some(format!("{}-one", "p".repeat(60)));
+    let mut two = one.clone();
+    two.metadata.name = Some(format!("{}-two", "p".repeat(60)));
+    assert_ne!(engines::run_id(&one), engines::run_id(&two));
+    let short = operation(OperationType::RunCommand, "t", OperationTarget::default());
+    assert!(engines::run_id(&short).starts_with("nightly-"));
+    assert_eq!(engines::run_id(&short).len(), "nightly-".len() + 10);
+}
+
 #[test]
 fn refusals_name_the_field_and_say_what_to_do() {
     let op = operation(OperationType::Restore, "t", OperationTarget::default());

@@ -27,5 +27,6 @@ mod secrets;
 mod signatures;
 mod source;
 mod ssh_source;
+mod status_trust;
 mod trust_closure;
 mod webhook;

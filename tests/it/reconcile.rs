@@ -35,11 +35,16 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
             )
         })
         .collect();
+    // A status without a floor (here: none yet) is completed from this source's live objects
+    // before verification (plan::floor): two labelled lists, which find nothing on a first pass.
     assert_eq!(
-        reads[..4],
+        reads[..6],
         [
             "GET /api/v1/namespaces/vworkspace-system/configmaps/trust ",
             "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age ",
+            format!("GET {AI_PATH}/applicationinstances gitops.vworkspace.io/cluster=demo")
+                .as_str(),
+            format!("GET {OPS_PATH}/operations gitops.vworkspace.io/cluster=demo").as_str(),
             "GET /api/v1/namespaces app.vworkspace.io/managed-by=vworkspace",
             "GET /api/v1/namespaces/org-myteam/serviceaccounts/vworkspace-operation-runner ",
         ]

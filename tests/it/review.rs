@@ -36,12 +36,12 @@ const INSTANCES: &str = "clusters/demo/namespaces";
 /// released 2-of-2 and signed.
 pub fn pr_changes(f: &Fixture) {
     f.git(&["checkout", "-q", "-b", "pr-changes", "main"]);
-    let smtp = f.bound_encrypt(
+    let smtp = f.bound_encrypt_for(
+        "demo",
         "a-new-password",
         "org-myteam",
         "nextcloud",
         "nextcloud.mail.smtp.password",
-        "demo",
     );
     let nextcloud = common::nextcloud(&smtp).replace("version: 6.6.4", "version: 6.6.5");
     f.write(
@@ -61,7 +61,7 @@ pub fn pr_changes(f: &Fixture) {
         &format!("{INSTANCES}/org-myteam/operations/weekly.yaml"),
         &common::BACKUP.replace("name: nightly", "name: weekly"),
     );
-    f.release("demo", &[]);
+    f.release(&[]);
     f.commit("nextcloud 6.6.5, wiki, weekly backup");
 }
 

@@ -101,10 +101,24 @@ async fn a_same_named_object_that_is_not_ours_is_refused_the_rest_applies_and_it
     adopted["metadata"]["annotations"] = json!({"gitops.vworkspace.io/adopt": "demo"});
     h.api.put(&handmade_path, adopted);
     assert!(h.pass().await.is_err(), "nightly is still in conflict");
+    // The apply, then the merge patch that removes what the hand-made spec held and the release
+    // does not declare (`spec.app`): server-side apply alone would leave it.
     assert_eq!(
         object_writes(&h.writes()),
-        [&format!("PATCH {handmade_path}")]
+        [
+            &format!("PATCH {handmade_path}"),
+            &format!("PATCH {handmade_path}")
+        ]
     );
+    let removal = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == handmade_path && r.method == Method::PATCH)
+        .nth(1)
+        .expect("the removal");
+    assert_eq!(removal.content_type, "application/merge-patch+json");
+    assert_eq!(removal.body, json!({"spec": {"app": null}}));
     let live = h.api.get(&handmade_path).expect("adopted");
     assert_eq!(
         live["metadata"]["labels"]["gitops.vworkspace.io/cluster"],
@@ -268,6 +282,9 @@ async fn a_pinned_min_serial_refuses_a_rollback_after_the_cluster_is_re_created(
     let mut recreated = h.api.get(CLUSTER_PATH).expect("cluster");
     recreated.as_object_mut().expect("object").remove("status");
     recreated["spec"]["release"]["minSerial"] = json!(2);
+    // History rewrites allowed, so that the pinned floor alone refuses it (otherwise the ancestry
+    // base the live objects record, plan::floor::restore, refuses it first: HistoryInvalid).
+    recreated["spec"]["policy"]["allowHistoryRewrite"] = json!(true);
     h.api.put(CLUSTER_PATH, recreated);
     assert!(h.pass().await.is_err());
     assert!(

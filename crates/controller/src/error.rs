@@ -82,6 +82,20 @@ pub enum Error {
     /// reported instead of a panic (each list's unit test keeps it from happening).
     #[error("internal: the step {0} did not run before the steps that need it")]
     StepOrder(String),
+    /// The `Cluster`'s status cannot be read as the operator wrote it (an inventory that does not
+    /// decode under its bounds): this Cluster's pass is refused until the field is removed.
+    #[error(
+        "status.compactInventory of Cluster {cluster} cannot be read ({problem}): nothing is applied or pruned until it is removed; only the operator may write Cluster status (to recover: kubectl patch vwc {cluster} --subresource=status --type=json -p '[{{\"op\":\"remove\",\"path\":\"/status/compactInventory\"}}]'; the next pass rebuilds it from the declared objects it applies)"
+    )]
+    StatusUnreadable {
+        /// The Cluster.
+        cluster: String,
+        /// Why its inventory does not decode (never the raw value).
+        problem: vworkspace_core::crd::inventory::InventoryError,
+    },
+    /// A verified release below the floor this source's live objects record.
+    #[error(transparent)]
+    Floor(#[from] vworkspace_core::plan::floor::FloorError),
     /// A reconcile pass ended without applying (its status and Event say why).
     #[error("pass failed: {reason}")]
     PassFailed {
@@ -106,6 +120,8 @@ impl Error {
             | Error::Task(_)
             | Error::StepOrder(_) => reasons::CONFIGURATION_INVALID,
             Error::NotLeader => reasons::NOT_LEADER,
+            Error::StatusUnreadable { .. } => reasons::STATUS_UNREADABLE,
+            Error::Floor(e) => e.reason(),
             Error::PassFailed { reason } => reason,
         }
     }

@@ -175,6 +175,7 @@ impl Default for Metrics {
             "Commit statuses sent to the forge, by result (sent, failed after retries, dropped when the queue was full)",
             metrics.commit_statuses.clone(),
         );
+        registry.register(
             "fetch_duration_seconds",
             "Duration of fetching and verifying a Cluster's source",
             metrics.fetch_duration.clone(),

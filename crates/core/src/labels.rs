@@ -38,3 +38,6 @@ pub const ANNOTATION_ADOPT: &str = "gitops.vworkspace.io/adopt";
 
 /// Annotation: the file an object was read from, relative to the repository root.
 pub const ANNOTATION_SOURCE_PATH: &str = "gitops.vworkspace.io/source-path";
+
+/// The field manager of every write the operator makes (server-side apply, status, children).
+pub const FIELD_MANAGER: &str = "vworkspace-gitops";

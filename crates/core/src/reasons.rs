@@ -72,3 +72,7 @@ pub const PROGRESSING: &str = "Progressing";
 
 /// The Event reason of [`expiry_event`].
 pub const RELEASE_EXPIRING_SOON: &str = "ReleaseExpiringSoon";
+
+/// `Ready` reason: the Cluster's status cannot be read as the operator wrote it (an inventory that
+/// is not decodable under its bounds); this Cluster's pass is refused until the field is removed.
+pub const STATUS_UNREADABLE: &str = "StatusUnreadable";

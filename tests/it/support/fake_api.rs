@@ -89,6 +89,26 @@ pub fn decode(component: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// RFC 7386: `patch` merged into `target`, objects recursively, `null` removing a field.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if let Some(map) = target.as_object_mut() {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 pub fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
@@ -268,6 +288,17 @@ impl FakeApi {
                 } else {
                     self.put(path, object.clone());
                 }
+                (200, object)
+            }
+            // A JSON merge patch (a body without apiVersion: server-side applies carry one): merged
+            // into the stored object, `null` removing a field (RFC 7386).
+            Method::PATCH if body.get("apiVersion").is_none() => {
+                let Some(mut object) = self.get(path) else {
+                    return (404, status_body(404, "NotFound"));
+                };
+                merge_patch(&mut object, body);
+                object["metadata"]["resourceVersion"] = json!(self.next_version());
+                self.put(path, object.clone());
                 (200, object)
             }
             Method::PATCH | Method::PUT => {

@@ -134,7 +134,17 @@ pub fn assert_request_discipline(requests: &[Recorded]) {
             );
             assert!(!r.query.contains("watch"), "no watch on Secrets");
         }
-        if r.method == Method::PATCH {
+        if r.method == Method::PATCH && r.content_type == "application/merge-patch+json" {
+            // The one merge patch: removing spec fields the release does not declare (nulls only).
+            assert_eq!(
+                query_param(&r.query, "fieldManager").as_deref(),
+                Some(FIELD_MANAGER),
+                "{}",
+                r.line()
+            );
+            assert!(only_nulls(&r.body["spec"]), "{}: {}", r.line(), r.body);
+            assert_eq!(r.body.as_object().map(|o| o.len()), Some(1), "{}", r.body);
+        } else if r.method == Method::PATCH {
             assert_eq!(
                 r.content_type,
                 "application/apply-patch+yaml",
@@ -150,5 +160,14 @@ pub fn assert_request_discipline(requests: &[Recorded]) {
             assert_eq!(query_param(&r.query, "force").as_deref(), Some("true"));
         }
         assert_ne!(r.method, Method::PUT, "no replace: {}", r.line());
+    }
+}
+
+/// Whether a merge patch only removes fields (every leaf `null`).
+fn only_nulls(patch: &Value) -> bool {
+    match patch {
+        Value::Null => true,
+        Value::Object(map) => !map.is_empty() && map.values().all(only_nulls),
+        _ => false,
     }
 }

@@ -135,16 +135,52 @@ pub fn job_template(
     })
 }
 
-/// The run id of an Operation: `<name>-<first 10 hex of SHA-256 of the spec>`, at most 63 bytes.
-pub fn run_id(operation: &Operation) -> String {
-    let spec = serde_json::to_vec(&operation.spec).unwrap_or_default();
-    let digest = hex::encode(Sha256::digest(&spec));
-    let name = operation.metadata.name.as_deref().unwrap_or("operation");
-    let mut prefix: String = name.chars().take(63 - 11).collect();
-    while prefix.ends_with('-') {
+/// The longest name of a child (a DNS label: Velero and the label values that repeat it).
+const MAX_CHILD_NAME: usize = 63;
+/// The hex digits of a digest suffix (40 bits).
+const DIGEST_HEX: usize = 10;
+
+/// `<prefix>-<digest>` in at most [`MAX_CHILD_NAME`] bytes: the prefix is cut, never the digest.
+fn with_digest(prefix: &str, digest: &[u8]) -> String {
+    let hex = hex::encode(digest);
+    let mut prefix: String = prefix
+        .chars()
+        .take(MAX_CHILD_NAME - DIGEST_HEX - 1)
+        .collect();
+    while prefix.ends_with(['-', '.']) {
         prefix.pop();
     }
-    format!("{prefix}-{}", &digest[..10])
+    format!("{prefix}-{}", &hex[..DIGEST_HEX])
+}
+
+/// The run id of an Operation: `<name>-<first 10 hex of SHA-256 of the spec>`, at most 63 bytes.
+/// A name too long to keep whole is cut, and the digest then covers the whole name as well as the
+/// spec, so two Operations whose names share the kept prefix never share a run (a name that fits
+/// keeps the id it always had: a finished run is recognized by it and never started again).
+pub fn run_id(operation: &Operation) -> String {
+    let spec = serde_json::to_vec(&operation.spec).unwrap_or_default();
+    let name = operation.metadata.name.as_deref().unwrap_or("operation");
+    if name.len() < MAX_CHILD_NAME - DIGEST_HEX {
+        return with_digest(name, &Sha256::digest(&spec));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    hasher.update([0]);
+    hasher.update(&spec);
+    with_digest(name, &hasher.finalize())
+}
+
+/// The name of a child in the Velero namespace, where the Operations of every namespace meet:
+/// `<namespace>-<run id>` cut to fit, then a digest of the namespace, the Operation's name and the
+/// run id, which is never cut. So `team/a-nightly` and `team-a/nightly` never share a Backup, and a
+/// long namespace never cuts off what tells one run from the next.
+pub fn velero_name(namespace: &str, operation: &str, run_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [namespace, operation, run_id] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    with_digest(&format!("{namespace}-{run_id}"), &hasher.finalize())
 }
 
 fn env_name(key: &str) -> String {
@@ -198,7 +234,7 @@ impl Placement {
                 &uid,
             )],
         });
-        let in_velero = json!({"name": format!("{namespace}-{id}").chars().take(63).collect::<String>(), "namespace": velero_namespace, "labels": labels});
+        let in_velero = json!({"name": velero_name(&namespace, &name, &id), "namespace": velero_namespace, "labels": labels});
         Ok(Placement {
             namespace,
             labels,

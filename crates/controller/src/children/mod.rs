@@ -9,6 +9,7 @@
 pub use vworkspace_core::plan::declared;
 pub mod engines;
 pub mod flux;
+pub mod foreign;
 pub mod instance;
 pub mod operation;
 pub mod refusal;
@@ -135,6 +136,29 @@ impl ChildContext {
                 .is_some_and(|n| carries_managed_label(&n))),
             None => is_managed(&self.client, namespace).await,
         }
+    }
+
+    /// The Operation templates `namespace` may run now, from its current annotation
+    /// ([`crate::cluster::rbac::ALLOWED_TEMPLATES_ANNOTATION`]): from the shared store when there is
+    /// one, else read by name. `None` when the namespace is not managed. Never from a `Cluster`'s
+    /// `status.managedNamespaces`: a Cluster whose pass stopped early keeps an old list there.
+    pub async fn allowed_templates(&self, namespace: &str) -> Result<Option<Vec<String>>, Error> {
+        let read = match &self.caches.managed_namespaces {
+            Some(store) => store.get(&ObjectRef::new(namespace)).map(|n| (*n).clone()),
+            None => Api::<Namespace>::all(self.client.clone())
+                .get_opt(namespace)
+                .await
+                .map_err(kube_error(format!("get Namespace {namespace}")))?,
+        };
+        Ok(read.filter(carries_managed_label).map(|n| {
+            crate::cluster::rbac::allowed_templates(
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::cluster::rbac::ALLOWED_TEMPLATES_ANNOTATION))
+                    .map(String::as_str),
+            )
+        }))
     }
 
     /// Every `Cluster`: from the shared store when there is one, else listed.
@@ -354,11 +378,17 @@ pub async fn ensure_dynamic(
             .await
             .map_err(kube_error(format!("get {what}")))?
     };
-    if let Some(live) = &live {
-        let live = serde_json::to_value(live).unwrap_or(Value::Null);
-        if same_object(desired, &live) {
-            return Ok((live, false));
-        }
+    let live = live.map(|l| serde_json::to_value(l).unwrap_or(Value::Null));
+    // Fields another writer added and we do not declare: removed after the apply below.
+    let foreign = live
+        .as_ref()
+        .filter(|_| foreign::compared_whole(resource))
+        .and_then(|l| foreign::foreign_spec_fields(desired, l));
+    if let Some(live) = live
+        && foreign.is_none()
+        && same_object(desired, &live)
+    {
+        return Ok((live, false));
     }
     let mut body = desired.clone();
     if body["metadata"].is_object() {
@@ -373,7 +403,48 @@ pub async fn ensure_dynamic(
         )
         .await
         .map_err(kube_error(format!("apply {what}")))?;
-    Ok((serde_json::to_value(written).unwrap_or(Value::Null), true))
+    let Some(patch) = foreign else {
+        return Ok((serde_json::to_value(written).unwrap_or(Value::Null), true));
+    };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let written = api
+        .patch(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(kube_error(format!("remove undeclared fields of {what}")))?;
+    let written = serde_json::to_value(written).unwrap_or(Value::Null);
+    let fields = foreign::removed_paths(&patch).join(", ");
+    tracing::warn!(kind = %resource.kind, namespace, object = name, fields, "removed spec fields the operator does not declare");
+    record_removal(client, &written, &what, &fields).await;
+    Ok((written, true))
+}
+
+/// Records the removal of undeclared fields as a Warning Event on the child (best effort).
+async fn record_removal(client: &Client, child: &Value, what: &str, fields: &str) {
+    let involved = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: child["apiVersion"].as_str().map(str::to_owned),
+        kind: child["kind"].as_str().map(str::to_owned),
+        name: child["metadata"]["name"].as_str().map(str::to_owned),
+        namespace: child["metadata"]["namespace"].as_str().map(str::to_owned),
+        uid: child["metadata"]["uid"].as_str().map(str::to_owned),
+        ..Default::default()
+    };
+    let namespace = involved.namespace.clone().unwrap_or_default();
+    let note = crate::events::Note {
+        regarding: involved,
+        severity: crate::events::Severity::Warning,
+        reason: foreign::REASON_UNDECLARED_FIELDS_REMOVED.to_owned(),
+        message: format!(
+            "removed from {what} spec fields the verified release does not declare (written by another field manager): {fields}"
+        ),
+    };
+    let event = crate::events::event(&note, jiff::Timestamp::now());
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &namespace);
+    if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+        tracing::warn!(error = %e, "cannot record an Event");
+    }
 }
 
 #[cfg(test)]

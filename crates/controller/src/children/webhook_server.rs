@@ -150,12 +150,44 @@ impl ResolvesServerCert for ReloadingCertificate {
     }
 }
 
-/// The allowed templates per managed namespace, merged over every `Cluster`'s status.
+/// The allowed templates per managed namespace, from each namespace's current annotation
+/// ([`TemplateIndex::update_from_namespaces`]), never from a `Cluster`'s status (a Cluster whose pass
+/// stopped early keeps an old list there, so a revoked template would still be admitted).
 #[derive(Debug, Clone, Default)]
 pub struct TemplateIndex(Arc<RwLock<BTreeMap<String, Vec<String>>>>);
 
 impl TemplateIndex {
-    /// Rebuilds the index from the `Cluster`s.
+    /// Rebuilds the index from the managed namespaces as they are now (a namespace without the
+    /// managed label is left out: nothing may run there).
+    pub fn update_from_namespaces(&self, namespaces: &[k8s_openapi::api::core::v1::Namespace]) {
+        let index: BTreeMap<String, Vec<String>> = namespaces
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::cluster::rbac::MANAGED_LABEL.0))
+                    .map(String::as_str)
+                    == Some(crate::cluster::rbac::MANAGED_LABEL.1)
+            })
+            .filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                let annotation = n
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::cluster::rbac::ALLOWED_TEMPLATES_ANNOTATION))
+                    .map(String::as_str);
+                Some((name, crate::cluster::rbac::allowed_templates(annotation)))
+            })
+            .collect();
+        if let Ok(mut guard) = self.0.write() {
+            *guard = index;
+        }
+    }
+
+    /// Rebuilds the index from the `Cluster`s' recorded lists (superseded by
+    /// [`TemplateIndex::update_from_namespaces`]).
     pub fn update(&self, clusters: &[Cluster]) {
         let mut index: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for cluster in clusters {

@@ -12,7 +12,7 @@ use vworkspace_core::plan::diff::{Changes, LiveObject};
 use vworkspace_core::plan::{DesiredObject, DesiredResource, LABEL_CLUSTER};
 
 /// The field manager of every write the reconciler makes.
-pub const FIELD_MANAGER: &str = "vworkspace-gitops";
+pub const FIELD_MANAGER: &str = vworkspace_core::labels::FIELD_MANAGER;
 
 /// The two kinds a source declares.
 fn resources() -> [ApiResource; 2] {
@@ -278,6 +278,35 @@ async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error
     })
 }
 
+/// Removes the fields of a live object that the release does not declare (`patch`, from
+/// [`Changes::undeclared`]): a JSON merge patch setting each to `null`, under the operator's field
+/// manager. Server-side apply alone cannot: it removes only fields its own manager owned, and a
+/// field another manager set to the same value would stay co-owned by it.
+async fn remove_undeclared(
+    client: &Client,
+    id: &InventoryEntry,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
+    let Some(resource) = resource_of(&id.api_version, &id.kind) else {
+        return Ok(());
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &id.namespace, &resource);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(&id.name, &params, &Patch::Merge(patch))
+        .await
+        .map(drop)
+        .map_err(|source| Error::Kube {
+            action: format!(
+                "remove fields the release does not declare from {} {}/{}",
+                id.kind, id.namespace, id.name
+            ),
+            source,
+        })
+}
+
 /// Deletes one pruned object; one already gone counts as pruned.
 pub async fn prune_one(client: &Client, id: &InventoryEntry) -> Result<(), Error> {
     let Some(resource) = resource_of(&id.api_version, &id.kind) else {
@@ -414,7 +443,11 @@ pub async fn write(
                 Box::pin(async move {
                     let id = vworkspace_core::plan::diff::identity(desired);
                     progress.sent(id.clone());
-                    apply_one(client, desired).await.map(|()| (at, id))
+                    apply_one(client, desired).await?;
+                    if let Some(patch) = changes.undeclared.get(&id) {
+                        remove_undeclared(client, &id, patch).await?;
+                    }
+                    Ok((at, id))
                 })
             })
             .collect();

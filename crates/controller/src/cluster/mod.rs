@@ -23,6 +23,7 @@ pub mod namespaces;
 pub mod pass;
 pub mod retry;
 pub mod status;
+pub mod status_guard;
 mod summarize;
 pub mod trust;
 

@@ -25,6 +25,7 @@ const PERMANENT: &[&str] = &[
     reasons::CONFIGURATION_INVALID,
     reasons::OWNERSHIP_CONFLICT,
     reasons::NAMESPACE_NOT_MANAGED,
+    reasons::STATUS_UNREADABLE,
 ];
 
 /// Whether a failure with this reason is permanent: it stalls the `Cluster` until a change.

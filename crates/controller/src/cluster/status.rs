@@ -118,10 +118,8 @@ pub fn next_status(
             .managed_namespaces
             .clone()
             .unwrap_or(previous.managed_namespaces.clone()),
-        recipients: report
-            .recipients
-            .clone()
-            .unwrap_or(previous.recipients.clone()),
+        // Derived from the identity Secret by this pass, never carried from the status read back.
+        recipients: report.recipients.clone().unwrap_or_default(),
         ..previous
     };
     if let Some(applied) = &report.applied {

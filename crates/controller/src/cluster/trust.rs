@@ -149,13 +149,35 @@ fn api_error(action: String) -> impl FnOnce(kube::Error) -> Error {
 /// ConfigMaps read during one pass, so that two keys of one ConfigMap cost one request.
 type ReadConfigMaps = BTreeMap<(String, String), ConfigMap>;
 
+/// The namespace a trust input's ConfigMap is read from: the operator's own, whatever the reference
+/// says. A reference to another namespace is refused, naming the field: a managed namespace is
+/// writable by its tenants, and a signers list there would let a tenant choose who signs.
+pub fn trust_input_namespace<'a>(
+    field: &str,
+    reference: &'a ConfigMapKeyRef,
+    operator_namespace: &'a str,
+) -> Result<&'a str, Error> {
+    match reference.namespace.as_deref() {
+        None => Ok(operator_namespace),
+        Some(ns) if ns == operator_namespace => Ok(operator_namespace),
+        Some(ns) => Err(Error::TrustInput {
+            object: format!("{field}.namespace"),
+            problem: format!(
+                "{ns:?} is not the operator's namespace {operator_namespace:?}: trust inputs are read only from the operator's namespace (omit the field, or move ConfigMap {} there)",
+                reference.name
+            ),
+        }),
+    }
+}
+
 async fn config_map_text(
     client: &Client,
     default_namespace: &str,
     reference: &ConfigMapKeyRef,
+    field: &str,
     read: &mut ReadConfigMaps,
 ) -> Result<(String, String), Error> {
-    let namespace = reference.namespace.as_deref().unwrap_or(default_namespace);
+    let namespace = trust_input_namespace(field, reference, default_namespace)?;
     let key = reference.key.as_deref().unwrap_or(DEFAULT_SIGNERS_KEY);
     let source = format!("ConfigMap {namespace}/{} key {key}", reference.name);
     let id = (namespace.to_owned(), reference.name.clone());
@@ -227,6 +249,7 @@ pub async fn read_inputs(
         client,
         namespace,
         &spec.commit_signers.config_map_ref,
+        "spec.commitSigners.configMapRef",
         &mut read,
     )
     .await?;
@@ -234,6 +257,7 @@ pub async fn read_inputs(
         client,
         namespace,
         &spec.release.signers_config_map_ref,
+        "spec.release.signersConfigMapRef",
         &mut read,
     )
     .await?;
@@ -248,4 +272,45 @@ pub async fn read_inputs(
         identity,
         auth,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(namespace: Option<&str>) -> ConfigMapKeyRef {
+        ConfigMapKeyRef {
+            namespace: namespace.map(str::to_owned),
+            name: "release-signers".into(),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn trust_inputs_come_only_from_the_operators_namespace() {
+        let field = "spec.release.signersConfigMapRef";
+        assert_eq!(
+            trust_input_namespace(field, &reference(None), "vworkspace-system").ok(),
+            Some("vworkspace-system")
+        );
+        assert_eq!(
+            trust_input_namespace(
+                field,
+                &reference(Some("vworkspace-system")),
+                "vworkspace-system"
+            )
+            .ok(),
+            Some("vworkspace-system")
+        );
+        let refused = trust_input_namespace(field, &reference(Some("team-a")), "vworkspace-system")
+            .expect_err("a tenant's namespace");
+        assert_eq!(
+            refused.reason(),
+            vworkspace_core::reasons::CONFIGURATION_INVALID
+        );
+        assert_eq!(
+            refused.to_string(),
+            "spec.release.signersConfigMapRef.namespace: \"team-a\" is not the operator's namespace \"vworkspace-system\": trust inputs are read only from the operator's namespace (omit the field, or move ConfigMap release-signers there)"
+        );
+    }
 }

@@ -146,7 +146,8 @@ pub enum GitSourceRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigMapKeyRef {
-    /// The namespace (default `vworkspace-system`).
+    /// The namespace: only the operator's own (`vworkspace-system`), which is also the default; any
+    /// other is refused, since a managed namespace is writable by its tenants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The ConfigMap.
@@ -340,7 +341,11 @@ pub struct ManagedNamespace {
 }
 
 /// What the operator observed and applied.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+// Read leniently (a hand-written `Deserialize` over `ClusterStatusWire`): an inventory that cannot be
+// decoded under `super::inventory`'s bounds leaves `inventory` empty and says why in
+// `inventory_unreadable`, so that one Cluster's bad status fails that Cluster's pass and never the
+// list or watch of every Cluster. (Not a doc comment: it would land in the CRD's description.)
+#[derive(Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     /// Ready, SourceVerified, Applied.
@@ -368,8 +373,7 @@ pub struct ClusterStatus {
         rename = "compactInventory",
         alias = "inventory",
         skip_serializing_if = "Vec::is_empty",
-        serialize_with = "super::inventory::serialize",
-        deserialize_with = "super::inventory::deserialize"
+        serialize_with = "super::inventory::serialize"
     )]
     #[schemars(with = "Option<super::inventory::CompactInventory>")]
     pub inventory: Vec<InventoryEntry>,
@@ -388,6 +392,66 @@ pub struct ClusterStatus {
     /// (Flux's convention): `reconcile --wait` waits for it to equal the value it set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// Why the inventory in the status as read could not be decoded (never written; the pass refuses
+    /// the Cluster with `StatusUnreadable` while it is set).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub inventory_unreadable: Option<super::inventory::InventoryError>,
+}
+
+/// [`ClusterStatus`] as the API server sends it, the inventory still undecoded.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterStatusWire {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+    #[serde(default)]
+    last_applied_commit: Option<String>,
+    #[serde(default)]
+    last_applied_serial: Option<u64>,
+    #[serde(default)]
+    last_applied_release_digest: Option<String>,
+    #[serde(default)]
+    last_applied_signer: Option<String>,
+    #[serde(default)]
+    last_attempted_commit: Option<String>,
+    #[serde(default, rename = "compactInventory", alias = "inventory")]
+    inventory: Option<serde_json::Value>,
+    #[serde(default)]
+    managed_namespaces: Vec<ManagedNamespace>,
+    #[serde(default)]
+    recipients: Vec<String>,
+    #[serde(default)]
+    observed_generation: Option<i64>,
+    #[serde(default)]
+    last_handled_reconcile_at: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ClusterStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = ClusterStatusWire::deserialize(d)?;
+        let (inventory, inventory_unreadable) = match wire.inventory {
+            None | Some(serde_json::Value::Null) => (Vec::new(), None),
+            Some(raw) => match super::inventory::decode_any(raw) {
+                Ok(entries) => (entries, None),
+                Err(e) => (Vec::new(), Some(e)),
+            },
+        };
+        Ok(ClusterStatus {
+            conditions: wire.conditions,
+            last_applied_commit: wire.last_applied_commit,
+            last_applied_serial: wire.last_applied_serial,
+            last_applied_release_digest: wire.last_applied_release_digest,
+            last_applied_signer: wire.last_applied_signer,
+            last_attempted_commit: wire.last_attempted_commit,
+            inventory,
+            managed_namespaces: wire.managed_namespaces,
+            recipients: wire.recipients,
+            observed_generation: wire.observed_generation,
+            last_handled_reconcile_at: wire.last_handled_reconcile_at,
+            inventory_unreadable,
+        })
+    }
 }
 
 /// The annotation that asks for a pass now (Flux's name; `reconcile` and the push receivers set it

@@ -115,6 +115,10 @@ pub struct Changes<'p> {
     /// Inventory objects in namespaces that are not managed now: untouched, but still this source's,
     /// so that they are pruned or updated if the namespace is managed again.
     pub retained: Vec<InventoryEntry>,
+    /// Updated objects whose live spec holds fields the release does not declare (another writer's,
+    /// or left from before an adoption), with the JSON merge patch (`{"spec": ...}`, each such field
+    /// `null`) that removes them: server-side apply removes only fields its own manager owned.
+    pub undeclared: BTreeMap<InventoryEntry, Value>,
 }
 
 impl Changes<'_> {
@@ -181,8 +185,10 @@ fn desired_parts(
 }
 
 /// Whether a live object that a plan declares is this source's to write: it carries this source's
-/// cluster label (with no other source's), it is in the inventory with no other source's label, or
-/// the owner marked it for adoption by this source. Otherwise the holder, for the refusal.
+/// cluster label (with no other source's), it lost its labels but is in the inventory *and* the
+/// operator's field manager still owns fields of it (an inventory line alone, which whoever writes
+/// the Cluster status could inject, never makes someone else's object ours), or the owner marked it
+/// for adoption by this source. Otherwise the holder, for the refusal.
 pub fn ownership(
     live: &LiveObject,
     inventory: &BTreeSet<&InventoryEntry>,
@@ -192,7 +198,13 @@ pub fn ownership(
     let adopted = live.annotations.get(ANNOTATION_ADOPT).map(String::as_str) == Some(cluster);
     let ours = match label {
         Some(l) => l == cluster,
-        None => inventory.contains(&live.id),
+        None => {
+            inventory.contains(&live.id)
+                && live
+                    .managers
+                    .iter()
+                    .any(|m| m == crate::labels::FIELD_MANAGER)
+        }
     };
     if ours || adopted {
         return Ok(());
@@ -252,6 +264,29 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The fields of `live` that `declared` does not hold, as a JSON merge patch that removes them
+/// (each such field `null`, nested where both sides are objects); `None` when there are none. Values
+/// are not compared: a field both hold is set by the apply itself; lists are atomic.
+pub fn undeclared_fields(declared: &Value, live: &Value) -> Option<Value> {
+    let (Value::Object(declared), Value::Object(live)) = (declared, live) else {
+        return None;
+    };
+    let mut patch = serde_json::Map::new();
+    for (key, value) in live {
+        match declared.get(key) {
+            None => {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Some(inner) => {
+                if let Some(nested) = undeclared_fields(inner, value) {
+                    patch.insert(key.clone(), nested);
+                }
+            }
+        }
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
 /// Whether `live` already is what `desired` declares (commit and serial annotations aside).
 fn matches(desired: &DesiredObject, live: &LiveObject) -> bool {
     let (spec, labels, annotations) = desired_parts(desired);
@@ -292,7 +327,14 @@ pub fn diff<'p>(
             Some(l) => match ownership(l, &inventory, cluster) {
                 Err(conflict) => changes.conflicts.push((id.clone(), conflict)),
                 Ok(()) if matches(desired, l) => changes.unchanged.push(id.clone()),
-                Ok(()) => changes.update.push(desired),
+                Ok(()) => {
+                    if let Some(patch) = undeclared_fields(&desired_parts(desired).0, &l.spec) {
+                        changes
+                            .undeclared
+                            .insert(id.clone(), serde_json::json!({ "spec": patch }));
+                    }
+                    changes.update.push(desired)
+                }
             },
         }
         declared.insert(id);
@@ -435,9 +477,11 @@ mod tests {
             CLUSTER,
         );
         assert!(changes.is_noop());
-        // A label removed by hand is put back.
+        // A label removed by hand is put back (the object is still ours: our field manager owns
+        // its fields).
         let mut drifted = live_of(&a, "c1");
         drifted.labels.remove(LABEL_CLUSTER);
+        drifted.managers = vec![crate::labels::FIELD_MANAGER.to_owned()];
         let changes = diff(
             &plan,
             &[drifted],
@@ -613,6 +657,82 @@ mod tests {
             .insert(ANNOTATION_ADOPT.to_owned(), "prod".to_owned());
         let changes = diff(&plan, &[by_hand], &[], &managed(&["org-a"]), CLUSTER);
         assert_eq!(changes.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn an_injected_inventory_line_never_makes_an_unlabelled_object_ours() {
+        let a = op("org-a", "a", "t1");
+        let plan = Plan::from_objects(vec![a.clone()]);
+        // Someone else's unlabelled object of the same name, and an inventory line naming it (as
+        // whoever can write the Cluster status could inject).
+        let mut foreign = live_of(&op("org-a", "a", "t9"), "c0");
+        foreign.labels.clear();
+        foreign.managers = vec!["kubectl-edit".into()];
+        let inventory = vec![identity(&a)];
+        let changes = diff(
+            &plan,
+            std::slice::from_ref(&foreign),
+            &inventory,
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(changes.update.is_empty(), "not taken over");
+        assert_eq!(changes.conflicts.len(), 1, "reported as OwnershipConflict");
+        assert!(changes.inventory().is_empty());
+        // Ours once its labels were stripped by hand: our field manager still owns its fields.
+        let mut stripped = foreign;
+        stripped
+            .managers
+            .push(crate::labels::FIELD_MANAGER.to_owned());
+        let changes = diff(
+            &plan,
+            &[stripped],
+            &inventory,
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert!(changes.conflicts.is_empty());
+        assert_eq!(changes.update.len(), 1, "relabelled by the next apply");
+    }
+
+    #[test]
+    fn fields_the_release_does_not_declare_are_patched_away() {
+        let declared = serde_json::json!({"chart": {"name": "c", "version": "1"},
+                                          "values": {"host": "a", "mail": {"user": "u"}, "list": [1]}});
+        assert_eq!(undeclared_fields(&declared, &declared), None);
+        let live = serde_json::json!({"chart": {"name": "c", "version": "0"},
+                                      "values": {"host": "b", "extra": "by-hand",
+                                                 "mail": {"user": "u", "relay": {"x": 1}},
+                                                 "list": [1, 2]},
+                                      "suspend": true});
+        assert_eq!(
+            undeclared_fields(&declared, &live),
+            Some(
+                serde_json::json!({"values": {"extra": null, "mail": {"relay": null}}, "suspend": null})
+            )
+        );
+        // In a diff: the update carries the patch; an object without extra fields does not.
+        let a = op("org-a", "a", "t1");
+        let b = op("org-a", "b", "t1");
+        let plan = Plan::from_objects(vec![a.clone(), b.clone()]);
+        let mut extra = live_of(&a, "c0");
+        extra.spec["parameters"]["injected"] = serde_json::json!("x");
+        let changed = live_of(&op("org-a", "b", "t2"), "c0");
+        let changes = diff(
+            &plan,
+            &[extra, changed],
+            &[identity(&a), identity(&b)],
+            &managed(&["org-a"]),
+            CLUSTER,
+        );
+        assert_eq!(changes.update.len(), 2);
+        assert_eq!(
+            changes.undeclared,
+            BTreeMap::from([(
+                identity(&a),
+                serde_json::json!({"spec": {"parameters": null}})
+            )])
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod declared;
 pub mod diff;
+pub mod floor;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

@@ -72,6 +72,12 @@ impl ReleasePolicy {
     }
 }
 
+/// The highest serial a release may have: 2^53 - 1, the largest integer every JSON reader keeps
+/// exactly (and far inside Kubernetes' int64). A bound keeps one signed release from taking the
+/// last serial there is: a release at `u64::MAX` would leave no greater serial, and so block every
+/// later release of the cluster. Counting one release a second, the bound lasts 285 million years.
+pub const MAX_SERIAL: u64 = (1 << 53) - 1;
+
 /// Refuses a release whose serial is below the floor an owner pinned (`spec.release.minSerial`); a
 /// serial equal to the floor is accepted (the release the floor was copied from can be applied again).
 pub fn check_floor(cluster: &str, serial: u64, floor: Option<u64>) -> Result<(), ReleaseError> {
@@ -344,6 +350,12 @@ pub fn parse_manifest(
     }
     if manifest.serial == 0 {
         return Err(malformed("field serial must be at least 1".into()));
+    }
+    if manifest.serial > MAX_SERIAL {
+        return Err(malformed(format!(
+            "field serial {} is above the highest serial {MAX_SERIAL} (2^53 - 1)",
+            manifest.serial
+        )));
     }
     if let Some(parent) = &manifest.parent
         && let Err(e) = crate::repository::CommitId::parse(parent)
@@ -992,6 +1004,8 @@ mod tests {
         assert!(parse_manifest(good.as_bytes(), "demo", &l).is_ok());
         for (bad, field) in [
             (good.replace("serial: 1", "serial: 0"), "serial"),
+            (good.replace("serial: 1", "serial: 9007199254740992"), "serial 9007199254740992 is above"),
+            (good.replace("serial: 1", "serial: 18446744073709551615"), "serial"),
             (good.replace("kind: Release", "kind: Other"), "kind"),
             (good.replace("files: {}", "files: {}\nextra: 1"), "extra"),
             (good.replace("files: {}", "files:\n  a.yaml: md5:abc"), "a.yaml"),

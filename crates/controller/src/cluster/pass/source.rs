@@ -9,7 +9,7 @@ use vworkspace_core::repository::GitRef;
 
 use super::{PassState, StepResult};
 use crate::cluster::conditions::StepOutcome;
-use crate::cluster::{Context, trust};
+use crate::cluster::{Context, status_guard, trust};
 use crate::error::Error;
 
 /// [`super::Step::ReadTrust`].
@@ -19,11 +19,26 @@ pub(super) async fn read_trust(
     state: &mut PassState<'_>,
 ) -> StepResult {
     let spec = &cluster.spec;
+    if let Some(e) = status_guard::unreadable(&state.name, cluster.status.as_ref()) {
+        return StepResult::Refused(e);
+    }
     let inputs = match trust::read_inputs(&ctx.client, &ctx.settings.namespace, spec).await {
         Ok(inputs) => inputs,
         Err(e) => return StepResult::Refused(e),
     };
-    let previous = cluster.status.as_ref();
+    // A floor the status lost is taken from this source's live objects, not dropped.
+    let status = cluster.status.as_ref();
+    // A read that fails here is not fatal: the same read in `ReadLive` ends the pass before
+    // anything is written, and the serial floor of the live objects is checked there.
+    let restored =
+        match status_guard::restored_floor(&ctx.client, spec, status, ctx.live.get()).await {
+            Ok(restored) => restored,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the live objects to restore a lost floor");
+                None
+            }
+        };
+    let previous = restored.as_ref().or(status);
     match trust::trust_config(spec, previous, &inputs, (ctx.clock)(), &ctx.settings.limits) {
         Ok(trust) => {
             // Published even when verification fails: a new Cluster's authors need the recipient

@@ -101,6 +101,12 @@ pub(super) async fn read_live(
         Ok(found) => live.extend(found),
         Err(e) => return StepResult::Failed(failed(&e)),
     }
+    let serial = verified.release().serial();
+    if let Some(e) = crate::cluster::status_guard::floor(&cluster.spec, serial, &live) {
+        // A refusal of the source: the recipients stay published.
+        state.recipients = state.report.recipients.take();
+        return StepResult::Refused(e);
+    }
     state.plan = Some(plan);
     state.live = live;
     StepResult::Next
