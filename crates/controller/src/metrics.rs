@@ -125,71 +125,7 @@ impl Default for Metrics {
             observed: crate::observed::Observed::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "pass_duration_seconds",
-            "Duration of a reconcile pass (fetch to status)",
-            metrics.pass_duration.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last pass that applied and pruned successfully",
-            metrics.last_success.clone(),
-        );
-        registry.register(
-            "objects_applied",
-            "Objects created or updated by server-side apply",
-            metrics.applied.clone(),
-        );
-        registry.register(
-            "objects_pruned",
-            "Objects deleted because the source no longer declares them",
-            metrics.pruned.clone(),
-        );
-        registry.register(
-            "pass_failures",
-            "Passes that were refused or failed, by reason",
-            metrics.failures.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 when this replica is the active one (holds the leader Lease, or runs without leader election)",
-            metrics.leader.clone(),
-        );
-        registry.register(
-            "children_refused",
-            "ApplicationInstances and Operations refused because the verified release does not declare them as they are, by reason and kind",
-            metrics.refused.clone(),
-        );
-        registry.register(
-            "release_expiry_timestamp_seconds",
-            "Unix time at which the Cluster's last verified release expires; after it every pass is refused",
-            metrics.release_expiry.clone(),
-        );
-        registry.register(
-            "receiver_requests",
-            "Requests to the push receiver, by forge and outcome (triggered, ignored, bad_signature, unknown_repository, too_large, rate_limited, ...)",
-            metrics.receiver_requests.clone(),
-        );
-        registry.register(
-            "commit_statuses",
-            "Commit statuses sent to the forge, by result (sent, failed after retries, dropped when the queue was full)",
-            metrics.commit_statuses.clone(),
-        );
-        registry.register(
-            "fetch_duration_seconds",
-            "Duration of fetching and verifying a Cluster's source",
-            metrics.fetch_duration.clone(),
-        );
-        registry.register(
-            "watch_errors",
-            "Watch and controller queue errors, by watched kind (each is retried with back-off)",
-            metrics.watch_errors.clone(),
-        );
-        registry.register(
-            "webhook_certificate_expiry_timestamp_seconds",
-            "Unix time at which the admission webhook's serving certificate expires",
-            metrics.webhook_certificate_expiry.clone(),
-        );
+        register(&metrics, &mut registry);
         registry.register_collector(Box::new(metrics.observed.clone()));
         metrics.initialize_series();
         Metrics {
@@ -197,6 +133,75 @@ impl Default for Metrics {
             ..metrics
         }
     }
+}
+
+/// Registers every metric of `metrics` but the scrape-time collector.
+fn register(metrics: &Metrics, registry: &mut Registry) {
+    registry.register(
+        "pass_duration_seconds",
+        "Duration of a reconcile pass (fetch to status)",
+        metrics.pass_duration.clone(),
+    );
+    registry.register(
+        "last_success_timestamp_seconds",
+        "Unix time of the last pass that applied and pruned successfully",
+        metrics.last_success.clone(),
+    );
+    registry.register(
+        "objects_applied",
+        "Objects created or updated by server-side apply",
+        metrics.applied.clone(),
+    );
+    registry.register(
+        "objects_pruned",
+        "Objects deleted because the source no longer declares them",
+        metrics.pruned.clone(),
+    );
+    registry.register(
+        "pass_failures",
+        "Passes that were refused or failed, by reason",
+        metrics.failures.clone(),
+    );
+    registry.register(
+        "leader",
+        "1 when this replica is the active one (holds the leader Lease, or runs without leader election)",
+        metrics.leader.clone(),
+    );
+    registry.register(
+        "children_refused",
+        "ApplicationInstances and Operations refused because the verified release does not declare them as they are, by reason and kind",
+        metrics.refused.clone(),
+    );
+    registry.register(
+        "release_expiry_timestamp_seconds",
+        "Unix time at which the Cluster's last verified release expires; after it every pass is refused",
+        metrics.release_expiry.clone(),
+    );
+    registry.register(
+        "receiver_requests",
+        "Requests to the push receiver, by forge and outcome (triggered, ignored, bad_signature, unknown_repository, too_large, rate_limited, ...)",
+        metrics.receiver_requests.clone(),
+    );
+    registry.register(
+        "commit_statuses",
+        "Commit statuses sent to the forge, by result (sent, failed after retries, dropped when the queue was full)",
+        metrics.commit_statuses.clone(),
+    );
+    registry.register(
+        "fetch_duration_seconds",
+        "Duration of fetching and verifying a Cluster's source",
+        metrics.fetch_duration.clone(),
+    );
+    registry.register(
+        "watch_errors",
+        "Watch and controller queue errors, by watched kind (each is retried with back-off)",
+        metrics.watch_errors.clone(),
+    );
+    registry.register(
+        "webhook_certificate_expiry_timestamp_seconds",
+        "Unix time at which the admission webhook's serving certificate expires",
+        metrics.webhook_certificate_expiry.clone(),
+    );
 }
 
 /// The reasons a pass is refused or fails with ([`vworkspace_core::reasons`]), exported at 0 from the

@@ -156,15 +156,7 @@ pub fn review(args: &TrustArgs, base: &str) -> Result<Review, CliError> {
         .now(now)
         .build()
     };
-    let clusters = if args.cluster.is_empty() {
-        let mut ids = git::cluster_ids(&root, base_commit.id().as_str())?;
-        ids.extend(git::cluster_ids(&root, head_commit.id().as_str())?);
-        ids.sort();
-        ids.dedup();
-        ids
-    } else {
-        vec![args.cluster.clone()]
-    };
+    let clusters = clusters_to_review(args, &root, &base_commit, &head_commit)?;
     let commit = judge::commit_state(&head_commit, &config(""));
     let judge = judge::Judge {
         repo: &repo,
@@ -209,6 +201,23 @@ pub fn review(args: &TrustArgs, base: &str) -> Result<Review, CliError> {
         trust_files,
         findings,
     })
+}
+
+/// The cluster `--cluster` names, or every cluster directory of the base or the head.
+fn clusters_to_review(
+    args: &TrustArgs,
+    root: &Path,
+    base: &FetchedCommit,
+    head: &FetchedCommit,
+) -> Result<Vec<String>, CliError> {
+    if !args.cluster.is_empty() {
+        return Ok(vec![args.cluster.clone()]);
+    }
+    let mut ids = git::cluster_ids(root, base.id().as_str())?;
+    ids.extend(git::cluster_ids(root, head.id().as_str())?);
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 fn commit_findings(commit: &model::CommitState) -> Vec<Finding> {

@@ -260,14 +260,20 @@ async fn a_leader_paused_mid_pass_writes_nothing_after_its_lease_is_gone() {
         })
         .collect();
     println!("operator writes received after the resume: {late:#?}");
-    // The apply in flight: an instance of the pass, sent as soon as the process runs again.
+    // The writes in flight at the pause, sent as soon as the process runs again: the pass's instance
+    // applies, and the instance controller's status patches and Events (its reconciles also run
+    // 16 at a time, inside the same fence). Anything else, or anything later, was started after
+    // the fence. (With a pod-bound token the API server refuses even these:
+    // control_plane::policies::a_paused_leaders_writes_sent_after_the_takeover_are_refused_by_the_api_server.)
     let in_flight_at_pause = |(at, w): &(jiff::Timestamp, String)| {
-        w.contains(" patch ")
-            && w.contains("/applicationinstances/app-")
+        let instance_write = w.contains(" patch ") && w.contains("/applicationinstances/app-");
+        let child_event =
+            w.contains(" create ") && w.contains(&format!("/api/v1/namespaces/{ns}/events"));
+        (instance_write || child_event)
             && at.duration_since(resumed) < jiff::SignedDuration::from_secs(5)
     };
     assert!(
-        late.len() <= vworkspace_controller::cluster::apply::WRITE_CONCURRENCY
+        late.len() <= 2 * vworkspace_controller::cluster::apply::WRITE_CONCURRENCY
             && late.iter().all(in_flight_at_pause),
         "writes by the old leader after its fence (paused at {paused}, resumed at {resumed}), beyond \
          the applies in flight at the pause: {late:#?}\n{stderr}"

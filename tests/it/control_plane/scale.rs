@@ -351,9 +351,24 @@ async fn mirror_readiness(env: &Env, namespaces: &[String], instances: usize) ->
         let name = Scale::instance_name(i);
         let api: Api<DynamicObject> =
             Api::namespaced_with(env.admin.clone(), ns, &release_resource);
+        // As helm-controller reports an install: for the HelmRelease's current generation, with its
+        // reconcile request (the values Secret's version) handled.
+        let live = api
+            .get(&name)
+            .await
+            .expect("the HelmRelease the operator wrote");
+        let generation = live.metadata.generation.unwrap_or(1);
+        let requested = live
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("reconcile.fluxcd.io/requestedAt"))
+            .cloned();
         let status = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-            "status": {"observedGeneration": 1, "conditions": [{
+            "status": {"observedGeneration": generation, "lastHandledReconcileAt": requested,
+                "conditions": [{
                 "type": "Ready", "status": "True", "reason": "InstallSucceeded",
+                "observedGeneration": generation,
                 "message": "Helm install succeeded (played by the scale bench)",
                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
         api.patch_status(

@@ -19,6 +19,7 @@ pub mod finalizer;
 pub mod rbac;
 
 pub mod apply;
+pub mod commit_update;
 pub mod namespaces;
 pub mod pass;
 pub mod retry;

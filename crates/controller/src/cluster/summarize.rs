@@ -62,7 +62,7 @@ pub(super) async fn summarize_and_patch(
     warn_expiry(cluster, ctx, &report, now).await;
     if let (Some(sender), Some(update)) = (
         ctx.commit_status.get(),
-        crate::commit_status::update_for(cluster, &report),
+        super::commit_update::commit_status_update(cluster, &report),
     ) {
         sender.submit(update);
     }

@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
-use crate::cluster::status::PassReport;
 use crate::metrics::{Metrics, ResultLabel};
 use request::{State, StatusUpdate};
-use vworkspace_core::crd::Cluster;
 
 /// Updates waiting to be sent; more are dropped (and counted) rather than delay a pass.
 pub const QUEUE: usize = 256;
@@ -31,45 +29,6 @@ pub const RETRY_START: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The key of the Secret holding the API token.
 pub const TOKEN_KEY: &str = "token";
-
-/// The status a finished pass reports, if the Cluster asks for statuses and the pass reached a
-/// commit. Permanent refusals are `failure`, transient ones `pending` (the pass will retry).
-pub fn update_for(cluster: &Cluster, report: &PassReport) -> Option<StatusUpdate> {
-    let spec = cluster.spec.commit_status.clone()?;
-    let serial = report.release_expires.map(|(serial, _)| serial);
-    let (commit, state, description) = match (&report.applied, report.failure()) {
-        (Some(applied), None) => (
-            applied.commit.clone(),
-            State::Success,
-            format!("release serial {} applied", applied.serial),
-        ),
-        (_, Some(reason)) => {
-            let commit = report.attempted_commit.clone()?;
-            let at = serial
-                .map(|s| format!("release serial {s}: "))
-                .unwrap_or_default();
-            if crate::cluster::retry::is_permanent(reason) {
-                (commit, State::Failure, format!("{at}refused ({reason})"))
-            } else {
-                (
-                    commit,
-                    State::Pending,
-                    format!("{at}not applied yet ({reason}); retrying"),
-                )
-            }
-        }
-        (None, None) => return None,
-    };
-    Some(StatusUpdate {
-        cluster: cluster.name_any(),
-        context: format!("vworkspace/{}", cluster.spec.cluster_id),
-        spec,
-        source_url: cluster.spec.source.url.clone(),
-        commit,
-        state,
-        description,
-    })
-}
 
 /// The queue into the sending task.
 #[derive(Debug, Clone)]

@@ -187,6 +187,12 @@ fn signatures(
             )),
         }
     }
+    missing_signers(policy, &seen, state);
+    below_threshold(cluster, state);
+}
+
+/// Every trusted release signer who has not signed yet (by first principal, once per key).
+fn missing_signers(policy: &ReleasePolicy, seen: &BTreeSet<String>, state: &mut ReleaseState) {
     let mut named = BTreeSet::new();
     for entry in policy.signers.entries() {
         if !entry.allows_namespace(SIGNATURE_NAMESPACE) {
@@ -198,6 +204,10 @@ fn signatures(
             state.missing.push(principal);
         }
     }
+}
+
+/// Blocks the review while fewer distinct trusted keys than the threshold have signed.
+fn below_threshold(cluster: &str, state: &mut ReleaseState) {
     if state.signed_by.len() < state.threshold {
         let names: Vec<String> = state
             .signed_by
@@ -207,7 +217,7 @@ fn signatures(
         state.problems.push((
             Severity::Blocking,
             ReleaseError::BelowThreshold {
-                cluster: cluster.clone(),
+                cluster: cluster.to_owned(),
                 found: state.signed_by.len(),
                 threshold: state.threshold,
                 signers: if names.is_empty() {
