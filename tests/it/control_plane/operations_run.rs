@@ -189,10 +189,12 @@ async fn a_job_operation_runs_on_a_kwok_node_and_fails_with_a_failing_stage() {
             operator.stderr()
         )
     };
-    assert_eq!(
-        seen.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["Pending", "Running", "Succeeded"],
-        "{}",
+    // Pending lasts only until kwok starts the pod (often less than one poll), while kwok's stage
+    // keeps the pod running for seconds: Pending may be missed, Running and the order may not.
+    let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+    assert!(
+        seen == ["Pending", "Running", "Succeeded"] || seen == ["Running", "Succeeded"],
+        "phases {seen:?}\n{}",
         context()
     );
     assert_eq!(op["status"]["reason"], "Complete", "{}", context());
