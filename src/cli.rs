@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// Reconcile every Cluster once and exit: 0 if all passed, 1 otherwise.
     #[arg(long)]
     pub once: bool,
+    /// Reconcile only the Clusters whose labels match this selector (and their children), e.g.
+    /// `sharding.vworkspace.io/key=shard1`: several operators, each with its own selector, share
+    /// one cluster (Flux's sharding flag). Every Cluster by default.
+    #[arg(long, value_name = "SELECTOR")]
+    pub watch_label_selector: Option<String>,
     /// Time limit of one fetch: a duration such as 120s or 2m (a bare number is seconds).
     #[arg(long, value_parser = duration::seconds_flag, default_value = "120s")]
     pub fetch_timeout: std::time::Duration,
@@ -281,6 +286,7 @@ fn run_operator(args: &RunArgs) -> Result<ExitCode, CliError> {
             )
         }),
         receiver,
+        cluster_selector: args.watch_label_selector.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

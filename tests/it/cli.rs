@@ -257,6 +257,7 @@ fn run_once_finds_the_api_server_through_kubeconfig_and_fails_cleanly_when_it_is
         "--health-addr",
         "--leader-election",
         "--once",
+        "--watch-label-selector",
     ] {
         assert!(text.contains(flag), "{flag} missing from run --help");
     }

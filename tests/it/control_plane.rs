@@ -51,8 +51,8 @@ use serde_json::{Value, json};
 use crate::support::{AI, OPS};
 use fixture::{BIN, Intent};
 use scope::{
-    Scope, exists, inventory_names, object_writes, operator_cmd, scenario, test_name,
-    webhook_replica,
+    Scope, exists, inventory_names, object_writes, operator_cmd, operator_cmd_for, scenario,
+    scope_selector, test_name, webhook_replica,
 };
 use server::*;
 use setup::{Env, SYSTEM, env, operator_binding, root, webhook_configuration};

@@ -187,7 +187,9 @@ async fn the_first_hour_walk_through_of_operating_md() {
     scope.also_delete("v1", "Namespace", None, ns);
 
     let _webhook = webhook_replica(&env, &dir).await;
-    let mut cmd = operator_cmd(&env, &dir);
+    // The walk-through's Cluster is made by `kubectl apply` of the documented YAML, with no scope
+    // label: this operator reconciles the Clusters without one.
+    let mut cmd = operator_cmd_for(&env, &dir, &format!("!{SCOPE_LABEL}"));
     let _operator = Proc::spawn(&mut cmd, &dir, "operator");
 
     let script = format!(

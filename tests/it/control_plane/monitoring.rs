@@ -37,6 +37,7 @@ async fn a_running_operator_exports_every_metric_the_alerts_and_the_dashboard_na
     let (metrics_port, webhook_port) = (free_port(), free_port());
     let mut cmd = Command::new(BIN);
     cmd.arg("run")
+        .args(["--watch-label-selector", &scope_selector(&env, &scope.dir)])
         .args(["--namespace", SYSTEM, "--cache-dir"])
         .arg(scope.dir.join("cache"))
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

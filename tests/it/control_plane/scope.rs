@@ -283,9 +283,18 @@ impl<'a> Scenario<'a> {
 }
 
 /// `vworkspace-operator run` as the operator's ServiceAccount, its caches and logs under `dir`.
+///
+/// Its `--watch-label-selector` picks the Cluster of the scope `dir` lies in (the directory under the
+/// scratch directory, named for the Cluster); outside a scope, the Clusters no scope created.
 pub fn operator_cmd(env: &Env, dir: &Path) -> Command {
+    operator_cmd_for(env, dir, &scope_selector(env, dir))
+}
+
+/// [`operator_cmd`] reconciling the Clusters `selector` picks.
+pub fn operator_cmd_for(env: &Env, dir: &Path, selector: &str) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("run")
+        .args(["--watch-label-selector", selector])
         .args(["--namespace", SYSTEM, "--cache-dir"])
         .arg(dir.join("cache"))
         .args([
@@ -298,6 +307,18 @@ pub fn operator_cmd(env: &Env, dir: &Path) -> Command {
         .env("KUBECONFIG", &env.shared.operator_kubeconfig)
         .env("RUST_LOG", "info");
     cmd
+}
+
+/// The label selector of the Clusters an operator started in `dir` reconciles ([`SCOPE_LABEL`]).
+pub fn scope_selector(env: &Env, dir: &Path) -> String {
+    match dir
+        .strip_prefix(&env.shared.scratch)
+        .ok()
+        .and_then(|rest| rest.components().next())
+    {
+        Some(scope) => format!("{SCOPE_LABEL}={}", scope.as_os_str().to_string_lossy()),
+        None => format!("!{SCOPE_LABEL}"),
+    }
 }
 
 /// A `run` replica that serves the admission webhook and follows the standby Lease (it never

@@ -125,19 +125,32 @@ pub async fn dynamic_api(
 }
 
 /// Server-side apply of one object (as the client's user, field manager [`TEST_MANAGER`], force).
+///
+/// A `Cluster` always carries [`SCOPE_LABEL`] with its own name (added here, so that a re-apply of a
+/// partial Cluster keeps it): the test's operator reconciles only its own Cluster
+/// ([`super::scope::operator_cmd`]).
 pub async fn apply(client: &Client, object: &Value) -> Result<DynamicObject, kube::Error> {
     let api_version = object["apiVersion"].as_str().expect("apiVersion");
     let kind = object["kind"].as_str().expect("kind");
     let name = object["metadata"]["name"].as_str().expect("name");
     let ns = object["metadata"]["namespace"].as_str();
     let api = dynamic_api(client, api_version, kind, ns).await;
+    let mut object = object.clone();
+    if kind == "Cluster" && object["metadata"]["labels"][SCOPE_LABEL].is_null() {
+        object["metadata"]["labels"][SCOPE_LABEL] = json!(name);
+    }
     api.patch(
         name,
         &PatchParams::apply(TEST_MANAGER).force(),
-        &Patch::Apply(object),
+        &Patch::Apply(&object),
     )
     .await
 }
+
+/// The label that ties a test's `Cluster` to the test's operator processes (`run
+/// --watch-label-selector`): every test shares one API server, and an operator that reconciled every
+/// test's Cluster would write into tests that are not its own.
+pub const SCOPE_LABEL: &str = "test.vworkspace.io/scope";
 
 /// Every document of a YAML file.
 pub fn documents(path: &Path) -> Vec<Value> {

@@ -14,6 +14,7 @@ pub mod instance;
 pub mod operation;
 pub mod refusal;
 pub mod rollout;
+pub mod shard;
 pub mod watches;
 pub mod webhook_server;
 
@@ -82,6 +83,9 @@ pub struct Caches {
     identities: Arc<Mutex<IdentityCache>>,
     /// The Events written lately, for aggregation ([`crate::events`]): shared by both controllers.
     pub(crate) events: Arc<crate::events::EventWriter>,
+    /// The label selector of the `Cluster`s this process reconciles (`run --watch-label-selector`);
+    /// with one, children are judged only when they belong to one of them ([`shard::in_shard`]).
+    pub cluster_selector: Option<String>,
 }
 
 /// `(Secret name, key)` -> (when it was read, the Secret's resourceVersion, the identities parsed
@@ -113,6 +117,7 @@ impl Caches {
             helm_releases: None,
             identities: Arc::default(),
             events: Arc::default(),
+            cluster_selector: None,
         }
     }
 
@@ -127,6 +132,19 @@ impl Caches {
 }
 
 impl ChildContext {
+    /// Whether this process judges the child with `meta` ([`shard`]): always without a selector.
+    pub async fn in_shard(&self, meta: &kube::api::ObjectMeta) -> Result<bool, Error> {
+        if self.caches.cluster_selector.is_none() {
+            return Ok(true);
+        }
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        Ok(shard::in_shard(
+            shard::cluster_label(meta),
+            namespace,
+            &self.clusters().await?,
+        ))
+    }
+
     /// Whether `namespace` carries the managed label: from the shared store when there is one, else
     /// read by name.
     pub async fn is_managed(&self, namespace: &str) -> Result<bool, Error> {

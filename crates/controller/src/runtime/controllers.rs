@@ -38,12 +38,17 @@ pub async fn controllers(
     children: Arc<ChildContext>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let selector = children.caches.cluster_selector.clone();
     let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
     // Signalled on every change of a managed namespace: the HelmRelease watches follow the set.
     let namespace_changed = Arc::new(tokio::sync::Notify::new());
     let namespace_changes =
         managed_namespace_changes(&client, namespace_writer, namespace_changed.clone());
-    let cluster_controller = lean_controller(Api::<Cluster>::all(client.clone()), None);
+    let cluster_controller = lean_controller(
+        Api::<Cluster>::all(client.clone()),
+        clusters_config(selector.as_deref()),
+        None,
+    );
     // The Cluster controller's own reflector store, shared with the children (no second watch).
     let cluster_store = cluster_controller.store();
     let (instance_controller, operation_controller) = live_controllers(&client, &ctx);
@@ -55,7 +60,15 @@ pub async fn controllers(
     let helm_releases = crate::children::watches::HelmReleaseWatches::default();
     let mut caches = Caches::new(cluster_store.clone(), namespace_store.clone());
     caches.helm_releases = Some(helm_releases.clone());
-    let deletions = forget_deleted(&client, &ctx, caches.clone(), cluster_store.clone(), &stop);
+    caches.cluster_selector = selector.clone();
+    let deletions = forget_deleted(
+        &client,
+        clusters_config(selector.as_deref()),
+        &ctx,
+        caches.clone(),
+        cluster_store.clone(),
+        &stop,
+    );
     let children = {
         let mut shared = (*children).clone();
         shared.caches = caches;
@@ -145,10 +158,12 @@ fn live_controllers(
     let live_changes = Arc::new(AtomicU64::new(0));
     let instances = lean_controller(
         Api::<ApplicationInstance>::all(client.clone()),
+        watcher::Config::default(),
         Some(live_changes.clone()),
     );
     let operations = lean_controller(
         Api::<Operation>::all(client.clone()),
+        watcher::Config::default(),
         Some(live_changes.clone()),
     );
     ctx.set_live_stores(cluster::apply::LiveStores {
@@ -163,6 +178,7 @@ fn live_controllers(
 /// for them (its pass memory, its declared release, the identities no remaining Cluster names).
 fn forget_deleted(
     client: &Client,
+    config: watcher::Config,
     ctx: &Arc<Context>,
     caches: Caches,
     store: Store<Cluster>,
@@ -171,7 +187,7 @@ fn forget_deleted(
     let ctx = ctx.clone();
     watcher(
         Api::<kube::core::PartialObjectMeta<Cluster>>::all(client.clone()),
-        watcher::Config::default(),
+        config,
     )
     .default_backoff()
     .take_until(stopped(stop.clone()))
@@ -270,7 +286,11 @@ fn lean<K: kube::Resource>(object: &mut K) {
 /// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
 /// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
 /// judged against the stored object before the event replaces it) moves the counter.
-fn lean_controller<K>(api: Api<K>, changes: Option<Arc<AtomicU64>>) -> Controller<K>
+fn lean_controller<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: Option<Arc<AtomicU64>>,
+) -> Controller<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -283,7 +303,7 @@ where
     use futures::TryStreamExt;
     let (reader, writer) = reflector::store::<K>();
     let before = reader.clone();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         .default_backoff()
         .map_ok(move |mut event| {
             let moved = match &mut event {
@@ -306,6 +326,15 @@ where
         .reflect(writer)
         .applied_objects();
     Controller::for_stream(stream, reader)
+}
+
+/// The watch of the `Cluster`s this process reconciles: all, or those `selector` picks (`run
+/// --watch-label-selector`).
+pub fn clusters_config(selector: Option<&str>) -> watcher::Config {
+    match selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    }
 }
 
 /// One item each time the declared set's generation moves (polled every [`DECLARED_POLL`]).

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kube::api::ListParams;
+use kube::api::{ListParams, ObjectList};
 use kube::{Api, Client};
 
 pub use controllers::controllers;
@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub webhook_self_managed: Option<(SocketAddr, certs::CertOptions)>,
     /// Where the push receiver listens, with its token ([`crate::receiver`]); off when `None`.
     pub receiver: Option<(SocketAddr, vworkspace_core::secrets::SecretValue)>,
+    /// Reconcile only the `Cluster`s this label selector picks (and their children): sharding, as
+    /// Flux's `--watch-label-selector`. Every `Cluster` when `None`.
+    pub cluster_selector: Option<String>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -79,15 +82,8 @@ async fn shutdown_signal() {
 }
 
 /// Reconciles every `Cluster` once; true when every pass succeeded.
-pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
-    let api: Api<Cluster> = Api::all(ctx.client.clone());
-    let clusters = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Kube {
-            action: "list Clusters".into(),
-            source,
-        })?;
+pub async fn once(ctx: Arc<Context>, selector: Option<&str>) -> Result<bool, Error> {
+    let clusters = list_clusters(&ctx.client, selector).await?;
     let mut all_passed = true;
     for cluster in clusters.items {
         let name = kube::ResourceExt::name_any(&cluster);
@@ -100,6 +96,22 @@ pub async fn once(ctx: Arc<Context>) -> Result<bool, Error> {
         }
     }
     Ok(all_passed)
+}
+
+/// The `Cluster`s `selector` picks (all without one); a selector the API server refuses is named.
+async fn list_clusters(client: &Client, selector: Option<&str>) -> Result<ObjectList<Cluster>, Error> {
+    let api: Api<Cluster> = Api::all(client.clone());
+    let params = match selector {
+        Some(selector) => ListParams::default().labels(selector),
+        None => ListParams::default(),
+    };
+    api.list(&params).await.map_err(|source| Error::Kube {
+        action: match selector {
+            Some(selector) => format!("list Clusters with --watch-label-selector '{selector}'"),
+            None => "list Clusters".into(),
+        },
+        source,
+    })
 }
 
 /// Runs the operator. Returns whether it ended well (for `--once`: every pass succeeded). After
@@ -131,7 +143,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         Err(problem) => tracing::warn!(%problem, "commit statuses disabled"),
     }
     if options.once {
-        return once(ctx).await;
+        return once(ctx, options.cluster_selector.as_deref()).await;
     }
     let ready = serve_probes(&options, metrics.clone());
     client
@@ -151,6 +163,10 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     if let Some((addr, token)) = options.receiver.clone() {
         crate::receiver::start(addr, token, client.clone(), metrics.clone()).await?;
     }
+    if let Some(selector) = options.cluster_selector.as_deref() {
+        // A selector the API server refuses would leave every watch retrying: refuse it now.
+        list_clusters(&client, Some(selector)).await?;
+    }
     ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop_rx) = stop_on_signal();
     if !options.leader_election {
@@ -160,6 +176,8 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     if options.leader_election && !lead(&options, &client, &ctx, &metrics, &stop_tx).await {
         return Ok(true);
     }
+    let mut caches = crate::children::Caches::default();
+    caches.cluster_selector = options.cluster_selector.clone();
     let children = Arc::new(crate::children::ChildContext {
         client: client.clone(),
         namespace: options.namespace.clone(),
@@ -168,7 +186,7 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         clock: jiff::Timestamp::now,
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
-        caches: crate::children::Caches::default(),
+        caches,
     });
     cut_passes_after_stop(&ctx, stop_rx.clone());
     let running = controllers(client, ctx, children, stop_rx.clone());

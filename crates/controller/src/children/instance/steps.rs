@@ -51,6 +51,10 @@ pub(super) async fn check_managed(
         // Children go with their owner (garbage collection).
         return Ok(Flow::Done(Action::await_change()));
     }
+    if !ctx.in_shard(&instance.metadata).await? {
+        // Another process's Cluster (`run --watch-label-selector`): its shard judges it.
+        return Ok(Flow::Done(Action::await_change()));
+    }
     if !ctx
         .is_managed(&instance.namespace().unwrap_or_default())
         .await?

@@ -76,6 +76,10 @@ pub(super) async fn check_managed(
     if op.metadata.deletion_timestamp.is_some() {
         return Ok(Flow::Done(Action::await_change()));
     }
+    if !ctx.in_shard(&op.metadata).await? {
+        // Another process's Cluster (`run --watch-label-selector`): its shard judges it.
+        return Ok(Flow::Done(Action::await_change()));
+    }
     if !ctx.is_managed(&op.namespace().unwrap_or_default()).await? {
         // Not ours until the namespace is labelled; look again later.
         return Ok(Flow::Done(Action::requeue(Duration::from_secs(300))));
