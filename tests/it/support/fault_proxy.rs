@@ -75,7 +75,7 @@ impl State {
         if n % of >= refused {
             return None;
         }
-        Some(if (n / of) % 2 == 0 {
+        Some(if (n / of).is_multiple_of(2) {
             StatusCode::TOO_MANY_REQUESTS
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
