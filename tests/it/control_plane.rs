@@ -13,6 +13,7 @@
 //! Cluster), so they run one at a time (a lock); each uses its own cluster id and namespaces and
 //! deletes what it created, also when it fails.
 
+mod api_burst;
 mod chart_server;
 mod delivery;
 mod delivery_bench;

@@ -239,7 +239,7 @@ pub const CHILD_REFUSALS: [(&str, &str); 6] = {
 };
 
 /// The watches whose errors are counted.
-pub const WATCHES: [&str; 3] = ["Cluster", "ApplicationInstance", "Operation"];
+pub const WATCHES: [&str; 4] = ["Cluster", "ApplicationInstance", "Operation", "HelmRelease"];
 
 impl Metrics {
     /// Creates the series of bounded label sets at 0, so that they are exported before the first event.
@@ -291,12 +291,17 @@ impl Metrics {
         W: std::error::Error + 'static,
     {
         if let Err(kube::runtime::controller::Error::QueueError(_)) = result {
-            self.watch_errors
-                .get_or_create(&WatchLabel {
-                    watch: watch.to_owned(),
-                })
-                .inc();
+            self.count_failed_watch(watch);
         }
+    }
+
+    /// Counts one failed watch of `watch` (one of [`WATCHES`], so the label set stays bounded).
+    pub fn count_failed_watch(&self, watch: &str) {
+        self.watch_errors
+            .get_or_create(&WatchLabel {
+                watch: watch.to_owned(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
@@ -319,6 +324,7 @@ mod tests {
         metrics.record_pass(0.1, Some(vworkspace_core::reasons::RELEASE_INVALID));
         metrics.applied.inc_by(3);
         metrics.pruned.inc();
+        metrics.count_failed_watch(crate::children::watches::HELM_RELEASE_WATCH);
         metrics
             .refused
             .get_or_create(&RefusalLabel {
@@ -339,6 +345,8 @@ mod tests {
             "vworkspace_fetch_duration_seconds_count 0",
             "vworkspace_webhook_certificate_expiry_timestamp_seconds 0",
             "# TYPE vworkspace_watch_errors counter",
+            "vworkspace_watch_errors_total{watch=\"HelmRelease\"} 1",
+            "vworkspace_watch_errors_total{watch=\"Operation\"} 0",
             "# TYPE vworkspace_cluster_ready gauge",
             "# TYPE vworkspace_cluster_release_serial gauge",
             "# TYPE vworkspace_application_instances gauge",

@@ -11,14 +11,14 @@ use super::*;
 
 /// Instances of the estate: enough that a pass writing 16 at a time is still mid-way when the fault
 /// comes (checked from the audit log, not assumed).
-const TOTAL: usize = 300;
+pub(super) const TOTAL: usize = 300;
 
-fn instance(i: usize) -> String {
+pub(super) fn instance(i: usize) -> String {
     format!("app-{i:03}")
 }
 
 /// The estate, declared and committed as release 1, its Cluster, namespace and trust inputs.
-async fn estate(env: &Env, cluster: &str, ns: &str) -> (Intent, Scope) {
+pub(super) async fn estate(env: &Env, cluster: &str, ns: &str) -> (Intent, Scope) {
     let intent = Intent::new(cluster);
     for i in 0..TOTAL {
         intent.add_instance(ns, &instance(i), "x");
@@ -50,7 +50,7 @@ fn operator(env: &Env, scope: &Scope, tag: &str) -> Proc {
 }
 
 /// The operator's successful instance writes of the estate in the audit log since `audit`'s mark.
-fn instance_writes(audit: &Audit) -> usize {
+pub(super) fn instance_writes(audit: &Audit) -> usize {
     audit
         .since()
         .iter()
@@ -71,7 +71,7 @@ fn instance_writes(audit: &Audit) -> usize {
 
 /// Waits for the first instance of the estate written, and returns how many were written by then
 /// (fewer than [`TOTAL`]: the pass is mid-way).
-async fn until_mid_pass(audit: &Audit) -> usize {
+pub(super) async fn until_mid_pass(audit: &Audit) -> usize {
     wait_for("the pass to start writing instances", 180, || async {
         let n = instance_writes(audit);
         (n > 0).then_some(n)
@@ -105,7 +105,7 @@ async fn listed(env: &Env, api_version: &str, kind: &str, ns: &str) -> Vec<Dynam
 
 /// Release `serial` applied and Ready, every declared instance and the Operation there, the
 /// inventory exactly the declared objects, the Operation run once (one Job it owns).
-async fn assert_converged(env: &Env, scope: &Scope, ns: &str, serial: u64, logs: &str) {
+pub(super) async fn assert_converged(env: &Env, scope: &Scope, ns: &str, serial: u64, logs: &str) {
     wait_for(
         "the release applied and Ready after the fault",
         300,

@@ -10,10 +10,10 @@ use super::fixture::{BIN, Intent};
 use super::server::*;
 use super::{OPS, Scope, env, operator_cmd, webhook_replica};
 
-const TOKEN: &str = "real-server-receiver-token-0123456789";
+pub(super) const TOKEN: &str = "real-server-receiver-token-0123456789";
 
 /// `sha256=<hex HMAC-SHA256(TOKEN, body)>` by `openssl dgst`.
-fn generic_signature(body: &[u8]) -> String {
+pub(super) fn generic_signature(body: &[u8]) -> String {
     use std::io::Write as _;
     let mut child = Command::new("openssl")
         .args(["dgst", "-sha256", "-hmac", TOKEN])

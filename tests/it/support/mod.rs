@@ -5,6 +5,7 @@
 
 pub mod declare;
 pub mod fake_api;
+pub mod fault_proxy;
 pub mod go_tools;
 pub mod harness;
 pub mod rbac_check;

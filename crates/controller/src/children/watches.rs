@@ -204,10 +204,16 @@ pub enum Known {
     Present,
 }
 
+/// The `watch` label of the HelmRelease watches' errors (one of [`crate::metrics::WATCHES`]).
+pub const HELM_RELEASE_WATCH: &str = "HelmRelease";
+
 /// The per-namespace HelmRelease watches, shared by the instance controller (cheap to clone).
 #[derive(Clone, Default)]
 pub struct HelmReleaseWatches {
     namespaces: Arc<Mutex<HashMap<String, Namespace>>>,
+    /// Where a failed watch is counted (`watch_errors_total{watch="HelmRelease"}`; the namespace is
+    /// not a label: one series however many namespaces are watched).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for HelmReleaseWatches {
@@ -217,6 +223,14 @@ impl std::fmt::Debug for HelmReleaseWatches {
 }
 
 impl HelmReleaseWatches {
+    /// Watches whose failures are counted in `metrics`.
+    pub fn counted_in(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Namespace>) -> T) -> T {
         let mut guard = match self.namespaces.lock() {
             Ok(guard) => guard,
@@ -319,6 +333,9 @@ impl HelmReleaseWatches {
                 }
                 Ok(watcher::Event::Delete(o)) => Observed::Deleted(instance_and_ready(&o).0),
                 Err(e) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.count_failed_watch(HELM_RELEASE_WATCH);
+                    }
                     tracing::debug!(namespace = %namespace, error = %e, "HelmRelease watch failed; retrying");
                     continue;
                 }

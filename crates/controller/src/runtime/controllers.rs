@@ -57,7 +57,8 @@ pub async fn controllers(
         instances: instance_controller.store(),
         operations: operation_controller.store(),
     });
-    let helm_releases = crate::children::watches::HelmReleaseWatches::default();
+    let helm_releases =
+        crate::children::watches::HelmReleaseWatches::counted_in(ctx.metrics.clone());
     let mut caches = Caches::new(cluster_store.clone(), namespace_store.clone());
     caches.helm_releases = Some(helm_releases.clone());
     caches.cluster_selector = selector.clone();
