@@ -95,6 +95,9 @@ pub struct Metrics {
     pub webhook_certificate_expiry: Gauge<f64, AtomicU64>,
     /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
     pub observed: crate::observed::Observed,
+    /// Since when each required watch has been failing: `/readyz` reads it
+    /// ([`crate::runtime::watch_health`]).
+    pub watch_health: crate::runtime::watch_health::WatchHealth,
 }
 
 fn pass_histogram() -> Histogram {
@@ -123,6 +126,7 @@ impl Default for Metrics {
             watch_errors: Family::default(),
             webhook_certificate_expiry: Gauge::default(),
             observed: crate::observed::Observed::default(),
+            watch_health: Default::default(),
             registry: Registry::default(),
         };
         register(&metrics, &mut registry);
