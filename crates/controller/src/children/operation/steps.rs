@@ -300,9 +300,9 @@ pub(super) async fn ensure_child(
         .as_ref()
         .ok_or_else(|| out_of_order(Step::BuildChild))?;
     let resource = api_resource(&child.api_version, &child.kind, &child.plural);
-    let (live, _) =
+    let ensured =
         ensure_dynamic(&ctx.client, &resource, &child.namespace, &child.body, false).await?;
-    state.observed = Some(engines::phase_of(&child.kind, &live));
+    state.observed = Some(engines::phase_of(&child.kind, &ensured.live));
     Ok(Flow::Next)
 }
 
