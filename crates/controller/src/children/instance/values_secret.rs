@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::children::flux::{self, VALUES_KEY};
+use crate::children::flux;
 use crate::children::{ChildContext, kube_error};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
@@ -133,16 +133,19 @@ fn extra_keys(desired: &Secret, live: &Secret) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::children::flux::VALUES_KEY;
     use k8s_openapi::ByteString;
 
     fn secret(data: &[(&str, &str)], type_: &str, label: Option<&str>) -> Secret {
-        let mut s = Secret::default();
-        s.data = Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        );
-        s.type_ = Some(type_.to_owned());
+        let mut s = Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            type_: Some(type_.to_owned()),
+            ..Secret::default()
+        };
         s.metadata.labels = label.map(|l| [(flux::LABEL_INSTANCE.to_owned(), l.to_owned())].into());
         s
     }

@@ -251,7 +251,8 @@ async fn templates_come_from_the_namespaces_current_annotation_never_from_a_clus
     let recorded = json!([{"name": "org-a"}]);
     let backup = Some("velero-namespace-backup");
     // (case, the declaring Cluster's status list, the namespace, waits, allowed)
-    let cases: [(&str, Value, Option<Value>, bool, Vec<&str>); 6] = [
+    type Case = (&'static str, Value, Option<Value>, bool, Vec<&'static str>);
+    let cases: [Case; 6] = [
         (
             "not recorded by any Cluster",
             json!([]),
