@@ -39,6 +39,7 @@ mod install;
 mod leader;
 mod ownership;
 mod policies;
+mod templates;
 
 // What the test files use, by `super::…` or `use super::*` (a new test file finds the same names).
 use std::path::{Path, PathBuf};

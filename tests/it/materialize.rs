@@ -89,7 +89,8 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
     let api = Arc::new(FakeApi::default());
     api.put(
         "/api/v1/namespaces/org-myteam",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "org-myteam", "labels": {"app.vworkspace.io/managed-by": "vworkspace"}}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "org-myteam", "labels": {"app.vworkspace.io/managed-by": "vworkspace"},
+               "annotations": {"app.vworkspace.io/allowed-operation-templates": "pg-dump,velero-namespace-backup"}}}),
     );
     api.put(
         "/api/v1/namespaces/kube-system",
@@ -450,19 +451,21 @@ async fn a_backup_runs_once_through_velero() {
     assert_discipline(&api);
     assert_allowed_by_deploy(&api.requests(), &["org-myteam"]);
     let lines: Vec<String> = api.requests().iter().map(Recorded::line).collect();
+    // The namespace is read twice: managed, then its allowed templates as they are now.
     assert_eq!(
-        lines[..2],
+        lines[..3],
         [
             "GET /api/v1/namespaces/org-myteam",
-            "GET /apis/ops.vworkspace.io/v1alpha1/clusters"
+            "GET /apis/ops.vworkspace.io/v1alpha1/clusters",
+            "GET /api/v1/namespaces/org-myteam"
         ]
     );
-    let backup_path = lines[2].trim_start_matches("GET ").to_owned();
+    let backup_path = lines[3].trim_start_matches("GET ").to_owned();
     assert!(
         backup_path.starts_with("/apis/velero.io/v1/namespaces/velero/backups/org-myteam-nightly-")
     );
     assert_eq!(
-        lines[3..],
+        lines[4..],
         [
             format!("PATCH {backup_path}"),
             format!("PATCH {path}/status")
@@ -643,11 +646,12 @@ async fn a_refused_template_runs_once_it_is_allowed() {
         operation(&api, &path).status.clone().and_then(|s| s.phase),
         Some(OperationPhase::Failed)
     );
-    // The platform team allows the template; the next look runs the same spec.
-    let cluster_path = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
-    let mut cluster = api.get(cluster_path).expect("cluster");
-    cluster["status"]["managedNamespaces"][0]["allowedOperationTemplates"] = json!(["nightly-wf"]);
-    api.put(cluster_path, cluster);
+    // The platform team allows the template on the namespace; the next look runs the same spec.
+    let namespace_path = "/api/v1/namespaces/org-myteam";
+    let mut namespace = api.get(namespace_path).expect("namespace");
+    namespace["metadata"]["annotations"]["app.vworkspace.io/allowed-operation-templates"] =
+        json!("nightly-wf");
+    api.put(namespace_path, namespace);
     api.clear();
     children::operation::reconcile(operation(&api, &path), ctx)
         .await

@@ -623,8 +623,9 @@ async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() 
         }
         assert!(
             Instant::now() < deadline,
-            "not reconciled through dropped watches: {} watch attempts",
-            watches(&h.api)
+            "not reconciled through dropped watches: {} watch attempts; status {:?}",
+            watches(&h.api),
+            h.cluster().status
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -60,6 +60,16 @@ pub struct WatchLabel {
     pub watch: String,
 }
 
+/// The `kind` label of a child: one of [`CHILD_KINDS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChildKindLabel {
+    /// The child's kind.
+    pub kind: &'static str,
+}
+
+/// The kinds of child compared on their whole content (the `kind` label's bounded set).
+pub const CHILD_KINDS: [&str; 4] = ["HelmRelease", "HelmRepository", "OCIRepository", "Secret"];
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -95,6 +105,12 @@ pub struct Metrics {
     pub webhook_certificate_expiry: Gauge<f64, AtomicU64>,
     /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
     pub observed: crate::observed::Observed,
+    /// Since when each required watch has been failing: `/readyz` reads it
+    /// ([`crate::runtime::watch_health`]).
+    pub watch_health: crate::runtime::watch_health::WatchHealth,
+    /// Children whose spec held fields another writer added and the release does not declare,
+    /// removed, by kind.
+    pub undeclared_fields_removed: Family<ChildKindLabel, Counter>,
 }
 
 fn pass_histogram() -> Histogram {
@@ -123,6 +139,8 @@ impl Default for Metrics {
             watch_errors: Family::default(),
             webhook_certificate_expiry: Gauge::default(),
             observed: crate::observed::Observed::default(),
+            watch_health: Default::default(),
+            undeclared_fields_removed: Family::default(),
             registry: Registry::default(),
         };
         register(&metrics, &mut registry);
@@ -198,6 +216,11 @@ fn register(metrics: &Metrics, registry: &mut Registry) {
         metrics.watch_errors.clone(),
     );
     registry.register(
+        "child_undeclared_fields_removed",
+        "Children whose spec held fields another writer added and the verified release does not declare, removed, by kind",
+        metrics.undeclared_fields_removed.clone(),
+    );
+    registry.register(
         "webhook_certificate_expiry_timestamp_seconds",
         "Unix time at which the admission webhook's serving certificate expires",
         metrics.webhook_certificate_expiry.clone(),
@@ -253,6 +276,11 @@ impl Metrics {
         for (reason, kind) in CHILD_REFUSALS {
             let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
         }
+        for kind in CHILD_KINDS {
+            let _ = self
+                .undeclared_fields_removed
+                .get_or_create(&ChildKindLabel { kind });
+        }
         for watch in WATCHES {
             let _ = self.watch_errors.get_or_create(&WatchLabel {
                 watch: watch.to_owned(),
@@ -279,6 +307,19 @@ impl Metrics {
                 self.last_success.set(now);
             }
         }
+    }
+
+    /// Counts a child of `kind` whose undeclared spec fields were removed (a kind outside
+    /// [`CHILD_KINDS`] is counted as `other`, so the label set stays bounded).
+    pub fn count_undeclared_removed(&self, kind: &str) {
+        let kind = CHILD_KINDS
+            .iter()
+            .find(|k| **k == kind)
+            .copied()
+            .unwrap_or("other");
+        self.undeclared_fields_removed
+            .get_or_create(&ChildKindLabel { kind })
+            .inc();
     }
 
     /// Counts a failed watch (or controller queue error) of `watch`; a reconcile error is not one.
@@ -332,8 +373,13 @@ mod tests {
                 kind: "Operation",
             })
             .inc();
+        metrics.count_undeclared_removed("HelmRelease");
+        metrics.count_undeclared_removed("Tenant's own kind");
         let text = metrics.encode();
         for name in [
+            "vworkspace_child_undeclared_fields_removed_total{kind=\"HelmRelease\"} 1",
+            "vworkspace_child_undeclared_fields_removed_total{kind=\"Secret\"} 0",
+            "vworkspace_child_undeclared_fields_removed_total{kind=\"other\"} 1",
             "vworkspace_pass_duration_seconds_bucket{le=",
             "vworkspace_pass_duration_seconds_count{result=\"success\"} 1",
             "vworkspace_objects_applied_total 3",

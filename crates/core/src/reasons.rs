@@ -49,6 +49,10 @@ pub const WAITING_FOR_RELEASE: &str = "WaitingForVerifiedRelease";
 /// Reason of an Operation that lacks what its type needs (a PVC, a backup name, a template).
 pub const INVALID_OPERATION: &str = "InvalidOperation";
 
+/// A child's spec held fields another writer added and the verified release does not declare; they
+/// were removed (Event on the child, the instance's `ChildDrift` condition, a metric by kind).
+pub const UNDECLARED_FIELDS_REMOVED: &str = "UndeclaredFieldsRemoved";
+
 /// Reason while the namespace is labelled but not yet recorded by a `Cluster` pass.
 pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
 

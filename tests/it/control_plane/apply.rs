@@ -277,7 +277,6 @@ async fn numbers_the_api_server_re_encodes_do_not_cause_a_write_on_every_pass() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "operator bug: a spec field another field manager adds to an instance the operator owns (here values.extra, by break glass) is never removed (server-side apply removes only fields the applier owned), so the spec never equals the declared one and every pass re-applies it (a patch on every pass)"]
 async fn a_field_added_by_another_writer_is_undone_once_not_reapplied_on_every_pass() {
     let ns = "cp-drift-a";
     scenario!("cp-drift", &[ns])

@@ -147,7 +147,6 @@ async fn a_foreign_object_is_refused_as_an_ownership_conflict_until_adopted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "operator bug: after adoption, a spec field the previous writer set and the release does not declare (here values.legacy) stays (server-side apply removes only fields the applier owned), so the spec never equals the declared one and every pass re-applies it (a patch on every pass)"]
 async fn an_adopted_object_with_a_field_the_release_does_not_declare_is_not_rewritten_on_every_pass()
  {
     let ns = "cp-adopt-a";

@@ -316,7 +316,15 @@ async fn namespace_tenant(env: &super::Env, ns: &str, user: &str) -> Client {
     )
     .await
     .expect("the tenant's RoleBinding");
-    impersonating(&env.cp.kubeconfig, user, &[]).await
+    let tenant = impersonating(&env.cp.kubeconfig, user, &[]).await;
+    // A new binding reaches the API server's RBAC cache a moment later: wait until it holds.
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(tenant.clone(), ns);
+    wait_for(&format!("{user}'s rights in {ns}"), 30, || async {
+        configmaps.list(&Default::default()).await.ok().map(drop)
+    })
+    .await;
+    tenant
 }
 
 /// Issue 23 item 4: a namespace editor (a Flux tenant, cluster-admin in its namespace) edits the

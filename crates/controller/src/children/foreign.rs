@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::cluster::apply::FIELD_MANAGER;
 
-/// The Event reason of a removal.
-pub const REASON_UNDECLARED_FIELDS_REMOVED: &str = "UndeclaredFieldsRemoved";
+/// The Event and condition reason of a removal.
+pub use vworkspace_core::reasons::UNDECLARED_FIELDS_REMOVED as REASON_UNDECLARED_FIELDS_REMOVED;
 
 /// Whether children of this kind are compared on their whole spec: Flux's (HelmRelease,
 /// HelmRepository, OCIRepository), whose controllers never write their spec. An Operation's child

@@ -375,8 +375,19 @@ pub fn same_object(desired: &Value, live: &Value) -> bool {
     labels_ok && annotations_ok && owners_ok && spec_ok
 }
 
-/// Reads a dynamic object by name and server-side applies `desired` if it differs. Returns the live
-/// object (after the write, if any) and whether it wrote. `known_absent`: a watch has listed the
+/// What [`ensure_dynamic`] found and did.
+#[derive(Debug)]
+pub struct Ensured {
+    /// The live object (after the write, if any).
+    pub live: Value,
+    /// Whether it wrote.
+    pub wrote: bool,
+    /// The spec fields another writer had added and the release does not declare, removed by this
+    /// call (their paths, comma-separated; never their values).
+    pub removed: Option<String>,
+}
+
+/// Reads a dynamic object by name and server-side applies `desired` if it differs. `known_absent`: a watch has listed the
 /// namespace and not seen the object, so the read is skipped (were the watch behind, the apply
 /// changes nothing that is already there).
 pub async fn ensure_dynamic(
@@ -385,7 +396,7 @@ pub async fn ensure_dynamic(
     namespace: &str,
     desired: &Value,
     known_absent: bool,
-) -> Result<(Value, bool), Error> {
+) -> Result<Ensured, Error> {
     let name = desired["metadata"]["name"].as_str().unwrap_or_default();
     let what = format!("{} {namespace}/{name}", resource.kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
@@ -406,7 +417,11 @@ pub async fn ensure_dynamic(
         && foreign.is_none()
         && same_object(desired, &live)
     {
-        return Ok((live, false));
+        return Ok(Ensured {
+            live,
+            wrote: false,
+            removed: None,
+        });
     }
     let mut body = desired.clone();
     if body["metadata"].is_object() {
@@ -422,7 +437,11 @@ pub async fn ensure_dynamic(
         .await
         .map_err(kube_error(format!("apply {what}")))?;
     let Some(patch) = foreign else {
-        return Ok((serde_json::to_value(written).unwrap_or(Value::Null), true));
+        return Ok(Ensured {
+            live: serde_json::to_value(written).unwrap_or(Value::Null),
+            wrote: true,
+            removed: None,
+        });
     };
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -436,7 +455,11 @@ pub async fn ensure_dynamic(
     let fields = foreign::removed_paths(&patch).join(", ");
     tracing::warn!(kind = %resource.kind, namespace, object = name, fields, "removed spec fields the operator does not declare");
     record_removal(client, &written, &what, &fields).await;
-    Ok((written, true))
+    Ok(Ensured {
+        live: written,
+        wrote: true,
+        removed: Some(fields),
+    })
 }
 
 /// Records the removal of undeclared fields as a Warning Event on the child (best effort).
@@ -453,7 +476,7 @@ async fn record_removal(client: &Client, child: &Value, what: &str, fields: &str
     let note = crate::events::Note {
         regarding: involved,
         severity: crate::events::Severity::Warning,
-        reason: foreign::REASON_UNDECLARED_FIELDS_REMOVED.to_owned(),
+        reason: vworkspace_core::reasons::UNDECLARED_FIELDS_REMOVED.to_owned(),
         message: format!(
             "removed from {what} spec fields the verified release does not declare (written by another field manager): {fields}"
         ),

@@ -17,7 +17,6 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
 use vworkspace_core::admission::{MAX_REVIEW_BYTES, TemplatePolicy};
-use vworkspace_core::crd::Cluster;
 
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -185,27 +184,6 @@ impl TemplateIndex {
             *guard = index;
         }
     }
-
-    /// Rebuilds the index from the `Cluster`s' recorded lists (superseded by
-    /// [`TemplateIndex::update_from_namespaces`]).
-    pub fn update(&self, clusters: &[Cluster]) {
-        let mut index: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for cluster in clusters {
-            for managed in cluster
-                .status
-                .iter()
-                .flat_map(|s| s.managed_namespaces.iter())
-            {
-                let entry = index.entry(managed.name.clone()).or_default();
-                entry.extend(managed.allowed_operation_templates.iter().cloned());
-                entry.sort();
-                entry.dedup();
-            }
-        }
-        if let Ok(mut guard) = self.0.write() {
-            *guard = index;
-        }
-    }
 }
 
 impl TemplatePolicy for TemplateIndex {
@@ -305,5 +283,52 @@ pub async fn serve<P: TemplatePolicy + Send + Sync + 'static>(
                 tracing::debug!(error = %e, "webhook connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(
+        name: &str,
+        managed: bool,
+        annotation: Option<&str>,
+    ) -> k8s_openapi::api::core::v1::Namespace {
+        let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+        ns.metadata.name = Some(name.to_owned());
+        if managed {
+            ns.metadata.labels = Some(BTreeMap::from([(
+                crate::cluster::rbac::MANAGED_LABEL.0.to_owned(),
+                crate::cluster::rbac::MANAGED_LABEL.1.to_owned(),
+            )]));
+        }
+        ns.metadata.annotations = annotation.map(|a| {
+            BTreeMap::from([(
+                crate::cluster::rbac::ALLOWED_TEMPLATES_ANNOTATION.to_owned(),
+                a.to_owned(),
+            )])
+        });
+        ns
+    }
+
+    #[test]
+    fn the_index_follows_each_namespaces_current_annotation() {
+        let index = TemplateIndex::default();
+        index.update_from_namespaces(&[
+            namespace("org-a", true, Some("pg-dump, restic-backup")),
+            namespace("org-b", false, Some("pg-dump")),
+        ]);
+        assert_eq!(
+            index.allowed_templates("org-a"),
+            Some(vec!["pg-dump".to_owned(), "restic-backup".to_owned()])
+        );
+        assert_eq!(index.allowed_templates("org-b"), None, "not managed");
+        // Revoked on the namespace: gone from the index at once.
+        index.update_from_namespaces(&[namespace("org-a", true, Some("restic-backup"))]);
+        assert_eq!(
+            index.allowed_templates("org-a"),
+            Some(vec!["restic-backup".to_owned()])
+        );
     }
 }

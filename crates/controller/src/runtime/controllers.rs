@@ -42,12 +42,17 @@ pub async fn controllers(
     let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
     // Signalled on every change of a managed namespace: the HelmRelease watches follow the set.
     let namespace_changed = Arc::new(tokio::sync::Notify::new());
-    let namespace_changes =
-        managed_namespace_changes(&client, namespace_writer, namespace_changed.clone());
+    let namespace_changes = managed_namespace_changes(
+        &client,
+        namespace_writer,
+        namespace_changed.clone(),
+        ctx.metrics.clone(),
+    );
     let cluster_controller = lean_controller(
         Api::<Cluster>::all(client.clone()),
         clusters_config(selector.as_deref()),
         None,
+        ctx.metrics.clone(),
     );
     // The Cluster controller's own reflector store, shared with the children (no second watch).
     let cluster_store = cluster_controller.store();
@@ -122,6 +127,7 @@ fn managed_namespace_changes(
     client: &Client,
     writer: reflector::store::Writer<Namespace>,
     changed: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     watcher(
@@ -129,6 +135,7 @@ fn managed_namespace_changes(
         watcher::Config::default().labels(&cluster::namespaces::selector()),
     )
     .default_backoff()
+    .inspect(move |result| metrics.watch_health.record("Namespace", result))
     .modify(lean)
     .reflect(writer)
     .filter_map(move |event| {
@@ -161,11 +168,13 @@ fn live_controllers(
         Api::<ApplicationInstance>::all(client.clone()),
         watcher::Config::default(),
         Some(live_changes.clone()),
+        ctx.metrics.clone(),
     );
     let operations = lean_controller(
         Api::<Operation>::all(client.clone()),
         watcher::Config::default(),
         Some(live_changes.clone()),
+        ctx.metrics.clone(),
     );
     ctx.set_live_stores(cluster::apply::LiveStores {
         instances: instances.store(),
@@ -286,11 +295,13 @@ fn lean<K: kube::Resource>(object: &mut K) {
 
 /// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
 /// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
-/// judged against the stored object before the event replaces it) moves the counter.
+/// judged against the stored object before the event replaces it) moves the counter. Every result of
+/// the watch is recorded in `metrics`' watch health (`/readyz`).
 fn lean_controller<K>(
     api: Api<K>,
     config: watcher::Config,
     changes: Option<Arc<AtomicU64>>,
+    metrics: Arc<Metrics>,
 ) -> Controller<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -304,8 +315,10 @@ where
     use futures::TryStreamExt;
     let (reader, writer) = reflector::store::<K>();
     let before = reader.clone();
+    let kind = K::kind(&()).into_owned();
     let stream = watcher(api, config)
         .default_backoff()
+        .inspect(move |result| metrics.watch_health.record(&kind, result))
         .map_ok(move |mut event| {
             let moved = match &mut event {
                 watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {

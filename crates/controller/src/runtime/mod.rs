@@ -8,6 +8,7 @@ pub mod certs;
 mod controllers;
 pub mod leader;
 pub mod probes;
+pub mod watch_health;
 mod webhook;
 
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` over plain HTTP/1 (the probes and the scraper are in-cluster;
-//! nothing secret is served). `/readyz` answers 200 once the operator has reached the API server.
+//! nothing secret is served). `/readyz` answers 200 once the operator has reached the API server, and
+//! 503 with a one-line reason while a required watch has been failing for longer than
+//! [`WATCH_FAILING_BOUND`] ([`crate::runtime::watch_health`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::runtime::watch_health::WATCH_FAILING_BOUND;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -29,14 +32,14 @@ pub struct Probes {
 pub fn respond(probes: &Probes, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if probes.ready.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "text/plain", "ok\n".to_owned())
-        }
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: the API server has not answered yet\n".to_owned(),
-        ),
+        "/readyz" => match readiness(probes) {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -56,6 +59,17 @@ pub fn respond(probes: &Probes, path: &str) -> Response<Full<Bytes>> {
             .insert(http::header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// Why the replica is not ready, or `None`.
+fn readiness(probes: &Probes) -> Option<String> {
+    if !probes.ready.load(Ordering::Relaxed) {
+        return Some("the API server has not answered yet".to_owned());
+    }
+    probes
+        .metrics
+        .watch_health
+        .unready_reason(std::time::Instant::now(), WATCH_FAILING_BOUND)
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -108,6 +122,23 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         probes.ready.store(true, Ordering::Relaxed);
+        assert_eq!(respond(&probes, "/readyz").status(), StatusCode::OK);
+        // A required watch failing for longer than the bound: 503; once it delivers again: 200.
+        let long_ago = std::time::Instant::now()
+            .checked_sub(WATCH_FAILING_BOUND * 2)
+            .expect("a monotonic clock older than two bounds");
+        probes
+            .metrics
+            .watch_health
+            .record_at("Cluster", false, long_ago);
+        assert_eq!(
+            respond(&probes, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        probes
+            .metrics
+            .watch_health
+            .record::<(), ()>("Cluster", &Ok(()));
         assert_eq!(respond(&probes, "/readyz").status(), StatusCode::OK);
         let metrics = respond(&probes, "/metrics");
         assert!(

@@ -1,6 +1,6 @@
 //! The admission webhook's server, on every replica (leader or not): its certificate from a mounted
 //! Secret ([`start_webhook`]) or made and renewed by the operator ([`start_webhook_self_managed`]),
-//! the allowed templates kept current from a watch on `Cluster`s.
+//! the allowed templates kept current from a watch on the managed namespaces.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,10 +12,9 @@ use kube::{Api, Client};
 
 use super::certs;
 use crate::error::Error;
-use vworkspace_core::crd::Cluster;
 
 /// Serves the admission webhook (on every replica, leader or not) with the allowed templates kept
-/// current from a watch on `Cluster`s.
+/// current from a watch on the managed namespaces.
 pub(super) async fn start_webhook(
     client: Client,
     addr: SocketAddr,
@@ -66,13 +65,14 @@ pub(super) async fn start_webhook_self_managed(
 }
 
 /// Listens on `addr` and serves the webhook with `config`, the allowed templates kept current from a
-/// watch on `Cluster`s.
+/// watch on the managed namespaces (their annotation as it is now, never a `Cluster`'s status).
 async fn serve_webhook(
     client: Client,
     addr: SocketAddr,
     config: rustls::ServerConfig,
 ) -> Result<(), Error> {
     use crate::children::webhook_server::TemplateIndex;
+    use k8s_openapi::api::core::v1::Namespace;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Io {
@@ -80,19 +80,18 @@ async fn serve_webhook(
             source,
         })?;
     let index = Arc::new(TemplateIndex::default());
-    let (reader, writer) = kube::runtime::reflector::store::<Cluster>();
+    let (reader, writer) = kube::runtime::reflector::store::<Namespace>();
     let updates = index.clone();
+    let selector = watcher::Config::default().labels(&crate::cluster::namespaces::selector());
     tokio::spawn(
-        kube::runtime::reflector(
-            writer,
-            watcher(Api::<Cluster>::all(client), watcher::Config::default()),
-        )
-        .default_backoff()
-        .for_each(move |_| {
-            let clusters: Vec<Cluster> = reader.state().iter().map(|c| (**c).clone()).collect();
-            updates.update(&clusters);
-            async {}
-        }),
+        kube::runtime::reflector(writer, watcher(Api::<Namespace>::all(client), selector))
+            .default_backoff()
+            .for_each(move |_| {
+                let namespaces: Vec<Namespace> =
+                    reader.state().iter().map(|n| (**n).clone()).collect();
+                updates.update_from_namespaces(&namespaces);
+                async {}
+            }),
     );
     tokio::spawn(async move {
         if let Err(e) = crate::children::webhook_server::serve(listener, config, index).await {

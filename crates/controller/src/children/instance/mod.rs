@@ -98,6 +98,10 @@ pub struct InstanceState {
     pub children: Option<Children>,
     /// The HelmRelease's `Ready` (status, reason, message), from [`Step::EnsureHelmRelease`].
     pub ready: Option<(String, String, String)>,
+    /// The children whose undeclared spec fields this reconcile removed (`<kind> <name>: <paths>`),
+    /// from [`Step::EnsureSource`] and [`Step::EnsureHelmRelease`] (and the values Secret's extra
+    /// keys, from [`Step::EnsureValuesSecret`]).
+    pub removed: Vec<String>,
 }
 
 impl InstanceState {
@@ -109,6 +113,7 @@ impl InstanceState {
             values: None,
             children: None,
             ready: None,
+            removed: Vec::new(),
         }
     }
 }
@@ -166,13 +171,16 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let namespace = instance.namespace().unwrap_or_default();
-    let status = instance_status(
+    let mut status = instance_status(
         instance.status.as_ref(),
         ready.clone(),
         instance.metadata.generation,
         Some(format!("{namespace}/{}", instance.name_any())),
         state.now,
     );
+    if !state.removed.is_empty() {
+        status::record_drift(&mut status, &state.removed, state.now);
+    }
     write_status(ctx, instance, &status).await?;
     Ok(Action::requeue(next_look(
         ready.0 == "True",

@@ -232,7 +232,16 @@ pub(super) async fn ensure_values_secret(
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
     let instance = &judged(state)?.effective;
     let secret = values.secret.as_deref().map(|v| v.as_slice());
-    let written = super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    let (written, removed) =
+        super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    let removed = removed.map(|fields| {
+        let name = crate::children::flux::values_secret_name(&instance.name_any());
+        format!("Secret {name}: {fields}")
+    });
+    if let Some(entry) = removed {
+        ctx.metrics.count_undeclared_removed("Secret");
+        state.removed.push(entry);
+    }
     // The HelmRelease asks helm-controller to reconcile for this Secret write (its spec may not move).
     let children = state
         .children
@@ -261,7 +270,7 @@ pub(super) async fn ensure_source(
     let instance = &judged(state)?.effective;
     let children = children(state)?;
     let kind = children.source["kind"].as_str().unwrap_or_default();
-    ensure_dynamic(
+    let ensured = ensure_dynamic(
         &ctx.client,
         &api_resource("source.toolkit.fluxcd.io/v1", kind, children.source_plural),
         &instance.namespace().unwrap_or_default(),
@@ -269,7 +278,26 @@ pub(super) async fn ensure_source(
         false,
     )
     .await?;
+    let kind = kind.to_owned();
+    note_removal(ctx, state, &kind, &ensured);
     Ok(Flow::Next)
+}
+
+/// Counts and keeps (for the instance's `ChildDrift` condition) the undeclared fields `ensured`
+/// removed from a child of `kind`.
+fn note_removal(
+    ctx: &ChildContext,
+    state: &mut InstanceState,
+    kind: &str,
+    ensured: &crate::children::Ensured,
+) {
+    if let Some(fields) = &ensured.removed {
+        ctx.metrics.count_undeclared_removed(kind);
+        let name = ensured.live["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default();
+        state.removed.push(format!("{kind} {name}: {fields}"));
+    }
 }
 
 /// [`Step::EnsureHelmRelease`]: written without reading it first when the namespace's watch has
@@ -289,7 +317,7 @@ pub(super) async fn ensure_helm_release(
         .helm_releases
         .as_ref()
         .is_some_and(|w| w.known(&namespace, &name) == crate::children::watches::Known::Absent);
-    let (live, _) = ensure_dynamic(
+    let ensured = ensure_dynamic(
         &ctx.client,
         &api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases"),
         &namespace,
@@ -297,8 +325,9 @@ pub(super) async fn ensure_helm_release(
         known_absent,
     )
     .await?;
+    note_removal(ctx, state, "HelmRelease", &ensured);
     state.ready = Some(
-        rollout::ready_for_current_generation(&live).unwrap_or_else(|| {
+        rollout::ready_for_current_generation(&ensured.live).unwrap_or_else(|| {
             (
                 "Unknown".into(),
                 WAITING_FOR_HELM_RELEASE.into(),

@@ -4,20 +4,22 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::children::flux::{self, VALUES_KEY};
+use crate::children::flux;
 use crate::children::{ChildContext, kube_error};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
 use vworkspace_core::crd::ApplicationInstance;
 
 /// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
-/// by name only. Returns the Secret's `resourceVersion` (what
-/// [`crate::children::rollout::values_request`] names), `None` without a Secret.
+/// by name only. Compared on its whole content the operator owns: the data (exactly the one key, no
+/// other), the type, our labels and annotations and the owner reference. Returns the Secret's
+/// `resourceVersion` (what [`crate::children::rollout::values_request`] names), `None` without a
+/// Secret, and the keys another writer had added and this call removed (names, never values).
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
-) -> Result<Option<String>, Error> {
+) -> Result<(Option<String>, Option<String>), Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
     let what = format!("Secret {namespace}/{name}");
@@ -32,19 +34,8 @@ pub(super) async fn ensure_values_secret(
                 object: what.clone(),
                 source: e.into(),
             })?;
-            let same = live.as_ref().is_some_and(|l| {
-                l.data
-                    .as_ref()
-                    .and_then(|d| d.get(VALUES_KEY))
-                    .map(|b| b.0.as_slice())
-                    == Some(yaml)
-                    && l.metadata.owner_references == desired.metadata.owner_references
-                    && l.metadata.labels.as_ref().is_some_and(|have| {
-                        desired.labels().iter().all(|(k, v)| have.get(k) == Some(v))
-                    })
-            });
-            if same {
-                return Ok(live.and_then(|l| l.metadata.resource_version));
+            if live.as_ref().is_some_and(|l| same_secret(&desired, l)) {
+                return Ok((live.and_then(|l| l.metadata.resource_version), None));
             }
             let written = api
                 .patch(
@@ -54,7 +45,40 @@ pub(super) async fn ensure_values_secret(
                 )
                 .await
                 .map_err(kube_error(format!("apply {what}")))?;
-            return Ok(written.metadata.resource_version);
+            // Keys another writer added: server-side apply leaves them (it removes only what its
+            // own manager owned), so they are removed by name.
+            let extra = extra_keys(&desired, &written);
+            if extra.is_empty() {
+                return Ok((written.metadata.resource_version, None));
+            }
+            let nulls: serde_json::Map<String, serde_json::Value> = extra
+                .iter()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect();
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            let written = api
+                .patch(
+                    &name,
+                    &params,
+                    &Patch::Merge(&serde_json::json!({"data": nulls})),
+                )
+                .await
+                .map_err(kube_error(format!("remove undeclared keys of {what}")))?;
+            let removed = extra
+                .iter()
+                .map(|k| format!("data.{k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                namespace,
+                object = name,
+                fields = removed,
+                "removed values Secret keys the operator does not declare"
+            );
+            return Ok((written.metadata.resource_version, Some(removed)));
         }
         None => {
             // Only ever delete our own Secret (labelled for this instance).
@@ -68,5 +92,113 @@ pub(super) async fn ensure_values_secret(
             }
         }
     }
-    Ok(None)
+    Ok((None, None))
+}
+
+/// Whether the live Secret holds exactly what the operator writes: the same data (no other key), type,
+/// owner references, and every label and annotation we set.
+fn same_secret(desired: &Secret, live: &Secret) -> bool {
+    let within = |want: Option<&std::collections::BTreeMap<String, String>>,
+                  have: Option<&std::collections::BTreeMap<String, String>>| {
+        want.is_none_or(|want| {
+            want.iter()
+                .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+        })
+    };
+    live.data == desired.data
+        && live.type_.as_deref().unwrap_or("Opaque") == desired.type_.as_deref().unwrap_or("Opaque")
+        && live.metadata.owner_references == desired.metadata.owner_references
+        && within(
+            desired.metadata.labels.as_ref(),
+            live.metadata.labels.as_ref(),
+        )
+        && within(
+            desired.metadata.annotations.as_ref(),
+            live.metadata.annotations.as_ref(),
+        )
+        && live.string_data.is_none()
+}
+
+/// The data keys of `live` the operator does not write.
+fn extra_keys(desired: &Secret, live: &Secret) -> Vec<String> {
+    let declared = desired.data.as_ref();
+    live.data
+        .iter()
+        .flat_map(|d| d.keys())
+        .filter(|k| declared.is_none_or(|d| !d.contains_key(*k)))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::children::flux::VALUES_KEY;
+    use k8s_openapi::ByteString;
+
+    fn secret(data: &[(&str, &str)], type_: &str, label: Option<&str>) -> Secret {
+        let mut s = Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            type_: Some(type_.to_owned()),
+            ..Secret::default()
+        };
+        s.metadata.labels = label.map(|l| [(flux::LABEL_INSTANCE.to_owned(), l.to_owned())].into());
+        s
+    }
+
+    #[test]
+    fn the_values_secret_is_compared_on_all_we_own_not_on_its_data_alone() {
+        let desired = secret(&[(VALUES_KEY, "a: 1")], "Opaque", Some("web"));
+        let mut with_other_label = desired.clone();
+        if let Some(labels) = with_other_label.metadata.labels.as_mut() {
+            labels.insert("tenant".into(), "x".into());
+        }
+        assert!(same_secret(&desired, &desired));
+        assert!(
+            same_secret(&desired, &with_other_label),
+            "others' labels are theirs"
+        );
+        for (case, live) in [
+            (
+                "another value",
+                secret(&[(VALUES_KEY, "a: 2")], "Opaque", Some("web")),
+            ),
+            (
+                "an extra key",
+                secret(
+                    &[(VALUES_KEY, "a: 1"), ("override.yaml", "b: 2")],
+                    "Opaque",
+                    Some("web"),
+                ),
+            ),
+            (
+                "another type",
+                secret(&[(VALUES_KEY, "a: 1")], "kubernetes.io/tls", Some("web")),
+            ),
+            (
+                "our label gone",
+                secret(&[(VALUES_KEY, "a: 1")], "Opaque", None),
+            ),
+            (
+                "our label changed",
+                secret(&[(VALUES_KEY, "a: 1")], "Opaque", Some("db")),
+            ),
+        ] {
+            assert!(!same_secret(&desired, &live), "{case}");
+        }
+        let extra = secret(
+            &[(VALUES_KEY, "a: 1"), ("override.yaml", "b: 2")],
+            "Opaque",
+            Some("web"),
+        );
+        assert_eq!(
+            extra_keys(&desired, &extra),
+            vec!["override.yaml".to_owned()]
+        );
+        assert!(extra_keys(&desired, &desired).is_empty());
+    }
 }

@@ -49,7 +49,8 @@ pub enum Step {
     /// Judges the Operation against the verified releases: only a declared one goes on, with the
     /// declared spec; an altered one is refused.
     JudgeDeclared,
-    /// Waits until a `Cluster` pass recorded the namespace; takes its allowed templates.
+    /// Waits until the declaring `Cluster`'s pass recorded the namespace; takes the templates the
+    /// namespace's annotation allows now.
     CheckNamespaceRecorded,
     /// Refuses a template the namespace does not allow.
     CheckTemplate,
@@ -70,7 +71,11 @@ pub struct OperationState {
     pub clusters: Vec<Arc<Cluster>>,
     /// The live identity with the declared spec (from [`Step::JudgeDeclared`]).
     pub effective: Option<Arc<Operation>>,
-    /// The templates the namespace allows (from [`Step::CheckNamespaceRecorded`]).
+    /// The `spec.clusterId` of the Cluster whose verified release declares the Operation (from
+    /// [`Step::JudgeDeclared`]).
+    pub declaring: Option<String>,
+    /// The templates the namespace's current annotation allows (from
+    /// [`Step::CheckNamespaceRecorded`]).
     pub allowed: Vec<String>,
     /// From [`Step::BuildChild`].
     pub child: Option<Child>,
@@ -87,6 +92,7 @@ impl OperationState {
             now,
             clusters: Vec::new(),
             effective: None,
+            declaring: None,
             allowed: Vec::new(),
             child: None,
             observed: None,

@@ -136,6 +136,7 @@ pub(super) async fn judge_declared(
         } => {
             let mut effective = op.clone();
             effective.spec = declared.object.spec.clone();
+            state.declaring = Some(release.cluster_id.clone());
             if altered {
                 return refuse_altered(ctx, op, &effective, &release, &declared, state).await;
             }
@@ -195,8 +196,12 @@ async fn refuse_altered(
     Ok(flow)
 }
 
-/// [`Step::CheckNamespaceRecorded`]: a namespace labelled but not yet recorded by any Cluster pass
-/// waits rather than failing for good.
+/// [`Step::CheckNamespaceRecorded`]: the namespace must be recorded by the `Cluster` whose verified
+/// release declares the Operation (its pass bound the namespace's RBAC); until then the run waits
+/// rather than failing for good. The allowed templates are the namespace's annotation as it is now
+/// ([`ChildContext::allowed_templates`]), never a `Cluster`'s `status.managedNamespaces` list: a
+/// Cluster whose pass stopped early (suspended, refused) keeps an old list there, and a template
+/// revoked on the namespace must stop the next run.
 pub(super) async fn check_namespace_recorded(
     ctx: &ChildContext,
     _: &Operation,
@@ -204,24 +209,30 @@ pub(super) async fn check_namespace_recorded(
 ) -> Result<Flow, Error> {
     let op = effective(state)?.clone();
     let namespace = op.namespace().unwrap_or_default();
-    let recorded: Vec<_> = state
+    let declaring = state
+        .declaring
+        .as_deref()
+        .ok_or_else(|| out_of_order(Step::JudgeDeclared))?;
+    let recorded = state
         .clusters
         .iter()
+        .filter(|c| c.spec.cluster_id == declaring)
         .flat_map(|c| c.status.iter().flat_map(|s| s.managed_namespaces.iter()))
-        .filter(|m| m.name == namespace)
-        .collect();
-    if recorded.is_empty() {
+        .any(|m| m.name == namespace);
+    let allowed = if recorded {
+        ctx.allowed_templates(&namespace).await?
+    } else {
+        None
+    };
+    let Some(allowed) = allowed else {
         let message = format!(
-            "namespace {namespace} is not recorded in any Cluster's status.managedNamespaces yet"
+            "namespace {namespace} is not recorded in the status.managedNamespaces of Cluster {declaring} (which declares this Operation) yet, or is no longer managed"
         );
         let waiting = (OperationPhase::Pending, WAITING_FOR_NAMESPACE, message);
         let then = Action::requeue(Duration::from_secs(15));
         return stop_with(ctx, &op, &engines::run_id(&op), waiting, state, then).await;
-    }
-    state.allowed = recorded
-        .iter()
-        .flat_map(|m| m.allowed_operation_templates.iter().cloned())
-        .collect();
+    };
+    state.allowed = allowed;
     Ok(Flow::Next)
 }
 
@@ -293,9 +304,9 @@ pub(super) async fn ensure_child(
         .as_ref()
         .ok_or_else(|| out_of_order(Step::BuildChild))?;
     let resource = api_resource(&child.api_version, &child.kind, &child.plural);
-    let (live, _) =
+    let ensured =
         ensure_dynamic(&ctx.client, &resource, &child.namespace, &child.body, false).await?;
-    state.observed = Some(engines::phase_of(&child.kind, &live));
+    state.observed = Some(engines::phase_of(&child.kind, &ensured.live));
     Ok(Flow::Next)
 }
 

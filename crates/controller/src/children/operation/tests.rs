@@ -69,7 +69,24 @@ fn judged(op: &Operation, clusters: Vec<Arc<Cluster>>) -> OperationState {
     let mut state = OperationState::new(now());
     state.clusters = clusters;
     state.effective = Some(Arc::new(op.clone()));
+    state.declaring = Some("prod".into());
     state
+}
+
+/// A namespace `org-a` as the API server holds it: `managed` labelled or not, with `annotation` as
+/// its allowed-templates annotation.
+fn namespace(managed: bool, annotation: Option<&str>) -> Value {
+    let labels = if managed {
+        json!({"app.vworkspace.io/managed-by": "vworkspace"})
+    } else {
+        json!({})
+    };
+    let annotations = annotation.map_or(
+        json!({}),
+        |a| json!({"app.vworkspace.io/allowed-operation-templates": a}),
+    );
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "org-a", "labels": labels, "annotations": annotations}})
 }
 
 fn status_route(api: &Arc<FakeApi>, op: &Operation) {
@@ -228,35 +245,152 @@ async fn judge_declared_waits_for_a_release_and_refuses_what_none_declares() {
 }
 
 #[tokio::test]
-async fn an_unrecorded_namespace_waits_and_a_recorded_one_gives_its_templates() {
-    for (managed, waits, allowed) in [
-        (json!([]), true, vec![]),
-        (json!([{"name": "org-b"}]), true, vec![]),
+async fn templates_come_from_the_namespaces_current_annotation_never_from_a_clusters_status() {
+    let granted =
+        json!([{"name": "org-a", "allowedOperationTemplates": ["velero-namespace-backup"]}]);
+    let recorded = json!([{"name": "org-a"}]);
+    let backup = Some("velero-namespace-backup");
+    // (case, the declaring Cluster's status list, the namespace, waits, allowed)
+    type Case = (&'static str, Value, Option<Value>, bool, Vec<&'static str>);
+    let cases: [Case; 6] = [
         (
-            json!([{"name": "org-a", "allowedOperationTemplates": ["velero-namespace-backup"]}]),
-            false,
-            vec!["velero-namespace-backup".to_owned()],
+            "not recorded by any Cluster",
+            json!([]),
+            Some(namespace(true, backup)),
+            true,
+            vec![],
         ),
-    ] {
+        (
+            "recorded elsewhere only",
+            json!([{"name": "org-b"}]),
+            Some(namespace(true, backup)),
+            true,
+            vec![],
+        ),
+        (
+            "granted by the annotation",
+            recorded.clone(),
+            Some(namespace(true, backup)),
+            false,
+            vec!["velero-namespace-backup"],
+        ),
+        // The status still lists it (a pass that stopped early): the annotation revoked it.
+        (
+            "revoked on the namespace",
+            granted.clone(),
+            Some(namespace(true, None)),
+            false,
+            vec![],
+        ),
+        (
+            "namespace no longer managed",
+            granted.clone(),
+            Some(namespace(false, backup)),
+            true,
+            vec![],
+        ),
+        ("namespace gone", granted, None, true, vec![]),
+    ];
+    for (case, managed, live_namespace, waits, allowed) in cases {
         let api = FakeApi::new();
         let op = operation(Value::Null);
         status_route(&api, &op);
+        if let Some(ns) = live_namespace {
+            api.get("/api/v1/namespaces/org-a", ns);
+        }
         let ctx = context(&api);
-        let mut state = judged(&op, vec![cluster(managed.clone())]);
+        let mut state = judged(&op, vec![cluster(managed)]);
         let flow = Step::CheckNamespaceRecorded
             .run(&ctx, &op, &mut state)
             .await
             .expect("step");
-        assert_eq!(done(flow).is_some(), waits, "{managed}");
+        assert_eq!(done(flow).is_some(), waits, "{case}");
         if waits {
             let status = written_status(&api);
-            assert_eq!(status.reason.as_deref(), Some(WAITING_FOR_NAMESPACE));
-            assert_eq!(status.phase, Some(OperationPhase::Pending));
+            assert_eq!(
+                status.reason.as_deref(),
+                Some(WAITING_FOR_NAMESPACE),
+                "{case}"
+            );
+            assert_eq!(status.phase, Some(OperationPhase::Pending), "{case}");
         } else {
-            assert_eq!(state.allowed, allowed);
-            assert!(api.writes().is_empty());
+            assert_eq!(state.allowed, allowed, "{case}");
+            assert!(api.writes().is_empty(), "{case}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_cluster_that_does_not_declare_the_operation_grants_nothing() {
+    // Another Cluster (whose pass may have stopped early) lists the namespace and the template; the
+    // declaring Cluster has not recorded the namespace: the run waits, nothing is created.
+    let api = FakeApi::new();
+    let op = operation(Value::Null);
+    status_route(&api, &op);
+    api.get(
+        "/api/v1/namespaces/org-a",
+        namespace(true, Some("velero-namespace-backup")),
+    );
+    let ctx = context(&api);
+    let other: Arc<Cluster> = {
+        let mut c = (*cluster(
+            json!([{"name": "org-a", "allowedOperationTemplates": ["velero-namespace-backup"]}]),
+        ))
+        .clone();
+        c.spec.cluster_id = "staging".into();
+        Arc::new(c)
+    };
+    let mut state = judged(&op, vec![other, cluster(json!([]))]);
+    let flow = Step::CheckNamespaceRecorded
+        .run(&ctx, &op, &mut state)
+        .await
+        .expect("step");
+    assert!(done(flow).is_some());
+    assert_eq!(
+        written_status(&api).reason.as_deref(),
+        Some(WAITING_FOR_NAMESPACE)
+    );
+}
+
+#[tokio::test]
+async fn a_template_revoked_on_the_namespace_stops_the_next_run_and_creates_nothing() {
+    let api = FakeApi::new();
+    let op = operation(Value::Null);
+    status_route(&api, &op);
+    api.get("/api/v1/namespaces/org-a", namespace(true, Some("pg-dump")));
+    let ctx = context(&api);
+    let granted =
+        json!([{"name": "org-a", "allowedOperationTemplates": ["velero-namespace-backup"]}]);
+    let mut state = judged(&op, vec![cluster(granted)]);
+    let mut ended = None;
+    for step in [
+        Step::CheckNamespaceRecorded,
+        Step::CheckTemplate,
+        Step::BuildChild,
+        Step::EnsureChild,
+    ] {
+        if let Flow::Done(action) = step.run(&ctx, &op, &mut state).await.expect("step") {
+            ended = Some((step, action));
+            break;
+        }
+    }
+    assert_eq!(
+        ended,
+        Some((
+            Step::CheckTemplate,
+            Action::requeue(Duration::from_secs(300))
+        ))
+    );
+    let status = written_status(&api);
+    assert_eq!(status.reason.as_deref(), Some(reason::TEMPLATE_NOT_ALLOWED));
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert!(
+        api.seen()
+            .iter()
+            .all(|s| s.method != Method::POST && !s.path.contains("velero.io")),
+        "no child is created or read: {:?}",
+        api.writes()
+    );
 }
 
 #[tokio::test]
