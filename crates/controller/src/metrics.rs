@@ -11,6 +11,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The `kind` of a guardrail repair: `pod_security_weakened`, `pod_security_drift` or
+/// `network_policy` (never a namespace name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabel {
+    /// What was repaired.
+    pub kind: &'static str,
+}
+
 /// The `reason` label: one of the constants of [`vworkspace_core::reasons`] or
 /// [`crate::cluster::conditions`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +101,8 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabel, Counter>,
     /// Unix time at which the webhook's serving certificate expires (0 until one is loaded).
     pub webhook_certificate_expiry: Gauge<f64, AtomicU64>,
+    /// Managed namespaces' guardrails the Cluster pass restored, by kind ([`GuardrailLabel`]).
+    pub guardrail_repairs: Family<GuardrailLabel, Counter>,
     /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
     pub observed: crate::observed::Observed,
 }
@@ -122,6 +132,7 @@ impl Default for Metrics {
             fetch_duration: pass_histogram(),
             watch_errors: Family::default(),
             webhook_certificate_expiry: Gauge::default(),
+            guardrail_repairs: Family::default(),
             observed: crate::observed::Observed::default(),
             registry: Registry::default(),
         };
@@ -193,6 +204,11 @@ fn register(metrics: &Metrics, registry: &mut Registry) {
         metrics.fetch_duration.clone(),
     );
     registry.register(
+        "namespace_guardrail_repairs",
+        "Managed namespaces' guardrails restored by the Cluster pass, by kind (pod_security_weakened: the enforce level was removed or lowered; pod_security_drift: another Pod Security label changed; network_policy: a NetworkPolicy deleted or edited)",
+        metrics.guardrail_repairs.clone(),
+    );
+    registry.register(
         "watch_errors",
         "Watch and controller queue errors, by watched kind (each is retried with back-off)",
         metrics.watch_errors.clone(),
@@ -252,6 +268,9 @@ impl Metrics {
         }
         for (reason, kind) in CHILD_REFUSALS {
             let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
+        }
+        for kind in crate::cluster::guardrails::REPAIR_KINDS {
+            let _ = self.guardrail_repairs.get_or_create(&GuardrailLabel { kind });
         }
         for watch in WATCHES {
             let _ = self.watch_errors.get_or_create(&WatchLabel {

@@ -3,7 +3,7 @@
 //! namespaces, what changed, whether live RBAC already is what it should be) are pure; [`ensure`] and
 //! [`release`] do the I/O, by name only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -89,6 +89,16 @@ fn labels_match(
 
 /// Lists the namespaces (the ClusterRole allows `list` on namespaces; nothing else is listed).
 pub async fn list_managed(client: &Client) -> Result<Vec<ManagedNamespace>, Error> {
+    Ok(list_managed_with_labels(client).await?.0)
+}
+
+/// The live labels of each listed namespace, by name (the guardrails judge them).
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// [`list_managed`], and the labels of the namespaces it lists.
+pub async fn list_managed_with_labels(
+    client: &Client,
+) -> Result<(Vec<ManagedNamespace>, NamespaceLabels), Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default().labels(&selector()))
@@ -97,10 +107,15 @@ pub async fn list_managed(client: &Client) -> Result<Vec<ManagedNamespace>, Erro
             action: "list managed namespaces".into(),
             source,
         })?;
-    Ok(managed(&list.items))
+    let labels = list
+        .items
+        .iter()
+        .filter_map(|ns| Some((ns.metadata.name.clone()?, ns.metadata.labels.clone().unwrap_or_default())))
+        .collect();
+    Ok((managed(&list.items), labels))
 }
 
-async fn ensure_one<K>(
+pub(crate) async fn ensure_one<K>(
     api: Api<K>,
     desired: &K,
     matches: fn(&K, &K) -> bool,

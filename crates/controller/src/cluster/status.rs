@@ -45,6 +45,24 @@ pub struct PassReport {
     pub recipients: Option<Vec<String>>,
     /// The verified release's serial and expiry, when verification passed.
     pub release_expires: Option<(u64, jiff::Timestamp)>,
+    /// What the guardrails step found, when it ran (`None`: the condition is carried over).
+    pub guardrails: Option<Guarded>,
+}
+
+/// What [`super::pass::Step::EnsureNamespaceGuardrails`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// No `spec.namespacePolicy`: no `NamespaceGuardrails` condition.
+    Off,
+    /// The guardrails were kept on every managed namespace.
+    Kept {
+        /// The Pod Security level kept.
+        level: &'static str,
+        /// How many managed namespaces.
+        namespaces: usize,
+        /// The namespaces found weakened (and restored) by this pass, with what was found.
+        weakened: Vec<(String, String)>,
+    },
 }
 
 impl PassReport {
@@ -83,6 +101,7 @@ impl PassReport {
             writes: (0, 0),
             recipients: None,
             release_expires: None,
+            guardrails: None,
         }
     }
 }
@@ -96,13 +115,19 @@ pub fn next_status(
     now: jiff::Timestamp,
 ) -> ClusterStatus {
     let previous = previous.cloned().unwrap_or_default();
-    let conditions = conditions::summarize(
+    let mut conditions = conditions::summarize(
         &report.verify,
         &report.apply,
         generation,
         now,
         &previous.conditions,
     );
+    conditions.extend(conditions::guardrails(
+        report.guardrails.as_ref(),
+        generation,
+        now,
+        &previous.conditions,
+    ));
     let mut next = ClusterStatus {
         conditions,
         observed_generation: generation,
@@ -221,6 +246,7 @@ mod tests {
             writes: (2, 1),
             recipients: None,
             release_expires: None,
+            guardrails: None,
         }
     }
 
