@@ -943,9 +943,15 @@ fn the_guardrails_rights_are_two_and_the_admission_policy_scopes_both() {
     for (_, doc) in &docs {
         let name = doc["metadata"]["name"].as_str().unwrap_or_default();
         for rule in doc["rules"].as_array().into_iter().flatten() {
-            if strings(&rule["resources"]).iter().any(|r| r == "networkpolicies") {
+            if strings(&rule["resources"])
+                .iter()
+                .any(|r| r == "networkpolicies")
+            {
                 assert_eq!(name, "vworkspace-app-operator-namespace", "{rule}");
-                assert_eq!(strings(&rule["verbs"]), ["get", "create", "patch", "delete"]);
+                assert_eq!(
+                    strings(&rule["verbs"]),
+                    ["get", "create", "patch", "delete"]
+                );
             }
         }
     }

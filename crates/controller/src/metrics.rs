@@ -270,7 +270,9 @@ impl Metrics {
             let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
         }
         for kind in crate::cluster::guardrails::REPAIR_KINDS {
-            let _ = self.guardrail_repairs.get_or_create(&GuardrailLabel { kind });
+            let _ = self
+                .guardrail_repairs
+                .get_or_create(&GuardrailLabel { kind });
         }
         for watch in WATCHES {
             let _ = self.watch_errors.get_or_create(&WatchLabel {

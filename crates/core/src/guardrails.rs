@@ -67,7 +67,9 @@ pub enum GuardrailError {
     )]
     Privileged,
     /// Not a level.
-    #[error("spec.namespacePolicy.podSecurity: {0:?} is not a level: use `restricted` or `baseline`")]
+    #[error(
+        "spec.namespacePolicy.podSecurity: {0:?} is not a level: use `restricted` or `baseline`"
+    )]
     UnknownLevel(String),
     /// A peer with both or neither of its fields, a bad name or selector.
     #[error("spec.namespacePolicy.networkPolicy.{field}: {problem}")]
@@ -81,7 +83,9 @@ pub enum GuardrailError {
     #[error("spec.namespacePolicy.networkPolicy.{0}: more than {MAX_PEERS} entries")]
     TooMany(&'static str),
     /// Not a CIDR.
-    #[error("spec.namespacePolicy.networkPolicy.egress.toCidrs[{index}]: {value:?} is not a CIDR (e.g. 10.0.0.0/8)")]
+    #[error(
+        "spec.namespacePolicy.networkPolicy.egress.toCidrs[{index}]: {value:?} is not a CIDR (e.g. 10.0.0.0/8)"
+    )]
     Cidr {
         /// Where in the list.
         index: usize,
@@ -323,11 +327,18 @@ pub fn labels_hold(desired: &BTreeMap<String, String>, live: &BTreeMap<String, S
     desired.iter().all(|(k, v)| live.get(k) == Some(v))
 }
 
-/// How a namespace's live labels weaken `level`, when they do: the enforce label removed, not a
-/// level, or weaker. `None` when they enforce `level` or stronger (a stronger level, or changed
-/// warn/audit/version labels, are drift: repaired, not reported as weakened).
-pub fn weakened(level: PodSecurityLevel, live: &BTreeMap<String, String>) -> Option<String> {
+/// How a namespace's live labels weaken `level`, when they do: the enforce label removed (only
+/// when `kept_before`: the operator had set it, so someone took it away; a namespace new to the
+/// policy is not "weakened"), not a level, or weaker. `None` when they enforce `level` or
+/// stronger (a stronger level, or changed warn/audit/version labels, are drift: repaired, not
+/// reported as weakened).
+pub fn weakened(
+    level: PodSecurityLevel,
+    live: &BTreeMap<String, String>,
+    kept_before: bool,
+) -> Option<String> {
     match live.get(ENFORCE_LABEL) {
+        None if !kept_before => None,
         None => Some(format!("{ENFORCE_LABEL} removed")),
         Some(value) => match PodSecurityLevel::parse(value) {
             Some(found) if found >= level => None,

@@ -32,8 +32,10 @@ async fn labels_of(env: &Env, ns: &str) -> Value {
     get(&env.admin, "v1", "Namespace", None, ns)
         .await
         .expect("namespace")
-        .data["metadata"]["labels"]
-        .clone()
+        .metadata
+        .labels
+        .map(|l| json!(l))
+        .unwrap_or(Value::Null)
 }
 
 fn pass(env: &Env, scope: &Scope, what: &str) {
@@ -49,7 +51,9 @@ async fn condition(env: &Env, scope: &Scope) -> (String, String, String) {
 async fn pod_security_is_set_restored_and_reported_and_a_privileged_pod_is_refused() {
     let ns = "cp-guard-psa-a";
     scenario!("cp-guard-psa", &[ns])
+        .webhook()
         .run(async |env, intent, scope| {
+            intent.add_instance(ns, "app", "one");
             intent.release(&[]);
             intent.commit("release 1");
             // The CRD schema refuses `privileged`, naming the field.
@@ -67,7 +71,8 @@ async fn pod_security_is_set_restored_and_reported_and_a_privileged_pod_is_refus
                 refused.to_string().contains("spec.namespacePolicy.podSecurity"),
                 "{refused}"
             );
-            set_policy(env, scope, json!({})).await;
+            // (A JSON merge patch of `{}` onto an absent field may set nothing: name the level.)
+            set_policy(env, scope, json!({"podSecurity": "restricted"})).await;
             pass(env, scope, "first pass");
             let labels = labels_of(env, ns).await;
             for mode in ["enforce", "warn", "audit"] {
@@ -123,8 +128,11 @@ async fn pod_security_is_set_restored_and_reported_and_a_privileged_pod_is_refus
             for (what, pod) in [
                 ("hostNetwork", json!({"hostNetwork": true,
                     "containers": [{"name": "c", "image": "registry.example/app:1"}]})),
-                ("a privileged container", json!({"containers": [{"name": "c",
-                    "image": "registry.example/app:1", "securityContext": {"privileged": true}}]})),
+                // (a privileged container is refused here before PodSecurity: the test API server
+                // runs with --allow-privileged=false). A pod without a securityContext passes
+                // `baseline` but not `restricted`.
+                ("no securityContext", json!({"containers": [{"name": "c",
+                    "image": "registry.example/app:1"}]})),
             ] {
                 let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"}, "spec": pod}))
@@ -142,12 +150,25 @@ async fn pod_security_is_set_restored_and_reported_and_a_privileged_pod_is_refus
                 }
             }
 
-            // The owner chooses baseline: the labels follow (drift, not weakening).
+            // The owner chooses baseline: the labels follow (drift, not weakening), and the API
+            // server now admits the pod without a securityContext (dry run), still not hostNetwork.
             set_policy(env, scope, json!({"podSecurity": "baseline"})).await;
             pass(env, scope, "the pass after baseline");
             assert_eq!(labels_of(env, ns).await[ENFORCE], "baseline");
             let (_, reason, message) = condition(env, scope).await;
             assert_eq!(reason, "GuardrailsKept", "{message}");
+            let dry = kube::api::PostParams { dry_run: true, ..Default::default() };
+            let plain: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}))
+                .expect("pod");
+            pods.create(&dry, &plain).await.expect("baseline admits a plain pod");
+            let host: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "host"},
+                "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "registry.example/app:1"}]}}))
+                .expect("pod");
+            let error = pods.create(&dry, &host).await.expect_err("baseline refuses hostNetwork");
+            assert!(error.to_string().contains("violates PodSecurity \"baseline:latest\""), "{error}");
         })
         .await;
 }
@@ -156,7 +177,9 @@ async fn pod_security_is_set_restored_and_reported_and_a_privileged_pod_is_refus
 async fn the_network_policies_hold_the_allow_list_and_are_restored_after_a_delete_and_an_edit() {
     let ns = "cp-guard-net-a";
     scenario!("cp-guard-net", &[ns])
+        .webhook()
         .run(async |env, intent, scope| {
+            intent.add_instance(ns, "app", "one");
             intent.release(&[]);
             intent.commit("release 1");
             set_policy(env, scope, json!({"networkPolicy": {
@@ -215,7 +238,9 @@ async fn the_network_policies_hold_the_allow_list_and_are_restored_after_a_delet
                 &json!({"metadata": {"labels": {"app.vworkspace.io/managed-by": null}}}))
                 .await
                 .expect("unlabel");
-            pass(env, scope, "the pass that releases the namespace");
+            // That pass then refuses the instance declared in the namespace (NamespaceNotManaged),
+            // after the release step it is about.
+            let _ = scope.once(env);
             assert!(!exists(&env.admin, NETPOL, "NetworkPolicy", ns, DENY).await, "removed with the namespace's release");
         })
         .await;
@@ -225,12 +250,14 @@ async fn the_network_policies_hold_the_allow_list_and_are_restored_after_a_delet
 async fn the_operator_may_write_only_pod_security_labels_and_its_own_network_policies() {
     let ns = "cp-guard-scope-a";
     scenario!("cp-guard-scope", &[ns])
+        .webhook()
         .run(async |env, intent, scope| {
             // A first pass binds the operator's namespace role (its NetworkPolicy rights) here, so
             // what is refused below is refused by the admission policy, not by RBAC.
+            intent.add_instance(ns, "app", "one");
             intent.release(&[]);
             intent.commit("release 1");
-            set_policy(env, scope, json!({})).await;
+            set_policy(env, scope, json!({"podSecurity": "restricted"})).await;
             pass(env, scope, "first pass");
             let operator = client_from(&env.shared.operator_kubeconfig).await;
             let outside = "cp-guard-scope-outside";
@@ -251,7 +278,7 @@ async fn the_operator_may_write_only_pod_security_labels_and_its_own_network_pol
                     .await
                     .expect_err(what);
                 assert!(
-                    matches!(&error, kube::Error::Api(s) if s.code == 403 && s.message.contains(GUARDRAILS_POLICY)),
+                    matches!(&error, kube::Error::Api(s) if (s.code == 403 || s.code == 422) && s.message.contains(GUARDRAILS_POLICY)),
                     "{what}: {error}"
                 );
             }
@@ -271,7 +298,7 @@ async fn the_operator_may_write_only_pod_security_labels_and_its_own_network_pol
                 .await
                 .expect_err("another NetworkPolicy name");
             assert!(
-                matches!(&error, kube::Error::Api(s) if s.code == 403 && s.message.contains(GUARDRAILS_POLICY)),
+                matches!(&error, kube::Error::Api(s) if (s.code == 403 || s.code == 422) && s.message.contains(GUARDRAILS_POLICY)),
                 "{error}"
             );
             policies

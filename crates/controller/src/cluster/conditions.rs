@@ -144,19 +144,39 @@ pub fn guardrails(
 ) -> Option<Condition> {
     use crate::cluster::status::Guarded;
     let (reason, message) = match found {
-        None => return previous.iter().find(|c| c.type_ == NAMESPACE_GUARDRAILS).cloned(),
+        None => {
+            return previous
+                .iter()
+                .find(|c| c.type_ == NAMESPACE_GUARDRAILS)
+                .cloned();
+        }
         Some(Guarded::Off) => return None,
-        Some(Guarded::Kept { level, namespaces, weakened }) if weakened.is_empty() => (
+        Some(Guarded::Kept {
+            level,
+            namespaces,
+            weakened,
+        }) if weakened.is_empty() => (
             reasons::GUARDRAILS_KEPT,
-            format!("Pod Security {level} and NetworkPolicies kept on {namespaces} managed namespace(s)"),
+            format!(
+                "Pod Security {level} and NetworkPolicies kept on {namespaces} managed namespace(s)"
+            ),
         ),
-        Some(Guarded::Kept { level, weakened, .. }) => (
+        Some(Guarded::Kept {
+            level, weakened, ..
+        }) => (
             reasons::POD_SECURITY_WEAKENED,
             crate::cluster::guardrails::weakened_message(level, weakened),
         ),
     };
     let message = crate::events::clip(message);
-    let at = condition(NAMESPACE_GUARDRAILS, true, reason, &message, generation, now);
+    let at = condition(
+        NAMESPACE_GUARDRAILS,
+        true,
+        reason,
+        &message,
+        generation,
+        now,
+    );
     Some(keep_transition(at, previous))
 }
 

@@ -21,7 +21,11 @@ use super::namespaces::ensure_one;
 use crate::error::Error;
 
 /// The `kind` label values of the repairs metric.
-pub const REPAIR_KINDS: [&str; 3] = ["pod_security_weakened", "pod_security_drift", "network_policy"];
+pub const REPAIR_KINDS: [&str; 3] = [
+    "pod_security_weakened",
+    "pod_security_drift",
+    "network_policy",
+];
 
 /// What keeping one namespace's guardrails found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,24 +46,25 @@ impl Kept {
             (true, true) => Some((REPAIR_KINDS[0], 1)),
             (true, false) => Some((REPAIR_KINDS[1], 1)),
         };
-        let policies = (self.policies_written > 0).then_some((REPAIR_KINDS[2], self.policies_written as u64));
+        let policies =
+            (self.policies_written > 0).then_some((REPAIR_KINDS[2], self.policies_written as u64));
         labels.into_iter().chain(policies)
     }
 }
 
-/// Makes `namespace` carry `guardrails`: its labels (judged on `live_labels`, from the pass's list)
-/// and its NetworkPolicies.
+/// Makes `namespace` carry `guardrails`: its labels (judged on its live labels from the pass's list,
+/// and whether our field manager applied to it before) and its NetworkPolicies.
 pub async fn ensure(
     client: &Client,
     namespace: &str,
-    live_labels: &BTreeMap<String, String>,
+    (live_labels, kept_before): &(BTreeMap<String, String>, bool),
     guardrails: &Guardrails,
     cluster_id: &str,
 ) -> Result<Kept, Error> {
     let desired = guardrails.labels();
     let mut kept = Kept::default();
     if !labels_hold(&desired, live_labels) {
-        kept.weakened = weakened(guardrails.level, live_labels);
+        kept.weakened = weakened(guardrails.level, live_labels, *kept_before);
         apply_labels(client, namespace, &desired).await?;
         kept.labels_written = true;
     }
@@ -68,7 +73,15 @@ pub async fn ensure(
     for desired in std::iter::once(&deny).chain(allow.as_ref()) {
         let name = desired.metadata.name.clone().unwrap_or_default();
         let what = format!("NetworkPolicy {namespace}/{name}");
-        if ensure_one(api.clone(), desired, network_policy_holds, FIELD_MANAGER, what).await? {
+        if ensure_one(
+            api.clone(),
+            desired,
+            network_policy_holds,
+            FIELD_MANAGER,
+            what,
+        )
+        .await?
+        {
             kept.policies_written += 1;
         }
     }
@@ -90,7 +103,11 @@ async fn apply_labels(
         "metadata": {"name": namespace, "labels": labels},
     });
     Api::<Namespace>::all(client.clone())
-        .patch(namespace, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await
         .map_err(|source| Error::Kube {
             action: format!("apply the Pod Security labels of Namespace {namespace}"),
@@ -109,7 +126,12 @@ async fn delete_if_present(
         action: format!("{action} NetworkPolicy {namespace}/{name}"),
         source,
     };
-    if api.get_opt(name).await.map_err(|e| kube_error("get", e))?.is_none() {
+    if api
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_error("get", e))?
+        .is_none()
+    {
         return Ok(false);
     }
     match api.delete(name, &DeleteParams::background()).await {
@@ -160,11 +182,19 @@ mod tests {
         let cases = [
             (Kept::default(), vec![]),
             (
-                Kept { weakened: Some("x".into()), labels_written: true, policies_written: 0 },
+                Kept {
+                    weakened: Some("x".into()),
+                    labels_written: true,
+                    policies_written: 0,
+                },
                 vec![("pod_security_weakened", 1)],
             ),
             (
-                Kept { weakened: None, labels_written: true, policies_written: 2 },
+                Kept {
+                    weakened: None,
+                    labels_written: true,
+                    policies_written: 2,
+                },
                 vec![("pod_security_drift", 1), ("network_policy", 2)],
             ),
         ];
@@ -177,9 +207,15 @@ mod tests {
     fn the_message_names_each_namespace_and_what_was_found() {
         let message = weakened_message(
             "restricted",
-            &[("a".into(), "pod-security.kubernetes.io/enforce=privileged".into())],
+            &[(
+                "a".into(),
+                "pod-security.kubernetes.io/enforce=privileged".into(),
+            )],
         );
         assert!(message.contains("podSecurity=restricted"), "{message}");
-        assert!(message.contains("a (pod-security.kubernetes.io/enforce=privileged)"), "{message}");
+        assert!(
+            message.contains("a (pod-security.kubernetes.io/enforce=privileged)"),
+            "{message}"
+        );
     }
 }

@@ -92,8 +92,9 @@ pub async fn list_managed(client: &Client) -> Result<Vec<ManagedNamespace>, Erro
     Ok(list_managed_with_labels(client).await?.0)
 }
 
-/// The live labels of each listed namespace, by name (the guardrails judge them).
-pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+/// The live labels of each listed namespace, by name, and whether the operator's field manager has
+/// applied to it before (the guardrails judge them).
+pub type NamespaceLabels = BTreeMap<String, (BTreeMap<String, String>, bool)>;
 
 /// [`list_managed`], and the labels of the namespaces it lists.
 pub async fn list_managed_with_labels(
@@ -110,7 +111,14 @@ pub async fn list_managed_with_labels(
     let labels = list
         .items
         .iter()
-        .filter_map(|ns| Some((ns.metadata.name.clone()?, ns.metadata.labels.clone().unwrap_or_default())))
+        .filter_map(|ns| {
+            let applied_before = ns.metadata.managed_fields.iter().flatten().any(|f| {
+                f.manager.as_deref() == Some(crate::cluster::apply::FIELD_MANAGER)
+                    && f.operation.as_deref() == Some("Apply")
+            });
+            let labels = ns.metadata.labels.clone().unwrap_or_default();
+            Some((ns.metadata.name.clone()?, (labels, applied_before)))
+        })
         .collect();
     Ok((managed(&list.items), labels))
 }

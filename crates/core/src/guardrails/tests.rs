@@ -34,9 +34,18 @@ fn levels_and_refusals_name_the_field() {
     let cases: &[(&str, Result<PodSecurityLevel, &str>)] = &[
         ("restricted", Ok(PodSecurityLevel::Restricted)),
         ("baseline", Ok(PodSecurityLevel::Baseline)),
-        ("privileged", Err("spec.namespacePolicy.podSecurity: \"privileged\" is refused")),
-        ("Restricted", Err("spec.namespacePolicy.podSecurity: \"Restricted\" is not a level")),
-        ("", Err("spec.namespacePolicy.podSecurity: \"\" is not a level")),
+        (
+            "privileged",
+            Err("spec.namespacePolicy.podSecurity: \"privileged\" is refused"),
+        ),
+        (
+            "Restricted",
+            Err("spec.namespacePolicy.podSecurity: \"Restricted\" is not a level"),
+        ),
+        (
+            "",
+            Err("spec.namespacePolicy.podSecurity: \"\" is not a level"),
+        ),
     ];
     for (level, expected) in cases {
         let got = Guardrails::from_policy(&policy(level)).map(|g| g.level);
@@ -146,10 +155,30 @@ fn weakened_and_drift_are_told_apart() {
     use PodSecurityLevel::*;
     let cases: &[(PodSecurityLevel, &[(&str, &str)], Option<&str>, bool)] = &[
         // (desired, live labels, weakened, labels hold)
-        (Restricted, &[], Some("pod-security.kubernetes.io/enforce removed"), false),
-        (Restricted, &[(ENFORCE_LABEL, "privileged")], Some("pod-security.kubernetes.io/enforce=privileged"), false),
-        (Restricted, &[(ENFORCE_LABEL, "baseline")], Some("pod-security.kubernetes.io/enforce=baseline"), false),
-        (Restricted, &[(ENFORCE_LABEL, "nope")], Some("pod-security.kubernetes.io/enforce=\"nope\" is not a level"), false),
+        (
+            Restricted,
+            &[],
+            Some("pod-security.kubernetes.io/enforce removed"),
+            false,
+        ),
+        (
+            Restricted,
+            &[(ENFORCE_LABEL, "privileged")],
+            Some("pod-security.kubernetes.io/enforce=privileged"),
+            false,
+        ),
+        (
+            Restricted,
+            &[(ENFORCE_LABEL, "baseline")],
+            Some("pod-security.kubernetes.io/enforce=baseline"),
+            false,
+        ),
+        (
+            Restricted,
+            &[(ENFORCE_LABEL, "nope")],
+            Some("pod-security.kubernetes.io/enforce=\"nope\" is not a level"),
+            false,
+        ),
         (Baseline, &[(ENFORCE_LABEL, "baseline")], None, false),
         // Stronger than desired: drift, repaired down to the owner's level, not "weakened".
         (Baseline, &[(ENFORCE_LABEL, "restricted")], None, false),
@@ -157,23 +186,37 @@ fn weakened_and_drift_are_told_apart() {
     ];
     for (level, live, expected, _) in cases {
         assert_eq!(
-            weakened(*level, &labels(live)).as_deref(),
+            weakened(*level, &labels(live), true).as_deref(),
             *expected,
             "{level:?} {live:?}"
         );
     }
+    // A namespace the operator never labelled is new to the policy, not weakened; a weaker level
+    // someone else set is weakening either way.
+    assert_eq!(weakened(Restricted, &labels(&[]), false), None);
+    assert!(weakened(Restricted, &labels(&[(ENFORCE_LABEL, "privileged")]), false).is_some());
     let guardrails = Guardrails::from_policy(&policy("restricted")).expect("valid");
     let mut live = guardrails.labels();
     live.insert("team".into(), "a".into());
-    assert!(labels_hold(&guardrails.labels(), &live), "extra labels are not ours");
-    live.insert("pod-security.kubernetes.io/warn-version".into(), "v1.30".into());
-    assert!(!labels_hold(&guardrails.labels(), &live), "a pinned version is drift");
-    assert_eq!(weakened(Restricted, &live), None, "but not weakened");
+    assert!(
+        labels_hold(&guardrails.labels(), &live),
+        "extra labels are not ours"
+    );
+    live.insert(
+        "pod-security.kubernetes.io/warn-version".into(),
+        "v1.30".into(),
+    );
+    assert!(
+        !labels_hold(&guardrails.labels(), &live),
+        "a pinned version is drift"
+    );
+    assert_eq!(weakened(Restricted, &live, true), None, "but not weakened");
 }
 
 #[test]
 fn the_default_policy_denies_other_namespaces_and_declares_nothing_else() {
-    let guardrails = Guardrails::from_policy(&NamespacePolicy::default_restricted()).expect("valid");
+    let guardrails =
+        Guardrails::from_policy(&NamespacePolicy::default_restricted()).expect("valid");
     let (deny, allow) = guardrails.network_policies("org-a", "demo");
     assert!(allow.is_none());
     let json = serde_json::to_value(&deny).expect("json");
@@ -240,7 +283,10 @@ fn a_live_policy_holds_on_its_labels_and_whole_spec() {
     if let Some(spec) = opened.spec.as_mut() {
         spec.ingress = Some(vec![NetworkPolicyIngressRule::default()]);
     }
-    assert!(!network_policy_holds(&desired, &opened), "an allow-all edit");
+    assert!(
+        !network_policy_holds(&desired, &opened),
+        "an allow-all edit"
+    );
     let mut relabelled = live;
     relabelled.metadata.labels = None;
     assert!(!network_policy_holds(&desired, &relabelled));
