@@ -11,6 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The `kind` label values of [`GuardrailLabel`].
+pub const GUARDRAIL_REPAIR_KINDS: [&str; 3] = [
+    "pod_security_weakened",
+    "pod_security_drift",
+    "network_policy",
+];
+
 /// The `kind` of a guardrail repair: `pod_security_weakened`, `pod_security_drift` or
 /// `network_policy` (never a namespace name).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -269,7 +276,7 @@ impl Metrics {
         for (reason, kind) in CHILD_REFUSALS {
             let _ = self.refused.get_or_create(&RefusalLabel { reason, kind });
         }
-        for kind in crate::cluster::guardrails::REPAIR_KINDS {
+        for kind in GUARDRAIL_REPAIR_KINDS {
             let _ = self
                 .guardrail_repairs
                 .get_or_create(&GuardrailLabel { kind });

@@ -348,6 +348,19 @@ pub fn weakened(
     }
 }
 
+/// The Warning Event's and condition's message for the namespaces found weakened
+/// (`(namespace, how)`), restored to `level`.
+pub fn weakened_message(level: &str, weakened: &[(String, String)]) -> String {
+    let list: Vec<String> = weakened
+        .iter()
+        .map(|(ns, how)| format!("{ns} ({how})"))
+        .collect();
+    format!(
+        "Pod Security of managed namespace(s) weakened below spec.namespacePolicy.podSecurity={level}, restored: {}",
+        list.join(", ")
+    )
+}
+
 /// Whether a live NetworkPolicy already is `desired`: its labels and its whole spec.
 pub fn network_policy_holds(desired: &NetworkPolicy, live: &NetworkPolicy) -> bool {
     let live_labels = live.metadata.labels.clone().unwrap_or_default();

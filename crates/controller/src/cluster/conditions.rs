@@ -134,15 +134,30 @@ fn ready(
         })
 }
 
+/// What [`super::pass::Step::EnsureNamespaceGuardrails`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// No `spec.namespacePolicy`: no `NamespaceGuardrails` condition.
+    Off,
+    /// The guardrails were kept on every managed namespace.
+    Kept {
+        /// The Pod Security level kept.
+        level: &'static str,
+        /// How many managed namespaces.
+        namespaces: usize,
+        /// The namespaces found weakened (and restored) by this pass, with what was found.
+        weakened: Vec<(String, String)>,
+    },
+}
+
 /// The `NamespaceGuardrails` condition after a pass: from what the pass found, the previous one when
 /// the step did not run, none when the policy is off.
 pub fn guardrails(
-    found: Option<&crate::cluster::status::Guarded>,
+    found: Option<&Guarded>,
     generation: Option<i64>,
     now: jiff::Timestamp,
     previous: &[Condition],
 ) -> Option<Condition> {
-    use crate::cluster::status::Guarded;
     let (reason, message) = match found {
         None => {
             return previous
@@ -165,7 +180,7 @@ pub fn guardrails(
             level, weakened, ..
         }) => (
             reasons::POD_SECURITY_WEAKENED,
-            crate::cluster::guardrails::weakened_message(level, weakened),
+            vworkspace_core::guardrails::weakened_message(level, weakened),
         ),
     };
     let message = crate::events::clip(message);

@@ -20,12 +20,7 @@ use super::apply::FIELD_MANAGER;
 use super::namespaces::ensure_one;
 use crate::error::Error;
 
-/// The `kind` label values of the repairs metric.
-pub const REPAIR_KINDS: [&str; 3] = [
-    "pod_security_weakened",
-    "pod_security_drift",
-    "network_policy",
-];
+use crate::metrics::GUARDRAIL_REPAIR_KINDS as REPAIR_KINDS;
 
 /// What keeping one namespace's guardrails found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,18 +156,6 @@ pub async fn release(client: &Client, namespace: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The Warning Event's message for the namespaces found weakened (`(namespace, how)`).
-pub fn weakened_message(level: &str, weakened: &[(String, String)]) -> String {
-    let list: Vec<String> = weakened
-        .iter()
-        .map(|(ns, how)| format!("{ns} ({how})"))
-        .collect();
-    format!(
-        "Pod Security of managed namespace(s) weakened below spec.namespacePolicy.podSecurity={level}, restored: {}",
-        list.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,21 +184,5 @@ mod tests {
         for (kept, expected) in cases {
             assert_eq!(kept.repairs().collect::<Vec<_>>(), expected, "{kept:?}");
         }
-    }
-
-    #[test]
-    fn the_message_names_each_namespace_and_what_was_found() {
-        let message = weakened_message(
-            "restricted",
-            &[(
-                "a".into(),
-                "pod-security.kubernetes.io/enforce=privileged".into(),
-            )],
-        );
-        assert!(message.contains("podSecurity=restricted"), "{message}");
-        assert!(
-            message.contains("a (pod-security.kubernetes.io/enforce=privileged)"),
-            "{message}"
-        );
     }
 }

@@ -46,23 +46,7 @@ pub struct PassReport {
     /// The verified release's serial and expiry, when verification passed.
     pub release_expires: Option<(u64, jiff::Timestamp)>,
     /// What the guardrails step found, when it ran (`None`: the condition is carried over).
-    pub guardrails: Option<Guarded>,
-}
-
-/// What [`super::pass::Step::EnsureNamespaceGuardrails`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Guarded {
-    /// No `spec.namespacePolicy`: no `NamespaceGuardrails` condition.
-    Off,
-    /// The guardrails were kept on every managed namespace.
-    Kept {
-        /// The Pod Security level kept.
-        level: &'static str,
-        /// How many managed namespaces.
-        namespaces: usize,
-        /// The namespaces found weakened (and restored) by this pass, with what was found.
-        weakened: Vec<(String, String)>,
-    },
+    pub guardrails: Option<super::conditions::Guarded>,
 }
 
 impl PassReport {

@@ -153,38 +153,35 @@ fn labels_enforce_warn_and_audit_at_the_level_and_latest() {
 #[test]
 fn weakened_and_drift_are_told_apart() {
     use PodSecurityLevel::*;
-    let cases: &[(PodSecurityLevel, &[(&str, &str)], Option<&str>, bool)] = &[
-        // (desired, live labels, weakened, labels hold)
+    // (desired, live labels, weakened)
+    type Case<'a> = (PodSecurityLevel, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case] = &[
         (
             Restricted,
             &[],
             Some("pod-security.kubernetes.io/enforce removed"),
-            false,
         ),
         (
             Restricted,
             &[(ENFORCE_LABEL, "privileged")],
             Some("pod-security.kubernetes.io/enforce=privileged"),
-            false,
         ),
         (
             Restricted,
             &[(ENFORCE_LABEL, "baseline")],
             Some("pod-security.kubernetes.io/enforce=baseline"),
-            false,
         ),
         (
             Restricted,
             &[(ENFORCE_LABEL, "nope")],
             Some("pod-security.kubernetes.io/enforce=\"nope\" is not a level"),
-            false,
         ),
-        (Baseline, &[(ENFORCE_LABEL, "baseline")], None, false),
+        (Baseline, &[(ENFORCE_LABEL, "baseline")], None),
         // Stronger than desired: drift, repaired down to the owner's level, not "weakened".
-        (Baseline, &[(ENFORCE_LABEL, "restricted")], None, false),
-        (Restricted, &[(ENFORCE_LABEL, "restricted")], None, false),
+        (Baseline, &[(ENFORCE_LABEL, "restricted")], None),
+        (Restricted, &[(ENFORCE_LABEL, "restricted")], None),
     ];
-    for (level, live, expected, _) in cases {
+    for (level, live, expected) in cases {
         assert_eq!(
             weakened(*level, &labels(live), true).as_deref(),
             *expected,
@@ -269,6 +266,22 @@ fn the_declared_allow_list_becomes_one_policy() {
                 {"to": [{"namespaceSelector": {}}],
                  "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]
         })
+    );
+}
+
+#[test]
+fn the_weakened_message_names_each_namespace_and_what_was_found() {
+    let message = weakened_message(
+        "restricted",
+        &[(
+            "a".into(),
+            "pod-security.kubernetes.io/enforce=privileged".into(),
+        )],
+    );
+    assert!(message.contains("podSecurity=restricted"), "{message}");
+    assert!(
+        message.contains("a (pod-security.kubernetes.io/enforce=privileged)"),
+        "{message}"
     );
 }
 

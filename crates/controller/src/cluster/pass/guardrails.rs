@@ -7,8 +7,8 @@ use vworkspace_core::crd::Cluster;
 use vworkspace_core::guardrails::Guardrails;
 
 use super::{PassState, StepResult, failed};
+use crate::cluster::conditions::Guarded;
 use crate::cluster::guardrails::{self, Kept};
-use crate::cluster::status::Guarded;
 use crate::cluster::{Context, apply};
 use crate::error::{Error, Result};
 use crate::events::{Note, Severity, reference};
@@ -56,7 +56,10 @@ pub(super) async fn ensure_namespace_guardrails(
             regarding: reference(cluster),
             severity: Severity::Warning,
             reason: vworkspace_core::reasons::POD_SECURITY_WEAKENED.to_owned(),
-            message: guardrails::weakened_message(guardrails.level.as_str(), &found),
+            message: vworkspace_core::guardrails::weakened_message(
+                guardrails.level.as_str(),
+                &found,
+            ),
         };
         ctx.events.write(&ctx.client, note, (ctx.clock)()).await;
     }
