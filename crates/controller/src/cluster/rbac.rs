@@ -246,7 +246,14 @@ mod tests {
     #[test]
     fn rules_are_the_seeds_and_never_list_secrets() {
         let rules = namespace_rules();
-        assert_eq!(rules.len(), 10);
+        // The seed's ten, and the guardrails' NetworkPolicies (issue 27), last.
+        assert_eq!(rules.len(), 11);
+        let netpol = rules.last().expect("the guardrails rule");
+        assert_eq!(
+            netpol.resources.as_deref(),
+            Some(&["networkpolicies".to_owned()][..])
+        );
+        assert_eq!(netpol.verbs, ["get", "create", "patch", "delete"]);
         for r in &rules {
             let resources = r.resources.clone().unwrap_or_default();
             if resources.iter().any(|x| x == "secrets") {
