@@ -35,6 +35,7 @@ mod admission;
 mod apply;
 mod children;
 mod deletion;
+mod guardrails;
 mod install;
 mod leader;
 mod ownership;

@@ -925,3 +925,63 @@ fn the_leader_fence_admits_the_operators_pod_writes_only_from_the_lease_holder()
         "metadata.name"
     );
 }
+
+#[test]
+fn the_guardrails_rights_are_two_and_the_admission_policy_scopes_both() {
+    let docs = documents();
+    // patch on namespaces: in the gitops ClusterRole, alone (never create, update or delete).
+    let gitops = named(&docs, "ClusterRole", "vworkspace-app-operator-gitops");
+    let namespace_rules: Vec<&Value> = gitops["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| strings(&r["resources"]).iter().any(|x| x == "namespaces"))
+        .collect();
+    assert_eq!(namespace_rules.len(), 1, "{namespace_rules:?}");
+    assert_eq!(strings(&namespace_rules[0]["verbs"]), ["patch"]);
+    // NetworkPolicies: only in the namespace ClusterRole (bound per managed namespace), never listed.
+    for (_, doc) in &docs {
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            if strings(&rule["resources"])
+                .iter()
+                .any(|r| r == "networkpolicies")
+            {
+                assert_eq!(name, "vworkspace-app-operator-namespace", "{rule}");
+                assert_eq!(
+                    strings(&rule["verbs"]),
+                    ["get", "create", "patch", "delete"]
+                );
+            }
+        }
+    }
+    let policy = named(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "vworkspace-app-operator-guardrails-scope",
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let resources: Vec<String> = policy["spec"]["matchConstraints"]["resourceRules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| strings(&r["resources"]))
+        .collect();
+    assert_eq!(resources, ["namespaces", "networkpolicies"]);
+    let validations = policy["spec"]["validations"].to_string();
+    for needle in [
+        "pod-security.kubernetes.io/",
+        "'restricted', 'baseline'",
+        vworkspace_core::guardrails::DEFAULT_DENY_INGRESS,
+        vworkspace_core::guardrails::ALLOW_DECLARED,
+        "app.vworkspace.io/managed-by",
+    ] {
+        assert!(validations.contains(needle), "{needle}");
+    }
+    let binding = named(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "vworkspace-app-operator-guardrails-scope",
+    );
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+}

@@ -96,6 +96,9 @@ pub enum Error {
     /// A verified release below the floor this source's live objects record.
     #[error(transparent)]
     Floor(#[from] vworkspace_core::plan::floor::FloorError),
+    /// `spec.namespacePolicy` cannot be used (names the field).
+    #[error(transparent)]
+    Guardrails(#[from] vworkspace_core::guardrails::GuardrailError),
     /// A reconcile pass ended without applying (its status and Event say why).
     #[error("pass failed: {reason}")]
     PassFailed {
@@ -118,7 +121,8 @@ impl Error {
             | Error::Webhook(_)
             | Error::Io { .. }
             | Error::Task(_)
-            | Error::StepOrder(_) => reasons::CONFIGURATION_INVALID,
+            | Error::StepOrder(_)
+            | Error::Guardrails(_) => reasons::CONFIGURATION_INVALID,
             Error::NotLeader => reasons::NOT_LEADER,
             Error::StatusUnreadable { .. } => reasons::STATUS_UNREADABLE,
             Error::Floor(e) => e.reason(),

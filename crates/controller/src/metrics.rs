@@ -11,6 +11,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The `kind` label values of [`GuardrailLabel`].
+pub const GUARDRAIL_REPAIR_KINDS: [&str; 3] = [
+    "pod_security_weakened",
+    "pod_security_drift",
+    "network_policy",
+];
+
+/// The `kind` of a guardrail repair: `pod_security_weakened`, `pod_security_drift` or
+/// `network_policy` (never a namespace name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabel {
+    /// What was repaired.
+    pub kind: &'static str,
+}
+
 /// The `reason` label: one of the constants of [`vworkspace_core::reasons`] or
 /// [`crate::cluster::conditions`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +118,8 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabel, Counter>,
     /// Unix time at which the webhook's serving certificate expires (0 until one is loaded).
     pub webhook_certificate_expiry: Gauge<f64, AtomicU64>,
+    /// Managed namespaces' guardrails the Cluster pass restored, by kind ([`GuardrailLabel`]).
+    pub guardrail_repairs: Family<GuardrailLabel, Counter>,
     /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
     pub observed: crate::observed::Observed,
     /// Since when each required watch has been failing: `/readyz` reads it
@@ -138,6 +155,7 @@ impl Default for Metrics {
             fetch_duration: pass_histogram(),
             watch_errors: Family::default(),
             webhook_certificate_expiry: Gauge::default(),
+            guardrail_repairs: Family::default(),
             observed: crate::observed::Observed::default(),
             watch_health: Default::default(),
             undeclared_fields_removed: Family::default(),
@@ -211,6 +229,11 @@ fn register(metrics: &Metrics, registry: &mut Registry) {
         metrics.fetch_duration.clone(),
     );
     registry.register(
+        "namespace_guardrail_repairs",
+        "Managed namespaces' guardrails restored by the Cluster pass, by kind (pod_security_weakened: the enforce level was removed or lowered; pod_security_drift: another Pod Security label changed; network_policy: a NetworkPolicy deleted or edited)",
+        metrics.guardrail_repairs.clone(),
+    );
+    registry.register(
         "watch_errors",
         "Watch and controller queue errors, by watched kind (each is retried with back-off)",
         metrics.watch_errors.clone(),
@@ -280,6 +303,11 @@ impl Metrics {
             let _ = self
                 .undeclared_fields_removed
                 .get_or_create(&ChildKindLabel { kind });
+        }
+        for kind in GUARDRAIL_REPAIR_KINDS {
+            let _ = self
+                .guardrail_repairs
+                .get_or_create(&GuardrailLabel { kind });
         }
         for watch in WATCHES {
             let _ = self.watch_errors.get_or_create(&WatchLabel {

@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod crd;
 pub mod error;
+pub mod guardrails;
 pub mod intent;
 pub mod labels;
 pub mod layout;

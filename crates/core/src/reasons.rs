@@ -80,3 +80,12 @@ pub const RELEASE_EXPIRING_SOON: &str = "ReleaseExpiringSoon";
 /// `Ready` reason: the Cluster's status cannot be read as the operator wrote it (an inventory that
 /// is not decodable under its bounds); this Cluster's pass is refused until the field is removed.
 pub const STATUS_UNREADABLE: &str = "StatusUnreadable";
+
+/// `NamespaceGuardrails` condition and Warning Event: a managed namespace's Pod Security labels
+/// enforced less than `spec.namespacePolicy.podSecurity` (the enforce label removed, or a weaker
+/// level such as `privileged`); the pass restored them.
+pub const POD_SECURITY_WEAKENED: &str = "PodSecurityWeakened";
+
+/// `NamespaceGuardrails` condition: every managed namespace carries the Pod Security labels and
+/// NetworkPolicies of `spec.namespacePolicy` (none was found weakened by this pass).
+pub const GUARDRAILS_KEPT: &str = "GuardrailsKept";

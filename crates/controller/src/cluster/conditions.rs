@@ -15,6 +15,11 @@ pub const READY: &str = "Ready";
 /// again cannot fix ([`super::retry::is_permanent`]); the `Cluster` then waits for a change
 /// or its interval instead of retrying. Its reason and message are `Ready`'s.
 pub const STALLED: &str = "Stalled";
+/// Present while `spec.namespacePolicy` is set: `True` with reason `GuardrailsKept` when every
+/// managed namespace carries its Pod Security labels and NetworkPolicies, or `PodSecurityWeakened`
+/// when the last pass that looked found some weakened and restored them (the message names them).
+/// Not part of `Ready`.
+pub const NAMESPACE_GUARDRAILS: &str = "NamespaceGuardrails";
 
 use vworkspace_core::reasons;
 
@@ -127,6 +132,67 @@ fn ready(
                 "applied the verified release",
             )
         })
+}
+
+/// What [`super::pass::Step::EnsureNamespaceGuardrails`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// No `spec.namespacePolicy`: no `NamespaceGuardrails` condition.
+    Off,
+    /// The guardrails were kept on every managed namespace.
+    Kept {
+        /// The Pod Security level kept.
+        level: &'static str,
+        /// How many managed namespaces.
+        namespaces: usize,
+        /// The namespaces found weakened (and restored) by this pass, with what was found.
+        weakened: Vec<(String, String)>,
+    },
+}
+
+/// The `NamespaceGuardrails` condition after a pass: from what the pass found, the previous one when
+/// the step did not run, none when the policy is off.
+pub fn guardrails(
+    found: Option<&Guarded>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) -> Option<Condition> {
+    let (reason, message) = match found {
+        None => {
+            return previous
+                .iter()
+                .find(|c| c.type_ == NAMESPACE_GUARDRAILS)
+                .cloned();
+        }
+        Some(Guarded::Off) => return None,
+        Some(Guarded::Kept {
+            level,
+            namespaces,
+            weakened,
+        }) if weakened.is_empty() => (
+            reasons::GUARDRAILS_KEPT,
+            format!(
+                "Pod Security {level} and NetworkPolicies kept on {namespaces} managed namespace(s)"
+            ),
+        ),
+        Some(Guarded::Kept {
+            level, weakened, ..
+        }) => (
+            reasons::POD_SECURITY_WEAKENED,
+            vworkspace_core::guardrails::weakened_message(level, weakened),
+        ),
+    };
+    let message = crate::events::clip(message);
+    let at = condition(
+        NAMESPACE_GUARDRAILS,
+        true,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    Some(keep_transition(at, previous))
 }
 
 /// `condition` with the transition time of the previous condition of its type, when its status is

@@ -16,6 +16,7 @@
 
 pub mod conditions;
 pub mod finalizer;
+pub mod guardrails;
 pub mod rbac;
 
 pub mod apply;

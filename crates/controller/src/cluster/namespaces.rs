@@ -3,7 +3,7 @@
 //! namespaces, what changed, whether live RBAC already is what it should be) are pure; [`ensure`] and
 //! [`release`] do the I/O, by name only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -89,6 +89,17 @@ fn labels_match(
 
 /// Lists the namespaces (the ClusterRole allows `list` on namespaces; nothing else is listed).
 pub async fn list_managed(client: &Client) -> Result<Vec<ManagedNamespace>, Error> {
+    Ok(list_managed_with_labels(client).await?.0)
+}
+
+/// The live labels of each listed namespace, by name, and whether the operator's field manager has
+/// applied to it before (the guardrails judge them).
+pub type NamespaceLabels = BTreeMap<String, (BTreeMap<String, String>, bool)>;
+
+/// [`list_managed`], and the labels of the namespaces it lists.
+pub async fn list_managed_with_labels(
+    client: &Client,
+) -> Result<(Vec<ManagedNamespace>, NamespaceLabels), Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default().labels(&selector()))
@@ -97,10 +108,22 @@ pub async fn list_managed(client: &Client) -> Result<Vec<ManagedNamespace>, Erro
             action: "list managed namespaces".into(),
             source,
         })?;
-    Ok(managed(&list.items))
+    let labels = list
+        .items
+        .iter()
+        .filter_map(|ns| {
+            let applied_before = ns.metadata.managed_fields.iter().flatten().any(|f| {
+                f.manager.as_deref() == Some(crate::cluster::apply::FIELD_MANAGER)
+                    && f.operation.as_deref() == Some("Apply")
+            });
+            let labels = ns.metadata.labels.clone().unwrap_or_default();
+            Some((ns.metadata.name.clone()?, (labels, applied_before)))
+        })
+        .collect();
+    Ok((managed(&list.items), labels))
 }
 
-async fn ensure_one<K>(
+pub(crate) async fn ensure_one<K>(
     api: Api<K>,
     desired: &K,
     matches: fn(&K, &K) -> bool,

@@ -70,7 +70,8 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-/// The seed's namespace Role rules, rule for rule.
+/// The seed's namespace Role rules, rule for rule, and the NetworkPolicies of the namespace
+/// guardrails (the one rule added to the seed's Role, docs/security.md).
 pub fn namespace_rules() -> Vec<PolicyRule> {
     vec![
         rule(&["helm.toolkit.fluxcd.io"], &["helmreleases"], ALL),
@@ -92,6 +93,14 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
         // Secrets and ConfigMaps by name only: never list or watch.
         rule(&[""], &["secrets", "configmaps"], &["get"]),
         rule(&[""], &["events"], &["create", "patch"]),
+        // GitOps mode's namespace guardrails (issue 27), beyond the seed: the operator's own
+        // NetworkPolicies, by name (never list or watch); the admission policy
+        // vworkspace-app-operator-guardrails-scope limits the writes to its two names.
+        rule(
+            &["networking.k8s.io"],
+            &["networkpolicies"],
+            &["get", "create", "patch", "delete"],
+        ),
     ]
 }
 
@@ -237,7 +246,14 @@ mod tests {
     #[test]
     fn rules_are_the_seeds_and_never_list_secrets() {
         let rules = namespace_rules();
-        assert_eq!(rules.len(), 10);
+        // The seed's ten, and the guardrails' NetworkPolicies (issue 27), last.
+        assert_eq!(rules.len(), 11);
+        let netpol = rules.last().expect("the guardrails rule");
+        assert_eq!(
+            netpol.resources.as_deref(),
+            Some(&["networkpolicies".to_owned()][..])
+        );
+        assert_eq!(netpol.verbs, ["get", "create", "patch", "delete"]);
         for r in &rules {
             let resources = r.resources.clone().unwrap_or_default();
             if resources.iter().any(|x| x == "secrets") {

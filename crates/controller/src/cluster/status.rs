@@ -45,6 +45,8 @@ pub struct PassReport {
     pub recipients: Option<Vec<String>>,
     /// The verified release's serial and expiry, when verification passed.
     pub release_expires: Option<(u64, jiff::Timestamp)>,
+    /// What the guardrails step found, when it ran (`None`: the condition is carried over).
+    pub guardrails: Option<super::conditions::Guarded>,
 }
 
 impl PassReport {
@@ -83,6 +85,7 @@ impl PassReport {
             writes: (0, 0),
             recipients: None,
             release_expires: None,
+            guardrails: None,
         }
     }
 }
@@ -96,13 +99,19 @@ pub fn next_status(
     now: jiff::Timestamp,
 ) -> ClusterStatus {
     let previous = previous.cloned().unwrap_or_default();
-    let conditions = conditions::summarize(
+    let mut conditions = conditions::summarize(
         &report.verify,
         &report.apply,
         generation,
         now,
         &previous.conditions,
     );
+    conditions.extend(conditions::guardrails(
+        report.guardrails.as_ref(),
+        generation,
+        now,
+        &previous.conditions,
+    ));
     let mut next = ClusterStatus {
         conditions,
         observed_generation: generation,
@@ -221,6 +230,7 @@ mod tests {
             writes: (2, 1),
             recipients: None,
             release_expires: None,
+            guardrails: None,
         }
     }
 

@@ -61,6 +61,10 @@ pub struct ClusterSpec {
     /// (context `vworkspace/<clusterId>`). Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_status: Option<CommitStatusSpec>,
+    /// Pod Security labels and NetworkPolicies the operator keeps on every managed namespace
+    /// (docs/security.md, "Namespace guardrails"). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_policy: Option<super::NamespacePolicy>,
 }
 
 /// Where and how commit statuses are sent.

@@ -4,10 +4,12 @@
 mod application_instance;
 mod cluster;
 pub mod inventory;
+mod namespace_policy;
 mod operation;
 
 pub use application_instance::*;
 pub use cluster::*;
+pub use namespace_policy::*;
 pub use operation::*;
 
 use kube_core::CustomResourceExt;

@@ -25,17 +25,24 @@ pub(super) async fn release_namespaces(
     cluster: &Cluster,
     state: &mut PassState<'_>,
 ) -> StepResult {
-    let managed = match namespaces::list_managed(&ctx.client).await {
-        Ok(managed) => managed,
+    let (managed, labels) = match namespaces::list_managed_with_labels(&ctx.client).await {
+        Ok(listed) => listed,
         Err(e) => return StepResult::Failed(failed(&e)),
     };
     for gone in namespaces::removed(&recorded(cluster), &managed) {
+        // Before the bindings go: they hold the right to delete the NetworkPolicies.
+        if cluster.spec.namespace_policy.is_some()
+            && let Err(e) = crate::cluster::guardrails::release(&ctx.client, &gone).await
+        {
+            return StepResult::Failed(failed(&e));
+        }
         if let Err(e) = namespaces::release(&ctx.client, &gone).await {
             return StepResult::Failed(failed(&e));
         }
         ctx.with_state(&state.name, |s| s.namespaces_ensured.remove(&gone));
     }
     state.managed = managed;
+    state.namespace_labels = labels;
     StepResult::Next
 }
 

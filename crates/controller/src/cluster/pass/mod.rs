@@ -10,10 +10,11 @@
 //! the futures unboxed and `Send` (kube-runtime needs that), gives each step a name for the logs and
 //! the tests, and the compiler checks that every step has a body.
 //!
-//! Everything before [`Step::Write`] only reads (but for the managed namespaces' RBAC, which is
-//! the operator's own): a pass that stops there leaves the cluster as it was and its report says why.
+//! Everything before [`Step::Write`] only reads (but for the managed namespaces' RBAC and
+//! guardrails, which are the operator's own): a pass that stops there leaves the cluster as it was and its report says why.
 
 mod cut;
+mod guardrails;
 mod managed;
 mod source;
 mod write;
@@ -35,12 +36,13 @@ pub(crate) use cut::{Cut, deadline_report};
 pub(crate) use write::UnchangedPass;
 
 /// The steps of a pass, in order. The summarize step follows them in [`super::reconcile`].
-pub const STEPS: [Step; 10] = [
+pub const STEPS: [Step; 11] = [
     Step::ReadTrust,
     Step::FetchAndVerify,
     Step::CheckSerialFloor,
     Step::ReleaseNamespaces,
     Step::EnsureNamespaceRbac,
+    Step::EnsureNamespaceGuardrails,
     Step::RecordNamespaces,
     Step::ReuseUnchanged,
     Step::ReadLive,
@@ -62,6 +64,9 @@ pub enum Step {
     ReleaseNamespaces,
     /// Gives each managed namespace not checked within [`super::RBAC_RECHECK`] the operator's RBAC.
     EnsureNamespaceRbac,
+    /// Keeps `spec.namespacePolicy` on every managed namespace: Pod Security labels and
+    /// NetworkPolicies, restored (and a weakened level reported) on every pass.
+    EnsureNamespaceGuardrails,
     /// Records a changed managed-namespace list in the status before anything is applied.
     RecordNamespaces,
     /// Reports the remembered pass again when nothing changed since it found nothing to write.
@@ -104,6 +109,8 @@ pub struct PassState<'p> {
     pub verified: Option<Arc<VerifiedIntent>>,
     /// The managed namespaces now (from [`Step::ReleaseNamespaces`]).
     pub managed: Vec<ManagedNamespace>,
+    /// The live labels of the managed namespaces (from [`Step::ReleaseNamespaces`]).
+    pub namespace_labels: super::namespaces::NamespaceLabels,
     /// The watched live objects' change counter, read before the objects are.
     pub live_version: Option<u64>,
     /// From [`Step::ReadLive`].
@@ -127,6 +134,7 @@ impl<'p> PassState<'p> {
             attempted_commit: None,
             verified: None,
             managed: Vec::new(),
+            namespace_labels: Default::default(),
             live_version: None,
             plan: None,
             live: Vec::new(),
@@ -173,6 +181,9 @@ impl Step {
             Step::CheckSerialFloor => source::check_serial_floor(ctx, cluster, state).await,
             Step::ReleaseNamespaces => managed::release_namespaces(ctx, cluster, state).await,
             Step::EnsureNamespaceRbac => managed::ensure_namespace_rbac(ctx, cluster, state).await,
+            Step::EnsureNamespaceGuardrails => {
+                guardrails::ensure_namespace_guardrails(ctx, cluster, state).await
+            }
             Step::RecordNamespaces => managed::record_namespaces(ctx, cluster, state).await,
             Step::ReuseUnchanged => write::reuse_unchanged(ctx, cluster, state).await,
             Step::ReadLive => write::read_live(ctx, cluster, state).await,

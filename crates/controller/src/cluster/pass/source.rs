@@ -120,6 +120,7 @@ fn verified_report(
         writes: (0, 0),
         recipients: state.recipients.take(),
         release_expires: Some((verified.release().serial(), verified.release().expires())),
+        guardrails: None,
     }
 }
 

@@ -115,6 +115,7 @@ fn every_step_is_listed_once_after_the_steps_it_needs() {
         | Step::CheckSerialFloor
         | Step::ReleaseNamespaces
         | Step::EnsureNamespaceRbac
+        | Step::EnsureNamespaceGuardrails
         | Step::RecordNamespaces
         | Step::ReuseUnchanged
         | Step::ReadLive
@@ -130,6 +131,9 @@ fn every_step_is_listed_once_after_the_steps_it_needs() {
         (Step::CheckSerialFloor, Step::FetchAndVerify),
         (Step::EnsureNamespaceRbac, Step::ReleaseNamespaces),
         (Step::RecordNamespaces, Step::ReleaseNamespaces),
+        // The namespace's RoleBinding holds the right to write its NetworkPolicies.
+        (Step::EnsureNamespaceGuardrails, Step::EnsureNamespaceRbac),
+        (Step::EnsureNamespaceGuardrails, Step::ReleaseNamespaces),
         (Step::ReuseUnchanged, Step::RecordNamespaces),
         (Step::ReadLive, Step::CheckSerialFloor),
         (Step::Write, Step::ReadLive),
