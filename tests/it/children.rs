@@ -38,6 +38,7 @@ fn instance(repository: &str, values: Option<Value>) -> ApplicationInstance {
                 repository: repository.to_owned(),
                 name: "nextcloud".to_owned(),
                 version: "6.6.4".to_owned(),
+                digest: None,
             },
             release_name: None,
             values,
@@ -172,6 +173,29 @@ fn oci_instance_without_secrets_has_no_values_secret() {
         Err(ChildrenError::Repository(
             "http://insecure.example.org".into()
         ))
+    );
+}
+
+#[test]
+fn a_pinned_chart_becomes_an_oci_repository_with_ref_digest_only() {
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut ai = instance("oci://ghcr.io/example/charts", None);
+    ai.spec.chart.digest = Some(DIGEST.to_owned());
+    let (plural, source) = flux::source(&ai).expect("source");
+    assert_eq!(plural, "ocirepositories");
+    // The digest replaces the tag: Flux would prefer it anyway, but a tag beside it would suggest
+    // the tag matters.
+    assert_eq!(source["spec"]["ref"], json!({"digest": DIGEST}));
+    assert_eq!(
+        source["spec"]["url"],
+        "oci://ghcr.io/example/charts/nextcloud"
+    );
+    golden("ocirepository-digest.yaml", &source);
+    // Without a digest the tag is the version, as before.
+    let tagged = instance("oci://ghcr.io/example/charts", None);
+    assert_eq!(
+        flux::source(&tagged).expect("source").1["spec"]["ref"],
+        json!({"tag": "6.6.4"})
     );
 }
 

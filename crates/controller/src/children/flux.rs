@@ -271,6 +271,12 @@ pub fn source(instance: &ApplicationInstance) -> Result<(&'static str, Value), C
         ))
     } else if chart.repository.starts_with("oci://") {
         let url = format!("{}/{}", chart.repository.trim_end_matches('/'), chart.name);
+        // A digest the release's signers approved pins the artifact: Flux pulls exactly it (and
+        // refuses the pull when the registry has no such manifest) whatever the tag points to.
+        let reference = match &chart.digest {
+            Some(digest) => json!({"digest": digest}),
+            None => json!({"tag": chart.version}),
+        };
         Ok((
             "ocirepositories",
             json!({
@@ -279,7 +285,7 @@ pub fn source(instance: &ApplicationInstance) -> Result<(&'static str, Value), C
                 "metadata": metadata(&id),
                 "spec": {
                     "url": url,
-                    "ref": {"tag": chart.version},
+                    "ref": reference,
                     "interval": SOURCE_INTERVAL,
                     "layerSelector": {"mediaType": HELM_CHART_LAYER, "operation": "copy"},
                 },

@@ -7,6 +7,7 @@
 //! [`crate::children::engines`].
 
 pub use vworkspace_core::plan::declared;
+pub mod chart_source;
 pub mod engines;
 pub mod flux;
 pub mod foreign;

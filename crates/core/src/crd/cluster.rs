@@ -298,6 +298,12 @@ pub struct ClusterPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
     pub max_release_validity_days: Option<u32>,
+    /// Refuse a release any of whose ApplicationInstances does not pin its chart by an OCI manifest
+    /// digest (`spec.chart.digest`; an `https://` Helm repository cannot be pinned and is refused):
+    /// the release's k-of-n signers then approve every chart byte for byte. Default `false`. The
+    /// owner's alone: nothing in the repository can set or relax it.
+    #[serde(default)]
+    pub require_chart_digests: bool,
 }
 
 fn default_require_bound_values() -> bool {
@@ -311,6 +317,7 @@ impl Default for ClusterPolicy {
             allow_history_rewrite: false,
             require_bound_values: default_require_bound_values(),
             max_release_validity_days: None,
+            require_chart_digests: false,
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct InstanceState {
     pub children: Option<Children>,
     /// The HelmRelease's `Ready` (status, reason, message), from [`Step::EnsureHelmRelease`].
     pub ready: Option<(String, String, String)>,
+    /// source-controller's refusal of the chart artifact ([`crate::children::chart_source`]), from
+    /// [`Step::EnsureSource`]: it speaks for the instance over the HelmRelease.
+    pub chart_refused: Option<(String, String, String)>,
 }
 
 impl InstanceState {
@@ -109,6 +112,7 @@ impl InstanceState {
             values: None,
             children: None,
             ready: None,
+            chart_refused: None,
         }
     }
 }
@@ -166,6 +170,7 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let namespace = instance.namespace().unwrap_or_default();
+    let ready = state.chart_refused.as_ref().unwrap_or(ready);
     let status = instance_status(
         instance.status.as_ref(),
         ready.clone(),

@@ -248,7 +248,7 @@ fn children(state: &InstanceState) -> Result<&Children, Error> {
         .ok_or_else(|| out_of_order(Step::BuildChildren))
 }
 
-/// [`Step::EnsureSource`].
+/// [`Step::EnsureSource`]: and reads source-controller's verdict on the chart artifact.
 pub(super) async fn ensure_source(
     ctx: &ChildContext,
     _: &ApplicationInstance,
@@ -257,7 +257,7 @@ pub(super) async fn ensure_source(
     let instance = &judged(state)?.effective;
     let children = children(state)?;
     let kind = children.source["kind"].as_str().unwrap_or_default();
-    ensure_dynamic(
+    let (live, _) = ensure_dynamic(
         &ctx.client,
         &api_resource("source.toolkit.fluxcd.io/v1", kind, children.source_plural),
         &instance.namespace().unwrap_or_default(),
@@ -265,6 +265,7 @@ pub(super) async fn ensure_source(
         false,
     )
     .await?;
+    state.chart_refused = crate::children::chart_source::refused(&live);
     Ok(Flow::Next)
 }
 
