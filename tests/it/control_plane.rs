@@ -38,6 +38,7 @@ mod install;
 mod leader;
 mod ownership;
 mod policies;
+mod provenance;
 
 // What the test files use, by `super::…` or `use super::*` (a new test file finds the same names).
 use std::path::{Path, PathBuf};

@@ -44,8 +44,8 @@ pub fn refused(source: &Value) -> Option<(String, String, String)> {
     let generation = source["metadata"]["generation"].as_i64()?;
     let current = |c: &Value| c["observedGeneration"].as_i64() == Some(generation);
     let ready = condition(source, "Ready").filter(|c| current(c) && c["status"] == "False");
-    let verified_false = condition(source, "SourceVerified")
-        .filter(|c| current(c) && c["status"] == "False");
+    let verified_false =
+        condition(source, "SourceVerified").filter(|c| current(c) && c["status"] == "False");
     let flux_reason = ready.and_then(|c| c["reason"].as_str()).unwrap_or_default();
     let flux_message = ready
         .or(verified_false)
@@ -102,7 +102,10 @@ mod tests {
         let cases: Vec<(&str, Value, Option<&str>)> = vec![
             (
                 "pinned digest the registry lacks",
-                source(Some(DIGEST), json!([ready("False", FLUX_OCI_PULL_FAILED, 3)])),
+                source(
+                    Some(DIGEST),
+                    json!([ready("False", FLUX_OCI_PULL_FAILED, 3)]),
+                ),
                 Some(CHART_DIGEST_MISMATCH),
             ),
             (
@@ -112,12 +115,18 @@ mod tests {
             ),
             (
                 "a refusal of an older generation is stale",
-                source(Some(DIGEST), json!([ready("False", FLUX_OCI_PULL_FAILED, 2)])),
+                source(
+                    Some(DIGEST),
+                    json!([ready("False", FLUX_OCI_PULL_FAILED, 2)]),
+                ),
                 None,
             ),
             (
                 "signature refused",
-                source(Some(DIGEST), json!([ready("False", FLUX_VERIFICATION_ERROR, 3)])),
+                source(
+                    Some(DIGEST),
+                    json!([ready("False", FLUX_VERIFICATION_ERROR, 3)]),
+                ),
                 Some(CHART_VERIFICATION_FAILED),
             ),
             (
@@ -145,14 +154,23 @@ mod tests {
             );
             if let Some((status, _, message)) = got {
                 assert_eq!(status, "False", "{case}");
-                assert!(message.contains("oci://127.0.0.1:5000/charts/app"), "{case}: {message}");
-                assert!(message.contains("nothing is installed"), "{case}: {message}");
+                assert!(
+                    message.contains("oci://127.0.0.1:5000/charts/app"),
+                    "{case}: {message}"
+                );
+                assert!(
+                    message.contains("nothing is installed"),
+                    "{case}: {message}"
+                );
             }
         }
         let helm_repository = json!({"kind": "HelmRepository", "metadata": {"generation": 1}});
         assert_eq!(refused(&helm_repository), None);
         // Flux's message is copied bounded.
-        let mut long = source(Some(DIGEST), json!([ready("False", FLUX_OCI_PULL_FAILED, 3)]));
+        let mut long = source(
+            Some(DIGEST),
+            json!([ready("False", FLUX_OCI_PULL_FAILED, 3)]),
+        );
         long["status"]["conditions"][0]["message"] = json!("x".repeat(100_000));
         let (_, _, message) = refused(&long).expect("refused");
         assert!(message.len() < 2_000, "{}", message.len());

@@ -84,7 +84,11 @@ pub(super) fn check_chart(chart: &ChartRef) -> Result<(), IntentErrorKind> {
 /// The `Cluster` policy `requireChartDigests`: every ApplicationInstance pins its chart by digest,
 /// so every chart that can be installed was approved, byte for byte, by the release's signers. A
 /// refusal names every instance file; the whole release is refused.
-pub fn check_policy(intent: &Intent, cluster: &str, require_digests: bool) -> Result<(), IntentErrors> {
+pub fn check_policy(
+    intent: &Intent,
+    cluster: &str,
+    require_digests: bool,
+) -> Result<(), IntentErrors> {
     if !require_digests {
         return Ok(());
     }
@@ -146,10 +150,19 @@ mod tests {
         let upper = GOOD.replace("abcdef", "ABCDEF");
         let cases: &[(&str, Option<&str>)] = &[
             (GOOD, None),
-            ("sha256:", Some("0 characters after \"sha256:\", expected 64")),
-            (&GOOD[..70], Some("63 characters after \"sha256:\", expected 64")),
+            (
+                "sha256:",
+                Some("0 characters after \"sha256:\", expected 64"),
+            ),
+            (
+                &GOOD[..70],
+                Some("63 characters after \"sha256:\", expected 64"),
+            ),
             (&long, Some("65 characters after \"sha256:\", expected 64")),
-            (&upper, Some("'A' at position 17 of the sha256 digest: expected lowercase hex")),
+            (
+                &upper,
+                Some("'A' at position 17 of the sha256 digest: expected lowercase hex"),
+            ),
             (
                 "sha512:0123",
                 Some("algorithm \"sha512\" is not accepted: only sha256"),
@@ -184,7 +197,10 @@ mod tests {
 
     #[test]
     fn a_digest_only_on_an_oci_chart() {
-        assert_eq!(check_chart(&chart("oci://r.example/charts", Some(GOOD))), Ok(()));
+        assert_eq!(
+            check_chart(&chart("oci://r.example/charts", Some(GOOD))),
+            Ok(())
+        );
         assert_eq!(check_chart(&chart("https://charts.example", None)), Ok(()));
         let refused = check_chart(&chart("https://charts.example", Some(GOOD)));
         assert!(
