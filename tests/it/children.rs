@@ -200,6 +200,37 @@ fn a_pinned_chart_becomes_an_oci_repository_with_ref_digest_only() {
 }
 
 #[test]
+fn chart_signing_keys_become_a_cosign_verify_block_and_pub_entries_of_the_values_secret() {
+    let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQ==\n-----END PUBLIC KEY-----\n";
+    let ai = instance("oci://ghcr.io/example/charts", None);
+    let (_, mut source) = flux::source(&ai).expect("source");
+    flux::verify_chart(&mut source, &flux::values_secret_name("nextcloud"));
+    // The field names of source.toolkit.fluxcd.io/v1 OCIRepository (target/flux/crds).
+    assert_eq!(
+        source["spec"]["verify"],
+        json!({"provider": "cosign", "secretRef": {"name": "nextcloud-values"}})
+    );
+    golden("ocirepository-verify.yaml", &source);
+    // A HelmRepository has no verify: left alone.
+    let (_, mut https) =
+        flux::source(&instance("https://charts.example.org", None)).expect("source");
+    flux::verify_chart(&mut https, "nextcloud-values");
+    assert!(https["spec"].get("verify").is_none(), "{https}");
+    // The Secret holds the keys (one a `.pub` entry, as cosign loads them) beside the values.
+    let secret =
+        flux::values_secret_with(&ai, Some(b"a: 1"), &[key.into(), key.into()]).expect("secret");
+    let data = secret.data.expect("data");
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["cosign-0.pub", "cosign-1.pub", "values.yaml"]);
+    assert_eq!(data["cosign-0.pub"].0, key.as_bytes());
+    let only_keys = flux::values_secret_with(&ai, None, &[key.into()]).expect("secret");
+    assert_eq!(
+        only_keys.data.expect("data").keys().collect::<Vec<_>>(),
+        ["cosign-0.pub"]
+    );
+}
+
+#[test]
 fn helm_release_ready_is_mirrored() {
     let release = json!({"status": {"conditions": [
         {"type": "Reconciling", "status": "False"},

@@ -254,3 +254,126 @@ async fn a_pinned_digest_installs_exactly_that_chart_and_flux_refuses_one_the_re
         })
         .await;
 }
+
+/// A fresh ECDSA P-256 public key in PEM (what `cosign generate-key-pair` writes to cosign.pub),
+/// made by openssl.
+fn cosign_public_key(dir: &std::path::Path) -> String {
+    let private = dir.join("cosign.key");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let path = private.to_str().expect("path");
+    run(&[
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+        "-out",
+        path,
+    ]);
+    run(&["ec", "-in", path, "-pubout"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chart_without_a_signature_by_the_clusters_chart_keys_is_refused_and_the_instance_says_why()
+ {
+    let ns = "cp-chartsig-a";
+    scenario!("cp-chartsig", &[ns])
+        .webhook()
+        .run(async |env, intent, scope| {
+            let test = super::scope::test_name!();
+            let Some(bin) = flux_bin(test) else {
+                return;
+            };
+            install_flux_crds(&env.admin, &bin).await;
+            let name = "signed";
+            let key = cosign_public_key(&scope.dir);
+            let keys = format!("chart-keys-{}", scope.name);
+            scope
+                .apply(
+                    &env.admin,
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": keys, "namespace": SYSTEM},
+                           "data": {"cosign.pub": key}}),
+                )
+                .await;
+            let patch =
+                json!({"spec": {"chartVerification": {"cosignKeysConfigMapRef": {"name": keys}}}});
+            merge_patch(&env.admin, OPS, "Cluster", None, &scope.name, &patch)
+                .await
+                .expect("name the chart keys");
+            let charts = ChartServer::start(&scope.dir).await;
+            charts.publish("demo", "0.1.0");
+            let digest = charts.manifest_digest("demo", "0.1.0");
+            declare(
+                intent,
+                ns,
+                name,
+                &charts.oci_url(),
+                Some(&digest),
+                "one.example.org",
+            );
+            intent.release(&[]);
+            intent.commit("release 1: a chart nobody signed");
+            let _leftovers = FluxLeftovers {
+                kubeconfig: env.cp.kubeconfig.clone(),
+                ns: ns.to_owned(),
+            };
+            let flux = Flux::start(env, &bin, &scope.dir, &charts.ca);
+            let operator = Proc::spawn(&mut operator_cmd(env, &scope.dir), &scope.dir, "operator");
+
+            // The registry holds no signature (`sha256-<hex>.sig`): source-controller's cosign
+            // refuses the artifact, the instance says so, nothing is installed.
+            let ai = instance_refused(&env.admin, ns, name, "ChartVerificationFailed", &flux).await;
+            let (_, _, message, _) = ready_of(&ai).expect("Ready");
+            assert!(message.contains("VerificationError"), "{message}");
+            let source = object(&env.admin, SOURCE, "OCIRepository", ns, name)
+                .await
+                .expect("OCIRepository");
+            let secret_name = format!("{name}-values");
+            assert_eq!(
+                source["spec"]["verify"],
+                json!({"provider": "cosign", "secretRef": {"name": secret_name}}),
+                "{source}"
+            );
+            let secret = object(&env.admin, "v1", "Secret", ns, &secret_name)
+                .await
+                .expect("the keys' Secret");
+            let written = secret["data"]["cosign-0.pub"].as_str().unwrap_or_default();
+            use base64::Engine as _;
+            let written = base64::engine::general_purpose::STANDARD
+                .decode(written)
+                .expect("base64");
+            assert_eq!(String::from_utf8_lossy(&written), key, "{secret}");
+            assert!(
+                charts.served().iter().any(|p| p.contains(".sig")),
+                "source-controller never looked for a signature: {:?}",
+                charts.served()
+            );
+            assert!(
+                object(
+                    &env.admin,
+                    "v1",
+                    "ConfigMap",
+                    ns,
+                    &format!("{name}-rendered")
+                )
+                .await
+                .is_none(),
+                "an unverified chart was installed"
+            );
+            drop(operator);
+            drop(flux);
+        })
+        .await;
+}

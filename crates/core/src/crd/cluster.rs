@@ -50,6 +50,10 @@ pub struct ClusterSpec {
     /// Stricter policies.
     #[serde(default)]
     pub policy: ClusterPolicy,
+    /// Chart signing keys: every `oci://` chart's signature is verified by source-controller
+    /// (cosign) against them before anything is installed. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_verification: Option<ChartVerification>,
     /// Stop reconciling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
@@ -156,6 +160,18 @@ pub struct ConfigMapKeyRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
+
+/// The cosign public keys that sign this cluster's charts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChartVerification {
+    /// A ConfigMap in the operator's namespace whose key (default `cosign.pub`) holds one or more
+    /// PEM `PUBLIC KEY` blocks (what `cosign generate-key-pair` writes to `cosign.pub`).
+    pub cosign_keys_config_map_ref: ConfigMapKeyRef,
+}
+
+/// The ConfigMap key read for [`ChartVerification`] when the reference names none.
+pub const DEFAULT_COSIGN_KEYS_KEY: &str = "cosign.pub";
 
 /// Trusted commit signers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -101,6 +101,9 @@ pub struct InstanceState {
     /// source-controller's refusal of the chart artifact ([`crate::children::chart_source`]), from
     /// [`Step::EnsureSource`]: it speaks for the instance over the HelmRelease.
     pub chart_refused: Option<(String, String, String)>,
+    /// The chart signing keys the declaring Cluster names, from [`Step::BuildChildren`] (empty
+    /// without `spec.chartVerification` or for an `https://` chart).
+    pub chart_keys: Vec<String>,
 }
 
 impl InstanceState {
@@ -113,6 +116,7 @@ impl InstanceState {
             children: None,
             ready: None,
             chart_refused: None,
+            chart_keys: Vec::new(),
         }
     }
 }

@@ -187,20 +187,29 @@ pub(super) async fn decrypt_values(
     Ok(Flow::Next)
 }
 
-/// [`Step::BuildChildren`]: the Flux source and the HelmRelease, built from the declared spec
-/// (pure; nothing is written if either cannot be built).
+/// [`Step::BuildChildren`]: the Flux source and the HelmRelease, built from the declared spec, and
+/// the chart signing keys the declaring Cluster names, read (nothing is written if any fails).
 pub(super) async fn build_children(
-    _: &ChildContext,
+    ctx: &ChildContext,
     _: &ApplicationInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
-    let instance = &judged(state)?.effective;
+    let judged = judged(state)?;
+    let instance = &judged.effective;
     let values = state
         .values
         .as_ref()
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
     let (source_plural, mut source) = flux::source(instance).map_err(invalid(instance))?;
     let chart = &instance.spec.chart;
+    let chart_keys = match &judged.release.chart_verification {
+        Some(verification) if source["kind"] == "OCIRepository" => {
+            let keys = crate::children::chart_keys::read(ctx, verification).await?;
+            flux::verify_chart(&mut source, &flux::values_secret_name(&instance.name_any()));
+            keys
+        }
+        _ => Vec::new(),
+    };
     rollout::request(
         &mut source,
         Some(&rollout::chart_request(&chart.name, &chart.version)),
@@ -212,6 +221,7 @@ pub(super) async fn build_children(
         source,
         helm_release,
     });
+    state.chart_keys = chart_keys;
     Ok(Flow::Next)
 }
 
@@ -228,7 +238,9 @@ pub(super) async fn ensure_values_secret(
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
     let instance = &judged(state)?.effective;
     let secret = values.secret.as_deref().map(|v| v.as_slice());
-    let written = super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+    let written =
+        super::values_secret::ensure_values_secret(ctx, instance, secret, &state.chart_keys)
+            .await?;
     // The HelmRelease asks helm-controller to reconcile for this Secret write (its spec may not move).
     let children = state
         .children

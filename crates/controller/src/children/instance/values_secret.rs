@@ -4,19 +4,20 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::children::flux::{self, VALUES_KEY};
+use crate::children::flux;
 use crate::children::{ChildContext, kube_error};
 use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
 use vworkspace_core::crd::ApplicationInstance;
 
-/// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
-/// by name only. Returns the Secret's `resourceVersion` (what
+/// Brings the values Secret to `yaml` and the chart signing keys (or removes it when there is
+/// neither). Secrets are read by name only. Returns the Secret's `resourceVersion` (what
 /// [`crate::children::rollout::values_request`] names), `None` without a Secret.
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
+    chart_keys: &[String],
 ) -> Result<Option<String>, Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
@@ -26,18 +27,15 @@ pub(super) async fn ensure_values_secret(
         .get_opt(&name)
         .await
         .map_err(kube_error(format!("get {what}")))?;
-    match yaml {
+    match (yaml.is_some() || !chart_keys.is_empty()).then_some(yaml) {
         Some(yaml) => {
-            let desired = flux::values_secret(instance, yaml).map_err(|e| Error::Child {
-                object: what.clone(),
-                source: e.into(),
-            })?;
+            let desired =
+                flux::values_secret_with(instance, yaml, chart_keys).map_err(|e| Error::Child {
+                    object: what.clone(),
+                    source: e.into(),
+                })?;
             let same = live.as_ref().is_some_and(|l| {
-                l.data
-                    .as_ref()
-                    .and_then(|d| d.get(VALUES_KEY))
-                    .map(|b| b.0.as_slice())
-                    == Some(yaml)
+                l.data.as_ref() == desired.data.as_ref()
                     && l.metadata.owner_references == desired.metadata.owner_references
                     && l.metadata.labels.as_ref().is_some_and(|have| {
                         desired.labels().iter().all(|(k, v)| have.get(k) == Some(v))
