@@ -61,8 +61,8 @@ pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
 pub const CHART_DIGEST_MISMATCH: &str = "ChartDigestMismatch";
 
 /// Reason of an instance whose chart's cosign signature source-controller refused
-/// (`VerificationError`). The operator does not set `OCIRepository.spec.verify` yet (chart signing
-/// keys are not built: docs/security.md); the reason is what the instance will say once it does.
+/// (`VerificationError`: no signature by a key the `Cluster` names in `spec.chartVerification`).
+/// Nothing is installed from it.
 pub const CHART_VERIFICATION_FAILED: &str = "ChartVerificationFailed";
 
 /// Reason while the HelmRelease has not reported yet.
