@@ -113,6 +113,10 @@ pub struct TrustArgs {
     /// binding is sealed inside the ciphertext, so only the cluster's key can check it.
     #[arg(long)]
     pub require_bound_values: bool,
+    /// Refuse any ApplicationInstance whose chart is not pinned by an OCI digest (as the Cluster's
+    /// spec.policy.requireChartDigests; an https:// Helm repository is refused).
+    #[arg(long)]
+    pub require_chart_digests: bool,
     /// The verifier's clock, RFC 3339 (default: now).
     #[arg(long)]
     pub now: Option<String>,
@@ -322,6 +326,7 @@ pub fn trust_config(args: &TrustArgs) -> Result<TrustConfig, CliError> {
             )
             .identities(identities)
             .require_bound_values(args.require_bound_values)
+            .require_chart_digests(args.require_chart_digests)
             .max_validity_days(args.max_release_validity_days)
             .now(now)
             .build(),

@@ -38,6 +38,7 @@ fn instance(repository: &str, values: Option<Value>) -> ApplicationInstance {
                 repository: repository.to_owned(),
                 name: "nextcloud".to_owned(),
                 version: "6.6.4".to_owned(),
+                digest: None,
             },
             release_name: None,
             values,
@@ -172,6 +173,60 @@ fn oci_instance_without_secrets_has_no_values_secret() {
         Err(ChildrenError::Repository(
             "http://insecure.example.org".into()
         ))
+    );
+}
+
+#[test]
+fn a_pinned_chart_becomes_an_oci_repository_with_ref_digest_only() {
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut ai = instance("oci://ghcr.io/example/charts", None);
+    ai.spec.chart.digest = Some(DIGEST.to_owned());
+    let (plural, source) = flux::source(&ai).expect("source");
+    assert_eq!(plural, "ocirepositories");
+    // The digest replaces the tag: Flux would prefer it anyway, but a tag beside it would suggest
+    // the tag matters.
+    assert_eq!(source["spec"]["ref"], json!({"digest": DIGEST}));
+    assert_eq!(
+        source["spec"]["url"],
+        "oci://ghcr.io/example/charts/nextcloud"
+    );
+    golden("ocirepository-digest.yaml", &source);
+    // Without a digest the tag is the version, as before.
+    let tagged = instance("oci://ghcr.io/example/charts", None);
+    assert_eq!(
+        flux::source(&tagged).expect("source").1["spec"]["ref"],
+        json!({"tag": "6.6.4"})
+    );
+}
+
+#[test]
+fn chart_signing_keys_become_a_cosign_verify_block_and_pub_entries_of_the_values_secret() {
+    let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQ==\n-----END PUBLIC KEY-----\n";
+    let ai = instance("oci://ghcr.io/example/charts", None);
+    let (_, mut source) = flux::source(&ai).expect("source");
+    flux::verify_chart(&mut source, &flux::values_secret_name("nextcloud"));
+    // The field names of source.toolkit.fluxcd.io/v1 OCIRepository (target/flux/crds).
+    assert_eq!(
+        source["spec"]["verify"],
+        json!({"provider": "cosign", "secretRef": {"name": "nextcloud-values"}})
+    );
+    golden("ocirepository-verify.yaml", &source);
+    // A HelmRepository has no verify: left alone.
+    let (_, mut https) =
+        flux::source(&instance("https://charts.example.org", None)).expect("source");
+    flux::verify_chart(&mut https, "nextcloud-values");
+    assert!(https["spec"].get("verify").is_none(), "{https}");
+    // The Secret holds the keys (one a `.pub` entry, as cosign loads them) beside the values.
+    let secret =
+        flux::values_secret_with(&ai, Some(b"a: 1"), &[key.into(), key.into()]).expect("secret");
+    let data = secret.data.expect("data");
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["cosign-0.pub", "cosign-1.pub", "values.yaml"]);
+    assert_eq!(data["cosign-0.pub"].0, key.as_bytes());
+    let only_keys = flux::values_secret_with(&ai, None, &[key.into()]).expect("secret");
+    assert_eq!(
+        only_keys.data.expect("data").keys().collect::<Vec<_>>(),
+        ["cosign-0.pub"]
     );
 }
 

@@ -40,6 +40,7 @@ mod install;
 mod leader;
 mod ownership;
 mod policies;
+mod provenance;
 mod templates;
 
 // What the test files use, by `super::…` or `use super::*` (a new test file finds the same names).

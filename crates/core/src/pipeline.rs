@@ -33,6 +33,9 @@ pub struct TrustConfig {
     pub identities: Option<Identities>,
     /// Refuse values that are not bound to where they are found.
     pub require_bound_values: bool,
+    /// Refuse an ApplicationInstance whose chart is not pinned by an OCI digest (the owner's
+    /// `spec.policy.requireChartDigests`; intent can never relax it).
+    pub require_chart_digests: bool,
     /// The last applied commit and the history policy.
     pub history: HistoryCheck,
     /// The verifier's clock (injected so tests and `--now` can move it).
@@ -177,6 +180,7 @@ impl TrustConfig {
                 },
                 identities: None,
                 require_bound_values: true,
+                require_chart_digests: false,
                 history: HistoryCheck::default(),
                 now: jiff::Timestamp::now(),
                 limits: Limits::default(),
@@ -194,6 +198,7 @@ impl TrustConfig {
             && self.release.last_applied == other.release.last_applied
             && self.release.max_validity == other.release.max_validity
             && self.require_bound_values == other.require_bound_values
+            && self.require_chart_digests == other.require_chart_digests
             && self.history == other.history
             && self.limits == other.limits
             && match (&self.identities, &other.identities) {
@@ -239,6 +244,11 @@ impl TrustConfigBuilder {
     /// Whether unbound encrypted values are refused.
     pub fn require_bound_values(mut self, require: bool) -> Self {
         self.config.require_bound_values = require;
+        self
+    }
+    /// Whether every ApplicationInstance must pin its chart by an OCI digest.
+    pub fn require_chart_digests(mut self, require: bool) -> Self {
+        self.config.require_chart_digests = require;
         self
     }
     /// The longest a release may be valid, in days from the verifier's clock.
@@ -303,6 +313,8 @@ pub fn verify_commit_id(
     let tree = release.take_tree();
     let intent = crate::intent::parse_tree(&tree, &config.limits).map_err(|e| fail(e.into()))?;
     drop(tree);
+    crate::intent::chart::check_policy(&intent, &config.cluster, config.require_chart_digests)
+        .map_err(|e| fail(e.into()))?;
     let mut notes: Vec<String> = release
         .ignored_signatures()
         .iter()

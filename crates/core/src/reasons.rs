@@ -59,6 +59,16 @@ pub const WAITING_FOR_NAMESPACE: &str = "WaitingForManagedNamespace";
 /// Reason of an instance whose declared values do not decrypt.
 pub const VALUES_NOT_DECRYPTED: &str = "ValuesNotDecrypted";
 
+/// Reason of an instance whose pinned chart (`spec.chart.digest`) source-controller could not pull:
+/// the registry has no manifest with that digest (the tag was re-pushed, or the digest is wrong), or
+/// served other bytes. Nothing is installed from it.
+pub const CHART_DIGEST_MISMATCH: &str = "ChartDigestMismatch";
+
+/// Reason of an instance whose chart's cosign signature source-controller refused
+/// (`VerificationError`: no signature by a key the `Cluster` names in `spec.chartVerification`).
+/// Nothing is installed from it.
+pub const CHART_VERIFICATION_FAILED: &str = "ChartVerificationFailed";
+
 /// Reason while the HelmRelease has not reported yet.
 pub const WAITING_FOR_HELM_RELEASE: &str = "WaitingForHelmRelease";
 

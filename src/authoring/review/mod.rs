@@ -151,6 +151,7 @@ pub fn review(args: &TrustArgs, base: &str) -> Result<Review, CliError> {
         )
         .identities(identities.clone())
         .require_bound_values(args.require_bound_values)
+        .require_chart_digests(args.require_chart_digests)
         .max_validity_days(args.max_release_validity_days)
         .limits(Limits::default())
         .now(now)

@@ -24,6 +24,7 @@ data:
   host: {{ .Values.host | quote }}
   password: {{ .Values.mail.password | quote }}
   chartVersion: {{ .Chart.Version | quote }}
+  build: {{ .Values.build | quote }}
 "#;
 
 /// The media types of a Helm chart stored as an OCI artifact.
@@ -33,6 +34,12 @@ const HELM_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
 
 /// A `.tgz` chart archive: `<name>/Chart.yaml`, `<name>/values.yaml`, `<name>/templates/configmap.yaml`.
 pub fn chart_archive(name: &str, version: &str) -> Vec<u8> {
+    chart_build(name, version, "original")
+}
+
+/// [`chart_archive`] whose `build` default is `build`: other bytes under the same name and version
+/// (a re-pushed tag).
+pub fn chart_build(name: &str, version: &str, build: &str) -> Vec<u8> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut archive = tar::Builder::new(encoder);
     let files = [
@@ -42,7 +49,7 @@ pub fn chart_archive(name: &str, version: &str) -> Vec<u8> {
         ),
         (
             "values.yaml",
-            "host: unset\nmail:\n  password: unset\n".to_owned(),
+            format!("host: unset\nbuild: {build}\nmail:\n  password: unset\n"),
         ),
         ("templates/configmap.yaml", TEMPLATE.to_owned()),
     ];
@@ -67,6 +74,9 @@ fn sha256(bytes: &[u8]) -> String {
 struct Published {
     /// (name, version) -> archive.
     charts: BTreeMap<(String, String), Vec<u8>>,
+    /// Artifacts whose tag moved on ([`ChartServer::repush`]): still served by digest, as a registry
+    /// keeps a manifest until it is garbage-collected.
+    untagged: Vec<((String, String), Vec<u8>)>,
     /// Requests served, by path (what the Flux controllers fetched).
     served: Vec<String>,
 }
@@ -151,6 +161,24 @@ impl ChartServer {
         published
             .charts
             .insert((name.to_owned(), version.to_owned()), archive);
+    }
+
+    /// Pushes other bytes (`build`) under `name`:`version`: the tag moves to the new artifact, the
+    /// old one stays reachable by its digest.
+    pub fn repush(&self, name: &str, version: &str, build: &str) {
+        let archive = chart_build(name, version, build);
+        let key = (name.to_owned(), version.to_owned());
+        let mut published = self.published.lock().expect("lock");
+        if let Some(old) = published.charts.insert(key.clone(), archive) {
+            published.untagged.push((key, old));
+        }
+    }
+
+    /// The OCI manifest digest (`sha256:<hex>`) the tag `name`:`version` points to now.
+    pub fn manifest_digest(&self, name: &str, version: &str) -> String {
+        let published = self.published.lock().expect("lock");
+        let archive = &published.charts[&(name.to_owned(), version.to_owned())];
+        sha256(&oci_artifact(name, version, archive).0)
     }
 
     /// The paths served so far.
@@ -244,13 +272,17 @@ fn serve(
     let ["v2", "charts", name, what, reference] = parts.as_slice() else {
         return not_found();
     };
-    for ((n, v), archive) in &published.charts {
+    let tagged = published.charts.iter().map(|(k, a)| (k, a, true));
+    let untagged = published.untagged.iter().map(|(k, a)| (k, a, false));
+    for ((n, v), archive, by_tag) in tagged.chain(untagged) {
         if n != name {
             continue;
         }
         let (manifest, config) = oci_artifact(n, v, archive);
         let mut response = match *what {
-            "manifests" if *reference == v.as_str() || *reference == sha256(&manifest) => {
+            "manifests"
+                if (by_tag && *reference == v.as_str()) || *reference == sha256(&manifest) =>
+            {
                 let digest = sha256(&manifest);
                 let mut r = respond(StatusCode::OK, OCI_MANIFEST, manifest);
                 if let Ok(value) = http::HeaderValue::from_str(&digest) {

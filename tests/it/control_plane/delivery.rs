@@ -233,7 +233,7 @@ pub async fn object(
 }
 
 /// The chart's rendered ConfigMap data, once `want` holds of it.
-async fn rendered(
+pub async fn rendered(
     client: &Client,
     ns: &str,
     release: &str,
@@ -256,7 +256,7 @@ async fn rendered(
 }
 
 /// Waits until the instance's `Ready` is `True` for its current generation, and returns it.
-async fn instance_ready(
+pub async fn instance_ready(
     client: &Client,
     ns: &str,
     name: &str,

@@ -271,6 +271,12 @@ pub fn source(instance: &ApplicationInstance) -> Result<(&'static str, Value), C
         ))
     } else if chart.repository.starts_with("oci://") {
         let url = format!("{}/{}", chart.repository.trim_end_matches('/'), chart.name);
+        // A digest the release's signers approved pins the artifact: Flux pulls exactly it (and
+        // refuses the pull when the registry has no such manifest) whatever the tag points to.
+        let reference = match &chart.digest {
+            Some(digest) => json!({"digest": digest}),
+            None => json!({"tag": chart.version}),
+        };
         Ok((
             "ocirepositories",
             json!({
@@ -279,7 +285,7 @@ pub fn source(instance: &ApplicationInstance) -> Result<(&'static str, Value), C
                 "metadata": metadata(&id),
                 "spec": {
                     "url": url,
-                    "ref": {"tag": chart.version},
+                    "ref": reference,
                     "interval": SOURCE_INTERVAL,
                     "layerSelector": {"mediaType": HELM_CHART_LAYER, "operation": "copy"},
                 },
@@ -287,6 +293,15 @@ pub fn source(instance: &ApplicationInstance) -> Result<(&'static str, Value), C
         ))
     } else {
         Err(ChildrenError::Repository(chart.repository.clone()))
+    }
+}
+
+/// Asks source-controller to verify the chart's cosign signature against the `.pub` keys of the
+/// Secret `secret` (in the source's namespace) before it serves the artifact. Only an
+/// `OCIRepository` has `spec.verify`; another source is left as it is.
+pub fn verify_chart(source: &mut Value, secret: &str) {
+    if source["kind"] == "OCIRepository" {
+        source["spec"]["verify"] = json!({"provider": "cosign", "secretRef": {"name": secret}});
     }
 }
 
@@ -335,7 +350,30 @@ pub fn helm_release(
 
 /// The values Secret of an instance.
 pub fn values_secret(instance: &ApplicationInstance, yaml: &[u8]) -> Result<Secret, ChildrenError> {
+    values_secret_with(instance, Some(yaml), &[])
+}
+
+/// The `<instance>-values` Secret: the decrypted values (`values.yaml`), when any, and the chart
+/// signing keys (`cosign-<n>.pub`, [`super::chart_keys`]), when the Cluster names them.
+pub fn values_secret_with(
+    instance: &ApplicationInstance,
+    yaml: Option<&[u8]>,
+    chart_keys: &[String],
+) -> Result<Secret, ChildrenError> {
     let id = identity(instance)?;
+    let mut data: BTreeMap<String, ByteString> = chart_keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            (
+                super::chart_keys::secret_key(i),
+                ByteString(key.as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    if let Some(yaml) = yaml {
+        data.insert(VALUES_KEY.to_owned(), ByteString(yaml.to_vec()));
+    }
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(values_secret_name(id.name)),
@@ -350,10 +388,7 @@ pub fn values_secret(instance: &ApplicationInstance, yaml: &[u8]) -> Result<Secr
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            VALUES_KEY.to_owned(),
-            ByteString(yaml.to_vec()),
-        )])),
+        data: Some(data),
         ..Secret::default()
     })
 }

@@ -7,6 +7,8 @@
 //! [`crate::children::engines`].
 
 pub use vworkspace_core::plan::declared;
+pub mod chart_keys;
+pub mod chart_source;
 pub mod engines;
 pub mod flux;
 pub mod foreign;
@@ -249,7 +251,7 @@ fn carries_managed_label(namespace: &Namespace) -> bool {
         .is_some_and(|v| v == MANAGED_LABEL.1)
 }
 
-fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
 }
 

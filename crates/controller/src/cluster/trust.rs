@@ -129,6 +129,7 @@ pub fn trust_config(
             )
             .identities(Some(identities))
             .require_bound_values(spec.policy.require_bound_values)
+            .require_chart_digests(spec.policy.require_chart_digests)
             .max_validity_days(
                 spec.policy
                     .max_release_validity_days

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
     status = "ApplicationInstanceStatus",
     printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.chart.version"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","priority":1,"jsonPath":".spec.chart.digest"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -55,6 +56,12 @@ pub struct ChartRef {
     pub name: String,
     /// The exact chart version.
     pub version: String,
+    /// The OCI manifest digest of the chart (`sha256:<64 lowercase hex>`), `oci://` charts only:
+    /// Flux pulls exactly this artifact (`OCIRepository.spec.ref.digest`) whatever the tag points
+    /// to now, so the release's signers approve these bytes, not a tag a registry can move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: Option<String>,
 }
 
 /// What the operator observed.

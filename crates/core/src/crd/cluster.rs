@@ -50,6 +50,10 @@ pub struct ClusterSpec {
     /// Stricter policies.
     #[serde(default)]
     pub policy: ClusterPolicy,
+    /// Chart signing keys: every `oci://` chart's signature is verified by source-controller
+    /// (cosign) against them before anything is installed. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_verification: Option<ChartVerification>,
     /// Stop reconciling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
@@ -160,6 +164,18 @@ pub struct ConfigMapKeyRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
+
+/// The cosign public keys that sign this cluster's charts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChartVerification {
+    /// A ConfigMap in the operator's namespace whose key (default `cosign.pub`) holds one or more
+    /// PEM `PUBLIC KEY` blocks (what `cosign generate-key-pair` writes to `cosign.pub`).
+    pub cosign_keys_config_map_ref: ConfigMapKeyRef,
+}
+
+/// The ConfigMap key read for [`ChartVerification`] when the reference names none.
+pub const DEFAULT_COSIGN_KEYS_KEY: &str = "cosign.pub";
 
 /// Trusted commit signers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -302,6 +318,12 @@ pub struct ClusterPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
     pub max_release_validity_days: Option<u32>,
+    /// Refuse a release any of whose ApplicationInstances does not pin its chart by an OCI manifest
+    /// digest (`spec.chart.digest`; an `https://` Helm repository cannot be pinned and is refused):
+    /// the release's k-of-n signers then approve every chart byte for byte. Default `false`. The
+    /// owner's alone: nothing in the repository can set or relax it.
+    #[serde(default)]
+    pub require_chart_digests: bool,
 }
 
 fn default_require_bound_values() -> bool {
@@ -315,6 +337,7 @@ impl Default for ClusterPolicy {
             allow_history_rewrite: false,
             require_bound_values: default_require_bound_values(),
             max_release_validity_days: None,
+            require_chart_digests: false,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::repository::{ClusterTree, TreeEntry};
 use crate::trust::release::{MANIFEST_FILE, SIGNATURES_DIR};
 use crate::yaml::YamlError;
 
+pub mod chart;
+
 /// The `apiVersion` of an ApplicationInstance.
 pub const APPLICATION_INSTANCE_API_VERSION: &str = "apps.vworkspace.io/v1alpha1";
 /// The `apiVersion` of an Operation.
@@ -410,6 +412,7 @@ fn check_application_instance(spec: &ApplicationInstanceSpec) -> Result<(), Inte
             ),
         ));
     }
+    chart::check_chart(&spec.chart)?;
     if let Some(release) = &spec.release_name
         && !(is_dns1123_label(release) && release.len() <= 53)
     {

@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ApplicationInstance, ClusterSpec, Decryption, InventoryEntry, Operation};
+use crate::crd::{
+    ApplicationInstance, ChartVerification, ClusterSpec, Decryption, InventoryEntry, Operation,
+};
 use crate::plan::{DeclaredResource, Plan};
 
 pub use crate::reasons::{NOT_DECLARED, SPEC_DIFFERS, WAITING_FOR_RELEASE};
@@ -46,6 +48,8 @@ pub struct DeclaredRelease {
     pub decryption: Decryption,
     /// Whether unbound values are refused (as the verifying pass judged them).
     pub require_bound_values: bool,
+    /// Where the chart signing keys are, when the `Cluster` names them (as the pass read its spec).
+    pub chart_verification: Option<ChartVerification>,
     instances: BTreeMap<(String, String), DeclaredObject<ApplicationInstance>>,
     operations: BTreeMap<(String, String), DeclaredObject<Operation>>,
     /// What the pass did not apply (sorted), so that publishing the same release again is seen.
@@ -135,6 +139,7 @@ impl DeclaredSet {
             && current.commit == commit
             && current.decryption == spec.decryption
             && current.require_bound_values == spec.policy.require_bound_values
+            && current.chart_verification == spec.chart_verification
             && current.not_applied == not_applied_sorted
         {
             // The same release applied again (an unchanged pass): nothing to rebuild.
@@ -186,6 +191,7 @@ impl DeclaredSet {
             commit: commit.to_owned(),
             decryption: spec.decryption.clone(),
             require_bound_values: spec.policy.require_bound_values,
+            chart_verification: spec.chart_verification.clone(),
             instances,
             operations,
             not_applied: not_applied_sorted,

@@ -411,6 +411,39 @@ mod tests {
     }
 
     #[test]
+    fn a_chart_digest_pinned_then_moved_is_shown_field_by_field() {
+        const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let oci = |digest: Option<&str>| {
+            let digest = digest.map_or(String::new(), |d| format!("    digest: {d}\n"));
+            format!(
+                "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: app\nspec:\n  chart:\n    repository: oci://registry.example.org/charts\n    name: app\n    version: 1.0.0\n{digest}"
+            )
+        };
+        let field = |from: Option<&str>, to: Option<&str>| FieldChange {
+            path: "spec.chart.digest".into(),
+            from: from.map(|d| format!("{d:?}")),
+            to: to.map(|d| format!("{d:?}")),
+            secret: false,
+        };
+        let cases = [
+            (None, Some(D1), field(None, Some(D1))),
+            (Some(D1), Some(D2), field(Some(D1), Some(D2))),
+            (Some(D1), None, field(Some(D1), None)),
+        ];
+        for (from, to, expected) in cases {
+            let diff = compare(&intent(&[(A, oci(from))]), &intent(&[(A, oci(to))]));
+            assert_eq!(
+                diff.objects[0].change,
+                ObjectChange::Changed(vec![expected]),
+                "{from:?} -> {to:?}"
+            );
+        }
+        let same = intent(&[(A, oci(Some(D1)))]);
+        assert!(compare(&same, &same.clone()).is_empty());
+    }
+
+    #[test]
     fn identical_intents_differ_in_nothing() {
         let base = intent(&[(A, instance("app", "1.0.0", ARMOR_A))]);
         let diff = compare(&base, &base.clone());

@@ -2,6 +2,7 @@
 //! commit's signature (`commit_signature`), its place in history (`history`) and the signed release
 //! manifest (`release`). Each step takes what the step before it verified.
 
+pub mod chart_keys;
 pub mod commit_signature;
 pub mod history;
 pub mod release;

@@ -102,6 +102,12 @@ pub struct InstanceState {
     /// from [`Step::EnsureSource`] and [`Step::EnsureHelmRelease`] (and the values Secret's extra
     /// keys, from [`Step::EnsureValuesSecret`]).
     pub removed: Vec<String>,
+    /// source-controller's refusal of the chart artifact ([`crate::children::chart_source`]), from
+    /// [`Step::EnsureSource`]: it speaks for the instance over the HelmRelease.
+    pub chart_refused: Option<(String, String, String)>,
+    /// The chart signing keys the declaring Cluster names, from [`Step::BuildChildren`] (empty
+    /// without `spec.chartVerification` or for an `https://` chart).
+    pub chart_keys: Vec<String>,
 }
 
 impl InstanceState {
@@ -114,6 +120,8 @@ impl InstanceState {
             children: None,
             ready: None,
             removed: Vec::new(),
+            chart_refused: None,
+            chart_keys: Vec::new(),
         }
     }
 }
@@ -171,6 +179,7 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let namespace = instance.namespace().unwrap_or_default();
+    let ready = state.chart_refused.as_ref().unwrap_or(ready);
     let mut status = instance_status(
         instance.status.as_ref(),
         ready.clone(),

@@ -191,20 +191,29 @@ pub(super) async fn decrypt_values(
     Ok(Flow::Next)
 }
 
-/// [`Step::BuildChildren`]: the Flux source and the HelmRelease, built from the declared spec
-/// (pure; nothing is written if either cannot be built).
+/// [`Step::BuildChildren`]: the Flux source and the HelmRelease, built from the declared spec, and
+/// the chart signing keys the declaring Cluster names, read (nothing is written if any fails).
 pub(super) async fn build_children(
-    _: &ChildContext,
+    ctx: &ChildContext,
     _: &ApplicationInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
-    let instance = &judged(state)?.effective;
+    let judged = judged(state)?;
+    let instance = &judged.effective;
     let values = state
         .values
         .as_ref()
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
     let (source_plural, mut source) = flux::source(instance).map_err(invalid(instance))?;
     let chart = &instance.spec.chart;
+    let chart_keys = match &judged.release.chart_verification {
+        Some(verification) if source["kind"] == "OCIRepository" => {
+            let keys = crate::children::chart_keys::read(ctx, verification).await?;
+            flux::verify_chart(&mut source, &flux::values_secret_name(&instance.name_any()));
+            keys
+        }
+        _ => Vec::new(),
+    };
     rollout::request(
         &mut source,
         Some(&rollout::chart_request(&chart.name, &chart.version)),
@@ -216,6 +225,7 @@ pub(super) async fn build_children(
         source,
         helm_release,
     });
+    state.chart_keys = chart_keys;
     Ok(Flow::Next)
 }
 
@@ -233,7 +243,8 @@ pub(super) async fn ensure_values_secret(
     let instance = &judged(state)?.effective;
     let secret = values.secret.as_deref().map(|v| v.as_slice());
     let (written, removed) =
-        super::values_secret::ensure_values_secret(ctx, instance, secret).await?;
+        super::values_secret::ensure_values_secret(ctx, instance, secret, &state.chart_keys)
+            .await?;
     let removed = removed.map(|fields| {
         let name = crate::children::flux::values_secret_name(&instance.name_any());
         format!("Secret {name}: {fields}")
@@ -261,7 +272,7 @@ fn children(state: &InstanceState) -> Result<&Children, Error> {
         .ok_or_else(|| out_of_order(Step::BuildChildren))
 }
 
-/// [`Step::EnsureSource`].
+/// [`Step::EnsureSource`]: and reads source-controller's verdict on the chart artifact.
 pub(super) async fn ensure_source(
     ctx: &ChildContext,
     _: &ApplicationInstance,
@@ -280,6 +291,7 @@ pub(super) async fn ensure_source(
     .await?;
     let kind = kind.to_owned();
     note_removal(ctx, state, &kind, &ensured);
+    state.chart_refused = crate::children::chart_source::refused(&ensured.live);
     Ok(Flow::Next)
 }
 

@@ -10,15 +10,17 @@ use crate::cluster::apply::FIELD_MANAGER;
 use crate::error::Error;
 use vworkspace_core::crd::ApplicationInstance;
 
-/// Brings the values Secret to `yaml` (or removes it when there is nothing secret). Secrets are read
-/// by name only. Compared on its whole content the operator owns: the data (exactly the one key, no
-/// other), the type, our labels and annotations and the owner reference. Returns the Secret's
-/// `resourceVersion` (what [`crate::children::rollout::values_request`] names), `None` without a
-/// Secret, and the keys another writer had added and this call removed (names, never values).
+/// Brings the values Secret to `yaml` and the chart signing keys (or removes it when there is
+/// neither). Secrets are read by name only. Compared on its whole content the operator owns: the
+/// data (exactly its keys, no other), the type, our labels and annotations and the owner reference.
+/// Returns the Secret's `resourceVersion` (what [`crate::children::rollout::values_request`] names),
+/// `None` without a Secret, and the keys another writer had added and this call removed (names,
+/// never values).
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
+    chart_keys: &[String],
 ) -> Result<(Option<String>, Option<String>), Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
@@ -28,12 +30,13 @@ pub(super) async fn ensure_values_secret(
         .get_opt(&name)
         .await
         .map_err(kube_error(format!("get {what}")))?;
-    match yaml {
+    match (yaml.is_some() || !chart_keys.is_empty()).then_some(yaml) {
         Some(yaml) => {
-            let desired = flux::values_secret(instance, yaml).map_err(|e| Error::Child {
-                object: what.clone(),
-                source: e.into(),
-            })?;
+            let desired =
+                flux::values_secret_with(instance, yaml, chart_keys).map_err(|e| Error::Child {
+                    object: what.clone(),
+                    source: e.into(),
+                })?;
             if live.as_ref().is_some_and(|l| same_secret(&desired, l)) {
                 return Ok((live.and_then(|l| l.metadata.resource_version), None));
             }
