@@ -479,7 +479,7 @@ fn the_release_workflow_and_the_image_write_the_sbom_with_the_script_the_tests_c
     );
     assert!(
         step_script(&workflow, "image", "Sign the image")
-            .contains("cosign sign --yes \"$IMAGE@$DIGEST\"")
+            .contains("cosign sign --yes --recursive \"$IMAGE@$DIGEST\"")
     );
     assert_eq!(
         workflow["jobs"]["image"]["permissions"]["id-token"],
