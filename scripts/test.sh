@@ -66,6 +66,27 @@ for tool in helm promtool; do
   fi
 done
 
+# The operator's SBOM (tests/it/sbom.rs): cargo-cyclonedx at the version scripts/sbom.sh pins,
+# installed from crates.io on first use and cached under target/cargo-tools/ (about 3.5 CPU-minutes
+# cold). Without cargo's registry the SBOM tests are skipped with the script's one-line reason; a
+# failed install fails the run.
+if [ -z "${VWS_CARGO_CYCLONEDX:-}" ]; then
+  set +e
+  path="$(./scripts/sbom.sh tool 2>"$cp_err")"
+  rc=$?
+  set -e
+  cat "$cp_err" >&2
+  if [ "$rc" -eq 0 ]; then
+    export VWS_CARGO_CYCLONEDX="$path"
+  elif [ "$rc" -eq 3 ] || [ "$rc" -eq 4 ]; then
+    VWS_CARGO_CYCLONEDX_SKIP="$(grep '^sbom:' "$cp_err" | tail -1)"
+    export VWS_CARGO_CYCLONEDX_SKIP
+  else
+    echo "scripts/sbom.sh tool failed (exit $rc)" >&2
+    exit 1
+  fi
+fi
+
 # The real-server tests (tests/it/control_plane.rs) need a throwaway control plane: built from Go modules
 # on first use (cached under target/control-plane/), started here, stopped on exit. One already
 # started by hand (scripts/control-plane.sh start) is used as it is. Without Go 1.26 or the Go module

@@ -715,6 +715,51 @@ fn the_image_is_static_and_runs_as_the_deployments_user() {
     );
 }
 
+/// The image reference of a `FROM` line: `FROM [--platform=...] <image> [AS <stage>]`.
+fn from_image(line: &str) -> &str {
+    line.split_whitespace()
+        .skip(1)
+        .find(|word| !word.starts_with("--"))
+        .unwrap_or_else(|| panic!("no image in {line:?}"))
+}
+
+#[test]
+fn every_base_image_is_pinned_by_digest_beside_its_tag() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "{froms:?}");
+    for line in froms {
+        let image = from_image(line);
+        let (name, digest) = image.split_once("@sha256:").unwrap_or_else(|| {
+            panic!("{line:?}: not pinned by digest (image:tag@sha256:<64 hex>)")
+        });
+        assert!(
+            digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{line:?}: the digest is not 64 lowercase hex digits"
+        );
+        // The tag stays beside the digest: the reader and Renovate/Dependabot see what it is.
+        let last = name.rsplit('/').next().unwrap_or(name);
+        assert!(
+            last.contains(':'),
+            "{line:?}: keep the tag beside the digest"
+        );
+    }
+    // A line that names a digest of nothing (a placeholder) would not parse above; and the from_image
+    // parser itself refuses an unpinned FROM.
+    assert!(
+        from_image("FROM rust:1 AS build")
+            .split_once("@sha256:")
+            .is_none()
+    );
+}
+
 const OPERATOR: &str = "system:serviceaccount:vworkspace-system:vworkspace-app-operator";
 
 /// A policy of deploy/, fail-closed, with its binding denying.

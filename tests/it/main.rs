@@ -23,6 +23,7 @@ mod reconcile;
 mod review;
 mod review_ci;
 mod robustness;
+mod sbom;
 mod secrets;
 mod signatures;
 mod source;
