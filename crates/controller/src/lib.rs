@@ -24,5 +24,6 @@ pub mod source;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod watch_health;
 
 pub use error::{Error, Result};

@@ -123,8 +123,8 @@ pub struct Metrics {
     /// Gauges read from the watch stores at scrape time ([`crate::observed`]).
     pub observed: crate::observed::Observed,
     /// Since when each required watch has been failing: `/readyz` reads it
-    /// ([`crate::runtime::watch_health`]).
-    pub watch_health: crate::runtime::watch_health::WatchHealth,
+    /// ([`crate::watch_health`]).
+    pub watch_health: crate::watch_health::WatchHealth,
     /// Children whose spec held fields another writer added and the release does not declare,
     /// removed, by kind.
     pub undeclared_fields_removed: Family<ChildKindLabel, Counter>,

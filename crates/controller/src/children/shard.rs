@@ -67,11 +67,31 @@ mod tests {
         let ours = [cluster("a", &["team-a"])];
         let cases: [(Option<&str>, &str, bool, &str); 7] = [
             (Some("a"), "team-a", true, "labelled for our Cluster"),
-            (Some("a"), "elsewhere", true, "labelled for our Cluster, any namespace"),
-            (Some("b"), "team-b", false, "labelled for another shard's Cluster"),
-            (Some("b"), "team-a", true, "another Cluster's label in our namespace"),
+            (
+                Some("a"),
+                "elsewhere",
+                true,
+                "labelled for our Cluster, any namespace",
+            ),
+            (
+                Some("b"),
+                "team-b",
+                false,
+                "labelled for another shard's Cluster",
+            ),
+            (
+                Some("b"),
+                "team-a",
+                true,
+                "another Cluster's label in our namespace",
+            ),
             (None, "team-a", true, "unlabelled, in a namespace we manage"),
-            (None, "team-b", false, "unlabelled, in another shard's namespace"),
+            (
+                None,
+                "team-b",
+                false,
+                "unlabelled, in another shard's namespace",
+            ),
             (Some(""), "team-a", true, "an empty label is no label"),
         ];
         for (label, namespace, expected, why) in cases {

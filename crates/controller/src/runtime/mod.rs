@@ -8,7 +8,6 @@ pub mod certs;
 mod controllers;
 pub mod leader;
 pub mod probes;
-pub mod watch_health;
 mod webhook;
 
 use std::net::SocketAddr;
@@ -100,7 +99,10 @@ pub async fn once(ctx: Arc<Context>, selector: Option<&str>) -> Result<bool, Err
 }
 
 /// The `Cluster`s `selector` picks (all without one); a selector the API server refuses is named.
-async fn list_clusters(client: &Client, selector: Option<&str>) -> Result<ObjectList<Cluster>, Error> {
+async fn list_clusters(
+    client: &Client,
+    selector: Option<&str>,
+) -> Result<ObjectList<Cluster>, Error> {
     let api: Api<Cluster> = Api::all(client.clone());
     let params = match selector {
         Some(selector) => ListParams::default().labels(selector),

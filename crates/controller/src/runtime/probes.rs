@@ -1,7 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` over plain HTTP/1 (the probes and the scraper are in-cluster;
 //! nothing secret is served). `/readyz` answers 200 once the operator has reached the API server, and
 //! 503 with a one-line reason while a required watch has been failing for longer than
-//! [`WATCH_FAILING_BOUND`] ([`crate::runtime::watch_health`]).
+//! [`WATCH_FAILING_BOUND`] ([`crate::watch_health`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
-use crate::runtime::watch_health::WATCH_FAILING_BOUND;
+use crate::watch_health::WATCH_FAILING_BOUND;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
