@@ -305,7 +305,11 @@ pub fn operator_cmd_for(env: &Env, dir: &Path, selector: &str) -> Command {
         ])
         .args(["--fetch-timeout", "60"])
         .env("KUBECONFIG", &env.shared.operator_kubeconfig)
-        .env("RUST_LOG", "info");
+        // VWS_TEST_OPERATOR_LOG (a RUST_LOG filter) shows more of a failing test's operator.
+        .env(
+            "RUST_LOG",
+            std::env::var("VWS_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        );
     cmd
 }
 

@@ -111,6 +111,22 @@ pub struct Namespace {
     ready: HashMap<String, ReadyFingerprint>,
     /// Names seen during a relist in progress (the rest are gone once it completes).
     relisting: Option<HashSet<String>>,
+    /// Whether the first list reports the HelmReleases that already have `Ready`. A namespace that
+    /// becomes managed while the controllers run: its instances were reconciled before this watch
+    /// listed, and a `Ready` reached in between would otherwise wait for the 10-minute resync. The
+    /// namespaces managed at start are not announced (the controller reconciles every instance
+    /// when it starts).
+    announce_first_list: bool,
+}
+
+impl Namespace {
+    /// A namespace whose first list reports what already has `Ready` ([`Self::announce_first_list`]).
+    pub fn announcing_first_list() -> Self {
+        Namespace {
+            announce_first_list: true,
+            ..Namespace::default()
+        }
+    }
 }
 
 /// One watch event, as [`Namespace::observe`] takes it.
@@ -144,7 +160,7 @@ impl Namespace {
                     seen.insert(name.clone());
                 }
                 let before = self.ready.insert(name.clone(), ready);
-                if self.synced && before.flatten() != ready {
+                if (self.synced || self.announce_first_list) && before.flatten() != ready {
                     vec![name]
                 } else {
                     Vec::new()
@@ -269,6 +285,12 @@ impl HelmReleaseWatches {
             super::api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases");
         let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         tokio::pin!(stop);
+        tokio::select! {
+            () = &mut stop => return,
+            _ = managed.wait_until_ready() => {}
+        }
+        // The namespaces managed at start are not announced; every later one is.
+        let mut started = false;
         loop {
             let names: BTreeSet<String> = managed
                 .state()
@@ -285,7 +307,12 @@ impl HelmReleaseWatches {
                 self.with(|all| all.remove(&namespace));
             }
             for namespace in start {
-                self.with(|all| all.insert(namespace.clone(), Namespace::default()));
+                let watch = if started {
+                    Namespace::announcing_first_list()
+                } else {
+                    Namespace::default()
+                };
+                self.with(|all| all.insert(namespace.clone(), watch));
                 let task = tokio::spawn(self.clone().watch(
                     client.clone(),
                     resource.clone(),
@@ -294,6 +321,7 @@ impl HelmReleaseWatches {
                 ));
                 tasks.insert(namespace, task);
             }
+            started = true;
             tokio::select! {
                 () = &mut stop => break,
                 () = changed.notified() => {}
@@ -427,6 +455,22 @@ mod tests {
         // Deleted by hand: the instance puts it back.
         assert_eq!(ns.observe(Observed::Deleted("b".into())), ["b"]);
         assert!(!ns.ready.contains_key("b"));
+    }
+
+    #[test]
+    fn a_namespace_managed_later_reports_on_its_first_list_what_already_has_ready() {
+        let mut ns = Namespace::announcing_first_list();
+        assert!(ns.observe(Observed::ListStarted).is_empty());
+        // Flux made it Ready before this watch listed: the instance must hear of it.
+        assert_eq!(ns.observe(Observed::Listed("a".into(), Some(1))), ["a"]);
+        // Just created by the instance controller, no Ready yet: nothing to report.
+        assert!(ns.observe(Observed::Listed("b".into(), None)).is_empty());
+        assert!(ns.observe(Observed::ListDone).is_empty());
+        assert!(
+            ns.observe(Observed::Changed("a".into(), Some(1)))
+                .is_empty()
+        );
+        assert_eq!(ns.observe(Observed::Changed("b".into(), Some(3))), ["b"]);
     }
 
     #[test]

@@ -107,6 +107,33 @@ pub struct LiveStores {
     /// (the generation), labels, annotations, deletion, creation, a relist. A status write does not
     /// move it.
     pub changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether each store holds its first list: instances, then Operations ([`Listed`]).
+    pub listed: [Listed; 2],
+}
+
+/// Whether a reflector store holds its first list, set by its watch stream after the store took the
+/// list. The pass waits on this, never on the store's own `wait_until_ready`: that future rests on
+/// a oneshot channel that wakes only its last poller, and the controller that owns the store polls
+/// it too, so a pass waiting beside it slept until its own timeout (60 s on every first pass).
+#[derive(Clone, Debug)]
+pub struct Listed(tokio::sync::watch::Receiver<bool>);
+
+impl Listed {
+    /// A flag not yet set, and the sender that sets it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Listed) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Listed(rx))
+    }
+
+    /// Whether the first list is in the store.
+    pub fn now(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits for the first list; false if the watch ended before it.
+    pub async fn wait(&self) -> bool {
+        self.0.clone().wait_for(|listed| *listed).await.is_ok()
+    }
 }
 
 impl std::fmt::Debug for LiveStores {
@@ -145,20 +172,13 @@ impl LiveStores {
 
     /// Waits up to `wait` for both stores' first list; whether they hold it.
     pub async fn ready_within(&self, wait: std::time::Duration) -> bool {
-        let both = async {
-            self.instances.wait_until_ready().await.is_ok()
-                && self.operations.wait_until_ready().await.is_ok()
-        };
+        let both = async { self.listed[0].wait().await && self.listed[1].wait().await };
         matches!(tokio::time::timeout(wait, both).await, Ok(true))
     }
 
     /// The objects labelled for `cluster`, when both stores hold their first list; `None` before.
     pub fn labelled(&self, cluster: &str) -> Option<Vec<LiveObject>> {
-        use futures::FutureExt;
-        let ready = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
-        if !ready(self.instances.wait_until_ready().now_or_never())
-            || !ready(self.operations.wait_until_ready().now_or_never())
-        {
+        if !self.listed.iter().all(Listed::now) {
             return None;
         }
         let ours = |meta: &kube::api::ObjectMeta| {
@@ -482,6 +502,7 @@ mod tests {
     use kube::runtime::reflector;
     use kube::runtime::watcher::Event;
     use serde_json::json;
+    use std::time::Duration;
 
     fn instance(namespace: &str, name: &str, cluster: Option<&str>) -> ApplicationInstance {
         let mut labels = serde_json::Map::new();
@@ -565,14 +586,55 @@ mod tests {
         assert!(changes_what_a_pass_reads(Some(&old), &recreated));
     }
 
+    /// Every first pass of the long-running process waited its whole 60 s here: it awaited the
+    /// store's own readiness, which wakes only its last poller, and the controller owning the store
+    /// polled it after the pass did.
+    #[tokio::test]
+    async fn a_pass_waiting_for_the_first_list_wakes_beside_the_controllers_own_wait() {
+        let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
+        let (operations, mut operation_writer) = reflector::store::<Operation>();
+        let (instances_listed, listed_i) = Listed::new();
+        let (operations_listed, listed_o) = Listed::new();
+        let stores = LiveStores {
+            instances: instances.clone(),
+            operations: operations.clone(),
+            changes: Default::default(),
+            listed: [listed_i, listed_o],
+        };
+        let pass = tokio::spawn(async move { stores.ready_within(Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The controllers wait on their stores too (kube-runtime's `delay_tasks_until`), later.
+        let controllers = tokio::spawn(async move {
+            let _ = instances.wait_until_ready().await;
+            let _ = operations.wait_until_ready().await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        instance_writer.apply_watcher_event(&Event::Init);
+        instance_writer.apply_watcher_event(&Event::InitDone);
+        instances_listed.send_replace(true);
+        operation_writer.apply_watcher_event(&Event::Init);
+        operation_writer.apply_watcher_event(&Event::InitDone);
+        operations_listed.send_replace(true);
+        let woke = tokio::time::timeout(Duration::from_secs(5), pass).await;
+        assert!(
+            matches!(woke, Ok(Ok(true))),
+            "the pass wakes when the lists land: {woke:?}"
+        );
+        let controllers = tokio::time::timeout(Duration::from_secs(5), controllers).await;
+        assert!(controllers.is_ok(), "the controllers' own wait still ends");
+    }
+
     #[test]
     fn live_objects_come_from_the_stores_once_both_listed_and_only_this_sources() {
         let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
         let (operations, mut operation_writer) = reflector::store::<Operation>();
+        let (instances_listed, listed_i) = Listed::new();
+        let (operations_listed, listed_o) = Listed::new();
         let stores = LiveStores {
             instances,
             operations,
             changes: Default::default(),
+            listed: [listed_i, listed_o],
         };
         assert!(stores.labelled("prod").is_none(), "nothing listed yet");
         instance_writer.apply_watcher_event(&Event::Init);
@@ -584,12 +646,14 @@ mod tests {
             instance_writer.apply_watcher_event(&Event::InitApply(object));
         }
         instance_writer.apply_watcher_event(&Event::InitDone);
+        instances_listed.send_replace(true);
         assert!(
             stores.labelled("prod").is_none(),
             "the Operations are not listed yet: the caller lists instead"
         );
         operation_writer.apply_watcher_event(&Event::Init);
         operation_writer.apply_watcher_event(&Event::InitDone);
+        operations_listed.send_replace(true);
         let live = stores.labelled("prod").expect("both stores listed");
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].id.kind, "ApplicationInstance");

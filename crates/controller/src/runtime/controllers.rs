@@ -100,25 +100,8 @@ pub async fn controllers(
         fence: ctx.fence.clone(),
         stop,
     };
-    let instances = child.clone().run(
-        instance_controller,
-        trigger_rx,
-        crate::children::instance::reconcile,
-        crate::children::instance::error_policy,
-    );
-    let operations = child.run(
-        operation_controller,
-        futures::stream::empty(),
-        crate::children::operation::reconcile,
-        crate::children::operation::error_policy,
-    );
-    tokio::join!(
-        clusters,
-        instances,
-        operations,
-        deletions,
-        helm_release_watches
-    );
+    let children = child.run_both(instance_controller, operation_controller, trigger_rx);
+    tokio::join!(clusters, children, deletions, helm_release_watches);
 }
 
 /// The watch on managed namespaces, kept in `writer`'s store; one item (a Cluster re-run) per
@@ -164,22 +147,25 @@ fn live_controllers(
     ctx: &Context,
 ) -> (Controller<ApplicationInstance>, Controller<Operation>) {
     let live_changes = Arc::new(AtomicU64::new(0));
+    let (instances_listed_tx, instances_listed) = cluster::apply::Listed::new();
+    let (operations_listed_tx, operations_listed) = cluster::apply::Listed::new();
     let instances = lean_controller(
         Api::<ApplicationInstance>::all(client.clone()),
         watcher::Config::default(),
-        Some(live_changes.clone()),
+        Some((live_changes.clone(), instances_listed_tx)),
         ctx.metrics.clone(),
     );
     let operations = lean_controller(
         Api::<Operation>::all(client.clone()),
         watcher::Config::default(),
-        Some(live_changes.clone()),
+        Some((live_changes.clone(), operations_listed_tx)),
         ctx.metrics.clone(),
     );
     ctx.set_live_stores(cluster::apply::LiveStores {
         instances: instances.store(),
         operations: operations.store(),
         changes: live_changes,
+        listed: [instances_listed, operations_listed],
     });
     (instances, operations)
 }
@@ -238,6 +224,29 @@ struct ChildController {
 }
 
 impl ChildController {
+    /// Runs the ApplicationInstance controller (also on each of `instance_triggers`: a HelmRelease's
+    /// readiness moved) and the Operation controller, until both end.
+    async fn run_both(
+        self,
+        instances: Controller<ApplicationInstance>,
+        operations: Controller<Operation>,
+        instance_triggers: impl futures::Stream<Item = ObjectRef<ApplicationInstance>> + Send + 'static,
+    ) {
+        let instances = self.clone().run(
+            instances,
+            instance_triggers,
+            crate::children::instance::reconcile,
+            crate::children::instance::error_policy,
+        );
+        let operations = self.run(
+            operations,
+            futures::stream::empty(),
+            crate::children::operation::reconcile,
+            crate::children::operation::error_policy,
+        );
+        tokio::join!(instances, operations);
+    }
+
     /// Runs `controller` ([`CHILD_CONCURRENCY`] reconciles at once, each fenced) once both stores
     /// hold their first list (before, every namespace would look unmanaged); every object is
     /// reconciled again when the declared set moves, and each of `triggers` when it arrives.
@@ -293,14 +302,15 @@ fn lean<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// A controller over every `K`, its store kept lean ([`lean`]). With `changes`, every event that
+/// A controller over every `K`, its store kept lean ([`lean`]). With `live`, every event that
 /// changes what a `Cluster` pass reads of an object ([`cluster::apply::changes_what_a_pass_reads`],
-/// judged against the stored object before the event replaces it) moves the counter. Every result of
-/// the watch is recorded in `metrics`' watch health (`/readyz`).
+/// judged against the stored object before the event replaces it) moves the counter, and the flag
+/// is set once the store holds the first list ([`cluster::apply::Listed`]). Every result of the
+/// watch is recorded in `metrics`' watch health (`/readyz`).
 fn lean_controller<K>(
     api: Api<K>,
     config: watcher::Config,
-    changes: Option<Arc<AtomicU64>>,
+    live: Option<(Arc<AtomicU64>, tokio::sync::watch::Sender<bool>)>,
     metrics: Arc<Metrics>,
 ) -> Controller<K>
 where
@@ -315,6 +325,7 @@ where
     use futures::TryStreamExt;
     let (reader, writer) = reflector::store::<K>();
     let before = reader.clone();
+    let listed = live.as_ref().map(|(_, listed)| listed.clone());
     let kind = K::kind(&()).into_owned();
     let stream = watcher(api, config)
         .default_backoff()
@@ -332,12 +343,20 @@ where
                 }
                 watcher::Event::Init | watcher::Event::InitDone => true,
             };
-            if moved && let Some(counter) = &changes {
+            if moved && let Some((counter, _)) = &live {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             event
         })
         .reflect(writer)
+        .inspect_ok(move |event| {
+            // After `reflect`: the store has swapped the list in.
+            if matches!(event, watcher::Event::InitDone)
+                && let Some(listed) = &listed
+            {
+                listed.send_replace(true);
+            }
+        })
         .applied_objects();
     Controller::for_stream(stream, reader)
 }

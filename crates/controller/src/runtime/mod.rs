@@ -149,6 +149,30 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         return once(ctx, options.cluster_selector.as_deref()).await;
     }
     let ready = serve_probes(&options, metrics.clone());
+    start_servers(&options, &client, &metrics).await?;
+    ready.store(true, Ordering::Relaxed);
+    let (stop_tx, stop_rx) = stop_on_signal();
+    if !options.leader_election {
+        // Without leader election this process is the active one.
+        metrics.leader.set(1);
+    }
+    if options.leader_election && !lead(&options, &client, &ctx, &metrics, &stop_tx).await {
+        return Ok(true);
+    }
+    let children = Arc::new(child_context(&options, &client, &ctx, &metrics));
+    cut_passes_after_stop(&ctx, stop_rx.clone());
+    let running = controllers(client, ctx, children, stop_rx.clone());
+    until_done_or_grace(running, stop_rx).await;
+    Ok(true)
+}
+
+/// Checks the API server, then starts the webhook servers and the push receiver that `options` ask
+/// for, and refuses a `--watch-label-selector` the API server refuses.
+async fn start_servers(
+    options: &RunOptions,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+) -> Result<(), Error> {
     client
         .apiserver_version()
         .await
@@ -168,20 +192,22 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     }
     if let Some(selector) = options.cluster_selector.as_deref() {
         // A selector the API server refuses would leave every watch retrying: refuse it now.
-        list_clusters(&client, Some(selector)).await?;
+        list_clusters(client, Some(selector)).await?;
     }
-    ready.store(true, Ordering::Relaxed);
-    let (stop_tx, stop_rx) = stop_on_signal();
-    if !options.leader_election {
-        // Without leader election this process is the active one.
-        metrics.leader.set(1);
-    }
-    if options.leader_election && !lead(&options, &client, &ctx, &metrics, &stop_tx).await {
-        return Ok(true);
-    }
+    Ok(())
+}
+
+/// The children controllers' context: this process's shard of `Cluster`s, the declared set `ctx`
+/// keeps.
+fn child_context(
+    options: &RunOptions,
+    client: &Client,
+    ctx: &Context,
+    metrics: &Arc<Metrics>,
+) -> crate::children::ChildContext {
     let mut caches = crate::children::Caches::default();
     caches.cluster_selector = options.cluster_selector.clone();
-    let children = Arc::new(crate::children::ChildContext {
+    crate::children::ChildContext {
         client: client.clone(),
         namespace: options.namespace.clone(),
         velero_namespace: options.velero_namespace.clone(),
@@ -190,9 +216,14 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
         caches,
-    });
-    cut_passes_after_stop(&ctx, stop_rx.clone());
-    let running = controllers(client, ctx, children, stop_rx.clone());
+    }
+}
+
+/// Waits for `running` to end, or after the stop for [`SHUTDOWN_GRACE`] at most.
+async fn until_done_or_grace(
+    running: impl std::future::Future<Output = ()>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) {
     tokio::pin!(running);
     tokio::select! {
         _ = &mut running => {}
@@ -208,7 +239,6 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
             );
         }
     }
-    Ok(true)
 }
 
 /// The `Cluster` reconciler's context for `options`, fenced by the leader Lease when elected.

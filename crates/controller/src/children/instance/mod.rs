@@ -191,10 +191,12 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
         status::record_drift(&mut status, &state.removed, state.now);
     }
     write_status(ctx, instance, &status).await?;
-    Ok(Action::requeue(next_look(
-        ready.0 == "True",
-        ctx.caches.helm_releases.is_some(),
-    )))
+    // Watched only once the namespace's watch has listed: a change of `Ready` before that would
+    // not reach this instance, so until then it is polled.
+    let watched = ctx.caches.helm_releases.as_ref().is_some_and(|watches| {
+        watches.known(&namespace, &instance.name_any()) != super::watches::Known::Unknown
+    });
+    Ok(Action::requeue(next_look(ready.0 == "True", watched)))
 }
 
 async fn write_status(

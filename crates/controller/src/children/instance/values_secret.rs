@@ -50,38 +50,7 @@ pub(super) async fn ensure_values_secret(
                 .map_err(kube_error(format!("apply {what}")))?;
             // Keys another writer added: server-side apply leaves them (it removes only what its
             // own manager owned), so they are removed by name.
-            let extra = extra_keys(&desired, &written);
-            if extra.is_empty() {
-                return Ok((written.metadata.resource_version, None));
-            }
-            let nulls: serde_json::Map<String, serde_json::Value> = extra
-                .iter()
-                .map(|k| (k.clone(), serde_json::Value::Null))
-                .collect();
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            };
-            let written = api
-                .patch(
-                    &name,
-                    &params,
-                    &Patch::Merge(&serde_json::json!({"data": nulls})),
-                )
-                .await
-                .map_err(kube_error(format!("remove undeclared keys of {what}")))?;
-            let removed = extra
-                .iter()
-                .map(|k| format!("data.{k}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            tracing::warn!(
-                namespace,
-                object = name,
-                fields = removed,
-                "removed values Secret keys the operator does not declare"
-            );
-            return Ok((written.metadata.resource_version, Some(removed)));
+            return remove_extra_keys(&api, &what, &desired, written).await;
         }
         None => {
             // Only ever delete our own Secret (labelled for this instance).
@@ -96,6 +65,48 @@ pub(super) async fn ensure_values_secret(
         }
     }
     Ok((None, None))
+}
+
+/// Removes the data keys of `written` that the operator does not write ([`extra_keys`]): returns the
+/// Secret's `resourceVersion` after that, and the removed keys' names (never their values).
+async fn remove_extra_keys(
+    api: &Api<Secret>,
+    what: &str,
+    desired: &Secret,
+    written: Secret,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let extra = extra_keys(desired, &written);
+    if extra.is_empty() {
+        return Ok((written.metadata.resource_version, None));
+    }
+    let name = written.name_any();
+    let nulls: serde_json::Map<String, serde_json::Value> = extra
+        .iter()
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let written = api
+        .patch(
+            &name,
+            &params,
+            &Patch::Merge(&serde_json::json!({"data": nulls})),
+        )
+        .await
+        .map_err(kube_error(format!("remove undeclared keys of {what}")))?;
+    let removed = extra
+        .iter()
+        .map(|k| format!("data.{k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::warn!(
+        object = what,
+        fields = removed,
+        "removed values Secret keys the operator does not declare"
+    );
+    Ok((written.metadata.resource_version, Some(removed)))
 }
 
 /// Whether the live Secret holds exactly what the operator writes: the same data (no other key), type,
