@@ -645,3 +645,130 @@ async fn a_pass_stops_at_the_first_refusal_and_reports_it() {
     assert!(report.recipients.is_some_and(|r| r.len() == 1));
     assert!(api.writes().is_empty());
 }
+
+#[tokio::test]
+async fn ensure_namespace_guardrails_keeps_labels_and_policies_and_reports_a_weakened_level() {
+    use crate::cluster::conditions::Guarded;
+    use std::collections::BTreeMap;
+    const NAMESPACE: &str = "/api/v1/namespaces/org-a";
+    const DENY: &str = "/apis/networking.k8s.io/v1/namespaces/org-a/networkpolicies/vworkspace-default-deny-ingress";
+    let policy: vworkspace_core::crd::NamespacePolicy =
+        serde_json::from_value(json!({})).expect("namespacePolicy: {}");
+    let holding = vworkspace_core::guardrails::Guardrails::from_policy(&policy)
+        .expect("the default policy")
+        .labels();
+    let privileged: BTreeMap<String, String> = [(
+        "pod-security.kubernetes.io/enforce".to_owned(),
+        "privileged".to_owned(),
+    )]
+    .into();
+    // (case, policy on, live labels, kept by us before, namespace patch fault,
+    //  reason, namespace patched, weakened reported)
+    let cases = [
+        (
+            "no policy",
+            false,
+            BTreeMap::new(),
+            false,
+            None,
+            None,
+            false,
+            false,
+        ),
+        (
+            "a namespace new to the policy",
+            true,
+            BTreeMap::new(),
+            false,
+            None,
+            None,
+            true,
+            false,
+        ),
+        (
+            "labels that hold",
+            true,
+            holding.clone(),
+            true,
+            None,
+            None,
+            false,
+            false,
+        ),
+        (
+            "our level lowered by someone",
+            true,
+            privileged.clone(),
+            true,
+            None,
+            None,
+            true,
+            true,
+        ),
+        (
+            "the namespace patch refused",
+            true,
+            BTreeMap::new(),
+            false,
+            Some(500),
+            Some(reason::API_REQUEST_FAILED),
+            true,
+            false,
+        ),
+    ];
+    for (name, on, labels, kept_before, fault, reason, patched, weakened) in cases {
+        let api = FakeApi::new();
+        if let Some(code) = fault {
+            api.route(
+                Method::PATCH,
+                NAMESPACE,
+                code,
+                status_body(code, "Scripted"),
+            );
+        }
+        let ctx = context(&api);
+        let progress = apply::Progress::default();
+        let mut cluster = cluster(Value::Null);
+        cluster.spec.namespace_policy = on.then(|| policy.clone());
+        let mut state = PassState::new("prod".into(), &progress);
+        state.managed = managed(&["org-a"]);
+        state
+            .namespace_labels
+            .insert("org-a".into(), (labels, kept_before));
+        let result = Step::EnsureNamespaceGuardrails
+            .run(&ctx, &cluster, &mut state)
+            .await;
+        assert_eq!(reason_of(&result), reason, "{name}");
+        let writes = api.writes();
+        assert_eq!(
+            writes.iter().any(|w| w.ends_with(NAMESPACE)),
+            patched,
+            "{name}: {writes:?}"
+        );
+        if !on {
+            assert!(api.seen().is_empty(), "{name}: {:?}", api.seen());
+            assert_eq!(state.report.guardrails, Some(Guarded::Off), "{name}");
+            continue;
+        }
+        if fault.is_none() {
+            assert!(
+                writes.iter().any(|w| w.ends_with(DENY)),
+                "{name}: the default-deny policy is written where it is missing: {writes:?}"
+            );
+            let Some(Guarded::Kept {
+                level,
+                namespaces,
+                weakened: found,
+            }) = &state.report.guardrails
+            else {
+                panic!("{name}: {:?}", state.report.guardrails);
+            };
+            assert_eq!((*level, *namespaces), ("restricted", 1), "{name}");
+            assert_eq!(
+                found.iter().map(|(ns, _)| ns.as_str()).collect::<Vec<_>>(),
+                if weakened { vec!["org-a"] } else { vec![] },
+                "{name}"
+            );
+        }
+    }
+}
