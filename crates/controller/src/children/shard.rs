@@ -50,15 +50,16 @@ mod tests {
                      "decryption": {"identitySecretRef": {"name": "a"}}}
         }))
         .expect("a Cluster");
-        let mut status = ClusterStatus::default();
-        status.managed_namespaces = namespaces
-            .iter()
-            .map(|n| ManagedNamespace {
-                name: (*n).to_owned(),
-                allowed_operation_templates: Vec::new(),
-            })
-            .collect();
-        c.status = Some(status);
+        c.status = Some(ClusterStatus {
+            managed_namespaces: namespaces
+                .iter()
+                .map(|n| ManagedNamespace {
+                    name: (*n).to_owned(),
+                    allowed_operation_templates: Vec::new(),
+                })
+                .collect(),
+            ..ClusterStatus::default()
+        });
         Arc::new(c)
     }
 
