@@ -191,12 +191,15 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
         status::record_drift(&mut status, &state.removed, state.now);
     }
     write_status(ctx, instance, &status).await?;
-    // Watched only once the namespace's watch has listed: a change of `Ready` before that would
-    // not reach this instance, so until then it is polled.
+    // An instance not Ready yet counts as watched only once its namespace's watch has listed: a
+    // `Ready` reached before that list would not reach it, so until then it is polled. A Ready one
+    // keeps the jittered resync (10,000 instances reconciled at start must not come back together).
+    let ready_now = ready.0 == "True";
     let watched = ctx.caches.helm_releases.as_ref().is_some_and(|watches| {
-        watches.known(&namespace, &instance.name_any()) != super::watches::Known::Unknown
+        ready_now
+            || watches.known(&namespace, &instance.name_any()) != super::watches::Known::Unknown
     });
-    Ok(Action::requeue(next_look(ready.0 == "True", watched)))
+    Ok(Action::requeue(next_look(ready_now, watched)))
 }
 
 async fn write_status(
