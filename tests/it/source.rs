@@ -14,13 +14,7 @@ use crate::common::*;
 use vworkspace_controller::source::{self, Auth, FetchOptions, SourceError};
 use vworkspace_core::repository::GitRef;
 
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub(crate) use crate::support::free_port;
 
 pub(crate) fn wait_for(port: u16) -> bool {
     (0..100).any(|_| {

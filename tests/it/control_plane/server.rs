@@ -406,14 +406,7 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use crate::support::free_port;
 
 /// Server-side apply of one object as the client's user with field manager `manager` (force): a
 /// writer other than [`TEST_MANAGER`], whose fields (a finalizer, say) are its own in the set.

@@ -39,3 +39,24 @@ pub fn seed_trust_inputs(api: &fake_api::FakeApi, f: &crate::common::Fixture) {
                "data": {"identity.agekey": identity}}),
     );
 }
+
+/// A loopback port nothing listens on now, for a process the test starts to bind. Picked below the
+/// kernel's ephemeral range (Linux: 32768 and up), from which `bind(0)` and every outgoing
+/// connection take their ports: one taken from there and released was seen handed to another
+/// process before source-controller could bind it ("address already in use", a test that waited for
+/// a chart that never came). Distinct within this test process.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + i * 7) % SPAN).expect("a port below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
+}
