@@ -885,6 +885,65 @@ fn the_children_the_operator_writes_are_its_alone_in_managed_namespaces() {
 }
 
 #[test]
+fn the_operators_rolebindings_and_runner_account_are_its_alone_in_managed_namespaces() {
+    use vworkspace_controller::cluster::rbac;
+    let docs = documents();
+    let spec = denying_policy(&docs, "vworkspace-namespace-rbac-from-operator");
+    assert_eq!(
+        spec["matchConstraints"]["namespaceSelector"]["matchLabels"]["app.vworkspace.io/managed-by"],
+        "vworkspace"
+    );
+    // Matched by name, never by label: a planted look-alike carries whatever labels it likes.
+    assert!(spec["matchConstraints"].get("objectSelector").is_none());
+    let rules = spec["matchConstraints"]["resourceRules"]
+        .as_array()
+        .expect("rules");
+    for (group, resource) in [
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("", "serviceaccounts"),
+    ] {
+        let rule = rules
+            .iter()
+            .find(|r| strings(&r["apiGroups"]) == [group])
+            .unwrap_or_else(|| panic!("{group} not matched"));
+        // The main resource only: the kubelet asks for a Job's token through serviceaccounts/token.
+        assert_eq!(strings(&rule["resources"]), [resource]);
+        assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE", "DELETE"]);
+    }
+    // Every binding and the ServiceAccount the pass writes in a managed namespace, by the names the
+    // code writes them under.
+    let names = spec["matchConditions"][0]["expression"]
+        .as_str()
+        .expect("the name condition");
+    let written = rbac::for_namespace("any");
+    let mut bindings: Vec<String> = written
+        .bindings
+        .iter()
+        .map(|b| b.metadata.name.clone().expect("a name"))
+        .collect();
+    bindings.sort();
+    assert_eq!(bindings.len(), 3, "{bindings:?}");
+    let runner = written.runner.metadata.name.clone().expect("a name");
+    for name in bindings.iter().chain([runner].iter()) {
+        assert!(
+            names.contains(&format!("'{name}'")),
+            "{name} not protected: {names}"
+        );
+    }
+    let conditions = spec["matchConditions"].to_string();
+    for exempt in [
+        OPERATOR,
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:kube-controller-manager",
+        "vworkspace:break-glass",
+    ] {
+        assert!(conditions.contains(exempt), "{exempt} not exempt");
+    }
+    assert_eq!(spec["validations"][0]["expression"], "false");
+}
+
+#[test]
 fn the_leader_fence_admits_the_operators_pod_writes_only_from_the_lease_holder() {
     let docs = documents();
     let spec = denying_policy(&docs, "vworkspace-app-operator-leader-fence");

@@ -124,6 +124,7 @@ fn setup(keys: &Keys) -> (Arc<FakeApi>, Arc<ChildContext>) {
         declared: Default::default(),
         metrics: Default::default(),
         caches: Default::default(),
+        access_lost: Default::default(),
     });
     (api, ctx)
 }

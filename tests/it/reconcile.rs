@@ -596,6 +596,7 @@ async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() 
         declared: h.ctx.declared.clone(),
         metrics: h.ctx.metrics.clone(),
         caches: Default::default(),
+        access_lost: Default::default(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(vworkspace_controller::runtime::controllers(

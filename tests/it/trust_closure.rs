@@ -105,6 +105,7 @@ fn children(api: &Arc<FakeApi>, ctx: &Context) -> Arc<ChildContext> {
         declared: ctx.declared.clone(),
         metrics: ctx.metrics.clone(),
         caches: Default::default(),
+        access_lost: Default::default(),
     })
 }
 

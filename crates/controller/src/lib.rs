@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_lost;
 pub mod children;
 pub mod cluster;
 pub mod commit_status;

@@ -106,9 +106,17 @@ async fn the_admission_policy_denies_the_operator_a_rolebinding_outside_managed_
         .expect("admitted in a managed namespace");
     // A Secret that is not an <instance>-values Secret is denied even in a managed namespace (the
     // values binding gives the operator `create` on Secrets there once it reconciled the namespace).
+    // The binding is the operator's own: only the operator or the break-glass group writes it there
+    // (vworkspace-namespace-rbac-from-operator).
+    let break_glass = super::policies::impersonating(
+        &env.cp.kubeconfig,
+        "break-glass-admin",
+        &["system:masters", BREAK_GLASS_GROUP],
+    )
+    .await;
     scope
         .apply(
-            &env.admin,
+            &break_glass,
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                    "metadata": {"name": "vworkspace-app-operator-values", "namespace": "cp-policy-managed"},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",

@@ -29,13 +29,14 @@ use super::{AI, OPS, SYSTEM, Scope, env, operator_binding, operator_cmd, webhook
 const WEBHOOK_CA_POLICY: &str = "vworkspace-app-operator-webhook-ca-only";
 const CLUSTER_STATUS_POLICY: &str = "vworkspace-cluster-status-from-operator";
 const CHILDREN_POLICY: &str = "vworkspace-children-from-operator";
+const RBAC_POLICY: &str = "vworkspace-namespace-rbac-from-operator";
 const INSTANCES_POLICY: &str = "vworkspace-managed-from-git";
 const FENCE_POLICY: &str = "vworkspace-app-operator-leader-fence";
 const CONFIGURATION: &str = "vworkspace-app-operator";
 const LEASE: &str = "vworkspace-app-operator";
 
 /// The admin's kubeconfig, impersonating `user` in `groups` (the admin may impersonate anyone).
-async fn impersonating(kubeconfig: &Path, user: &str, groups: &[&str]) -> Client {
+pub(super) async fn impersonating(kubeconfig: &Path, user: &str, groups: &[&str]) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -514,6 +515,151 @@ async fn a_namespace_editor_cannot_change_the_children_the_operator_wrote() {
     )
     .await
     .expect("helm-controller removes its finalizer");
+}
+
+/// Issue 23 item 8: the operator's RoleBindings and the runner's ServiceAccount in a managed namespace
+/// are the operator's alone. A namespace admin (a Flux tenant) cannot delete or re-point them, nor
+/// delete the runner's account; its own bindings stay its business. Break glass may delete one; the
+/// operator's next write refused for lack of rights there (a new release's instance) brings it back at
+/// once, not within the hour ([`vworkspace_controller::access_lost`]), and the release is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_rights_in_a_namespace_are_its_alone_and_come_back_at_once() {
+    let test = "the_operators_rights_in_a_namespace_are_its_alone_and_come_back_at_once";
+    let Some(env) = env(test).await else {
+        return;
+    };
+    if env.shared.thirdparty.is_none() {
+        skipped(test, "../shared/thirdparty-crds is absent (the Flux CRDs)");
+        return;
+    }
+    let ns = "cp-rbac-own-a";
+    let intent = Intent::new("cp-rbac-own");
+    intent.add_instance(ns, "nextcloud", "smtp-secret");
+    intent.release(&[]);
+    intent.commit("release 1");
+    let scope = Scope::new(&env, &intent, &[ns]).await;
+    let _webhook = webhook_replica(&env, &scope.dir).await;
+    let (ok, out, err) = scope.once(&env);
+    assert!(ok, "first pass: {out}\n{err}");
+
+    let tenant = namespace_tenant(&env, ns, "tenant-rbac").await;
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let bindings = dynamic_api(&tenant, rbac, "RoleBinding", Some(ns)).await;
+    refused_by(
+        bindings
+            .delete("vworkspace-app-operator", &DeleteParams::default())
+            .await,
+        RBAC_POLICY,
+        "delete the operator's RoleBinding",
+    );
+    refused_by(
+        merge_patch(
+            &tenant,
+            rbac,
+            "RoleBinding",
+            Some(ns),
+            "vworkspace-operation-runner",
+            &json!({"subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}),
+        )
+        .await,
+        RBAC_POLICY,
+        "give the runner's rights to another account",
+    );
+    let accounts = dynamic_api(&tenant, "v1", "ServiceAccount", Some(ns)).await;
+    refused_by(
+        accounts
+            .delete("vworkspace-operation-runner", &DeleteParams::default())
+            .await,
+        RBAC_POLICY,
+        "delete the runner's ServiceAccount",
+    );
+    let own: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": rbac, "kind": "RoleBinding",
+        "metadata": {"name": "tenant-own", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "someone"}]}))
+    .expect("RoleBinding");
+    bindings
+        .create(&dry_post(), &own)
+        .await
+        .expect("the tenant's own bindings stay its business");
+
+    let mut controllers = Proc::spawn(&mut operator_cmd(&env, &scope.dir), &scope.dir, "run");
+    let hr_version = "helm.toolkit.fluxcd.io/v2";
+    let admin = env.admin.clone();
+    wait_for(
+        "HelmRelease nextcloud from the running operator",
+        90,
+        || {
+            let admin = admin.clone();
+            async move { get(&admin, hr_version, "HelmRelease", Some(ns), "nextcloud").await }
+        },
+    )
+    .await;
+    let break_glass = impersonating(
+        &env.cp.kubeconfig,
+        "break-glass-admin",
+        &["system:masters", BREAK_GLASS_GROUP],
+    )
+    .await;
+    dynamic_api(&break_glass, rbac, "RoleBinding", Some(ns))
+        .await
+        .delete("vworkspace-app-operator", &DeleteParams::default())
+        .await
+        .expect("break glass may delete it");
+    // The API server's RBAC cache follows a moment later: the operator's rights there are gone.
+    let operator = client_from(&env.shared.operator_kubeconfig).await;
+    let releases = dynamic_api(&operator, hr_version, "HelmRelease", Some(ns)).await;
+    wait_for("the operator refused in the namespace", 30, || async {
+        match releases.list(&Default::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    // Release 2 adds an instance: its children are written with the rights the deleted binding gave.
+    intent.add_instance(ns, "wiki", "two");
+    intent.release(&[]);
+    intent.commit("release 2");
+    let reconcile = std::process::Command::new(super::BIN)
+        .args(["reconcile", "--cluster", "cp-rbac-own"])
+        .env("KUBECONFIG", &env.cp.kubeconfig)
+        .output()
+        .expect("reconcile runs");
+    assert!(
+        reconcile.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    let admin = env.admin.clone();
+    wait_for("the operator's RoleBinding back", 90, || {
+        let admin = admin.clone();
+        async move {
+            get(
+                &admin,
+                rbac,
+                "RoleBinding",
+                Some(ns),
+                "vworkspace-app-operator",
+            )
+            .await
+        }
+    })
+    .await;
+    let admin = env.admin.clone();
+    wait_for("HelmRelease wiki of release 2", 120, || {
+        let admin = admin.clone();
+        async move { get(&admin, hr_version, "HelmRelease", Some(ns), "wiki").await }
+    })
+    .await;
+    let log = controllers.stderr();
+    assert!(
+        log.contains("the Cluster pass checks its RBAC again now")
+            && log.contains("checking the RBAC of namespaces where a child controller was refused"),
+        "brought back by the refusal, not a timer: {log}"
+    );
+    controllers.stop();
 }
 
 /// Issue 23 item 8: the exemptions of the instance and children policies hold under both of

@@ -65,6 +65,10 @@ pub struct ChildContext {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// What a reconcile reads from memory instead of the API server.
     pub caches: Caches,
+    /// Where a refusal for lack of rights in a namespace is reported, for the `Cluster` pass to
+    /// check that namespace's RBAC again ([`crate::access_lost`]; shared with
+    /// [`crate::cluster::Context::access_lost`]).
+    pub access_lost: std::sync::Arc<crate::access_lost::AccessLost>,
 }
 
 /// The shared caches of the child controllers. The stores are filled by the watches of
@@ -130,6 +134,22 @@ impl Caches {
             Err(poisoned) => poisoned.into_inner(),
         };
         guard.retain(|k, _| keep.contains(k));
+    }
+}
+
+/// Reports `namespace` to the `Cluster` pass ([`crate::access_lost`]) when `error` is the API
+/// server's refusal for lack of rights there: the operator's RoleBinding in it may be gone.
+pub(crate) fn report_refusal(ctx: &ChildContext, namespace: Option<&str>, error: &Error) {
+    let (Some(namespace), Error::Kube { source, .. }) = (namespace, error) else {
+        return;
+    };
+    if crate::access_lost::is_rbac_refusal(source)
+        && ctx.access_lost.report(namespace, std::time::Instant::now())
+    {
+        tracing::warn!(
+            namespace,
+            "refused for lack of rights in a managed namespace: the Cluster pass checks its RBAC again now"
+        );
     }
 }
 

@@ -110,6 +110,10 @@ pub struct Context {
     pub commit_status: std::sync::OnceLock<crate::commit_status::Sender>,
     /// Writes the passes' Events ([`crate::events`]).
     events: crate::events::EventWriter,
+    /// Namespaces where a child controller was refused for lack of rights: their RBAC is checked
+    /// again by the next pass ([`crate::access_lost`]). Share it with
+    /// [`crate::children::ChildContext::access_lost`].
+    pub access_lost: Arc<crate::access_lost::AccessLost>,
 }
 
 impl Context {
@@ -127,6 +131,7 @@ impl Context {
             state: Mutex::new(HashMap::new()),
             commit_status: std::sync::OnceLock::new(),
             events: crate::events::EventWriter::default(),
+            access_lost: Arc::default(),
         }
     }
 

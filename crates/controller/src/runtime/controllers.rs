@@ -89,7 +89,10 @@ pub async fn controllers(
         stopped(stop.clone()),
     );
     let clusters = cluster_controller
-        .reconcile_all_on(namespace_changes)
+        .reconcile_all_on(futures::stream::select(
+            namespace_changes,
+            access_refused(ctx.access_lost.clone()),
+        ))
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .inspect(counted(ctx.metrics.clone(), "Cluster"))
@@ -136,6 +139,17 @@ fn managed_namespace_changes(
                 _ => None,
             }
         }
+    })
+}
+
+/// One item each time a child controller reports a namespace where it was refused for lack of
+/// rights: every `Cluster` re-runs, and the one managing that namespace checks its RBAC again.
+fn access_refused(
+    lost: Arc<crate::access_lost::AccessLost>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(lost, |lost| async move {
+        lost.reported().await;
+        Some(((), lost))
     })
 }
 

@@ -216,6 +216,7 @@ fn child_context(
         declared: ctx.declared.clone(),
         metrics: metrics.clone(),
         caches,
+        access_lost: ctx.access_lost.clone(),
     }
 }
 

@@ -261,9 +261,10 @@ async fn refuse(
 pub fn error_policy(
     instance: Arc<ApplicationInstance>,
     error: &Error,
-    _: Arc<ChildContext>,
+    ctx: Arc<ChildContext>,
 ) -> Action {
     tracing::warn!(reason = error.reason(), error = %error, "ApplicationInstance not reconciled");
+    super::report_refusal(&ctx, instance.namespace().as_deref(), error);
     Action::requeue(Duration::from_secs(30))
 }
 

@@ -40,6 +40,7 @@ fn context(api: &Arc<FakeApi>) -> ChildContext {
         declared: Arc::new(DeclaredSet::default()),
         metrics: Arc::new(Metrics::default()),
         caches: Caches::default(),
+        access_lost: Default::default(),
     }
 }
 
@@ -407,4 +408,54 @@ fn watched_instances_are_resynced_rarely_unwatched_ones_polled_until_ready() {
     }
     assert_eq!(next_look(false, false), crate::children::POLL_WITHOUT_WATCH);
     assert_eq!(next_look(true, false), crate::children::RESYNC_WITH_WATCH);
+}
+
+/// A HelmRelease write refused by RBAC (the operator's RoleBinding in the namespace deleted) is
+/// reported for the `Cluster` pass to check that namespace's RBAC again; an admission denial is not.
+#[tokio::test]
+async fn a_write_refused_for_lack_of_rights_reports_the_namespace() {
+    let path = "/apis/helm.toolkit.fluxcd.io/v2/namespaces/org-a/helmreleases/web";
+    for (message, reported) in [
+        (
+            "helmreleases.helm.toolkit.fluxcd.io \"web\" is forbidden: User \"system:serviceaccount:vworkspace-system:vworkspace-app-operator\" cannot patch resource \"helmreleases\" in API group \"helm.toolkit.fluxcd.io\" in the namespace \"org-a\"",
+            true,
+        ),
+        (
+            "helmreleases.helm.toolkit.fluxcd.io \"web\" is forbidden: ValidatingAdmissionPolicy 'x' with binding 'x' denied request: no",
+            false,
+        ),
+    ] {
+        let api = FakeApi::new();
+        api.route(
+            Method::PATCH,
+            path,
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                   "message": message, "code": 403}),
+        );
+        let ctx = Arc::new(context(&api));
+        let object = instance(json!({"replicas": 2}));
+        let mut state = judged(&object, empty_release(&ctx.declared), false);
+        state.values = Some(crate::children::flux::SplitValues {
+            inline: json!({"replicas": 2}),
+            secret: None,
+        });
+        let mut error = None;
+        for step in [
+            Step::BuildChildren,
+            Step::EnsureValuesSecret,
+            Step::EnsureSource,
+            Step::EnsureHelmRelease,
+        ] {
+            if let Err(e) = step.run(&ctx, &object, &mut state).await {
+                error = Some(e);
+                break;
+            }
+        }
+        let error = error.expect("the HelmRelease write fails");
+        assert!(error.to_string().contains("helmreleases"), "{error}");
+        super::error_policy(Arc::new(object), &error, ctx.clone());
+        let taken = ctx.access_lost.take(["org-a", "org-b"]);
+        assert_eq!(taken.len(), usize::from(reported), "{message}: {taken:?}");
+    }
 }

@@ -167,8 +167,9 @@ pub async fn summarize(ctx: &ChildContext, state: &OperationState) -> Result<Act
 
 /// Backs off on errors: 30 s.
 #[tracing::instrument(skip_all, fields(namespace = op.namespace().unwrap_or_default(), operation = %op.name_any()))]
-pub fn error_policy(op: Arc<Operation>, error: &Error, _: Arc<ChildContext>) -> Action {
+pub fn error_policy(op: Arc<Operation>, error: &Error, ctx: Arc<ChildContext>) -> Action {
     tracing::warn!(reason = error.reason(), error = %error, "Operation not reconciled");
+    super::report_refusal(&ctx, op.namespace().as_deref(), error);
     Action::requeue(Duration::from_secs(30))
 }
 

@@ -44,6 +44,7 @@ fn context(api: &Arc<FakeApi>) -> ChildContext {
         declared: Arc::new(DeclaredSet::default()),
         metrics: Arc::new(Metrics::default()),
         caches: Caches::default(),
+        access_lost: Default::default(),
     }
 }
 

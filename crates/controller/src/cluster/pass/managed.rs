@@ -72,7 +72,20 @@ pub(super) async fn ensure_namespace_rbac(
     state: &mut PassState<'_>,
 ) -> StepResult {
     let client = &ctx.client;
-    let ensured = ctx.with_state(&state.name, |s| s.namespaces_ensured.clone());
+    // A namespace where a child controller was refused for lack of rights is checked now, whenever
+    // it was last checked.
+    let refused = ctx
+        .access_lost
+        .take(state.managed.iter().map(|ns| ns.name.as_str()));
+    let ensured = ctx.with_state(&state.name, |s| {
+        for ns in &refused {
+            s.namespaces_ensured.remove(ns);
+        }
+        s.namespaces_ensured.clone()
+    });
+    if !refused.is_empty() {
+        tracing::info!(namespaces = ?refused, "checking the RBAC of namespaces where a child controller was refused");
+    }
     let stale = stale(&state.managed, &ensured, Instant::now());
     let ensures: Vec<futures::future::BoxFuture<'_, Result<&str>>> = stale
         .into_iter()

@@ -396,6 +396,20 @@ async fn ensure_namespace_rbac_writes_each_stale_namespace_once_per_recheck() {
         first,
         "checked within the hour: not read again"
     );
+    // A child controller refused for lack of rights in org-a (and in org-z, another Cluster's):
+    // org-a is checked again now, within the hour; org-z stays for the Cluster that manages it.
+    assert!(ctx.access_lost.report("org-a", Instant::now()));
+    assert!(ctx.access_lost.report("org-z", Instant::now()));
+    let refused = Step::EnsureNamespaceRbac
+        .run(&ctx, &cluster, &mut state)
+        .await;
+    assert!(matches!(refused, StepResult::Next), "{refused:?}");
+    let rechecked: Vec<String> = api.writes().into_iter().skip(writes.len()).collect();
+    assert_eq!(
+        rechecked, writes,
+        "org-a's RBAC written again, in the same order"
+    );
+    assert_eq!(ctx.access_lost.take(["org-a", "org-z"]), ["org-z"]);
 
     let failing = FakeApi::new();
     failing.route(
