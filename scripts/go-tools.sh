@@ -5,6 +5,9 @@
 #
 #   scripts/go-tools.sh build helm       build (or reuse) helm (helm.sh/helm/v4); prints its path
 #   scripts/go-tools.sh build promtool   build (or reuse) promtool (github.com/prometheus/prometheus); prints its path
+#   scripts/go-tools.sh build gitea      build (or reuse) Gitea (code.gitea.io/gitea, SQLite); prints its path.
+#                                        Its source tree stays beside it (bin/../src): Gitea built without
+#                                        `bindata` reads its locales and templates from there at run time
 #   scripts/go-tools.sh path TOOL        the cached binary's path, if it is built and current (exit 5 otherwise)
 #
 # Exit codes: 0 done; 2 usage; 3 Go not found; 4 the module cannot be downloaded; 5 not built (path);
@@ -20,14 +23,19 @@ package_of() {
   case "$1" in
     helm) echo "helm.sh/helm/v4/cmd/helm@v4.3.2" ;;
     promtool) echo "github.com/prometheus/prometheus/cmd/promtool@v0.316.0" ;;
+    # The module's go.mod names it gitea.dev and carries replace directives, so it is built in a copy
+    # of its source (go install module@version refuses both). Tags: SQLite (cgo) for the tests' one-file
+    # database.
+    gitea) echo "code.gitea.io/gitea@v1.27.3" ;;
     *)
-      echo "usage: scripts/go-tools.sh build|path helm|promtool" >&2
+      echo "usage: scripts/go-tools.sh build|path helm|promtool|gitea" >&2
       exit 2
       ;;
   esac
 }
 
 GO_BUILD_FLAGS=(-trimpath "-ldflags=-s -w")
+GITEA_TAGS="sqlite sqlite_unlock_notify"
 
 need_go() {
   command -v go >/dev/null 2>&1 || {
@@ -40,6 +48,7 @@ digest_of() {
   {
     go env GOVERSION GOOS GOARCH
     printf '%s\n' "$1" "${GO_BUILD_FLAGS[@]}"
+    [ "$1" != "$(package_of gitea)" ] || printf 'tags %s\n' "$GITEA_TAGS"
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -70,7 +79,13 @@ build() {
   fi
   echo "go-tools: building $tool from $package" >&2
   local start=$SECONDS
-  if ! GOBIN="$bin" go install "${GO_BUILD_FLAGS[@]}" "$package" >"$out/build.log" 2>&1; then
+  if [ "$tool" = gitea ]; then
+    if ! build_in_source "$module@${package##*@}" "$out" >"$out/build.log" 2>&1; then
+      echo "go-tools: the Go build of $tool failed; see $out/build.log" >&2
+      tail -20 "$out/build.log" >&2
+      exit 6
+    fi
+  elif ! GOBIN="$bin" go install "${GO_BUILD_FLAGS[@]}" "$package" >"$out/build.log" 2>&1; then
     echo "go-tools: the Go build of $tool failed; see $out/build.log" >&2
     tail -20 "$out/build.log" >&2
     exit 6
@@ -78,6 +93,17 @@ build() {
   digest_of "$package" >"$bin/.digest"
   echo "go-tools: built $tool in $((SECONDS - start)) s" >&2
   echo "$bin/$tool"
+}
+
+# Builds module@version ($1) from a writable copy of its source in $2/src into $2/bin/gitea.
+build_in_source() {
+  local dir
+  dir="$(go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [ -n "$dir" ] || return 1
+  rm -rf "$2/src"
+  cp -r "$dir" "$2/src"
+  chmod -R u+w "$2/src"
+  (cd "$2/src" && CGO_ENABLED=1 go build "${GO_BUILD_FLAGS[@]}" -tags "$GITEA_TAGS" -o "$2/bin/gitea" .)
 }
 
 case "${1:-}" in
@@ -93,7 +119,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: scripts/go-tools.sh build|path helm|promtool" >&2
+    echo "usage: scripts/go-tools.sh build|path helm|promtool|gitea" >&2
     exit 2
     ;;
 esac

@@ -14,6 +14,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # The SSH source tests start a real OpenSSH server on loopback (tests/it/ssh_source.rs).
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+# Gitea (scripts/go-tools.sh build gitea) links SQLite through cgo.
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test tools: ${need[*]}"
   sudo=""
@@ -44,11 +46,12 @@ cleanup() {
 trap cleanup EXIT
 
 # Tools the tests compare with or check with, built from Go modules on first use (cached under
-# target/go-tools/ by scripts/go-tools.sh): helm (tests/it/chart.rs renders the chart with it) and
-# promtool (tests/it/monitoring.rs checks and unit-tests the alert rules). Set VWS_HELM/VWS_PROMTOOL
-# to use others. Without Go or the Go module proxy those tests are skipped with the script's one-line
-# reason; a failed build fails the run.
-for tool in helm promtool; do
+# target/go-tools/ by scripts/go-tools.sh): helm (tests/it/chart.rs renders the chart with it),
+# promtool (tests/it/monitoring.rs checks and unit-tests the alert rules) and Gitea (the real forge of
+# tests/it/control_plane/gitea.rs; cgo, so gcc). Set VWS_HELM/VWS_PROMTOOL/VWS_GITEA to use others.
+# Without Go or the Go module proxy those tests are skipped with the script's one-line reason; a failed
+# build fails the run.
+for tool in helm promtool gitea; do
   var="VWS_$(echo "$tool" | tr '[:lower:]' '[:upper:]')"
   [ -z "${!var:-}" ] || continue
   set +e

@@ -20,6 +20,7 @@ mod delivery_bench;
 mod faults;
 mod fixture;
 mod forge;
+mod gitea;
 mod monitoring;
 mod operations_run;
 mod scale;

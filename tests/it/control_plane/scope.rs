@@ -36,6 +36,24 @@ impl Scope {
             name: name.clone(),
             dir,
         };
+        // A run of the same test just before may still be deleting them: applied now, they would be
+        // gone a moment later.
+        let leftovers = std::iter::once(("Cluster", name.as_str()))
+            .chain(namespaces.iter().map(|ns| ("Namespace", *ns)));
+        for (kind, object) in leftovers {
+            let api_version = if kind == "Cluster" { OPS } else { "v1" };
+            wait_for(
+                &format!("{kind} {object} left by an earlier run to go"),
+                120,
+                || async {
+                    match get(&env.admin, api_version, kind, None, object).await {
+                        Some(o) if o.metadata.deletion_timestamp.is_some() => None,
+                        _ => Some(()),
+                    }
+                },
+            )
+            .await;
+        }
         for ns in namespaces {
             scope.apply(&env.admin, json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "labels": {"app.vworkspace.io/managed-by": "vworkspace"},

@@ -143,7 +143,13 @@ impl Receiver {
                 outcome,
             })
             .inc();
-        if status.is_client_error() || status.is_server_error() {
+        if status == StatusCode::ACCEPTED {
+            tracing::info!(
+                forge = forge.label(),
+                outcome,
+                "push receiver accepted a request"
+            );
+        } else if status.is_client_error() || status.is_server_error() {
             tracing::warn!(
                 forge = forge.label(),
                 outcome,

@@ -34,14 +34,16 @@ impl Forge {
         }
     }
 
-    /// Reads the forge from the event headers.
+    /// Reads the forge from the event headers. Gitea and Forgejo first: for compatibility they also
+    /// send GitHub's headers (`X-GitHub-Event`, `X-Hub-Signature-256`) and Gogs' (seen from Gitea
+    /// 1.27 in `tests/it/control_plane/gitea.rs`); GitHub never sends theirs.
     pub fn of(headers: &http::HeaderMap) -> Forge {
-        if headers.contains_key("x-github-event") {
+        if headers.contains_key("x-gitea-event") || headers.contains_key("x-forgejo-event") {
+            Forge::Gitea
+        } else if headers.contains_key("x-github-event") {
             Forge::GitHub
         } else if headers.contains_key("x-gitlab-event") {
             Forge::GitLab
-        } else if headers.contains_key("x-gitea-event") || headers.contains_key("x-forgejo-event") {
-            Forge::Gitea
         } else {
             Forge::Generic
         }
@@ -192,4 +194,40 @@ pub fn push(forge: Forge, headers: &http::HeaderMap, body: &[u8]) -> Result<Push
         }
     };
     Ok(Push { git_ref, urls })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(names: &[&'static str]) -> http::HeaderMap {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_static("push"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_forge_is_read_from_its_own_headers_first() {
+        let cases: [(&[&'static str], Forge); 6] = [
+            (&["x-github-event"], Forge::GitHub),
+            (&["x-gitlab-event"], Forge::GitLab),
+            (&["x-gitea-event"], Forge::Gitea),
+            (&["x-forgejo-event"], Forge::Gitea),
+            // What Gitea 1.27 sends with every webhook: its own, GitHub's and Gogs' event headers.
+            (
+                &["x-github-event", "x-gitea-event", "x-gogs-event"],
+                Forge::Gitea,
+            ),
+            (&["x-signature"], Forge::Generic),
+        ];
+        for (names, forge) in cases {
+            assert_eq!(Forge::of(&headers(names)), forge, "{names:?}");
+        }
+    }
 }
