@@ -16,8 +16,8 @@ use super::inputs::{OutputFormat, TrustArgs, io_error};
 use super::report::{self, Refusal};
 use super::{CliError, ExitCode};
 use vworkspace_core::crd::{Cluster, InventoryEntry};
+use vworkspace_core::plan::DesiredObject;
 use vworkspace_core::plan::diff::{Keep, LiveObject, Skip};
-use vworkspace_core::plan::{DesiredObject, DesiredResource};
 use vworkspace_core::secrets::REDACTED;
 
 /// Exit code of `diff` when the ref is refused or the cluster cannot be read.
@@ -312,15 +312,15 @@ fn render(value: &Value) -> String {
 /// The fields in which `live` differs from what `desired` declares: the spec, and the labels the
 /// plan sets. An encrypted value that changed shows as `<redacted>` on both sides.
 pub fn field_changes(desired: &DesiredObject, live: &LiveObject) -> Vec<FieldChange> {
-    let (spec, labels) = match &desired.resource {
-        DesiredResource::ApplicationInstance(r) => {
-            (serde_json::to_value(&r.spec), &r.metadata.labels)
-        }
-        DesiredResource::Operation(r) => (serde_json::to_value(&r.spec), &r.metadata.labels),
-    };
+    let (spec, labels) = (desired.spec_json(), &desired.labels);
     let mut out = Vec::new();
-    walk("spec", Some(&live.spec), spec.as_ref().ok(), &mut out);
-    for (k, v) in labels.clone().unwrap_or_default() {
+    walk(
+        "spec",
+        Some(&live.spec.json()),
+        spec.as_ref().ok(),
+        &mut out,
+    );
+    for (k, v) in labels.clone() {
         if live.labels.get(&k) != Some(&v) {
             out.push(FieldChange {
                 path: format!("metadata.labels.{k}"),

@@ -233,9 +233,13 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
 
     let audit = super::server::Audit::mark(&env.cp.audit_log);
     let mut cmd = operator_cmd(env, &scope.dir);
-    cmd.arg("--once").env("RUST_LOG", "warn");
+    cmd.arg("--once").env("RUST_LOG", STEP_LOG);
     let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "first");
     assert!(ok, "first pass: {}\n{}", proc.stdout(), proc.stderr());
+    eprintln!(
+        "{instances}: first apply, by step: {}",
+        step_times(&proc.stderr())
+    );
     row.first_apply = took;
     row.first_apply_peak_kib = peak;
     row.first_apply_writes = audit.writes_by(OPERATOR_USER).len();
@@ -244,9 +248,13 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
 
     let audit = super::server::Audit::mark(&env.cp.audit_log);
     let mut cmd = operator_cmd(env, &scope.dir);
-    cmd.arg("--once").env("RUST_LOG", "warn");
+    cmd.arg("--once").env("RUST_LOG", STEP_LOG);
     let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "noop");
     assert!(ok, "no-op pass: {}\n{}", proc.stdout(), proc.stderr());
+    eprintln!(
+        "{instances}: no-op pass, by step: {}",
+        step_times(&proc.stderr())
+    );
     row.noop = took;
     row.noop_peak_kib = peak;
     row.noop_writes = audit.writes_by(OPERATOR_USER).len();
@@ -588,4 +596,23 @@ async fn scale_bench() {
     if let Ok(path) = std::env::var("VWS_SCALE_OUT") {
         std::fs::write(path, &out).expect("write the table");
     }
+}
+
+/// The `run --once` processes' log filter: warnings, and the pass's time per step.
+const STEP_LOG: &str = "warn,vworkspace_controller::cluster::pass=debug";
+
+/// `Step ms, Step ms, …` from the "pass step ended" lines of a JSON log.
+fn step_times(log: &str) -> String {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|l| l["message"] == "pass step ended")
+        .map(|l| {
+            format!(
+                "{} {} ms",
+                l["step"].as_str().unwrap_or("?"),
+                l["duration_ms"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

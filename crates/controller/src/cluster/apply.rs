@@ -8,7 +8,7 @@ use kube::{Api, Client};
 
 use crate::error::Error;
 use vworkspace_core::crd::{ApplicationInstance, InventoryEntry, Operation};
-use vworkspace_core::plan::diff::{Changes, LiveObject};
+use vworkspace_core::plan::diff::{Changes, LiveObject, LiveSpec};
 use vworkspace_core::plan::{DesiredObject, DesiredResource, LABEL_CLUSTER};
 
 /// The field manager of every write the reconciler makes.
@@ -38,11 +38,13 @@ fn live_object(resource: &ApiResource, object: DynamicObject) -> Option<LiveObje
         },
         labels: object.metadata.labels.unwrap_or_default(),
         annotations: object.metadata.annotations.unwrap_or_default(),
-        spec: object
-            .data
-            .get("spec")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
+        spec: LiveSpec::Json(
+            object
+                .data
+                .get("spec")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        ),
         managers: object
             .metadata
             .managed_fields
@@ -193,24 +195,26 @@ impl LiveStores {
             live.extend(typed_live_object(
                 &instance_resource,
                 &object.metadata,
-                serde_json::to_value(&object.spec),
+                LiveSpec::Instance(object.clone()),
             ));
         }
         for object in self.operations.state_filter(|o| ours(&o.metadata)) {
             live.extend(typed_live_object(
                 &operation_resource,
                 &object.metadata,
-                serde_json::to_value(&object.spec),
+                LiveSpec::Operation(object.clone()),
             ));
         }
         Some(live)
     }
 }
 
+/// A watched object as the pass reads it: its spec stays the store's (shared, converted to JSON
+/// only when compared).
 fn typed_live_object(
     resource: &ApiResource,
     metadata: &kube::api::ObjectMeta,
-    spec: serde_json::Result<serde_json::Value>,
+    spec: LiveSpec,
 ) -> Option<LiveObject> {
     Some(LiveObject {
         id: InventoryEntry {
@@ -221,8 +225,7 @@ fn typed_live_object(
         },
         labels: metadata.labels.clone().unwrap_or_default(),
         annotations: metadata.annotations.clone().unwrap_or_default(),
-        // A spec that does not serialize compares as different: the pass applies it again.
-        spec: spec.unwrap_or(serde_json::Value::Null),
+        spec,
         // Labelled for this source: ours, so no holder is ever named from these.
         managers: Vec::new(),
     })
@@ -278,16 +281,16 @@ async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error
         "apply {} {}/{}",
         desired.kind, desired.namespace, desired.name
     );
-    let result = match &desired.resource {
+    let result = match desired.resource() {
         DesiredResource::ApplicationInstance(object) => {
             Api::<ApplicationInstance>::namespaced(client.clone(), &desired.namespace)
-                .patch(&desired.name, &params, &Patch::Apply(object))
+                .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
                 .map(drop)
         }
         DesiredResource::Operation(object) => {
             Api::<Operation>::namespaced(client.clone(), &desired.namespace)
-                .patch(&desired.name, &params, &Patch::Apply(object))
+                .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
                 .map(drop)
         }
@@ -661,7 +664,7 @@ mod tests {
             (live[0].id.namespace.as_str(), live[0].id.name.as_str()),
             ("a", "one")
         );
-        assert_eq!(live[0].spec["values"]["replicas"], json!(2));
+        assert_eq!(live[0].spec.json()["values"]["replicas"], json!(2));
         assert_eq!(live[0].annotations.get("a").map(String::as_str), Some("1"));
         assert!(live[0].managers.is_empty());
         // An edit by hand reaches the store by the watch, and so the next pass.
@@ -669,6 +672,6 @@ mod tests {
         edited.spec.values = Some(json!({"replicas": 3}));
         instance_writer.apply_watcher_event(&Event::Apply(edited));
         let live = stores.labelled("prod").expect("listed");
-        assert_eq!(live[0].spec["values"]["replicas"], json!(3));
+        assert_eq!(live[0].spec.json()["values"]["replicas"], json!(3));
     }
 }

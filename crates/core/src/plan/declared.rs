@@ -400,13 +400,14 @@ mod tests {
         Plan::from_objects(
             instances
                 .iter()
-                .map(|ai| DesiredObject {
-                    api_version: "apps.vworkspace.io/v1alpha1".into(),
-                    kind: "ApplicationInstance".into(),
-                    namespace: ai.metadata.namespace.clone().unwrap_or_default(),
-                    name: ai.metadata.name.clone().unwrap_or_default(),
-                    resource: DesiredResource::ApplicationInstance(ai.clone()),
-                    declared: DeclaredResource::ApplicationInstance(Arc::new(ai.clone())),
+                .map(|ai| {
+                    DesiredObject::from_resource(
+                        "apps.vworkspace.io/v1alpha1",
+                        "ApplicationInstance",
+                        ai.metadata.namespace.as_deref().unwrap_or_default(),
+                        ai.metadata.name.as_deref().unwrap_or_default(),
+                        DesiredResource::ApplicationInstance(ai.clone()),
+                    )
                 })
                 .collect(),
         )

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::crd::InventoryEntry;
 use crate::plan::{
-    ANNOTATION_ADOPT, ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, DesiredResource,
-    LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY, Plan,
+    ANNOTATION_ADOPT, ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, LABEL_CLUSTER,
+    LABEL_MANAGED_BY, MANAGED_BY, Plan,
 };
 
 /// An object as the API server reports it (the fields the decision needs).
@@ -36,9 +36,45 @@ pub struct LiveObject {
     /// `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
     /// `spec`.
-    pub spec: Value,
+    pub spec: LiveSpec,
     /// The field managers of `metadata.managedFields` (who wrote it), for naming a holder.
     pub managers: Vec<String>,
+}
+
+/// A live object's spec: as JSON when it was listed or read, or the typed object a watch store
+/// holds (shared, not copied: converted to JSON one object at a time when it is compared, so a pass
+/// over 10,000 watched objects never holds a second copy of the estate).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveSpec {
+    /// The spec as the API server sent it.
+    Json(Value),
+    /// An ApplicationInstance from a watch store.
+    Instance(std::sync::Arc<crate::crd::ApplicationInstance>),
+    /// An Operation from a watch store.
+    Operation(std::sync::Arc<crate::crd::Operation>),
+}
+
+impl LiveSpec {
+    /// The spec as JSON (built for a typed one; a spec that does not serialize is `null`, which
+    /// compares as different, so the pass applies the declared one again).
+    pub fn json(&self) -> std::borrow::Cow<'_, Value> {
+        use std::borrow::Cow;
+        match self {
+            LiveSpec::Json(v) => Cow::Borrowed(v),
+            LiveSpec::Instance(r) => {
+                Cow::Owned(serde_json::to_value(&r.spec).unwrap_or(Value::Null))
+            }
+            LiveSpec::Operation(r) => {
+                Cow::Owned(serde_json::to_value(&r.spec).unwrap_or(Value::Null))
+            }
+        }
+    }
+}
+
+impl From<Value> for LiveSpec {
+    fn from(value: Value) -> Self {
+        LiveSpec::Json(value)
+    }
 }
 
 /// Who holds a declared object that exists and is not this source's.
@@ -170,20 +206,6 @@ pub fn identity(desired: &DesiredObject) -> InventoryEntry {
     }
 }
 
-fn desired_parts(
-    desired: &DesiredObject,
-) -> (Value, BTreeMap<String, String>, BTreeMap<String, String>) {
-    let (spec, meta) = match &desired.resource {
-        DesiredResource::ApplicationInstance(r) => (serde_json::to_value(&r.spec), &r.metadata),
-        DesiredResource::Operation(r) => (serde_json::to_value(&r.spec), &r.metadata),
-    };
-    (
-        spec.unwrap_or(Value::Null),
-        meta.labels.clone().unwrap_or_default(),
-        meta.annotations.clone().unwrap_or_default(),
-    )
-}
-
 /// Whether a live object that a plan declares is this source's to write: it carries this source's
 /// cluster label (with no other source's), it lost its labels but is in the inventory *and* the
 /// operator's field manager still owns fields of it (an inventory line alone, which whoever writes
@@ -287,13 +309,17 @@ pub fn undeclared_fields(declared: &Value, live: &Value) -> Option<Value> {
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
-/// Whether `live` already is what `desired` declares (commit and serial annotations aside).
-fn matches(desired: &DesiredObject, live: &LiveObject) -> bool {
-    let (spec, labels, annotations) = desired_parts(desired);
+/// Whether `live` already is what `desired` declares (commit and serial annotations aside), given
+/// the declared spec as JSON.
+fn matches(desired: &DesiredObject, spec: &Value, live: &LiveObject) -> bool {
     let volatile = [ANNOTATION_COMMIT, ANNOTATION_SERIAL];
-    same_value(&spec, &live.spec)
-        && labels.iter().all(|(k, v)| live.labels.get(k) == Some(v))
-        && annotations
+    same_value(spec, &live.spec.json())
+        && desired
+            .labels
+            .iter()
+            .all(|(k, v)| live.labels.get(k) == Some(v))
+        && desired
+            .annotations
             .iter()
             .filter(|(k, _)| !volatile.contains(&k.as_str()))
             .all(|(k, v)| live.annotations.get(k) == Some(v))
@@ -326,9 +352,15 @@ pub fn diff<'p>(
             None => changes.create.push(desired),
             Some(l) => match ownership(l, &inventory, cluster) {
                 Err(conflict) => changes.conflicts.push((id.clone(), conflict)),
-                Ok(()) if matches(desired, l) => changes.unchanged.push(id.clone()),
                 Ok(()) => {
-                    if let Some(patch) = undeclared_fields(&desired_parts(desired).0, &l.spec) {
+                    // A spec that does not serialize compares as different: the apply reports it.
+                    let spec = desired.spec_json().unwrap_or(Value::Null);
+                    if matches(desired, &spec, l) {
+                        changes.unchanged.push(id.clone());
+                        declared.insert(id);
+                        continue;
+                    }
+                    if let Some(patch) = undeclared_fields(&spec, &l.spec.json()) {
                         changes
                             .undeclared
                             .insert(id.clone(), serde_json::json!({ "spec": patch }));
@@ -397,27 +429,26 @@ mod tests {
                 format!("clusters/demo/namespaces/{ns}/operations/{name}.yaml"),
             ),
         ]));
-        DesiredObject {
-            api_version: "ops.vworkspace.io/v1alpha1".into(),
-            kind: "Operation".into(),
-            namespace: ns.into(),
-            name: name.into(),
-            declared: crate::plan::DeclaredResource::Operation(std::sync::Arc::new(
-                resource.clone(),
-            )),
-            resource: DesiredResource::Operation(resource),
-        }
+        DesiredObject::from_resource(
+            "ops.vworkspace.io/v1alpha1",
+            "Operation",
+            ns,
+            name,
+            crate::plan::DesiredResource::Operation(resource),
+        )
     }
 
     /// The live object a previous pass would have left for `desired`, at another commit.
     fn live_of(desired: &DesiredObject, commit: &str) -> LiveObject {
-        let (spec, labels, mut annotations) = desired_parts(desired);
+        let spec = desired.spec_json().expect("spec");
+        let labels = desired.labels.clone();
+        let mut annotations = desired.annotations.clone();
         annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_owned());
         LiveObject {
             id: identity(desired),
             labels,
             annotations,
-            spec,
+            spec: spec.into(),
             managers: vec![],
         }
     }
@@ -716,7 +747,9 @@ mod tests {
         let b = op("org-a", "b", "t1");
         let plan = Plan::from_objects(vec![a.clone(), b.clone()]);
         let mut extra = live_of(&a, "c0");
-        extra.spec["parameters"]["injected"] = serde_json::json!("x");
+        let mut spec = extra.spec.json().into_owned();
+        spec["parameters"]["injected"] = serde_json::json!("x");
+        extra.spec = spec.into();
         let changed = live_of(&op("org-a", "b", "t2"), "c0");
         let changes = diff(
             &plan,
@@ -765,16 +798,13 @@ mod tests {
             (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
             (LABEL_CLUSTER.to_owned(), CLUSTER.to_owned()),
         ]));
-        let desired = DesiredObject {
-            api_version: "apps.vworkspace.io/v1alpha1".into(),
-            kind: "ApplicationInstance".into(),
-            namespace: "org-a".into(),
-            name: "wiki".into(),
-            declared: crate::plan::DeclaredResource::ApplicationInstance(std::sync::Arc::new(
-                resource.clone(),
-            )),
-            resource: DesiredResource::ApplicationInstance(resource),
-        };
+        let desired = DesiredObject::from_resource(
+            "apps.vworkspace.io/v1alpha1",
+            "ApplicationInstance",
+            "org-a",
+            "wiki",
+            crate::plan::DesiredResource::ApplicationInstance(resource),
+        );
         let plan = Plan::from_objects(vec![desired.clone()]);
         // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact, an
         // integer beyond int64 as its nearest float in plain digits (seen on kube-apiserver 1.36).
@@ -786,7 +816,7 @@ mod tests {
         )
         .expect("json");
         let mut live = live_of(&desired, "c1");
-        live.spec = reencoded.clone();
+        live.spec = reencoded.clone().into();
         let changes = diff(
             &plan,
             &[live.clone()],
@@ -806,7 +836,9 @@ mod tests {
             ("/values/beyond", serde_json::json!(9007199254740992u64)),
         ] {
             let mut changed = live.clone();
-            *changed.spec.pointer_mut(pointer).expect("pointer") = other;
+            let mut spec = changed.spec.json().into_owned();
+            *spec.pointer_mut(pointer).expect("pointer") = other;
+            changed.spec = spec.into();
             let changes = diff(
                 &plan,
                 &[changed],

@@ -144,7 +144,7 @@ mod tests {
                 (ANNOTATION_SERIAL.to_owned(), serial.to_owned()),
                 (ANNOTATION_COMMIT.to_owned(), commit.to_owned()),
             ]),
-            spec: serde_json::Value::Null,
+            spec: serde_json::Value::Null.into(),
             managers: vec![],
         }
     }

@@ -8,6 +8,9 @@ pub mod declared;
 pub mod diff;
 pub mod floor;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::{ApplicationInstance, Operation};
@@ -39,7 +42,10 @@ pub enum DeclaredResource {
     Operation(std::sync::Arc<Operation>),
 }
 
-/// One object to apply.
+/// One object to apply: the declared object (shared with the verified intent) and the labels and
+/// annotations the plan stamps on it. The stamped object is built when it is written or shown
+/// ([`DesiredObject::resource`]), never kept: a pass over 10,000 objects that writes none holds the
+/// estate once, not twice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredObject {
     /// `apiVersion`.
@@ -50,10 +56,73 @@ pub struct DesiredObject {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
-    /// The whole object, labels and annotations included. Encrypted values stay ciphertext here.
-    pub resource: DesiredResource,
-    /// The same object as the verified intent declares it (its spec is the same).
+    /// `metadata.labels` as applied: the author's, then the operator's (which win).
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` as applied: the author's, then the operator's (which win).
+    pub annotations: BTreeMap<String, String>,
+    /// The object as the verified intent declares it (its spec is the one applied).
     pub declared: DeclaredResource,
+}
+
+impl DesiredObject {
+    /// A desired object from a whole stamped object (its labels and annotations are the applied ones).
+    pub fn from_resource(
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        resource: DesiredResource,
+    ) -> DesiredObject {
+        let (declared, meta) = match resource {
+            DesiredResource::ApplicationInstance(r) => {
+                let meta = r.metadata.clone();
+                (DeclaredResource::ApplicationInstance(Arc::new(r)), meta)
+            }
+            DesiredResource::Operation(r) => {
+                let meta = r.metadata.clone();
+                (DeclaredResource::Operation(Arc::new(r)), meta)
+            }
+        };
+        DesiredObject {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: meta.labels.unwrap_or_default(),
+            annotations: meta.annotations.unwrap_or_default(),
+            declared,
+        }
+    }
+
+    /// The whole object to apply: the declared object with the namespace, labels and annotations
+    /// stamped. Built on each call (the plan keeps no copy).
+    pub fn resource(&self) -> DesiredResource {
+        let stamp = |meta: &mut ObjectMeta| {
+            meta.namespace = Some(self.namespace.clone());
+            meta.labels = Some(self.labels.clone());
+            meta.annotations = Some(self.annotations.clone());
+        };
+        match &self.declared {
+            DeclaredResource::ApplicationInstance(r) => {
+                let mut r = (**r).clone();
+                stamp(&mut r.metadata);
+                DesiredResource::ApplicationInstance(r)
+            }
+            DeclaredResource::Operation(r) => {
+                let mut r = (**r).clone();
+                stamp(&mut r.metadata);
+                DesiredResource::Operation(r)
+            }
+        }
+    }
+
+    /// The spec, as JSON.
+    pub fn spec_json(&self) -> serde_json::Result<serde_json::Value> {
+        match &self.declared {
+            DeclaredResource::ApplicationInstance(r) => serde_json::to_value(&r.spec),
+            DeclaredResource::Operation(r) => serde_json::to_value(&r.spec),
+        }
+    }
 }
 
 /// The objects a pass would apply, in a stable order (namespace, kind, name). Only [`desired`] builds
@@ -68,43 +137,43 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
     let commit = verified.commit().id();
     let cluster = verified.release().manifest().cluster.as_str();
     let serial = verified.release().serial().to_string();
-    let stamp = |meta: &mut ObjectMeta, namespace: &str, source_path: &str| {
-        meta.namespace = Some(namespace.to_owned());
-        // The operator's keys win over any the author wrote, so an author cannot disguise an object
-        // as another source's.
-        let labels = meta.labels.get_or_insert_with(Default::default);
+    // The operator's keys win over any the author wrote, so an author cannot disguise an object as
+    // another source's.
+    let stamped = |meta: &ObjectMeta, source_path: &str| {
+        let mut labels = meta.labels.clone().unwrap_or_default();
         labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
         labels.insert(LABEL_CLUSTER.to_owned(), cluster.to_owned());
-        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        let mut annotations = meta.annotations.clone().unwrap_or_default();
         annotations.insert(ANNOTATION_COMMIT.to_owned(), commit.to_string());
         annotations.insert(ANNOTATION_SERIAL.to_owned(), serial.clone());
         annotations.insert(
             ANNOTATION_SOURCE_PATH.to_owned(),
             format!("clusters/{cluster}/{source_path}"),
         );
+        (labels, annotations)
     };
     let intent = verified.intent();
     let instances = intent.application_instances.iter().map(|item| {
-        let mut resource = (*item.resource).clone();
-        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        let (labels, annotations) = stamped(&item.resource.metadata, &item.source_path);
         DesiredObject {
             api_version: crate::intent::APPLICATION_INSTANCE_API_VERSION.to_owned(),
             kind: "ApplicationInstance".to_owned(),
             namespace: item.namespace.clone(),
             name: item.name.clone(),
-            resource: DesiredResource::ApplicationInstance(resource),
+            labels,
+            annotations,
             declared: DeclaredResource::ApplicationInstance(item.resource.clone()),
         }
     });
     let operations = intent.operations.iter().map(|item| {
-        let mut resource = (*item.resource).clone();
-        stamp(&mut resource.metadata, &item.namespace, &item.source_path);
+        let (labels, annotations) = stamped(&item.resource.metadata, &item.source_path);
         DesiredObject {
             api_version: crate::intent::OPERATION_API_VERSION.to_owned(),
             kind: "Operation".to_owned(),
             namespace: item.namespace.clone(),
             name: item.name.clone(),
-            resource: DesiredResource::Operation(resource),
+            labels,
+            annotations,
             declared: DeclaredResource::Operation(item.resource.clone()),
         }
     });
@@ -132,15 +201,14 @@ impl Plan {
             .objects
             .iter()
             .map(|desired| {
-                let rendered = match &desired.resource {
-                    DesiredResource::ApplicationInstance(resource) => {
-                        let mut redacted = resource.clone();
+                let rendered = match desired.resource() {
+                    DesiredResource::ApplicationInstance(mut redacted) => {
                         if let Some(values) = redacted.spec.values.as_mut() {
                             *values = crate::secrets::redact_values(values);
                         }
                         serde_json::to_value(&redacted)
                     }
-                    DesiredResource::Operation(resource) => serde_json::to_value(resource),
+                    DesiredResource::Operation(resource) => serde_json::to_value(&resource),
                 };
                 rendered.unwrap_or_else(|e| {
                     serde_json::json!({"error": format!("cannot render {}/{}: {e}", desired.namespace, desired.name)})
@@ -154,15 +222,14 @@ impl Plan {
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
         for desired in &self.objects {
-            let rendered = match &desired.resource {
-                DesiredResource::ApplicationInstance(resource) => {
-                    let mut redacted = resource.clone();
+            let rendered = match desired.resource() {
+                DesiredResource::ApplicationInstance(mut redacted) => {
                     if let Some(values) = redacted.spec.values.as_mut() {
                         *values = crate::secrets::redact_values(values);
                     }
                     serde_saphyr::to_string(&redacted)
                 }
-                DesiredResource::Operation(resource) => serde_saphyr::to_string(resource),
+                DesiredResource::Operation(resource) => serde_saphyr::to_string(&resource),
             };
             out.push_str("---\n");
             match rendered {

@@ -199,7 +199,11 @@ pub async fn run(cluster: &Cluster, ctx: &Context, progress: &apply::Progress) -
     use kube::ResourceExt;
     let mut state = PassState::new(cluster.name_any(), progress);
     for step in STEPS {
-        match step.run(ctx, cluster, &mut state).await {
+        let started = std::time::Instant::now();
+        let result = step.run(ctx, cluster, &mut state).await;
+        // Where a pass spends its time, step by step (`RUST_LOG=vworkspace_controller::cluster::pass=debug`).
+        tracing::debug!(step = ?step, duration_ms = started.elapsed().as_millis() as u64, "pass step ended");
+        match result {
             StepResult::Next => continue,
             StepResult::Complete => break,
             StepResult::Refused(error) => {

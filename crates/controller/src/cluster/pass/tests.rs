@@ -494,7 +494,7 @@ fn ours(id: &InventoryEntry) -> vworkspace_core::plan::diff::LiveObject {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
         annotations: Default::default(),
-        spec: Value::Null,
+        spec: Value::Null.into(),
         managers: vec![],
     }
 }
