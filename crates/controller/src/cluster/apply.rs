@@ -74,16 +74,38 @@ async fn get_one(client: Client, id: InventoryEntry) -> Result<Option<LiveObject
     }
 }
 
+/// Above this many unlisted objects, [`get_unlisted`] first lists which of them exist at all.
+pub const UNLISTED_LIST_ABOVE: usize = 64;
+
+/// The page size of [`existing`]'s metadata lists.
+const EXISTING_PAGE: u32 = 500;
+
 /// Reads by name, without a label selector, each declared object the labelled list did not return
 /// ([`vworkspace_core::plan::diff::unlisted`]): a same-named object made by hand or by another source
 /// is then seen (and refused) instead of being planned as a create and taken over by the forced
-/// apply. One `get` per object that is new to this source; none in a steady state.
+/// apply. One `get` per object that is new to this source and exists; none in a steady state. Above
+/// [`UNLISTED_LIST_ABOVE`] (a first apply: every object is new) a metadata-only list of each kind,
+/// unselected and paged, says which exist, and only those are read: 10,000 new objects cost a few
+/// pages instead of 10,000 requests.
 pub async fn get_unlisted(
     client: &Client,
     ids: &[InventoryEntry],
 ) -> Result<Vec<LiveObject>, Error> {
     use futures::StreamExt;
-    let lookups = ids.iter().cloned().map(|id| get_one(client.clone(), id));
+    let existing = if ids.len() > UNLISTED_LIST_ABOVE {
+        Some(existing(client, ids).await?)
+    } else {
+        None
+    };
+    // Collected first: a lazy filter inside the stream would make the pass's future fail the
+    // higher-ranked `Send` check the controller's runtime needs.
+    let to_read: Vec<InventoryEntry> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| existing.as_ref().is_none_or(|e| e.contains(i)))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let lookups = to_read.into_iter().map(|id| get_one(client.clone(), id));
     let found: Vec<Result<Option<LiveObject>, Error>> = futures::stream::iter(lookups)
         .buffered(LOOKUP_CONCURRENCY)
         .collect()
@@ -95,6 +117,54 @@ pub async fn get_unlisted(
         }
     }
     Ok(live)
+}
+
+/// Which of `ids` exist (their indexes), from metadata-only lists of all namespaces,
+/// [`EXISTING_PAGE`] at a time, of the kinds among `ids` only.
+async fn existing(
+    client: &Client,
+    ids: &[InventoryEntry],
+) -> Result<std::collections::HashSet<usize>, Error> {
+    let wanted: std::collections::HashMap<(&str, &str, &str), usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                (id.kind.as_str(), id.namespace.as_str(), id.name.as_str()),
+                i,
+            )
+        })
+        .collect();
+    let mut found = std::collections::HashSet::new();
+    for resource in resources() {
+        if !ids.iter().any(|id| id.kind == resource.kind) {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut params = ListParams::default().limit(EXISTING_PAGE);
+        loop {
+            let page = api
+                .list_metadata(&params)
+                .await
+                .map_err(|source| Error::Kube {
+                    action: format!("list {} (metadata)", resource.plural),
+                    source,
+                })?;
+            for meta in &page.items {
+                let (Some(ns), Some(name)) = (&meta.metadata.namespace, &meta.metadata.name) else {
+                    continue;
+                };
+                if let Some(i) = wanted.get(&(resource.kind.as_str(), ns.as_str(), name.as_str())) {
+                    found.insert(*i);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The watched ApplicationInstances and Operations of the long-running process (the reflector stores
@@ -673,5 +743,54 @@ mod tests {
         instance_writer.apply_watcher_event(&Event::Apply(edited));
         let live = stores.labelled("prod").expect("listed");
         assert_eq!(live[0].spec.json()["values"]["replicas"], json!(3));
+    }
+
+    /// A first apply (every object new): one metadata list per kind says which exist, and only
+    /// those are read by name; a few new objects are read by name directly.
+    #[tokio::test]
+    async fn many_unlisted_objects_are_looked_up_by_one_list_and_few_by_name() {
+        let id = |i: usize| InventoryEntry {
+            api_version: "apps.vworkspace.io/v1alpha1".into(),
+            kind: "ApplicationInstance".into(),
+            namespace: format!("org-{}", i % 7),
+            name: format!("app-{i}"),
+        };
+        let many: Vec<InventoryEntry> = (0..200).map(id).collect();
+        let api = crate::testing::FakeApi::new();
+        let item = |e: &InventoryEntry| {
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": e.name, "namespace": e.namespace}})
+        };
+        // Two of the 200 exist (one made by hand), and one object nobody declared.
+        api.get(
+            "/apis/apps.vworkspace.io/v1alpha1/applicationinstances",
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                   "metadata": {"continue": ""},
+                   "items": [item(&many[3]), item(&many[150]),
+                             {"metadata": {"name": "other", "namespace": "org-1"}}]}),
+        );
+        for e in [&many[3], &many[150]] {
+            api.get(
+                &format!("/apis/apps.vworkspace.io/v1alpha1/namespaces/{}/applicationinstances/{}", e.namespace, e.name),
+                json!({"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance",
+                       "metadata": {"name": e.name, "namespace": e.namespace, "managedFields": [{"manager": "kubectl"}]},
+                       "spec": {}}),
+            );
+        }
+        let found = get_unlisted(&api.client(), &many).await.expect("lookups");
+        let names: Vec<&str> = found.iter().map(|l| l.id.name.as_str()).collect();
+        assert_eq!(names, ["app-3", "app-150"]);
+        assert_eq!(found[0].managers, ["kubectl"]);
+        let seen: Vec<String> = api.seen().iter().map(|s| s.line()).collect();
+        assert_eq!(seen.len(), 3, "one list, two reads: {seen:?}");
+        assert!(seen[0].ends_with("/applicationinstances"), "{seen:?}");
+
+        // At the threshold, each is read by name (a steady state has none).
+        let api = crate::testing::FakeApi::new();
+        let few: Vec<InventoryEntry> = (0..UNLISTED_LIST_ABOVE).map(id).collect();
+        let found = get_unlisted(&api.client(), &few).await.expect("lookups");
+        assert!(found.is_empty());
+        assert_eq!(api.seen().len(), UNLISTED_LIST_ABOVE);
+        assert!(api.seen().iter().all(|s| s.path.contains("/namespaces/")));
     }
 }

@@ -76,6 +76,9 @@ struct SourceState {
     /// Namespaces whose RBAC this process has checked and found (or made) right, and when: checked
     /// again after [`RBAC_RECHECK`], so a binding deleted by hand comes back within the hour.
     namespaces_ensured: HashMap<String, Instant>,
+    /// Whether this process took the namespaces the status records as given their RBAC (once, at
+    /// its first pass of the Cluster, when `status.namespaceRbac` is this version's digest).
+    namespaces_seeded: bool,
     /// The release serial whose coming expiry this process already warned about (one Event each).
     expiry_warned: Option<u64>,
     /// The last pass that found nothing to write ([`pass::UnchangedPass`]).

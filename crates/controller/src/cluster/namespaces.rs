@@ -133,13 +133,30 @@ pub(crate) async fn ensure_one<K>(
 where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    ensure_one_reading(api, desired, Some(matches), field_manager, what).await
+}
+
+/// [`ensure_one`], or with `matches` `None` the apply alone, unread (a namespace new to the
+/// `Cluster`: what it holds is written anyway, and the read would double the requests).
+async fn ensure_one_reading<K>(
+    api: Api<K>,
+    desired: &K,
+    matches: Option<fn(&K, &K) -> bool>,
+    field_manager: &str,
+    what: String,
+) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
     let name = desired.meta().name.clone().unwrap_or_default();
-    let live = api.get_opt(&name).await.map_err(|source| Error::Kube {
-        action: format!("get {what}"),
-        source,
-    })?;
-    if live.as_ref().is_some_and(|live| matches(desired, live)) {
-        return Ok(false);
+    if let Some(matches) = matches {
+        let live = api.get_opt(&name).await.map_err(|source| Error::Kube {
+            action: format!("get {what}"),
+            source,
+        })?;
+        if live.as_ref().is_some_and(|live| matches(desired, live)) {
+            return Ok(false);
+        }
     }
     api.patch(
         &name,
@@ -154,16 +171,32 @@ where
     Ok(true)
 }
 
-/// Makes `namespace`'s RBAC what [`rbac::for_namespace`] says: reads each object by name and applies
-/// only what differs. Returns how many objects were written.
-pub async fn ensure(client: &Client, namespace: &str, field_manager: &str) -> Result<usize, Error> {
+/// How [`ensure`] treats a namespace's RBAC objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Read each by name and apply only what differs (a namespace a pass already gave them: a
+    /// pass that finds them right writes nothing).
+    ReadFirst,
+    /// Apply each without reading it (a namespace new to the `Cluster`: they are written anyway).
+    ApplyOnly,
+}
+
+/// Makes `namespace`'s RBAC what [`rbac::for_namespace`] says, as `check` says. Returns how many
+/// objects were written.
+pub async fn ensure(
+    client: &Client,
+    namespace: &str,
+    field_manager: &str,
+    check: Check,
+) -> Result<usize, Error> {
     let desired = rbac::for_namespace(namespace);
+    let read = check == Check::ReadFirst;
     let mut written = 0;
     // The binding to the runner's ClusterRole names the ServiceAccount: create it first.
-    if ensure_one(
+    if ensure_one_reading(
         Api::<ServiceAccount>::namespaced(client.clone(), namespace),
         &desired.runner,
-        service_account_matches,
+        read.then_some(service_account_matches as fn(&ServiceAccount, &ServiceAccount) -> bool),
         field_manager,
         format!("ServiceAccount {namespace}/{}", rbac::RUNNER),
     )
@@ -173,10 +206,10 @@ pub async fn ensure(client: &Client, namespace: &str, field_manager: &str) -> Re
     }
     for binding in &desired.bindings {
         let name = binding.metadata.name.clone().unwrap_or_default();
-        if ensure_one(
+        if ensure_one_reading(
             Api::<RoleBinding>::namespaced(client.clone(), namespace),
             binding,
-            binding_matches,
+            read.then_some(binding_matches as fn(&RoleBinding, &RoleBinding) -> bool),
             field_manager,
             format!("RoleBinding {namespace}/{name}"),
         )

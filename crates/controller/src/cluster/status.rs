@@ -39,6 +39,9 @@ pub struct PassReport {
     pub inventory: Option<Vec<InventoryEntry>>,
     /// The managed namespaces, when the pass listed them.
     pub managed_namespaces: Option<Vec<ManagedNamespace>>,
+    /// The digest of the RBAC every managed namespace holds, when the pass gave it to all of them
+    /// ([`crate::cluster::rbac::digest`]).
+    pub namespace_rbac: Option<String>,
     /// Objects applied and pruned by this pass.
     pub writes: (usize, usize),
     /// The age recipients of the Cluster's identities, when the pass read them (public keys).
@@ -82,6 +85,7 @@ impl PassReport {
             applied: None,
             inventory: None,
             managed_namespaces: None,
+            namespace_rbac: None,
             writes: (0, 0),
             recipients: None,
             release_expires: None,
@@ -127,6 +131,10 @@ pub fn next_status(
             .managed_namespaces
             .clone()
             .unwrap_or(previous.managed_namespaces.clone()),
+        namespace_rbac: report
+            .namespace_rbac
+            .clone()
+            .or(previous.namespace_rbac.clone()),
         // Derived from the identity Secret by this pass, never carried from the status read back.
         recipients: report.recipients.clone().unwrap_or_default(),
         ..previous
@@ -227,6 +235,7 @@ mod tests {
             }),
             inventory: Some(vec![]),
             managed_namespaces: Some(vec![]),
+            namespace_rbac: None,
             writes: (2, 1),
             recipients: None,
             release_expires: None,

@@ -407,6 +407,12 @@ pub struct ClusterStatus {
     /// Managed namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_namespaces: Vec<ManagedNamespace>,
+    /// The digest of the per-namespace RBAC (the runner ServiceAccount and the RoleBindings) that
+    /// every namespace in `managedNamespaces` was given. A restarted operator that would give the
+    /// same takes it as given (it checks again within the hour, or at once when a child write is
+    /// refused there) instead of reading it back namespace by namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_rbac: Option<String>,
     /// The age recipients (public keys, `age1...`) of the identities this Cluster decrypts with:
     /// what `vworkspace-operator encrypt --recipient` takes (`recipient --cluster NAME` prints them).
     /// Never a private key.
@@ -447,6 +453,8 @@ struct ClusterStatusWire {
     #[serde(default)]
     managed_namespaces: Vec<ManagedNamespace>,
     #[serde(default)]
+    namespace_rbac: Option<String>,
+    #[serde(default)]
     recipients: Vec<String>,
     #[serde(default)]
     observed_generation: Option<i64>,
@@ -473,6 +481,7 @@ impl<'de> Deserialize<'de> for ClusterStatus {
             last_attempted_commit: wire.last_attempted_commit,
             inventory,
             managed_namespaces: wire.managed_namespaces,
+            namespace_rbac: wire.namespace_rbac,
             recipients: wire.recipients,
             observed_generation: wire.observed_generation,
             last_handled_reconcile_at: wire.last_handled_reconcile_at,

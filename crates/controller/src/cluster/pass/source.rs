@@ -117,6 +117,7 @@ fn verified_report(
         applied: None,
         inventory: None,
         managed_namespaces: None,
+        namespace_rbac: None,
         writes: (0, 0),
         recipients: state.recipients.take(),
         release_expires: Some((verified.release().serial(), verified.release().expires())),

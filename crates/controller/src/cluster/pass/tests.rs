@@ -426,12 +426,54 @@ async fn ensure_namespace_rbac_writes_each_stale_namespace_once_per_recheck() {
     assert!(!ctx.with_state("prod", |s| s.namespaces_ensured.contains_key("org-a")));
 }
 
+/// A restarted process (a fresh context) and the namespace `org-a`: taken as given when the status
+/// records it with this version's RBAC digest; read back when the digest is another version's;
+/// applied without reading when the status does not record it (new to the Cluster).
+#[tokio::test]
+async fn ensure_namespace_rbac_trusts_the_recorded_digest_reads_another_and_applies_the_new() {
+    let digest = crate::cluster::rbac::digest();
+    let recorded = json!({"managedNamespaces": [{"name": "org-a"}], "namespaceRbac": digest});
+    let other = json!({"managedNamespaces": [{"name": "org-a"}], "namespaceRbac": "sha256:another-version"});
+    for (status, gets, patches) in [(recorded, 0, 0), (other, 4, 4), (Value::Null, 0, 4)] {
+        let api = FakeApi::new();
+        let ctx = context(&api);
+        let progress = apply::Progress::default();
+        let mut state = PassState::new("prod".into(), &progress);
+        state.managed = managed(&["org-a"]);
+        let result = Step::EnsureNamespaceRbac
+            .run(&ctx, &cluster(status.clone()), &mut state)
+            .await;
+        assert!(matches!(result, StepResult::Next), "{result:?}");
+        let seen = api.seen();
+        let count = |m: &Method| seen.iter().filter(|s| s.method == *m).count();
+        assert_eq!(
+            (count(&Method::GET), count(&Method::PATCH)),
+            (gets, patches),
+            "{status}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn record_namespaces_writes_the_status_only_when_the_list_changed() {
-    for (recorded, now, writes) in [
-        (vec!["org-a"], vec!["org-a"], 0),
-        (vec!["org-a"], vec!["org-a", "org-b"], 1),
-        (vec![], vec!["org-a"], 1),
+    let digest = crate::cluster::rbac::digest();
+    for (recorded, rbac, now, writes) in [
+        (vec!["org-a"], Some(digest.as_str()), vec!["org-a"], 0),
+        (
+            vec!["org-a"],
+            Some(digest.as_str()),
+            vec!["org-a", "org-b"],
+            1,
+        ),
+        (vec![], Some(digest.as_str()), vec!["org-a"], 1),
+        // The list holds, but the RBAC digest recorded is another version's (or none yet).
+        (
+            vec!["org-a"],
+            Some("sha256:another-version"),
+            vec!["org-a"],
+            1,
+        ),
+        (vec!["org-a"], None, vec!["org-a"], 1),
     ] {
         let api = FakeApi::new();
         let echo = cluster(json!({"managedNamespaces": managed(&now)}));
@@ -445,14 +487,24 @@ async fn record_namespaces_writes_the_status_only_when_the_list_changed() {
         let progress = apply::Progress::default();
         let mut state = PassState::new("prod".into(), &progress);
         state.managed = managed(&now);
-        let before = cluster(json!({"managedNamespaces": managed(&recorded)}));
+        let before =
+            cluster(json!({"managedNamespaces": managed(&recorded), "namespaceRbac": rbac}));
         let result = Step::RecordNamespaces.run(&ctx, &before, &mut state).await;
         assert!(matches!(result, StepResult::Next), "{result:?}");
         assert_eq!(state.report.managed_namespaces, Some(managed(&now)));
-        assert_eq!(api.writes().len(), writes, "{recorded:?} -> {now:?}");
+        assert_eq!(
+            state.report.namespace_rbac.as_deref(),
+            Some(digest.as_str())
+        );
+        assert_eq!(
+            api.writes().len(),
+            writes,
+            "{recorded:?} {rbac:?} -> {now:?}"
+        );
         if writes > 0 {
             let body = &api.seen()[0].body;
             assert_eq!(body["status"]["managedNamespaces"], json!(managed(&now)));
+            assert_eq!(body["status"]["namespaceRbac"], json!(digest));
         }
     }
 }
