@@ -97,6 +97,27 @@ async fn an_unreadable_inventory_refuses_that_clusters_pass_and_says_why_without
         message.starts_with("status.compactInventory of Cluster demo cannot be read (inventory of 4194304 entries exceeds the limit of 100000)"),
         "{message}"
     );
+    // Written as a merge patch that leaves the unreadable inventory alone: a server-side apply
+    // would drop the inventory fields the operator owned and the API server would refuse the rest
+    // (control_plane::policies::one_clusters_unreadable_status_fails_that_cluster_alone).
+    let status_writes: Vec<_> = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write() && r.line().ends_with("/status"))
+        .collect();
+    let last = status_writes.last().expect("the refusal is written");
+    assert_eq!(
+        last.content_type,
+        "application/merge-patch+json",
+        "{}",
+        last.line()
+    );
+    assert!(
+        last.body["status"].get("compactInventory").is_none(),
+        "{}",
+        last.body
+    );
     let data = bomb()["data"].as_str().expect("data").to_owned();
     for r in h.api.requests() {
         assert!(

@@ -306,7 +306,99 @@ async fn cluster_status_is_written_by_the_operator_alone_not_by_an_admin() {
     .await;
 }
 
-/// A Flux tenant's rights in one namespace (`flux create tenant` binds cluster-admin there).
+/// Issue 23 item 2, the operator's half, on the real server: break glass (the one writer of a Cluster
+/// status besides the operator) puts an inventory bomb on one Cluster's status. One `run --once` over
+/// both Clusters then refuses that Cluster alone (`StatusUnreadable`, the raw status never logged) and
+/// applies the other one's new release: the real list of Clusters still decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clusters_unreadable_status_fails_that_cluster_alone() {
+    let test = "one_clusters_unreadable_status_fails_that_cluster_alone";
+    let Some(env) = env(test).await else {
+        return;
+    };
+    let (a, b) = (Intent::new("cp-unread-a"), Intent::new("cp-unread-b"));
+    for (intent, ns) in [(&a, "cp-unread-a-ns"), (&b, "cp-unread-b-ns")] {
+        intent.add_instance(ns, "app", "one");
+        intent.release(&[]);
+        intent.commit("release 1");
+    }
+    let scope_a = Scope::new(&env, &a, &["cp-unread-a-ns"]).await;
+    let scope_b = Scope::new(&env, &b, &["cp-unread-b-ns"]).await;
+    let _webhook = webhook_replica(&env, &scope_a.dir).await;
+    for scope in [&scope_a, &scope_b] {
+        let (ok, out, err) = scope.once(&env);
+        assert!(ok, "{}: {out}\n{err}", scope.name);
+    }
+    // Break glass, with rights on Cluster status bound to the group.
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "vws-test-break-glass-status"},
+                "rules": [{"apiGroups": ["ops.vworkspace.io"], "resources": ["clusters/status"],
+                           "verbs": ["get", "patch", "update"]}]}),
+    )
+    .await
+    .expect("ClusterRole");
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "vws-test-break-glass-status"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vws-test-break-glass-status"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": BREAK_GLASS_GROUP}]}),
+    )
+    .await
+    .expect("ClusterRoleBinding");
+    let break_glass = impersonating(
+        &env.cp.kubeconfig,
+        "break-glass-tester",
+        &[BREAK_GLASS_GROUP],
+    )
+    .await;
+    let clusters = dynamic_api(&break_glass, OPS, "Cluster", None).await;
+    // What the issue measured: 4 million entries, 8 MiB, claimed by 11 KB.
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![0x78u8; 11 * 1024]);
+    let bomb = json!({"status": {"compactInventory": {"format": "zlib-lines-v1",
+        "count": 4u64 << 20, "size": 8u64 << 20, "data": data}}});
+    wait_for("break glass writes the bomb", 30, || async {
+        clusters
+            .patch_status(&scope_a.name, &PatchParams::default(), &Patch::Merge(&bomb))
+            .await
+            .ok()
+    })
+    .await;
+
+    b.add_instance("cp-unread-b-ns", "wiki", "two");
+    b.release(&[]);
+    b.commit("release 2");
+    // Both Clusters in one process, as a deployed operator reconciles them.
+    let both = format!(
+        "{} in (cp-unread-a,cp-unread-b)",
+        super::server::SCOPE_LABEL
+    );
+    let mut cmd = super::operator_cmd_for(&env, &scope_a.dir, &both);
+    cmd.arg("--once");
+    let mut once = Proc::spawn(&mut cmd, &scope_a.dir, "both");
+    let status = once.wait_timeout(180).expect("run --once ends");
+    let log = once.stderr();
+    assert!(!status.success(), "one Cluster was refused: {log}");
+    assert!(!log.contains(&data[..64]), "the raw status is never logged");
+    let b_status = scope_b.cluster(&env.admin).await;
+    assert_eq!(b_status["status"]["lastAppliedSerial"], 2, "{b_status}");
+    let (ready, reason, message) = scope_a.condition(&env.admin, "Ready").await;
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "StatusUnreadable"),
+        "{message}"
+    );
+    assert!(message.contains("exceeds the limit of 100000"), "{message}");
+    assert!(!message.contains(&data[..64]));
+    // The refusal reached the status without touching the inventory: the operator does not drop
+    // what it cannot read (the owner removes it, as the message says).
+    let a_status = scope_a.cluster(&env.admin).await;
+    assert_eq!(a_status["status"]["compactInventory"]["count"], 4u64 << 20);
+}
+
+/// A Flux tenant's rights in one namespace/// A Flux tenant's rights in one namespace (`flux create tenant` binds cluster-admin there).
 async fn namespace_tenant(env: &super::Env, ns: &str, user: &str) -> Client {
     apply(
         &env.admin,

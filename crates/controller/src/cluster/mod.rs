@@ -295,6 +295,41 @@ async fn write_status(client: &Client, name: &str, status: &ClusterStatus) -> Re
     Ok(())
 }
 
+/// Writes `status` as a JSON merge patch that leaves `status.compactInventory` as it is: for a
+/// Cluster whose inventory could not be read ([`ClusterStatus::inventory_unreadable`]). A server-side
+/// apply would drop the inventory fields this manager still owns from its last write and keep the
+/// rest, an object the API server refuses (`compactInventory.format: Required value`, seen on
+/// kube-apiserver 1.36), so the refusal would never reach the status; and the operator must not
+/// remove the inventory itself (nothing could be pruned safely after).
+async fn write_status_leaving_inventory(
+    client: &Client,
+    name: &str,
+    status: &ClusterStatus,
+) -> Result<()> {
+    // A status is strings, numbers and string-keyed maps: it always serializes to an object.
+    let mut fields = match serde_json::to_value(status) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    fields.remove("compactInventory");
+    let api: Api<Cluster> = Api::all(client.clone());
+    let params = PatchParams {
+        field_manager: Some(apply::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        name,
+        &params,
+        &Patch::Merge(serde_json::json!({ "status": fields })),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action: format!("write status of Cluster {name}"),
+        source,
+    })?;
+    Ok(())
+}
+
 /// When a `Cluster` whose pass failed with `error` runs again ([`retry::requeue_after`]): at its
 /// interval when the failure is permanent (the `Cluster` is `Stalled`), after a back-off that grows
 /// with consecutive transient failures otherwise; jittered.
