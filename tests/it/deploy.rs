@@ -763,6 +763,21 @@ fn every_base_image_is_pinned_by_digest_beside_its_tag() {
 const OPERATOR: &str = "system:serviceaccount:vworkspace-system:vworkspace-app-operator";
 
 /// A policy of deploy/, fail-closed, with its binding denying.
+/// The policy's match conditions let through the operator, the namespace controller and the garbage
+/// collector (under both of kube-controller-manager's credential modes) and the break-glass group.
+fn exempts_the_operator_controllers_and_break_glass(spec: &Value) {
+    let conditions = spec["matchConditions"].to_string();
+    for exempt in [
+        OPERATOR,
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:kube-controller-manager",
+        "vworkspace:break-glass",
+    ] {
+        assert!(conditions.contains(exempt), "{exempt} not exempt");
+    }
+}
+
 fn denying_policy<'a>(docs: &'a [(String, Value)], name: &str) -> &'a Value {
     let policy = named(docs, "ValidatingAdmissionPolicy", name);
     assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
@@ -856,16 +871,7 @@ fn the_children_the_operator_writes_are_its_alone_in_managed_namespaces() {
         // The main resource only: controllers write status through the subresource.
         assert!(!strings(&rule["resources"]).iter().any(|r| r.contains('/')));
     }
-    let conditions = spec["matchConditions"].to_string();
-    for exempt in [
-        OPERATOR,
-        "system:serviceaccount:kube-system:namespace-controller",
-        "system:serviceaccount:kube-system:generic-garbage-collector",
-        "system:kube-controller-manager",
-        "vworkspace:break-glass",
-    ] {
-        assert!(conditions.contains(exempt), "{exempt} not exempt");
-    }
+    exempts_the_operator_controllers_and_break_glass(spec);
     let owned = spec["variables"][0]["expression"].as_str().expect("owned");
     for needle in [
         "request.operation == 'UPDATE'",
@@ -930,16 +936,7 @@ fn the_operators_rolebindings_and_runner_account_are_its_alone_in_managed_namesp
             "{name} not protected: {names}"
         );
     }
-    let conditions = spec["matchConditions"].to_string();
-    for exempt in [
-        OPERATOR,
-        "system:serviceaccount:kube-system:namespace-controller",
-        "system:serviceaccount:kube-system:generic-garbage-collector",
-        "system:kube-controller-manager",
-        "vworkspace:break-glass",
-    ] {
-        assert!(conditions.contains(exempt), "{exempt} not exempt");
-    }
+    exempts_the_operator_controllers_and_break_glass(spec);
     assert_eq!(spec["validations"][0]["expression"], "false");
 }
 

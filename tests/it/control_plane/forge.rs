@@ -32,6 +32,22 @@ pub(super) fn generic_signature(body: &[u8]) -> String {
     format!("sha256={}", text.rsplit(' ').next().expect("digest"))
 }
 
+/// `run` for the scope in `dir` with its push receiver on a free loopback port, token [`TOKEN`];
+/// the process and the port.
+pub(super) fn operator_with_receiver(env: &super::Env, dir: &std::path::Path) -> (Proc, u16) {
+    let token_file = dir.join("receiver-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
+    let port = free_port();
+    let mut cmd = operator_cmd(env, dir);
+    cmd.args([
+        "--receiver-addr",
+        &format!("127.0.0.1:{port}"),
+        "--receiver-token-file",
+    ])
+    .arg(&token_file);
+    (Proc::spawn(&mut cmd, dir, "operator"), port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_now_and_a_signed_push_start_a_pass_on_the_real_server() {
     let Some(env) = env("reconcile_now_and_a_signed_push_start_a_pass_on_the_real_server").await
@@ -45,17 +61,7 @@ async fn reconcile_now_and_a_signed_push_start_a_pass_on_the_real_server() {
     let scope = Scope::new(&env, &intent, &["cp-forge-a"]).await;
     // The admission webhook (fail closed on managed namespaces) must answer for the pass to write.
     let _webhook = webhook_replica(&env, &scope.dir).await;
-    let token_file = scope.dir.join("receiver-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
-    let port = free_port();
-    let mut cmd = operator_cmd(&env, &scope.dir);
-    cmd.args([
-        "--receiver-addr",
-        &format!("127.0.0.1:{port}"),
-        "--receiver-token-file",
-    ])
-    .arg(&token_file);
-    let operator = Proc::spawn(&mut cmd, &scope.dir, "operator");
+    let (operator, port) = operator_with_receiver(&env, &scope.dir);
     wait_for("release 1 applied", 90, || async {
         let cluster = scope.cluster(&env.admin).await;
         (cluster["status"]["lastAppliedSerial"] == 1).then_some(())

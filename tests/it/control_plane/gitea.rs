@@ -11,8 +11,11 @@ use serde_json::{Value, json};
 use super::fixture::Intent;
 use super::forge::TOKEN;
 use super::server::*;
-use super::{OPS, SYSTEM, Scope, env, operator_cmd, webhook_replica};
+use super::{OPS, SYSTEM, Scope, env, webhook_replica};
 use crate::support::go_tools;
+
+/// The decrypted value of the test's instance: it must never reach Gitea.
+const PLAINTEXT: &str = "gitea-test-smtp-secret";
 
 /// The Gitea user the test acts as (an admin made with Gitea's own CLI).
 const USER: &str = "vws";
@@ -212,7 +215,7 @@ async fn a_push_to_gitea_is_applied_at_once_and_gitea_shows_each_commits_status(
     let cluster = "cp-gitea";
     let ns = "cp-gitea-a";
     let intent = Intent::new(cluster);
-    intent.add_instance(ns, "nextcloud", "one");
+    intent.add_instance(ns, "nextcloud", PLAINTEXT);
     intent.release(&[]);
     let first = intent.commit("release 1");
     let mut scope = Scope::new(&env, &intent, &[ns]).await;
@@ -245,17 +248,7 @@ async fn a_push_to_gitea_is_applied_at_once_and_gitea_shows_each_commits_status(
     .await
     .expect("the Cluster follows Gitea");
     let _webhook = webhook_replica(&env, &scope.dir).await;
-    let token_file = scope.dir.join("receiver-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
-    let port = free_port();
-    let mut cmd = operator_cmd(&env, &scope.dir);
-    cmd.args([
-        "--receiver-addr",
-        &format!("127.0.0.1:{port}"),
-        "--receiver-token-file",
-    ])
-    .arg(&token_file);
-    let operator = Proc::spawn(&mut cmd, &scope.dir, "operator");
+    let (operator, port) = super::forge::operator_with_receiver(&env, &scope.dir);
     let hook = format!(
         "http://127.0.0.1:{port}{}",
         vworkspace_controller::receiver::hook_path(TOKEN.as_bytes())
@@ -314,7 +307,7 @@ async fn a_push_to_gitea_is_applied_at_once_and_gitea_shows_each_commits_status(
     let description = status["description"].as_str().unwrap_or_default();
     assert!(!description.is_empty(), "{status}");
     assert!(
-        !description.contains("one") && !description.contains(".yaml"),
+        !description.contains(PLAINTEXT) && !description.contains(".yaml"),
         "{status}"
     );
     wait_for("the refusal recorded", 60, || async {

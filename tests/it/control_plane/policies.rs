@@ -49,6 +49,35 @@ pub(super) async fn impersonating(kubeconfig: &Path, user: &str, groups: &[&str]
     Client::try_from(config).expect("client")
 }
 
+/// A member of the break-glass group with rights on Cluster status, as an owner who uses break glass
+/// binds them to the group.
+async fn break_glass_on_cluster_status(env: &super::Env) -> Client {
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "vws-test-break-glass-status"},
+                "rules": [{"apiGroups": ["ops.vworkspace.io"], "resources": ["clusters/status"],
+                           "verbs": ["get", "patch", "update"]}]}),
+    )
+    .await
+    .expect("ClusterRole");
+    apply(
+        &env.admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "vws-test-break-glass-status"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vws-test-break-glass-status"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": BREAK_GLASS_GROUP}]}),
+    )
+    .await
+    .expect("ClusterRoleBinding");
+    impersonating(
+        &env.cp.kubeconfig,
+        "break-glass-tester",
+        &[BREAK_GLASS_GROUP],
+    )
+    .await
+}
+
 /// The message of a 403 from the admission policy `policy`; panics on anything else.
 fn refused_by<T>(result: Result<T, kube::Error>, policy: &str, what: &str) -> String {
     match result {
@@ -272,30 +301,7 @@ async fn cluster_status_is_written_by_the_operator_alone_not_by_an_admin() {
     );
 
     // Break glass (with rights on the status the owner binds to the group) passes admission.
-    apply(
-        &env.admin,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": "vws-test-break-glass-status"},
-                "rules": [{"apiGroups": ["ops.vworkspace.io"], "resources": ["clusters/status"],
-                           "verbs": ["get", "patch", "update"]}]}),
-    )
-    .await
-    .expect("ClusterRole");
-    apply(
-        &env.admin,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": "vws-test-break-glass-status"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vws-test-break-glass-status"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": BREAK_GLASS_GROUP}]}),
-    )
-    .await
-    .expect("ClusterRoleBinding");
-    let break_glass = impersonating(
-        &env.cp.kubeconfig,
-        "break-glass-tester",
-        &[BREAK_GLASS_GROUP],
-    )
-    .await;
+    let break_glass = break_glass_on_cluster_status(&env).await;
     let clusters = dynamic_api(&break_glass, OPS, "Cluster", None).await;
     wait_for("break glass to write the status (dry run)", 30, || async {
         clusters
@@ -329,31 +335,7 @@ async fn one_clusters_unreadable_status_fails_that_cluster_alone() {
         let (ok, out, err) = scope.once(&env);
         assert!(ok, "{}: {out}\n{err}", scope.name);
     }
-    // Break glass, with rights on Cluster status bound to the group.
-    apply(
-        &env.admin,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": "vws-test-break-glass-status"},
-                "rules": [{"apiGroups": ["ops.vworkspace.io"], "resources": ["clusters/status"],
-                           "verbs": ["get", "patch", "update"]}]}),
-    )
-    .await
-    .expect("ClusterRole");
-    apply(
-        &env.admin,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": "vws-test-break-glass-status"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vws-test-break-glass-status"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": BREAK_GLASS_GROUP}]}),
-    )
-    .await
-    .expect("ClusterRoleBinding");
-    let break_glass = impersonating(
-        &env.cp.kubeconfig,
-        "break-glass-tester",
-        &[BREAK_GLASS_GROUP],
-    )
-    .await;
+    let break_glass = break_glass_on_cluster_status(&env).await;
     let clusters = dynamic_api(&break_glass, OPS, "Cluster", None).await;
     // What the issue measured: 4 million entries, 8 MiB, claimed by 11 KB.
     let data = base64::engine::general_purpose::STANDARD.encode(vec![0x78u8; 11 * 1024]);

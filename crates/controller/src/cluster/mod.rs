@@ -275,58 +275,47 @@ async fn delete(cluster: &Cluster, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Writes a Cluster's status: a server-side apply under the operator's field manager; for a Cluster
+/// whose inventory could not be read ([`ClusterStatus::inventory_unreadable`]), a JSON merge patch
+/// that leaves `status.compactInventory` as it is. There, the apply would drop the inventory fields
+/// this manager still owns from its last write and keep the rest, an object the API server refuses
+/// (`compactInventory.format: Required value`, seen on kube-apiserver 1.36), so the refusal would
+/// never reach the status; and the operator must not remove the inventory itself (nothing could be
+/// pruned safely after).
 async fn write_status(client: &Client, name: &str, status: &ClusterStatus) -> Result<()> {
     let api: Api<Cluster> = Api::all(client.clone());
-    let body = serde_json::json!({
-        "apiVersion": Cluster::api_version(&()),
-        "kind": Cluster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(apply::FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: format!("write status of Cluster {name}"),
-        source,
-    })?;
-    Ok(())
-}
-
-/// Writes `status` as a JSON merge patch that leaves `status.compactInventory` as it is: for a
-/// Cluster whose inventory could not be read ([`ClusterStatus::inventory_unreadable`]). A server-side
-/// apply would drop the inventory fields this manager still owns from its last write and keep the
-/// rest, an object the API server refuses (`compactInventory.format: Required value`, seen on
-/// kube-apiserver 1.36), so the refusal would never reach the status; and the operator must not
-/// remove the inventory itself (nothing could be pruned safely after).
-async fn write_status_leaving_inventory(
-    client: &Client,
-    name: &str,
-    status: &ClusterStatus,
-) -> Result<()> {
-    // A status is strings, numbers and string-keyed maps: it always serializes to an object.
-    let mut fields = match serde_json::to_value(status) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        _ => serde_json::Map::new(),
+    let (params, patch) = if status.inventory_unreadable.is_some() {
+        // A status is strings, numbers and string-keyed maps: it always serializes to an object.
+        let mut fields = match serde_json::to_value(status) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        fields.remove("compactInventory");
+        let params = PatchParams {
+            field_manager: Some(apply::FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        (
+            params,
+            Patch::Merge(serde_json::json!({ "status": fields })),
+        )
+    } else {
+        let body = serde_json::json!({
+            "apiVersion": Cluster::api_version(&()),
+            "kind": Cluster::kind(&()),
+            "status": status,
+        });
+        (
+            PatchParams::apply(apply::FIELD_MANAGER).force(),
+            Patch::Apply(body),
+        )
     };
-    fields.remove("compactInventory");
-    let api: Api<Cluster> = Api::all(client.clone());
-    let params = PatchParams {
-        field_manager: Some(apply::FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch_status(
-        name,
-        &params,
-        &Patch::Merge(serde_json::json!({ "status": fields })),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: format!("write status of Cluster {name}"),
-        source,
-    })?;
+    api.patch_status(name, &params, &patch)
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("write status of Cluster {name}"),
+            source,
+        })?;
     Ok(())
 }
 

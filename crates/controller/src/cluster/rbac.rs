@@ -218,12 +218,15 @@ pub fn for_namespace(namespace: &str) -> NamespaceRbac {
 /// namespace itself left out): recorded in `status.namespaceRbac` once every managed namespace holds
 /// it, so that a restarted operator giving the same need not read it back. An operator version that
 /// gives other RBAC has another digest and checks every namespace again.
-pub fn digest() -> String {
-    use sha2::Digest as _;
-    let template = for_namespace("");
-    let bytes = serde_json::to_vec(&(&template.runner, &template.bindings)).unwrap_or_default();
-    let hash = sha2::Sha256::digest(&bytes);
-    format!("sha256:{}", hex::encode(&hash[..16]))
+pub fn digest() -> &'static str {
+    static DIGEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use sha2::Digest as _;
+        let template = for_namespace("");
+        let bytes = serde_json::to_vec(&(&template.runner, &template.bindings)).unwrap_or_default();
+        let hash = sha2::Sha256::digest(&bytes);
+        format!("sha256:{}", hex::encode(&hash[..16]))
+    });
+    &DIGEST
 }
 
 /// The templates a namespace may run, from its [`ALLOWED_TEMPLATES_ANNOTATION`]: trimmed, sorted,

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::status::{self, PassReport};
-use super::{Context, retry, write_status, write_status_leaving_inventory};
+use super::{Context, retry, write_status};
 use crate::error::{Error, Result};
 use crate::events::reference;
 use vworkspace_core::crd::Cluster;
@@ -52,9 +52,7 @@ pub(super) async fn summarize_and_patch(
     // A pass started by `reconcile` or a push receiver says it handled that request (Flux's rule).
     next.last_handled_reconcile_at = cluster.reconcile_requested_at().map(str::to_owned);
     log_outcome(&report, started);
-    if previous.is_some_and(|p| p.inventory_unreadable.is_some()) {
-        write_status_leaving_inventory(&ctx.client, &name, &next).await?;
-    } else if previous != Some(&next) {
+    if previous != Some(&next) {
         write_status(&ctx.client, &name, &next).await?;
     }
     if let Some(note) = status::note_for(previous, &next, &report, reference(cluster)) {

@@ -74,7 +74,7 @@ fn seed_from_status(ctx: &Context, cluster: &Cluster, name: &str) {
     let given = cluster
         .status
         .as_ref()
-        .is_some_and(|s| s.namespace_rbac.as_deref() == Some(rbac::digest().as_str()));
+        .is_some_and(|s| s.namespace_rbac.as_deref() == Some(rbac::digest()));
     let recorded = recorded(cluster);
     ctx.with_state(name, |s| {
         if std::mem::replace(&mut s.namespaces_seeded, true) || !given {
@@ -153,17 +153,17 @@ pub(super) async fn record_namespaces(
     // Every managed namespace holds this version's RBAC now (the step before gave it to each one
     // not checked within the hour).
     let digest = rbac::digest();
-    state.report.namespace_rbac = Some(digest.clone());
+    state.report.namespace_rbac = Some(digest.to_owned());
     let rbac_recorded = cluster
         .status
         .as_ref()
-        .is_some_and(|s| s.namespace_rbac.as_deref() == Some(digest.as_str()));
+        .is_some_and(|s| s.namespace_rbac.as_deref() == Some(digest));
     if recorded(cluster) == state.managed && rbac_recorded {
         return StepResult::Next;
     }
     let mut early = cluster.status.clone().unwrap_or_default();
     early.managed_namespaces = state.managed.clone();
-    early.namespace_rbac = Some(digest);
+    early.namespace_rbac = Some(digest.to_owned());
     match write_status(&ctx.client, &state.name, &early).await {
         Ok(()) => StepResult::Next,
         Err(e) => StepResult::Failed(failed(&e)),

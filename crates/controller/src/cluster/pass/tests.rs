@@ -458,14 +458,9 @@ async fn ensure_namespace_rbac_trusts_the_recorded_digest_reads_another_and_appl
 async fn record_namespaces_writes_the_status_only_when_the_list_changed() {
     let digest = crate::cluster::rbac::digest();
     for (recorded, rbac, now, writes) in [
-        (vec!["org-a"], Some(digest.as_str()), vec!["org-a"], 0),
-        (
-            vec!["org-a"],
-            Some(digest.as_str()),
-            vec!["org-a", "org-b"],
-            1,
-        ),
-        (vec![], Some(digest.as_str()), vec!["org-a"], 1),
+        (vec!["org-a"], Some(digest), vec!["org-a"], 0),
+        (vec!["org-a"], Some(digest), vec!["org-a", "org-b"], 1),
+        (vec![], Some(digest), vec!["org-a"], 1),
         // The list holds, but the RBAC digest recorded is another version's (or none yet).
         (
             vec!["org-a"],
@@ -492,10 +487,7 @@ async fn record_namespaces_writes_the_status_only_when_the_list_changed() {
         let result = Step::RecordNamespaces.run(&ctx, &before, &mut state).await;
         assert!(matches!(result, StepResult::Next), "{result:?}");
         assert_eq!(state.report.managed_namespaces, Some(managed(&now)));
-        assert_eq!(
-            state.report.namespace_rbac.as_deref(),
-            Some(digest.as_str())
-        );
+        assert_eq!(state.report.namespace_rbac.as_deref(), Some(digest));
         assert_eq!(
             api.writes().len(),
             writes,
