@@ -610,6 +610,7 @@ async fn the_controllers_reconcile_through_dropped_watches_and_stop_when_told() 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(vworkspace_controller::runtime::controllers(
         h.api.client(),
+        vworkspace_controller::watch_clients::WatchClients::shared(h.api.client()),
         h.ctx.clone(),
         children,
         stopped,

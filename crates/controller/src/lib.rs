@@ -25,6 +25,7 @@ pub mod source;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod watch_clients;
 pub mod watch_health;
 
 pub use error::{Error, Result};

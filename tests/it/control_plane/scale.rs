@@ -9,7 +9,7 @@
 //!    exists, peak RSS, and RSS at rest after that;
 //! 4. the Cluster object's size (compact JSON) and its inventory's share.
 //!
-//! `scale_smoke` runs the scenario at 20 instances inside the test command (so the bench cannot rot)
+//! `scale_smoke` runs the scenario at 40 instances in 40 namespaces inside the test command (so the bench cannot rot)
 //! and asserts only what must hold at any size (everything applied, every child created, the no-op
 //! pass writes nothing), never a time. `scale_bench` (ignored; `scripts/scale.sh` runs it) runs the
 //! sizes of `VWS_SCALE_SIZES` and prints the table.
@@ -62,6 +62,8 @@ struct Row {
     rest_pass_writes: usize,
     cluster_bytes: usize,
     inventory_bytes: usize,
+    /// TCP connections the long-running process holds to the API server at rest.
+    api_connections: usize,
 }
 
 fn mib(kib: u64) -> String {
@@ -74,7 +76,7 @@ fn secs(d: Duration) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Ready mirrored (median / max) | no-op pass, long-running | its RSS above rest | its writes | Cluster object | inventory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Ready mirrored (median / max) | no-op pass, long-running | its RSS above rest | its writes | Cluster object | inventory | connections to the API server at rest |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let latency = match (
@@ -87,7 +89,7 @@ fn table(rows: &[Row]) -> String {
             _ => "not measured".to_owned(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B | {} |\n",
             r.instances,
             secs(r.first_apply),
             mib(r.first_apply_peak_kib),
@@ -105,6 +107,7 @@ fn table(rows: &[Row]) -> String {
             r.rest_pass_writes,
             r.cluster_bytes,
             r.inventory_bytes,
+            r.api_connections,
         ));
     }
     out
@@ -118,6 +121,49 @@ fn scale_of(instances: usize) -> Scale {
         operations: 0,
         values: instances,
     }
+}
+
+/// The API server's port, from the `server:` line of `kubeconfig`.
+fn api_server_port(kubeconfig: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(kubeconfig).ok()?;
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))?;
+    server
+        .trim()
+        .rsplit(':')
+        .next()?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// Established TCP connections from process `pid` to `port`: the sockets among its open files,
+/// matched by inode in the kernel's connection tables.
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let remote = format!(":{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // remote address, state (01: established), inode
+            fields.len() > 9
+                && fields[2].ends_with(&remote)
+                && fields[3] == "01"
+                && inodes.contains(fields[9])
+        })
+        .count()
 }
 
 /// Creates the managed namespaces, 16 at a time; each is deleted with the scope.
@@ -214,10 +260,11 @@ fn requests_by_operator(audit: &super::server::Audit) -> usize {
 
 /// The whole scenario at one size; `rest` is how long the long-running `run` is watched after every
 /// child exists.
-async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
+async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
+    let instances = scale.instances;
     let cluster = format!("scale-{instances}");
     let started = Instant::now();
-    let intent = Intent::generated(&cluster, scale_of(instances));
+    let intent = Intent::generated(&cluster, scale);
     let names = intent.generated_namespaces().to_vec();
     eprintln!(
         "scale {instances}: intent generated in {}",
@@ -317,7 +364,7 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
         }
         row.children = children;
         if children.is_some() {
-            row.ready_latency = mirror_readiness(env, &names, instances).await;
+            row.ready_latency = mirror_readiness(env, &names, &scale).await;
         }
         let resting = Instant::now();
         while resting.elapsed() < rest {
@@ -327,6 +374,8 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        row.api_connections =
+            api_server_port(&env.cp.kubeconfig).map_or(0, |port| connections_to(pid, port));
         if children.is_some() {
             let audit = super::server::Audit::mark(&env.cp.audit_log);
             let (took, added) = poked_pass(env, &cluster, &run, 1).await;
@@ -349,13 +398,13 @@ async fn scenario(env: &Env, instances: usize, rest: Duration) -> Row {
 
 /// Plays Flux's helm-controller on a sample of HelmReleases (none runs here): marks each `Ready`,
 /// then times until its instance's status says `Ready=True`. Sorted latencies.
-async fn mirror_readiness(env: &Env, namespaces: &[String], instances: usize) -> Vec<Duration> {
-    let sample: Vec<usize> = (0..10).map(|k| k * instances / 10).collect();
+async fn mirror_readiness(env: &Env, namespaces: &[String], scale: &Scale) -> Vec<Duration> {
+    let sample: Vec<usize> = (0..10).map(|k| k * scale.instances / 10).collect();
     let (release_resource, _) =
         resource(&env.admin, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await;
     let mut marked = Vec::new();
     for i in sample {
-        let ns = &namespaces[scale_of(instances).namespace_of(i)];
+        let ns = &namespaces[scale.namespace_of(i)];
         let name = Scale::instance_name(i);
         let api: Api<DynamicObject> =
             Api::namespaced_with(env.admin.clone(), ns, &release_resource);
@@ -532,7 +581,14 @@ async fn scale_smoke() {
         skipped(test, "../shared/thirdparty-crds is absent (the Flux CRDs)");
         return;
     }
-    let row = scenario(&env, 20, Duration::from_secs(1)).await;
+    // One instance a namespace, so that the HelmRelease watches (one per namespace) outnumber every
+    // other connection the process may hold.
+    let namespaces = 40;
+    let scale = Scale {
+        namespaces,
+        ..scale_of(namespaces)
+    };
+    let row = scenario(&env, scale, Duration::from_secs(1)).await;
     assert_eq!(row.noop_writes, 0, "an unchanged pass writes nothing");
     assert!(row.first_apply_writes >= 20, "{row:?}");
     assert!(row.children.is_some(), "every child is created: {row:?}");
@@ -546,6 +602,12 @@ async fn scale_smoke() {
         "the long-running no-op pass writes nothing"
     );
     assert!(row.run_peak_kib > 0 && row.cluster_bytes > row.inventory_bytes);
+    // HTTP/2: the 40 watches share a connection (over HTTP/1.1 each held one of its own).
+    assert!(
+        row.api_connections > 0 && row.api_connections < namespaces,
+        "the HelmRelease watches share connections: {} to the API server for {namespaces} namespaces",
+        row.api_connections
+    );
     // The bench's own plumbing: the binary it runs is the one under test.
     assert!(Path::new(BIN).is_file());
 }
@@ -572,7 +634,7 @@ async fn scale_bench() {
     let mut rows = Vec::new();
     let last = sizes.len().saturating_sub(1);
     for (at, size) in sizes.into_iter().enumerate() {
-        rows.push(scenario(&env, size, rest).await);
+        rows.push(scenario(&env, scale_of(size), rest).await);
         if at == last {
             // Nothing runs after it: no need to wait for its namespaces to go.
             break;

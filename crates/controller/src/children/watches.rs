@@ -22,9 +22,10 @@ use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use crate::children::flux::{self, LABEL_INSTANCE};
+use crate::watch_clients::WatchClients;
 use vworkspace_core::crd::ApplicationInstance;
 use vworkspace_core::labels::{LABEL_MANAGED_BY, MANAGED_BY_VALUE};
 
@@ -275,7 +276,7 @@ impl HelmReleaseWatches {
     /// [`RESYNC_NAMESPACES`] regardless). Each instance to reconcile is sent to `triggers`.
     pub async fn run(
         self,
-        client: Client,
+        clients: WatchClients,
         managed: Store<k8s_openapi::api::core::v1::Namespace>,
         changed: Arc<tokio::sync::Notify>,
         triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
@@ -314,7 +315,7 @@ impl HelmReleaseWatches {
                 };
                 self.with(|all| all.insert(namespace.clone(), watch));
                 let task = tokio::spawn(self.clone().watch(
-                    client.clone(),
+                    clients.clone(),
                     resource.clone(),
                     namespace.clone(),
                     triggers.clone(),
@@ -333,15 +334,25 @@ impl HelmReleaseWatches {
         }
     }
 
-    /// One namespace's watch, until aborted (re-established with back-off by kube-runtime).
+    /// One namespace's watch, until aborted (re-established with back-off by kube-runtime), on a
+    /// client of `clients` that it holds while it runs.
     async fn watch(
         self,
-        client: Client,
+        clients: WatchClients,
         resource: ApiResource,
         namespace: String,
         triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
     ) {
-        let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &resource);
+        let lease = loop {
+            match clients.lease() {
+                Ok(lease) => break lease,
+                Err(e) => {
+                    tracing::warn!(namespace = %namespace, error = %e, "no client for the HelmRelease watch yet; retrying");
+                    tokio::time::sleep(ACCESS_PROBE_MAX).await;
+                }
+            }
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(lease.client(), &namespace, &resource);
         let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
         wait_for_access(&api, &selector).await;
         let config = watcher::Config::default().labels(&selector);

@@ -22,6 +22,7 @@ use crate::children::{Caches, ChildContext};
 use crate::cluster::{self, Context};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::watch_clients::WatchClients;
 use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation};
 
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
@@ -34,6 +35,7 @@ use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation};
 /// ([`Context::forget`]), seen by a metadata-only watch.
 pub async fn controllers(
     client: Client,
+    watch_clients: WatchClients,
     ctx: Arc<Context>,
     children: Arc<ChildContext>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -82,7 +84,7 @@ pub async fn controllers(
     };
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let helm_release_watches = helm_releases.run(
-        client.clone(),
+        watch_clients,
         namespace_store.clone(),
         namespace_changed,
         trigger_tx,

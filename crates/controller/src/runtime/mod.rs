@@ -129,10 +129,14 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     // Two rustls crypto providers are compiled in (kube's ring, reqwest's own); the process-level
     // default must be chosen, or the first TLS client panics. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await.map_err(|source| Error::Kube {
+    let connect = |source| Error::Kube {
         action: "connect to the API server (KUBECONFIG, then in-cluster)".into(),
         source,
-    })?;
+    };
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| connect(kube::Error::InferConfig(e)))?;
+    let client = Client::try_from(config.clone()).map_err(connect)?;
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(context(&options, client.clone(), metrics.clone()));
     match crate::commit_status::Sender::spawn(
@@ -161,7 +165,8 @@ pub async fn run(options: RunOptions) -> Result<bool, Error> {
     }
     let children = Arc::new(child_context(&options, &client, &ctx, &metrics));
     cut_passes_after_stop(&ctx, stop_rx.clone());
-    let running = controllers(client, ctx, children, stop_rx.clone());
+    let watch_clients = crate::watch_clients::WatchClients::http2(config, client.clone());
+    let running = controllers(client, watch_clients, ctx, children, stop_rx.clone());
     until_done_or_grace(running, stop_rx).await;
     Ok(true)
 }
