@@ -102,6 +102,18 @@ fn library_pass(
     String,
     Result<pipeline::VerifiedIntent, pipeline::PassError>,
 ) {
+    library_pass_with(args, None)
+}
+
+/// [`library_pass`] with a values verdict recorded by an earlier pass, as the reconciler passes the
+/// one in the Cluster's status.
+fn library_pass_with(
+    args: &[String],
+    values_verified: Option<String>,
+) -> (
+    String,
+    Result<pipeline::VerifiedIntent, pipeline::PassError>,
+) {
     let cli = vworkspace_operator::cli::Cli::parse_from(
         ["vworkspace-operator".to_owned(), "verify".to_owned()]
             .into_iter()
@@ -110,7 +122,8 @@ fn library_pass(
     let vworkspace_operator::cli::Command::Verify(trust) = cli.command else {
         panic!("parsed as verify")
     };
-    let config = vworkspace_operator::cli::trust_config(&trust).expect("trust inputs load");
+    let mut config = vworkspace_operator::cli::trust_config(&trust).expect("trust inputs load");
+    config.values_verified = values_verified;
     let repo = LocalRepository::open(std::path::Path::new(&trust.repo)).expect("open repository");
     // As the command line does: a full id pins a commit, anything else is a revision.
     let reference = if trust.git_ref.len() == 40 {
@@ -856,6 +869,70 @@ fn value_bound_to_another_cluster() {
         }
     );
     assert!(!error.to_string().contains(SMTP_PASSWORD), "{error}");
+}
+
+#[test]
+fn a_recorded_values_verdict_is_reused_for_the_same_values_alone() {
+    let f = fixture();
+    let args = flags(&f, &[]);
+    let plain = library_pass(&args).1.expect("the fixture passes");
+    assert_eq!(
+        plain.values_verdict(),
+        None,
+        "a plain value's note is only found by decrypting: no verdict to reuse"
+    );
+    let token = f.bound_encrypt_for(
+        "demo",
+        ADMIN_TOKEN,
+        "org-vault",
+        "vaultwarden",
+        "adminToken.value",
+    );
+    release_with(
+        &f,
+        "clusters/demo/namespaces/org-vault/applicationinstances/vaultwarden.yaml",
+        vaultwarden(&token).as_bytes(),
+    );
+    let first = library_pass(&args).1.expect("every value bound");
+    assert!(
+        !first.values_reused(),
+        "nothing recorded: every value is decrypted"
+    );
+    let verdict = first
+        .values_verdict()
+        .expect("every value bound: a verdict")
+        .to_owned();
+    // A new process with the verdict its predecessor recorded: the same values are not decrypted.
+    let again = library_pass_with(&args, Some(verdict.clone()))
+        .1
+        .expect("passes");
+    assert!(again.values_reused());
+    assert_eq!(again.values_checked(), first.values_checked());
+    assert_eq!(again.values_verdict(), Some(verdict.as_str()));
+    // Another verdict (another release's, a forged one) covers nothing: every value is decrypted.
+    let other = library_pass_with(&args, Some(format!("sha256:{}", "0".repeat(64))))
+        .1
+        .expect("passes");
+    assert!(!other.values_reused());
+    assert_eq!(other.values_verdict(), Some(verdict.as_str()));
+    // A value changed after the verdict was recorded: a value bound to another cluster is refused
+    // although the recorded verdict is passed along.
+    let armored = f.bound_encrypt_for(
+        "prod",
+        SMTP_PASSWORD,
+        "org-myteam",
+        "nextcloud",
+        "nextcloud.mail.smtp.password",
+    );
+    release_with(
+        &f,
+        &format!("{APPS}/nextcloud.yaml"),
+        nextcloud(&armored).as_bytes(),
+    );
+    let refused = library_pass_with(&args, Some(verdict))
+        .1
+        .expect_err("a changed value is decrypted and refused");
+    assert_eq!(refused.reason(), reason::VALUES_INVALID, "{refused}");
 }
 
 #[test]

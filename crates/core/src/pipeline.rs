@@ -42,6 +42,10 @@ pub struct TrustConfig {
     pub now: jiff::Timestamp,
     /// Bounds on what the repository can make the pass do.
     pub limits: Limits,
+    /// The verdict a pass recorded on values that all decrypted and were bound where they are
+    /// ([`crate::secrets::verdict::values_digest`]): values that give the same digest are not
+    /// decrypted again. Trust it only from where no one but the verifier writes.
+    pub values_verified: Option<String>,
 }
 
 /// A pass that stopped: the commit it was judging and why. Its [`reason`](PassError::reason) is the
@@ -82,7 +86,18 @@ pub struct VerifiedIntent {
     release: VerifiedRelease,
     intent: Intent,
     notes: Vec<String>,
-    values_checked: usize,
+    values: ValuesChecked,
+}
+
+/// What the values step concluded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ValuesChecked {
+    /// How many values there are.
+    count: usize,
+    /// The digest to record, when every value decrypted and was bound where it is.
+    verdict: Option<String>,
+    /// Whether the recorded verdict was reused instead of decrypting.
+    reused: bool,
 }
 
 impl VerifiedIntent {
@@ -102,9 +117,19 @@ impl VerifiedIntent {
     pub fn notes(&self) -> &[String] {
         &self.notes
     }
-    /// How many encrypted values were decrypted and checked.
+    /// How many encrypted values were checked (decrypted, or covered by a recorded verdict).
     pub fn values_checked(&self) -> usize {
-        self.values_checked
+        self.values.count
+    }
+    /// The verdict to record when every value decrypted and was bound where it is found
+    /// ([`TrustConfig::values_verified`]); `None` when values were only checked for form or some
+    /// are unbound (their notes must be produced again).
+    pub fn values_verdict(&self) -> Option<&str> {
+        self.values.verdict.as_deref()
+    }
+    /// Whether the values were covered by the recorded verdict instead of decrypted.
+    pub fn values_reused(&self) -> bool {
+        self.values.reused
     }
 
     /// Until when this verdict holds without re-verification: the release's expiry and the end of
@@ -184,6 +209,7 @@ impl TrustConfig {
                 history: HistoryCheck::default(),
                 now: jiff::Timestamp::now(),
                 limits: Limits::default(),
+                values_verified: None,
             },
         }
     }
@@ -266,6 +292,11 @@ impl TrustConfigBuilder {
         self.config.limits = limits;
         self
     }
+    /// The verdict a pass recorded on the values ([`TrustConfig::values_verified`]).
+    pub fn values_verified(mut self, verdict: Option<String>) -> Self {
+        self.config.values_verified = verdict;
+        self
+    }
     /// The configuration.
     pub fn build(self) -> TrustConfig {
         self.config
@@ -325,13 +356,13 @@ pub fn verify_commit_id(
             )
         })
         .collect();
-    let values_checked = check_values(&intent, &values_inputs(config), &mut notes)
+    let values = check_values(&intent, &values_inputs(config), &mut notes)
         .map_err(|e| fail(ValueErrors(e).into()))?;
     Ok(VerifiedIntent {
         release,
         intent,
         notes,
-        values_checked,
+        values,
     })
 }
 
@@ -341,6 +372,7 @@ struct ValuesInputs<'a> {
     identities: Option<&'a Identities>,
     require_bound: bool,
     limits: &'a Limits,
+    verified: Option<&'a str>,
 }
 
 fn values_inputs(config: &TrustConfig) -> ValuesInputs<'_> {
@@ -349,6 +381,7 @@ fn values_inputs(config: &TrustConfig) -> ValuesInputs<'_> {
         identities: config.identities.as_ref(),
         require_bound: config.require_bound_values,
         limits: &config.limits,
+        verified: config.values_verified.as_deref(),
     }
 }
 
@@ -379,22 +412,22 @@ pub fn check_unsigned(
         identities: None,
         require_bound: false,
         limits,
+        verified: None,
     };
-    let values =
-        check_values(&intent, &inputs, &mut Vec::new()).map_err(|e| fail(ValueErrors(e).into()))?;
+    let values = check_values(&intent, &inputs, &mut Vec::new())
+        .map_err(|e| fail(ValueErrors(e).into()))?
+        .count;
     Ok(UnsignedCheck { intent, values })
 }
 
 /// Checks every encrypted value of every ApplicationInstance: decrypts them all when the cluster's
-/// identities are at hand, checks their form otherwise. Returns how many values there are.
+/// identities are at hand (unless the recorded verdict covers exactly these values, judged alike:
+/// [`secrets::verdict`]), checks their form otherwise.
 fn check_values(
     intent: &Intent,
     config: &ValuesInputs<'_>,
     notes: &mut Vec<String>,
-) -> Result<usize, Vec<ValueError>> {
-    let policy = secrets::ValuesPolicy {
-        require_bound: config.require_bound,
-    };
+) -> Result<ValuesChecked, Vec<ValueError>> {
     let instances: Vec<_> = intent
         .application_instances
         .iter()
@@ -407,9 +440,55 @@ fn check_values(
         })
         .collect();
     // The budget on values is per release: count them all before decrypting any.
-    check_budget(&instances, config)?;
-    // Each instance's values are independent: decrypt on every core, report in intent order.
-    let outcomes = crate::parallel::map(&instances, |(item, values)| {
+    let count = check_budget(&instances, config)?;
+    let mut findings = literal_credentials(&instances, config);
+    let verdict = config.identities.map(|identities| {
+        let recipients = identities.recipients();
+        let judge = secrets::verdict::Judge {
+            cluster: config.cluster,
+            recipients: &recipients,
+            require_bound: config.require_bound,
+            limits: config.limits,
+        };
+        secrets::verdict::values_digest(
+            instances
+                .iter()
+                .map(|(item, values)| (item.namespace.as_str(), item.name.as_str(), *values)),
+            &judge,
+        )
+    });
+    if findings.is_empty() && verdict.is_some() && verdict.as_deref() == config.verified {
+        return Ok(ValuesChecked {
+            count,
+            verdict,
+            reused: true,
+        });
+    }
+    let (unbound, errors) = decrypt_or_check_form(&instances, config, notes);
+    findings.extend(errors);
+    if findings.is_empty() {
+        Ok(ValuesChecked {
+            count,
+            // Unbound values leave notes that only decrypting finds again: no verdict to reuse.
+            verdict: verdict.filter(|_| unbound == 0),
+            reused: false,
+        })
+    } else {
+        Err(findings)
+    }
+}
+
+/// Decrypts every value (or checks its form without identities), on every core, and reports in
+/// intent order: how many values are unbound (each with its note) and every refusal.
+fn decrypt_or_check_form(
+    instances: &WithValues<'_>,
+    config: &ValuesInputs<'_>,
+    notes: &mut Vec<String>,
+) -> (usize, Vec<ValueError>) {
+    let policy = secrets::ValuesPolicy {
+        require_bound: config.require_bound,
+    };
+    let outcomes = crate::parallel::map(instances, |(item, values)| {
         let at = secrets::ValueContext {
             cluster: config.cluster.to_owned(),
             namespace: item.namespace.clone(),
@@ -419,18 +498,17 @@ fn check_values(
             // Plaintext is dropped (and zeroized) inside: this step only proves every value decrypts.
             Some(identities) => {
                 secrets::decrypt_values(values, &at, identities, &policy, config.limits)
-                    .map(|decrypted| (decrypted.len(), decrypted.unbound_paths()))
+                    .map(|decrypted| decrypted.unbound_paths())
             }
-            None => secrets::check_values_form(values, &at, config.limits).map(|n| (n, Vec::new())),
+            None => secrets::check_values_form(values, &at, config.limits).map(|_| Vec::new()),
         }
     });
-    let mut findings = literal_credentials(&instances, config);
-    let mut count = 0usize;
+    let (mut unbound, mut findings) = (0, Vec::new());
     for ((item, _), outcome) in instances.iter().zip(outcomes) {
         match outcome {
-            Ok((n, unbound)) => {
-                count += n;
-                for path in unbound {
+            Ok(paths) => {
+                unbound += paths.len();
+                for path in paths {
                     notes.push(format!(
                         "clusters/{}/{}: spec.values.{path}: value is not bound to where it is used (plain age); bind it with `vworkspace-operator encrypt --recipient <the cluster's age1... recipient> --in-place clusters/{}/{} --path {path}`",
                         config.cluster, item.source_path, config.cluster, item.source_path
@@ -440,11 +518,7 @@ fn check_values(
             Err(errors) => findings.extend(errors),
         }
     }
-    if findings.is_empty() {
-        Ok(count)
-    } else {
-        Err(findings)
-    }
+    (unbound, findings)
 }
 
 /// The ApplicationInstances with values, and their values.
@@ -453,11 +527,12 @@ type WithValues<'i> = [(
     &'i serde_json::Value,
 )];
 
-/// Refuses a release with more encrypted values than the limit, before any is decrypted.
+/// Refuses a release with more encrypted values than the limit, before any is decrypted; returns
+/// how many there are.
 fn check_budget(
     instances: &WithValues<'_>,
     config: &ValuesInputs<'_>,
-) -> Result<(), Vec<ValueError>> {
+) -> Result<usize, Vec<ValueError>> {
     let mut total = 0usize;
     for (_, values) in instances {
         secrets::for_each_armored(values, &mut |_, _| total += 1);
@@ -471,7 +546,7 @@ fn check_budget(
             kind: secrets::ValueErrorKind::TooManyValues(config.limits.max_secret_values),
         }]);
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Literal credentials: the same rule as the admission webhook, so that CI refuses the commit

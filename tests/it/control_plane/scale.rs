@@ -290,6 +290,11 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     row.first_apply = took;
     row.first_apply_peak_kib = peak;
     row.first_apply_writes = audit.writes_by(OPERATOR_USER).len();
+    assert_eq!(
+        reused_verdict(&proc.stderr()),
+        Some(false),
+        "the first apply decrypts every value"
+    );
     let ai = count(&env.admin, super::AI, "ApplicationInstance", &cluster).await;
     assert_eq!(ai, instances, "every declared instance is applied");
 
@@ -301,6 +306,12 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     eprintln!(
         "{instances}: no-op pass, by step: {}",
         step_times(&proc.stderr())
+    );
+    assert_eq!(
+        reused_verdict(&proc.stderr()),
+        Some(true),
+        "a new process reuses the values verdict the first apply recorded: {}",
+        proc.stderr()
     );
     row.noop = took;
     row.noop_peak_kib = peak;
@@ -664,6 +675,14 @@ async fn scale_bench() {
 const STEP_LOG: &str = "warn,vworkspace_controller::cluster::pass=debug";
 
 /// `Step ms, Step ms, …` from the "pass step ended" lines of a JSON log.
+/// Whether the pass logged in `log` took the values verdict from the status (`None`: not logged).
+fn reused_verdict(log: &str) -> Option<bool> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|l| l["message"] == "values checked")
+        .and_then(|l| l["reused_verdict"].as_bool())
+}
+
 fn step_times(log: &str) -> String {
     log.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())

@@ -42,6 +42,9 @@ pub struct PassReport {
     /// The digest of the RBAC every managed namespace holds, when the pass gave it to all of them
     /// ([`crate::cluster::rbac::digest`]).
     pub namespace_rbac: Option<String>,
+    /// The verdict on the release's values, when verification passed and every value decrypted and
+    /// was bound where it is ([`vworkspace_core::pipeline::VerifiedIntent::values_verdict`]).
+    pub values_verified: Option<String>,
     /// Objects applied and pruned by this pass.
     pub writes: (usize, usize),
     /// The age recipients of the Cluster's identities, when the pass read them (public keys).
@@ -86,6 +89,7 @@ impl PassReport {
             inventory: None,
             managed_namespaces: None,
             namespace_rbac: None,
+            values_verified: None,
             writes: (0, 0),
             recipients: None,
             release_expires: None,
@@ -135,6 +139,10 @@ pub fn next_status(
             .namespace_rbac
             .clone()
             .or(previous.namespace_rbac.clone()),
+        values_verified: report
+            .values_verified
+            .clone()
+            .or(previous.values_verified.clone()),
         // Derived from the identity Secret by this pass, never carried from the status read back.
         recipients: report.recipients.clone().unwrap_or_default(),
         ..previous
@@ -236,6 +244,7 @@ mod tests {
             inventory: Some(vec![]),
             managed_namespaces: Some(vec![]),
             namespace_rbac: None,
+            values_verified: None,
             writes: (2, 1),
             recipients: None,
             release_expires: None,
@@ -304,6 +313,27 @@ mod tests {
         let again = next_status(Some(&bad), &refused, Some(1), t0);
         assert_eq!(again, bad);
         assert!(note_for(Some(&bad), &again, &refused, reference()).is_none());
+    }
+
+    #[test]
+    fn the_values_verdict_is_recorded_when_a_pass_reaches_one_and_kept_when_it_does_not() {
+        let t0 = jiff::Timestamp::from_second(1_000).expect("time");
+        let verified = PassReport {
+            values_verified: Some("sha256:v1".into()),
+            ..success()
+        };
+        let first = next_status(None, &verified, Some(1), t0);
+        assert_eq!(first.values_verified.as_deref(), Some("sha256:v1"));
+        // A refusal before verification says nothing of the values: the verdict stays.
+        let refused = PassReport::refused(reason::FETCH_FAILED, "unreachable".into(), None);
+        let kept = next_status(Some(&first), &refused, Some(1), t0);
+        assert_eq!(kept.values_verified.as_deref(), Some("sha256:v1"));
+        let newer = PassReport {
+            values_verified: Some("sha256:v2".into()),
+            ..success()
+        };
+        let moved = next_status(Some(&kept), &newer, Some(1), t0);
+        assert_eq!(moved.values_verified.as_deref(), Some("sha256:v2"));
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub fn trust_config(
             )
             .now(now)
             .limits(limits.clone())
+            // Cluster status is the operator's alone (admission): its verdict may be reused.
+            .values_verified(status.and_then(|s| s.values_verified.clone()))
             .build(),
         auth,
         ca_bundle,

@@ -413,6 +413,13 @@ pub struct ClusterStatus {
     /// refused there) instead of reading it back namespace by namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_rbac: Option<String>,
+    /// The digest of the last verified release's encrypted values, recorded when every one of them
+    /// decrypted and was bound where it is found (with the identities' recipients, the binding
+    /// policy and the limits in the digest). A new process whose release gives the same digest
+    /// reaches that verdict without decrypting every value again; the instance controller still
+    /// decrypts each value before it writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_verified: Option<String>,
     /// The age recipients (public keys, `age1...`) of the identities this Cluster decrypts with:
     /// what `vworkspace-operator encrypt --recipient` takes (`recipient --cluster NAME` prints them).
     /// Never a private key.
@@ -455,6 +462,8 @@ struct ClusterStatusWire {
     #[serde(default)]
     namespace_rbac: Option<String>,
     #[serde(default)]
+    values_verified: Option<String>,
+    #[serde(default)]
     recipients: Vec<String>,
     #[serde(default)]
     observed_generation: Option<i64>,
@@ -482,6 +491,7 @@ impl<'de> Deserialize<'de> for ClusterStatus {
             inventory,
             managed_namespaces: wire.managed_namespaces,
             namespace_rbac: wire.namespace_rbac,
+            values_verified: wire.values_verified,
             recipients: wire.recipients,
             observed_generation: wire.observed_generation,
             last_handled_reconcile_at: wire.last_handled_reconcile_at,

@@ -18,6 +18,7 @@ mod secret_value;
 mod value_error;
 mod values;
 pub mod values_policy;
+pub mod verdict;
 mod walk;
 
 pub use armor::{ARMOR_BEGIN, is_armored};

@@ -68,6 +68,11 @@ pub(super) async fn fetch_and_verify(
     state.progress.set_fetching(false);
     match verified {
         Ok(verified) => {
+            tracing::debug!(
+                values = verified.values_checked(),
+                reused_verdict = verified.values_reused(),
+                "values checked"
+            );
             state.attempted_commit = Some(verified.commit().id().to_string());
             state.verified = Some(verified);
             StepResult::Next
@@ -118,6 +123,7 @@ fn verified_report(
         inventory: None,
         managed_namespaces: None,
         namespace_rbac: None,
+        values_verified: verified.values_verdict().map(str::to_owned),
         writes: (0, 0),
         recipients: state.recipients.take(),
         release_expires: Some((verified.release().serial(), verified.release().expires())),
