@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::{CHILD_CONCURRENCY, DECLARED_POLL, stopped};
@@ -342,6 +342,7 @@ where
     let (reader, writer) = reflector::store::<K>();
     let before = reader.clone();
     let listed = live.as_ref().map(|(_, listed)| listed.clone());
+    let child = live.is_some();
     let kind = K::kind(&()).into_owned();
     let stream = watcher(api, config)
         .default_backoff()
@@ -374,7 +375,35 @@ where
             }
         })
         .applied_objects();
+    if !child {
+        return Controller::for_stream(stream, reader);
+    }
+    // A child controller's own status write would reconcile its object once more (each an extra
+    // read of every child): only what the reconcile reads from the object triggers one.
+    let stream = stream.predicate_filter(reconciled_part, PredicateConfig::default());
     Controller::for_stream(stream, reader)
+}
+
+/// A hash of what a child reconcile reads from its object: everything but the status (which only
+/// the reconcile itself writes) and the bookkeeping that moves with every write.
+fn reconciled_part<K: kube::Resource>(object: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = object.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.uid.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.owner_references
+        .as_ref()
+        .map(|refs| refs.iter().map(|r| &r.uid).collect::<Vec<_>>())
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The watch of the `Cluster`s this process reconciles: all, or those `selector` picks (`run
@@ -436,5 +465,49 @@ where
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "reconcile ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance(change: impl FnOnce(&mut serde_json::Value)) -> ApplicationInstance {
+        let mut object = json!({
+            "apiVersion": "apps.vworkspace.io/v1alpha1",
+            "kind": "ApplicationInstance",
+            "metadata": {"name": "app", "namespace": "org", "uid": "u1", "generation": 1,
+                "resourceVersion": "10", "labels": {"a": "1"}, "annotations": {"b": "2"}},
+            "spec": {"chart": {"repository": "https://charts.example", "name": "app", "version": "1.0.0"}},
+            "status": {"observedGeneration": 1}
+        });
+        change(&mut object);
+        serde_json::from_value(object).expect("an ApplicationInstance")
+    }
+
+    #[test]
+    fn a_child_reconcile_is_triggered_by_what_it_reads_never_by_its_own_status_write() {
+        let base = reconciled_part(&instance(|_| {}));
+        let same = [
+            instance(|o| o["status"] = json!({"observedGeneration": 1, "conditions": []})),
+            instance(|o| o["metadata"]["resourceVersion"] = json!("11")),
+        ];
+        for object in &same {
+            assert_eq!(reconciled_part(object), base, "{:?}", object.metadata);
+        }
+        let moved = [
+            instance(|o| o["metadata"]["generation"] = json!(2)),
+            instance(|o| o["metadata"]["labels"]["a"] = json!("x")),
+            instance(|o| {
+                o["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"] = json!("now")
+            }),
+            instance(|o| o["metadata"]["deletionTimestamp"] = json!("2026-12-04T00:00:00Z")),
+            instance(|o| o["metadata"]["finalizers"] = json!(["f"])),
+            instance(|o| o["metadata"]["uid"] = json!("u2")),
+        ];
+        for object in &moved {
+            assert_ne!(reconciled_part(object), base, "{:?}", object.metadata);
+        }
     }
 }
