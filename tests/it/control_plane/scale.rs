@@ -64,6 +64,8 @@ struct Row {
     inventory_bytes: usize,
     /// TCP connections the long-running process holds to the API server at rest.
     api_connections: usize,
+    /// The long-running process's requests kube-apiserver answered 429 (too many in flight).
+    throttled: usize,
 }
 
 fn mib(kib: u64) -> String {
@@ -76,7 +78,7 @@ fn secs(d: Duration) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Ready mirrored (median / max) | no-op pass, long-running | its RSS above rest | its writes | Cluster object | inventory | connections to the API server at rest |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| instances | first apply | peak | writes | no-op pass | peak | writes | all children | run peak | run at rest | run requests | Ready mirrored (median / max) | no-op pass, long-running | its RSS above rest | its writes | Cluster object | inventory | connections to the API server at rest | run requests answered 429 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let latency = match (
@@ -89,7 +91,7 @@ fn table(rows: &[Row]) -> String {
             _ => "not measured".to_owned(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} B | {} B | {} | {} |\n",
             r.instances,
             secs(r.first_apply),
             mib(r.first_apply_peak_kib),
@@ -108,6 +110,7 @@ fn table(rows: &[Row]) -> String {
             r.cluster_bytes,
             r.inventory_bytes,
             r.api_connections,
+            r.throttled,
         ));
     }
     out
@@ -249,13 +252,19 @@ async fn count(admin: &Client, api_version: &str, kind: &str, prefix: &str) -> u
         .unwrap_or(0)
 }
 
-/// Requests (all verbs) by the operator in the audit log since `mark`.
-fn requests_by_operator(audit: &super::server::Audit) -> usize {
-    audit
-        .since()
+/// Requests (all verbs) by the operator in the audit log since `mark`, and how many of them were
+/// answered 429.
+fn requests_by_operator(audit: &super::server::Audit) -> (usize, usize) {
+    let events = audit.since();
+    let ours: Vec<_> = events
         .iter()
         .filter(|e| e["user"]["username"] == OPERATOR_USER)
-        .count()
+        .collect();
+    let throttled = ours
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 429)
+        .count();
+    (ours.len(), throttled)
 }
 
 /// The whole scenario at one size; `rest` is how long the long-running `run` is watched after every
@@ -399,7 +408,7 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
             row.run_peak_kib = row.run_peak_kib.max(hwm);
         }
         run.stop();
-        row.run_requests = requests_by_operator(&audit);
+        (row.run_requests, row.throttled) = requests_by_operator(&audit);
     }
     drop(webhook);
     drop(scope);
@@ -613,6 +622,10 @@ async fn scale_smoke() {
         "the long-running no-op pass writes nothing"
     );
     assert!(row.run_peak_kib > 0 && row.cluster_bytes > row.inventory_bytes);
+    assert_eq!(
+        row.throttled, 0,
+        "nothing the process sent was answered 429: {row:?}"
+    );
     // HTTP/2: the 40 watches share a connection (over HTTP/1.1 each held one of its own).
     assert!(
         row.api_connections > 0 && row.api_connections < namespaces,

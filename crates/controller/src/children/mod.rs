@@ -409,9 +409,10 @@ pub struct Ensured {
     pub removed: Option<String>,
 }
 
-/// Reads a dynamic object by name and server-side applies `desired` if it differs. `known_absent`: a watch has listed the
-/// namespace and not seen the object, so the read is skipped (were the watch behind, the apply
-/// changes nothing that is already there).
+/// Reads a dynamic object by name and server-side applies `desired` if it differs. `known_absent`:
+/// the object is believed absent (a watch has listed the namespace and not seen it, or its instance
+/// was never reconciled), so the read is skipped and the apply's answer is checked instead: fields
+/// another writer added to an object that did exist are removed as after a read.
 pub async fn ensure_dynamic(
     client: &Client,
     resource: &ApiResource,
@@ -458,9 +459,16 @@ pub async fn ensure_dynamic(
         )
         .await
         .map_err(kube_error(format!("apply {what}")))?;
+    let written = serde_json::to_value(written).unwrap_or(Value::Null);
+    // Not read before: what the apply answered is what was there, with our fields on top.
+    let foreign = foreign.or_else(|| {
+        (known_absent && foreign::compared_whole(resource))
+            .then(|| foreign::foreign_spec_fields(desired, &written))
+            .flatten()
+    });
     let Some(patch) = foreign else {
         return Ok(Ensured {
-            live: serde_json::to_value(written).unwrap_or(Value::Null),
+            live: written,
             wrote: true,
             removed: None,
         });

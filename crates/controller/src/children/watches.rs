@@ -76,6 +76,11 @@ pub fn access_of<T>(answer: &Result<T, kube::Error>) -> Access {
     }
 }
 
+/// How many namespaces' watches make their first list at once. A restart at 1,000 namespaces used
+/// to send 1,000 lists together, and kube-apiserver answered 1,290 of them 429 (its in-flight
+/// limit), each then retried with back-off; a few dozen at a time finish sooner.
+pub const CONCURRENT_STARTS: usize = 32;
+
 /// The longest wait between two access probes of one namespace.
 pub const ACCESS_PROBE_MAX: Duration = Duration::from_secs(5);
 
@@ -285,6 +290,7 @@ impl HelmReleaseWatches {
         let resource =
             super::api_resource("helm.toolkit.fluxcd.io/v2", "HelmRelease", "helmreleases");
         let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let starts = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS));
         tokio::pin!(stop);
         tokio::select! {
             () = &mut stop => return,
@@ -316,6 +322,7 @@ impl HelmReleaseWatches {
                 self.with(|all| all.insert(namespace.clone(), watch));
                 let task = tokio::spawn(self.clone().watch(
                     clients.clone(),
+                    starts.clone(),
                     resource.clone(),
                     namespace.clone(),
                     triggers.clone(),
@@ -339,6 +346,7 @@ impl HelmReleaseWatches {
     async fn watch(
         self,
         clients: WatchClients,
+        starts: Arc<tokio::sync::Semaphore>,
         resource: ApiResource,
         namespace: String,
         triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
@@ -354,6 +362,8 @@ impl HelmReleaseWatches {
         };
         let api: Api<DynamicObject> = Api::namespaced_with(lease.client(), &namespace, &resource);
         let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+        // Held until the first list completed (or failed): see [`CONCURRENT_STARTS`].
+        let mut starting = starts.acquire_owned().await.ok();
         wait_for_access(&api, &selector).await;
         let config = watcher::Config::default().labels(&selector);
         let events = watcher(api, config).default_backoff();
@@ -365,13 +375,17 @@ impl HelmReleaseWatches {
                     let (name, ready) = instance_and_ready(&o);
                     Observed::Listed(name, ready)
                 }
-                Ok(watcher::Event::InitDone) => Observed::ListDone,
+                Ok(watcher::Event::InitDone) => {
+                    drop(starting.take());
+                    Observed::ListDone
+                }
                 Ok(watcher::Event::Apply(o)) => {
                     let (name, ready) = instance_and_ready(&o);
                     Observed::Changed(name, ready)
                 }
                 Ok(watcher::Event::Delete(o)) => Observed::Deleted(instance_and_ready(&o).0),
                 Err(e) => {
+                    drop(starting.take());
                     if let Some(metrics) = &self.metrics {
                         metrics.count_failed_watch(HELM_RELEASE_WATCH);
                     }

@@ -298,8 +298,16 @@ async fn the_steps_refuse_to_run_before_the_steps_they_need() {
 
 /// Runs the build and write steps on a judged, decrypted instance; the writes, in order.
 async fn build_and_write(api: &Arc<FakeApi>, secret: Option<&str>) -> (InstanceState, Vec<String>) {
+    build_and_write_to(api, secret, instance(json!({"replicas": 2}))).await
+}
+
+/// [`build_and_write`] for `object`.
+async fn build_and_write_to(
+    api: &Arc<FakeApi>,
+    secret: Option<&str>,
+    object: ApplicationInstance,
+) -> (InstanceState, Vec<String>) {
     let ctx = context(api);
-    let object = instance(json!({"replicas": 2}));
     let mut state = judged(&object, empty_release(&ctx.declared), false);
     state.values = Some(crate::children::flux::SplitValues {
         inline: json!({"replicas": 2}),
@@ -349,6 +357,76 @@ async fn the_children_are_written_secret_first_and_ready_waits_for_the_helm_rele
     let (_, writes) = build_and_write(&api, None).await;
     assert_eq!(writes.len(), 2, "{writes:?}");
     assert!(writes.iter().all(|w| !w.contains("/secrets/")));
+}
+
+#[tokio::test]
+async fn children_never_written_are_written_unread_and_checked_from_the_answer() {
+    const SOURCE: &str = "/apis/source.toolkit.fluxcd.io/v1/namespaces/org-a/helmrepositories/web";
+    let reads = |api: &Arc<FakeApi>| -> Vec<String> {
+        api.seen()
+            .iter()
+            .filter(|s| s.method == Method::GET)
+            .map(|s| s.path.clone())
+            .collect()
+    };
+    // Children never written (the status names no HelmRelease): no read before the three applies.
+    let api = FakeApi::new();
+    let (_, writes) = build_and_write(&api, Some("{\"password\":\"x\"}")).await;
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert_eq!(reads(&api), Vec::<String>::new());
+
+    // A status written before the children were (waiting for the release) changes nothing.
+    let mut waited = instance(json!({"replicas": 2}));
+    waited.status = Some(serde_json::from_value(json!({"observedGeneration": 2})).expect("status"));
+    let api = FakeApi::new();
+    build_and_write_to(&api, Some("{\"password\":\"x\"}"), waited).await;
+    assert_eq!(reads(&api), Vec::<String>::new());
+
+    // Written before: each child is read first (an unchanged child is not written).
+    let mut reconciled = instance(json!({"replicas": 2}));
+    reconciled.status = Some(
+        serde_json::from_value(json!({"observedGeneration": 2, "helmReleaseRef": "org-a/web"}))
+            .expect("status"),
+    );
+    let api = FakeApi::new();
+    build_and_write_to(&api, Some("{\"password\":\"x\"}"), reconciled).await;
+    assert_eq!(reads(&api).len(), 3, "{:?}", reads(&api));
+
+    // Believed absent but there, with a field another writer added: the apply's answer shows it
+    // and it is removed, as after a read.
+    let api = FakeApi::new();
+    api.route(
+        Method::PATCH,
+        SOURCE,
+        200,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+               "metadata": {"name": "web", "namespace": "org-a", "managedFields": [
+                   {"manager": "kubectl-edit", "operation": "Update", "apiVersion": "source.toolkit.fluxcd.io/v1",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:suspend": {}}}}]},
+               "spec": {"url": "https://charts.example.org/", "interval": "10m", "suspend": true}}),
+    );
+    let (state, writes) = build_and_write(&api, None).await;
+    let patches: Vec<_> = api
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == Method::PATCH && s.path == SOURCE)
+        .collect();
+    assert_eq!(patches.len(), 2, "the apply, then the removal: {writes:?}");
+    assert!(
+        patches[1].body["spec"]
+            .as_object()
+            .is_some_and(|spec| spec.get("suspend") == Some(&Value::Null)),
+        "a merge patch setting the field to null: {:?}",
+        patches[1].body
+    );
+    assert!(
+        state
+            .removed
+            .iter()
+            .any(|r| r.contains("HelmRepository") && r.contains("suspend")),
+        "{:?}",
+        state.removed
+    );
 }
 
 #[tokio::test]

@@ -15,22 +15,29 @@ use vworkspace_core::crd::ApplicationInstance;
 /// data (exactly its keys, no other), the type, our labels and annotations and the owner reference.
 /// Returns the Secret's `resourceVersion` (what [`crate::children::rollout::values_request`] names),
 /// `None` without a Secret, and the keys another writer had added and this call removed (names,
-/// never values).
+/// never values). `believed_absent` (the instance was never reconciled): a Secret to write is
+/// written without reading it first, and the apply's answer is checked for keys another writer
+/// added, as after a read.
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
     instance: &ApplicationInstance,
     yaml: Option<&[u8]>,
     chart_keys: &[String],
+    believed_absent: bool,
 ) -> Result<(Option<String>, Option<String>), Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = flux::values_secret_name(&instance.name_any());
     let what = format!("Secret {namespace}/{name}");
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let live = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_error(format!("get {what}")))?;
-    match (yaml.is_some() || !chart_keys.is_empty()).then_some(yaml) {
+    let wanted = (yaml.is_some() || !chart_keys.is_empty()).then_some(yaml);
+    let live = if believed_absent && wanted.is_some() {
+        None
+    } else {
+        api.get_opt(&name)
+            .await
+            .map_err(kube_error(format!("get {what}")))?
+    };
+    match wanted {
         Some(yaml) => {
             let desired =
                 flux::values_secret_with(instance, yaml, chart_keys).map_err(|e| Error::Child {
