@@ -218,11 +218,9 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
             "GET /api/v1/namespaces/org-myteam".to_owned(),
             "GET /apis/ops.vworkspace.io/v1alpha1/clusters".to_owned(),
             "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
-            format!("GET {SECRET}"),
+            // Children never written: applied without a read before each.
             format!("PATCH {SECRET}"),
-            format!("GET {HELM_REPOSITORY}"),
             format!("PATCH {HELM_REPOSITORY}"),
-            format!("GET {HELM_RELEASE}"),
             format!("PATCH {HELM_RELEASE}"),
             format!("PATCH {NEXTCLOUD}/status"),
         ]

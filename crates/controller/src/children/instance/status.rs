@@ -44,7 +44,10 @@ pub fn instance_status(
         .chain(drift.cloned())
         .collect(),
         observed_generation: generation,
-        helm_release_ref: helm_release,
+        // Kept through a refusal or a wait: the children written before are still there (and a
+        // reconcile reads them before writing again, `steps::children_never_written`).
+        helm_release_ref: helm_release
+            .or_else(|| previous.and_then(|p| p.helm_release_ref.clone())),
     }
 }
 
@@ -85,6 +88,28 @@ mod tests {
 
     fn ready() -> (String, String, String) {
         ("True".into(), "InstallSucceeded".into(), "installed".into())
+    }
+
+    #[test]
+    fn the_helm_release_ref_is_kept_through_a_refusal_or_a_wait() {
+        let at = |s| jiff::Timestamp::from_second(s).expect("time");
+        let waiting = (
+            "False".into(),
+            "WaitingForVerifiedRelease".into(),
+            "m".into(),
+        );
+        let first = instance_status(None, waiting.clone(), Some(1), None, at(10));
+        assert_eq!(first.helm_release_ref, None, "no child written yet");
+        let written = instance_status(
+            Some(&first),
+            ready(),
+            Some(1),
+            Some("org/web".into()),
+            at(20),
+        );
+        assert_eq!(written.helm_release_ref.as_deref(), Some("org/web"));
+        let restarted = instance_status(Some(&written), waiting, Some(1), None, at(30));
+        assert_eq!(restarted.helm_release_ref.as_deref(), Some("org/web"));
     }
 
     #[test]
