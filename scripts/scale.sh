@@ -23,8 +23,16 @@ if ! scripts/control-plane.sh env >/dev/null 2>&1; then
 fi
 stop() { if [ "$owned" = 1 ]; then scripts/control-plane.sh stop >/dev/null 2>&1 || true; fi; }
 trap stop EXIT
-# Build first, so that no size's control plane idles through a compile.
-cargo test --release --test it --no-run
+# Build first, and run the binary built here: no size's control plane idles through a compile, and
+# a source edited during a long run does not change what the later sizes measure.
+exe="$(cargo test --release --test it --no-run --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "it" and m.get("executable"):
+        print(m["executable"])
+' | tail -1)"
+[ -x "$exe" ] || { echo "scale: the test binary was not built" >&2; exit 1; }
 run_sizes() {
   local sizes="$1" out="$2" envs kubeconfig audit
   envs="$(scripts/control-plane.sh env)"
@@ -32,7 +40,7 @@ run_sizes() {
   audit="$(sed -n 's/^VWS_CONTROL_PLANE_AUDIT_LOG=//p' <<<"$envs")"
   VWS_TEST_KUBECONFIG="$kubeconfig" VWS_TEST_AUDIT_LOG="$audit" VWS_SCALE_SIZES="$sizes" \
     VWS_SCALE_OUT="$out" \
-    cargo test --release --test it control_plane::scale::scale_bench -- --ignored --nocapture --exact
+    "$exe" control_plane::scale::scale_bench --ignored --nocapture --exact
 }
 if [ "$owned" = 0 ]; then
   run_sizes "$SIZES" "$OUT"
