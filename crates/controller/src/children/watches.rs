@@ -89,11 +89,24 @@ pub const ACCESS_PROBE_MAX: Duration = Duration::from_secs(5);
 /// RoleBinding the pass has not made yet does not log a 403 (kube-runtime warns on a forbidden
 /// list). Returns the number of probes answered 403.
 pub async fn wait_for_access(api: &Api<DynamicObject>, selector: &str) -> u32 {
+    wait_for_access_among(api, selector, &tokio::sync::Semaphore::new(1)).await
+}
+
+/// [`wait_for_access`], each probe holding one of `starts`' permits: never while it waits, so that
+/// a namespace whose RoleBinding never comes holds up no other namespace's watch.
+async fn wait_for_access_among(
+    api: &Api<DynamicObject>,
+    selector: &str,
+    starts: &tokio::sync::Semaphore,
+) -> u32 {
     let params = kube::api::ListParams::default().labels(selector).limit(1);
     let mut delay = Duration::from_millis(100);
     let mut forbidden = 0;
     loop {
-        let answer = api.list_metadata(&params).await;
+        let answer = {
+            let _permit = starts.acquire().await;
+            api.list_metadata(&params).await
+        };
         if access_of(&answer) != Access::NotYet {
             return forbidden;
         }
@@ -362,9 +375,9 @@ impl HelmReleaseWatches {
         };
         let api: Api<DynamicObject> = Api::namespaced_with(lease.client(), &namespace, &resource);
         let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+        wait_for_access_among(&api, &selector, &starts).await;
         // Held until the first list completed (or failed): see [`CONCURRENT_STARTS`].
         let mut starting = starts.acquire_owned().await.ok();
-        wait_for_access(&api, &selector).await;
         let config = watcher::Config::default().labels(&selector);
         let events = watcher(api, config).default_backoff();
         tokio::pin!(events);
