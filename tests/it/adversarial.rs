@@ -843,10 +843,9 @@ fn value_encrypted_to_another_cluster() {
     );
 }
 
-#[test]
-fn value_bound_to_another_cluster() {
-    let f = fixture();
-    // Encrypted to this cluster's recipient, but sealed for cluster prod.
+/// Releases nextcloud's SMTP password encrypted to this cluster's recipient but sealed for cluster
+/// prod.
+fn release_value_bound_to_prod(f: &Fixture) {
     let armored = f.bound_encrypt_for(
         "prod",
         SMTP_PASSWORD,
@@ -855,10 +854,16 @@ fn value_bound_to_another_cluster() {
         "nextcloud.mail.smtp.password",
     );
     release_with(
-        &f,
+        f,
         &format!("{APPS}/nextcloud.yaml"),
         nextcloud(&armored).as_bytes(),
     );
+}
+
+#[test]
+fn value_bound_to_another_cluster() {
+    let f = fixture();
+    release_value_bound_to_prod(&f);
     let error = value_refusal(refusal(&f, &[]));
     assert_eq!(error.path, "nextcloud.mail.smtp.password");
     assert_eq!(
@@ -917,18 +922,7 @@ fn a_recorded_values_verdict_is_reused_for_the_same_values_alone() {
     assert_eq!(other.values_verdict(), Some(verdict.as_str()));
     // A value changed after the verdict was recorded: a value bound to another cluster is refused
     // although the recorded verdict is passed along.
-    let armored = f.bound_encrypt_for(
-        "prod",
-        SMTP_PASSWORD,
-        "org-myteam",
-        "nextcloud",
-        "nextcloud.mail.smtp.password",
-    );
-    release_with(
-        &f,
-        &format!("{APPS}/nextcloud.yaml"),
-        nextcloud(&armored).as_bytes(),
-    );
+    release_value_bound_to_prod(&f);
     let refused = library_pass_with(&args, Some(verdict))
         .1
         .expect_err("a changed value is decrypted and refused");
