@@ -82,6 +82,8 @@ mod tests {
         let digest = |ns, name, values: &Value, judge: &Judge<'_>| {
             values_digest([(ns, name, values)], judge)
         };
+        // The same values, judged by another judge.
+        let judged_by = |other: Judge<'_>| digest("org", "app", &values, &other);
         let base = digest("org", "app", &values, &judge);
         assert!(base.starts_with("sha256:") && base.len() == 7 + 64);
         assert_eq!(base, digest("org", "app", &values, &judge), "deterministic");
@@ -91,42 +93,22 @@ mod tests {
             digest("other", "app", &values, &judge),
             digest("org", "app2", &values, &judge),
             digest("or", "gapp", &values, &judge),
-            digest(
-                "org",
-                "app",
-                &values,
-                &Judge {
-                    cluster: "prod",
-                    ..judge
-                },
-            ),
-            digest(
-                "org",
-                "app",
-                &values,
-                &Judge {
-                    recipients: &rotated,
-                    ..judge
-                },
-            ),
-            digest(
-                "org",
-                "app",
-                &values,
-                &Judge {
-                    require_bound: false,
-                    ..judge
-                },
-            ),
-            digest(
-                "org",
-                "app",
-                &values,
-                &Judge {
-                    limits: &other_limits,
-                    ..judge
-                },
-            ),
+            judged_by(Judge {
+                cluster: "prod",
+                ..judge
+            }),
+            judged_by(Judge {
+                recipients: &rotated,
+                ..judge
+            }),
+            judged_by(Judge {
+                require_bound: false,
+                ..judge
+            }),
+            judged_by(Judge {
+                limits: &other_limits,
+                ..judge
+            }),
             values_digest([], &judge),
         ];
         for (i, other) in others.iter().enumerate() {
