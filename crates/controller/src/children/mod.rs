@@ -410,9 +410,10 @@ pub struct Ensured {
 }
 
 /// Reads a dynamic object by name and server-side applies `desired` if it differs. `known_absent`:
-/// the object is believed absent (a watch has listed the namespace and not seen it, or its instance
-/// was never reconciled), so the read is skipped and the apply's answer is checked instead: fields
-/// another writer added to an object that did exist are removed as after a read.
+/// the object is believed absent (a watch has listed the namespace and not seen it, or its
+/// instance's children were never written), so the read is skipped and the apply's answer is
+/// checked instead: fields another writer added to an object that did exist are removed as after a
+/// read.
 pub async fn ensure_dynamic(
     client: &Client,
     resource: &ApiResource,

@@ -15,7 +15,7 @@ use vworkspace_core::crd::ApplicationInstance;
 /// data (exactly its keys, no other), the type, our labels and annotations and the owner reference.
 /// Returns the Secret's `resourceVersion` (what [`crate::children::rollout::values_request`] names),
 /// `None` without a Secret, and the keys another writer had added and this call removed (names,
-/// never values). `believed_absent` (the instance was never reconciled): a Secret to write is
+/// never values). `believed_absent` (the instance's children were never written): a Secret to write is
 /// written without reading it first, and the apply's answer is checked for keys another writer
 /// added, as after a read.
 pub(super) async fn ensure_values_secret(
