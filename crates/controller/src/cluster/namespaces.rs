@@ -133,15 +133,16 @@ pub(crate) async fn ensure_one<K>(
 where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    ensure_one_reading(api, desired, Some(matches), field_manager, what).await
+    ensure_one_as(api, desired, matches, Check::ReadFirst, field_manager, what).await
 }
 
-/// [`ensure_one`], or with `matches` `None` the apply alone, unread (a namespace new to the
+/// [`ensure_one`], or with [`Check::ApplyOnly`] the apply alone, unread (a namespace new to the
 /// `Cluster`: what it holds is written anyway, and the read would double the requests).
-async fn ensure_one_reading<K>(
+async fn ensure_one_as<K>(
     api: Api<K>,
     desired: &K,
-    matches: Option<fn(&K, &K) -> bool>,
+    matches: fn(&K, &K) -> bool,
+    check: Check,
     field_manager: &str,
     what: String,
 ) -> Result<bool, Error>
@@ -149,7 +150,7 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    if let Some(matches) = matches {
+    if check == Check::ReadFirst {
         let live = api.get_opt(&name).await.map_err(|source| Error::Kube {
             action: format!("get {what}"),
             source,
@@ -190,13 +191,13 @@ pub async fn ensure(
     check: Check,
 ) -> Result<usize, Error> {
     let desired = rbac::for_namespace(namespace);
-    let read = check == Check::ReadFirst;
     let mut written = 0;
     // The binding to the runner's ClusterRole names the ServiceAccount: create it first.
-    if ensure_one_reading(
+    if ensure_one_as(
         Api::<ServiceAccount>::namespaced(client.clone(), namespace),
         &desired.runner,
-        read.then_some(service_account_matches as fn(&ServiceAccount, &ServiceAccount) -> bool),
+        service_account_matches,
+        check,
         field_manager,
         format!("ServiceAccount {namespace}/{}", rbac::RUNNER),
     )
@@ -206,10 +207,11 @@ pub async fn ensure(
     }
     for binding in &desired.bindings {
         let name = binding.metadata.name.clone().unwrap_or_default();
-        if ensure_one_reading(
+        if ensure_one_as(
             Api::<RoleBinding>::namespaced(client.clone(), namespace),
             binding,
-            read.then_some(binding_matches as fn(&RoleBinding, &RoleBinding) -> bool),
+            binding_matches,
+            check,
             field_manager,
             format!("RoleBinding {namespace}/{name}"),
         )
