@@ -145,11 +145,24 @@ if [ -z "${VWS_TEST_FLUX_BIN:-}" ]; then
   fi
 fi
 
+set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
 # Stopped before the summary, so that the closing line stays the last one.
 if [ -n "$cp_started" ]; then
   ./scripts/control-plane.sh stop
   cp_started=""
+fi
+if [ "$rc" -ne 0 ]; then
+  # A failing test's panic message sits above its backtrace and the other tests' output, where a
+  # log cut to its head and tail loses it: repeat each message (at most 12 lines) last.
+  echo "why each failing test failed:"
+  awk '/^---- .* stdout ----$/ { name = $2; n = 0; next }
+       /panicked at / && name != "" { print "  " name ": " $0; n = 12; next }
+       n > 0 && /^(stack backtrace:|note: |   [0-9]+: )/ { n = 0 }
+       n > 0 { print "    " substr($0, 1, 300); n-- }' "$log"
+  exit "$rc"
 fi
 # A test that could not run says so in a line "SKIPPED <test>: <why>"; it still counts as passed for
 # cargo, so the closing line subtracts it and shows it.

@@ -125,13 +125,15 @@ impl Flux {
     }
 
     pub fn logs(&self) -> String {
-        let helm = self.helm.as_ref().map(Proc::stderr).unwrap_or_default();
-        let source = self.source.stderr();
-        let tail = |s: &str| s.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        let helm = self
+            .helm
+            .as_ref()
+            .map(|p| p.stderr_tail(30))
+            .unwrap_or_default();
         format!(
-            "source-controller (last lines, newest first):\n{}\nhelm-controller:\n{}",
-            tail(&source),
-            tail(&helm)
+            "source-controller (last lines):\n{}\nhelm-controller:\n{}",
+            self.source.stderr_tail(30),
+            helm
         )
     }
 }

@@ -1106,19 +1106,29 @@ async fn a_paused_leaders_writes_sent_after_the_takeover_are_refused_by_the_api_
     .await;
     super::leader::signal_group(&leader, "-STOP");
     hold_lease(&env.admin, "usurper").await;
-    // The API server's policy sees the new holder a moment after it is written.
+    // The API server's policy sees the new holder a moment after it is written. Only the fence's
+    // own refusal says so: any other error (a timeout, a 429 under load) proves nothing.
     let probe = client_from(&kubeconfig).await;
     wait_for("the fence to see the new holder", 30, || async {
-        dry_run_binding(&probe, ns).await.err()
+        match dry_run_binding(&probe, ns).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("held by usurper") => {
+                Some(())
+            }
+            _ => None,
+        }
     })
     .await;
     let resumed = jiff::Timestamp::now();
     super::leader::signal_group(&leader, "-CONT");
     let status = leader.wait_timeout(60);
-    let stderr = leader.stderr();
+    println!(
+        "the old leader stopped {:?} after the resume",
+        jiff::Timestamp::now().duration_since(resumed)
+    );
+    let stderr = leader.stderr_tail(40);
     assert!(
         status.is_some(),
-        "the old leader stops after it lost the Lease: {stderr}"
+        "the old leader stops after it lost the Lease; its last lines: {stderr}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let late: Vec<(String, i64)> = audit
@@ -1154,11 +1164,12 @@ async fn a_paused_leaders_writes_sent_after_the_takeover_are_refused_by_the_api_
     let landed: Vec<&(String, i64)> = late.iter().filter(|(_, code)| *code < 400).collect();
     assert!(
         landed.is_empty(),
-        "writes of the old leader admitted after the takeover: {landed:#?}\n{stderr}"
+        "writes of the old leader admitted after the takeover: {landed:#?}\nits last lines: {stderr}"
     );
+    let otherwise: Vec<&(String, i64)> = late.iter().filter(|(_, code)| *code != 403).collect();
     assert!(
-        late.iter().all(|(_, code)| *code == 403),
-        "each refused by the fence: {late:#?}"
+        otherwise.is_empty(),
+        "each refused by the fence (403), these were not: {otherwise:#?}"
     );
     let holder = Api::<Lease>::namespaced(env.admin.clone(), SYSTEM)
         .get_opt(LEASE)

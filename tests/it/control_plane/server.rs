@@ -361,6 +361,13 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The last `lines` lines of stderr: what an assertion message can carry whole.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let all = self.stderr();
+        let skip = all.lines().count().saturating_sub(lines);
+        all.lines().skip(skip).collect::<Vec<_>>().join("\n")
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
