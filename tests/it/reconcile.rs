@@ -188,7 +188,9 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         Vec::<String>::new(),
         "a no-op pass writes nothing"
     );
-    // And reads little: the trust inputs, the managed namespaces, the two kinds (RBAC already checked).
+    // And reads little: the trust inputs, the two kinds, the managed namespaces (RBAC already
+    // checked). The commit is the one applied last, so the two kinds are listed while it is
+    // verified again (this process has no watch stores), once each.
     assert_eq!(
         h.api
             .requests()
@@ -198,9 +200,9 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         [
             "GET /api/v1/namespaces/vworkspace-system/configmaps/trust".to_owned(),
             "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
-            "GET /api/v1/namespaces".to_owned(),
             format!("GET {AI_PATH}/applicationinstances"),
             format!("GET {OPS_PATH}/operations"),
+            "GET /api/v1/namespaces".to_owned(),
         ]
     );
 }

@@ -117,6 +117,9 @@ pub struct PassState<'p> {
     pub plan: Option<Plan>,
     /// From [`Step::ReadLive`].
     pub live: Vec<LiveObject>,
+    /// This source's live objects, listed by [`Step::FetchAndVerify`] while the source was fetched
+    /// and verified (a process without watch stores); [`Step::ReadLive`] takes them.
+    pub prefetched_live: Option<Result<Vec<LiveObject>, Error>>,
     /// From [`Step::Write`].
     pub written: Option<write::Written>,
     /// The report so far.
@@ -138,6 +141,7 @@ impl<'p> PassState<'p> {
             live_version: None,
             plan: None,
             live: Vec::new(),
+            prefetched_live: None,
             written: None,
             report: PassReport::refused(vworkspace_core::reasons::PROGRESSING, String::new(), None),
         }

@@ -61,10 +61,12 @@ pub(super) async fn fetch_and_verify(
         return super::out_of_order(super::Step::ReadTrust);
     };
     state.progress.set_fetching(true);
-    let fetch_started = std::time::Instant::now();
-    let verified = on_blocking_pool(ctx, &state.name, &cluster.spec, trust).await;
-    let fetch_seconds = fetch_started.elapsed().as_secs_f64();
-    ctx.metrics.fetch_duration.observe(fetch_seconds);
+    let last_applied = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_applied_commit.as_deref());
+    let (verified, took) = fetch_then_verify(ctx, state, &cluster.spec, trust, last_applied).await;
+    ctx.metrics.fetch_duration.observe(took.as_secs_f64());
     state.progress.set_fetching(false);
     match verified {
         Ok(verified) => {
@@ -163,42 +165,71 @@ async fn write_ca_bundle(
 }
 
 /// Fetches and verifies on the blocking pool: the network and the CPU-heavy verification never run
-/// on the async runtime's workers. The error comes with the commit it concerns, when known.
-async fn on_blocking_pool(
+/// on the async runtime's workers. The error comes with the commit it concerns, when known; the
+/// duration is the fetch's and the verification's alone.
+///
+/// When the fetched commit is the one this source last applied (the status says so, and only the
+/// operator writes it) and the process has no watch stores (`run --once`), this source's live
+/// objects are listed while the commit is verified: the list waits on the API server while the
+/// verification keeps this process's cores busy. [`super::Step::ReadLive`] takes the list. A new
+/// commit is verified first and its pass reads nothing of the declared kinds before: a commit no
+/// one verified yet (one pushed by anyone who can push) never makes the operator list the estate.
+async fn fetch_then_verify(
     ctx: &Context,
-    name: &str,
+    state: &mut PassState<'_>,
     spec: &ClusterSpec,
     trust: trust::SourceTrust,
-) -> Result<Arc<VerifiedIntent>, (Error, Option<String>)> {
+    last_applied: Option<&str>,
+) -> (
+    Result<Arc<VerifiedIntent>, (Error, Option<String>)>,
+    std::time::Duration,
+) {
+    let started = std::time::Instant::now();
     let url = spec.source.url.clone();
     let reference = git_ref(&spec.source.git_ref);
     let cache_dir = ctx.settings.cache_dir.clone();
     let mut options = ctx.settings.fetch.clone();
     options.auth = trust.auth.clone();
     if let Some(ca) = &trust.ca_bundle {
-        options.ca_bundle = Some(
-            write_ca_bundle(ctx, name, ca)
-                .await
-                .map_err(|e| (e, None))?,
-        );
+        match write_ca_bundle(ctx, &state.name, ca).await {
+            Ok(path) => options.ca_bundle = Some(path),
+            Err(e) => return (Err((e, None)), started.elapsed()),
+        }
     }
-    let mut memo = ctx.with_state(name, |s| s.memo.take()).unwrap_or_default();
+    let name = state.name.clone();
+    let mut memo = ctx.with_state(&name, |s| s.memo.take()).unwrap_or_default();
     let config = trust.config;
-    let joined = tokio::task::spawn_blocking(move || {
+    let (fetched_tx, fetched_rx) = tokio::sync::oneshot::channel::<String>();
+    let job = tokio::task::spawn_blocking(move || {
         let outcome = match crate::source::fetch(&url, &reference, &cache_dir, &options) {
-            Ok(fetched) => memo
-                .verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
-                .map_err(|e| (Error::Pass(*e.error), e.commit)),
+            Ok(fetched) => {
+                let _ = fetched_tx.send(fetched.commit.clone());
+                memo.verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
+                    .map_err(|e| (Error::Pass(*e.error), e.commit))
+            }
             Err(e) => Err((Error::Source(e), None)),
         };
-        (memo, outcome)
-    })
-    .await;
-    match joined {
-        Ok((memo, outcome)) => {
-            ctx.with_state(name, |s| s.memo = Some(memo));
-            outcome
+        (memo, outcome, started.elapsed())
+    });
+    let stores = ctx.live.get().is_some();
+    let listing = async {
+        // The fetched commit (a failed fetch drops the sender: nothing is listed).
+        match fetched_rx.await {
+            Ok(commit)
+                if !stores && last_applied.is_some_and(|c| c.eq_ignore_ascii_case(&commit)) =>
+            {
+                Some(crate::cluster::apply::list_live(&ctx.client, &spec.cluster_id, None).await)
+            }
+            _ => None,
         }
-        Err(e) => Err((Error::Task(e), None)),
+    };
+    let (joined, listed) = futures::join!(job, listing);
+    state.prefetched_live = listed;
+    match joined {
+        Ok((memo, outcome, took)) => {
+            ctx.with_state(&name, |s| s.memo = Some(memo));
+            (outcome, took)
+        }
+        Err(e) => (Err((Error::Task(e), None)), started.elapsed()),
     }
 }

@@ -92,7 +92,11 @@ pub(super) async fn read_live(
     };
     let plan = vworkspace_core::plan::desired(&verified);
     let client = &ctx.client;
-    let mut live = match apply::list_live(client, &cluster.spec.cluster_id, ctx.live.get()).await {
+    let listed = match state.prefetched_live.take() {
+        Some(listed) => listed,
+        None => apply::list_live(client, &cluster.spec.cluster_id, ctx.live.get()).await,
+    };
+    let mut live = match listed {
         Ok(live) => live,
         Err(e) => return StepResult::Failed(failed(&e)),
     };
