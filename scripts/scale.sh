@@ -9,7 +9,9 @@
 # (and waits for the last size's namespaces to go). Builds the operator in release mode and runs the
 # ignored test `control_plane::scale::scale_bench` (tests/it/control_plane/scale.rs) once per size;
 # the rows are printed and written to target/scale.md. VWS_SCALE_REST_SECONDS (default 30) is how
-# long the long-running `run` is watched at rest after every child exists. Method and results:
+# long the long-running `run` is watched at rest after every child exists. VWS_SCALE_BASELINE_BIN (an
+# operator binary built from another commit) times that binary's fresh no-op pass after each of
+# ours on the same estate and prints both medians. Method and results:
 # docs/performance.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

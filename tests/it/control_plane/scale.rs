@@ -4,7 +4,9 @@
 //! ServiceAccount:
 //!
 //! 1. `run --once` on a fresh process: the first apply (time, peak RSS, write requests);
-//! 2. `run --once` again: the no-op pass (time, peak RSS, write requests: 0 expected);
+//! 2. `run --once` again, [`NOOP_RUNS`] times: the no-op pass (median time, peak RSS, write
+//!    requests: 0 expected); with `VWS_SCALE_BASELINE_BIN` (an operator binary of another commit)
+//!    that binary's no-op pass runs after each of ours, and both medians are printed;
 //! 3. the long-running `run`: time until every child (values Secret, HelmRepository, HelmRelease)
 //!    exists, peak RSS, and RSS at rest after that;
 //! 4. the Cluster object's size (compact JSON) and its inventory's share.
@@ -189,6 +191,31 @@ async fn namespaces(env: &Env, scope: &mut Scope, names: &[String]) {
 }
 
 /// Runs `cmd` to its end, sampling its peak RSS: (exit ok, wall time, peak KiB).
+/// How many fresh `run --once` no-op passes the bench times (their median is the row's).
+const NOOP_RUNS: usize = 5;
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// `cmd` with another program: `VWS_SCALE_BASELINE_BIN`, an operator binary built from another
+/// commit, timed on the same estate beside ours.
+fn with_program(cmd: &Command, program: &str) -> Command {
+    let mut other = Command::new(program);
+    other.args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => other.env(key, value),
+            None => other.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        other.current_dir(dir);
+    }
+    other
+}
+
 fn timed_once(cmd: &mut Command, dir: &Path, tag: &str) -> (bool, Duration, u64, Proc) {
     let started = Instant::now();
     let mut proc = Proc::spawn(cmd, dir, tag);
@@ -310,20 +337,41 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     let audit = super::server::Audit::mark(&env.cp.audit_log);
     let mut cmd = operator_cmd(env, &scope.dir);
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
-    let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "noop");
-    assert!(ok, "no-op pass: {}\n{}", proc.stdout(), proc.stderr());
-    eprintln!(
-        "{instances}: no-op pass, by step: {}",
-        step_times(&proc.stderr())
-    );
-    assert_eq!(
-        reused_verdict(&proc.stderr()),
-        Some(true),
-        "a new process reuses the values verdict the first apply recorded: {}",
-        proc.stderr()
-    );
-    row.noop = took;
-    row.noop_peak_kib = peak;
+    let baseline = std::env::var("VWS_SCALE_BASELINE_BIN").ok();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..NOOP_RUNS {
+        let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, &format!("noop-{run}"));
+        assert!(ok, "no-op pass: {}\n{}", proc.stdout(), proc.stderr());
+        eprintln!(
+            "{instances}: no-op pass {run}: {} ms, by step: {}",
+            took.as_millis(),
+            step_times(&proc.stderr())
+        );
+        assert_eq!(
+            reused_verdict(&proc.stderr()),
+            Some(true),
+            "a new process reuses the values verdict the first apply recorded: {}",
+            proc.stderr()
+        );
+        ours.push(took);
+        row.noop_peak_kib = row.noop_peak_kib.max(peak);
+        // Interleaved with ours on the same estate, so that the machine's swings hit both alike.
+        if let Some(program) = &baseline {
+            let mut other = with_program(&cmd, program);
+            let (ok, took, _, proc) = timed_once(&mut other, &scope.dir, &format!("base-{run}"));
+            assert!(ok, "baseline no-op pass: {}", proc.stderr());
+            theirs.push(took);
+        }
+    }
+    row.noop = median(&mut ours);
+    if !theirs.is_empty() {
+        eprintln!(
+            "{instances}: no-op pass, median of {NOOP_RUNS}: {} ms; {program}: {} ms",
+            row.noop.as_millis(),
+            median(&mut theirs).as_millis(),
+            program = baseline.as_deref().unwrap_or_default()
+        );
+    }
     row.noop_writes = audit.writes_by(OPERATOR_USER).len();
 
     let cluster_object = super::server::get(&env.admin, super::OPS, "Cluster", None, &cluster)
