@@ -11,7 +11,9 @@
 # the rows are printed and written to target/scale.md. VWS_SCALE_REST_SECONDS (default 30) is how
 # long the long-running `run` is watched at rest after every child exists. VWS_SCALE_BASELINE_BIN (an
 # operator binary built from another commit) times that binary's fresh no-op pass after each of
-# ours on the same estate and prints both medians. Method and results:
+# ours on the same estate and prints both medians. VWS_SCALE_WITHOUT_WEBHOOK=1 runs the first apply with
+# the admission webhook's configuration removed (put back after it): the webhook's share of the
+# Write step. Method and results:
 # docs/performance.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

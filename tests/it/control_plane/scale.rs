@@ -191,6 +191,35 @@ async fn namespaces(env: &Env, scope: &mut Scope, names: &[String]) {
 }
 
 /// Runs `cmd` to its end, sampling its peak RSS: (exit ok, wall time, peak KiB).
+/// Removes the operator's ValidatingWebhookConfiguration and returns it, ready to be applied again.
+async fn take_webhook_configuration(env: &Env) -> serde_json::Value {
+    const KIND: (&str, &str) = (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+    );
+    let live = super::server::get(&env.admin, KIND.0, KIND.1, None, WEBHOOK_CONFIGURATION)
+        .await
+        .expect("the webhook configuration is installed");
+    let mut config = serde_json::to_value(&live).expect("json");
+    for field in [
+        "resourceVersion",
+        "uid",
+        "managedFields",
+        "creationTimestamp",
+        "generation",
+    ] {
+        if let Some(meta) = config["metadata"].as_object_mut() {
+            meta.remove(field);
+        }
+    }
+    super::server::delete(&env.admin, KIND.0, KIND.1, None, WEBHOOK_CONFIGURATION).await;
+    eprintln!("the first apply runs without the admission webhook (VWS_SCALE_WITHOUT_WEBHOOK)");
+    config
+}
+
+/// The name of deploy/webhook.yaml's ValidatingWebhookConfiguration.
+const WEBHOOK_CONFIGURATION: &str = "vworkspace-app-operator";
+
 /// How many fresh `run --once` no-op passes the bench times (their median is the row's).
 const NOOP_RUNS: usize = 5;
 
@@ -317,7 +346,19 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     let audit = super::server::Audit::mark(&env.cp.audit_log);
     let mut cmd = operator_cmd(env, &scope.dir);
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
+    // VWS_SCALE_WITHOUT_WEBHOOK: the first apply with the admission webhook's configuration removed
+    // (put back after it), to measure the webhook's share of the Write step. A measurement only: a
+    // cluster runs with the webhook.
+    let webhook_config = match std::env::var_os("VWS_SCALE_WITHOUT_WEBHOOK") {
+        Some(_) => Some(take_webhook_configuration(env).await),
+        None => None,
+    };
     let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "first");
+    if let Some(config) = webhook_config {
+        apply(&env.admin, &config)
+            .await
+            .expect("the webhook configuration put back");
+    }
     assert!(ok, "first pass: {}\n{}", proc.stdout(), proc.stderr());
     eprintln!(
         "{instances}: first apply, by step: {}",
