@@ -190,7 +190,6 @@ async fn namespaces(env: &Env, scope: &mut Scope, names: &[String]) {
     }
 }
 
-/// Runs `cmd` to its end, sampling its peak RSS: (exit ok, wall time, peak KiB).
 /// Removes the operator's ValidatingWebhookConfiguration and returns it, ready to be applied again.
 async fn take_webhook_configuration(env: &Env) -> serde_json::Value {
     const KIND: (&str, &str) = (
@@ -245,6 +244,7 @@ fn with_program(cmd: &Command, program: &str) -> Command {
     other
 }
 
+/// Runs `cmd` to its end, sampling its peak RSS: (exit ok, wall time, peak KiB).
 fn timed_once(cmd: &mut Command, dir: &Path, tag: &str) -> (bool, Duration, u64, Proc) {
     let started = Instant::now();
     let mut proc = Proc::spawn(cmd, dir, tag);

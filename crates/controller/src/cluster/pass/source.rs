@@ -164,6 +164,17 @@ async fn write_ca_bundle(
     Ok(path)
 }
 
+/// Whether a pass lists its live objects while it verifies the `fetched` commit: only in a process
+/// without watch stores (`stores`: they hold the objects already), and only for the commit the
+/// status records as applied last (a commit this operator verified before).
+pub(super) fn lists_while_verifying(
+    stores: bool,
+    last_applied: Option<&str>,
+    fetched: &str,
+) -> bool {
+    !stores && last_applied.is_some_and(|c| c.eq_ignore_ascii_case(fetched))
+}
+
 /// Fetches and verifies on the blocking pool: the network and the CPU-heavy verification never run
 /// on the async runtime's workers. The error comes with the commit it concerns, when known; the
 /// duration is the fetch's and the verification's alone.
@@ -215,9 +226,7 @@ async fn fetch_then_verify(
     let listing = async {
         // The fetched commit (a failed fetch drops the sender: nothing is listed).
         match fetched_rx.await {
-            Ok(commit)
-                if !stores && last_applied.is_some_and(|c| c.eq_ignore_ascii_case(&commit)) =>
-            {
+            Ok(commit) if lists_while_verifying(stores, last_applied, &commit) => {
                 Some(crate::cluster::apply::list_live(&ctx.client, &spec.cluster_id, None).await)
             }
             _ => None,

@@ -242,6 +242,41 @@ async fn fetch_and_verify_refuses_an_unreachable_source_and_needs_the_trust() {
         !progress.fetching(),
         "the fetch flag is cleared after the fetch"
     );
+    assert!(
+        state.prefetched_live.is_none(),
+        "a failed fetch lists nothing"
+    );
+}
+
+#[test]
+fn the_live_objects_are_listed_during_verification_only_for_the_commit_applied_last_without_stores()
+{
+    let applied = "0123456789abcdef0123456789abcdef01234567";
+    let cases = [
+        // (watch stores, status's last applied commit, fetched commit, listed while verifying)
+        (false, Some(applied), applied, true),
+        (
+            false,
+            Some(&applied.to_ascii_uppercase()[..]),
+            applied,
+            true,
+        ),
+        (
+            false,
+            Some(applied),
+            "ffffffffffffffffffffffffffffffffffffffff",
+            false,
+        ),
+        (false, None, applied, false),
+        (true, Some(applied), applied, false),
+    ];
+    for (stores, last_applied, fetched, listed) in cases {
+        assert_eq!(
+            super::source::lists_while_verifying(stores, last_applied, fetched),
+            listed,
+            "stores {stores}, last applied {last_applied:?}, fetched {fetched}"
+        );
+    }
 }
 
 #[tokio::test]
