@@ -904,6 +904,24 @@ async fn hold_lease(admin: &Client, holder: &str) {
     .expect("the Lease");
 }
 
+/// Each object's name and resourceVersion: any write that lands changes it.
+async fn versions(
+    api: &Api<kube::api::DynamicObject>,
+) -> std::collections::BTreeMap<String, String> {
+    api.list(&kube::api::ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|o| {
+            (
+                o.metadata.name.unwrap_or_default(),
+                o.metadata.resource_version.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// The operator's RoleBinding in `ns`, created as a dry run (nothing is written).
 async fn dry_run_binding(client: &Client, ns: &str) -> Result<(), kube::Error> {
     let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
@@ -1118,6 +1136,16 @@ async fn a_paused_leaders_writes_sent_after_the_takeover_are_refused_by_the_api_
         }
     })
     .await;
+    // What the old leader had written, once its writes still inside the API server are done (two
+    // reads alike, half a second apart): nothing else writes instances here, so any change after
+    // this is a write of the old leader that landed.
+    let instances = dynamic_api(&env.admin, AI, "ApplicationInstance", Some(ns)).await;
+    let before = wait_for("the paused leader's last writes to settle", 30, || async {
+        let first = versions(&instances).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (versions(&instances).await == first).then_some(first)
+    })
+    .await;
     let resumed = jiff::Timestamp::now();
     super::leader::signal_group(&leader, "-CONT");
     let status = leader.wait_timeout(60);
@@ -1161,15 +1189,31 @@ async fn a_paused_leaders_writes_sent_after_the_takeover_are_refused_by_the_api_
         })
         .collect();
     println!("the old leader's writes received after the resume: {late:#?}");
+    assert!(
+        !late.is_empty(),
+        "the old leader sent writes after the takeover (the ones it had in flight at the pause); \
+         without them this test proves nothing: its last lines: {stderr}"
+    );
     let landed: Vec<&(String, i64)> = late.iter().filter(|(_, code)| *code < 400).collect();
     assert!(
         landed.is_empty(),
         "writes of the old leader admitted after the takeover: {landed:#?}\nits last lines: {stderr}"
     );
-    let otherwise: Vec<&(String, i64)> = late.iter().filter(|(_, code)| *code != 403).collect();
+    // 403: refused by the fence. 504: still inside the API server when the old leader exited (its
+    // connection gone, the API server ends the request); such a write cannot be admitted either,
+    // and the instances below show that none landed.
+    let otherwise: Vec<&(String, i64)> = late
+        .iter()
+        .filter(|(_, code)| *code != 403 && *code != 504)
+        .collect();
     assert!(
         otherwise.is_empty(),
-        "each refused by the fence (403), these were not: {otherwise:#?}"
+        "each refused by the fence (403) or cut off by the old leader's exit (504), these were not: {otherwise:#?}"
+    );
+    assert_eq!(
+        versions(&instances).await,
+        before,
+        "no instance was created or changed after the takeover"
     );
     let holder = Api::<Lease>::namespaced(env.admin.clone(), SYSTEM)
         .get_opt(LEASE)
