@@ -230,8 +230,17 @@ fn median(samples: &mut [Duration]) -> Duration {
 /// `cmd` with another program: `VWS_SCALE_BASELINE_BIN`, an operator binary built from another
 /// commit, timed on the same estate beside ours.
 fn with_program(cmd: &Command, program: &str) -> Command {
+    relaunched(cmd, program.as_ref(), [])
+}
+
+/// `cmd`'s arguments, environment and directory under `program`, after `leading` arguments.
+fn relaunched<'a>(
+    cmd: &Command,
+    program: &std::ffi::OsStr,
+    leading: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> Command {
     let mut other = Command::new(program);
-    other.args(cmd.get_args());
+    other.args(leading).args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
         match value {
             Some(value) => other.env(key, value),
@@ -268,7 +277,9 @@ fn timed_once(cmd: &mut Command, dir: &Path, tag: &str) -> (bool, Duration, u64,
 
 /// `cmd` run under the program of `VWS_SCALE_RUN_WRAPPER` when it is set (say `heaptrack -o
 /// /tmp/run`, to see what holds the long-running process's memory), else `cmd` itself. The RSS then
-/// measured is the wrapper's child's only when the wrapper `exec`s it.
+/// measured is the wrapper's child's only when the wrapper `exec`s it. heaptrack sees only what
+/// goes through libc's malloc: the binary's own allocator (mimalloc, src/main.rs) does not, so its
+/// profile names the libc allocations alone.
 fn wrapped(cmd: Command) -> Command {
     let Ok(wrapper) = std::env::var("VWS_SCALE_RUN_WRAPPER") else {
         return cmd;
@@ -277,15 +288,23 @@ fn wrapped(cmd: Command) -> Command {
     let Some(program) = words.next() else {
         return cmd;
     };
-    let mut out = Command::new(program);
-    out.args(words).arg(cmd.get_program()).args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => out.env(key, value),
-            None => out.env_remove(key),
-        };
+    let leading = words.map(std::ffi::OsStr::new).chain([cmd.get_program()]);
+    relaunched(&cmd, program.as_ref(), leading)
+}
+
+/// Stops the long-running process. Under a wrapper (`VWS_SCALE_RUN_WRAPPER`, say heaptrack) the
+/// operator alone gets SIGTERM first, and the wrapper gets time to write what it recorded: stopping
+/// the whole process group at once killed heaptrack's writer too, and left an empty profile.
+fn stop_run(run: &mut Proc) {
+    if std::env::var_os("VWS_SCALE_RUN_WRAPPER").is_some() {
+        let group = run.child.id().to_string();
+        // `-x` matches the process name, the first 15 bytes of the executable's file name.
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-g", &group, "-x", "vworkspace-oper"])
+            .status();
+        let _ = run.wait_timeout(600);
     }
-    out
+    run.stop();
 }
 
 /// How many objects of a kind live in the namespaces of this run (metadata-only list, as the admin).
@@ -496,7 +515,7 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
         if let Some((hwm, _)) = rss_kib(pid) {
             row.run_peak_kib = row.run_peak_kib.max(hwm);
         }
-        run.stop();
+        stop_run(&mut run);
         (row.run_requests, row.throttled) = requests_by_operator(&audit);
     }
     drop(webhook);
