@@ -146,9 +146,10 @@ async fn the_admission_policy_denies_the_operator_a_rolebinding_outside_managed_
 /// The webhook's certificate Secret (deploy/deployment.yaml's `--webhook-cert-secret`).
 const WEBHOOK_SECRET: &str = "vworkspace-app-operator-webhook-tls";
 
-/// Puts back the shared webhook configuration and removes the standby Lease and the certificate
-/// Secret of [`a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it`], also
-/// when it fails.
+/// Puts back the shared webhook configuration and removes the leader Lease and the certificate
+/// Secret a test may have made (those of
+/// [`a_plain_install_makes_its_own_webhook_certificate_and_the_api_server_calls_it`]), also when it
+/// fails. The scale bench uses it around a first apply without the webhook.
 pub(super) struct RestoreWebhook {
     pub(super) kubeconfig: PathBuf,
     pub(super) shared: Value,

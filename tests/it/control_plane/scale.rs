@@ -190,34 +190,29 @@ async fn namespaces(env: &Env, scope: &mut Scope, names: &[String]) {
     }
 }
 
-/// Removes the operator's ValidatingWebhookConfiguration and returns it, ready to be applied again.
-async fn take_webhook_configuration(env: &Env) -> serde_json::Value {
-    const KIND: (&str, &str) = (
+/// Removes the operator's ValidatingWebhookConfiguration. The guard puts the shared one back when it
+/// is dropped, also when the bench fails before that.
+async fn without_webhook(env: &Env) -> super::admission::RestoreWebhook {
+    let shared = super::webhook_configuration(env.shared.webhook_port, Some(&env.shared.ca_bundle));
+    let name = shared["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let restore = super::admission::RestoreWebhook {
+        kubeconfig: env.cp.kubeconfig.clone(),
+        shared,
+    };
+    super::server::delete(
+        &env.admin,
         "admissionregistration.k8s.io/v1",
         "ValidatingWebhookConfiguration",
-    );
-    let live = super::server::get(&env.admin, KIND.0, KIND.1, None, WEBHOOK_CONFIGURATION)
-        .await
-        .expect("the webhook configuration is installed");
-    let mut config = serde_json::to_value(&live).expect("json");
-    for field in [
-        "resourceVersion",
-        "uid",
-        "managedFields",
-        "creationTimestamp",
-        "generation",
-    ] {
-        if let Some(meta) = config["metadata"].as_object_mut() {
-            meta.remove(field);
-        }
-    }
-    super::server::delete(&env.admin, KIND.0, KIND.1, None, WEBHOOK_CONFIGURATION).await;
+        None,
+        &name,
+    )
+    .await;
     eprintln!("the first apply runs without the admission webhook (VWS_SCALE_WITHOUT_WEBHOOK)");
-    config
+    restore
 }
-
-/// The name of deploy/webhook.yaml's ValidatingWebhookConfiguration.
-const WEBHOOK_CONFIGURATION: &str = "vworkspace-app-operator";
 
 /// How many fresh `run --once` no-op passes the bench times (their median is the row's).
 const NOOP_RUNS: usize = 5;
@@ -368,16 +363,12 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     // VWS_SCALE_WITHOUT_WEBHOOK: the first apply with the admission webhook's configuration removed
     // (put back after it), to measure the webhook's share of the Write step. A measurement only: a
     // cluster runs with the webhook.
-    let webhook_config = match std::env::var_os("VWS_SCALE_WITHOUT_WEBHOOK") {
-        Some(_) => Some(take_webhook_configuration(env).await),
+    let without = match std::env::var_os("VWS_SCALE_WITHOUT_WEBHOOK") {
+        Some(_) => Some(without_webhook(env).await),
         None => None,
     };
     let (ok, took, peak, proc) = timed_once(&mut cmd, &scope.dir, "first");
-    if let Some(config) = webhook_config {
-        apply(&env.admin, &config)
-            .await
-            .expect("the webhook configuration put back");
-    }
+    drop(without);
     assert!(ok, "first pass: {}\n{}", proc.stdout(), proc.stderr());
     eprintln!(
         "{instances}: first apply, by step: {}",
