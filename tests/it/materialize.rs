@@ -334,7 +334,18 @@ async fn an_instance_becomes_a_values_secret_a_source_and_a_helm_release() {
         .expect("reconciled");
     assert_eq!(
         writes(&api),
-        [format!("DELETE {SECRET}"), format!("PATCH {HELM_RELEASE}")]
+        [
+            format!("DELETE {SECRET}"),
+            format!("PATCH {HELM_RELEASE}"),
+            format!("PATCH {NEXTCLOUD}/status")
+        ]
+    );
+    // The HelmRelease's spec changed, so the API server gave it a new generation: the instance
+    // waits for helm-controller to handle that one.
+    let status = api.get(NEXTCLOUD).expect("instance")["status"].clone();
+    assert_eq!(
+        status["conditions"][0]["message"],
+        "helm-controller has not yet reconciled generation 2 of the HelmRelease (observed 1)"
     );
     assert!(
         api.get(HELM_RELEASE).expect("hr")["spec"]

@@ -180,6 +180,12 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     );
     assert_eq!(event.body["involvedObject"]["kind"], "Cluster");
 
+    // The pass vouches for every object it wrote from the apply's answers (the settled record).
+    let recorded = status
+        .settled
+        .clone()
+        .expect("a complete pass records the settled record");
+
     // The same commit again: reads only.
     h.pass().await.expect("second pass");
     assert_request_discipline(&h.api.requests());
@@ -189,14 +195,12 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
         "a no-op pass writes nothing"
     );
     // And reads little: the trust inputs, the two kinds, the managed namespaces (RBAC already
-    // checked). The commit is the one applied last, so the two kinds are listed while it is
-    // verified again (this process has no watch stores), once each.
+    // checked). The commit is the one applied last and the status holds its settled record, so
+    // the two kinds are listed, from their metadata alone, while its release is verified again
+    // (this process has no watch stores), once each; nothing is read whole.
+    let requests = h.api.requests();
     assert_eq!(
-        h.api
-            .requests()
-            .iter()
-            .map(Recorded::line)
-            .collect::<Vec<_>>(),
+        requests.iter().map(Recorded::line).collect::<Vec<_>>(),
         [
             "GET /api/v1/namespaces/vworkspace-system/configmaps/trust".to_owned(),
             "GET /api/v1/namespaces/vworkspace-system/secrets/cluster-age".to_owned(),
@@ -204,6 +208,96 @@ async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
             format!("GET {OPS_PATH}/operations"),
             "GET /api/v1/namespaces".to_owned(),
         ]
+    );
+    assert!(requests[2].metadata_only() && requests[3].metadata_only());
+    assert_eq!(h.status().settled, Some(recorded), "the record holds");
+    assert_eq!(h.condition("Ready").0, "True");
+}
+
+/// Issue 24: a fresh process on the commit it applied last proves the objects unchanged from their
+/// metadata (the settled record); an object edited since (its generation moved) makes the whole
+/// pass run: the release parsed, the objects read whole, the edit put back, a new record made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_edited_since_the_settled_record_makes_the_whole_pass_run_and_repair_it() {
+    let h = harness();
+    h.pass().await.expect("first pass");
+    let recorded = h.status().settled.expect("recorded");
+    let path = format!("{AI_PATH}/namespaces/org-myteam/applicationinstances/nextcloud");
+    let mut edited = h.api.get(&path).expect("applied");
+    let generation = edited["metadata"]["generation"]
+        .as_i64()
+        .expect("generation");
+    edited["spec"]["chart"]["version"] = json!("0.0.1-by-hand");
+    edited["metadata"]["generation"] = json!(generation + 1);
+    h.api.put(&path, edited);
+
+    h.pass().await.expect("repairing pass");
+    assert_request_discipline(&h.api.requests());
+    let lists: Vec<(String, bool)> = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/applicationinstances"))
+        .map(|r| (r.line(), r.metadata_only()))
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            (format!("GET {AI_PATH}/applicationinstances"), true),
+            (format!("GET {AI_PATH}/applicationinstances"), false),
+        ],
+        "the metadata list, then the whole objects"
+    );
+    assert_eq!(
+        h.writes(),
+        [
+            format!("PATCH {path}"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+            "POST /api/v1/namespaces/default/events".to_owned(),
+        ]
+    );
+    assert_ne!(
+        h.api.get(&path).expect("repaired")["spec"]["chart"]["version"],
+        "0.0.1-by-hand"
+    );
+    let repaired = h.status().settled.expect("a new record");
+    assert_ne!(
+        repaired, recorded,
+        "the repaired object's generation is in it"
+    );
+
+    // Settled again: metadata only, nothing written.
+    h.pass().await.expect("settled pass");
+    assert_eq!(h.writes(), Vec::<String>::new());
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/applicationinstances") || r.path.ends_with("/operations"))
+            .all(Recorded::metadata_only)
+    );
+
+    // A labelled object the record does not hold (made by hand with this source's labels) is
+    // seen from its metadata too: the whole pass runs.
+    let mut stray = h.api.get(&path).expect("live");
+    stray["metadata"]["name"] = json!("stray");
+    stray["metadata"]["uid"] = json!("uid-stray");
+    h.api.put(
+        &format!("{AI_PATH}/namespaces/org-myteam/applicationinstances/stray"),
+        stray,
+    );
+    h.pass().await.expect("pass with a stray object");
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/applicationinstances") && !r.metadata_only()),
+        "the whole objects are read"
+    );
+    assert_eq!(
+        h.status().settled,
+        None,
+        "an object kept and not declared: no record"
     );
 }
 

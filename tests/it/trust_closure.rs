@@ -357,7 +357,7 @@ async fn an_altered_declared_instance_is_put_back_and_its_secret_never_carries_t
     altered["spec"]["values"]["nextcloud"]["mail"]["smtp"]["password"] = json!(token);
     altered["spec"]["values"]["stolen"] = json!(token);
     altered["spec"]["chart"]["repository"] = json!("https://charts.attacker.example/");
-    h.api.put(NEXTCLOUD, altered);
+    h.api.edit(NEXTCLOUD, altered);
     h.api.clear();
     children::instance::reconcile(h.instance(NEXTCLOUD), children.clone())
         .await
@@ -423,7 +423,7 @@ async fn an_altered_declared_operation_runs_nothing_of_the_change() {
     let mut altered = h.api.get(&nightly).expect("operation");
     altered["spec"]["type"] = json!("Restore");
     altered["spec"]["parameters"] = json!({"backupName": "org-myteam-old"});
-    h.api.put(&nightly, altered);
+    h.api.edit(&nightly, altered);
     h.api.clear();
     children::operation::reconcile(h.operation(&nightly), children.clone())
         .await
@@ -468,7 +468,7 @@ async fn a_restart_acts_on_nothing_before_the_first_verified_pass() {
     let token = h.ciphertext(VAULTWARDEN, "/values/adminToken/value");
     let mut altered = h.api.get(NEXTCLOUD).expect("instance");
     altered["spec"]["values"]["nextcloud"]["mail"]["smtp"]["password"] = json!(token);
-    h.api.put(NEXTCLOUD, altered);
+    h.api.edit(NEXTCLOUD, altered);
     let restore = format!("{MYTEAM_OPERATIONS}/restore");
     h.api.put(
         &restore,

@@ -322,6 +322,18 @@ pub fn verify_commit_id(
     id: &str,
     config: &TrustConfig,
 ) -> Result<VerifiedIntent, PassError> {
+    read_intent(verify_release_of(repo, id, config)?, config)
+}
+
+/// The steps of the pass up to the release: the commit `id` read, its signature and history
+/// checked, the cluster's tree read and the release verified (its signatures and every file's
+/// digest). Nothing is parsed yet: [`read_intent`] goes on from here. A caller that already knows
+/// what this commit's intent did (the settled record, [`crate::plan::settled`]) may stop here.
+pub fn verify_release_of(
+    repo: &LocalRepository,
+    id: &str,
+    config: &TrustConfig,
+) -> Result<VerifiedRelease, PassError> {
     let fail = PassError::at(id);
     let fetched = repo.read_commit(id).map_err(|e| fail(Error::Fetch(e)))?;
     // The applied commit's key window is checked at the verifier's clock, not the commit's own date,
@@ -339,8 +351,18 @@ pub fn verify_commit_id(
     let tree = commit
         .read_cluster_tree(repo, &config.cluster, &config.limits)
         .map_err(|e| fail(Error::Tree(e)))?;
-    let mut release = release::verify(commit, tree, &config.release, config.now, &config.limits)
-        .map_err(|e| fail(e.into()))?;
+    release::verify(commit, tree, &config.release, config.now, &config.limits)
+        .map_err(|e| fail(e.into()))
+}
+
+/// The rest of the pass after [`verify_release_of`]: the release's files parsed and validated, the
+/// chart policy held, every value checked. `config` must be the one the release was verified with.
+pub fn read_intent(
+    mut release: VerifiedRelease,
+    config: &TrustConfig,
+) -> Result<VerifiedIntent, PassError> {
+    let id = release.commit().id().to_owned();
+    let fail = PassError::at(&id);
     let tree = release.take_tree();
     let intent = crate::intent::parse_tree(&tree, &config.limits).map_err(|e| fail(e.into()))?;
     drop(tree);

@@ -18,6 +18,8 @@ pub struct Recorded {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The `Accept` header: a metadata-only list asks for `as=PartialObjectMetadataList`.
+    pub accept: String,
     pub body: Value,
     /// When the request arrived.
     pub at: std::time::Instant,
@@ -29,6 +31,10 @@ impl Recorded {
     }
     pub fn line(&self) -> String {
         format!("{} {}", self.method, self.path)
+    }
+    /// Whether the request asked for objects' metadata only.
+    pub fn metadata_only(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata")
     }
 }
 
@@ -125,6 +131,14 @@ impl FakeApi {
             .insert(path.to_owned(), object);
     }
 
+    /// A write by another client (an edit by hand): stored as the API server stores a write, with a
+    /// new resourceVersion and, when more than its metadata or status changed, a new generation.
+    pub fn edit(&self, path: &str, mut object: Value) {
+        let previous = self.get(path);
+        self.stamp_version(&mut object, previous.as_ref());
+        self.put(path, object);
+    }
+
     pub fn get(&self, path: &str) -> Option<Value> {
         self.objects.lock().expect("lock").get(path).cloned()
     }
@@ -216,6 +230,34 @@ impl FakeApi {
             .collect()
     }
 
+    /// As the API server stamps a written object: a new resourceVersion; the uid it was made with
+    /// (a new one for a new object); its generation, 1 when made and one more on each change of
+    /// anything but its metadata and status.
+    fn stamp_version(&self, object: &mut Value, previous: Option<&Value>) {
+        let version = self.next_version();
+        let uid = previous
+            .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("uid-{version}"));
+        let generation = match previous.and_then(|p| p["metadata"]["generation"].as_i64()) {
+            None => 1,
+            Some(generation) => {
+                let body = |o: &Value| {
+                    let mut o = o.clone();
+                    if let Some(map) = o.as_object_mut() {
+                        map.remove("metadata");
+                        map.remove("status");
+                    }
+                    o
+                };
+                let changed = previous.is_some_and(|p| body(p) != body(object));
+                generation + i64::from(changed)
+            }
+        };
+        object["metadata"]["resourceVersion"] = json!(version);
+        object["metadata"]["uid"] = json!(uid);
+        object["metadata"]["generation"] = json!(generation);
+    }
+
     pub fn respond(&self, method: &Method, path: &str, query: &str, body: &Value) -> (u16, Value) {
         {
             let mut faults = self.faults.lock().expect("lock");
@@ -296,18 +338,23 @@ impl FakeApi {
                 let Some(mut object) = self.get(path) else {
                     return (404, status_body(404, "NotFound"));
                 };
+                let previous = object.clone();
                 merge_patch(&mut object, body);
-                object["metadata"]["resourceVersion"] = json!(self.next_version());
+                self.stamp_version(&mut object, Some(&previous));
                 self.put(path, object.clone());
                 (200, object)
             }
             Method::PATCH | Method::PUT => {
                 let mut object = body.clone();
+                let previous = self.get(path);
                 // As the API server does: a write to the object leaves its status subresource alone.
-                if let Some(status) = self.get(path).and_then(|live| live.get("status").cloned()) {
+                if let Some(status) = previous
+                    .as_ref()
+                    .and_then(|live| live.get("status").cloned())
+                {
                     object["status"] = status;
                 }
-                object["metadata"]["resourceVersion"] = json!(self.next_version());
+                self.stamp_version(&mut object, previous.as_ref());
                 self.put(path, object.clone());
                 (200, object)
             }
@@ -356,13 +403,26 @@ impl FakeApi {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_owned(),
+                    accept: parts
+                        .headers
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
                     body: parsed.clone(),
                     at: std::time::Instant::now(),
                 });
                 if let Some(delay) = api.take_delay(&parts.method, &path) {
                     tokio::time::sleep(delay).await;
                 }
-                let (status, answer) = api.respond(&parts.method, &path, &query, &parsed);
+                let (status, mut answer) = api.respond(&parts.method, &path, &query, &parsed);
+                let accept = parts.headers.get(http::header::ACCEPT);
+                if accept
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("as=PartialObjectMetadataList"))
+                {
+                    metadata_only(&mut answer);
+                }
                 let response = Response::builder()
                     .status(
                         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -374,5 +434,20 @@ impl FakeApi {
             }
         });
         Client::new(service, "default")
+    }
+}
+
+/// A list answered as a metadata-only list: each item's metadata, nothing of its spec or status.
+fn metadata_only(answer: &mut Value) {
+    answer["kind"] = json!("PartialObjectMetadataList");
+    answer["apiVersion"] = json!("meta.k8s.io/v1");
+    if let Some(items) = answer["items"].as_array_mut() {
+        for item in items {
+            *item = json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": item["metadata"].clone(),
+            });
+        }
     }
 }

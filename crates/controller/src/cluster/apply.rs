@@ -9,6 +9,7 @@ use kube::{Api, Client};
 use crate::error::Error;
 use vworkspace_core::crd::{ApplicationInstance, InventoryEntry, Operation};
 use vworkspace_core::plan::diff::{Changes, LiveObject, LiveSpec};
+use vworkspace_core::plan::settled::{ObjectVersion, SettledObject};
 use vworkspace_core::plan::{DesiredObject, DesiredResource, LABEL_CLUSTER};
 
 /// The field manager of every write the reconciler makes.
@@ -28,7 +29,17 @@ fn resource_of(api_version: &str, kind: &str) -> Option<ApiResource> {
         .find(|r| r.api_version == api_version && r.kind == kind)
 }
 
+/// An object's uid and generation, when the API server sent both (it always does).
+pub(crate) fn object_version(metadata: &kube::api::ObjectMeta) -> Option<ObjectVersion> {
+    Some(ObjectVersion {
+        uid: metadata.uid.clone()?,
+        generation: metadata.generation?,
+        deleting: metadata.deletion_timestamp.is_some(),
+    })
+}
+
 fn live_object(resource: &ApiResource, mut object: DynamicObject) -> Option<LiveObject> {
+    let version = object_version(&object.metadata);
     let spec = object
         .data
         .get_mut("spec")
@@ -53,6 +64,7 @@ fn live_object(resource: &ApiResource, mut object: DynamicObject) -> Option<Live
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect(),
+        version,
     })
 }
 
@@ -297,6 +309,7 @@ fn typed_live_object(
         spec,
         // Labelled for this source: ours, so no holder is ever named from these.
         managers: Vec::new(),
+        version: object_version(metadata),
     })
 }
 
@@ -344,6 +357,56 @@ pub async fn list_live(
     Ok(live)
 }
 
+/// What the settled record covers of every ApplicationInstance and Operation that carries this
+/// cluster source's label ([`vworkspace_core::plan::settled`]): metadata-only lists, paged as
+/// [`list_live`] pages, so neither side encodes or decodes a spec. An object the API server sent
+/// without a uid or generation gets a version no record holds (the whole pass then runs).
+pub async fn list_settled(client: &Client, cluster: &str) -> Result<Vec<SettledObject>, Error> {
+    let selector = format!("{LABEL_CLUSTER}={cluster}");
+    let mut listed = Vec::new();
+    for resource in resources() {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut params = ListParams::default().labels(&selector).limit(LIVE_PAGE);
+        loop {
+            let page = api
+                .list_metadata(&params)
+                .await
+                .map_err(|source| Error::Kube {
+                    action: format!("list {} (metadata)", resource.plural),
+                    source,
+                })?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            for object in page.items {
+                let meta = object.metadata;
+                let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone())
+                else {
+                    continue;
+                };
+                listed.push(SettledObject {
+                    id: InventoryEntry {
+                        api_version: resource.api_version.clone(),
+                        kind: resource.kind.clone(),
+                        namespace,
+                        name,
+                    },
+                    version: object_version(&meta).unwrap_or(ObjectVersion {
+                        uid: String::new(),
+                        generation: -1,
+                        deleting: true,
+                    }),
+                    labels: meta.labels.unwrap_or_default(),
+                    annotations: meta.annotations.unwrap_or_default(),
+                });
+            }
+            match next {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    Ok(listed)
+}
+
 /// Objects per page of [`list_live`]: kube-apiserver's own default page size for clients that page
 /// (client-go's pager).
 const LIVE_PAGE: u32 = 500;
@@ -355,32 +418,60 @@ pub struct Applied {
     pub applied: Vec<InventoryEntry>,
     /// Objects deleted.
     pub pruned: Vec<InventoryEntry>,
+    /// What the API server answered for each written object whose answer holds exactly the declared
+    /// spec (for the settled record); an object whose answer differs is not among them.
+    pub answers: Vec<SettledObject>,
 }
 
-/// Server-side applies one object.
-async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error> {
+/// Server-side applies one object; the answer, when it holds exactly the declared spec
+/// ([`answered`]).
+async fn apply_one(
+    client: &Client,
+    desired: &DesiredObject,
+) -> Result<Option<SettledObject>, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let what = format!(
         "apply {} {}/{}",
         desired.kind, desired.namespace, desired.name
     );
-    let result = match desired.resource() {
+    let answer = match desired.resource() {
         DesiredResource::ApplicationInstance(object) => {
             Api::<ApplicationInstance>::namespaced(client.clone(), &desired.namespace)
                 .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
-                .map(drop)
+                .map(|o| answered(desired, &o.metadata, serde_json::to_value(&o.spec).ok()))
         }
         DesiredResource::Operation(object) => {
             Api::<Operation>::namespaced(client.clone(), &desired.namespace)
                 .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
-                .map(drop)
+                .map(|o| answered(desired, &o.metadata, serde_json::to_value(&o.spec).ok()))
         }
     };
-    result.map_err(|source| Error::Kube {
+    answer.map_err(|source| Error::Kube {
         action: what,
         source,
+    })
+}
+
+/// A write's answer as the settled record covers it, when its spec is exactly the declared one:
+/// the generation it carries is then the declared spec's. An answer with fields another writer
+/// holds, or without a uid or generation, is left out (no record is made; the next fresh process
+/// reads everything).
+fn answered(
+    desired: &DesiredObject,
+    metadata: &kube::api::ObjectMeta,
+    spec: Option<serde_json::Value>,
+) -> Option<SettledObject> {
+    let declared = desired.spec_json().ok()?;
+    if !vworkspace_core::plan::diff::same_value(&declared, &spec?) {
+        return None;
+    }
+    Some(SettledObject {
+        id: vworkspace_core::plan::diff::identity(desired),
+        version: object_version(metadata)?,
+        labels: metadata.labels.clone().unwrap_or_default(),
+        annotations: metadata.annotations.clone().unwrap_or_default(),
     })
 }
 
@@ -390,11 +481,12 @@ async fn apply_one(client: &Client, desired: &DesiredObject) -> Result<(), Error
 /// field another manager set to the same value would stay co-owned by it.
 async fn remove_undeclared(
     client: &Client,
-    id: &InventoryEntry,
+    desired: &DesiredObject,
     patch: &serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<Option<SettledObject>, Error> {
+    let id = vworkspace_core::plan::diff::identity(desired);
     let Some(resource) = resource_of(&id.api_version, &id.kind) else {
-        return Ok(());
+        return Ok(None);
     };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &id.namespace, &resource);
     let params = PatchParams {
@@ -403,7 +495,10 @@ async fn remove_undeclared(
     };
     api.patch(&id.name, &params, &Patch::Merge(patch))
         .await
-        .map(drop)
+        .map(|mut o| {
+            let spec = o.data.get_mut("spec").map(serde_json::Value::take);
+            answered(desired, &o.metadata, spec)
+        })
         .map_err(|source| Error::Kube {
             action: format!(
                 "remove fields the release does not declare from {} {}/{}",
@@ -539,27 +634,31 @@ pub async fn write(
     progress: &Progress,
 ) -> (Applied, Option<Error>) {
     let mut done = Applied::default();
-    let applies: Vec<futures::future::BoxFuture<'_, Result<(usize, InventoryEntry), Error>>> =
-        changes
-            .create
-            .iter()
-            .chain(&changes.update)
-            .enumerate()
-            .map(|(at, desired)| -> futures::future::BoxFuture<'_, _> {
-                Box::pin(async move {
-                    let id = vworkspace_core::plan::diff::identity(desired);
-                    progress.sent(id.clone());
-                    apply_one(client, desired).await?;
-                    if let Some(patch) = changes.undeclared.get(&id) {
-                        remove_undeclared(client, &id, patch).await?;
-                    }
-                    Ok((at, id))
-                })
+    type Answered = (usize, InventoryEntry, Option<SettledObject>);
+    let applies: Vec<futures::future::BoxFuture<'_, Result<Answered, Error>>> = changes
+        .create
+        .iter()
+        .chain(&changes.update)
+        .enumerate()
+        .map(|(at, desired)| -> futures::future::BoxFuture<'_, _> {
+            Box::pin(async move {
+                let id = vworkspace_core::plan::diff::identity(desired);
+                progress.sent(id.clone());
+                let mut answer = apply_one(client, desired).await?;
+                if let Some(patch) = changes.undeclared.get(&id) {
+                    // The last write's answer is the one that counts.
+                    answer = remove_undeclared(client, desired, patch).await?;
+                }
+                Ok((at, id, answer))
             })
-            .collect();
+        })
+        .collect();
     let (mut applied, error) = bounded(applies, WRITE_CONCURRENCY).await;
-    applied.sort_unstable_by_key(|(at, _)| *at);
-    done.applied = applied.into_iter().map(|(_, id)| id).collect();
+    applied.sort_unstable_by_key(|(at, _, _)| *at);
+    for (_, id, answer) in applied {
+        done.applied.push(id);
+        done.answers.extend(answer);
+    }
     if error.is_some() {
         return (done, error);
     }

@@ -24,6 +24,19 @@ pub struct AppliedSource {
     pub signer: String,
 }
 
+impl AppliedSource {
+    /// What a pass that applied `release` records as applied.
+    pub fn of(release: &vworkspace_core::trust::release::VerifiedRelease) -> AppliedSource {
+        let signer = release.commit().signer();
+        AppliedSource {
+            commit: release.commit().id().to_string(),
+            serial: release.serial(),
+            digest: release.digest().to_owned(),
+            signer: format!("{} ({})", signer.principal, signer.fingerprint),
+        }
+    }
+}
+
 /// What one pass found, for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassReport {
@@ -45,6 +58,9 @@ pub struct PassReport {
     /// The verdict on the release's values, when verification passed and every value decrypted and
     /// was bound where it is ([`vworkspace_core::pipeline::VerifiedIntent::values_verdict`]).
     pub values_verified: Option<String>,
+    /// The settled record, when the pass found or made every declared object as declared and knows
+    /// each one's generation ([`vworkspace_core::plan::settled`]); any other pass clears it.
+    pub settled: Option<String>,
     /// Objects applied and pruned by this pass.
     pub writes: (usize, usize),
     /// The age recipients of the Cluster's identities, when the pass read them (public keys).
@@ -90,6 +106,7 @@ impl PassReport {
             managed_namespaces: None,
             namespace_rbac: None,
             values_verified: None,
+            settled: None,
             writes: (0, 0),
             recipients: None,
             release_expires: None,
@@ -143,6 +160,8 @@ pub fn next_status(
             .values_verified
             .clone()
             .or(previous.values_verified.clone()),
+        // Never carried over: only the pass that saw every object vouches for them.
+        settled: report.settled.clone(),
         // Derived from the identity Secret by this pass, never carried from the status read back.
         recipients: report.recipients.clone().unwrap_or_default(),
         ..previous
@@ -245,6 +264,7 @@ mod tests {
             managed_namespaces: Some(vec![]),
             namespace_rbac: None,
             values_verified: None,
+            settled: None,
             writes: (2, 1),
             recipients: None,
             release_expires: None,

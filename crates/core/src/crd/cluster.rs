@@ -420,6 +420,13 @@ pub struct ClusterStatus {
     /// decrypts each value before it writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values_verified: Option<String>,
+    /// The settled record of the last pass that found or made every declared object as declared
+    /// ([`crate::plan::settled`]): a digest over what it judged with and every labelled object's
+    /// uid, generation, labels and annotations after it. A new process that lists the same from
+    /// the objects' metadata alone knows that nothing changed, without parsing the release again or
+    /// reading the objects whole. Any other pass clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<String>,
     /// The age recipients (public keys, `age1...`) of the identities this Cluster decrypts with:
     /// what `vworkspace-operator encrypt --recipient` takes (`recipient --cluster NAME` prints them).
     /// Never a private key.
@@ -464,6 +471,8 @@ struct ClusterStatusWire {
     #[serde(default)]
     values_verified: Option<String>,
     #[serde(default)]
+    settled: Option<String>,
+    #[serde(default)]
     recipients: Vec<String>,
     #[serde(default)]
     observed_generation: Option<i64>,
@@ -492,6 +501,7 @@ impl<'de> Deserialize<'de> for ClusterStatus {
             managed_namespaces: wire.managed_namespaces,
             namespace_rbac: wire.namespace_rbac,
             values_verified: wire.values_verified,
+            settled: wire.settled,
             recipients: wire.recipients,
             observed_generation: wire.observed_generation,
             last_handled_reconcile_at: wire.last_handled_reconcile_at,

@@ -39,6 +39,9 @@ pub struct LiveObject {
     pub spec: LiveSpec,
     /// The field managers of `metadata.managedFields` (who wrote it), for naming a holder.
     pub managers: Vec<String>,
+    /// Its uid and generation, when the API server sent them (for the settled record:
+    /// [`super::settled`]).
+    pub version: Option<super::settled::ObjectVersion>,
 }
 
 /// A live object's spec: as JSON when it was listed or read, or the typed object a watch store
@@ -450,6 +453,7 @@ mod tests {
             annotations,
             spec: spec.into(),
             managers: vec![],
+            version: None,
         }
     }
 

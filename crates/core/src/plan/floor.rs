@@ -146,6 +146,7 @@ mod tests {
             ]),
             spec: serde_json::Value::Null.into(),
             managers: vec![],
+            version: None,
         }
     }
 

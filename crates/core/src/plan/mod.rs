@@ -7,6 +7,7 @@
 pub mod declared;
 pub mod diff;
 pub mod floor;
+pub mod settled;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -16,6 +16,7 @@
 mod cut;
 mod guardrails;
 mod managed;
+mod settled;
 mod source;
 mod write;
 
@@ -25,6 +26,7 @@ use vworkspace_core::crd::{Cluster, ManagedNamespace};
 use vworkspace_core::pipeline::VerifiedIntent;
 use vworkspace_core::plan::Plan;
 use vworkspace_core::plan::diff::LiveObject;
+use vworkspace_core::plan::settled::SettledObject;
 
 use super::Context;
 use super::apply;
@@ -36,7 +38,7 @@ pub(crate) use cut::{Cut, deadline_report};
 pub(crate) use write::UnchangedPass;
 
 /// The steps of a pass, in order. The summarize step follows them in [`super::reconcile`].
-pub const STEPS: [Step; 11] = [
+pub const STEPS: [Step; 12] = [
     Step::ReadTrust,
     Step::FetchAndVerify,
     Step::CheckSerialFloor,
@@ -44,6 +46,7 @@ pub const STEPS: [Step; 11] = [
     Step::EnsureNamespaceRbac,
     Step::EnsureNamespaceGuardrails,
     Step::RecordNamespaces,
+    Step::ReuseSettled,
     Step::ReuseUnchanged,
     Step::ReadLive,
     Step::Write,
@@ -69,6 +72,10 @@ pub enum Step {
     EnsureNamespaceGuardrails,
     /// Records a changed managed-namespace list in the status before anything is applied.
     RecordNamespaces,
+    /// For a release verified but not parsed yet (a fresh process on the commit it applied last):
+    /// ends the pass when the live objects' metadata gives the settled record the status holds,
+    /// else parses the release.
+    ReuseSettled,
     /// Reports the remembered pass again when nothing changed since it found nothing to write.
     ReuseUnchanged,
     /// Plans the verified release and reads the live objects it concerns.
@@ -105,8 +112,14 @@ pub struct PassState<'p> {
     pub recipients: Option<Vec<String>>,
     /// The commit the pass looked at, once known.
     pub attempted_commit: Option<String>,
-    /// From [`Step::FetchAndVerify`].
+    /// From [`Step::FetchAndVerify`] (or [`Step::ReuseSettled`], which parses a pending release).
     pub verified: Option<Arc<VerifiedIntent>>,
+    /// From [`Step::FetchAndVerify`], instead of `verified`, when the pass may find the objects
+    /// settled: the release verified, its intent not parsed yet.
+    pub(crate) pending: Option<settled::PendingIntent>,
+    /// What the settled record covers of the live objects, listed from their metadata alone by
+    /// [`Step::FetchAndVerify`] beside a pending release; [`Step::ReuseSettled`] takes it.
+    pub prefetched_settled: Option<Result<Vec<SettledObject>, Error>>,
     /// The managed namespaces now (from [`Step::ReleaseNamespaces`]).
     pub managed: Vec<ManagedNamespace>,
     /// The live labels of the managed namespaces (from [`Step::ReleaseNamespaces`]).
@@ -136,6 +149,8 @@ impl<'p> PassState<'p> {
             recipients: None,
             attempted_commit: None,
             verified: None,
+            pending: None,
+            prefetched_settled: None,
             managed: Vec::new(),
             namespace_labels: Default::default(),
             live_version: None,
@@ -147,12 +162,30 @@ impl<'p> PassState<'p> {
         }
     }
 
+    /// The verified release, parsed or pending, once [`Step::FetchAndVerify`] ran.
+    fn release(&self) -> Option<&vworkspace_core::trust::release::VerifiedRelease> {
+        match (&self.verified, &self.pending) {
+            (Some(verified), _) => Some(verified.release()),
+            (None, Some(pending)) => Some(&pending.release),
+            (None, None) => None,
+        }
+    }
+
     /// The verified intent, once [`Step::FetchAndVerify`] ran.
     fn verified(&self) -> Result<Arc<VerifiedIntent>, StepResult> {
         self.verified
             .clone()
             .ok_or_else(|| out_of_order(Step::FetchAndVerify))
     }
+}
+
+/// How the values of a parsed release were checked (the scale bench reads this line).
+fn log_values_checked(verified: &VerifiedIntent) {
+    tracing::debug!(
+        values = verified.values_checked(),
+        reused_verdict = verified.values_reused(),
+        "values checked"
+    );
 }
 
 /// A step ran before the one whose output it needs: a defect of [`STEPS`], reported rather than
@@ -189,6 +222,7 @@ impl Step {
                 guardrails::ensure_namespace_guardrails(ctx, cluster, state).await
             }
             Step::RecordNamespaces => managed::record_namespaces(ctx, cluster, state).await,
+            Step::ReuseSettled => settled::reuse_settled(ctx, cluster, state).await,
             Step::ReuseUnchanged => write::reuse_unchanged(ctx, cluster, state).await,
             Step::ReadLive => write::read_live(ctx, cluster, state).await,
             Step::Write => write::write(ctx, cluster, state).await,

@@ -7,9 +7,10 @@ use vworkspace_core::crd::{Cluster, ClusterSpec, GitSourceRef};
 use vworkspace_core::pipeline::VerifiedIntent;
 use vworkspace_core::repository::GitRef;
 
+use super::settled::PendingIntent;
 use super::{PassState, StepResult};
 use crate::cluster::conditions::StepOutcome;
-use crate::cluster::{Context, status_guard, trust};
+use crate::cluster::{Context, apply, status_guard, trust};
 use crate::error::Error;
 
 /// [`super::Step::ReadTrust`].
@@ -65,18 +66,21 @@ pub(super) async fn fetch_and_verify(
         .status
         .as_ref()
         .and_then(|s| s.last_applied_commit.as_deref());
-    let (verified, took) = fetch_then_verify(ctx, state, &cluster.spec, trust, last_applied).await;
+    let settled = cluster.status.as_ref().is_some_and(|s| s.settled.is_some());
+    let (judged, took) =
+        fetch_then_verify(ctx, state, &cluster.spec, trust, last_applied, settled).await;
     ctx.metrics.fetch_duration.observe(took.as_secs_f64());
     state.progress.set_fetching(false);
-    match verified {
-        Ok(verified) => {
-            tracing::debug!(
-                values = verified.values_checked(),
-                reused_verdict = verified.values_reused(),
-                "values checked"
-            );
+    match judged {
+        Ok(Judged::Intent(verified)) => {
+            super::log_values_checked(&verified);
             state.attempted_commit = Some(verified.commit().id().to_string());
             state.verified = Some(verified);
+            StepResult::Next
+        }
+        Ok(Judged::Pending(pending)) => {
+            state.attempted_commit = Some(pending.release.commit().id().to_string());
+            state.pending = Some(*pending);
             StepResult::Next
         }
         Err((e, commit)) => {
@@ -94,28 +98,34 @@ pub(super) async fn check_serial_floor(
     cluster: &Cluster,
     state: &mut PassState<'_>,
 ) -> StepResult {
-    let verified = match state.verified() {
-        Ok(verified) => verified,
-        Err(result) => return result,
+    let Some(release) = state.release() else {
+        return super::out_of_order(super::Step::FetchAndVerify);
     };
-    let release = verified.release();
+    let (serial, expires) = (release.serial(), release.expires());
     if let Err(e) = vworkspace_core::trust::release::check_floor(
         &cluster.spec.cluster_id,
-        release.serial(),
+        serial,
         cluster.spec.release.min_serial,
     ) {
         // As before the pass became steps: this refusal does not publish the recipients.
         state.recipients = None;
         return StepResult::Refused(Error::from(e));
     }
-    state.report = verified_report(state, &verified);
+    // A pending release's values are judged when it is parsed (the status keeps its verdict).
+    let values = state
+        .verified
+        .as_ref()
+        .and_then(|v| v.values_verdict().map(str::to_owned));
+    state.report = verified_report(state, serial, expires, values);
     StepResult::Next
 }
 
 /// The report of a verified source, before anything is applied.
 fn verified_report(
     state: &mut PassState<'_>,
-    verified: &VerifiedIntent,
+    serial: u64,
+    expires: jiff::Timestamp,
+    values_verified: Option<String>,
 ) -> crate::cluster::status::PassReport {
     crate::cluster::status::PassReport {
         verify: StepOutcome::Succeeded,
@@ -125,10 +135,11 @@ fn verified_report(
         inventory: None,
         managed_namespaces: None,
         namespace_rbac: None,
-        values_verified: verified.values_verdict().map(str::to_owned),
+        values_verified,
+        settled: None,
         writes: (0, 0),
         recipients: state.recipients.take(),
-        release_expires: Some((verified.release().serial(), verified.release().expires())),
+        release_expires: Some((serial, expires)),
         guardrails: None,
     }
 }
@@ -175,6 +186,14 @@ pub(super) fn lists_while_verifying(
     !stores && last_applied.is_some_and(|c| c.eq_ignore_ascii_case(fetched))
 }
 
+/// What [`fetch_then_verify`] concluded of a verified source.
+enum Judged {
+    /// Parsed and validated, values checked.
+    Intent(Arc<VerifiedIntent>),
+    /// The release verified, its intent not parsed yet ([`super::Step::ReuseSettled`]).
+    Pending(Box<PendingIntent>),
+}
+
 /// Fetches and verifies on the blocking pool: the network and the CPU-heavy verification never run
 /// on the async runtime's workers. The error comes with the commit it concerns, when known; the
 /// duration is the fetch's and the verification's alone.
@@ -182,19 +201,22 @@ pub(super) fn lists_while_verifying(
 /// When the fetched commit is the one this source last applied (the status says so, and only the
 /// operator writes it) and the process has no watch stores (`run --once`), this source's live
 /// objects are listed while the commit is verified: the list waits on the API server while the
-/// verification keeps this process's cores busy. [`super::Step::ReadLive`] takes the list. A new
-/// commit is verified first and its pass reads nothing of the declared kinds before: a commit no
-/// one verified yet (one pushed by anyone who can push) never makes the operator list the estate.
+/// verification keeps this process's cores busy. A new commit is verified first and its pass reads
+/// nothing of the declared kinds before: a commit no one verified yet (one pushed by anyone who can
+/// push) never makes the operator list the estate.
+///
+/// When the status also holds a settled record (`settled`), that commit's release is verified
+/// (signatures, history, every file's digest) but not parsed, and the objects are listed from their
+/// metadata alone: [`super::Step::ReuseSettled`] compares the two with the record, and parses the
+/// release only when they differ. Otherwise [`super::Step::ReadLive`] takes the whole objects.
 async fn fetch_then_verify(
     ctx: &Context,
     state: &mut PassState<'_>,
     spec: &ClusterSpec,
     trust: trust::SourceTrust,
     last_applied: Option<&str>,
-) -> (
-    Result<Arc<VerifiedIntent>, (Error, Option<String>)>,
-    std::time::Duration,
-) {
+    settled: bool,
+) -> (Result<Judged, (Error, Option<String>)>, std::time::Duration) {
     let started = std::time::Instant::now();
     let url = spec.source.url.clone();
     let reference = git_ref(&spec.source.git_ref);
@@ -210,30 +232,53 @@ async fn fetch_then_verify(
     let name = state.name.clone();
     let mut memo = ctx.with_state(&name, |s| s.memo.take()).unwrap_or_default();
     let config = trust.config;
+    let stores = ctx.live.get().is_some();
+    let pending_if = (!stores && settled)
+        .then(|| last_applied.map(str::to_owned))
+        .flatten();
     let (fetched_tx, fetched_rx) = tokio::sync::oneshot::channel::<String>();
     let job = tokio::task::spawn_blocking(move || {
         let outcome = match crate::source::fetch(&url, &reference, &cache_dir, &options) {
             Ok(fetched) => {
                 let _ = fetched_tx.send(fetched.commit.clone());
-                memo.verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
+                if pending_if.is_some_and(|last| last.eq_ignore_ascii_case(&fetched.commit)) {
+                    vworkspace_core::pipeline::verify_release_of(
+                        &fetched.repo,
+                        &fetched.commit,
+                        &config,
+                    )
+                    .map(|release| Judged::Pending(Box::new(PendingIntent { release, config })))
                     .map_err(|e| (Error::Pass(*e.error), e.commit))
+                } else {
+                    memo.verify_ref(&fetched.repo, &GitRef::Commit(fetched.commit), &config)
+                        .map(Judged::Intent)
+                        .map_err(|e| (Error::Pass(*e.error), e.commit))
+                }
             }
             Err(e) => Err((Error::Source(e), None)),
         };
         (memo, outcome, started.elapsed())
     });
-    let stores = ctx.live.get().is_some();
+    let client = &ctx.client;
     let listing = async {
         // The fetched commit (a failed fetch drops the sender: nothing is listed).
         match fetched_rx.await {
             Ok(commit) if lists_while_verifying(stores, last_applied, &commit) => {
-                Some(crate::cluster::apply::list_live(&ctx.client, &spec.cluster_id, None).await)
+                Some(if settled {
+                    Listed::Settled(apply::list_settled(client, &spec.cluster_id).await)
+                } else {
+                    Listed::Live(apply::list_live(client, &spec.cluster_id, None).await)
+                })
             }
             _ => None,
         }
     };
     let (joined, listed) = futures::join!(job, listing);
-    state.prefetched_live = listed;
+    match listed {
+        Some(Listed::Settled(objects)) => state.prefetched_settled = Some(objects),
+        Some(Listed::Live(objects)) => state.prefetched_live = Some(objects),
+        None => {}
+    }
     match joined {
         Ok((memo, outcome, took)) => {
             ctx.with_state(&name, |s| s.memo = Some(memo));
@@ -241,4 +286,12 @@ async fn fetch_then_verify(
         }
         Err(e) => (Err((Error::Task(e), None)), started.elapsed()),
     }
+}
+
+/// What the listing beside the verification returned.
+enum Listed {
+    /// The objects' metadata, for the settled record.
+    Settled(Result<Vec<vworkspace_core::plan::settled::SettledObject>, Error>),
+    /// The whole objects, for [`super::Step::ReadLive`].
+    Live(Result<Vec<vworkspace_core::plan::diff::LiveObject>, Error>),
 }

@@ -117,6 +117,7 @@ fn every_step_is_listed_once_after_the_steps_it_needs() {
         | Step::EnsureNamespaceRbac
         | Step::EnsureNamespaceGuardrails
         | Step::RecordNamespaces
+        | Step::ReuseSettled
         | Step::ReuseUnchanged
         | Step::ReadLive
         | Step::Write
@@ -135,6 +136,12 @@ fn every_step_is_listed_once_after_the_steps_it_needs() {
         (Step::EnsureNamespaceGuardrails, Step::EnsureNamespaceRbac),
         (Step::EnsureNamespaceGuardrails, Step::ReleaseNamespaces),
         (Step::ReuseUnchanged, Step::RecordNamespaces),
+        // The record's key holds the managed namespaces as recorded.
+        (Step::ReuseSettled, Step::RecordNamespaces),
+        (Step::ReuseSettled, Step::CheckSerialFloor),
+        // A pending release is parsed before anything plans from it.
+        (Step::ReuseUnchanged, Step::ReuseSettled),
+        (Step::ReadLive, Step::ReuseSettled),
         (Step::ReadLive, Step::CheckSerialFloor),
         (Step::Write, Step::ReadLive),
         (Step::Publish, Step::Write),
@@ -547,7 +554,13 @@ fn an_unchanged_pass_is_reused_only_for_the_same_verdict_namespaces_and_live_obj
         inventory: vec![],
         apply: StepOutcome::Succeeded,
         applied: None,
+        settled: Some("sha256:s".into()),
     };
+    assert_eq!(
+        unchanged_since(Some(&last), &verdict, &managed, Some(7)).and_then(|p| p.settled),
+        Some("sha256:s".into()),
+        "the remembered pass reports its record again"
+    );
     assert!(unchanged_since(Some(&last), &verdict, &managed, Some(7)).is_some());
     assert!(unchanged_since(None, &verdict, &managed, Some(7)).is_none());
     // A new verdict (another commit, other trust inputs), even an equal one.
@@ -575,6 +588,7 @@ fn ours(id: &InventoryEntry) -> vworkspace_core::plan::diff::LiveObject {
         annotations: Default::default(),
         spec: Value::Null.into(),
         managers: vec![],
+        version: None,
     }
 }
 
@@ -863,5 +877,84 @@ async fn ensure_namespace_guardrails_keeps_labels_and_policies_and_reports_a_wea
                 "{name}"
             );
         }
+    }
+}
+
+#[test]
+fn the_settled_record_covers_every_labelled_object_or_nothing() {
+    use vworkspace_core::plan::settled::ObjectVersion;
+    let versioned = |id: &InventoryEntry, generation: i64| {
+        let mut live = ours(id);
+        live.version = Some(ObjectVersion {
+            uid: format!("uid-{}", id.name),
+            generation,
+            deleting: false,
+        });
+        live
+    };
+    let (wiki, crm, old) = (
+        entry("org-a", "wiki"),
+        entry("org-a", "crm"),
+        entry("org-a", "old"),
+    );
+    let mut foreign = versioned(&entry("org-a", "theirs"), 1);
+    foreign.labels.clear();
+    let unchanged = |ids: &[&InventoryEntry]| Changes {
+        unchanged: ids.iter().map(|id| (*id).clone()).collect(),
+        ..Changes::default()
+    };
+    let pruned = apply::Applied {
+        pruned: vec![old.clone()],
+        ..apply::Applied::default()
+    };
+    let none = apply::Applied::default();
+    // (case, live objects, changes, what the writes did, objects the record covers)
+    let cases: Vec<(&str, Vec<_>, Changes<'_>, &apply::Applied, Option<usize>)> = vec![
+        (
+            "every declared object unchanged, each with its version",
+            vec![versioned(&wiki, 1), versioned(&crm, 3)],
+            unchanged(&[&wiki, &crm]),
+            &none,
+            Some(2),
+        ),
+        (
+            "an object read without a version",
+            vec![versioned(&wiki, 1), ours(&crm)],
+            unchanged(&[&wiki, &crm]),
+            &none,
+            None,
+        ),
+        (
+            "an unchanged object the read did not return",
+            vec![versioned(&wiki, 1)],
+            unchanged(&[&wiki, &crm]),
+            &none,
+            None,
+        ),
+        (
+            "a labelled object neither declared nor pruned",
+            vec![versioned(&wiki, 1), versioned(&old, 1)],
+            unchanged(&[&wiki]),
+            &none,
+            None,
+        ),
+        (
+            "a labelled object pruned",
+            vec![versioned(&wiki, 1), versioned(&old, 1)],
+            unchanged(&[&wiki]),
+            &pruned,
+            Some(1),
+        ),
+        (
+            "another source's object, which the labelled list does not return",
+            vec![versioned(&wiki, 1), foreign.clone()],
+            unchanged(&[&wiki]),
+            &none,
+            Some(1),
+        ),
+    ];
+    for (case, live, changes, done, covered) in cases {
+        let objects = super::settled::settled_objects(&live, &changes, done, "prod");
+        assert_eq!(objects.map(|o| o.len()), covered, "{case}");
     }
 }

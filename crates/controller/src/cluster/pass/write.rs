@@ -26,6 +26,7 @@ pub(crate) struct UnchangedPass<V = VerifiedIntent> {
     pub(crate) inventory: Vec<InventoryEntry>,
     pub(crate) apply: StepOutcome,
     pub(crate) applied: Option<AppliedSource>,
+    pub(crate) settled: Option<String>,
 }
 
 /// The report of the remembered unchanged pass, when it still holds ([`UnchangedPass`]).
@@ -34,17 +35,19 @@ pub(super) fn unchanged_since<V>(
     verdict: &Arc<V>,
     managed: &[ManagedNamespace],
     live_version: Option<u64>,
-) -> Option<(Vec<InventoryEntry>, StepOutcome, Option<AppliedSource>)> {
+) -> Option<UnchangedPass<V>> {
     let last = last?;
     (Arc::ptr_eq(&last.verdict, verdict)
         && last.managed == managed
         && Some(last.live_version) == live_version)
-        .then(|| {
-            (
-                last.inventory.clone(),
-                last.apply.clone(),
-                last.applied.clone(),
-            )
+        .then(|| UnchangedPass {
+            verdict: last.verdict.clone(),
+            managed: last.managed.clone(),
+            live_version: last.live_version,
+            inventory: last.inventory.clone(),
+            apply: last.apply.clone(),
+            applied: last.applied.clone(),
+            settled: last.settled.clone(),
         })
 }
 
@@ -67,15 +70,15 @@ pub(super) async fn reuse_unchanged(
         _ => None,
     };
     let last = ctx.with_state(&state.name, |s| s.unchanged.take());
-    let Some((inventory, apply, applied)) =
-        unchanged_since(last.as_ref(), &verified, &state.managed, state.live_version)
+    let Some(same) = unchanged_since(last.as_ref(), &verified, &state.managed, state.live_version)
     else {
         return StepResult::Next;
     };
     ctx.with_state(&state.name, |s| s.unchanged = last);
-    state.report.inventory = Some(inventory);
-    state.report.apply = apply;
-    state.report.applied = applied;
+    state.report.inventory = Some(same.inventory);
+    state.report.apply = same.apply;
+    state.report.applied = same.applied;
+    state.report.settled = same.settled;
     StepResult::Complete
 }
 
@@ -189,6 +192,11 @@ pub(super) async fn write(
         ));
         return StepResult::Failed(apply_failed(failed(&e)));
     }
+    let settled = match state.verified() {
+        Ok(verified) => super::settled::record(ctx, cluster, state, &verified, &changes, &done),
+        Err(_) => None,
+    };
+    state.report.settled = settled;
     let written = Written {
         inventory: changes.inventory(),
         outcome: match partial(&changes, &cluster.spec.cluster_id) {
@@ -247,13 +255,7 @@ pub(super) async fn publish(
         &plan,
         &written.not_applied,
     );
-    let signer = verified.commit().signer();
-    state.report.applied = Some(AppliedSource {
-        commit,
-        serial: release.serial(),
-        digest: release.digest().to_owned(),
-        signer: format!("{} ({})", signer.principal, signer.fingerprint),
-    });
+    state.report.applied = Some(AppliedSource::of(release));
     if written.noop
         && let Some(live_version) = state.live_version
     {
@@ -265,6 +267,7 @@ pub(super) async fn publish(
             inventory: state.report.inventory.clone().unwrap_or_default(),
             apply: state.report.apply.clone(),
             applied: state.report.applied.clone(),
+            settled: state.report.settled.clone(),
         };
         ctx.with_state(&state.name, |s| s.unchanged = Some(remembered));
     }
