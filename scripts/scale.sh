@@ -13,7 +13,8 @@
 # operator binary built from another commit) times that binary's fresh no-op pass after each of
 # ours on the same estate and prints both medians. VWS_SCALE_WITHOUT_WEBHOOK=1 runs the first apply with
 # the admission webhook's configuration removed (put back after it): the webhook's share of the
-# Write step. Method and results:
+# Write step. VWS_SCALE_CARGO_FLAGS adds cargo flags to the build (`--features system-allocator`:
+# libc's malloc, which heaptrack sees, for VWS_SCALE_RUN_WRAPPER="heaptrack -o FILE"). Method and results:
 # docs/performance.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,7 +30,8 @@ stop() { if [ "$owned" = 1 ]; then scripts/control-plane.sh stop >/dev/null 2>&1
 trap stop EXIT
 # Build first, and run the binary built here: no size's control plane idles through a compile, and
 # a source edited during a long run does not change what the later sizes measure.
-exe="$(cargo test --release --test it --no-run --message-format=json | python3 -c '
+# shellcheck disable=SC2086 # the flags are words
+exe="$(cargo test --release --test it --no-run --message-format=json ${VWS_SCALE_CARGO_FLAGS:-} | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -8,7 +8,9 @@ use vworkspace_operator::cli::{self, Cli, CliError};
 /// The process's allocator. A pass over 10,000 objects allocates a few hundred MiB for seconds;
 /// glibc's malloc keeps most of those pages after they are freed (with tokio's worker threads the
 /// resting RSS stayed near the peak, measured in docs/performance.md), mimalloc gives them back to
-/// the OS shortly after, so the resting RSS follows what the process holds.
+/// the OS shortly after, so the resting RSS follows what the process holds. The `system-allocator`
+/// feature leaves libc's malloc in place, for heaptrack (which sees only it).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
