@@ -29,16 +29,18 @@ use super::fixture::{BIN, Intent};
 use super::server::{OPERATOR_USER, Proc, apply, resource, skipped, wait_for};
 use super::{Env, Scope, env, operator_cmd, test_name, webhook_replica};
 
+/// A field of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+}
+
 /// Peak (`VmHWM`) and current (`VmRSS`) resident set of `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    Some((field("VmHWM:")?, field("VmRSS:")?))
+    Some((status_kib(pid, "VmHWM:")?, status_kib(pid, "VmRSS:")?))
 }
 
 /// What one size measured.
@@ -496,6 +498,17 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
                 row.run_rest_kib = rss;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // What the resting RSS is made of: the heap and stacks (anonymous) against the binary's
+        // own pages mapped from its file.
+        if let (Some(anon), Some(file)) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"))
+        {
+            eprintln!(
+                "{instances}: run at rest: {} = {} anonymous + {} from files",
+                mib(row.run_rest_kib),
+                mib(anon),
+                mib(file)
+            );
         }
         row.api_connections =
             api_server_port(&env.cp.kubeconfig).map_or(0, |port| connections_to(pid, port));

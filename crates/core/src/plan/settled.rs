@@ -55,6 +55,32 @@ pub struct SettledObject {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// One object as the record covers it, borrowed from wherever the pass holds it (a pass over 10,000
+/// objects hashes them without a copy of their labels and annotations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettledRef<'a> {
+    /// Its identity.
+    pub id: &'a InventoryEntry,
+    /// Its uid and generation.
+    pub version: &'a ObjectVersion,
+    /// `metadata.labels`, all of them.
+    pub labels: &'a BTreeMap<String, String>,
+    /// `metadata.annotations`, all of them.
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+impl SettledObject {
+    /// The object, borrowed.
+    pub fn as_ref(&self) -> SettledRef<'_> {
+        SettledRef {
+            id: &self.id,
+            version: &self.version,
+            labels: &self.labels,
+            annotations: &self.annotations,
+        }
+    }
+}
+
 /// What a pass judged its objects with, besides the objects.
 #[derive(Debug, Clone, Copy)]
 pub struct SettledKey<'a> {
@@ -77,7 +103,7 @@ pub struct SettledKey<'a> {
 /// The digest of `objects` (in any order) under `key`: `sha256:<hex>`.
 pub fn settled_digest<'o>(
     key: &SettledKey<'_>,
-    objects: impl IntoIterator<Item = &'o SettledObject>,
+    objects: impl IntoIterator<Item = SettledRef<'o>>,
 ) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -103,8 +129,8 @@ pub fn settled_digest<'o>(
     field(key.values_verified.unwrap_or("").as_bytes());
     field(&[u8::from(key.values_verified.is_some())]);
     field(format!("{:?}", key.limits).as_bytes());
-    let mut objects: Vec<&SettledObject> = objects.into_iter().collect();
-    objects.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let mut objects: Vec<SettledRef<'_>> = objects.into_iter().collect();
+    objects.sort_unstable_by(|a, b| a.id.cmp(b.id));
     field(&(objects.len() as u64).to_be_bytes());
     for object in objects {
         let id = &object.id;
@@ -114,7 +140,7 @@ pub fn settled_digest<'o>(
         field(object.version.uid.as_bytes());
         field(&object.version.generation.to_be_bytes());
         field(&[u8::from(object.version.deleting)]);
-        for map in [&object.labels, &object.annotations] {
+        for map in [object.labels, object.annotations] {
             field(&(map.len() as u64).to_be_bytes());
             for (k, v) in map {
                 field(k.as_bytes());
@@ -166,11 +192,11 @@ mod tests {
             limits: &limits,
         };
         let objects = vec![object("wiki", 1), object("crm", 2)];
-        let digest = settled_digest(&key, &objects);
+        let digest = settled_digest(&key, objects.iter().map(SettledObject::as_ref));
         assert!(digest.starts_with("sha256:"), "{digest}");
         let reversed: Vec<SettledObject> = objects.iter().rev().cloned().collect();
         assert_eq!(
-            settled_digest(&key, &reversed),
+            settled_digest(&key, reversed.iter().map(SettledObject::as_ref)),
             digest,
             "order is not an input"
         );
@@ -181,7 +207,7 @@ mod tests {
                     managed_namespaces: &reordered,
                     ..key
                 },
-                &objects
+                objects.iter().map(SettledObject::as_ref)
             ),
             digest,
             "namespace order is not an input"
@@ -248,7 +274,11 @@ mod tests {
             ),
         ];
         for (what, other) in keys {
-            assert_ne!(settled_digest(&other, &objects), digest, "{what}");
+            assert_ne!(
+                settled_digest(&other, objects.iter().map(SettledObject::as_ref)),
+                digest,
+                "{what}"
+            );
         }
 
         let mut edited = objects.clone();
@@ -284,7 +314,11 @@ mod tests {
             ("label split", shifted),
         ];
         for (what, changed) in changes {
-            assert_ne!(settled_digest(&key, &changed), digest, "{what}");
+            assert_ne!(
+                settled_digest(&key, changed.iter().map(SettledObject::as_ref)),
+                digest,
+                "{what}"
+            );
         }
     }
 }

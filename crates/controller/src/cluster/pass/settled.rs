@@ -8,7 +8,7 @@ use vworkspace_core::crd::{Cluster, InventoryEntry};
 use vworkspace_core::pipeline::{TrustConfig, VerifiedIntent};
 use vworkspace_core::plan::LABEL_CLUSTER;
 use vworkspace_core::plan::diff::{Changes, LiveObject};
-use vworkspace_core::plan::settled::{SettledKey, SettledObject, settled_digest};
+use vworkspace_core::plan::settled::{SettledKey, SettledObject, SettledRef, settled_digest};
 use vworkspace_core::trust::release::VerifiedRelease;
 
 use super::{PassState, StepResult};
@@ -88,35 +88,35 @@ pub(super) fn record(
     let objects = settled_objects(&state.live, changes, done, &cluster.spec.cluster_id)?;
     let parts = KeyParts::of(cluster, state);
     let key = parts.key(verified.release(), values_after(cluster, state), ctx);
-    Some(settled_digest(&key, &objects))
+    Some(settled_digest(&key, objects))
 }
 
 /// Every object the labelled list returns after the pass, with the version its declared spec has:
 /// the unchanged ones as the comparing read saw them, the written ones as their answers say.
-pub(super) fn settled_objects(
-    live: &[LiveObject],
-    changes: &Changes<'_>,
-    done: &apply::Applied,
+pub(super) fn settled_objects<'a>(
+    live: &'a [LiveObject],
+    changes: &'a Changes<'_>,
+    done: &'a apply::Applied,
     cluster: &str,
-) -> Option<Vec<SettledObject>> {
+) -> Option<Vec<SettledRef<'a>>> {
     let written = changes.create.len() + changes.update.len();
     if done.applied.len() != written || done.answers.len() != written {
         return None;
     }
     let by_id: std::collections::BTreeMap<&InventoryEntry, &LiveObject> =
         live.iter().map(|l| (&l.id, l)).collect();
-    let mut objects = done.answers.clone();
+    let mut objects: Vec<SettledRef<'a>> = done.answers.iter().map(SettledObject::as_ref).collect();
     for id in &changes.unchanged {
         let live = by_id.get(id)?;
-        objects.push(SettledObject {
-            id: id.clone(),
-            version: live.version.clone()?,
-            labels: live.labels.clone(),
-            annotations: live.annotations.clone(),
+        objects.push(SettledRef {
+            id,
+            version: live.version.as_ref()?,
+            labels: &live.labels,
+            annotations: &live.annotations,
         });
     }
     let covered: std::collections::BTreeSet<&InventoryEntry> =
-        objects.iter().map(|o| &o.id).chain(&done.pruned).collect();
+        objects.iter().map(|o| o.id).chain(&done.pruned).collect();
     let labelled_left = live.iter().any(|l| {
         l.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster) && !covered.contains(&l.id)
     });
@@ -140,7 +140,7 @@ pub(super) async fn reuse_settled(
     if let (Some(Ok(objects)), Some(recorded)) = (&listed, recorded) {
         let parts = KeyParts::of(cluster, state);
         let key = parts.key(&pending.release, values_after(cluster, state), ctx);
-        let digest = settled_digest(&key, objects);
+        let digest = settled_digest(&key, objects.iter().map(SettledObject::as_ref));
         if digest == recorded {
             settled_report(cluster, state, &pending.release, digest);
             return StepResult::Complete;
