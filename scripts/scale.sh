@@ -14,7 +14,9 @@
 # ours on the same estate and prints both medians. VWS_SCALE_WITHOUT_WEBHOOK=1 runs the first apply with
 # the admission webhook's configuration removed (put back after it): the webhook's share of the
 # Write step. VWS_SCALE_CARGO_FLAGS adds cargo flags to the build (`--features system-allocator`:
-# libc's malloc, which heaptrack sees, for VWS_SCALE_RUN_WRAPPER="heaptrack -o FILE"). Method and results:
+# libc's malloc, which heaptrack sees, for VWS_SCALE_RUN_WRAPPER="heaptrack -o FILE");
+# VWS_SCALE_RUN_STOP_SIGNAL=KILL stops the wrapped operator without freeing, so heaptrack's "leaked"
+# is what it held at rest. Method and results:
 # docs/performance.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

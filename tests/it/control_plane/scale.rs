@@ -295,9 +295,12 @@ fn wrapped(cmd: Command) -> Command {
 fn stop_run(run: &mut Proc) {
     if std::env::var_os("VWS_SCALE_RUN_WRAPPER").is_some() {
         let group = run.child.id().to_string();
+        // VWS_SCALE_RUN_STOP_SIGNAL=KILL: the operator ends without freeing what it holds, so
+        // heaptrack reports everything it held at rest as "leaked", with where it was allocated.
+        let signal = std::env::var("VWS_SCALE_RUN_STOP_SIGNAL").unwrap_or_else(|_| "TERM".into());
         // `-x` matches the process name, the first 15 bytes of the executable's file name.
         let _ = Command::new("pkill")
-            .args(["-TERM", "-g", &group, "-x", "vworkspace-oper"])
+            .args([&format!("-{signal}"), "-g", &group, "-x", "vworkspace-oper"])
             .status();
         let _ = run.wait_timeout(600);
     }

@@ -127,6 +127,10 @@ pub(super) fn settled_objects<'a>(
 /// commit it applied last), the pass ends here when the objects' metadata gives the record the
 /// status holds; otherwise the release is parsed (while the live objects are listed whole) and the
 /// pass goes on as any other.
+///
+/// A pass that ends here publishes nothing to the child controllers (it has no plan): only a
+/// process without watch stores gets a pending release ([`super::source`]), and such a process
+/// (`run --once`) runs no child controller; `run` sets its stores before its first pass.
 pub(super) async fn reuse_settled(
     ctx: &Context,
     cluster: &Cluster,
