@@ -669,18 +669,7 @@ async fn poked_pass(env: &Env, cluster: &str, run: &Proc, poke: u32) -> (Option<
 /// the release parsed (its values verdict reused: no value decrypted) and the objects read whole;
 /// one instance written.
 async fn repaired_by_a_fresh_process(env: &Env, dir: &Path, namespace: &str, instances: usize) {
-    let hand = super::server::break_glass_client(&env.admin, &env.cp.kubeconfig).await;
-    let name = Scale::instance_name(0);
-    super::server::merge_patch(
-        &hand,
-        super::AI,
-        "ApplicationInstance",
-        Some(namespace),
-        &name,
-        &json!({"spec": {"values": {"host": "changed-by-hand.example.org"}}}),
-    )
-    .await
-    .expect("break-glass edit");
+    let name = edited_by_hand(env, namespace).await;
     let audit = super::server::Audit::mark(&env.cp.audit_log);
     let mut cmd = operator_cmd(env, dir);
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
@@ -703,20 +692,7 @@ async fn repaired_by_a_fresh_process(env: &Env, dir: &Path, namespace: &str, ins
         "a new process reuses the values verdict the first apply recorded: {}",
         proc.stderr()
     );
-    let live = super::server::get(
-        &env.admin,
-        super::AI,
-        "ApplicationInstance",
-        Some(namespace),
-        &name,
-    )
-    .await
-    .expect("the instance");
-    assert_eq!(
-        live.data["spec"]["values"]["host"],
-        json!(format!("{name}.example.org")),
-        "the fresh process put the declared spec back"
-    );
+    declared_back(env, namespace, &name, "the fresh process").await;
     let writes: Vec<String> = audit
         .writes_by(OPERATOR_USER)
         .iter()
@@ -733,18 +709,7 @@ async fn repaired_by_a_fresh_process(env: &Env, dir: &Path, namespace: &str, ins
 /// A spec changed by hand (break glass, so admission lets it through) is put back by the next pass
 /// of the long-running process, which reads the live objects from its watch.
 async fn repaired_by_a_pass(env: &Env, cluster: &str, namespace: &str, run: &Proc) {
-    let hand = super::server::break_glass_client(&env.admin, &env.cp.kubeconfig).await;
-    let name = Scale::instance_name(0);
-    super::server::merge_patch(
-        &hand,
-        super::AI,
-        "ApplicationInstance",
-        Some(namespace),
-        &name,
-        &json!({"spec": {"values": {"host": "changed-by-hand.example.org"}}}),
-    )
-    .await
-    .expect("break-glass edit");
+    let name = edited_by_hand(env, namespace).await;
     // The watch must have delivered the edit before the pass reads the store.
     wait_for("the edit to be visible", 30, || async {
         let live = super::server::get(
@@ -760,19 +725,41 @@ async fn repaired_by_a_pass(env: &Env, cluster: &str, namespace: &str, run: &Pro
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     poked_pass(env, cluster, run, 2).await;
+    declared_back(env, namespace, &name, "the long-running pass").await;
+}
+
+/// Changes the first instance's spec by hand (break glass, so admission lets it through); its name.
+async fn edited_by_hand(env: &Env, namespace: &str) -> String {
+    let hand = super::server::break_glass_client(&env.admin, &env.cp.kubeconfig).await;
+    let name = Scale::instance_name(0);
+    super::server::merge_patch(
+        &hand,
+        super::AI,
+        "ApplicationInstance",
+        Some(namespace),
+        &name,
+        &json!({"spec": {"values": {"host": "changed-by-hand.example.org"}}}),
+    )
+    .await
+    .expect("break-glass edit");
+    name
+}
+
+/// Asserts that `who` put the declared spec of the instance [`edited_by_hand`] back.
+async fn declared_back(env: &Env, namespace: &str, name: &str, who: &str) {
     let live = super::server::get(
         &env.admin,
         super::AI,
         "ApplicationInstance",
         Some(namespace),
-        &name,
+        name,
     )
     .await
     .expect("the instance");
     assert_eq!(
         live.data["spec"]["values"]["host"],
         json!(format!("{name}.example.org")),
-        "the long-running pass put the declared spec back"
+        "{who} put the declared spec back"
     );
 }
 

@@ -151,29 +151,16 @@ async fn existing(
         if !ids.iter().any(|id| id.kind == resource.kind) {
             continue;
         }
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let mut params = ListParams::default().limit(EXISTING_PAGE);
-        loop {
-            let page = api
-                .list_metadata(&params)
-                .await
-                .map_err(|source| Error::Kube {
-                    action: format!("list {} (metadata)", resource.plural),
-                    source,
-                })?;
-            for meta in &page.items {
-                let (Some(ns), Some(name)) = (&meta.metadata.namespace, &meta.metadata.name) else {
-                    continue;
-                };
-                if let Some(i) = wanted.get(&(resource.kind.as_str(), ns.as_str(), name.as_str())) {
-                    found.insert(*i);
-                }
+        let params = ListParams::default().limit(EXISTING_PAGE);
+        each_metadata(client, &resource, params, |meta| {
+            let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+                return;
+            };
+            if let Some(i) = wanted.get(&(resource.kind.as_str(), ns.as_str(), name.as_str())) {
+                found.insert(*i);
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
+        })
+        .await?;
     }
     Ok(found)
 }
@@ -365,46 +352,58 @@ pub async fn list_settled(client: &Client, cluster: &str) -> Result<Vec<SettledO
     let selector = format!("{LABEL_CLUSTER}={cluster}");
     let mut listed = Vec::new();
     for resource in resources() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let mut params = ListParams::default().labels(&selector).limit(LIVE_PAGE);
-        loop {
-            let page = api
-                .list_metadata(&params)
-                .await
-                .map_err(|source| Error::Kube {
-                    action: format!("list {} (metadata)", resource.plural),
-                    source,
-                })?;
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for object in page.items {
-                let meta = object.metadata;
-                let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone())
-                else {
-                    continue;
-                };
-                listed.push(SettledObject {
-                    id: InventoryEntry {
-                        api_version: resource.api_version.clone(),
-                        kind: resource.kind.clone(),
-                        namespace,
-                        name,
-                    },
-                    version: object_version(&meta).unwrap_or(ObjectVersion {
-                        uid: String::new(),
-                        generation: -1,
-                        deleting: true,
-                    }),
-                    labels: meta.labels.unwrap_or_default(),
-                    annotations: meta.annotations.unwrap_or_default(),
-                });
-            }
-            match next {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
+        let params = ListParams::default().labels(&selector).limit(LIVE_PAGE);
+        each_metadata(client, &resource, params, |meta| {
+            let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+                return;
+            };
+            listed.push(SettledObject {
+                id: InventoryEntry {
+                    api_version: resource.api_version.clone(),
+                    kind: resource.kind.clone(),
+                    namespace,
+                    name,
+                },
+                version: object_version(&meta).unwrap_or(ObjectVersion {
+                    uid: String::new(),
+                    generation: -1,
+                    deleting: true,
+                }),
+                labels: meta.labels.unwrap_or_default(),
+                annotations: meta.annotations.unwrap_or_default(),
+            });
+        })
+        .await?;
     }
     Ok(listed)
+}
+
+/// Hands `each` the metadata of every object of `resource` that `params` selects, from metadata-only
+/// lists of all namespaces, one page at a time (`params` sets the page size).
+async fn each_metadata(
+    client: &Client,
+    resource: &ApiResource,
+    mut params: ListParams,
+    mut each: impl FnMut(kube::api::ObjectMeta),
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    loop {
+        let page = api
+            .list_metadata(&params)
+            .await
+            .map_err(|source| Error::Kube {
+                action: format!("list {} (metadata)", resource.plural),
+                source,
+            })?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        for object in page.items {
+            each(object.metadata);
+        }
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Objects per page of [`list_live`]: kube-apiserver's own default page size for clients that page
