@@ -811,3 +811,40 @@ async fn logs_are_json_lines_and_credentials_in_a_url_reach_no_log_status_or_eve
         assert!(!place.contains("s3cret"), "credential leaked: {place}");
     }
 }
+
+/// The settled record holds only under what the pass judged with: after a change of the Cluster's
+/// spec, a fresh process on the same commit, with every object as it was, runs the whole pass (the
+/// release parsed, the objects read whole) and makes a new record; nothing is written but the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_cluster_spec_is_not_taken_as_settled() {
+    let h = harness();
+    h.pass().await.expect("first pass");
+    let recorded = h.status().settled.expect("recorded");
+    let mut cluster = h.api.get(CLUSTER_PATH).expect("cluster");
+    cluster["spec"]["source"]["interval"] = json!("10m");
+    h.api.edit(CLUSTER_PATH, cluster);
+
+    h.pass().await.expect("pass under the new spec");
+    assert_request_discipline(&h.api.requests());
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/applicationinstances") && !r.metadata_only()),
+        "the whole objects are read"
+    );
+    // The status only (the new record, the observed generation); Ready did not change: no Event.
+    assert_eq!(h.writes(), [format!("PATCH {CLUSTER_PATH}/status")]);
+    let renewed = h.status().settled.expect("a new record");
+    assert_ne!(renewed, recorded, "the spec is in the key");
+
+    h.pass().await.expect("settled pass");
+    assert_eq!(h.writes(), Vec::<String>::new());
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/applicationinstances"))
+            .all(Recorded::metadata_only)
+    );
+}

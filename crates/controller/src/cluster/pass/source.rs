@@ -233,15 +233,15 @@ async fn fetch_then_verify(
     let mut memo = ctx.with_state(&name, |s| s.memo.take()).unwrap_or_default();
     let config = trust.config;
     let stores = ctx.live.get().is_some();
-    let pending_if = (!stores && settled)
-        .then(|| last_applied.map(str::to_owned))
-        .flatten();
+    let last = last_applied.map(str::to_owned);
     let (fetched_tx, fetched_rx) = tokio::sync::oneshot::channel::<String>();
     let job = tokio::task::spawn_blocking(move || {
         let outcome = match crate::source::fetch(&url, &reference, &cache_dir, &options) {
             Ok(fetched) => {
                 let _ = fetched_tx.send(fetched.commit.clone());
-                if pending_if.is_some_and(|last| last.eq_ignore_ascii_case(&fetched.commit)) {
+                // The same condition as the listing's below: a pending release is always
+                // listed beside, from metadata.
+                if settled && lists_while_verifying(stores, last.as_deref(), &fetched.commit) {
                     vworkspace_core::pipeline::verify_release_of(
                         &fetched.repo,
                         &fetched.commit,

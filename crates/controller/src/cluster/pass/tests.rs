@@ -557,7 +557,7 @@ fn an_unchanged_pass_is_reused_only_for_the_same_verdict_namespaces_and_live_obj
         settled: Some("sha256:s".into()),
     };
     assert_eq!(
-        unchanged_since(Some(&last), &verdict, &managed, Some(7)).and_then(|p| p.settled),
+        unchanged_since(Some(&last), &verdict, &managed, Some(7)).and_then(|p| p.settled.clone()),
         Some("sha256:s".into()),
         "the remembered pass reports its record again"
     );

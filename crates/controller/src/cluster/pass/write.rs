@@ -30,25 +30,17 @@ pub(crate) struct UnchangedPass<V = VerifiedIntent> {
 }
 
 /// The report of the remembered unchanged pass, when it still holds ([`UnchangedPass`]).
-pub(super) fn unchanged_since<V>(
-    last: Option<&UnchangedPass<V>>,
+pub(super) fn unchanged_since<'l, V>(
+    last: Option<&'l UnchangedPass<V>>,
     verdict: &Arc<V>,
     managed: &[ManagedNamespace],
     live_version: Option<u64>,
-) -> Option<UnchangedPass<V>> {
+) -> Option<&'l UnchangedPass<V>> {
     let last = last?;
     (Arc::ptr_eq(&last.verdict, verdict)
         && last.managed == managed
         && Some(last.live_version) == live_version)
-        .then(|| UnchangedPass {
-            verdict: last.verdict.clone(),
-            managed: last.managed.clone(),
-            live_version: last.live_version,
-            inventory: last.inventory.clone(),
-            apply: last.apply.clone(),
-            applied: last.applied.clone(),
-            settled: last.settled.clone(),
-        })
+        .then_some(last)
 }
 
 /// [`super::Step::ReuseUnchanged`]: nothing changed since a pass found nothing to write, so the same
@@ -74,11 +66,11 @@ pub(super) async fn reuse_unchanged(
     else {
         return StepResult::Next;
     };
+    state.report.inventory = Some(same.inventory.clone());
+    state.report.apply = same.apply.clone();
+    state.report.applied = same.applied.clone();
+    state.report.settled = same.settled.clone();
     ctx.with_state(&state.name, |s| s.unchanged = last);
-    state.report.inventory = Some(same.inventory);
-    state.report.apply = same.apply;
-    state.report.applied = same.applied;
-    state.report.settled = same.settled;
     StepResult::Complete
 }
 
@@ -192,11 +184,9 @@ pub(super) async fn write(
         ));
         return StepResult::Failed(apply_failed(failed(&e)));
     }
-    let settled = match state.verified() {
-        Ok(verified) => super::settled::record(ctx, cluster, state, &verified, &changes, &done),
-        Err(_) => None,
-    };
-    state.report.settled = settled;
+    state.report.settled = state.verified().ok().and_then(|verified| {
+        super::settled::record(ctx, cluster, state, &verified, &changes, &done)
+    });
     let written = Written {
         inventory: changes.inventory(),
         outcome: match partial(&changes, &cluster.spec.cluster_id) {
