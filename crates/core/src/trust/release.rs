@@ -238,8 +238,10 @@ pub enum ReleaseError {
 }
 
 /// A release whose manifest, signatures and file set were verified against a verified commit.
-/// Only [`verify`] builds one.
-#[derive(Debug, Clone)]
+/// Only [`verify`] builds one. Not `Clone`: [`crate::pipeline::read_intent`] takes one by value, and
+/// a copy of the release a [`crate::pipeline::VerifiedIntent`] holds (its files taken) would parse
+/// as an empty intent.
+#[derive(Debug)]
 pub struct VerifiedRelease {
     commit: VerifiedCommit,
     tree: ClusterTree,
