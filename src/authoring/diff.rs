@@ -316,7 +316,7 @@ pub fn field_changes(desired: &DesiredObject, live: &LiveObject) -> Vec<FieldCha
     let mut out = Vec::new();
     walk(
         "spec",
-        Some(&live.spec.json()),
+        live.spec.json().as_deref(),
         spec.as_ref().ok(),
         &mut out,
     );

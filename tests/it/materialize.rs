@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::support::fake_api::*;
 use crate::support::rbac_check::assert_allowed_by_deploy;
 use vworkspace_controller::children::{self, ChildContext};
-use vworkspace_core::crd::{ApplicationInstance, Operation, OperationPhase};
+use vworkspace_core::crd::{Operation, OperationPhase, WatchedInstance};
 
 const PLAINTEXT_SMTP: &str = "smtp-PLAINTEXT-MARKER-1";
 const PLAINTEXT_TOKEN: &str = "token-PLAINTEXT-MARKER-2";
@@ -140,7 +140,7 @@ fn put_instance(api: &FakeApi, values: Value) {
     );
 }
 
-fn instance(api: &FakeApi) -> Arc<ApplicationInstance> {
+fn instance(api: &FakeApi) -> Arc<WatchedInstance> {
     Arc::new(serde_json::from_value(api.get(NEXTCLOUD).expect("instance")).expect("typed"))
 }
 
@@ -417,7 +417,7 @@ async fn an_instance_in_an_unmanaged_namespace_is_left_alone() {
         "metadata": {"name": "x", "namespace": "kube-system", "uid": "u"},
         "spec": {"chart": {"repository": "https://example.org/", "name": "x", "version": "1"}}});
     ai["metadata"]["generation"] = json!(1);
-    let ai: ApplicationInstance = serde_json::from_value(ai).expect("typed");
+    let ai: WatchedInstance = serde_json::from_value(ai).expect("typed");
     children::instance::reconcile(Arc::new(ai), ctx)
         .await
         .expect("reconciled");

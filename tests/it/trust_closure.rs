@@ -17,7 +17,7 @@ use crate::support::rbac_check::assert_allowed_by_deploy;
 use vworkspace_controller::children::{self, ChildContext};
 use vworkspace_controller::cluster::{self, Context, Settings};
 use vworkspace_controller::metrics::{Metrics, RefusalLabel};
-use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation, OperationPhase};
+use vworkspace_core::crd::{Cluster, Operation, OperationPhase, WatchedInstance};
 
 const CLUSTER_PATH: &str = "/apis/ops.vworkspace.io/v1alpha1/clusters/demo";
 const MYTEAM_INSTANCES: &str =
@@ -151,7 +151,7 @@ impl Harness {
             .collect()
     }
 
-    fn instance(&self, path: &str) -> Arc<ApplicationInstance> {
+    fn instance(&self, path: &str) -> Arc<WatchedInstance> {
         Arc::new(serde_json::from_value(self.api.get(path).expect("instance")).expect("typed"))
     }
 

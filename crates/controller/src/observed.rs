@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation, OperationPhase};
+use vworkspace_core::crd::{Cluster, Operation, OperationPhase, WatchedInstance};
 
 /// The stores the gauges are read from; empty until the controllers start (`run --once` has none).
 #[derive(Clone)]
@@ -23,7 +23,7 @@ pub struct ObservedStores {
     /// Every `Cluster`.
     pub clusters: Store<Cluster>,
     /// Every ApplicationInstance.
-    pub instances: Store<ApplicationInstance>,
+    pub instances: Store<WatchedInstance>,
     /// Every Operation.
     pub operations: Store<Operation>,
 }

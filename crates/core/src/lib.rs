@@ -30,6 +30,7 @@ pub mod reasons;
 pub mod repository;
 pub mod review;
 pub mod secrets;
+pub mod spec_digest;
 pub mod trust;
 pub mod yaml;
 

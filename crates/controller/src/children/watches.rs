@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt};
 
 use crate::children::flux::{self, LABEL_INSTANCE};
 use crate::watch_clients::WatchClients;
-use vworkspace_core::crd::ApplicationInstance;
+use vworkspace_core::crd::WatchedInstance;
 use vworkspace_core::labels::{LABEL_MANAGED_BY, MANAGED_BY_VALUE};
 
 /// How often the set of watched namespaces is compared with the managed namespaces when no change
@@ -297,7 +297,7 @@ impl HelmReleaseWatches {
         clients: WatchClients,
         managed: Store<k8s_openapi::api::core::v1::Namespace>,
         changed: Arc<tokio::sync::Notify>,
-        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
+        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<WatchedInstance>>,
         stop: impl std::future::Future<Output = ()>,
     ) {
         let resource =
@@ -362,7 +362,7 @@ impl HelmReleaseWatches {
         starts: Arc<tokio::sync::Semaphore>,
         resource: ApiResource,
         namespace: String,
-        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<ApplicationInstance>>,
+        triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<WatchedInstance>>,
     ) {
         let lease = loop {
             match clients.lease() {

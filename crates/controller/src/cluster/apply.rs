@@ -7,7 +7,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::error::Error;
-use vworkspace_core::crd::{ApplicationInstance, InventoryEntry, Operation};
+use vworkspace_core::crd::{ApplicationInstance, InventoryEntry, Operation, WatchedInstance};
 use vworkspace_core::plan::diff::{Changes, LiveObject, LiveSpec};
 use vworkspace_core::plan::settled::{ObjectVersion, SettledObject};
 use vworkspace_core::plan::{DesiredObject, DesiredResource, LABEL_CLUSTER};
@@ -169,8 +169,8 @@ async fn existing(
 /// of their controllers, kept without `managedFields`).
 #[derive(Clone)]
 pub struct LiveStores {
-    /// Every ApplicationInstance.
-    pub instances: Store<ApplicationInstance>,
+    /// Every ApplicationInstance, its spec by digest ([`WatchedInstance`]).
+    pub instances: Store<WatchedInstance>,
     /// Every Operation.
     pub operations: Store<Operation>,
     /// Moved by the watches on every change a pass reads ([`changes_what_a_pass_reads`]): spec
@@ -263,7 +263,7 @@ impl LiveStores {
             live.extend(typed_live_object(
                 &instance_resource,
                 &object.metadata,
-                LiveSpec::Instance(object.clone()),
+                LiveSpec::Digest(object.spec),
             ));
         }
         for object in self.operations.state_filter(|o| ours(&o.metadata)) {
@@ -277,8 +277,8 @@ impl LiveStores {
     }
 }
 
-/// A watched object as the pass reads it: its spec stays the store's (shared, converted to JSON
-/// only when compared).
+/// A watched object as the pass reads it: its spec stays the store's (an Operation shared and
+/// converted to JSON only when compared; an instance's digest).
 fn typed_live_object(
     resource: &ApiResource,
     metadata: &kube::api::ObjectMeta,
@@ -422,12 +422,23 @@ pub struct Applied {
     pub answers: Vec<SettledObject>,
 }
 
-/// Server-side applies one object; the answer, when it holds exactly the declared spec
-/// ([`answered`]).
+/// What the API server answered to one write.
+struct Answer {
+    /// The answer as the settled record covers it ([`answered`]).
+    settled: Option<SettledObject>,
+    /// The fields of the answer's spec that the release does not declare, as the JSON merge patch
+    /// that removes them (`{"spec": ...}`); only asked for an object whose live spec was known by
+    /// digest ([`Changes::unread`]): the answer is then the first whole view of it.
+    undeclared: Option<serde_json::Value>,
+}
+
+/// Server-side applies one object; what the answer says ([`Answer`]), its undeclared fields only
+/// when `unread`.
 async fn apply_one(
     client: &Client,
     desired: &DesiredObject,
-) -> Result<Option<SettledObject>, Error> {
+    unread: bool,
+) -> Result<Answer, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let what = format!(
         "apply {} {}/{}",
@@ -438,18 +449,29 @@ async fn apply_one(
             Api::<ApplicationInstance>::namespaced(client.clone(), &desired.namespace)
                 .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
-                .map(|o| answered(desired, &o.metadata, serde_json::to_value(&o.spec).ok()))
+                .map(|o| (o.metadata, serde_json::to_value(&o.spec).ok()))
         }
         DesiredResource::Operation(object) => {
             Api::<Operation>::namespaced(client.clone(), &desired.namespace)
                 .patch(&desired.name, &params, &Patch::Apply(&object))
                 .await
-                .map(|o| answered(desired, &o.metadata, serde_json::to_value(&o.spec).ok()))
+                .map(|o| (o.metadata, serde_json::to_value(&o.spec).ok()))
         }
     };
-    answer.map_err(|source| Error::Kube {
+    let (metadata, spec) = answer.map_err(|source| Error::Kube {
         action: what,
         source,
+    })?;
+    let undeclared = match (&spec, desired.spec_json()) {
+        (Some(spec), Ok(declared)) if unread => {
+            vworkspace_core::plan::diff::undeclared_fields(&declared, spec)
+                .map(|patch| serde_json::json!({ "spec": patch }))
+        }
+        _ => None,
+    };
+    Ok(Answer {
+        settled: answered(desired, &metadata, spec.as_ref()),
+        undeclared,
     })
 }
 
@@ -460,10 +482,10 @@ async fn apply_one(
 fn answered(
     desired: &DesiredObject,
     metadata: &kube::api::ObjectMeta,
-    spec: Option<serde_json::Value>,
+    spec: Option<&serde_json::Value>,
 ) -> Option<SettledObject> {
     let declared = desired.spec_json().ok()?;
-    if !vworkspace_core::plan::diff::same_value(&declared, &spec?) {
+    if !vworkspace_core::plan::diff::same_value(&declared, spec?) {
         return None;
     }
     Some(SettledObject {
@@ -494,10 +516,7 @@ async fn remove_undeclared(
     };
     api.patch(&id.name, &params, &Patch::Merge(patch))
         .await
-        .map(|mut o| {
-            let spec = o.data.get_mut("spec").map(serde_json::Value::take);
-            answered(desired, &o.metadata, spec)
-        })
+        .map(|o| answered(desired, &o.metadata, o.data.get("spec")))
         .map_err(|source| Error::Kube {
             action: format!(
                 "remove fields the release does not declare from {} {}/{}",
@@ -643,12 +662,13 @@ pub async fn write(
             Box::pin(async move {
                 let id = vworkspace_core::plan::diff::identity(desired);
                 progress.sent(id.clone());
-                let mut answer = apply_one(client, desired).await?;
-                if let Some(patch) = changes.undeclared.get(&id) {
+                let answer = apply_one(client, desired, changes.unread.contains(&id)).await?;
+                let mut settled = answer.settled;
+                if let Some(patch) = changes.undeclared.get(&id).or(answer.undeclared.as_ref()) {
                     // The last write's answer is the one that counts.
-                    answer = remove_undeclared(client, desired, patch).await?;
+                    settled = remove_undeclared(client, desired, patch).await?;
                 }
-                Ok((at, id, answer))
+                Ok((at, id, settled))
             })
         })
         .collect();
@@ -743,7 +763,7 @@ mod tests {
         let names: Vec<&str> = live.iter().map(|l| l.id.name.as_str()).collect();
         assert_eq!(names, ["a", "b"], "both pages");
         assert_eq!(
-            live[0].spec.json()["values"]["replicas"],
+            live[0].spec.json().expect("listed")["values"]["replicas"],
             2,
             "the spec is kept"
         );
@@ -807,6 +827,61 @@ mod tests {
         assert_eq!(all.len(), 50);
     }
 
+    /// The long-running process knows a watched instance's spec by digest only: when the digest
+    /// differs, the apply's answer is the first whole view of it, and a field it holds that the
+    /// release does not declare (added by hand) is removed then, by the same merge patch a listed
+    /// object would get.
+    #[tokio::test]
+    async fn an_update_judged_by_digest_removes_what_its_answer_shows_undeclared() {
+        use http::Method;
+        let declared = instance("a", "one", Some("prod"));
+        let desired = DesiredObject::from_resource(
+            "apps.vworkspace.io/v1alpha1",
+            "ApplicationInstance",
+            "a",
+            "one",
+            DesiredResource::ApplicationInstance(declared.clone()),
+        );
+        let id = vworkspace_core::plan::diff::identity(&desired);
+        let path = "/apis/apps.vworkspace.io/v1alpha1/namespaces/a/applicationinstances/one";
+        let mut clean = serde_json::to_value(&declared).expect("json");
+        clean["metadata"]["uid"] = json!("u1");
+        clean["metadata"]["generation"] = json!(2);
+        let mut with_extra = clean.clone();
+        with_extra["spec"]["values"]["addedByHand"] = json!("x");
+        for (answer, unread, patches) in [
+            (&with_extra, true, 2),
+            (&clean, true, 1),
+            // Known whole and without undeclared fields: nothing is learned from the answer.
+            (&with_extra, false, 1),
+        ] {
+            let api =
+                crate::testing::FakeApi::new().route(Method::PATCH, path, 200, answer.clone());
+            let mut changes = Changes::default();
+            changes.update.push(&desired);
+            if unread {
+                changes.unread.insert(id.clone());
+            }
+            let (done, error) = write(&api.client(), &changes, &Progress::default()).await;
+            assert!(error.is_none(), "{error:?}");
+            assert_eq!(done.applied, std::slice::from_ref(&id));
+            let seen = api.seen();
+            assert_eq!(seen.len(), patches, "{seen:?}");
+            if patches == 2 {
+                assert_eq!(
+                    seen[1].body,
+                    json!({"spec": {"values": {"addedByHand": null}}})
+                );
+            }
+            // Recorded as settled only when the last answer is the declared spec.
+            assert_eq!(
+                done.answers.len(),
+                usize::from(answer == &clean),
+                "{seen:?}"
+            );
+        }
+    }
+
     #[test]
     fn what_a_pass_reads_is_spec_labels_annotations_and_existence_never_status() {
         let old = instance("a", "one", Some("prod"));
@@ -834,7 +909,7 @@ mod tests {
     /// polled it after the pass did.
     #[tokio::test]
     async fn a_pass_waiting_for_the_first_list_wakes_beside_the_controllers_own_wait() {
-        let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
+        let (instances, mut instance_writer) = reflector::store::<WatchedInstance>();
         let (operations, mut operation_writer) = reflector::store::<Operation>();
         let (instances_listed, listed_i) = Listed::new();
         let (operations_listed, listed_o) = Listed::new();
@@ -869,7 +944,7 @@ mod tests {
 
     #[test]
     fn live_objects_come_from_the_stores_once_both_listed_and_only_this_sources() {
-        let (instances, mut instance_writer) = reflector::store::<ApplicationInstance>();
+        let (instances, mut instance_writer) = reflector::store::<WatchedInstance>();
         let (operations, mut operation_writer) = reflector::store::<Operation>();
         let (instances_listed, listed_i) = Listed::new();
         let (operations_listed, listed_o) = Listed::new();
@@ -886,7 +961,7 @@ mod tests {
             instance("a", "two", Some("staging")),
             instance("b", "three", None),
         ] {
-            instance_writer.apply_watcher_event(&Event::InitApply(object));
+            instance_writer.apply_watcher_event(&Event::InitApply(WatchedInstance::of(&object)));
         }
         instance_writer.apply_watcher_event(&Event::InitDone);
         instances_listed.send_replace(true);
@@ -904,15 +979,21 @@ mod tests {
             (live[0].id.namespace.as_str(), live[0].id.name.as_str()),
             ("a", "one")
         );
-        assert_eq!(live[0].spec.json()["values"]["replicas"], json!(2));
+        // The spec by digest only: it is the declared one, and nothing else.
+        let declared = instance("a", "one", Some("prod")).spec;
+        let mut other = declared.clone();
+        other.values = Some(json!({"replicas": 3}));
+        let [declared, other] = [declared, other].map(|s| serde_json::to_value(s).expect("json"));
+        assert!(live[0].spec.json().is_none());
+        assert!(live[0].spec.is(&declared) && !live[0].spec.is(&other));
         assert_eq!(live[0].annotations.get("a").map(String::as_str), Some("1"));
         assert!(live[0].managers.is_empty());
         // An edit by hand reaches the store by the watch, and so the next pass.
         let mut edited = instance("a", "one", Some("prod"));
         edited.spec.values = Some(json!({"replicas": 3}));
-        instance_writer.apply_watcher_event(&Event::Apply(edited));
+        instance_writer.apply_watcher_event(&Event::Apply(WatchedInstance::of(&edited)));
         let live = stores.labelled("prod").expect("listed");
-        assert_eq!(live[0].spec.json()["values"]["replicas"], json!(3));
+        assert!(live[0].spec.is(&other) && !live[0].spec.is(&declared));
     }
 
     /// A first apply (every object new): one metadata list per kind says which exist, and only

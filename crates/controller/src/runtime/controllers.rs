@@ -23,7 +23,7 @@ use crate::cluster::{self, Context};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::watch_clients::WatchClients;
-use vworkspace_core::crd::{ApplicationInstance, Cluster, Operation};
+use vworkspace_core::crd::{Cluster, Operation, WatchedInstance};
 
 /// The three controllers (Cluster, ApplicationInstance, Operation) until `stop` turns true; running
 /// reconciles finish first. Watches that fail or drop are re-established with back-off by
@@ -161,12 +161,13 @@ fn access_refused(
 fn live_controllers(
     client: &Client,
     ctx: &Context,
-) -> (Controller<ApplicationInstance>, Controller<Operation>) {
+) -> (Controller<WatchedInstance>, Controller<Operation>) {
     let live_changes = Arc::new(AtomicU64::new(0));
     let (instances_listed_tx, instances_listed) = cluster::apply::Listed::new();
     let (operations_listed_tx, operations_listed) = cluster::apply::Listed::new();
     let instances = lean_controller(
-        Api::<ApplicationInstance>::all(client.clone()),
+        // The spec is kept by digest only (`WatchedInstance`): nothing acts on a live spec.
+        Api::<WatchedInstance>::all(client.clone()),
         watcher::Config::default(),
         Some((live_changes.clone(), instances_listed_tx)),
         ctx.metrics.clone(),
@@ -244,9 +245,9 @@ impl ChildController {
     /// readiness moved) and the Operation controller, until both end.
     async fn run_both(
         self,
-        instances: Controller<ApplicationInstance>,
+        instances: Controller<WatchedInstance>,
         operations: Controller<Operation>,
-        instance_triggers: impl futures::Stream<Item = ObjectRef<ApplicationInstance>> + Send + 'static,
+        instance_triggers: impl futures::Stream<Item = ObjectRef<WatchedInstance>> + Send + 'static,
     ) {
         let instances = self.clone().run(
             instances,
@@ -472,6 +473,7 @@ async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
 mod tests {
     use super::*;
     use serde_json::json;
+    use vworkspace_core::crd::ApplicationInstance;
 
     fn instance(change: impl FnOnce(&mut serde_json::Value)) -> ApplicationInstance {
         let mut object = json!({

@@ -6,11 +6,13 @@ mod cluster;
 pub mod inventory;
 mod namespace_policy;
 mod operation;
+mod watched_instance;
 
 pub use application_instance::*;
 pub use cluster::*;
 pub use namespace_policy::*;
 pub use operation::*;
+pub use watched_instance::*;
 
 use kube_core::CustomResourceExt;
 

@@ -18,8 +18,10 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{
     ApplicationInstance, ChartVerification, ClusterSpec, Decryption, InventoryEntry, Operation,
+    WatchedInstance,
 };
 use crate::plan::{DeclaredResource, Plan};
+use crate::spec_digest::SpecDigest;
 
 pub use crate::reasons::{NOT_DECLARED, SPEC_DIFFERS, WAITING_FOR_RELEASE};
 
@@ -250,19 +252,18 @@ impl DeclaredSet {
     /// narrows which Cluster is awaited: it grants nothing).
     pub fn judge_instance(
         &self,
-        live: &ApplicationInstance,
+        live: &WatchedInstance,
         label: Option<&str>,
         clusters: &[String],
     ) -> Verdict<ApplicationInstance> {
         let namespace = live.metadata.namespace.as_deref().unwrap_or_default();
         let name = live.metadata.name.as_deref().unwrap_or_default();
-        let live_spec = spec_value(&live.spec).0;
         self.judge(
             label,
             clusters,
-            &live_spec,
             |r| r.instance(namespace, name).cloned(),
-            |o| spec_value(&o.spec).0,
+            // Equal digests mean equal specs by value (`SpecDigest`).
+            |o| live.spec.is_none() || live.spec != SpecDigest::of_spec(&o.spec),
         )
     }
 
@@ -279,9 +280,9 @@ impl DeclaredSet {
         self.judge(
             label,
             clusters,
-            &live_spec,
             |r| r.operation(namespace, name).cloned(),
-            |o| spec_value(&o.spec).0,
+            // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
+            |o| !crate::plan::diff::same_value(&spec_value(&o.spec).0, &live_spec),
         )
     }
 
@@ -289,9 +290,8 @@ impl DeclaredSet {
         &self,
         label: Option<&str>,
         clusters: &[String],
-        live_spec: &Value,
         pick: impl Fn(&DeclaredRelease) -> Option<DeclaredObject<T>>,
-        spec_of: impl Fn(&T) -> Value,
+        altered: impl Fn(&T) -> bool,
     ) -> Verdict<T> {
         let guard = match self.releases.read() {
             Ok(guard) => guard,
@@ -305,8 +305,7 @@ impl DeclaredSet {
             if let Some(release) = guard.get(id.as_str())
                 && let Some(declared) = pick(release)
             {
-                // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
-                let altered = !crate::plan::diff::same_value(&spec_of(&declared.object), live_spec);
+                let altered = altered(&declared.object);
                 return Verdict::Declared {
                     release: release.clone(),
                     declared,
@@ -420,11 +419,11 @@ mod tests {
         let clusters = vec!["demo".to_owned()];
         // Nothing published yet: wait, whatever the live object claims.
         assert!(matches!(
-            set.judge_instance(&declared, Some("demo"), &clusters),
+            set.judge_instance(&WatchedInstance::of(&declared), Some("demo"), &clusters),
             Verdict::Waiting { clusters } if clusters == ["demo"]
         ));
         assert!(matches!(
-            set.judge_instance(&declared, None, &[]),
+            set.judge_instance(&WatchedInstance::of(&declared), None, &[]),
             Verdict::Waiting { clusters } if clusters.is_empty()
         ));
         set.publish(
@@ -434,7 +433,7 @@ mod tests {
             &plan_of(std::slice::from_ref(&declared)),
             &[],
         );
-        match set.judge_instance(&declared, Some("demo"), &clusters) {
+        match set.judge_instance(&WatchedInstance::of(&declared), Some("demo"), &clusters) {
             Verdict::Declared {
                 release, altered, ..
             } => {
@@ -445,7 +444,7 @@ mod tests {
         }
         // The same name with another spec: declared, altered.
         let edited = instance("org-a", "app", "6.6.6");
-        match set.judge_instance(&edited, None, &clusters) {
+        match set.judge_instance(&WatchedInstance::of(&edited), None, &clusters) {
             Verdict::Declared {
                 declared, altered, ..
             } => {
@@ -460,13 +459,13 @@ mod tests {
             instance("org-b", "app", "1.0.0"),
         ] {
             assert!(matches!(
-                set.judge_instance(&stranger, Some("demo"), &clusters),
+                set.judge_instance(&WatchedInstance::of(&stranger), Some("demo"), &clusters),
                 Verdict::NotDeclared { releases } if releases == [("demo".to_owned(), 7)]
             ));
         }
         // A deleted Cluster's release declares nothing.
         assert!(matches!(
-            set.judge_instance(&declared, Some("demo"), &[]),
+            set.judge_instance(&WatchedInstance::of(&declared), Some("demo"), &[]),
             Verdict::Waiting { .. }
         ));
     }
@@ -479,22 +478,22 @@ mod tests {
         let stranger = instance("org-a", "x", "1");
         // Labelled for the Cluster that has verified: refused now.
         assert!(matches!(
-            set.judge_instance(&stranger, Some("a"), &clusters),
+            set.judge_instance(&WatchedInstance::of(&stranger), Some("a"), &clusters),
             Verdict::NotDeclared { .. }
         ));
         // Unlabelled, or labelled for one still awaited: wait for it.
         assert!(matches!(
-            set.judge_instance(&stranger, None, &clusters),
+            set.judge_instance(&WatchedInstance::of(&stranger), None, &clusters),
             Verdict::Waiting { clusters } if clusters == ["b"]
         ));
         // A label naming no existing Cluster narrows nothing.
         assert!(matches!(
-            set.judge_instance(&stranger, Some("zzz"), &clusters),
+            set.judge_instance(&WatchedInstance::of(&stranger), Some("zzz"), &clusters),
             Verdict::Waiting { clusters } if clusters == ["b"]
         ));
         set.publish(&cluster_spec("b"), 4, "c2", &plan_of(&[]), &[]);
         assert!(matches!(
-            set.judge_instance(&stranger, None, &clusters),
+            set.judge_instance(&WatchedInstance::of(&stranger), None, &clusters),
             Verdict::NotDeclared { releases } if releases.len() == 2
         ));
     }
@@ -517,7 +516,7 @@ mod tests {
             &[skipped],
         );
         assert!(matches!(
-            set.judge_instance(&declared, None, &["demo".to_owned()]),
+            set.judge_instance(&WatchedInstance::of(&declared), None, &["demo".to_owned()]),
             Verdict::NotDeclared { .. }
         ));
         assert_eq!(set.release("demo").map(|r| r.len()), Some((0, 0)));
@@ -542,12 +541,20 @@ mod tests {
         live.spec.values = Some(
             serde_json::from_str(r#"{"replicas": 1, "big": 1.8446744073709552e19}"#).expect("json"),
         );
-        match set.judge_instance(&live, Some("demo"), &["demo".to_owned()]) {
+        match set.judge_instance(
+            &WatchedInstance::of(&live),
+            Some("demo"),
+            &["demo".to_owned()],
+        ) {
             Verdict::Declared { altered, .. } => assert!(!altered, "re-encoded, not altered"),
             other => panic!("declared expected: {other:?}"),
         }
         live.spec.values = Some(serde_json::json!({"replicas": 2, "big": 1.8446744073709552e19}));
-        match set.judge_instance(&live, Some("demo"), &["demo".to_owned()]) {
+        match set.judge_instance(
+            &WatchedInstance::of(&live),
+            Some("demo"),
+            &["demo".to_owned()],
+        ) {
             Verdict::Declared { altered, .. } => assert!(altered),
             other => panic!("declared expected: {other:?}"),
         }

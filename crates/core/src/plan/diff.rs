@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use crate::spec_digest::SpecDigest;
+
 use crate::crd::InventoryEntry;
 use crate::plan::{
     ANNOTATION_ADOPT, ANNOTATION_COMMIT, ANNOTATION_SERIAL, DesiredObject, LABEL_CLUSTER,
@@ -44,32 +46,40 @@ pub struct LiveObject {
     pub version: Option<super::settled::ObjectVersion>,
 }
 
-/// A live object's spec: as JSON when it was listed or read, or the typed object a watch store
-/// holds (shared, not copied: converted to JSON one object at a time when it is compared, so a pass
-/// over 10,000 watched objects never holds a second copy of the estate).
+/// A live object's spec: as JSON when it was listed or read, the typed object a watch store holds
+/// (shared, not copied: converted to JSON one object at a time when it is compared, so a pass over
+/// 10,000 watched objects never holds a second copy of the estate), or only the digest of it that
+/// the ApplicationInstance watch store keeps ([`crate::crd::WatchedInstance`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveSpec {
     /// The spec as the API server sent it.
     Json(Value),
-    /// An ApplicationInstance from a watch store.
-    Instance(std::sync::Arc<crate::crd::ApplicationInstance>),
+    /// The digest of the spec ([`SpecDigest`]); `None` for one that did not serialize.
+    Digest(Option<SpecDigest>),
     /// An Operation from a watch store.
     Operation(std::sync::Arc<crate::crd::Operation>),
 }
 
 impl LiveSpec {
     /// The spec as JSON (built for a typed one; a spec that does not serialize is `null`, which
-    /// compares as different, so the pass applies the declared one again).
-    pub fn json(&self) -> std::borrow::Cow<'_, Value> {
+    /// compares as different, so the pass applies the declared one again). `None` for a spec known
+    /// by digest only.
+    pub fn json(&self) -> Option<std::borrow::Cow<'_, Value>> {
         use std::borrow::Cow;
         match self {
-            LiveSpec::Json(v) => Cow::Borrowed(v),
-            LiveSpec::Instance(r) => {
-                Cow::Owned(serde_json::to_value(&r.spec).unwrap_or(Value::Null))
-            }
-            LiveSpec::Operation(r) => {
-                Cow::Owned(serde_json::to_value(&r.spec).unwrap_or(Value::Null))
-            }
+            LiveSpec::Json(v) => Some(Cow::Borrowed(v)),
+            LiveSpec::Digest(_) => None,
+            LiveSpec::Operation(r) => Some(Cow::Owned(
+                serde_json::to_value(&r.spec).unwrap_or(Value::Null),
+            )),
+        }
+    }
+
+    /// Whether this is `declared` ([`same_value`]; for a digest, equal digests, which imply it).
+    pub fn is(&self, declared: &Value) -> bool {
+        match self {
+            LiveSpec::Digest(digest) => digest.is_some_and(|d| d == SpecDigest::of(declared)),
+            other => other.json().is_some_and(|live| same_value(declared, &live)),
         }
     }
 }
@@ -158,6 +168,10 @@ pub struct Changes<'p> {
     /// or left from before an adoption), with the JSON merge patch (`{"spec": ...}`, each such field
     /// `null`) that removes them: server-side apply removes only fields its own manager owned.
     pub undeclared: BTreeMap<InventoryEntry, Value>,
+    /// Updated objects whose live spec was known by digest only ([`LiveSpec::Digest`]): whether it
+    /// holds undeclared fields is learned from the apply's answer (the whole object after the
+    /// write), and they are removed then, as [`Changes::undeclared`] says for the others.
+    pub unread: BTreeSet<InventoryEntry>,
 }
 
 impl Changes<'_> {
@@ -316,7 +330,7 @@ pub fn undeclared_fields(declared: &Value, live: &Value) -> Option<Value> {
 /// the declared spec as JSON.
 fn matches(desired: &DesiredObject, spec: &Value, live: &LiveObject) -> bool {
     let volatile = [ANNOTATION_COMMIT, ANNOTATION_SERIAL];
-    same_value(spec, &live.spec.json())
+    live.spec.is(spec)
         && desired
             .labels
             .iter()
@@ -363,10 +377,17 @@ pub fn diff<'p>(
                         declared.insert(id);
                         continue;
                     }
-                    if let Some(patch) = undeclared_fields(&spec, &l.spec.json()) {
-                        changes
-                            .undeclared
-                            .insert(id.clone(), serde_json::json!({ "spec": patch }));
+                    match l.spec.json() {
+                        Some(live) => {
+                            if let Some(patch) = undeclared_fields(&spec, &live) {
+                                changes
+                                    .undeclared
+                                    .insert(id.clone(), serde_json::json!({ "spec": patch }));
+                            }
+                        }
+                        None => {
+                            changes.unread.insert(id.clone());
+                        }
                     }
                     changes.update.push(desired)
                 }
@@ -751,7 +772,7 @@ mod tests {
         let b = op("org-a", "b", "t1");
         let plan = Plan::from_objects(vec![a.clone(), b.clone()]);
         let mut extra = live_of(&a, "c0");
-        let mut spec = extra.spec.json().into_owned();
+        let mut spec = extra.spec.json().expect("listed").into_owned();
         spec["parameters"]["injected"] = serde_json::json!("x");
         extra.spec = spec.into();
         let changed = live_of(&op("org-a", "b", "t2"), "c0");
@@ -770,6 +791,73 @@ mod tests {
                 serde_json::json!({"spec": {"parameters": null}})
             )])
         );
+    }
+
+    /// Equal digests must mean `same_value` (else an edit could pass for unchanged); the converse
+    /// holds for every value the API server gives back.
+    #[test]
+    fn the_spec_digest_agrees_with_same_value() {
+        let parse = |text: &str| -> Value { serde_json::from_str(text).expect("test JSON") };
+        for (declared, live) in [
+            ("1.0", "1"),
+            ("-0.0", "0"),
+            ("1e300", "1e+300"),
+            ("12345678901234567890", "12345678901234567000"),
+            ("9007199254740993", "9007199254740993"),
+            ("9007199254740993", "9007199254740992"),
+            ("2", "3"),
+            ("0.5", "0.25"),
+            (r#"{"a": [1, {"b": 2.0}]}"#, r#"{"a": [1.0, {"b": 2}]}"#),
+            (r#"{"a": [1, {"b": 2}]}"#, r#"{"a": [{"b": 2}, 1]}"#),
+            (r#"{"a": null}"#, "{}"),
+            (r#"{"a": "1"}"#, r#"{"a": 1}"#),
+        ] {
+            let (a, b) = (parse(declared), parse(live));
+            assert_eq!(
+                same_value(&a, &b),
+                SpecDigest::of(&a) == SpecDigest::of(&b),
+                "{declared} against {live}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_spec_known_by_digest_is_unchanged_when_equal_and_learned_from_the_apply_when_not() {
+        let a = op("org-a", "a", "t1");
+        let b = op("org-a", "b", "t1");
+        let plan = Plan::from_objects(vec![a.clone(), b.clone()]);
+        let by_digest = |desired: &DesiredObject| {
+            let mut live = live_of(desired, "c0");
+            let spec = live.spec.json().expect("listed").into_owned();
+            live.spec = LiveSpec::Digest(Some(SpecDigest::of(&spec)));
+            live
+        };
+        let mut unserializable = by_digest(&a);
+        unserializable.spec = LiveSpec::Digest(None);
+        for (live, unchanged) in [
+            (by_digest(&a), true),
+            (by_digest(&op("org-a", "a", "t2")), false),
+            (unserializable, false),
+        ] {
+            let changes = diff(
+                &plan,
+                &[live, by_digest(&b)],
+                &[identity(&a), identity(&b)],
+                &managed(&["org-a"]),
+                CLUSTER,
+            );
+            assert_eq!(changes.unchanged.contains(&identity(&a)), unchanged);
+            assert!(changes.unchanged.contains(&identity(&b)));
+            // No live fields to compare: the removal of undeclared ones waits for the answer.
+            assert!(changes.undeclared.is_empty());
+            let unread: Vec<_> = changes.unread.iter().cloned().collect();
+            if unchanged {
+                assert!(changes.is_noop() && unread.is_empty());
+            } else {
+                assert_eq!(changes.update.len(), 1);
+                assert_eq!(unread, [identity(&a)]);
+            }
+        }
     }
 
     #[test]
@@ -840,7 +928,7 @@ mod tests {
             ("/values/beyond", serde_json::json!(9007199254740992u64)),
         ] {
             let mut changed = live.clone();
-            let mut spec = changed.spec.json().into_owned();
+            let mut spec = changed.spec.json().expect("listed").into_owned();
             *spec.pointer_mut(pointer).expect("pointer") = other;
             changed.spec = spec.into();
             let changes = diff(

@@ -5,7 +5,7 @@
 //! one, never decrypted. The plaintext leaves only into the values Secret.
 //!
 //! One entry, [`reconcile`], runs the ordered steps [`STEPS`] (one signature each:
-//! `async fn(&ChildContext, &ApplicationInstance, &mut InstanceState) -> Result<Flow, Error>`) and
+//! `async fn(&ChildContext, &WatchedInstance, &mut InstanceState) -> Result<Flow, Error>`) and
 //! then the summarize step that writes `Ready`, as the `Cluster` pass does
 //! ([`crate::cluster::pass`], where the choice of an enum dispatched by one `match` is explained).
 
@@ -24,7 +24,7 @@ pub use super::Flow;
 use super::declared::{self, DeclaredObject, DeclaredRelease};
 use crate::children::flux::SplitValues;
 use crate::error::Error;
-use vworkspace_core::crd::{ApplicationInstance, ApplicationInstanceStatus};
+use vworkspace_core::crd::{ApplicationInstance, ApplicationInstanceStatus, WatchedInstance};
 
 pub use status::instance_status;
 pub use vworkspace_core::reasons::VALUES_NOT_DECRYPTED;
@@ -131,7 +131,7 @@ impl Step {
     pub async fn run(
         self,
         ctx: &ChildContext,
-        instance: &ApplicationInstance,
+        instance: &WatchedInstance,
         state: &mut InstanceState,
     ) -> Result<Flow, Error> {
         match self {
@@ -149,7 +149,7 @@ impl Step {
 /// Reconciles one instance: [`STEPS`], then [`summarize`].
 #[tracing::instrument(skip_all, fields(namespace = instance.namespace().unwrap_or_default(), instance = %instance.name_any()))]
 pub async fn reconcile(
-    instance: Arc<ApplicationInstance>,
+    instance: Arc<WatchedInstance>,
     ctx: Arc<ChildContext>,
 ) -> Result<Action, Error> {
     let mut state = InstanceState::new((ctx.clock)());
@@ -168,7 +168,7 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
     let (Some(judged), Some(ready)) = (&state.judged, &state.ready) else {
         return Err(steps::out_of_order(Step::EnsureHelmRelease));
     };
-    let instance = &judged.effective;
+    let instance = judged.effective.as_ref();
     if judged.altered {
         let message = declared::spec_differs_message(
             "ApplicationInstance",
@@ -202,12 +202,35 @@ pub async fn summarize(ctx: &ChildContext, state: &InstanceState) -> Result<Acti
     Ok(Action::requeue(next_look(ready_now, watched)))
 }
 
-async fn write_status(
+/// What the status writes read of an instance: its identity and its status, from the watched
+/// object (before the judgement) or the judged one (after it).
+trait InstanceStatus:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    fn status(&self) -> Option<&ApplicationInstanceStatus>;
+}
+
+impl InstanceStatus for ApplicationInstance {
+    fn status(&self) -> Option<&ApplicationInstanceStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl InstanceStatus for WatchedInstance {
+    fn status(&self) -> Option<&ApplicationInstanceStatus> {
+        self.status.as_ref()
+    }
+}
+
+async fn write_status<K: InstanceStatus>(
     ctx: &ChildContext,
-    instance: &ApplicationInstance,
+    instance: &K,
     status: &ApplicationInstanceStatus,
 ) -> Result<(), Error> {
-    super::write_status(&ctx.client, instance, instance.status.as_ref(), status).await
+    super::write_status(&ctx.client, instance, instance.status(), status).await
 }
 
 /// When an applied instance is looked at again. With the per-namespace HelmRelease watches
@@ -230,22 +253,21 @@ pub fn next_look(ready: bool, watched: bool) -> Duration {
 
 /// Writes `Ready=False` with a refusal `reason`; counts it and records an Event when the instance was
 /// not already refused for that reason (a requeue does not repeat the Event).
-async fn refuse(
+async fn refuse<K: InstanceStatus>(
     ctx: &ChildContext,
-    instance: &ApplicationInstance,
+    instance: &K,
     reason: &'static str,
     message: String,
     now: jiff::Timestamp,
 ) -> Result<(), Error> {
     let already = instance
-        .status
-        .as_ref()
+        .status()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.reason == reason && c.status == "False");
     let status = instance_status(
-        instance.status.as_ref(),
+        instance.status(),
         ("False".into(), reason.into(), message.clone()),
-        instance.metadata.generation,
+        instance.meta().generation,
         None,
         now,
     );
@@ -259,7 +281,7 @@ async fn refuse(
 /// Backs off on errors: 30 s.
 #[tracing::instrument(skip_all, fields(namespace = instance.namespace().unwrap_or_default(), instance = %instance.name_any()))]
 pub fn error_policy(
-    instance: Arc<ApplicationInstance>,
+    instance: Arc<WatchedInstance>,
     error: &Error,
     ctx: Arc<ChildContext>,
 ) -> Action {

@@ -11,7 +11,7 @@ use super::{Children, Flow, InstanceState, Judged, Step, instance_status, refuse
 use crate::children::declared::{self, Verdict};
 use crate::children::{ChildContext, api_resource, ensure_dynamic, flux, rollout};
 use crate::error::Error;
-use vworkspace_core::crd::ApplicationInstance;
+use vworkspace_core::crd::{ApplicationInstance, WatchedInstance};
 use vworkspace_core::plan::LABEL_CLUSTER;
 use vworkspace_core::reasons::{VALUES_NOT_DECRYPTED, WAITING_FOR_HELM_RELEASE};
 use vworkspace_core::secrets::{ValueContext, ValuesPolicy};
@@ -44,7 +44,7 @@ fn invalid(instance: &ApplicationInstance) -> impl Fn(flux::ChildrenError) -> Er
 /// [`Step::CheckManaged`].
 pub(super) async fn check_managed(
     ctx: &ChildContext,
-    instance: &ApplicationInstance,
+    instance: &WatchedInstance,
     _: &mut InstanceState,
 ) -> Result<Flow, Error> {
     if instance.metadata.deletion_timestamp.is_some() {
@@ -69,7 +69,7 @@ pub(super) async fn check_managed(
 /// declares it.
 pub(super) async fn judge_declared(
     ctx: &ChildContext,
-    instance: &ApplicationInstance,
+    instance: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
     let all: Vec<String> = ctx
@@ -96,8 +96,7 @@ pub(super) async fn judge_declared(
             declared,
             altered,
         } => {
-            let mut effective = instance.clone();
-            effective.spec = declared.object.spec.clone();
+            let effective = instance.with_spec(declared.object.spec.clone());
             state.judged = Some(Judged {
                 release,
                 declared,
@@ -135,11 +134,11 @@ pub(super) async fn judge_declared(
 /// a `ValueError` never carries plaintext).
 pub(super) async fn decrypt_values(
     ctx: &ChildContext,
-    _: &ApplicationInstance,
+    _: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
     let judged = judged(state)?;
-    let instance = &judged.effective;
+    let instance = judged.effective.as_ref();
     let release = &judged.release;
     let identities = ctx
         .identities(&release.decryption.identity_secret_ref)
@@ -195,11 +194,11 @@ pub(super) async fn decrypt_values(
 /// the chart signing keys the declaring Cluster names, read (nothing is written if any fails).
 pub(super) async fn build_children(
     ctx: &ChildContext,
-    _: &ApplicationInstance,
+    _: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
     let judged = judged(state)?;
-    let instance = &judged.effective;
+    let instance = judged.effective.as_ref();
     let values = state
         .values
         .as_ref()
@@ -233,14 +232,14 @@ pub(super) async fn build_children(
 /// the plaintext is dropped once written.
 pub(super) async fn ensure_values_secret(
     ctx: &ChildContext,
-    _: &ApplicationInstance,
+    _: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
     let values = state
         .values
         .take()
         .ok_or_else(|| out_of_order(Step::DecryptValues))?;
-    let instance = &judged(state)?.effective;
+    let instance = judged(state)?.effective.as_ref();
     let secret = values.secret.as_deref().map(|v| v.as_slice());
     let (written, removed) = super::values_secret::ensure_values_secret(
         ctx,
@@ -292,10 +291,10 @@ fn children_never_written(instance: &ApplicationInstance) -> bool {
 /// [`Step::EnsureSource`]: and reads source-controller's verdict on the chart artifact.
 pub(super) async fn ensure_source(
     ctx: &ChildContext,
-    _: &ApplicationInstance,
+    _: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
-    let instance = &judged(state)?.effective;
+    let instance = judged(state)?.effective.as_ref();
     let children = children(state)?;
     let kind = children.source["kind"].as_str().unwrap_or_default();
     let ensured = ensure_dynamic(
@@ -333,10 +332,10 @@ fn note_removal(
 /// listed it absent; its `Ready` is read from what the API server answered.
 pub(super) async fn ensure_helm_release(
     ctx: &ChildContext,
-    _: &ApplicationInstance,
+    _: &WatchedInstance,
     state: &mut InstanceState,
 ) -> Result<Flow, Error> {
-    let instance = &judged(state)?.effective;
+    let instance = judged(state)?.effective.as_ref();
     let (namespace, name) = (
         instance.namespace().unwrap_or_default(),
         instance.name_any(),

@@ -162,7 +162,7 @@ async fn check_managed_stops_at_a_deleted_instance_and_an_unmanaged_namespace() 
         let ctx = context(&api);
         let mut state = InstanceState::new(now());
         let flow = Step::CheckManaged
-            .run(&ctx, &object, &mut state)
+            .run(&ctx, &WatchedInstance::of(&object), &mut state)
             .await
             .expect(name);
         assert_eq!(done(flow), expected, "{name}");
@@ -199,7 +199,7 @@ async fn judge_declared_waits_for_a_release_and_refuses_what_none_declares() {
         }
         let mut state = InstanceState::new(now());
         let flow = Step::JudgeDeclared
-            .run(&ctx, &object, &mut state)
+            .run(&ctx, &WatchedInstance::of(&object), &mut state)
             .await
             .expect("judged");
         assert_eq!(
@@ -244,7 +244,7 @@ async fn decrypt_values_splits_the_declared_values_and_refuses_one_that_does_not
         let ctx = context(&api);
         let mut state = judged(&object, empty_release(&ctx.declared), false);
         let flow = Step::DecryptValues
-            .run(&ctx, &object, &mut state)
+            .run(&ctx, &WatchedInstance::of(&object), &mut state)
             .await
             .expect("decrypt");
         if refused {
@@ -287,7 +287,7 @@ async fn the_steps_refuse_to_run_before_the_steps_they_need() {
     ] {
         let mut state = InstanceState::new(now());
         let error = step
-            .run(&ctx, &object, &mut state)
+            .run(&ctx, &WatchedInstance::of(&object), &mut state)
             .await
             .expect_err("out of order");
         assert_eq!(error.reason(), reason::CONFIGURATION_INVALID, "{step:?}");
@@ -319,7 +319,10 @@ async fn build_and_write_to(
         Step::EnsureSource,
         Step::EnsureHelmRelease,
     ] {
-        let flow = step.run(&ctx, &object, &mut state).await.expect("step");
+        let flow = step
+            .run(&ctx, &WatchedInstance::of(&object), &mut state)
+            .await
+            .expect("step");
         assert!(done(flow).is_none(), "{step:?}");
     }
     (state, api.writes())
@@ -525,14 +528,17 @@ async fn a_write_refused_for_lack_of_rights_reports_the_namespace() {
             Step::EnsureSource,
             Step::EnsureHelmRelease,
         ] {
-            if let Err(e) = step.run(&ctx, &object, &mut state).await {
+            if let Err(e) = step
+                .run(&ctx, &WatchedInstance::of(&object), &mut state)
+                .await
+            {
                 error = Some(e);
                 break;
             }
         }
         let error = error.expect("the HelmRelease write fails");
         assert!(error.to_string().contains("helmreleases"), "{error}");
-        super::error_policy(Arc::new(object), &error, ctx.clone());
+        super::error_policy(Arc::new(WatchedInstance::of(&object)), &error, ctx.clone());
         let taken = ctx.access_lost.take(["org-a", "org-b"]);
         assert_eq!(taken.len(), usize::from(reported), "{message}: {taken:?}");
     }
