@@ -10,6 +10,11 @@
 pub use vworkspace_testkit::{age_encrypt, age_keygen, run, run_with_stdin, ssh_keygen, stdout};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vworkspace-operator");
+/// The allocator settings `deploy/deployment.yaml` gives the operator's container
+/// (`deploy::the_deployment_sets_the_allocator_settings_the_tests_run_with` holds the two equal):
+/// every operator a real-server test or bench starts runs with them, as deployed.
+pub const ALLOCATOR_ENV: [(&str, &str); 2] =
+    [("MIMALLOC_ALLOW_THP", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
 pub const SMTP_PASSWORD: &str = "hunter2-PLAINTEXT-MARKER-smtp";
 pub const ADMIN_TOKEN: &str = "hunter2-PLAINTEXT-MARKER-admin";
 

@@ -287,6 +287,38 @@ fn cluster_role_is_exactly_the_seeds() {
 }
 
 #[test]
+fn the_deployment_sets_the_allocator_settings_the_tests_run_with() {
+    let docs = documents();
+    let deployment = docs
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "Deployment")
+        .expect("Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let allocator: Vec<(String, String)> = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("MIMALLOC_"))
+        })
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = crate::common::ALLOCATOR_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(allocator, expected);
+}
+
+#[test]
 fn deployment_is_psa_restricted() {
     let docs = documents();
     let deployment = docs

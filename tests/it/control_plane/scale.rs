@@ -38,6 +38,24 @@ fn status_kib(pid: u32, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
 }
 
+/// The CPU time (user and system) `pid` has used so far, from `/proc/<pid>/stat` (fields 14 and
+/// 15, in clock ticks).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|hz| *hz > 0)?;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
 /// Peak (`VmHWM`) and current (`VmRSS`) resident set of `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((status_kib(pid, "VmHWM:")?, status_kib(pid, "VmRSS:")?))
@@ -506,11 +524,14 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
         // own pages mapped from its file.
         if let (Some(anon), Some(file)) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"))
         {
+            // And the CPU it used to get there (every child created, each allocator setting's
+            // cost shows here).
             eprintln!(
-                "{instances}: run at rest: {} = {} anonymous + {} from files",
+                "{instances}: run at rest: {} = {} anonymous + {} from files; CPU used since its start: {}",
                 mib(row.run_rest_kib),
                 mib(anon),
-                mib(file)
+                mib(file),
+                cpu_time(pid).map_or("not read".to_owned(), secs)
             );
         }
         row.api_connections =

@@ -322,6 +322,7 @@ pub fn operator_cmd_for(env: &Env, dir: &Path, selector: &str) -> Command {
             "127.0.0.1:0",
         ])
         .args(["--fetch-timeout", "60"])
+        .envs(crate::common::ALLOCATOR_ENV)
         .env("KUBECONFIG", &env.shared.operator_kubeconfig)
         // VWS_TEST_OPERATOR_LOG (a RUST_LOG filter) shows more of a failing test's operator.
         .env(
@@ -348,6 +349,7 @@ pub fn scope_selector(env: &Env, dir: &Path) -> String {
 pub async fn webhook_replica(env: &Env, dir: &Path) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.arg("run")
+        .envs(crate::common::ALLOCATOR_ENV)
         .args(["--namespace", STANDBY, "--leader-election", "--cache-dir"])
         .arg(dir.join("webhook-cache"))
         .args([
