@@ -16,7 +16,8 @@
 # Write step. VWS_SCALE_CARGO_FLAGS adds cargo flags to the build (`--features system-allocator`:
 # libc's malloc, which heaptrack sees, for VWS_SCALE_RUN_WRAPPER="heaptrack -o FILE");
 # VWS_SCALE_RUN_STOP_SIGNAL=KILL stops the wrapped operator without freeing, so heaptrack's "leaked"
-# is what it held at rest. Method and results:
+# is what it held at rest. The operator is the binary the image ships (profile `deploy`, built here;
+# VWS_SCALE_PROFILE=release for the test build's), run with deploy/'s allocator settings. Method and results:
 # docs/performance.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,6 +42,14 @@ for line in sys.stdin:
         print(m["executable"])
 ' | tail -1)"
 [ -x "$exe" ] || { echo "scale: the test binary was not built" >&2; exit 1; }
+# The operator the bench runs: the binary the image ships, built with the `deploy` profile (fat LTO;
+# minutes the first time). VWS_SCALE_PROFILE=release runs the test build's instead.
+profile="${VWS_SCALE_PROFILE:-deploy}"
+if [ "$profile" != release ]; then
+  # shellcheck disable=SC2086 # the flags are words
+  cargo build --profile "$profile" --bin vworkspace-operator ${VWS_SCALE_CARGO_FLAGS:-}
+  export VWS_SCALE_OPERATOR_BIN="$TARGET/$profile/vworkspace-operator"
+fi
 run_sizes() {
   local sizes="$1" out="$2" envs kubeconfig audit
   envs="$(scripts/control-plane.sh env)"

@@ -307,6 +307,15 @@ fn wrapped(cmd: Command) -> Command {
     relaunched(&cmd, program.as_ref(), leading)
 }
 
+/// `cmd` with the operator binary of `VWS_SCALE_OPERATOR_BIN` (scripts/scale.sh builds the one the
+/// image ships, profile `deploy`) when it is set, else the test build's.
+fn shipped(cmd: Command) -> Command {
+    match std::env::var_os("VWS_SCALE_OPERATOR_BIN") {
+        Some(bin) => relaunched(&cmd, &bin, std::iter::empty()),
+        None => cmd,
+    }
+}
+
 /// Stops the long-running process. Under a wrapper (`VWS_SCALE_RUN_WRAPPER`, say heaptrack) the
 /// operator alone gets SIGTERM first, and the wrapper gets time to write what it recorded: stopping
 /// the whole process group at once killed heaptrack's writer too, and left an empty profile.
@@ -381,7 +390,7 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     };
 
     let audit = super::server::Audit::mark(&env.cp.audit_log);
-    let mut cmd = operator_cmd(env, &scope.dir);
+    let mut cmd = shipped(operator_cmd(env, &scope.dir));
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
     // VWS_SCALE_WITHOUT_WEBHOOK: the first apply with the admission webhook's configuration removed
     // (put back after it), to measure the webhook's share of the Write step. A measurement only: a
@@ -409,7 +418,7 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
     assert_eq!(ai, instances, "every declared instance is applied");
 
     let audit = super::server::Audit::mark(&env.cp.audit_log);
-    let mut cmd = operator_cmd(env, &scope.dir);
+    let mut cmd = shipped(operator_cmd(env, &scope.dir));
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
     let baseline = std::env::var("VWS_SCALE_BASELINE_BIN").ok();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -463,7 +472,7 @@ async fn scenario(env: &Env, scale: Scale, rest: Duration) -> Row {
 
     if env.shared.thirdparty.is_some() {
         let audit = super::server::Audit::mark(&env.cp.audit_log);
-        let mut cmd = wrapped(operator_cmd(env, &scope.dir));
+        let mut cmd = wrapped(shipped(operator_cmd(env, &scope.dir)));
         // The pass's own log line carries its duration (the no-op pass below).
         cmd.env("RUST_LOG", "warn,vworkspace_controller::cluster=info");
         let started = Instant::now();
@@ -692,7 +701,7 @@ async fn poked_pass(env: &Env, cluster: &str, run: &Proc, poke: u32) -> (Option<
 async fn repaired_by_a_fresh_process(env: &Env, dir: &Path, namespace: &str, instances: usize) {
     let name = edited_by_hand(env, namespace).await;
     let audit = super::server::Audit::mark(&env.cp.audit_log);
-    let mut cmd = operator_cmd(env, dir);
+    let mut cmd = shipped(operator_cmd(env, dir));
     cmd.arg("--once").env("RUST_LOG", STEP_LOG);
     let (ok, took, _, proc) = timed_once(&mut cmd, dir, "repair");
     assert!(ok, "repairing pass: {}\n{}", proc.stdout(), proc.stderr());
