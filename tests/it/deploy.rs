@@ -289,11 +289,7 @@ fn cluster_role_is_exactly_the_seeds() {
 #[test]
 fn the_deployment_sets_the_allocator_settings_the_tests_run_with() {
     let docs = documents();
-    let deployment = docs
-        .iter()
-        .map(|(_, d)| d)
-        .find(|d| d["kind"] == "Deployment")
-        .expect("Deployment");
+    let deployment = named(&docs, "Deployment", "vworkspace-app-operator");
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
     let allocator: Vec<(String, String)> = env
         .as_array()
