@@ -18,6 +18,14 @@ use crate::support::{AI_PATH, OPS_PATH};
 use vworkspace_controller::cluster::{self, Context};
 use vworkspace_controller::metrics::Metrics;
 
+/// Whether a pass listed the ApplicationInstances whole (not metadata only): it did not find the
+/// settled record holding.
+fn lists_whole_instances(api: &FakeApi) -> bool {
+    api.requests()
+        .iter()
+        .any(|r| r.path.ends_with("/applicationinstances") && !r.metadata_only())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_applies_everything_and_an_unchanged_pass_writes_nothing() {
     let h = harness();
@@ -287,13 +295,7 @@ async fn an_object_edited_since_the_settled_record_makes_the_whole_pass_run_and_
         stray,
     );
     h.pass().await.expect("pass with a stray object");
-    assert!(
-        h.api
-            .requests()
-            .iter()
-            .any(|r| r.path.ends_with("/applicationinstances") && !r.metadata_only()),
-        "the whole objects are read"
-    );
+    assert!(lists_whole_instances(&h.api), "the whole objects are read");
     assert_eq!(
         h.status().settled,
         None,
@@ -826,13 +828,7 @@ async fn a_changed_cluster_spec_is_not_taken_as_settled() {
 
     h.pass().await.expect("pass under the new spec");
     assert_request_discipline(&h.api.requests());
-    assert!(
-        h.api
-            .requests()
-            .iter()
-            .any(|r| r.path.ends_with("/applicationinstances") && !r.metadata_only()),
-        "the whole objects are read"
-    );
+    assert!(lists_whole_instances(&h.api), "the whole objects are read");
     // The status only (the new record, the observed generation); Ready did not change: no Event.
     assert_eq!(h.writes(), [format!("PATCH {CLUSTER_PATH}/status")]);
     let renewed = h.status().settled.expect("a new record");

@@ -462,15 +462,17 @@ async fn apply_one(
         action: what,
         source,
     })?;
-    let undeclared = match (&spec, desired.spec_json()) {
-        (Some(spec), Ok(declared)) if unread => {
-            vworkspace_core::plan::diff::undeclared_fields(&declared, spec)
+    // Serialized once for both questions asked of the answer.
+    let declared = desired.spec_json().ok();
+    let undeclared = match (&spec, &declared) {
+        (Some(spec), Some(declared)) if unread => {
+            vworkspace_core::plan::diff::undeclared_fields(declared, spec)
                 .map(|patch| serde_json::json!({ "spec": patch }))
         }
         _ => None,
     };
     Ok(Answer {
-        settled: answered(desired, &metadata, spec.as_ref()),
+        settled: answered(desired, declared.as_ref(), &metadata, spec.as_ref()),
         undeclared,
     })
 }
@@ -481,11 +483,11 @@ async fn apply_one(
 /// reads everything).
 fn answered(
     desired: &DesiredObject,
+    declared: Option<&serde_json::Value>,
     metadata: &kube::api::ObjectMeta,
     spec: Option<&serde_json::Value>,
 ) -> Option<SettledObject> {
-    let declared = desired.spec_json().ok()?;
-    if !vworkspace_core::plan::diff::same_value(&declared, spec?) {
+    if !vworkspace_core::plan::diff::same_value(declared?, spec?) {
         return None;
     }
     Some(SettledObject {
@@ -516,7 +518,10 @@ async fn remove_undeclared(
     };
     api.patch(&id.name, &params, &Patch::Merge(patch))
         .await
-        .map(|o| answered(desired, &o.metadata, o.data.get("spec")))
+        .map(|o| {
+            let declared = desired.spec_json().ok();
+            answered(desired, declared.as_ref(), &o.metadata, o.data.get("spec"))
+        })
         .map_err(|source| Error::Kube {
             action: format!(
                 "remove fields the release does not declare from {} {}/{}",

@@ -34,6 +34,9 @@ pub struct DeclaredObject<T> {
     pub object: Arc<T>,
     /// `sha256:<hex>` of the spec's JSON (shown in messages).
     pub digest: String,
+    /// The spec's [`SpecDigest`], which a watched instance's is compared with (taken once, when the
+    /// release is published, not on every reconcile).
+    pub spec: Option<SpecDigest>,
 }
 
 /// What one verified, applied release of one `Cluster` declares, with the trust settings its pass
@@ -114,11 +117,24 @@ pub struct DeclaredSet {
 }
 
 /// The JSON of a spec and its digest.
-fn spec_value<S: serde::Serialize>(spec: &S) -> (Value, String) {
-    let value = serde_json::to_value(spec).unwrap_or(Value::Null);
-    let bytes = serde_json::to_vec(&value).unwrap_or_default();
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-    (value, digest)
+/// A spec as JSON; one that does not serialize is `null` (which compares as different).
+fn spec_value<S: serde::Serialize>(spec: &S) -> Value {
+    serde_json::to_value(spec).unwrap_or(Value::Null)
+}
+
+/// A declared object as the set keeps it: its message digest and its [`SpecDigest`] from one
+/// serialization of the spec (`None` for a spec that does not serialize, which equals nothing).
+fn declared_object<T>(
+    object: &Arc<T>,
+    spec: Result<Value, serde_json::Error>,
+) -> DeclaredObject<T> {
+    let spec = spec.ok();
+    let bytes = serde_json::to_vec(spec.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
+    DeclaredObject {
+        object: object.clone(),
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        spec: spec.as_ref().map(SpecDigest::of),
+    }
 }
 
 impl DeclaredSet {
@@ -166,24 +182,12 @@ impl DeclaredSet {
             // plan's; only the stamped metadata differs, which the children do not read.
             match &desired.declared {
                 DeclaredResource::ApplicationInstance(object) => {
-                    let digest = spec_value(&object.spec).1;
-                    instances.insert(
-                        key,
-                        DeclaredObject {
-                            object: object.clone(),
-                            digest,
-                        },
-                    );
+                    let spec = serde_json::to_value(&object.spec);
+                    instances.insert(key, declared_object(object, spec));
                 }
                 DeclaredResource::Operation(object) => {
-                    let digest = spec_value(&object.spec).1;
-                    operations.insert(
-                        key,
-                        DeclaredObject {
-                            object: object.clone(),
-                            digest,
-                        },
-                    );
+                    let spec = serde_json::to_value(&object.spec);
+                    operations.insert(key, declared_object(object, spec));
                 }
             }
         }
@@ -263,7 +267,7 @@ impl DeclaredSet {
             clusters,
             |r| r.instance(namespace, name).cloned(),
             // Equal digests mean equal specs by value (`SpecDigest`).
-            |o| live.spec.is_none() || live.spec != SpecDigest::of_spec(&o.spec),
+            |declared| live.spec.is_none() || live.spec != declared.spec,
         )
     }
 
@@ -276,13 +280,15 @@ impl DeclaredSet {
     ) -> Verdict<Operation> {
         let namespace = live.metadata.namespace.as_deref().unwrap_or_default();
         let name = live.metadata.name.as_deref().unwrap_or_default();
-        let live_spec = spec_value(&live.spec).0;
+        let live_spec = spec_value(&live.spec);
         self.judge(
             label,
             clusters,
             |r| r.operation(namespace, name).cloned(),
             // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
-            |o| !crate::plan::diff::same_value(&spec_value(&o.spec).0, &live_spec),
+            |declared| {
+                !crate::plan::diff::same_value(&spec_value(&declared.object.spec), &live_spec)
+            },
         )
     }
 
@@ -291,7 +297,7 @@ impl DeclaredSet {
         label: Option<&str>,
         clusters: &[String],
         pick: impl Fn(&DeclaredRelease) -> Option<DeclaredObject<T>>,
-        altered: impl Fn(&T) -> bool,
+        altered: impl Fn(&DeclaredObject<T>) -> bool,
     ) -> Verdict<T> {
         let guard = match self.releases.read() {
             Ok(guard) => guard,
@@ -305,7 +311,7 @@ impl DeclaredSet {
             if let Some(release) = guard.get(id.as_str())
                 && let Some(declared) = pick(release)
             {
-                let altered = altered(&declared.object);
+                let altered = altered(&declared);
                 return Verdict::Declared {
                     release: release.clone(),
                     declared,

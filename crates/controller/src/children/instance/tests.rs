@@ -87,6 +87,7 @@ fn judged(
         declared: DeclaredObject {
             object: Arc::new(instance.clone()),
             digest: "sha256:00".into(),
+            spec: vworkspace_core::spec_digest::SpecDigest::of_spec(&instance.spec),
         },
         altered,
         effective: Arc::new(instance.clone()),
