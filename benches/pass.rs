@@ -108,7 +108,10 @@ fn ms(d: Duration) -> String {
 
 fn full_pass(g: &Generated, repo: &LocalRepository, head: &str) -> usize {
     let verified = pipeline::verify_commit_id(repo, head, &g.config).expect("pass");
-    vworkspace_core::plan::desired(&verified).objects().len()
+    vworkspace_core::plan::desired(&verified)
+        .expect("plan")
+        .objects()
+        .len()
 }
 
 /// Peak RSS of one full pass in a fresh process (this bench re-executed), in KiB.
@@ -128,7 +131,7 @@ fn child_pass(root: &Path) {
     let repo = LocalRepository::open(&root.join("repo")).expect("open");
     let verified =
         pipeline::verify_ref(&repo, &GitRef::Branch("main".into()), &config).expect("pass");
-    std::hint::black_box(vworkspace_core::plan::desired(&verified));
+    std::hint::black_box(vworkspace_core::plan::desired(&verified).expect("plan"));
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
         .lines()
@@ -294,7 +297,8 @@ fn main() {
     let t_values = time(runs, || {
         let mut n = 0;
         for item in &intent.application_instances {
-            if let Some(values) = &item.resource.spec.values {
+            let instance = item.resource.get().expect("read back");
+            if let Some(values) = &instance.spec.values {
                 let at = secrets::ValueContext {
                     cluster: "bench".into(),
                     namespace: item.namespace.clone(),
@@ -316,7 +320,9 @@ fn main() {
         n
     });
     let verified = pipeline::verify_commit_id(&repo, &head, &g.config).expect("pass");
-    let t_plan = time(runs, || vworkspace_core::plan::desired(&verified));
+    let t_plan = time(runs, || {
+        vworkspace_core::plan::desired(&verified).expect("plan")
+    });
 
     // Raw crate throughput on the same bytes: SHA-256 of every file, and two ed25519 verifications.
     use sha2::Digest as _;

@@ -427,7 +427,8 @@ fn plan(args: &TrustArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let json = args.output == OutputFormat::Json;
     match pass(args)? {
         (_, Ok(verified)) => {
-            let plan = vworkspace_core::plan::desired(&verified);
+            let plan = vworkspace_core::plan::desired(&verified)
+                .map_err(|e| CliError::Operator(format!("plan: {e}")))?;
             if json {
                 write_json(out, &plan.to_json())?;
             } else {

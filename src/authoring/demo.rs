@@ -408,7 +408,7 @@ fn first_release(
         }
     };
     super::report::report_pass(&verified, &demo.config, out).map_err(fail)?;
-    let plan = vworkspace_core::plan::desired(&verified);
+    let plan = vworkspace_core::plan::desired(&verified).map_err(fail)?;
     out.write_all(plan.to_yaml().as_bytes()).map_err(fail)?;
     demo.config.release.last_applied = Some(verified.release().applied());
     Ok((repo, first))

@@ -93,7 +93,8 @@ pub async fn diff_with_client(
     let Some(verified) = verify_or_report(args, &config, out)? else {
         return Ok(EXIT_ERROR);
     };
-    let plan = vworkspace_core::plan::desired(&verified);
+    let plan = vworkspace_core::plan::desired(&verified)
+        .map_err(|e| CliError::Operator(format!("diff: {e}")))?;
     let live =
         match vworkspace_controller::cluster::apply::list_live(&client, &args.trust.cluster, None)
             .await

@@ -94,11 +94,9 @@ fn the_example_repository_parses() {
         nextcloud.source_path,
         "namespaces/org-myteam/applicationinstances/nextcloud.yaml"
     );
-    assert_eq!(
-        nextcloud.resource.metadata.namespace.as_deref(),
-        Some("org-myteam")
-    );
-    assert_eq!(nextcloud.resource.spec.chart.version, "6.6.4");
+    let typed = nextcloud.resource.get().expect("read back");
+    assert_eq!(typed.metadata.namespace.as_deref(), Some("org-myteam"));
+    assert_eq!(typed.spec.chart.version, "6.6.4");
 }
 
 #[test]
@@ -141,6 +139,8 @@ fn valid_tree_in_path_order_with_release_files_skipped() {
     assert_eq!(
         parsed.application_instances[2]
             .resource
+            .get()
+            .expect("read back")
             .metadata
             .namespace
             .as_deref(),
@@ -149,6 +149,8 @@ fn valid_tree_in_path_order_with_release_files_skipped() {
     assert_eq!(
         parsed.application_instances[0]
             .resource
+            .get()
+            .expect("read back")
             .metadata
             .labels
             .as_ref()
@@ -158,7 +160,12 @@ fn valid_tree_in_path_order_with_release_files_skipped() {
     );
     assert_eq!(parsed.operations.len(), 1);
     assert_eq!(
-        parsed.operations[0].resource.spec.template,
+        parsed.operations[0]
+            .resource
+            .get()
+            .expect("read back")
+            .spec
+            .template,
         "velero-namespace-backup"
     );
     assert_eq!(parsed.operations[0].source_path, OP_PATH);

@@ -52,6 +52,9 @@ pub enum Error {
     /// A YAML file was refused.
     #[error(transparent)]
     Yaml(#[from] YamlError),
+    /// A declared object did not read back from its compact form (a defect; nothing is applied).
+    #[error(transparent)]
+    Compact(#[from] crate::compact::CompactError),
 }
 
 impl Error {
@@ -63,7 +66,7 @@ impl Error {
             Error::CommitSignature(_) => reason::COMMIT_SIGNATURE_INVALID,
             Error::History(_) => reason::HISTORY_INVALID,
             Error::Release(_) => reason::RELEASE_INVALID,
-            Error::Intent(_) | Error::Yaml(_) => reason::INTENT_INVALID,
+            Error::Intent(_) | Error::Yaml(_) | Error::Compact(_) => reason::INTENT_INVALID,
             Error::Values(_) | Error::Secrets(_) => reason::VALUES_INVALID,
             Error::Signers(_) => reason::CONFIGURATION_INVALID,
         }

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod compact;
 pub mod crd;
 pub mod error;
 pub mod guardrails;

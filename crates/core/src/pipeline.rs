@@ -450,17 +450,10 @@ fn check_values(
     config: &ValuesInputs<'_>,
     notes: &mut Vec<String>,
 ) -> Result<ValuesChecked, Vec<ValueError>> {
-    let instances: Vec<_> = intent
-        .application_instances
-        .iter()
-        .filter_map(|item| {
-            item.resource
-                .spec
-                .values
-                .as_ref()
-                .map(|values| (item, values))
-        })
-        .collect();
+    let (instances, unreadable) = instances_with_values(intent, config.cluster);
+    if !unreadable.is_empty() {
+        return Err(unreadable);
+    }
     // The budget on values is per release: count them all before decrypting any.
     let count = check_budget(&instances, config)?;
     let mut findings = literal_credentials(&instances, config);
@@ -475,7 +468,7 @@ fn check_values(
         secrets::verdict::values_digest(
             instances
                 .iter()
-                .map(|(item, values)| (item.namespace.as_str(), item.name.as_str(), *values)),
+                .map(|(item, values)| (item.namespace.as_str(), item.name.as_str(), values)),
             &judge,
         )
     });
@@ -543,11 +536,40 @@ fn decrypt_or_check_form(
     (unbound, findings)
 }
 
-/// The ApplicationInstances with values, and their values.
-type WithValues<'i> = [(
+/// An ApplicationInstance with values, and its values.
+type WithValue<'i> = (
     &'i crate::intent::Item<crate::crd::ApplicationInstance>,
-    &'i serde_json::Value,
-)];
+    serde_json::Value,
+);
+
+/// The ApplicationInstances with values, and their values.
+type WithValues<'i> = [WithValue<'i>];
+
+/// The `spec.values` of every ApplicationInstance that has them, read back from the intent's
+/// compact objects, in intent order; and a refusal for each object that did not read back.
+fn instances_with_values<'i>(
+    intent: &'i Intent,
+    cluster: &str,
+) -> (Vec<WithValue<'i>>, Vec<ValueError>) {
+    let (mut with_values, mut unreadable) = (Vec::new(), Vec::new());
+    for item in &intent.application_instances {
+        match item.resource.get() {
+            Ok(instance) => {
+                if let Some(values) = instance.spec.values {
+                    with_values.push((item, values));
+                }
+            }
+            Err(e) => unreadable.push(ValueError {
+                cluster: cluster.to_owned(),
+                namespace: item.namespace.clone(),
+                instance: item.name.clone(),
+                path: String::new(),
+                kind: secrets::ValueErrorKind::Unreadable(e.to_string()),
+            }),
+        }
+    }
+    (with_values, unreadable)
+}
 
 /// Refuses a release with more encrypted values than the limit, before any is decrypted; returns
 /// how many there are.

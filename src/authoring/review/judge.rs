@@ -257,10 +257,10 @@ fn bindings(
             .application_instances
             .iter()
             .find(|i| i.namespace == change.at.namespace && i.name == change.at.instance)
-            .and_then(|i| i.resource.spec.values.as_ref())
+            .and_then(|i| i.resource.get().ok()?.spec.values)
             .and_then(|values| {
                 let mut found = None;
-                vworkspace_core::secrets::for_each_armored(values, &mut |path, armored| {
+                vworkspace_core::secrets::for_each_armored(&values, &mut |path, armored| {
                     if path == change.at.path {
                         found = Some(armored.to_owned());
                     }

@@ -84,7 +84,7 @@ pub fn try_declare(
         &GitRef::Branch("main".into()),
         &trust(f, cluster.policy.require_bound_values),
     )?;
-    let plan = vworkspace_core::plan::desired(&verified);
+    let plan = vworkspace_core::plan::desired(&verified).expect("plan");
     let serial = verified.release().serial();
     set.publish(cluster, serial, verified.commit().id(), &plan, &[]);
     Ok(serial)

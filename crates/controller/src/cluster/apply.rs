@@ -444,7 +444,10 @@ async fn apply_one(
         "apply {} {}/{}",
         desired.kind, desired.namespace, desired.name
     );
-    let answer = match desired.resource() {
+    let resource = desired
+        .resource()
+        .map_err(|e| Error::Pass(vworkspace_core::Error::from(e)))?;
+    let answer = match resource {
         DesiredResource::ApplicationInstance(object) => {
             Api::<ApplicationInstance>::namespaced(client.clone(), &desired.namespace)
                 .patch(&desired.name, &params, &Patch::Apply(&object))
@@ -846,7 +849,8 @@ mod tests {
             "a",
             "one",
             DesiredResource::ApplicationInstance(declared.clone()),
-        );
+        )
+        .expect("compact");
         let id = vworkspace_core::plan::diff::identity(&desired);
         let path = "/apis/apps.vworkspace.io/v1alpha1/namespaces/a/applicationinstances/one";
         let mut clean = serde_json::to_value(&declared).expect("json");

@@ -96,7 +96,17 @@ pub fn check_policy(
         .application_instances
         .iter()
         .filter_map(|item| {
-            let chart = &item.resource.spec.chart;
+            let instance = match item.resource.get() {
+                Ok(instance) => instance,
+                Err(e) => {
+                    return Some(IntentError {
+                        cluster: cluster.to_owned(),
+                        path: item.source_path.clone(),
+                        kind: IntentErrorKind::InvalidSpec(e.to_string()),
+                    });
+                }
+            };
+            let chart = &instance.spec.chart;
             let kind = if !is_oci(chart) {
                 invalid(
                     "spec.chart.repository",
@@ -229,7 +239,8 @@ mod tests {
                     source_path: format!("namespaces/team/applicationinstances/{name}.yaml"),
                     namespace: "team".into(),
                     name: (*name).into(),
-                    resource: std::sync::Arc::new(ApplicationInstance::new(name, spec)),
+                    resource: crate::compact::Compact::new(&ApplicationInstance::new(name, spec))
+                        .expect("compact"),
                 }
             })
             .collect();

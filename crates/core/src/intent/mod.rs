@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 
+use crate::compact::Compact;
 use crate::crd::{ApplicationInstance, ApplicationInstanceSpec, Operation, OperationSpec};
 use crate::limits::Limits;
 use crate::repository::{ClusterTree, TreeEntry};
@@ -32,10 +33,11 @@ pub struct Item<T> {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
-    /// The typed object, `metadata.namespace` set: what is applied. (Only this representation is
-    /// kept: the parsed YAML is dropped once typed, which keeps a pass's memory to one copy; it is
-    /// shared, not copied, with the declared set the child controllers read.)
-    pub resource: std::sync::Arc<T>,
+    /// The typed object, `metadata.namespace` set: what is applied, kept as compact JSON
+    /// ([`Compact`]: a third of the typed object's memory). Only this representation is kept: the
+    /// parsed YAML is dropped once typed and checked; it is shared, not copied, with the declared
+    /// set the child controllers read.
+    pub resource: Compact<T>,
 }
 
 /// Every object of a cluster directory.
@@ -265,16 +267,14 @@ fn parse_file(
     let object = parse_object(bytes, &file_label, namespace, name, &kind, limits)?;
     Ok(match kind {
         Kind::ApplicationInstance => {
-            let item: Item<ApplicationInstance> =
-                item(path, namespace, name, object).map_err(|e| number_hint(e, bytes))?;
-            check_application_instance(&item.resource.spec)?;
-            Parsed::ApplicationInstance(item)
+            let typed: ApplicationInstance = typed(object).map_err(|e| number_hint(e, bytes))?;
+            check_application_instance(&typed.spec)?;
+            Parsed::ApplicationInstance(item(path, namespace, name, &typed)?)
         }
         Kind::Operation => {
-            let item: Item<Operation> =
-                item(path, namespace, name, object).map_err(|e| number_hint(e, bytes))?;
-            check_operation(&item.resource.spec)?;
-            Parsed::Operation(item)
+            let typed: Operation = typed(object).map_err(|e| number_hint(e, bytes))?;
+            check_operation(&typed.spec)?;
+            Parsed::Operation(item(path, namespace, name, &typed)?)
         }
     })
 }
@@ -346,19 +346,23 @@ fn unknown_field_line(error: IntentErrorKind, bytes: &[u8]) -> IntentErrorKind {
 }
 
 /// The typed object: the spec types refuse unknown fields, so a typo fails here.
-fn item<T: serde::de::DeserializeOwned>(
+fn typed<T: serde::de::DeserializeOwned>(object: Value) -> Result<T, IntentErrorKind> {
+    T::deserialize(&object).map_err(|e| IntentErrorKind::InvalidSpec(e.to_string()))
+}
+
+/// The item of a typed, checked object, kept compact.
+fn item<T: serde::Serialize + serde::de::DeserializeOwned>(
     path: &str,
     namespace: &str,
     name: &str,
-    object: Value,
+    typed: &T,
 ) -> Result<Item<T>, IntentErrorKind> {
-    let resource =
-        T::deserialize(&object).map_err(|e| IntentErrorKind::InvalidSpec(e.to_string()))?;
+    let resource = Compact::new(typed).map_err(|e| IntentErrorKind::InvalidSpec(e.to_string()))?;
     Ok(Item {
         source_path: path.to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
-        resource: std::sync::Arc::new(resource),
+        resource,
     })
 }
 

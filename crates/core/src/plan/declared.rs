@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::compact::Compact;
 use crate::crd::{
     ApplicationInstance, ChartVerification, ClusterSpec, Decryption, InventoryEntry, Operation,
     WatchedInstance,
@@ -30,8 +31,9 @@ pub use crate::reasons::{NOT_DECLARED, SPEC_DIFFERS, WAITING_FOR_RELEASE};
 /// it rather than kept: at 10,000 instances a second copy of every spec costs tens of MiB.
 #[derive(Debug, Clone)]
 pub struct DeclaredObject<T> {
-    /// The whole declared object, as the plan built it.
-    pub object: Arc<T>,
+    /// The whole declared object, as the plan built it: the verified intent's own, shared and kept
+    /// as compact JSON ([`Compact::get`] gives the typed object).
+    pub object: Compact<T>,
     /// `sha256:<hex>` of the spec's JSON (shown in messages).
     pub digest: String,
     /// The spec's [`SpecDigest`], which a watched instance's is compared with (taken once, when the
@@ -116,19 +118,18 @@ pub struct DeclaredSet {
     generation: AtomicU64,
 }
 
-/// The JSON of a spec and its digest.
 /// A spec as JSON; one that does not serialize is `null` (which compares as different).
 fn spec_value<S: serde::Serialize>(spec: &S) -> Value {
     serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
 /// A declared object as the set keeps it: its message digest and its [`SpecDigest`] from one
-/// serialization of the spec (`None` for a spec that does not serialize, which equals nothing).
-fn declared_object<T>(
-    object: &Arc<T>,
-    spec: Result<Value, serde_json::Error>,
-) -> DeclaredObject<T> {
-    let spec = spec.ok();
+/// reading of the spec (`None` for a spec that does not read back, which equals nothing).
+fn declared_object<T>(object: &Compact<T>) -> DeclaredObject<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let spec = object.field("spec").ok();
     let bytes = serde_json::to_vec(spec.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
     DeclaredObject {
         object: object.clone(),
@@ -182,12 +183,10 @@ impl DeclaredSet {
             // plan's; only the stamped metadata differs, which the children do not read.
             match &desired.declared {
                 DeclaredResource::ApplicationInstance(object) => {
-                    let spec = serde_json::to_value(&object.spec);
-                    instances.insert(key, declared_object(object, spec));
+                    instances.insert(key, declared_object(object));
                 }
                 DeclaredResource::Operation(object) => {
-                    let spec = serde_json::to_value(&object.spec);
-                    operations.insert(key, declared_object(object, spec));
+                    operations.insert(key, declared_object(object));
                 }
             }
         }
@@ -287,7 +286,8 @@ impl DeclaredSet {
             |r| r.operation(namespace, name).cloned(),
             // By value, numbers as the API server re-encodes them (`1.0` comes back as `1`).
             |declared| {
-                !crate::plan::diff::same_value(&spec_value(&declared.object.spec), &live_spec)
+                let spec = declared.object.field("spec").unwrap_or(Value::Null);
+                !crate::plan::diff::same_value(&spec, &live_spec)
             },
         )
     }
@@ -413,6 +413,7 @@ mod tests {
                         ai.metadata.name.as_deref().unwrap_or_default(),
                         DesiredResource::ApplicationInstance(ai.clone()),
                     )
+                    .expect("compact")
                 })
                 .collect(),
         )
@@ -455,7 +456,10 @@ mod tests {
                 declared, altered, ..
             } => {
                 assert!(altered);
-                assert_eq!(declared.object.spec.chart.version, "1.0.0");
+                assert_eq!(
+                    declared.object.get().expect("read back").spec.chart.version,
+                    "1.0.0"
+                );
             }
             other => panic!("declared expected: {other:?}"),
         }

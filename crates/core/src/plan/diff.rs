@@ -460,6 +460,7 @@ mod tests {
             name,
             crate::plan::DesiredResource::Operation(resource),
         )
+        .expect("compact")
     }
 
     /// The live object a previous pass would have left for `desired`, at another commit.
@@ -896,7 +897,8 @@ mod tests {
             "org-a",
             "wiki",
             crate::plan::DesiredResource::ApplicationInstance(resource),
-        );
+        )
+        .expect("compact");
         let plan = Plan::from_objects(vec![desired.clone()]);
         // What the API server hands back: 1.0 as 1, 2^64-1 as the nearest float, 2^53+1 exact, an
         // integer beyond int64 as its nearest float in plain digits (seen on kube-apiserver 1.36).

@@ -10,10 +10,10 @@ pub mod floor;
 pub mod settled;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::compact::{Compact, CompactError};
 use crate::crd::{ApplicationInstance, Operation};
 
 use crate::pipeline::VerifiedIntent;
@@ -33,14 +33,15 @@ pub enum DesiredResource {
 }
 
 /// The declared object as the verified intent holds it, before the plan stamps its labels and
-/// annotations: shared with the intent (one `Arc`), it is what the declared set keeps
-/// ([`crate::plan::declared`]), so that a long-running process holds the estate once for both.
+/// annotations: shared with the intent (one [`Compact`] object, kept as JSON), it is what the
+/// declared set keeps ([`crate::plan::declared`]), so that a long-running process holds the estate
+/// once for both.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeclaredResource {
     /// An ApplicationInstance.
-    ApplicationInstance(std::sync::Arc<ApplicationInstance>),
+    ApplicationInstance(Compact<ApplicationInstance>),
     /// An Operation.
-    Operation(std::sync::Arc<Operation>),
+    Operation(Compact<Operation>),
 }
 
 /// One object to apply: the declared object (shared with the verified intent) and the labels and
@@ -73,18 +74,17 @@ impl DesiredObject {
         namespace: &str,
         name: &str,
         resource: DesiredResource,
-    ) -> DesiredObject {
+    ) -> Result<DesiredObject, CompactError> {
         let (declared, meta) = match resource {
-            DesiredResource::ApplicationInstance(r) => {
-                let meta = r.metadata.clone();
-                (DeclaredResource::ApplicationInstance(Arc::new(r)), meta)
-            }
+            DesiredResource::ApplicationInstance(r) => (
+                DeclaredResource::ApplicationInstance(Compact::new(&r)?),
+                r.metadata,
+            ),
             DesiredResource::Operation(r) => {
-                let meta = r.metadata.clone();
-                (DeclaredResource::Operation(Arc::new(r)), meta)
+                (DeclaredResource::Operation(Compact::new(&r)?), r.metadata)
             }
         };
-        DesiredObject {
+        Ok(DesiredObject {
             api_version: api_version.to_owned(),
             kind: kind.to_owned(),
             namespace: namespace.to_owned(),
@@ -92,38 +92,45 @@ impl DesiredObject {
             labels: meta.labels.unwrap_or_default(),
             annotations: meta.annotations.unwrap_or_default(),
             declared,
-        }
+        })
     }
 
     /// The whole object to apply: the declared object with the namespace, labels and annotations
     /// stamped. Built on each call (the plan keeps no copy).
-    pub fn resource(&self) -> DesiredResource {
+    pub fn resource(&self) -> Result<DesiredResource, CompactError> {
         let stamp = |meta: &mut ObjectMeta| {
             meta.namespace = Some(self.namespace.clone());
             meta.labels = Some(self.labels.clone());
             meta.annotations = Some(self.annotations.clone());
         };
-        match &self.declared {
+        Ok(match &self.declared {
             DeclaredResource::ApplicationInstance(r) => {
-                let mut r = (**r).clone();
+                let mut r = r.get()?;
                 stamp(&mut r.metadata);
                 DesiredResource::ApplicationInstance(r)
             }
             DeclaredResource::Operation(r) => {
-                let mut r = (**r).clone();
+                let mut r = r.get()?;
                 stamp(&mut r.metadata);
                 DesiredResource::Operation(r)
             }
-        }
+        })
     }
 
     /// The spec, as JSON.
-    pub fn spec_json(&self) -> serde_json::Result<serde_json::Value> {
+    pub fn spec_json(&self) -> Result<serde_json::Value, CompactError> {
         match &self.declared {
-            DeclaredResource::ApplicationInstance(r) => serde_json::to_value(&r.spec),
-            DeclaredResource::Operation(r) => serde_json::to_value(&r.spec),
+            DeclaredResource::ApplicationInstance(r) => r.field("spec"),
+            DeclaredResource::Operation(r) => r.field("spec"),
         }
     }
+}
+
+/// The metadata of a declared object, read without its spec.
+#[derive(serde::Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: ObjectMeta,
 }
 
 /// The objects a pass would apply, in a stable order (namespace, kind, name). Only [`desired`] builds
@@ -133,8 +140,9 @@ pub struct Plan {
     objects: Vec<DesiredObject>,
 }
 
-/// Builds the plan from verified intent.
-pub fn desired(verified: &VerifiedIntent) -> Plan {
+/// Builds the plan from verified intent. Fails only if an object of the intent does not read back
+/// from its compact form (a defect).
+pub fn desired(verified: &VerifiedIntent) -> Result<Plan, CompactError> {
     let commit = verified.commit().id();
     let cluster = verified.release().manifest().cluster.as_str();
     let serial = verified.release().serial().to_string();
@@ -155,8 +163,9 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
     };
     let intent = verified.intent();
     let instances = intent.application_instances.iter().map(|item| {
-        let (labels, annotations) = stamped(&item.resource.metadata, &item.source_path);
-        DesiredObject {
+        let meta = item.resource.part::<MetadataOnly>()?.metadata;
+        let (labels, annotations) = stamped(&meta, &item.source_path);
+        Ok(DesiredObject {
             api_version: crate::intent::APPLICATION_INSTANCE_API_VERSION.to_owned(),
             kind: "ApplicationInstance".to_owned(),
             namespace: item.namespace.clone(),
@@ -164,11 +173,12 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
             labels,
             annotations,
             declared: DeclaredResource::ApplicationInstance(item.resource.clone()),
-        }
+        })
     });
     let operations = intent.operations.iter().map(|item| {
-        let (labels, annotations) = stamped(&item.resource.metadata, &item.source_path);
-        DesiredObject {
+        let meta = item.resource.part::<MetadataOnly>()?.metadata;
+        let (labels, annotations) = stamped(&meta, &item.source_path);
+        Ok(DesiredObject {
             api_version: crate::intent::OPERATION_API_VERSION.to_owned(),
             kind: "Operation".to_owned(),
             namespace: item.namespace.clone(),
@@ -176,11 +186,13 @@ pub fn desired(verified: &VerifiedIntent) -> Plan {
             labels,
             annotations,
             declared: DeclaredResource::Operation(item.resource.clone()),
-        }
+        })
     });
-    let mut objects: Vec<DesiredObject> = instances.chain(operations).collect();
+    let mut objects: Vec<DesiredObject> = instances
+        .chain(operations)
+        .collect::<Result<_, CompactError>>()?;
     objects.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
-    Plan { objects }
+    Ok(Plan { objects })
 }
 
 impl Plan {
@@ -203,13 +215,16 @@ impl Plan {
             .iter()
             .map(|desired| {
                 let rendered = match desired.resource() {
-                    DesiredResource::ApplicationInstance(mut redacted) => {
+                    Ok(DesiredResource::ApplicationInstance(mut redacted)) => {
                         if let Some(values) = redacted.spec.values.as_mut() {
                             *values = crate::secrets::redact_values(values);
                         }
-                        serde_json::to_value(&redacted)
+                        serde_json::to_value(&redacted).map_err(|e| e.to_string())
                     }
-                    DesiredResource::Operation(resource) => serde_json::to_value(&resource),
+                    Ok(DesiredResource::Operation(resource)) => {
+                        serde_json::to_value(&resource).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
                 };
                 rendered.unwrap_or_else(|e| {
                     serde_json::json!({"error": format!("cannot render {}/{}: {e}", desired.namespace, desired.name)})
@@ -224,13 +239,16 @@ impl Plan {
         let mut out = String::new();
         for desired in &self.objects {
             let rendered = match desired.resource() {
-                DesiredResource::ApplicationInstance(mut redacted) => {
+                Ok(DesiredResource::ApplicationInstance(mut redacted)) => {
                     if let Some(values) = redacted.spec.values.as_mut() {
                         *values = crate::secrets::redact_values(values);
                     }
-                    serde_saphyr::to_string(&redacted)
+                    serde_saphyr::to_string(&redacted).map_err(|e| e.to_string())
                 }
-                DesiredResource::Operation(resource) => serde_saphyr::to_string(&resource),
+                Ok(DesiredResource::Operation(resource)) => {
+                    serde_saphyr::to_string(&resource).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
             };
             out.push_str("---\n");
             match rendered {

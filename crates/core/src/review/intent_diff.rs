@@ -136,8 +136,9 @@ struct Reviewed {
     body: Value,
 }
 
-fn reviewable<T: serde::Serialize>(item: &Item<T>) -> Reviewed {
-    let whole = serde_json::to_value(&*item.resource).unwrap_or(Value::Null);
+fn reviewable<T: serde::Serialize + serde::de::DeserializeOwned>(item: &Item<T>) -> Reviewed {
+    // An object that does not read back (a defect) shows as `null`: a change the reviewer sees.
+    let whole = item.resource.value().unwrap_or(Value::Null);
     let metadata = whole.get("metadata");
     let body = serde_json::json!({
         "metadata": {
@@ -250,10 +251,11 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Fiel
 fn value_index(intent: &Intent) -> BTreeMap<ValueLocation, (String, String)> {
     let mut out = BTreeMap::new();
     for item in &intent.application_instances {
-        let Some(values) = item.resource.spec.values.as_ref() else {
+        // An object that does not read back shows as `null` in the object changes (`reviewable`).
+        let Some(values) = item.resource.get().ok().and_then(|i| i.spec.values) else {
             continue;
         };
-        secrets::for_each_armored(values, &mut |path, armored| {
+        secrets::for_each_armored(&values, &mut |path, armored| {
             out.insert(
                 ValueLocation {
                     namespace: item.namespace.clone(),

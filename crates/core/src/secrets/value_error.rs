@@ -38,6 +38,8 @@ pub enum ValueErrorKind {
     LiteralCredential,
     /// `spec.values` is nested too deep to be checked (fails closed).
     TooDeep,
+    /// The declared object could not be read back from its compact form (a defect; fails closed).
+    Unreadable(String),
 }
 
 /// One refused value, named by its file (relative to the repository) and value path:
@@ -106,6 +108,7 @@ fn describe(kind: &ValueErrorKind) -> String {
             "value is bound to {field} {bound_to:?}, not to this one (copied from another place?); re-encrypt it for this place"
         ),
         ValueErrorKind::TooDeep => "values are nested too deep to be checked".into(),
+        ValueErrorKind::Unreadable(reason) => reason.clone(),
         ValueErrorKind::LiteralCredential => {
             "a literal credential; encrypt it, or reference a Secret with secretRef".into()
         }

@@ -96,7 +96,15 @@ pub(super) async fn judge_declared(
             declared,
             altered,
         } => {
-            let effective = instance.with_spec(declared.object.spec.clone());
+            let object = declared.object.get().map_err(|e| Error::Child {
+                object: format!(
+                    "ApplicationInstance {}/{}",
+                    instance.namespace().unwrap_or_default(),
+                    instance.name_any()
+                ),
+                source: Box::new(e),
+            })?;
+            let effective = instance.with_spec(object.spec);
             state.judged = Some(Judged {
                 release,
                 declared,
@@ -151,13 +159,8 @@ pub(super) async fn decrypt_values(
     let policy = ValuesPolicy {
         require_bound: release.require_bound_values,
     };
-    let values = judged
-        .declared
-        .object
-        .spec
-        .values
-        .clone()
-        .unwrap_or(Value::Null);
+    // The effective object carries the declared spec (`judge_declared`).
+    let values = instance.spec.values.clone().unwrap_or(Value::Null);
     let decrypted = match vworkspace_core::secrets::decrypt_values(
         &values,
         &at,

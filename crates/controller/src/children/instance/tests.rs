@@ -85,7 +85,7 @@ fn judged(
     state.judged = Some(Judged {
         release,
         declared: DeclaredObject {
-            object: Arc::new(instance.clone()),
+            object: vworkspace_core::compact::Compact::new(instance).expect("compact"),
             digest: "sha256:00".into(),
             spec: vworkspace_core::spec_digest::SpecDigest::of_spec(&instance.spec),
         },

@@ -134,8 +134,16 @@ pub(super) async fn judge_declared(
             declared,
             altered,
         } => {
+            let object = declared.object.get().map_err(|e| Error::Child {
+                object: format!(
+                    "Operation {}/{}",
+                    op.namespace().unwrap_or_default(),
+                    op.name_any()
+                ),
+                source: Box::new(e),
+            })?;
             let mut effective = op.clone();
-            effective.spec = declared.object.spec.clone();
+            effective.spec = object.spec;
             state.declaring = Some(release.cluster_id.clone());
             if altered {
                 return refuse_altered(ctx, op, &effective, &release, &declared, state).await;

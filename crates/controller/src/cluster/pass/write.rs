@@ -85,7 +85,10 @@ pub(super) async fn read_live(
         Ok(verified) => verified,
         Err(result) => return result,
     };
-    let plan = vworkspace_core::plan::desired(&verified);
+    let plan = match vworkspace_core::plan::desired(&verified) {
+        Ok(plan) => plan,
+        Err(e) => return StepResult::Failed(failed(&crate::Error::Pass(e.into()))),
+    };
     let client = &ctx.client;
     let listed = match state.prefetched_live.take() {
         Some(listed) => listed,
