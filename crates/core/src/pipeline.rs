@@ -545,20 +545,36 @@ type WithValue<'i> = (
 /// The ApplicationInstances with values, and their values.
 type WithValues<'i> = [WithValue<'i>];
 
+/// An ApplicationInstance read for its `spec.values` alone.
+#[derive(serde::Deserialize)]
+struct ValuesOnly {
+    spec: SpecValuesOnly,
+}
+
+/// The `values` of an ApplicationInstance's spec.
+#[derive(serde::Deserialize)]
+struct SpecValuesOnly {
+    #[serde(default)]
+    values: Option<serde_json::Value>,
+}
+
 /// The `spec.values` of every ApplicationInstance that has them, read back from the intent's
 /// compact objects, in intent order; and a refusal for each object that did not read back.
 fn instances_with_values<'i>(
     intent: &'i Intent,
     cluster: &str,
 ) -> (Vec<WithValue<'i>>, Vec<ValueError>) {
+    // Only `spec.values` is read back (the rest of each object is skipped), on every core.
+    let read = crate::parallel::map(&intent.application_instances, |item| {
+        item.resource
+            .part::<ValuesOnly>()
+            .map(|object| object.spec.values)
+    });
     let (mut with_values, mut unreadable) = (Vec::new(), Vec::new());
-    for item in &intent.application_instances {
-        match item.resource.get() {
-            Ok(instance) => {
-                if let Some(values) = instance.spec.values {
-                    with_values.push((item, values));
-                }
-            }
+    for (item, values) in intent.application_instances.iter().zip(read) {
+        match values {
+            Ok(Some(values)) => with_values.push((item, values)),
+            Ok(None) => {}
             Err(e) => unreadable.push(ValueError {
                 cluster: cluster.to_owned(),
                 namespace: item.namespace.clone(),
@@ -616,4 +632,49 @@ fn literal_credentials(instances: &WithValues<'_>, config: &ValuesInputs<'_>) ->
         }
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compact::Compact;
+    use crate::intent::Item;
+
+    #[test]
+    fn an_object_that_does_not_read_back_is_refused_by_its_file_not_skipped() {
+        let item = |name: &str, json: &str| Item {
+            source_path: format!("namespaces/ns-a/applicationinstances/{name}.yaml"),
+            namespace: "ns-a".into(),
+            name: name.into(),
+            resource: Compact::from_json_unchecked(json),
+        };
+        let intent = Intent {
+            application_instances: vec![
+                item(
+                    "good",
+                    r#"{"metadata":{"name":"good"},"spec":{"chart":{"repository":"https://c/","name":"a","version":"1"},"values":{"a":1}}}"#,
+                ),
+                item(
+                    "plain",
+                    r#"{"metadata":{"name":"plain"},"spec":{"chart":{"repository":"https://c/","name":"a","version":"1"}}}"#,
+                ),
+                item("broken", r#"{"spec":"#),
+            ],
+            operations: Vec::new(),
+        };
+        let (with_values, unreadable) = instances_with_values(&intent, "demo");
+        let read: Vec<(&str, &serde_json::Value)> = with_values
+            .iter()
+            .map(|(item, values)| (item.name.as_str(), values))
+            .collect();
+        assert_eq!(read, [("good", &serde_json::json!({"a": 1}))]);
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        let message = unreadable[0].to_string();
+        assert!(
+            message.starts_with(
+                "clusters/demo/namespaces/ns-a/applicationinstances/broken.yaml: spec.values: the declared object could not be read back"
+            ),
+            "{message}"
+        );
+    }
 }
