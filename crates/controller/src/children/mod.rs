@@ -562,3 +562,25 @@ mod tests {
         );
     }
 }
+
+/// The declared object, read back from the declared set's compact form. A failure is a defect
+/// (the JSON is the operator's own); it is this reconcile's error, naming the live object.
+pub(crate) fn read_declared<T, K>(
+    declared: &vworkspace_core::plan::declared::DeclaredObject<T>,
+    live: &K,
+) -> Result<T, Error>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    K: kube::Resource<DynamicType = ()>,
+{
+    use kube::ResourceExt as _;
+    declared.object.get().map_err(|e| Error::Child {
+        object: format!(
+            "{} {}/{}",
+            K::kind(&()),
+            live.namespace().unwrap_or_default(),
+            live.name_any()
+        ),
+        source: Box::new(e),
+    })
+}

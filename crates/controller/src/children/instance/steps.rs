@@ -96,14 +96,7 @@ pub(super) async fn judge_declared(
             declared,
             altered,
         } => {
-            let object = declared.object.get().map_err(|e| Error::Child {
-                object: format!(
-                    "ApplicationInstance {}/{}",
-                    instance.namespace().unwrap_or_default(),
-                    instance.name_any()
-                ),
-                source: Box::new(e),
-            })?;
+            let object = crate::children::read_declared(&declared, instance)?;
             let effective = instance.with_spec(object.spec);
             state.judged = Some(Judged {
                 release,

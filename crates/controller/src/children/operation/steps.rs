@@ -134,14 +134,7 @@ pub(super) async fn judge_declared(
             declared,
             altered,
         } => {
-            let object = declared.object.get().map_err(|e| Error::Child {
-                object: format!(
-                    "Operation {}/{}",
-                    op.namespace().unwrap_or_default(),
-                    op.name_any()
-                ),
-                source: Box::new(e),
-            })?;
+            let object = crate::children::read_declared(&declared, op)?;
             let mut effective = op.clone();
             effective.spec = object.spec;
             state.declaring = Some(release.cluster_id.clone());
