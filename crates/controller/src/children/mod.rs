@@ -519,6 +519,28 @@ async fn record_removal(client: &Client, child: &Value, what: &str, fields: &str
     }
 }
 
+/// The declared object, read back from the declared set's compact form. A failure is a defect
+/// (the JSON is the operator's own); it is this reconcile's error, naming the live object.
+pub(crate) fn read_declared<T, K>(
+    declared: &vworkspace_core::plan::declared::DeclaredObject<T>,
+    live: &K,
+) -> Result<T, Error>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    K: kube::Resource<DynamicType = ()>,
+{
+    use kube::ResourceExt as _;
+    declared.object.get().map_err(|e| Error::Child {
+        object: format!(
+            "{} {}/{}",
+            K::kind(&()),
+            live.namespace().unwrap_or_default(),
+            live.name_any()
+        ),
+        source: Box::new(e),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,26 +583,4 @@ mod tests {
             "velero.io"
         );
     }
-}
-
-/// The declared object, read back from the declared set's compact form. A failure is a defect
-/// (the JSON is the operator's own); it is this reconcile's error, naming the live object.
-pub(crate) fn read_declared<T, K>(
-    declared: &vworkspace_core::plan::declared::DeclaredObject<T>,
-    live: &K,
-) -> Result<T, Error>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned,
-    K: kube::Resource<DynamicType = ()>,
-{
-    use kube::ResourceExt as _;
-    declared.object.get().map_err(|e| Error::Child {
-        object: format!(
-            "{} {}/{}",
-            K::kind(&()),
-            live.namespace().unwrap_or_default(),
-            live.name_any()
-        ),
-        source: Box::new(e),
-    })
 }
