@@ -24,6 +24,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# A full disk shows up as a linker's "no space left on device" deep in some build; say it first.
+# A cold run writes about 21 GiB (target/ 5, Go's build cache 9, Go's module cache 6, Cargo's
+# registry 0.5: docs/testing.md, "Disk"); with the Go tools and caches in place, about 5.
+free_mib=$(df -Pm . | awk 'NR == 2 { print $4 }')
+if [ -n "$free_mib" ] && [ "$free_mib" -lt 8192 ]; then
+  echo "test.sh: only $free_mib MiB free on the disk of $(pwd); a cold run writes about 21 GiB, a warm one about 5 GiB (docs/testing.md, \"Disk\")" >&2
+fi
+
 cargo fmt --all -- --check
 # The core crate links no Kubernetes client, async runtime or HTTP stack (tests/it/layers.rs checks
 # its manifest and that no file or folder imports in a cycle; this checks what cargo resolves).
